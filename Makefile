@@ -1,0 +1,47 @@
+# ebpfnet: `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := help
+
+GO        ?= go
+BIN       := bin
+TESTLOG   := $(BIN)/test.log
+C_SOURCES := $(wildcard bpf/*.c bpf/include/*.h)
+
+.PHONY: help deps generate check-generate lint build test bench demo clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install the Debian packages the build and tests need (only those missing)
+	@scripts/install-deps.sh
+
+generate: deps ## compile the BPF C with clang-19 and regenerate the Go bindings
+	$(GO) generate ./bpf/
+
+check-generate: generate ## fail if the committed bindings differ from a fresh generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf bindings are stale: run make generate and commit"; exit 1; }
+
+lint: deps ## gofmt, go vet and clang-format over our sources
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt wants to change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	clang-format-19 --dry-run --Werror $(C_SOURCES)
+
+build: ## build bin/ebpfnet and bin/ebpfnet-cni
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+test: deps lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
+	@mkdir -p $(BIN)
+	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic)|_test.go' | grep -v '^=== RUN' || true
+	@scripts/check-test-log.sh $(TESTLOG)
+
+bench: deps build ## compare ebpfnet with kernel baselines; writes bench/results/
+	$(BIN)/ebpfnet-bench -out bench/results
+
+demo: deps build ## bring up a small cluster in namespaces and show it working
+	$(BIN)/ebpfnet demo
+
+clean: ## remove build outputs
+	rm -rf $(BIN)

@@ -1,0 +1,50 @@
+//go:build ignore
+
+/* datapath.c: the tc and XDP entry points of ebpfnet; the work lives in include/. */
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+#include "forward.h"
+#include "prefilter.h"
+
+/* from_pod: tc ingress of a pod's host-side veth; everything a pod sends starts here. */
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	struct packet pkt = {};
+	int reason;
+
+	pull_headers(skb);
+	reason = parse(skb, &pkt);
+	if (reason == CONTINUE)
+		reason = check_source(skb, &pkt);
+	if (reason == CONTINUE)
+		reason = forward_from_pod(skb, &pkt);
+	return finish(skb, reason, DIR_FROM_POD);
+}
+
+/* to_pod: tc egress of a pod's host-side veth; traffic that reached the pod through the stack. */
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	return finish(skb, REASON_DELIVER, DIR_TO_POD);
+}
+
+/* xdp_prefilter: XDP on the underlay device; drops denied sources before the stack. */
+SEC("xdp")
+int xdp_prefilter(struct xdp_md *ctx)
+{
+	return prefilter_verdict(ctx);
+}
+
+/* Unused pointers that put the enums into BTF, so bpf2go mirrors them in Go. */
+const enum reason *unused_reason __attribute__((unused));
+const enum direction *unused_direction __attribute__((unused));
+
+char __license[] SEC("license") = "GPL";

@@ -1,0 +1,54 @@
+/* types.h: structs shared with user space (mirrored in Go by bpf2go and maps/). */
+#pragma once
+
+#include <linux/types.h>
+
+/* An IPv4 or IPv6 address; IPv4 uses the first four bytes, the rest zero. */
+union addr {
+	__be32 v4;
+	__u8 v6[16];
+};
+
+/* Map keys hold addresses as plain bytes (IPv4 in the first four) so Go sees [16]uint8. */
+#define ADDR_LEN 16
+
+/* Key of the endpoints map. */
+struct endpoint_key {
+	__u8 family; /* AF_INET or AF_INET6 */
+	__u8 pad[3];
+	__u8 ip[ADDR_LEN];
+};
+
+/* Value of the endpoints map: everything needed to deliver to, and police, a pod. */
+struct endpoint_info {
+	__u32 ifindex;	  /* host-side veth in the node's namespace */
+	__u32 id;	  /* endpoint id, stable for the pod's life */
+	__u32 identity;	  /* security identity (policy) */
+	__u32 flags;	  /* enum endpoint_flags */
+	__u8 mac[6];	  /* pod's eth0 MAC */
+	__u8 node_mac[6]; /* host-side veth MAC, source of packets towards the pod */
+};
+
+/* Key of the metrics map. */
+struct metrics_key {
+	__u8 reason;	/* enum reason */
+	__u8 direction; /* enum direction */
+	__u16 pad;
+};
+
+/* Value of the metrics map, one per CPU. */
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* LPM prefixes count from the family byte: family and pad are always matched whole. */
+#define PREFILTER_PREFIX_BASE 32
+
+/* Key of the prefilter LPM deny list. */
+struct prefilter_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 pad[3];
+	__u8 ip[ADDR_LEN];
+};

@@ -1,0 +1,45 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// Uninstall detaches every pinned link and removes every pin the datapath made under pinDir,
+// then pinDir itself if nothing else is left in it. It is idempotent.
+func Uninstall(pinDir string) error {
+	var errs []error
+	entries, err := os.ReadDir(LinksDir(pinDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("list pinned links: %w", err))
+	}
+	for _, e := range entries {
+		errs = append(errs, removeLink(filepath.Join(LinksDir(pinDir), e.Name())))
+	}
+	errs = append(errs, removeIfEmpty(LinksDir(pinDir)))
+	for _, name := range maps.Names {
+		if err := os.Remove(maps.PinPath(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove pinned map %s: %w", name, err))
+		}
+	}
+	errs = append(errs, removeIfEmpty(pinDir))
+	return errors.Join(errs...)
+}
+
+func removeIfEmpty(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(entries) > 0) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+// Package maps mirrors the datapath's maps in Go: their names, sizes, pin paths and typed accessors.
+package maps
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ebpfnet/ebpfnet/bpf"
+)
+
+// Names of the pinned maps, as the C code defines them.
+const (
+	EndpointsName = bpf.DatapathMapEndpoints
+	MetricsName   = bpf.DatapathMapMetrics
+	PrefilterName = bpf.DatapathMapPrefilter
+)
+
+// Names lists every map the datapath pins, in a stable order.
+var Names = []string{EndpointsName, MetricsName, PrefilterName}
+
+// DefaultPinDir is where maps and links are pinned unless configured otherwise.
+const DefaultPinDir = "/sys/fs/bpf/ebpfnet"
+
+// PinPath returns where map name is pinned under dir.
+func PinPath(dir, name string) string { return filepath.Join(dir, name) }
+
+// Sizes are the maps' capacities, applied at load time.
+type Sizes struct {
+	Endpoints uint32 `json:"endpoints" yaml:"endpoints"`
+	Metrics   uint32 `json:"metrics" yaml:"metrics"`
+	Prefilter uint32 `json:"prefilter" yaml:"prefilter"`
+}
+
+// DefaultSizes fit a node with a few thousand pods.
+var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384}
+
+// Apply writes the sizes into spec; a zero size keeps the default.
+func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
+	for name, size := range map[string]uint32{
+		EndpointsName: or(s.Endpoints, DefaultSizes.Endpoints),
+		MetricsName:   or(s.Metrics, DefaultSizes.Metrics),
+		PrefilterName: or(s.Prefilter, DefaultSizes.Prefilter),
+	} {
+		m, ok := spec.Maps[name]
+		if !ok {
+			return fmt.Errorf("datapath has no map %q", name)
+		}
+		m.MaxEntries = size
+	}
+	return nil
+}
+
+func or(v, def uint32) uint32 {
+	if v == 0 {
+		return def
+	}
+	return v
+}

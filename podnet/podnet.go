@@ -1,0 +1,302 @@
+// Package podnet plumbs a pod's network namespace into the node: a veth pair, the pod's
+// address and routes, the node's route and neighbour entry, the datapath hooks and the
+// endpoint entry. Plumbing and unplumbing are idempotent and undo themselves on failure.
+package podnet
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/nsenter"
+)
+
+// GatewayIP is the link-local next hop every pod routes through; the node answers for it
+// with a permanent neighbour entry in the pod, so it never needs an address anywhere.
+var GatewayIP = netip.MustParseAddr("169.254.1.1")
+
+// Pod says what to plumb.
+type Pod struct {
+	// NodeNetns is the node's network namespace path; empty means the caller's.
+	NodeNetns string
+	// Netns is the pod's network namespace path.
+	Netns string
+	// ContainerID and IfName name the attachment; the host-side veth name derives from them.
+	ContainerID string
+	IfName      string
+	IP          netip.Addr
+	MTU         int
+	EndpointID  uint32
+	Identity    uint32
+}
+
+// Result is what the plumbing made.
+type Result struct {
+	HostIf      string           `json:"hostInterface"`
+	HostIfindex int              `json:"hostIfindex"`
+	HostMAC     net.HardwareAddr `json:"hostMAC"`
+	PodMAC      net.HardwareAddr `json:"podMAC"`
+}
+
+// HostIfName is the node-side veth name of an attachment: "eb" and 12 hex digits of a hash.
+func HostIfName(containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
+	return "eb" + hex.EncodeToString(sum[:])[:12]
+}
+
+func (p *Pod) validate() error {
+	switch {
+	case p.Netns == "":
+		return errors.New("pod netns is empty")
+	case p.ContainerID == "":
+		return errors.New("container id is empty")
+	case !p.IP.Is4():
+		return fmt.Errorf("pod ip %q is not an IPv4 address", p.IP)
+	}
+	if p.IfName == "" {
+		p.IfName = "eth0"
+	}
+	if p.MTU == 0 {
+		p.MTU = 1500
+	}
+	if p.MTU < 576 || p.MTU > 65535 {
+		return fmt.Errorf("mtu %d is out of range 576-65535", p.MTU)
+	}
+	return nil
+}
+
+// handles opens netlink in the node and pod namespaces.
+type handles struct {
+	node, pod     *netlink.Handle
+	podNs         netns.NsHandle
+	closeNodeFunc func()
+}
+
+func open(p Pod) (*handles, error) {
+	podNs, err := netns.GetFromPath(p.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("pod netns %s: %w", p.Netns, err)
+	}
+	h := &handles{podNs: podNs}
+	if h.pod, err = netlink.NewHandleAt(podNs); err != nil {
+		podNs.Close()
+		return nil, fmt.Errorf("netlink in pod netns: %w", err)
+	}
+	nodeNs := netns.None()
+	if p.NodeNetns != "" {
+		if nodeNs, err = netns.GetFromPath(p.NodeNetns); err != nil {
+			h.close()
+			return nil, fmt.Errorf("node netns %s: %w", p.NodeNetns, err)
+		}
+	}
+	if nodeNs.IsOpen() {
+		h.node, err = netlink.NewHandleAt(nodeNs)
+		nodeNs.Close()
+	} else {
+		h.node, err = netlink.NewHandle()
+	}
+	if err != nil {
+		h.close()
+		return nil, fmt.Errorf("netlink in node netns: %w", err)
+	}
+	return h, nil
+}
+
+func (h *handles) close() {
+	if h.node != nil {
+		h.node.Close()
+	}
+	if h.pod != nil {
+		h.pod.Close()
+	}
+	h.podNs.Close()
+}
+
+// Plumb connects the pod to the node and registers it with the datapath dp.
+func Plumb(p Pod, dp *loader.Datapath) (res Result, err error) {
+	if err := p.validate(); err != nil {
+		return Result{}, err
+	}
+	h, err := open(p)
+	if err != nil {
+		return Result{}, err
+	}
+	defer h.close()
+	hostIf := HostIfName(p.ContainerID, p.IfName)
+	created := false
+	defer func() {
+		if err != nil && created {
+			// Leave nothing half-made: the veth (and with it routes and links) goes.
+			_ = unplumb(p, h, hostIf, dp)
+		}
+	}()
+	host, podLink, made, err := ensureVeth(h, hostIf, p)
+	created = made
+	if err != nil {
+		return Result{}, err
+	}
+	res = Result{HostIf: hostIf, HostIfindex: host.Attrs().Index, HostMAC: host.Attrs().HardwareAddr,
+		PodMAC: podLink.Attrs().HardwareAddr}
+	if err := configurePod(h.pod, p, podLink, res.HostMAC); err != nil {
+		return Result{}, err
+	}
+	if err := configureNode(h.node, p, host, res.PodMAC); err != nil {
+		return Result{}, err
+	}
+	// The endpoint goes in before the hooks, so the pod's first packet is not taken for spoofed.
+	if err := dp.Endpoints().Upsert(maps.Endpoint{IP: p.IP, Ifindex: uint32(res.HostIfindex), ID: p.EndpointID,
+		Identity: p.Identity, Local: true, MAC: res.PodMAC, NodeMAC: res.HostMAC}); err != nil {
+		return Result{}, err
+	}
+	err = nsenter.Do(p.NodeNetns, func() error {
+		for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
+			if _, err := dp.Attach(hostIf, hook); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// ensureVeth makes the pair, or finds the one an earlier Plumb made.
+func ensureVeth(h *handles, hostIf string, p Pod) (netlink.Link, netlink.Link, bool, error) {
+	host, err := h.node.LinkByName(hostIf)
+	made := false
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if !errors.As(err, &notFound) {
+			return nil, nil, false, fmt.Errorf("look up %s: %w", hostIf, err)
+		}
+		if _, err := h.pod.LinkByName(p.IfName); err == nil {
+			return nil, nil, false, fmt.Errorf("pod netns %s already has an interface %s", p.Netns, p.IfName)
+		}
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf, MTU: p.MTU}, PeerName: p.IfName,
+			PeerMTU: uint32(p.MTU), PeerNamespace: netlink.NsFd(int(h.podNs))}
+		if err := h.node.LinkAdd(v); err != nil {
+			return nil, nil, false, fmt.Errorf("create veth %s: %w", hostIf, err)
+		}
+		made = true
+		if host, err = h.node.LinkByName(hostIf); err != nil {
+			return nil, nil, made, fmt.Errorf("look up %s: %w", hostIf, err)
+		}
+	}
+	podLink, err := h.pod.LinkByName(p.IfName)
+	if err != nil {
+		return nil, nil, made, fmt.Errorf("look up %s in pod: %w", p.IfName, err)
+	}
+	return host, podLink, made, nil
+}
+
+func configurePod(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
+	if err := nsenter.Do(p.Netns, func() error { return disableIPv6(p.IfName) }); err != nil {
+		return err
+	}
+	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IP)}); err != nil {
+		return fmt.Errorf("add %s to pod: %w", p.IP, err)
+	}
+	if err := nl.LinkSetUp(l); err != nil {
+		return fmt.Errorf("bring up %s in pod: %w", p.IfName, err)
+	}
+	gw := GatewayIP.AsSlice()
+	idx := l.Attrs().Index
+	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
+		return fmt.Errorf("add gateway neighbour in pod: %w", err)
+	}
+	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostRoute(GatewayIP), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("add gateway route in pod: %w", err)
+	}
+	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: gw, Dst: defaultRoute}); err != nil {
+		return fmt.Errorf("add default route in pod: %w", err)
+	}
+	return nil
+}
+
+var defaultRoute = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+
+func configureNode(nl *netlink.Handle, p Pod, host netlink.Link, podMAC net.HardwareAddr) error {
+	if err := nsenter.Do(p.NodeNetns, func() error { return disableIPv6(host.Attrs().Name) }); err != nil {
+		return err
+	}
+	if err := nl.LinkSetUp(host); err != nil {
+		return fmt.Errorf("bring up %s: %w", host.Attrs().Name, err)
+	}
+	idx := host.Attrs().Index
+	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, IP: p.IP.AsSlice(), HardwareAddr: podMAC}); err != nil {
+		return fmt.Errorf("add pod neighbour on node: %w", err)
+	}
+	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostRoute(p.IP), Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("add route to pod on node: %w", err)
+	}
+	return nil
+}
+
+func hostRoute(ip netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
+}
+
+// disableIPv6 keeps an IPv4-only interface from sending router solicitations and DAD.
+func disableIPv6(ifname string) error {
+	path := filepath.Join("/proc/sys/net/ipv6/conf", ifname, "disable_ipv6")
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("disable ipv6 on %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// Unplumb removes what Plumb made: endpoint entry, hooks, veth (and with it the routes).
+// Parts already gone are not an error; a pod netns that no longer exists is fine too.
+func Unplumb(p Pod, dp *loader.Datapath) error {
+	if p.IfName == "" {
+		p.IfName = "eth0"
+	}
+	hostIf := HostIfName(p.ContainerID, p.IfName)
+	node, err := nodeHandle(p.NodeNetns)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	return unplumb(p, &handles{node: node}, hostIf, dp)
+}
+
+func nodeHandle(path string) (*netlink.Handle, error) {
+	if path == "" {
+		return netlink.NewHandle()
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("node netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+func unplumb(p Pod, h *handles, hostIf string, dp *loader.Datapath) error {
+	var errs []error
+	if p.IP.IsValid() {
+		errs = append(errs, dp.Endpoints().Delete(p.IP))
+	}
+	for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
+		errs = append(errs, loader.Detach(dp.PinDir, hostIf, hook))
+	}
+	if l, err := h.node.LinkByName(hostIf); err == nil {
+		if err := h.node.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", hostIf, err))
+		}
+	}
+	return errors.Join(errs...)
+}
