@@ -17,7 +17,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/nsenter"
+	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
@@ -43,7 +43,7 @@ func childAttach(spec string) error {
 		return err
 	}
 	defer dp.Close()
-	return nsenter.Do(f[1], func() error {
+	return namespace.Do(f[1], func() error {
 		_, err := dp.Attach(f[2], loader.HookToPod)
 		return err
 	})

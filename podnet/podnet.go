@@ -19,7 +19,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/nsenter"
+	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
 // GatewayIP is the link-local next hop every pod routes through; the node answers for it
@@ -123,7 +123,8 @@ func (h *handles) close() {
 	h.podNs.Close()
 }
 
-// Plumb connects the pod to the node and registers it with the datapath dp.
+// Plumb connects the pod to the node and registers it with the datapath dp. With a nil dp it
+// plumbs the kernel path only (the benchmark's no-BPF baseline).
 func Plumb(p Pod, dp *loader.Datapath) (res Result, err error) {
 	if err := p.validate(); err != nil {
 		return Result{}, err
@@ -154,12 +155,15 @@ func Plumb(p Pod, dp *loader.Datapath) (res Result, err error) {
 	if err := configureNode(h.node, p, host, res.PodMAC); err != nil {
 		return Result{}, err
 	}
+	if dp == nil {
+		return res, nil
+	}
 	// The endpoint goes in before the hooks, so the pod's first packet is not taken for spoofed.
 	if err := dp.Endpoints().Upsert(maps.Endpoint{IP: p.IP, Ifindex: uint32(res.HostIfindex), ID: p.EndpointID,
 		Identity: p.Identity, Local: true, MAC: res.PodMAC, NodeMAC: res.HostMAC}); err != nil {
 		return Result{}, err
 	}
-	err = nsenter.Do(p.NodeNetns, func() error {
+	err = namespace.Do(p.NodeNetns, func() error {
 		for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
 			if _, err := dp.Attach(hostIf, hook); err != nil {
 				return err
@@ -203,7 +207,7 @@ func ensureVeth(h *handles, hostIf string, p Pod) (netlink.Link, netlink.Link, b
 }
 
 func configurePod(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := nsenter.Do(p.Netns, func() error { return disableIPv6(p.IfName) }); err != nil {
+	if err := namespace.Do(p.Netns, func() error { return disableIPv6(p.IfName) }); err != nil {
 		return err
 	}
 	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IP)}); err != nil {
@@ -229,7 +233,7 @@ func configurePod(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.Hardwar
 var defaultRoute = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
 
 func configureNode(nl *netlink.Handle, p Pod, host netlink.Link, podMAC net.HardwareAddr) error {
-	if err := nsenter.Do(p.NodeNetns, func() error { return disableIPv6(host.Attrs().Name) }); err != nil {
+	if err := namespace.Do(p.NodeNetns, func() error { return disableIPv6(host.Attrs().Name) }); err != nil {
 		return err
 	}
 	if err := nl.LinkSetUp(host); err != nil {
@@ -287,11 +291,13 @@ func nodeHandle(path string) (*netlink.Handle, error) {
 
 func unplumb(p Pod, h *handles, hostIf string, dp *loader.Datapath) error {
 	var errs []error
-	if p.IP.IsValid() {
+	if dp != nil && p.IP.IsValid() {
 		errs = append(errs, dp.Endpoints().Delete(p.IP))
 	}
 	for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
-		errs = append(errs, loader.Detach(dp.PinDir, hostIf, hook))
+		if dp != nil {
+			errs = append(errs, loader.Detach(dp.PinDir, hostIf, hook))
+		}
 	}
 	if l, err := h.node.LinkByName(hostIf); err == nil {
 		if err := h.node.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {

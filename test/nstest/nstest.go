@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -17,7 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/ebpfnet/ebpfnet/loader"
-	"github.com/ebpfnet/ebpfnet/nsenter"
+	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
 // RequireRoot fails the test when it cannot do what it needs: these tests never skip.
@@ -50,51 +49,27 @@ func New(tb testing.TB, prefix string) *NS {
 	tb.Helper()
 	RequireRoot(tb)
 	name := prefix + "-" + Suffix(6)
-	h, err := newNamed(name)
+	path, err := namespace.Create(name)
 	if err != nil {
-		tb.Fatalf("make netns %s: %v", name, err)
+		tb.Fatal(err)
 	}
-	ns := &NS{Name: name, Path: filepath.Join("/var/run/netns", name), h: h}
+	ns := &NS{Name: name, Path: path}
 	tb.Cleanup(func() {
 		if ns.NL != nil {
 			ns.NL.Close()
 		}
-		h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
+		ns.h.Close()
+		if err := namespace.Delete(name); err != nil {
+			tb.Error(err)
 		}
 	})
-	ns.NL, err = netlink.NewHandleAt(h)
-	if err != nil {
+	if ns.h, err = netns.GetFromPath(path); err != nil {
+		tb.Fatalf("open netns %s: %v", name, err)
+	}
+	if ns.NL, err = netlink.NewHandleAt(ns.h); err != nil {
 		tb.Fatalf("netlink in %s: %v", name, err)
 	}
-	lo, err := ns.NL.LinkByName("lo")
-	if err == nil {
-		err = ns.NL.LinkSetUp(lo)
-	}
-	if err != nil {
-		tb.Fatalf("bring up lo in %s: %v", name, err)
-	}
 	return ns
-}
-
-// newNamed creates the namespace without leaving the calling thread inside it.
-func newNamed(name string) (netns.NsHandle, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return 0, err
-	}
-	defer orig.Close()
-	h, err := netns.NewNamed(name)
-	if err != nil {
-		return 0, err
-	}
-	if err := netns.Set(orig); err != nil {
-		return 0, err
-	}
-	return h, nil
 }
 
 // Handle is the open namespace.
@@ -103,7 +78,7 @@ func (n *NS) Handle() netns.NsHandle { return n.h }
 // Do runs fn inside the namespace and fails the test on error.
 func (n *NS) Do(tb testing.TB, fn func() error) {
 	tb.Helper()
-	if err := nsenter.DoHandle(n.h, fn); err != nil {
+	if err := namespace.DoHandle(n.h, fn); err != nil {
 		tb.Fatalf("in netns %s: %v", n.Name, err)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/nsenter"
+	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
@@ -134,5 +134,5 @@ func Ping(ns *nstest.NS, ip netip.Addr, count int) error {
 
 // nsDo runs fn in ns and returns its error, so probes can report unreachability.
 func nsDo(ns *nstest.NS, fn func() error) error {
-	return nsenter.DoHandle(ns.Handle(), fn)
+	return namespace.DoHandle(ns.Handle(), fn)
 }

@@ -1,0 +1,119 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/namespace"
+)
+
+const (
+	iperfPort    = 5201
+	sockperfPort = 11111
+)
+
+// startServers runs iperf3 and sockperf in the server namespace and waits until both listen.
+func (t *Topology) startServers() error {
+	ip := t.ServerIP.String()
+	if err := t.start(t.Server, "iperf3", "-s", "-B", ip, "-p", fmt.Sprint(iperfPort)); err != nil {
+		return err
+	}
+	if err := t.start(t.Server, "sockperf", "sr", "--tcp", "-i", ip, "-p", fmt.Sprint(sockperfPort)); err != nil {
+		return err
+	}
+	for _, port := range []uint16{iperfPort, sockperfPort} {
+		if err := waitListening(t.serverPath(), netip.AddrPortFrom(t.ServerIP, port)); err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+	}
+	return nil
+}
+
+// waitListening polls the namespace's TCP table until a socket listens on addr's port.
+func waitListening(nsPath string, addr netip.AddrPort) error {
+	want := fmt.Sprintf(":%04X ", addr.Port())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var listening bool
+		err := namespace.Do(nsPath, func() error {
+			f, err := os.Open("/proc/thread-self/net/tcp")
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				fields := strings.Fields(sc.Text())
+				if len(fields) > 3 && strings.HasSuffix(fields[1]+" ", want) && fields[3] == "0A" {
+					listening = true
+				}
+			}
+			return sc.Err()
+		})
+		if err != nil {
+			return err
+		}
+		if listening {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on %s after 10s", addr)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition, bounded by the deadline
+	}
+}
+
+// throughput runs one iperf3 TCP stream for d and returns what the receiver got, in Gbit/s.
+func (t *Topology) throughput(d time.Duration) (float64, error) {
+	out, err := exec.Command("ip", "netns", "exec", t.Client, "iperf3", "-c", t.ServerIP.String(),
+		"-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J").Output()
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 over %s: %w: %s", t.Name, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return 0, fmt.Errorf("parse iperf3 output: %w", err)
+	}
+	if res.Error != "" {
+		return 0, fmt.Errorf("iperf3 over %s: %s", t.Name, res.Error)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+var percentile = regexp.MustCompile(`percentile (50|99)\.000 =\s+([0-9.]+)`)
+
+// latency runs sockperf TCP ping-pong for d and returns the p50 and p99 one-way latency in µs.
+func (t *Topology) latency(d time.Duration) (p50, p99 float64, err error) {
+	out, err := exec.Command("ip", "netns", "exec", t.Client, "sockperf", "pp", "--tcp", "-i", t.ServerIP.String(),
+		"-p", fmt.Sprint(sockperfPort), "-t", fmt.Sprint(int(d.Seconds()))).CombinedOutput()
+	if err != nil {
+		return 0, 0, fmt.Errorf("sockperf over %s: %w: %s", t.Name, err, out)
+	}
+	for _, m := range percentile.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "50" {
+			p50 = v
+		} else {
+			p99 = v
+		}
+	}
+	if p50 == 0 {
+		return 0, 0, fmt.Errorf("no percentiles in sockperf output over %s", t.Name)
+	}
+	return p50, p99, nil
+}

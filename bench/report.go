@@ -1,0 +1,151 @@
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// Report is everything one `make bench` measured.
+type Report struct {
+	Date     time.Time `json:"date"`
+	Kernel   string    `json:"kernel"`
+	CPU      string    `json:"cpu"`
+	CPUs     int       `json:"cpus"`
+	Config   Config    `json:"config"`
+	Suites   []Suite   `json:"suites"`
+	ProgCost *ProgCost `json:"progCost,omitempty"`
+}
+
+// NewReport stamps the machine it runs on.
+func NewReport(cfg Config) *Report {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return &Report{Date: time.Now().UTC(), Kernel: unix.ByteSliceToString(u.Release[:]), CPU: cpuModel(),
+		CPUs: runtime.NumCPU(), Config: cfg}
+}
+
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// Write saves results.json, results.md and ratios.svg in dir and prints the markdown to w.
+func (r *Report) Write(dir string, w io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	md := r.Markdown()
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	if err := r.chart(filepath.Join(dir, "ratios.svg")); err != nil {
+		return fmt.Errorf("draw chart: %w", err)
+	}
+	_, err = io.WriteString(w, md)
+	return err
+}
+
+// Markdown renders the tables with ratios against each suite's baseline and limit.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# ebpfnet benchmark\n\n%s · kernel %s · %s (%d CPUs) · %d rounds, interleaved; medians\n\n",
+		r.Date.Format("2006-01-02 15:04 UTC"), r.Kernel, r.CPU, r.CPUs, r.Config.Rounds)
+	for _, s := range r.Suites {
+		base, lim := s.Get(s.Baseline), s.Get(s.Limit)
+		fmt.Fprintf(&b, "## %s\n\n", s.Name)
+		fmt.Fprintf(&b, "| setup | TCP Gbit/s | × %s | × %s | p50 µs | p99 µs | p50 × %s |\n", s.Baseline, s.Limit, s.Baseline)
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, st := range s.Setups {
+			fmt.Fprintf(&b, "| %s | %.2f | %.3f | %.3f | %.1f | %.1f | %.3f |\n", st.Name, st.MedianGbps,
+				ratio(st.MedianGbps, base.MedianGbps), ratio(st.MedianGbps, lim.MedianGbps),
+				st.MedianP50us, st.MedianP99us, ratio(st.MedianP50us, base.MedianP50us))
+		}
+		b.WriteString("\nThroughput: one iperf3 TCP stream; latency: sockperf TCP ping-pong (one-way, µs). Lower latency ratio is better.\n\n")
+	}
+	if c := r.ProgCost; c != nil {
+		fmt.Fprintf(&b, "## per-packet cost (BPF_PROG_TEST_RUN, repeat %d)\n\n| program | ns/packet |\n|---|---:|\n", c.Repeat)
+		fmt.Fprintf(&b, "| empty tc program | %.0f |\n| from_pod (%s) | %.0f |\n| from_pod overhead | %.0f |\n\n",
+			c.EmptyNs, c.Description, c.FromPodNs, c.OverheadNs)
+	}
+	return b.String()
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// chart draws, per suite, each setup's throughput and latency as a ratio of the baseline.
+func (r *Report) chart(path string) error {
+	p := plot.New()
+	p.Title.Text = "ebpfnet vs kernel baselines (ratio to each suite's baseline)"
+	p.Y.Label.Text = "ratio (throughput: higher is better; p50 latency: lower is better)"
+	var names []string
+	var tput, lat plotter.Values
+	for _, s := range r.Suites {
+		base := s.Get(s.Baseline)
+		for _, st := range s.Setups {
+			names = append(names, s.Name+"\n"+st.Name)
+			tput = append(tput, ratio(st.MedianGbps, base.MedianGbps))
+			lat = append(lat, ratio(st.MedianP50us, base.MedianP50us))
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	w := vg.Points(14)
+	bt, err := plotter.NewBarChart(tput, w)
+	if err != nil {
+		return err
+	}
+	bt.Color = plotutil.Color(0)
+	bt.Offset = -w / 2
+	bl, err := plotter.NewBarChart(lat, w)
+	if err != nil {
+		return err
+	}
+	bl.Color = plotutil.Color(1)
+	bl.Offset = w / 2
+	p.Add(bt, bl, plotter.NewGrid())
+	p.Legend.Add("TCP throughput", bt)
+	p.Legend.Add("p50 latency", bl)
+	p.Legend.Top = true
+	p.NominalX(names...)
+	width := vg.Length(len(names)) * vg.Centimeter * 2.2
+	if width < 16*vg.Centimeter {
+		width = 16 * vg.Centimeter
+	}
+	return p.Save(width, 11*vg.Centimeter, path)
+}

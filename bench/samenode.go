@@ -1,0 +1,161 @@
+package bench
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/podnet"
+)
+
+// Builder makes one topology; prefix keeps its names apart from every other's.
+type Builder struct {
+	Name  string
+	Build func(prefix string) (*Topology, error)
+}
+
+// SameNode are the same-node setups, the limit first.
+func SameNode() []Builder {
+	return []Builder{
+		{"direct", buildDirect},
+		{"kernel-route", func(p string) (*Topology, error) { return buildRouted(p, "kernel-route", false) }},
+		{"bridge", buildBridge},
+		{"ebpfnet", func(p string) (*Topology, error) { return buildRouted(p, "ebpfnet", true) }},
+	}
+}
+
+func newTopology(name, prefix string) *Topology {
+	return &Topology{Name: name, Client: prefix + "-c", Server: prefix + "-s"}
+}
+
+// buildDirect: one veth pair straight between the two pods.
+func buildDirect(prefix string) (t *Topology, err error) {
+	t = newTopology("direct", prefix)
+	defer closeOnError(t, &err)
+	for _, ns := range []string{t.Client, t.Server} {
+		if _, err := t.netns(ns); err != nil {
+			return nil, err
+		}
+	}
+	lc, ls, err := vethPair(t.Client, "eth0", t.Server, "eth0", 1500)
+	if err != nil {
+		return nil, err
+	}
+	if err := addAddr(t.Client, lc, "10.100.0.1/24"); err != nil {
+		return nil, err
+	}
+	if err := addAddr(t.Server, ls, "10.100.0.2/24"); err != nil {
+		return nil, err
+	}
+	t.ServerIP = netip.MustParseAddr("10.100.0.2")
+	return t, nil
+}
+
+// buildRouted: both pods plumbed by podnet into a node; through the node's routing table
+// (kernel-route) or redirected by ebpfnet's BPF.
+func buildRouted(prefix, name string, withBPF bool) (t *Topology, err error) {
+	t = newTopology(name, prefix)
+	defer closeOnError(t, &err)
+	nodeNS := prefix + "-n"
+	nodePath, err := t.netns(nodeNS)
+	if err != nil {
+		return nil, err
+	}
+	var dp *loader.Datapath
+	if withBPF {
+		pinDir := "/sys/fs/bpf/ebpfnet-bench-" + prefix
+		t.undo = append(t.undo, func() error { return loader.Uninstall(pinDir) })
+		if dp, err = loader.Load(loader.Config{PinDir: pinDir}); err != nil {
+			return nil, err
+		}
+		t.undo = append(t.undo, dp.Close)
+	} else if err := sysctl(nodePath, "ipv4/ip_forward", "1"); err != nil {
+		return nil, err
+	}
+	ips := map[string]netip.Addr{t.Client: netip.MustParseAddr("10.100.1.1"), t.Server: netip.MustParseAddr("10.100.1.2")}
+	for _, ns := range []string{t.Client, t.Server} {
+		path, err := t.netns(ns)
+		if err != nil {
+			return nil, err
+		}
+		pod := podnet.Pod{NodeNetns: nodePath, Netns: path, ContainerID: ns, IP: ips[ns], EndpointID: uint32(len(t.undo))}
+		if _, err := podnet.Plumb(pod, dp); err != nil {
+			return nil, fmt.Errorf("plumb %s: %w", ns, err)
+		}
+		t.undo = append(t.undo, func() error { return podnet.Unplumb(pod, dp) })
+	}
+	t.ServerIP = ips[t.Server]
+	return t, nil
+}
+
+// buildBridge: a Linux bridge with br_netfilter and a few iptables FORWARD rules, the way
+// docker0 and flannel's cni0 carry same-node traffic.
+func buildBridge(prefix string) (t *Topology, err error) {
+	t = newTopology("bridge", prefix)
+	defer closeOnError(t, &err)
+	nodeNS := prefix + "-n"
+	nodePath, err := t.netns(nodeNS)
+	if err != nil {
+		return nil, err
+	}
+	h, err := handle(nodeNS)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := h.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("add bridge: %w", err)
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		return nil, err
+	}
+	for i, ns := range []string{t.Client, t.Server} {
+		if _, err := t.netns(ns); err != nil {
+			return nil, err
+		}
+		hostIf := fmt.Sprintf("veth%d", i)
+		_, podIf, err := vethPair(nodeNS, hostIf, ns, "eth0", 1500)
+		if err != nil {
+			return nil, err
+		}
+		l, err := h.LinkByName(hostIf)
+		if err == nil {
+			err = h.LinkSetMaster(l, br)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("enslave %s: %w", hostIf, err)
+		}
+		if err := addAddr(ns, podIf, fmt.Sprintf("10.100.2.%d/24", i+1)); err != nil {
+			return nil, err
+		}
+	}
+	if err := sysctl(nodePath, "bridge/bridge-nf-call-iptables", "1"); err != nil {
+		return nil, fmt.Errorf("enable br_netfilter: %w", err)
+	}
+	for _, rule := range [][]string{
+		{"-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP"},
+		{"-A", "FORWARD", "-d", "198.51.100.0/24", "-j", "DROP"},
+		{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+		{"-A", "FORWARD", "-i", "br0", "-o", "br0", "-j", "ACCEPT"},
+		{"-P", "FORWARD", "DROP"},
+	} {
+		if err := execIn(nodeNS, "iptables", append([]string{"-w"}, rule...)...); err != nil {
+			return nil, err
+		}
+	}
+	t.ServerIP = netip.MustParseAddr("10.100.2.2")
+	return t, nil
+}
+
+func closeOnError(t *Topology, err *error) {
+	if *err != nil {
+		t.Close()
+	}
+}
+
+// serverPath is the server namespace's path.
+func (t *Topology) serverPath() string { return namespace.Path(t.Server) }

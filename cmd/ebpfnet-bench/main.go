@@ -1,0 +1,73 @@
+// Command ebpfnet-bench measures ebpfnet side by side with kernel baselines (`make bench`).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ebpfnet-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	out := flag.String("out", "bin/bench", "directory for results.json, results.md and ratios.svg")
+	rounds := flag.Int("rounds", 3, "measurement rounds, interleaved across setups")
+	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
+	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
+	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
+	suites := flag.String("suites", "same-node", "comma-separated suites to run: same-node")
+	flag.Parse()
+	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
+		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")
+	}
+	cfg := bench.Config{Rounds: *rounds, Throughput: *tput, Latency: *lat, ProgRepeat: *repeat, ProgSamples: 5}
+	report := bench.NewReport(cfg)
+
+	cost, err := bench.MeasureProgCost(cfg.ProgRepeat, cfg.ProgSamples)
+	if err != nil {
+		return err
+	}
+	report.ProgCost = &cost
+	for _, name := range splitList(*suites) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		def, ok := bench.Suites[name]
+		if !ok {
+			return fmt.Errorf("unknown suite %q", name)
+		}
+		slog.Info("running suite", "suite", name)
+		s, err := bench.RunSuite(name, def.Baseline, def.Limit, def.Builders(), cfg)
+		if err != nil {
+			return err
+		}
+		report.Suites = append(report.Suites, s)
+	}
+	return report.Write(*out, os.Stdout)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
