@@ -11,21 +11,31 @@
 #include "metrics.h"
 #include "parse.h"
 #include "forward.h"
+#include "crossnode.h"
 #include "prefilter.h"
 
 /* from_pod: tc ingress of a pod's host-side veth; everything a pod sends starts here. */
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
+	struct endpoint_info *src = NULL, *dst;
 	struct packet pkt = {};
 	int reason;
 
 	pull_headers(skb);
 	reason = parse(skb, &pkt);
 	if (reason == CONTINUE)
-		reason = check_source(skb, &pkt);
-	if (reason == CONTINUE)
-		reason = forward_from_pod(skb, &pkt);
+		reason = check_source(skb, &pkt, &src);
+	if (reason != CONTINUE || !src)
+		return finish(skb, reason, DIR_FROM_POD);
+	dst = lookup_endpoint(pkt.family, &pkt.daddr);
+	if (dst && (dst->flags & EP_F_LOCAL)) {
+		reason = decrement_ttl(skb, &pkt);
+		if (reason == CONTINUE)
+			reason = redirect_to_endpoint(skb, dst);
+	} else {
+		reason = forward_remote(skb, &pkt, src);
+	}
 	return finish(skb, reason, DIR_FROM_POD);
 }
 
@@ -34,6 +44,36 @@ SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
 	return finish(skb, REASON_DELIVER, DIR_TO_POD);
+}
+
+/* from_overlay: tc ingress of the VXLAN device; pod traffic from other nodes, decapsulated. */
+SEC("tc")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct packet pkt = {};
+	int reason;
+
+	pull_headers(skb);
+	reason = parse(skb, &pkt);
+	if (reason == CONTINUE)
+		reason = pkt.family ? deliver_local(skb, &pkt) : REASON_FORWARD_HOST;
+	return finish(skb, reason, DIR_FROM_OVERLAY);
+}
+
+/* from_underlay: tc ingress of the underlay device; native and IP-in-IP pod traffic. */
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	struct packet pkt = {};
+	int reason;
+
+	pull_headers(skb);
+	reason = parse(skb, &pkt);
+	if (reason == CONTINUE)
+		reason = receive_underlay(skb, &pkt);
+	else
+		reason = REASON_FORWARD_HOST; /* the node's own traffic is not ours to judge */
+	return finish(skb, reason, DIR_FROM_UNDERLAY);
 }
 
 /* xdp_prefilter: XDP on the underlay device; drops denied sources before the stack. */
@@ -46,5 +86,7 @@ int xdp_prefilter(struct xdp_md *ctx)
 /* Unused pointers that put the enums into BTF, so bpf2go mirrors them in Go. */
 const enum reason *unused_reason __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
+const enum tunnel_mode *unused_tunnel_mode __attribute__((unused));
+const enum route_flags *unused_route_flags __attribute__((unused));
 
 char __license[] SEC("license") = "GPL";

@@ -16,9 +16,11 @@ import (
 type DatapathDirection uint32
 
 const (
-	DatapathDirectionDIR_FROM_POD  DatapathDirection = 1
-	DatapathDirectionDIR_TO_POD    DatapathDirection = 2
-	DatapathDirectionDIR_PREFILTER DatapathDirection = 3
+	DatapathDirectionDIR_FROM_POD      DatapathDirection = 1
+	DatapathDirectionDIR_TO_POD        DatapathDirection = 2
+	DatapathDirectionDIR_PREFILTER     DatapathDirection = 3
+	DatapathDirectionDIR_FROM_OVERLAY  DatapathDirection = 4
+	DatapathDirectionDIR_FROM_UNDERLAY DatapathDirection = 5
 )
 
 type DatapathEndpointInfo struct {
@@ -38,6 +40,14 @@ type DatapathEndpointKey struct {
 	Ip     [16]uint8
 }
 
+type DatapathLpmKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Family    uint8
+	Pad       [3]uint8
+	Ip        [16]uint8
+}
+
 type DatapathMetricsKey struct {
 	_         structs.HostLayout
 	Reason    uint8
@@ -51,12 +61,13 @@ type DatapathMetricsValue struct {
 	Bytes   uint64
 }
 
-type DatapathPrefilterKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Family    uint8
-	Pad       [3]uint8
-	Ip        [16]uint8
+type DatapathNodeConfig struct {
+	_               structs.HostLayout
+	NodeIp          [16]uint8
+	UnderlayIfindex uint32
+	TunnelIfindex   uint32
+	Mode            uint8
+	Pad             [3]uint8
 }
 
 type DatapathReason uint32
@@ -66,6 +77,8 @@ const (
 	DatapathReasonREASON_FORWARD_LOCAL        DatapathReason = 1
 	DatapathReasonREASON_FORWARD_HOST         DatapathReason = 2
 	DatapathReasonREASON_DELIVER              DatapathReason = 3
+	DatapathReasonREASON_FORWARD_TUNNEL       DatapathReason = 4
+	DatapathReasonREASON_FORWARD_UNDERLAY     DatapathReason = 5
 	DatapathReasonREASON_DROP_FIRST           DatapathReason = 64
 	DatapathReasonREASON_DROP_MALFORMED       DatapathReason = 64
 	DatapathReasonREASON_DROP_SPOOFED_SOURCE  DatapathReason = 65
@@ -73,20 +86,53 @@ const (
 	DatapathReasonREASON_DROP_UNSUPPORTED_L3  DatapathReason = 67
 	DatapathReasonREASON_DROP_PREFILTER       DatapathReason = 68
 	DatapathReasonREASON_DROP_REDIRECT_FAILED DatapathReason = 69
+	DatapathReasonREASON_DROP_UNKNOWN_DEST    DatapathReason = 70
+	DatapathReasonREASON_DROP_NO_ROUTE        DatapathReason = 71
+	DatapathReasonREASON_DROP_ENCAP_FAILED    DatapathReason = 72
+)
+
+type DatapathRouteFlags uint32
+
+const (
+	DatapathRouteFlagsROUTE_F_LOCAL       DatapathRouteFlags = 1
+	DatapathRouteFlagsROUTE_F_UNREACHABLE DatapathRouteFlags = 2
+)
+
+type DatapathRouteInfo struct {
+	_      structs.HostLayout
+	NodeIp [16]uint8
+	Mode   uint8
+	Flags  uint8
+	Pad    uint16
+	NodeId uint32
+}
+
+type DatapathTunnelMode uint32
+
+const (
+	DatapathTunnelModeMODE_VXLAN  DatapathTunnelMode = 1
+	DatapathTunnelModeMODE_NATIVE DatapathTunnelMode = 2
+	DatapathTunnelModeMODE_IPIP   DatapathTunnelMode = 3
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DatapathMapEndpoints       = "endpoints"
-	DatapathMapMetrics         = "metrics"
-	DatapathMapPrefilter       = "prefilter"
-	DatapathProgFromPod        = "from_pod"
-	DatapathProgToPod          = "to_pod"
-	DatapathProgXdpPrefilter   = "xdp_prefilter"
-	DatapathVarUnusedDirection = "unused_direction"
-	DatapathVarUnusedReason    = "unused_reason"
+	DatapathMapConfig           = "config"
+	DatapathMapEndpoints        = "endpoints"
+	DatapathMapMetrics          = "metrics"
+	DatapathMapPrefilter        = "prefilter"
+	DatapathMapRoutes           = "routes"
+	DatapathProgFromOverlay     = "from_overlay"
+	DatapathProgFromPod         = "from_pod"
+	DatapathProgFromUnderlay    = "from_underlay"
+	DatapathProgToPod           = "to_pod"
+	DatapathProgXdpPrefilter    = "xdp_prefilter"
+	DatapathVarUnusedDirection  = "unused_direction"
+	DatapathVarUnusedReason     = "unused_reason"
+	DatapathVarUnusedRouteFlags = "unused_route_flags"
+	DatapathVarUnusedTunnelMode = "unused_tunnel_mode"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -131,7 +177,9 @@ type DatapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathProgramSpecs struct {
+	FromOverlay  *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	FromPod      *ebpf.ProgramSpec `ebpf:"from_pod"`
+	FromUnderlay *ebpf.ProgramSpec `ebpf:"from_underlay"`
 	ToPod        *ebpf.ProgramSpec `ebpf:"to_pod"`
 	XdpPrefilter *ebpf.ProgramSpec `ebpf:"xdp_prefilter"`
 }
@@ -140,17 +188,21 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
+	Config    *ebpf.MapSpec `ebpf:"config"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
 	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
 	Prefilter *ebpf.MapSpec `ebpf:"prefilter"`
+	Routes    *ebpf.MapSpec `ebpf:"routes"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	UnusedDirection *ebpf.VariableSpec `ebpf:"unused_direction"`
-	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedReason     *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRouteFlags *ebpf.VariableSpec `ebpf:"unused_route_flags"`
+	UnusedTunnelMode *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -173,16 +225,20 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
+	Config    *ebpf.Map `ebpf:"config"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
 	Metrics   *ebpf.Map `ebpf:"metrics"`
 	Prefilter *ebpf.Map `ebpf:"prefilter"`
+	Routes    *ebpf.Map `ebpf:"routes"`
 }
 
 func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
+		m.Config,
 		m.Endpoints,
 		m.Metrics,
 		m.Prefilter,
+		m.Routes,
 	)
 }
 
@@ -190,22 +246,28 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	UnusedDirection *ebpf.Variable `ebpf:"unused_direction"`
-	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedReason     *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRouteFlags *ebpf.Variable `ebpf:"unused_route_flags"`
+	UnusedTunnelMode *ebpf.Variable `ebpf:"unused_tunnel_mode"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathPrograms struct {
+	FromOverlay  *ebpf.Program `ebpf:"from_overlay"`
 	FromPod      *ebpf.Program `ebpf:"from_pod"`
+	FromUnderlay *ebpf.Program `ebpf:"from_underlay"`
 	ToPod        *ebpf.Program `ebpf:"to_pod"`
 	XdpPrefilter *ebpf.Program `ebpf:"xdp_prefilter"`
 }
 
 func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
+		p.FromOverlay,
 		p.FromPod,
+		p.FromUnderlay,
 		p.ToPod,
 		p.XdpPrefilter,
 	)

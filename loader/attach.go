@@ -22,10 +22,14 @@ const (
 	HookFromPod   Hook = "from-pod"  // tc ingress of a pod's host-side veth
 	HookToPod     Hook = "to-pod"    // tc egress of a pod's host-side veth
 	HookPrefilter Hook = "prefilter" // XDP on the underlay device
+	// HookFromOverlay is tc ingress of the VXLAN device.
+	HookFromOverlay Hook = "from-overlay"
+	// HookFromUnderlay is tc ingress of the underlay device.
+	HookFromUnderlay Hook = "from-underlay"
 )
 
-// Hooks lists every hook, for upgrades and uninstall.
-var Hooks = []Hook{HookFromPod, HookToPod, HookPrefilter}
+// Hooks lists every hook.
+var Hooks = []Hook{HookFromPod, HookToPod, HookPrefilter, HookFromOverlay, HookFromUnderlay}
 
 func (d *Datapath) program(h Hook) (*ebpf.Program, ebpf.AttachType, error) {
 	switch h {
@@ -35,6 +39,10 @@ func (d *Datapath) program(h Hook) (*ebpf.Program, ebpf.AttachType, error) {
 		return d.ToPod, ebpf.AttachTCXEgress, nil
 	case HookPrefilter:
 		return d.XdpPrefilter, ebpf.AttachXDP, nil
+	case HookFromOverlay:
+		return d.FromOverlay, ebpf.AttachTCXIngress, nil
+	case HookFromUnderlay:
+		return d.FromUnderlay, ebpf.AttachTCXIngress, nil
 	}
 	return nil, 0, fmt.Errorf("unknown hook %q", h)
 }

@@ -15,10 +15,12 @@ const (
 	EndpointsName = bpf.DatapathMapEndpoints
 	MetricsName   = bpf.DatapathMapMetrics
 	PrefilterName = bpf.DatapathMapPrefilter
+	RoutesName    = bpf.DatapathMapRoutes
+	ConfigName    = bpf.DatapathMapConfig
 )
 
 // Names lists every map the datapath pins, in a stable order.
-var Names = []string{EndpointsName, MetricsName, PrefilterName}
+var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName}
 
 // DefaultPinDir is where maps and links are pinned unless configured otherwise.
 const DefaultPinDir = "/sys/fs/bpf/ebpfnet"
@@ -31,10 +33,11 @@ type Sizes struct {
 	Endpoints uint32 `json:"endpoints" yaml:"endpoints"`
 	Metrics   uint32 `json:"metrics" yaml:"metrics"`
 	Prefilter uint32 `json:"prefilter" yaml:"prefilter"`
+	Routes    uint32 `json:"routes" yaml:"routes"`
 }
 
 // DefaultSizes fit a node with a few thousand pods.
-var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384}
+var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384, Routes: 16384}
 
 // Apply writes the sizes into spec; a zero size keeps the default.
 func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
@@ -42,6 +45,7 @@ func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
 		EndpointsName: or(s.Endpoints, DefaultSizes.Endpoints),
 		MetricsName:   or(s.Metrics, DefaultSizes.Metrics),
 		PrefilterName: or(s.Prefilter, DefaultSizes.Prefilter),
+		RoutesName:    or(s.Routes, DefaultSizes.Routes),
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {

@@ -27,10 +27,17 @@ const (
 	ReasonUnsupportedL3  = bpf.DatapathReasonREASON_DROP_UNSUPPORTED_L3
 	ReasonPrefilter      = bpf.DatapathReasonREASON_DROP_PREFILTER
 	ReasonRedirectFailed = bpf.DatapathReasonREASON_DROP_REDIRECT_FAILED
+	ReasonForwardTunnel  = bpf.DatapathReasonREASON_FORWARD_TUNNEL
+	ReasonForwardUnder   = bpf.DatapathReasonREASON_FORWARD_UNDERLAY
+	ReasonUnknownDest    = bpf.DatapathReasonREASON_DROP_UNKNOWN_DEST
+	ReasonNoRoute        = bpf.DatapathReasonREASON_DROP_NO_ROUTE
+	ReasonEncapFailed    = bpf.DatapathReasonREASON_DROP_ENCAP_FAILED
 
-	DirFromPod   = bpf.DatapathDirectionDIR_FROM_POD
-	DirToPod     = bpf.DatapathDirectionDIR_TO_POD
-	DirPrefilter = bpf.DatapathDirectionDIR_PREFILTER
+	DirFromPod      = bpf.DatapathDirectionDIR_FROM_POD
+	DirToPod        = bpf.DatapathDirectionDIR_TO_POD
+	DirPrefilter    = bpf.DatapathDirectionDIR_PREFILTER
+	DirFromOverlay  = bpf.DatapathDirectionDIR_FROM_OVERLAY
+	DirFromUnderlay = bpf.DatapathDirectionDIR_FROM_UNDERLAY
 )
 
 // ReasonNames are the labels people and Prometheus see.
@@ -44,13 +51,20 @@ var ReasonNames = map[Reason]string{
 	ReasonUnsupportedL3:  "unsupported-l3",
 	ReasonPrefilter:      "prefilter",
 	ReasonRedirectFailed: "redirect-failed",
+	ReasonForwardTunnel:  "forward-tunnel",
+	ReasonForwardUnder:   "forward-underlay",
+	ReasonUnknownDest:    "unknown-destination",
+	ReasonNoRoute:        "no-route",
+	ReasonEncapFailed:    "encap-failed",
 }
 
 // DirectionNames are the labels of the hooks.
 var DirectionNames = map[Direction]string{
-	DirFromPod:   "from-pod",
-	DirToPod:     "to-pod",
-	DirPrefilter: "prefilter",
+	DirFromPod:      "from-pod",
+	DirToPod:        "to-pod",
+	DirPrefilter:    "prefilter",
+	DirFromOverlay:  "from-overlay",
+	DirFromUnderlay: "from-underlay",
 }
 
 // IsDrop reports whether r is a drop (C: reason >= REASON_DROP_FIRST).

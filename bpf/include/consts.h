@@ -5,22 +5,42 @@
 enum reason {
 	REASON_UNSPEC = 0,
 	REASON_FORWARD_LOCAL = 1, /* redirected by BPF into a pod on this node */
-	REASON_FORWARD_HOST = 2,  /* handed to the node's network stack */
-	REASON_DELIVER = 3,	  /* let through a hook towards its destination */
+	REASON_FORWARD_HOST = 2, /* handed to the node's network stack */
+	REASON_DELIVER = 3, /* let through a hook towards its destination */
+	REASON_FORWARD_TUNNEL = 4, /* encapsulated towards another node (VXLAN, IP-in-IP) */
+	REASON_FORWARD_UNDERLAY = 5, /* routed natively out of the underlay device */
 	REASON_DROP_FIRST = 64,
-	REASON_DROP_MALFORMED = 64,	  /* truncated or inconsistent headers */
-	REASON_DROP_SPOOFED_SOURCE = 65,  /* source IP or MAC not the endpoint's own */
-	REASON_DROP_TTL_EXCEEDED = 66,	  /* TTL / hop limit would reach 0 */
-	REASON_DROP_UNSUPPORTED_L3 = 67,  /* ethertype that pods may not send */
-	REASON_DROP_PREFILTER = 68,	  /* source in the XDP deny list */
+	REASON_DROP_MALFORMED = 64, /* truncated or inconsistent headers */
+	REASON_DROP_SPOOFED_SOURCE = 65, /* source IP or MAC not the endpoint's own */
+	REASON_DROP_TTL_EXCEEDED = 66, /* TTL / hop limit would reach 0 */
+	REASON_DROP_UNSUPPORTED_L3 = 67, /* ethertype that pods may not send */
+	REASON_DROP_PREFILTER = 68, /* source in the XDP deny list */
 	REASON_DROP_REDIRECT_FAILED = 69, /* helper refused to redirect */
+	REASON_DROP_UNKNOWN_DEST = 70, /* inside the cluster CIDR, but no pod or node has it */
+	REASON_DROP_NO_ROUTE = 71, /* the underlay has no route to the destination's node */
+	REASON_DROP_ENCAP_FAILED = 72, /* could not add or remove a tunnel header */
 };
 
 /* Which hook saw the packet. */
 enum direction {
-	DIR_FROM_POD = 1,  /* tc ingress of a pod's host-side veth */
-	DIR_TO_POD = 2,	   /* tc egress of a pod's host-side veth */
+	DIR_FROM_POD = 1, /* tc ingress of a pod's host-side veth */
+	DIR_TO_POD = 2, /* tc egress of a pod's host-side veth */
 	DIR_PREFILTER = 3, /* XDP on the underlay device */
+	DIR_FROM_OVERLAY = 4, /* tc ingress of the VXLAN device: decapsulated pod traffic */
+	DIR_FROM_UNDERLAY = 5, /* tc ingress of the underlay device: native and IP-in-IP */
+};
+
+/* How pod traffic crosses to another node. */
+enum tunnel_mode {
+	MODE_VXLAN = 1, /* collect-metadata VXLAN device */
+	MODE_NATIVE = 2, /* plain routing over the underlay */
+	MODE_IPIP = 3, /* IPv4-in-IPv4 added and removed in BPF */
+};
+
+/* Route flags. */
+enum route_flags {
+	ROUTE_F_LOCAL = 1 << 0, /* this node's own pod CIDR: only endpoints live there */
+	ROUTE_F_UNREACHABLE = 1 << 1, /* the cluster CIDR itself: no node owns what lands here */
 };
 
 /* Endpoint flags. */

@@ -1,4 +1,4 @@
-/* forward.h: anti-spoofing and delivery of pod traffic, and the reason -> tc action mapping. */
+/* forward.h: anti-spoofing, delivery into local pods, and the reason -> tc action mapping. */
 #pragma once
 
 #include <linux/bpf.h>
@@ -14,52 +14,61 @@
 #include "metrics.h"
 #include "parse.h"
 
+/* PACKET_HOST from linux/if_packet.h, which drags in libc headers. */
+#define PACKET_HOST 0
+
 static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 {
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
+}
+
+/* addr_key fills a 16-byte map key address from a parsed address. */
+static __always_inline void addr_key(__u8 *dst, __u8 family, const union addr *ip)
+{
+	if (family == AF_INET)
+		__builtin_memcpy(dst, &ip->v4, 4);
+	else
+		__builtin_memcpy(dst, ip->v6, 16);
 }
 
 static __always_inline struct endpoint_info *lookup_endpoint(__u8 family, const union addr *ip)
 {
 	struct endpoint_key key = {.family = family};
 
-	if (family == AF_INET)
-		__builtin_memcpy(key.ip, &ip->v4, 4);
-	else
-		__builtin_memcpy(key.ip, ip->v6, 16);
+	addr_key(key.ip, family, ip);
 	return bpf_map_lookup_elem(&endpoints, &key);
 }
 
-/* owns reports whether the endpoint behind ip sits on this interface with this MAC. */
-static __always_inline int owns(struct __sk_buff *skb, __u8 family, const union addr *ip,
-				const __u8 *mac)
+/* check_source drops what a pod sends in someone else's name (IP, MAC or ARP sender) and
+ * hands back the sending endpoint. */
+static __always_inline int check_source(struct __sk_buff *skb, struct packet *pkt,
+					struct endpoint_info **src)
 {
-	struct endpoint_info *ep = lookup_endpoint(family, ip);
+	struct endpoint_info *ep;
 
-	return ep && ep->ifindex == skb->ifindex && mac_equal(ep->mac, mac);
-}
-
-/* check_source drops what a pod sends in someone else's name (IP, MAC or ARP sender). */
-static __always_inline int check_source(struct __sk_buff *skb, struct packet *pkt)
-{
 	switch (pkt->family) {
 	case AF_INET:
+		ep = lookup_endpoint(AF_INET, &pkt->saddr);
 		break;
 	case AF_INET6:
 		/* Link-local sources only do neighbour discovery with the node. */
 		if (pkt->saddr.v6[0] == 0xfe && (pkt->saddr.v6[1] & 0xc0) == 0x80)
 			return REASON_FORWARD_HOST;
+		ep = lookup_endpoint(AF_INET6, &pkt->saddr);
 		break;
 	default: {
 		union addr sip = {.v4 = pkt->arp_sip};
 
-		if (!mac_equal(pkt->arp_sha, pkt->smac) || !owns(skb, AF_INET, &sip, pkt->smac))
+		ep = lookup_endpoint(AF_INET, &sip);
+		if (!ep || ep->ifindex != skb->ifindex || !mac_equal(ep->mac, pkt->smac) ||
+		    !mac_equal(pkt->arp_sha, pkt->smac))
 			return REASON_DROP_SPOOFED_SOURCE;
 		return REASON_FORWARD_HOST;
 	}
 	}
-	if (!owns(skb, pkt->family, &pkt->saddr, pkt->smac))
+	if (!ep || ep->ifindex != skb->ifindex || !mac_equal(ep->mac, pkt->smac))
 		return REASON_DROP_SPOOFED_SOURCE;
+	*src = ep;
 	return CONTINUE;
 }
 
@@ -86,36 +95,41 @@ static __always_inline int decrement_ttl(struct __sk_buff *skb, struct packet *p
 					&hops, 1, 0))
 			return REASON_DROP_MALFORMED;
 	}
+	pkt->ttl--;
 	return CONTINUE;
 }
 
-/* redirect_to_endpoint rewrites L2 for the destination pod and hands the skb to its peer. */
-static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct packet *pkt,
-						struct endpoint_info *dst)
+/* set_macs rewrites the Ethernet addresses of the frame. */
+static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
 {
-	struct ethhdr eth = {};
-	int reason = decrement_ttl(skb, pkt);
+	__u8 macs[2 * ETH_ALEN];
 
-	if (reason != CONTINUE)
-		return reason;
-	__builtin_memcpy(eth.h_dest, dst->mac, ETH_ALEN);
-	__builtin_memcpy(eth.h_source, dst->node_mac, ETH_ALEN);
-	eth.h_proto = bpf_htons(pkt->eth_proto);
-	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0))
+	__builtin_memcpy(macs, dst, ETH_ALEN);
+	__builtin_memcpy(macs + ETH_ALEN, src, ETH_ALEN);
+	return bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0);
+}
+
+/* redirect_to_endpoint rewrites L2 for a local pod and hands the skb to its eth0 directly. */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst)
+{
+	if (set_macs(skb, dst->mac, dst->node_mac))
 		return REASON_DROP_MALFORMED;
 	if (bpf_redirect_peer(dst->ifindex, 0) != TC_ACT_REDIRECT)
 		return REASON_DROP_REDIRECT_FAILED;
 	return REASON_FORWARD_LOCAL;
 }
 
-/* forward_from_pod delivers to a local pod in BPF, or leaves the packet to the node's stack. */
-static __always_inline int forward_from_pod(struct __sk_buff *skb, struct packet *pkt)
+/* deliver_local delivers a packet that arrived from another node to the pod it is for. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt)
 {
 	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
 
-	if (dst && (dst->flags & EP_F_LOCAL))
-		return redirect_to_endpoint(skb, pkt, dst);
-	return REASON_FORWARD_HOST;
+	if (!dst || !(dst->flags & EP_F_LOCAL))
+		return REASON_DROP_UNKNOWN_DEST;
+	/* A decapsulated frame was addressed to the tunnel device; the pod must see it as its own.
+	 */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return redirect_to_endpoint(skb, dst);
 }
 
 /* finish counts the verdict and turns its reason into a tc action. */
@@ -124,7 +138,7 @@ static __always_inline int finish(struct __sk_buff *skb, int reason, __u8 direct
 	count(reason, direction, skb->len);
 	if (reason >= REASON_DROP_FIRST)
 		return TC_ACT_SHOT;
-	if (reason == REASON_FORWARD_LOCAL)
-		return TC_ACT_REDIRECT;
-	return TC_ACT_OK;
+	if (reason == REASON_FORWARD_HOST || reason == REASON_DELIVER)
+		return TC_ACT_OK;
+	return TC_ACT_REDIRECT;
 }

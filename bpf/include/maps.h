@@ -25,10 +25,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } metrics SEC(".maps");
 
+/* routes: pod CIDR -> owning node, for pods that are not on this node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm_key);
+	__type(value, struct route_info);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} routes SEC(".maps");
+
+/* config: one entry describing this node; written by the agent, read on every cross-node packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
 /* prefilter: source CIDRs that XDP drops before the stack sees them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct prefilter_key);
+	__type(key, struct lpm_key);
 	__type(value, __u8);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

@@ -47,7 +47,7 @@ struct arp_eth_ipv4 {
 struct packet {
 	__u32 len;
 	__u16 eth_proto; /* host order */
-	__u8 family;	 /* AF_INET, AF_INET6, or 0 for ARP */
+	__u8 family; /* AF_INET, AF_INET6, or 0 for ARP */
 	__u8 l4_proto;
 	__u32 l3_off;
 	__u32 l4_off; /* 0 when there is no L4 header to read (later fragments) */
@@ -62,6 +62,16 @@ struct packet {
 	__u8 arp_sha[ETH_ALEN]; /* ARP sender, checked by anti-spoofing */
 	__be32 arp_sip;
 };
+
+/* csum_fold folds a 32-bit checksum sum into the 16-bit Internet checksum. */
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 c = (__u32)sum;
+
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
 
 /* Make the headers readable with direct access even when the skb is non-linear. */
 static __always_inline void pull_headers(struct __sk_buff *skb)

@@ -17,7 +17,7 @@ static __always_inline int prefilter_verdict(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	struct prefilter_key key = {};
+	struct lpm_key key = {};
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
@@ -26,7 +26,7 @@ static __always_inline int prefilter_verdict(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > data_end)
 			return XDP_PASS;
-		key.prefixlen = PREFILTER_PREFIX_BASE + 32;
+		key.prefixlen = LPM_PREFIX_BASE + 32;
 		key.family = AF_INET;
 		__builtin_memcpy(key.ip, &ip->saddr, 4);
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -34,7 +34,7 @@ static __always_inline int prefilter_verdict(struct xdp_md *ctx)
 
 		if ((void *)(ip6 + 1) > data_end)
 			return XDP_PASS;
-		key.prefixlen = PREFILTER_PREFIX_BASE + 128;
+		key.prefixlen = LPM_PREFIX_BASE + 128;
 		key.family = AF_INET6;
 		__builtin_memcpy(key.ip, &ip6->saddr, 16);
 	} else {

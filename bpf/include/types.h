@@ -21,17 +21,17 @@ struct endpoint_key {
 
 /* Value of the endpoints map: everything needed to deliver to, and police, a pod. */
 struct endpoint_info {
-	__u32 ifindex;	  /* host-side veth in the node's namespace */
-	__u32 id;	  /* endpoint id, stable for the pod's life */
-	__u32 identity;	  /* security identity (policy) */
-	__u32 flags;	  /* enum endpoint_flags */
-	__u8 mac[6];	  /* pod's eth0 MAC */
+	__u32 ifindex; /* host-side veth in the node's namespace */
+	__u32 id; /* endpoint id, stable for the pod's life */
+	__u32 identity; /* security identity (policy) */
+	__u32 flags; /* enum endpoint_flags */
+	__u8 mac[6]; /* pod's eth0 MAC */
 	__u8 node_mac[6]; /* host-side veth MAC, source of packets towards the pod */
 };
 
 /* Key of the metrics map. */
 struct metrics_key {
-	__u8 reason;	/* enum reason */
+	__u8 reason; /* enum reason */
 	__u8 direction; /* enum direction */
 	__u16 pad;
 };
@@ -43,12 +43,30 @@ struct metrics_value {
 };
 
 /* LPM prefixes count from the family byte: family and pad are always matched whole. */
-#define PREFILTER_PREFIX_BASE 32
+#define LPM_PREFIX_BASE 32
 
-/* Key of the prefilter LPM deny list. */
-struct prefilter_key {
+/* Key of every LPM map (routes, prefilter): an IPv4 or IPv6 prefix. */
+struct lpm_key {
 	__u32 prefixlen;
 	__u8 family;
 	__u8 pad[3];
 	__u8 ip[ADDR_LEN];
+};
+
+/* Value of the routes map: which node owns a pod CIDR and how to reach it. */
+struct route_info {
+	__u8 node_ip[ADDR_LEN]; /* underlay address of the owning node */
+	__u8 mode; /* enum tunnel_mode */
+	__u8 flags; /* enum route_flags */
+	__u16 pad;
+	__u32 node_id;
+};
+
+/* The one entry of the config map: what this node is. */
+struct node_config {
+	__u8 node_ip[ADDR_LEN]; /* this node's underlay address, source of IP-in-IP */
+	__u32 underlay_ifindex; /* the underlay device (native and IP-in-IP egress) */
+	__u32 tunnel_ifindex; /* the VXLAN device */
+	__u8 mode; /* enum tunnel_mode */
+	__u8 pad[3];
 };

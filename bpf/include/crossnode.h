@@ -1,0 +1,170 @@
+/* crossnode.h: sending pod traffic to other nodes (VXLAN, native, IP-in-IP) and receiving it. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "forward.h"
+#include "maps.h"
+#include "parse.h"
+
+/* The installed UAPI header predates this flag (kernel 6.3); the running kernel knows it. */
+#define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define IP_DF 0x4000
+#define IPIP_HLEN 20
+#define TUNNEL_TTL 64
+
+static __always_inline struct node_config *node_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+static __always_inline struct route_info *lookup_route(__u8 family, const union addr *ip)
+{
+	struct lpm_key key = {.family = family};
+
+	key.prefixlen = LPM_PREFIX_BASE + (family == AF_INET ? 32 : 128);
+	addr_key(key.ip, family, ip);
+	return bpf_map_lookup_elem(&routes, &key);
+}
+
+/* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay with the kernel's
+ * FIB and neighbour table, without the node's forwarding path. */
+static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct node_config *cfg,
+						 __be32 saddr, __be32 daddr)
+{
+	struct bpf_fib_lookup fib = {};
+	long ret;
+
+	fib.family = AF_INET;
+	fib.ipv4_src = saddr;
+	fib.ipv4_dst = daddr;
+	fib.ifindex = cfg->underlay_ifindex;
+	/* OUTPUT: look up as the node sending, so the node needs no ip_forward. */
+	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (set_macs(skb, fib.dmac, fib.smac))
+			return REASON_DROP_MALFORMED;
+		if (bpf_redirect(fib.ifindex, 0) != TC_ACT_REDIRECT)
+			return REASON_DROP_REDIRECT_FAILED;
+		return CONTINUE;
+	}
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
+
+		if (bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0) != TC_ACT_REDIRECT)
+			return REASON_DROP_REDIRECT_FAILED;
+		return CONTINUE;
+	}
+	return REASON_DROP_NO_ROUTE;
+}
+
+static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config *cfg,
+				      struct route_info *rt, struct endpoint_info *src)
+{
+	struct bpf_tunnel_key key = {};
+
+	/* The VNI carries the source identity (24 bits) to the receiving node. */
+	key.tunnel_id = src->identity & 0xffffff;
+	key.remote_ipv4 = bpf_ntohl(*(__be32 *)rt->node_ip);
+	key.tunnel_ttl = TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return REASON_DROP_ENCAP_FAILED;
+	if (bpf_redirect(cfg->tunnel_ifindex, 0) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return REASON_FORWARD_TUNNEL;
+}
+
+static __always_inline int send_native(struct __sk_buff *skb, struct node_config *cfg,
+				       struct packet *pkt)
+{
+	int reason = redirect_via_underlay(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
+
+	return reason == CONTINUE ? REASON_FORWARD_UNDERLAY : reason;
+}
+
+static __always_inline int send_ipip(struct __sk_buff *skb, struct node_config *cfg,
+				     struct route_info *rt, struct packet *pkt)
+{
+	struct iphdr outer = {};
+	int reason;
+
+	outer.version = 4;
+	outer.ihl = 5;
+	outer.tot_len = bpf_htons(pkt->len - ETH_HLEN + IPIP_HLEN);
+	outer.frag_off = bpf_htons(IP_DF);
+	outer.ttl = TUNNEL_TTL;
+	outer.protocol = IPPROTO_IPIP;
+	outer.saddr = *(__be32 *)cfg->node_ip;
+	outer.daddr = *(__be32 *)rt->node_ip;
+	outer.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&outer, sizeof(outer), 0));
+	/* ENCAP_L3_IPV4 marks GSO packets as IP-in-IP so segmentation repeats the outer header. */
+	if (bpf_skb_adjust_room(skb, IPIP_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
+		return REASON_DROP_ENCAP_FAILED;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0))
+		return REASON_DROP_ENCAP_FAILED;
+	reason = redirect_via_underlay(skb, cfg, outer.saddr, outer.daddr);
+	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
+}
+
+/* forward_remote sends a pod's packet for a pod on another node the cluster's way. */
+static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *pkt,
+					  struct endpoint_info *src)
+{
+	struct route_info *rt = lookup_route(pkt->family, &pkt->daddr);
+	struct node_config *cfg;
+	int reason;
+
+	if (!rt)
+		return REASON_FORWARD_HOST; /* outside the cluster: the node's business */
+	if (rt->flags & (ROUTE_F_LOCAL | ROUTE_F_UNREACHABLE))
+		return REASON_DROP_UNKNOWN_DEST;
+	cfg = node_config();
+	if (!cfg || pkt->family != AF_INET)
+		return REASON_DROP_NO_ROUTE;
+	reason = decrement_ttl(skb, pkt);
+	if (reason != CONTINUE)
+		return reason;
+	switch (rt->mode) {
+	case MODE_VXLAN:
+		return send_vxlan(skb, cfg, rt, src);
+	case MODE_NATIVE:
+		return send_native(skb, cfg, pkt);
+	case MODE_IPIP:
+		return send_ipip(skb, cfg, rt, pkt);
+	}
+	return REASON_DROP_NO_ROUTE;
+}
+
+/* receive_underlay handles what arrives on the underlay: IP-in-IP for this node is
+ * decapsulated, and pod traffic (native mode) goes straight into its pod. */
+static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt)
+{
+	struct node_config *cfg;
+
+	if (pkt->family != AF_INET)
+		return REASON_FORWARD_HOST;
+	if (pkt->l4_proto == IPPROTO_IPIP) {
+		cfg = node_config();
+		if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip)
+			return REASON_FORWARD_HOST;
+		if (bpf_skb_adjust_room(skb, -IPIP_HLEN, BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4))
+			return REASON_DROP_ENCAP_FAILED;
+		__builtin_memset(pkt, 0, sizeof(*pkt));
+		pull_headers(skb);
+		if (parse(skb, pkt) != CONTINUE || pkt->family != AF_INET)
+			return REASON_DROP_MALFORMED;
+		return deliver_local(skb, pkt);
+	}
+	if (!lookup_endpoint(pkt->family, &pkt->daddr))
+		return REASON_FORWARD_HOST; /* for the node itself */
+	return deliver_local(skb, pkt);
+}

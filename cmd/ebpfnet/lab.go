@@ -1,0 +1,249 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+)
+
+func newLabCmd(g *globals) *cobra.Command {
+	var name string
+	cmd := &cobra.Command{Use: "lab", Short: "a cluster of nodes and pods made of network namespaces"}
+	cmd.PersistentFlags().StringVar(&name, "name", "lab", "which lab")
+	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabNodesCmd(g, &name),
+		newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabServeCmd())
+	return cmd
+}
+
+func newLabUpCmd(g *globals, name *string) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "up -f LAB.yaml",
+		Short: "build the lab and return when every pod serves its ports",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return usageError{errors.New("lab up needs -f LAB.yaml")}
+			}
+			if err := lab.CheckName(*name); err != nil {
+				return usageError{err}
+			}
+			spec, err := lab.ReadSpec(file)
+			if err != nil {
+				return err
+			}
+			st, err := lab.Up(cmd.Context(), *name, spec, lab.Options{})
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "lab %q is up: %d nodes, %d pods, mode %s\n\n", st.Name, len(st.Nodes), len(st.Pods), st.Mode)
+			printNodes(out, g, st)
+			fmt.Fprintln(out)
+			printPods(out, g, st)
+			fmt.Fprintf(out, "\nnext: ebpfnet lab matrix --name %s --port P --protocol TCP; ebpfnet lab down --name %s\n", st.Name, st.Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "lab file (or a NetworkPolicy case file with a lab: block)")
+	return cmd
+}
+
+func newLabDownCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "remove every namespace, link, pin and process of the lab (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.Down(*name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %q is down\n", *name)
+			return nil
+		},
+	}
+}
+
+func newLabNodesCmd(g *globals, name *string) *cobra.Command {
+	return &cobra.Command{
+		Use: "nodes", Short: "list the lab's nodes", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			return printNodes(cmd.OutOrStdout(), g, st)
+		},
+	}
+}
+
+func newLabPodsCmd(g *globals, name *string) *cobra.Command {
+	return &cobra.Command{
+		Use: "pods", Short: "list the lab's pods", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			return printPods(cmd.OutOrStdout(), g, st)
+		},
+	}
+}
+
+// labNode and labPod are the JSON shapes `lab nodes|pods -o json` print.
+type labNode struct {
+	Name    string `json:"name"`
+	IP      string `json:"ip"`
+	PodCIDR string `json:"podCIDR"`
+	Netns   string `json:"netns"`
+	PinDir  string `json:"pinDir"`
+}
+
+type labPod struct {
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name"`
+	Node      string            `json:"node"`
+	IP        string            `json:"ip"`
+	Labels    map[string]string `json:"labels"`
+	Ports     []lab.Port        `json:"ports"`
+	Netns     string            `json:"netns"`
+}
+
+func printNodes(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.State) error {
+	out := []labNode{}
+	var rows [][]string
+	for _, n := range st.Nodes {
+		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), n.Netns, n.PinDir})
+		rows = append(rows, []string{n.Name, n.IP.String(), n.PodCIDR.String(), n.Netns})
+	}
+	return printOut(w, g, out, []string{"NODE", "UNDERLAY IP", "POD CIDR", "NETNS"}, rows)
+}
+
+func printPods(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.State) error {
+	out := []labPod{}
+	var rows [][]string
+	for _, p := range st.Pods {
+		labels := p.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		ports := p.Ports
+		if ports == nil {
+			ports = []lab.Port{}
+		}
+		out = append(out, labPod{p.Namespace, p.Name, p.Node, p.IP.String(), labels, ports, p.Netns})
+		var ps []string
+		for _, pt := range p.Ports {
+			ps = append(ps, fmt.Sprintf("%d/%s", pt.Port, pt.Protocol))
+		}
+		rows = append(rows, []string{p.Key(), p.Node, p.IP.String(), formatLabels(labels), strings.Join(ps, ",")})
+	}
+	return printOut(w, g, out, []string{"POD", "NODE", "IP", "LABELS", "PORTS"}, rows)
+}
+
+func formatLabels(l map[string]string) string {
+	var kv []string
+	for k, v := range l {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, ",")
+}
+
+// probeFlags are --port and --protocol, shared by probe and matrix.
+type probeFlags struct {
+	port     int
+	protocol string
+}
+
+func (p *probeFlags) add(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&p.port, "port", 0, "port to probe")
+	cmd.Flags().StringVar(&p.protocol, "protocol", "TCP", "TCP or UDP")
+}
+
+func (p *probeFlags) check() error {
+	p.protocol = strings.ToUpper(p.protocol)
+	if p.port < 1 || p.port > 65535 {
+		return usageError{fmt.Errorf("--port %d is not in 1-65535", p.port)}
+	}
+	if p.protocol != "TCP" && p.protocol != "UDP" {
+		return usageError{fmt.Errorf("--protocol %q must be TCP or UDP", p.protocol)}
+	}
+	return nil
+}
+
+func newLabProbeCmd(name *string) *cobra.Command {
+	pf := &probeFlags{}
+	cmd := &cobra.Command{
+		Use:   "probe FROM TO",
+		Short: "exit 0 if pod FROM (ns/pod) reaches pod TO on --port/--protocol, 1 if not",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			err = st.Probe(args[0], args[1], pf.port, pf.protocol)
+			if err == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s %d/%s: reachable\n", args[0], args[1], pf.port, pf.protocol)
+			}
+			return err
+		},
+	}
+	pf.add(cmd)
+	return cmd
+}
+
+func newLabMatrixCmd(g *globals, name *string) *cobra.Command {
+	pf := &probeFlags{}
+	cmd := &cobra.Command{
+		Use:   "matrix",
+		Short: "probe every pod from every other pod and print who reaches whom",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pf.check(); err != nil {
+				return err
+			}
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			m, err := st.Matrix(pf.port, pf.protocol)
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printOut(cmd.OutOrStdout(), g, m, nil, nil)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s/%d (. reachable, X blocked)\n%s", pf.protocol, pf.port, m)
+			return nil
+		},
+	}
+	pf.add(cmd)
+	return cmd
+}
+
+func newLabServeCmd() *cobra.Command {
+	var ports, ready string
+	cmd := &cobra.Command{
+		Use:    "serve",
+		Short:  "the echo server the lab runs inside each pod",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.Serve(cmd.Context(), ports, ready)
+		},
+	}
+	cmd.Flags().StringVar(&ports, "ports", "", "PORT/PROTOCOL,...")
+	cmd.Flags().StringVar(&ready, "ready", "", "file to write once every port is bound")
+	return cmd
+}
+

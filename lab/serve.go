@@ -1,0 +1,84 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Serve answers on every port (TCP: accept and echo; UDP: echo), writes readyFile once all
+// are bound, and runs until ctx ends. It is what `ebpfnet lab serve` runs inside each pod.
+func Serve(ctx context.Context, ports, readyFile string) error {
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	for _, spec := range strings.Split(ports, ",") {
+		num, proto, ok := strings.Cut(spec, "/")
+		port, err := strconv.Atoi(num)
+		if !ok || err != nil || port < 1 || port > 65535 {
+			return fmt.Errorf("bad port %q (want PORT/PROTOCOL)", spec)
+		}
+		addr := fmt.Sprintf("0.0.0.0:%d", port)
+		switch proto {
+		case "TCP":
+			ln, err := net.Listen("tcp4", addr)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, ln)
+			go serveTCP(ln)
+		case "UDP":
+			pc, err := net.ListenPacket("udp4", addr)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, pc)
+			go serveUDP(pc)
+		case "SCTP":
+			// This kernel has no SCTP sockets; SCTP rules are covered by BPF unit tests.
+			slog.Info("not serving SCTP: no SCTP sockets on this kernel", "port", port)
+		default:
+			return fmt.Errorf("bad protocol %q in %q", proto, spec)
+		}
+	}
+	if err := os.WriteFile(readyFile, []byte("ready\n"), 0o600); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func serveTCP(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+	}
+}
+
+func serveUDP(pc net.PacketConn) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err == nil {
+			pc.WriteTo(buf[:n], from)
+		}
+	}
+}

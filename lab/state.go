@@ -1,0 +1,143 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+)
+
+// StateRoot holds one directory per lab: its state file, server logs and ready files.
+var StateRoot = "/run/ebpfnet/labs"
+
+// PinRoot holds one directory per lab, with one pin dir per node.
+var PinRoot = "/sys/fs/bpf/ebpfnet-lab"
+
+var labName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$`)
+
+// CheckName refuses lab names that would not make valid namespace and pin names.
+func CheckName(name string) error {
+	if !labName.MatchString(name) {
+		return fmt.Errorf("lab name %q must be 1-16 lower-case letters, digits or '-'", name)
+	}
+	return nil
+}
+
+// State is a lab as made: written before anything is created, so `down` can always undo it.
+type State struct {
+	Name        string      `json:"name"`
+	Mode        string      `json:"mode"`
+	ClusterCIDR string      `json:"clusterCIDR"`
+	VXLANPort   int         `json:"vxlanPort"`
+	Underlay    string      `json:"underlayNetns"`
+	Nodes       []Node      `json:"nodes"`
+	Namespaces  []Namespace `json:"namespaces"`
+	Pods        []Pod       `json:"pods"`
+}
+
+// Node is a node as made.
+type Node struct {
+	Name    string       `json:"name"`
+	IP      netip.Addr   `json:"ip"`
+	PodCIDR netip.Prefix `json:"podCIDR"`
+	Netns   string       `json:"netns"`
+	PinDir  string       `json:"pinDir"`
+	MTU     int          `json:"podMTU"`
+}
+
+// Pod is a pod as made.
+type Pod struct {
+	Namespace   string            `json:"namespace"`
+	Name        string            `json:"name"`
+	Node        string            `json:"node"`
+	IP          netip.Addr        `json:"ip"`
+	Labels      map[string]string `json:"labels"`
+	Ports       []Port            `json:"ports"`
+	Netns       string            `json:"netns"`
+	ContainerID string            `json:"containerID"`
+	EndpointID  uint32            `json:"endpointID"`
+	ServerPID   int               `json:"serverPID,omitempty"`
+}
+
+// Key is "namespace/name".
+func (p Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Dir is where a lab keeps its files.
+func Dir(name string) string { return filepath.Join(StateRoot, name) }
+
+func statePath(name string) string { return filepath.Join(Dir(name), "state.json") }
+
+// ErrNotUp says there is no such lab.
+var ErrNotUp = errors.New("lab is not up")
+
+// Load reads a lab's state.
+func Load(name string) (*State, error) {
+	data, err := os.ReadFile(statePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("lab %q: %w (start it with `ebpfnet lab up -f FILE --name %s`)", name, ErrNotUp, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lab %q: %w", name, err)
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("lab %q state is corrupt: %w", name, err)
+	}
+	return &s, nil
+}
+
+func (s *State) save() error {
+	if err := os.MkdirAll(Dir(s.Name), 0o700); err != nil {
+		return fmt.Errorf("make lab dir: %w", err)
+	}
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := statePath(s.Name) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write lab state: %w", err)
+	}
+	return os.Rename(tmp, statePath(s.Name))
+}
+
+// Pod returns the pod "namespace/name".
+func (s *State) Pod(key string) (*Pod, error) {
+	for i := range s.Pods {
+		if s.Pods[i].Key() == key {
+			return &s.Pods[i], nil
+		}
+	}
+	return nil, fmt.Errorf("lab %s has no pod %q", s.Name, key)
+}
+
+// Node returns the node called name.
+func (s *State) Node(name string) (*Node, error) {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i], nil
+		}
+	}
+	return nil, fmt.Errorf("lab %s has no node %q", s.Name, name)
+}
+
+// List names the labs that are up.
+func List() ([]string, error) {
+	entries, err := os.ReadDir(StateRoot)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if _, err := os.Stat(statePath(e.Name())); err == nil {
+			names = append(names, e.Name())
+		}
+	}
+	return names, nil
+}

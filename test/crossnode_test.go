@@ -1,0 +1,232 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/test/nstest"
+)
+
+// threeNodeLab is three nodes with two pods each, every pod serving 80/TCP and 80/UDP.
+func threeNodeLab(mode string) *lab.Spec {
+	s := &lab.Spec{Mode: mode, Namespaces: []lab.Namespace{{Name: "x"}}}
+	ports := []lab.Port{{Name: "tcp", Port: 80, Protocol: "TCP"}, {Name: "udp", Port: 80, Protocol: "UDP"}}
+	for n := 1; n <= 3; n++ {
+		node := fmt.Sprintf("node%d", n)
+		s.Nodes = append(s.Nodes, lab.NodeSpec{Name: node})
+		for p := 1; p <= 2; p++ {
+			s.Pods = append(s.Pods, lab.PodSpec{Namespace: "x", Name: fmt.Sprintf("p%d%d", n, p), Node: node,
+				Labels: map[string]string{"pod": fmt.Sprintf("p%d%d", n, p)}, Ports: ports})
+		}
+	}
+	return s
+}
+
+// upLab brings a lab up through the Go API with the test-built CLI as its server binary, and
+// takes it down when the test ends.
+func upLab(t *testing.T, prefix string, spec *lab.Spec) *lab.State {
+	t.Helper()
+	nstest.RequireRoot(t)
+	if err := spec.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	name := prefix + nstest.Suffix(4)
+	t.Cleanup(func() {
+		if err := lab.Down(name); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	st, err := lab.Up(context.Background(), name, spec, lab.Options{Exe: ebpfnetBin})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	return st
+}
+
+// Acceptance: in every mode, all pairs reach each other over TCP and UDP; the underlay carries
+// the mode's encapsulation; a 100 MB transfer between nodes completes.
+func TestCrossNodeModes(t *testing.T) {
+	for _, mode := range []string{"vxlan", "native", "ipip"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			st := upLab(t, mode[:2], threeNodeLab(mode))
+			t.Run("all pairs", func(t *testing.T) {
+				for _, proto := range []string{"TCP", "UDP"} {
+					m, err := st.Matrix(80, proto)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for from, row := range m {
+						for to, ok := range row {
+							if !ok {
+								t.Errorf("%s: %s does not reach %s", proto, from, to)
+							}
+						}
+					}
+					if len(m) != 6 {
+						t.Fatalf("matrix has %d rows, want 6", len(m))
+					}
+				}
+			})
+			t.Run("underlay encapsulation", func(t *testing.T) { checkUnderlay(t, st, mode) })
+			t.Run("100MB transfer", func(t *testing.T) { transfer(t, st, "x/p11", "x/p31", 100<<20) })
+			t.Run("counted by BPF", func(t *testing.T) {
+				node, _ := st.Node("node1")
+				c := nodeCounters(t, node)
+				out := maps.ReasonForwardTunnel
+				if mode == "native" {
+					out = maps.ReasonForwardUnder
+				}
+				if c[key(out, maps.DirFromPod)] == 0 {
+					t.Errorf("no packet left node1 as %s", maps.ReasonName(out))
+				}
+				in := maps.DirFromUnderlay
+				if mode == "vxlan" {
+					in = maps.DirFromOverlay
+				}
+				if c[key(maps.ReasonForwardLocal, in)] == 0 {
+					t.Errorf("no packet arrived at node1's pods through %s", maps.DirectionName(in))
+				}
+			})
+		})
+	}
+}
+
+func key(r maps.Reason, d maps.Direction) string { return maps.ReasonName(r) + "/" + maps.DirectionName(d) }
+
+func nodeCounters(t *testing.T, n *lab.Node) map[string]uint64 {
+	t.Helper()
+	out, code := ebpfnet(t, "--pin-dir", n.PinDir, "metrics", "-o", "json")
+	if code != 0 {
+		t.Fatalf("ebpfnet metrics: %s", out)
+	}
+	var rows []struct {
+		Reason, Direction string
+		Packets           uint64
+	}
+	if err := jsonUnmarshal(out, &rows); err != nil {
+		t.Fatal(err)
+	}
+	c := map[string]uint64{}
+	for _, r := range rows {
+		c[r.Reason+"/"+r.Direction] = r.Packets
+	}
+	return c
+}
+
+// checkUnderlay captures on node1's eth0 while node1's pod talks to node2's pod.
+func checkUnderlay(t *testing.T, st *lab.State, mode string) {
+	src, _ := st.Pod("x/p11")
+	dst, _ := st.Pod("x/p21")
+	node, _ := st.Node("node1")
+	filters := map[string]string{
+		"vxlan":  fmt.Sprintf("udp port %d", st.VXLANPort),
+		"ipip":   "ip proto 4",
+		"native": fmt.Sprintf("ip src %s and ip dst %s and tcp port 80", src.IP, dst.IP),
+	}
+	must := capture(t, node.Netns, filters[mode], func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") })
+	if must == 0 {
+		t.Fatalf("%s mode: no %q packets on node1's eth0", mode, filters[mode])
+	}
+	if mode == "native" {
+		// Natively routed traffic must not be encapsulated.
+		if n := capture(t, node.Netns, fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort),
+			func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") }); n != 0 {
+			t.Fatalf("native mode: %d encapsulated packets on the underlay", n)
+		}
+	}
+}
+
+// capture runs tcpdump on eth0 inside netns while traffic runs, and counts matching packets.
+func capture(t *testing.T, netns, filter string, traffic func()) int {
+	t.Helper()
+	pcap := filepath.Join(t.TempDir(), "cap.pcap")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", filepath.Base(netns), "tcpdump", "-i", lab.UnderlayIf,
+		"-n", "-U", "--immediate-mode", "-w", pcap, filter)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// tcpdump says "listening on" once its filter is in place.
+	r := bufio.NewReader(stderr)
+	for {
+		line, err := r.ReadString('\n')
+		if strings.Contains(line, "listening on") {
+			break
+		}
+		if err != nil {
+			t.Fatalf("tcpdump did not start: %s %v", line, err)
+		}
+	}
+	traffic()
+	cmd.Process.Signal(os.Interrupt)
+	rest, _ := io.ReadAll(r)
+	cmd.Wait()
+	var got int
+	for _, line := range strings.Split(string(rest), "\n") {
+		if strings.HasSuffix(line, "packets captured") {
+			fmt.Sscanf(line, "%d", &got)
+		}
+	}
+	return got
+}
+
+// transfer sends size bytes from one pod to another's echo server and checks every byte
+// comes back.
+func transfer(t *testing.T, st *lab.State, from, to string, size int) {
+	t.Helper()
+	src, _ := st.Pod(from)
+	dst, _ := st.Pod(to)
+	var c net.Conn
+	err := namespace.Do(src.Netns, func() (err error) {
+		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(dst.IP, 80).String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	sent, got := sha256.New(), sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 1<<16)
+		for i := range chunk {
+			chunk[i] = byte(i * 7)
+		}
+		for n := 0; n < size; n += len(chunk) {
+			sent.Write(chunk)
+			if _, err := c.Write(chunk); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- c.(*net.TCPConn).CloseWrite()
+	}()
+	n, err := io.Copy(got, c)
+	if werr := <-errc; werr != nil {
+		t.Fatalf("send: %v", werr)
+	}
+	if err != nil || n != int64(size) {
+		t.Fatalf("received %d of %d bytes: %v", n, size, err)
+	}
+	if string(sent.Sum(nil)) != string(got.Sum(nil)) {
+		t.Fatal("the bytes that came back differ from those sent")
+	}
+}

@@ -1,0 +1,43 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// ebpfnetBin is the CLI built once for the tests that drive it the way a user would.
+var ebpfnetBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ebpfnet-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ebpfnetBin = filepath.Join(dir, "ebpfnet")
+	build := exec.Command("go", "build", "-o", ebpfnetBin, "../cmd/ebpfnet")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build ebpfnet:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// ebpfnet runs the CLI and returns its combined output and exit code.
+func ebpfnet(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(ebpfnetBin, args...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run ebpfnet %v: %v", args, err)
+	}
+	return string(out), code
+}
