@@ -375,4 +375,3 @@ func startServers(ctx context.Context, st *State, exe string) error {
 
 // ServeEnv marks a process started as a lab server (test binaries dispatch on it).
 const ServeEnv = "EBPFNET_LAB_SERVE"
-

@@ -43,7 +43,9 @@ func (d *Datapath) Endpoints() *maps.Endpoints { return maps.NewEndpoints(d.Data
 func (d *Datapath) Routes() *maps.Routes { return maps.NewRoutes(d.DatapathMaps.Routes) }
 
 // SetNodeConfig tells the datapath what its node is.
-func (d *Datapath) SetNodeConfig(c maps.NodeConfig) error { return maps.SetConfig(d.DatapathMaps.Config, c) }
+func (d *Datapath) SetNodeConfig(c maps.NodeConfig) error {
+	return maps.SetConfig(d.DatapathMaps.Config, c)
+}
 
 // Metrics returns a typed view of the metrics map.
 func (d *Datapath) Metrics() *maps.Metrics { return maps.NewMetrics(d.DatapathMaps.Metrics) }

@@ -106,7 +106,9 @@ func TestCrossNodeModes(t *testing.T) {
 	}
 }
 
-func key(r maps.Reason, d maps.Direction) string { return maps.ReasonName(r) + "/" + maps.DirectionName(d) }
+func key(r maps.Reason, d maps.Direction) string {
+	return maps.ReasonName(r) + "/" + maps.DirectionName(d)
+}
 
 func nodeCounters(t *testing.T, n *lab.Node) map[string]uint64 {
 	t.Helper()

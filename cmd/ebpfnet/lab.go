@@ -246,4 +246,3 @@ func newLabServeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&ready, "ready", "", "file to write once every port is bound")
 	return cmd
 }
-
