@@ -41,7 +41,7 @@ bench: deps build ## compare ebpfnet with kernel baselines; writes bench/results
 	$(BIN)/ebpfnet-bench -out bench/results
 
 demo: deps build ## bring up a small cluster in namespaces and show it working
-	$(BIN)/ebpfnet demo
+	scripts/demo.sh
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

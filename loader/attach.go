@@ -216,3 +216,44 @@ func (d *Datapath) Upgrade() (int, error) {
 	}
 	return n, nil
 }
+
+// Attachment is one pinned link as `ebpfnet datapath status` shows it.
+type Attachment struct {
+	Hook      Hook   `json:"hook"`
+	Interface string `json:"interface"`
+	Ifindex   int    `json:"ifindex"`
+	ProgramID uint32 `json:"programID"`
+	LinkID    uint32 `json:"linkID"`
+	Pin       string `json:"pin"`
+}
+
+// Attachments lists the pinned links under pinDir.
+func Attachments(pinDir string) ([]Attachment, error) {
+	entries, err := os.ReadDir(LinksDir(pinDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list pinned links: %w", err)
+	}
+	var out []Attachment
+	for _, e := range entries {
+		hook, ifname, ok := strings.Cut(e.Name(), "@")
+		if !ok {
+			continue
+		}
+		path := filepath.Join(LinksDir(pinDir), e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return nil, fmt.Errorf("open pinned link %s: %w", path, err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read pinned link %s: %w", path, err)
+		}
+		out = append(out, Attachment{Hook: Hook(hook), Interface: ifname, Ifindex: linkIfindex(info),
+			ProgramID: uint32(info.Program), LinkID: uint32(info.ID), Pin: path})
+	}
+	return out, nil
+}

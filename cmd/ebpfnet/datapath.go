@@ -29,6 +29,24 @@ func newDatapathCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}, &cobra.Command{
+		Use:   "status",
+		Short: "list the programs attached through pinned links",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			atts, err := loader.Attachments(g.pinDir)
+			if err != nil {
+				return err
+			}
+			if atts == nil {
+				atts = []loader.Attachment{}
+			}
+			var rows [][]string
+			for _, a := range atts {
+				rows = append(rows, []string{a.Interface, string(a.Hook), fmt.Sprint(a.Ifindex), fmt.Sprint(a.ProgramID), fmt.Sprint(a.LinkID)})
+			}
+			return printOut(cmd.OutOrStdout(), g, atts, []string{"INTERFACE", "HOOK", "IFINDEX", "PROGRAM", "LINK"}, rows)
+		},
+	}, &cobra.Command{
 		Use:   "uninstall",
 		Short: "detach every link and remove every pin the datapath made",
 		Args:  cobra.NoArgs,

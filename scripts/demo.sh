@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make demo`: a two-node lab in network namespaces, its reachability matrix, and where to look.
+set -euo pipefail
+bin=${EBPFNET:-bin/ebpfnet}
+name=${LAB:-demo}
+
+"$bin" lab down --name "$name" >/dev/null
+"$bin" lab up -f examples/demo-lab.yaml --name "$name"
+echo
+echo "== who reaches whom on TCP/80 (every pod runs an echo server on its declared ports)"
+"$bin" lab matrix --name "$name" --port 80 --protocol TCP
+echo
+echo "== one probe, as a script would use it (exit 0 = reachable)"
+"$bin" lab probe shop/frontend db/redis --name "$name" --port 80 --protocol TCP
+echo
+pin=$("$bin" lab nodes --name "$name" -o json | sed -n 's/.*"pinDir": "\(.*node1\)".*/\1/p')
+echo "== node1's datapath counters (BPF per-CPU map, read by ebpfnet metrics)"
+"$bin" --pin-dir "$pin" metrics
+echo
+echo "== node1's endpoints map"
+"$bin" --pin-dir "$pin" endpoint list
+cat <<MSG
+
+Look inside:
+  $bin lab pods --name $name                       # pods, their IPs and netns
+  $bin --pin-dir $pin metrics                      # counters by reason and direction
+  bpftool map dump pinned $pin/endpoints           # the raw map, with BTF field names
+  $bin --pin-dir $pin datapath status             # which programs sit on which interfaces
+  ip netns exec $name-node1 tcpdump -ni eth0 udp port 8472    # VXLAN on the underlay
+Tear down:
+  $bin lab down --name $name
+MSG
