@@ -115,5 +115,6 @@ type SuiteDef struct {
 
 // Suites are the suites `ebpfnet-bench -suites` knows.
 var Suites = map[string]SuiteDef{
-	"same-node": {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
+	"same-node":  {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
+	"cross-node": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
 }

@@ -144,3 +144,5 @@ func addAddr(ns string, l netlink.Link, prefix string) error {
 	}
 	return nil
 }
+
+func nsName(path string) string { return filepath.Base(path) }

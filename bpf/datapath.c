@@ -22,8 +22,7 @@ int from_pod(struct __sk_buff *skb)
 	struct packet pkt = {};
 	int reason;
 
-	pull_headers(skb);
-	reason = parse(skb, &pkt);
+	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
 		reason = check_source(skb, &pkt, &src);
 	if (reason != CONTINUE || !src)
@@ -53,8 +52,7 @@ int from_overlay(struct __sk_buff *skb)
 	struct packet pkt = {};
 	int reason;
 
-	pull_headers(skb);
-	reason = parse(skb, &pkt);
+	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
 		reason = pkt.family ? deliver_local(skb, &pkt) : REASON_FORWARD_HOST;
 	return finish(skb, reason, DIR_FROM_OVERLAY);
@@ -67,8 +65,7 @@ int from_underlay(struct __sk_buff *skb)
 	struct packet pkt = {};
 	int reason;
 
-	pull_headers(skb);
-	reason = parse(skb, &pkt);
+	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
 		reason = receive_underlay(skb, &pkt);
 	else

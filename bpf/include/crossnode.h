@@ -159,8 +159,7 @@ static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet
 		if (bpf_skb_adjust_room(skb, -IPIP_HLEN, BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4))
 			return REASON_DROP_ENCAP_FAILED;
 		__builtin_memset(pkt, 0, sizeof(*pkt));
-		pull_headers(skb);
-		if (parse(skb, pkt) != CONTINUE || pkt->family != AF_INET)
+		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
 			return REASON_DROP_MALFORMED;
 		return deliver_local(skb, pkt);
 	}

@@ -73,15 +73,6 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return (__u16)~c;
 }
 
-/* Make the headers readable with direct access even when the skb is non-linear. */
-static __always_inline void pull_headers(struct __sk_buff *skb)
-{
-	__u32 want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
-
-	if ((long)skb->data + want > (long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
-}
-
 static __always_inline int parse_l4(void *data, void *data_end, struct packet *pkt)
 {
 	void *l4 = data + pkt->l4_off;
@@ -247,4 +238,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 	default:
 		return REASON_DROP_UNSUPPORTED_L3;
 	}
+}
+
+/* parse_skb parses with direct access; only when the headers run past the linear part of a
+ * non-linear skb does it pull them in and look again, so ordinary GSO packets are not copied. */
+static __always_inline int parse_skb(struct __sk_buff *skb, struct packet *pkt)
+{
+	int reason = parse(skb, pkt);
+	__u32 want;
+
+	if (reason != REASON_DROP_MALFORMED || skb->data_end - skb->data >= skb->len)
+		return reason;
+	want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
+	if (bpf_skb_pull_data(skb, want))
+		return REASON_DROP_MALFORMED;
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	return parse(skb, pkt);
 }

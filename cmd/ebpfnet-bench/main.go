@@ -27,11 +27,11 @@ func main() {
 
 func run(ctx context.Context) error {
 	out := flag.String("out", "bin/bench", "directory for results.json, results.md and ratios.svg")
-	rounds := flag.Int("rounds", 3, "measurement rounds, interleaved across setups")
+	rounds := flag.Int("rounds", 5, "measurement rounds, interleaved across setups")
 	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
-	suites := flag.String("suites", "same-node", "comma-separated suites to run: same-node")
+	suites := flag.String("suites", "same-node,cross-node", "comma-separated suites to run: same-node, cross-node")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
 		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")

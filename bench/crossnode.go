@@ -1,0 +1,186 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/podnet"
+)
+
+// CrossNode are the cross-node setups, the limit first.
+func CrossNode() []Builder {
+	return []Builder{
+		{"node-to-node", buildNodeToNode},
+		{"kernel-vxlan", buildKernelVXLAN},
+		{"ebpfnet-vxlan", func(p string) (*Topology, error) { return buildLab(p, "vxlan") }},
+		{"ebpfnet-native", func(p string) (*Topology, error) { return buildLab(p, "native") }},
+		{"ebpfnet-ipip", func(p string) (*Topology, error) { return buildLab(p, "ipip") }},
+	}
+}
+
+// underlay makes two node namespaces whose eth0s meet on a bridge, with no BPF anywhere.
+func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, err error) {
+	sw := prefix + "-u"
+	if _, err := t.netns(sw); err != nil {
+		return nodes, ips, err
+	}
+	h, err := handle(sw)
+	if err != nil {
+		return nodes, ips, err
+	}
+	defer h.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := h.LinkAdd(br); err != nil {
+		return nodes, ips, err
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		return nodes, ips, err
+	}
+	for i := range nodes {
+		nodes[i] = fmt.Sprintf("%s-n%d", prefix, i)
+		ips[i] = netip.AddrFrom4([4]byte{10, 251, 0, byte(i + 1)})
+		if _, err := t.netns(nodes[i]); err != nil {
+			return nodes, ips, err
+		}
+		port := fmt.Sprintf("p%d", i)
+		_, eth0, err := vethPair(sw, port, nodes[i], "eth0", 1500)
+		if err != nil {
+			return nodes, ips, err
+		}
+		if l, err := h.LinkByName(port); err != nil || h.LinkSetMaster(l, br) != nil {
+			return nodes, ips, fmt.Errorf("plug %s into the underlay: %v", port, err)
+		}
+		if err := addAddr(nodes[i], eth0, ips[i].String()+"/24"); err != nil {
+			return nodes, ips, err
+		}
+	}
+	return nodes, ips, nil
+}
+
+// buildNodeToNode measures the underlay itself: node namespace to node namespace.
+func buildNodeToNode(prefix string) (t *Topology, err error) {
+	t = &Topology{Name: "node-to-node"}
+	defer closeOnError(t, &err)
+	nodes, ips, err := t.underlay(prefix)
+	if err != nil {
+		return nil, err
+	}
+	t.Client, t.Server, t.ServerIP = nodes[0], nodes[1], ips[1]
+	return t, nil
+}
+
+// buildKernelVXLAN is flannel's vxlan backend: a kernel VXLAN device per node with static
+// FDB and neighbour entries, routes to the other node's pod CIDR, the node forwarding.
+func buildKernelVXLAN(prefix string) (t *Topology, err error) {
+	t = &Topology{Name: "kernel-vxlan"}
+	defer closeOnError(t, &err)
+	nodes, ips, err := t.underlay(prefix)
+	if err != nil {
+		return nil, err
+	}
+	cidrs := [2]netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("10.244.1.0/24")}
+	var macs [2]net.HardwareAddr
+	var idx [2]int
+	for i, n := range nodes {
+		if err := sysctl(namespace.Path(n), "ipv4/ip_forward", "1"); err != nil {
+			return nil, err
+		}
+		err := inNS(n, func(h *netlink.Handle) error {
+			eth0, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "flannel.1", MTU: 1450}, VxlanId: 1,
+				VtepDevIndex: eth0.Attrs().Index, SrcAddr: ips[i].AsSlice(), Port: 8472, Learning: false}
+			if err := h.LinkAdd(v); err != nil {
+				return fmt.Errorf("add flannel.1: %w", err)
+			}
+			l, err := h.LinkByName("flannel.1")
+			if err != nil {
+				return err
+			}
+			macs[i], idx[i] = l.Attrs().HardwareAddr, l.Attrs().Index
+			addr := &netlink.Addr{IPNet: &net.IPNet{IP: cidrs[i].Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
+			if err := h.AddrAdd(l, addr); err != nil {
+				return err
+			}
+			return h.LinkSetUp(l)
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	for i, n := range nodes {
+		o := 1 - i
+		err := inNS(n, func(h *netlink.Handle) error {
+			gw := cidrs[o].Addr().AsSlice()
+			if err := h.NeighSet(&netlink.Neigh{LinkIndex: idx[i], State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: macs[o]}); err != nil {
+				return fmt.Errorf("neighbour: %w", err)
+			}
+			if err := h.NeighAppend(&netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+				State: netlink.NUD_PERMANENT, IP: ips[o].AsSlice(), HardwareAddr: macs[o]}); err != nil {
+				return fmt.Errorf("fdb: %w", err)
+			}
+			return h.RouteAdd(&netlink.Route{LinkIndex: idx[i], Dst: prefixNet(cidrs[o]), Gw: gw, Flags: int(netlink.FLAG_ONLINK)})
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	pods := [2]string{prefix + "-c", prefix + "-s"}
+	for i, p := range pods {
+		path, err := t.netns(p)
+		if err != nil {
+			return nil, err
+		}
+		pod := podnet.Pod{NodeNetns: namespace.Path(nodes[i]), Netns: path, ContainerID: p,
+			IP: cidrs[i].Addr().Next().Next(), MTU: 1450}
+		if _, err := podnet.Plumb(pod, nil); err != nil {
+			return nil, err
+		}
+	}
+	t.Client, t.Server, t.ServerIP = pods[0], pods[1], cidrs[1].Addr().Next().Next()
+	return t, nil
+}
+
+func inNS(ns string, fn func(h *netlink.Handle) error) error {
+	h, err := handle(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return namespace.Do(namespace.Path(ns), func() error { return fn(h) })
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+}
+
+// buildLab is ebpfnet itself: a two-node lab in the given mode, one pod per node.
+func buildLab(prefix, mode string) (t *Topology, err error) {
+	t = &Topology{Name: "ebpfnet-" + mode}
+	defer closeOnError(t, &err)
+	spec := &lab.Spec{Mode: mode, Nodes: []lab.NodeSpec{{Name: "n1"}, {Name: "n2"}},
+		Namespaces: []lab.Namespace{{Name: "b"}},
+		Pods:       []lab.PodSpec{{Namespace: "b", Name: "c", Node: "n1"}, {Namespace: "b", Name: "s", Node: "n2"}}}
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	name := prefix
+	t.undo = append(t.undo, func() error { return lab.Down(name) })
+	st, err := lab.Up(context.Background(), name, spec, lab.Options{})
+	if err != nil {
+		return nil, err
+	}
+	c, _ := st.Pod("b/c")
+	s, _ := st.Pod("b/s")
+	t.Client, t.Server, t.ServerIP = nsName(c.Netns), nsName(s.Netns), s.IP
+	return t, nil
+}
