@@ -110,6 +110,11 @@ func (d *Datapath) updatePinned(path string, prog *ebpf.Program, ifindex int) (s
 	defer l.Close()
 	info, err := l.Info()
 	if err == nil && linkIfindex(info) == ifindex {
+		if progInfo, perr := prog.Info(); perr == nil {
+			if id, ok := progInfo.ID(); ok && id == info.Program {
+				return xdpMode(info, ifindex), true, nil // already running this program
+			}
+		}
 		if err := l.Update(prog); err != nil {
 			return "", true, fmt.Errorf("replace program in link %s: %w", path, err)
 		}

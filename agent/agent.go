@@ -1,0 +1,206 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// Agent is one node's agent.
+type Agent struct {
+	cfg     *settled
+	kv      store.KV
+	cluster *store.Cluster
+	dp      *loader.Datapath
+	ipam    *ipam.IPAM
+	node    store.Node
+	ready   atomic.Bool
+	cniMu   sync.Mutex // CNI operations one at a time: each is short, and ordering is simple
+	kick    chan struct{}
+}
+
+// Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
+// it returns, so the datapath keeps forwarding while no agent runs.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := cfg.validate()
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	// Listen first: a socket that cannot be made is an error at start, not a log line later.
+	ln, err := listenSocket(s.Socket)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1)}
+	if err := a.start(ctx); err != nil {
+		return err
+	}
+	defer a.close()
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.watch(ctx) }()
+	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
+	a.ready.Store(true)
+	slog.Info("agent ready", "node", a.node.Name, "ip", a.node.IP, "podCIDR", a.node.PodCIDR,
+		"mode", s.mode, "store", s.Store.Type, "socket", s.Socket)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("api server: %w", err)
+		}
+	}
+	a.ready.Store(false)
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdown)
+	wg.Wait()
+	slog.Info("agent stopped; the datapath keeps running from its pins", "pinDir", s.PinDir)
+	return nil
+}
+
+// start opens the store, settles the node's identity, adopts the datapath and reconciles once.
+func (a *Agent) start(ctx context.Context) (err error) {
+	s := a.cfg
+	switch s.Store.Type {
+	case "local":
+		a.kv, err = store.OpenLocal(s.Store.Path)
+	case "etcd":
+		a.kv, err = store.OpenEtcd(ctx, s.Store.Endpoints)
+	}
+	if err != nil {
+		return err
+	}
+	a.cluster = &store.Cluster{KV: a.kv}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	underlay, err := netlink.LinkByName(s.UnderlayInterface)
+	if err != nil {
+		return fmt.Errorf("underlayInterface: %q: %w", s.UnderlayInterface, err)
+	}
+	nodeIP := s.nodeIP
+	if !nodeIP.IsValid() {
+		if nodeIP, err = firstIPv4(underlay); err != nil {
+			return err
+		}
+	}
+	podCIDR := s.podCIDR
+	if podCIDR.IsValid() {
+		err = a.cluster.ClaimPodCIDR(ctx, s.NodeName, podCIDR)
+	} else {
+		podCIDR, err = a.cluster.AllocatePodCIDR(ctx, s.NodeName, s.cluster, s.PodCIDRBits)
+	}
+	if err != nil {
+		return fmt.Errorf("pod CIDR: %w", err)
+	}
+	a.node = store.Node{Name: s.NodeName, IP: nodeIP, PodCIDR: podCIDR}
+	a.ipam = ipam.New(a.kv, s.NodeName, podCIDR)
+	// Adopt what is pinned: maps are reused, every pinned link switches to the new programs.
+	if a.dp, err = loader.Load(loader.Config{PinDir: s.PinDir, Sizes: s.MapSizes}); err != nil {
+		return err
+	}
+	if n, err := a.dp.Upgrade(); err != nil {
+		return err
+	} else if n > 0 {
+		slog.Info("adopted pinned datapath", "links", n)
+	}
+	if err := a.setupNode(underlay); err != nil {
+		return err
+	}
+	if err := a.cluster.PutNode(ctx, a.node, s.leaseTTL); err != nil {
+		return fmt.Errorf("register node: %w", err)
+	}
+	return a.reconcile(ctx)
+}
+
+func (a *Agent) close() {
+	if a.dp != nil {
+		a.dp.Close()
+	}
+	if a.kv != nil {
+		a.kv.Close()
+	}
+}
+
+func firstIPv4(l netlink.Link) (netip.Addr, error) {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("nodeIP: %s has no IPv4 address; set nodeIP", l.Attrs().Name)
+}
+
+// watch turns store changes into reconcile kicks.
+func (a *Agent) watch(ctx context.Context) {
+	nodes := a.kv.Watch(ctx, store.NodesPrefix)
+	eps := a.kv.Watch(ctx, store.EndpointsPrefix(a.node.Name))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-nodes:
+			if !ok {
+				return
+			}
+		case _, ok := <-eps:
+			if !ok {
+				return
+			}
+		}
+		a.trigger()
+	}
+}
+
+func (a *Agent) trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop reconciles on every kick and every resync period.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-t.C:
+		}
+		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
+			slog.Warn("reconcile", "err", err)
+		}
+	}
+}
+
+// listenSocket makes the API socket: mode 0600 in a 0700 directory, replacing a stale one.
+func listenSocket(path string) (net.Listener, error) {
+	return listenUnix(path)
+}

@@ -1,0 +1,135 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// listenUnix makes the API socket: 0600 in a 0700 directory, so only root can open it.
+func listenUnix(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket dir %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket dir %s: %w", dir, err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %s: another agent is serving it", path)
+	}
+	os.Remove(path) // a stale socket from an agent that died
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// APIError is an error as the API returns it, with the CNI error code it maps to.
+type APIError struct {
+	Code    int    `json:"code"`
+	Message string `json:"error"`
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// CNI error codes the agent answers with (CNI spec 1.1.0).
+const (
+	CodeInvalidEnv    = 4
+	CodeIOFailure     = 5
+	CodeInvalidConfig = 7
+	CodeTryAgainLater = 11
+	CodeInternal      = 999
+)
+
+// Status is GET /v1/status.
+type Status struct {
+	Ready   bool   `json:"ready"`
+	Node    string `json:"node"`
+	NodeIP  string `json:"nodeIP"`
+	PodCIDR string `json:"podCIDR"`
+	Mode    string `json:"mode"`
+	PinDir  string `json:"pinDir"`
+	PodMTU  int    `json:"podMTU"`
+}
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st := Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(),
+			PodCIDR: a.node.PodCIDR.String(), Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU()}
+		if _, err := a.cluster.Nodes(r.Context()); err != nil {
+			st.Ready = false
+		}
+		reply(w, st, nil)
+	})
+	mux.HandleFunc("POST /v1/cni/add", handle(a.cniAdd))
+	mux.HandleFunc("POST /v1/cni/del", handle(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+		return struct{}{}, a.cniDel(ctx, req)
+	}))
+	mux.HandleFunc("POST /v1/cni/check", handle(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+		return struct{}{}, a.cniCheck(ctx, req)
+	}))
+	mux.HandleFunc("POST /v1/cni/gc", handle(a.cniGC))
+	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
+		eps, err := a.cluster.Endpoints(r.Context(), r.URL.Query().Get("node"))
+		reply(w, eps, err)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		nodes, err := a.cluster.Nodes(r.Context())
+		reply(w, nodes, err)
+	})
+	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, a.cluster.DeleteNode(r.Context(), r.PathValue("name")))
+	})
+	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+		rs, err := a.dp.Routes().List()
+		if rs == nil {
+			rs = []maps.Route{}
+		}
+		reply(w, rs, err)
+	})
+	return mux
+}
+
+// handle decodes a JSON request strictly, runs fn and encodes its answer.
+func handle[Req, Resp any](fn func(context.Context, Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "decode request: " + err.Error()})
+			return
+		}
+		resp, err := fn(r.Context(), req)
+		reply(w, resp, err)
+	}
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		var ae *APIError
+		if !errors.As(err, &ae) {
+			ae = &APIError{Code: CodeInternal, Message: err.Error()}
+		}
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(ae)
+		return
+	}
+	json.NewEncoder(w).Encode(v)
+}
+

@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Client talks to an agent over its unix socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client of the agent serving socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+}
+
+// UnreachableError says the agent could not be reached at all (CNI: try again later).
+type UnreachableError struct {
+	Socket string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("agent at %s is unreachable: %v", e.Socket, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body bytes.Buffer
+	if in != nil {
+		if err := json.NewEncoder(&body).Encode(in); err != nil {
+			return err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return &UnreachableError{Socket: c.socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		ae := &APIError{}
+		if err := json.NewDecoder(resp.Body).Decode(ae); err != nil {
+			return fmt.Errorf("agent answered %s", resp.Status)
+		}
+		return ae
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Status asks whether the agent is ready.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, "GET", "/v1/status", nil, &s)
+}
+
+// Add attaches a pod.
+func (c *Client) Add(ctx context.Context, r AttachRequest) (AttachResult, error) {
+	var res AttachResult
+	return res, c.do(ctx, "POST", "/v1/cni/add", r, &res)
+}
+
+// Del detaches a pod.
+func (c *Client) Del(ctx context.Context, r AttachRequest) error {
+	return c.do(ctx, "POST", "/v1/cni/del", r, nil)
+}
+
+// Check verifies a pod's attachment.
+func (c *Client) Check(ctx context.Context, r AttachRequest) error {
+	return c.do(ctx, "POST", "/v1/cni/check", r, nil)
+}
+
+// GC removes attachments not in valid.
+func (c *Client) GC(ctx context.Context, valid []Attachment) (GCResult, error) {
+	var res GCResult
+	return res, c.do(ctx, "POST", "/v1/cni/gc", GCRequest{Valid: valid}, &res)
+}
+
+// Get fetches a JSON document from path (e.g. /v1/endpoints) into out.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.do(ctx, "GET", path, nil, out)
+}
+
+// DeleteNode removes a node from the store.
+func (c *Client) DeleteNode(ctx context.Context, name string) error {
+	return c.do(ctx, "DELETE", "/v1/nodes/"+name, nil, nil)
+}

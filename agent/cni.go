@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/podnet"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// AttachRequest is what the CNI plugin sends for ADD, DEL and CHECK.
+type AttachRequest struct {
+	ContainerID string            `json:"containerID"`
+	IfName      string            `json:"ifName"`
+	Netns       string            `json:"netns"`
+	Namespace   string            `json:"namespace,omitempty"`
+	Pod         string            `json:"pod,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// AttachResult is the answer to ADD.
+type AttachResult struct {
+	IP      netip.Addr `json:"ip"`
+	Gateway netip.Addr `json:"gateway"`
+	MAC     string     `json:"mac"`
+	HostIf  string     `json:"hostIf"`
+	HostMAC string     `json:"hostMAC"`
+	MTU     int        `json:"mtu"`
+}
+
+// GCRequest lists the attachments that must stay.
+type GCRequest struct {
+	Valid []Attachment `json:"valid"`
+}
+
+// Attachment names one pod interface.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// GCResult says what GC removed.
+type GCResult struct {
+	Removed []Attachment `json:"removed"`
+}
+
+func (r AttachRequest) owner() string { return r.ContainerID + "/" + r.IfName }
+
+func (r AttachRequest) check(needNetns bool) error {
+	switch {
+	case r.ContainerID == "":
+		return &APIError{Code: CodeInvalidEnv, Message: "container id is empty"}
+	case r.IfName == "":
+		return &APIError{Code: CodeInvalidEnv, Message: "interface name is empty"}
+	case needNetns && r.Netns == "":
+		return &APIError{Code: CodeInvalidEnv, Message: "netns is empty"}
+	}
+	return nil
+}
+
+// cniAdd gives a pod its interface, address and endpoint; on any failure it undoes all of it.
+func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult, err error) {
+	if err := req.check(true); err != nil {
+		return res, err
+	}
+	if _, err := os.Stat(req.Netns); err != nil {
+		return res, &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: %v", req.Netns, err)}
+	}
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	ip, err := a.ipam.Allocate(ctx, req.owner())
+	if err != nil {
+		if errors.Is(err, ipam.ErrExhausted) {
+			return res, &APIError{Code: CodeTryAgainLater, Message: err.Error()}
+		}
+		return res, err
+	}
+	pod := podnet.Pod{Netns: req.Netns, ContainerID: req.ContainerID, IfName: req.IfName, IP: ip,
+		MTU: a.PodMTU(), EndpointID: endpointID(ip, a.node.PodCIDR)}
+	defer func() {
+		if err != nil {
+			podnet.Unplumb(pod, a.dp)
+			a.ipam.Release(ctx, req.owner())
+			a.cluster.DeleteEndpoint(ctx, a.node.Name, req.owner())
+		}
+	}()
+	plumbed, err := podnet.Plumb(pod, a.dp)
+	if err != nil {
+		return res, err
+	}
+	ep := store.Endpoint{ContainerID: req.ContainerID, IfName: req.IfName, Node: a.node.Name, Namespace: req.Namespace,
+		Pod: req.Pod, IP: ip, MAC: plumbed.PodMAC.String(), HostIf: plumbed.HostIf, Netns: req.Netns,
+		Labels: req.Labels, ID: pod.EndpointID, MTU: pod.MTU}
+	if err := a.cluster.PutEndpoint(ctx, ep); err != nil {
+		return res, fmt.Errorf("record endpoint: %w", err)
+	}
+	return AttachResult{IP: ip, Gateway: podnet.GatewayIP, MAC: ep.MAC, HostIf: plumbed.HostIf,
+		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}, nil
+}
+
+// endpointID numbers an endpoint by its address within the node's pod CIDR: unique per node.
+func endpointID(ip netip.Addr, cidr netip.Prefix) uint32 {
+	a, c := ip.As4(), cidr.Addr().As4()
+	v := func(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+	return v(a) - v(c)
+}
+
+// cniDel removes a pod's attachment; whatever is already gone is fine.
+func (a *Agent) cniDel(ctx context.Context, req AttachRequest) error {
+	if err := req.check(false); err != nil {
+		return err
+	}
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, req.owner())
+	if err != nil {
+		return err
+	}
+	if !ok {
+		ep = store.Endpoint{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}
+		if ip, found, _ := a.leaseOf(ctx, req.owner()); found {
+			ep.IP = ip
+		}
+	}
+	return a.forget(ctx, ep)
+}
+
+func (a *Agent) leaseOf(ctx context.Context, owner string) (netip.Addr, bool, error) {
+	leases, err := a.ipam.Leases(ctx)
+	if err != nil {
+		return netip.Addr{}, false, err
+	}
+	ip, ok := leases[owner]
+	return ip, ok, nil
+}
+
+// cniCheck verifies that the attachment is as ADD made it.
+func (a *Agent) cniCheck(ctx context.Context, req AttachRequest) error {
+	if err := req.check(true); err != nil {
+		return err
+	}
+	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, req.owner())
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no endpoint for %s", req.owner())
+	}
+	host, err := netlink.LinkByName(ep.HostIf)
+	if err != nil {
+		return fmt.Errorf("host interface %s: %w", ep.HostIf, err)
+	}
+	m, ok, err := a.dp.Endpoints().Lookup(ep.IP)
+	if err != nil || !ok {
+		return fmt.Errorf("no datapath entry for %s (%v)", ep.IP, err)
+	}
+	if m.Ifindex != uint32(host.Attrs().Index) || m.MAC.String() != ep.MAC {
+		return fmt.Errorf("datapath entry for %s points at ifindex %d MAC %s, want %d %s", ep.IP, m.Ifindex, m.MAC, host.Attrs().Index, ep.MAC)
+	}
+	return checkPod(req.Netns, req.IfName, ep.IP, ep.MAC)
+}
+
+// checkPod looks inside the pod: the interface, its /32, its MAC and the default route.
+func checkPod(path, ifName string, ip netip.Addr, mac string) error {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("pod interface %s: %w", ifName, err)
+	}
+	if l.Attrs().HardwareAddr.String() != mac {
+		return fmt.Errorf("pod interface %s has MAC %s, want %s", ifName, l.Attrs().HardwareAddr, mac)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, ad := range addrs {
+		ones, _ := ad.Mask.Size()
+		if ad.IP.Equal(ip.AsSlice()) && ones == 32 {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("pod interface %s lacks %s/32", ifName, ip)
+	}
+	routes, err := h.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.Equal(net.IP(podnet.GatewayIP.AsSlice())) {
+			return nil
+		}
+	}
+	return fmt.Errorf("pod has no default route via %s", podnet.GatewayIP)
+}
+
+// cniGC removes every attachment of this node that is not in req.Valid.
+func (a *Agent) cniGC(ctx context.Context, req GCRequest) (GCResult, error) {
+	valid := map[string]bool{}
+	for _, v := range req.Valid {
+		valid[v.ContainerID+"/"+v.IfName] = true
+	}
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
+	if err != nil {
+		return GCResult{}, err
+	}
+	res := GCResult{Removed: []Attachment{}}
+	var errs []error
+	for _, e := range eps {
+		if valid[e.Owner()] {
+			continue
+		}
+		errs = append(errs, a.forget(ctx, e))
+		res.Removed = append(res.Removed, Attachment{e.ContainerID, e.IfName})
+	}
+	// Leases whose endpoint record never got written (a crash mid-ADD) go too.
+	leases, err := a.ipam.Leases(ctx)
+	if err != nil {
+		return res, err
+	}
+	for owner := range leases {
+		if !valid[owner] {
+			errs = append(errs, a.ipam.Release(ctx, owner))
+		}
+	}
+	return res, errors.Join(errs...)
+}

@@ -1,0 +1,149 @@
+// Package agent is the node agent (`ebpfnet daemon`): it loads and adopts the datapath,
+// reconciles the store's nodes and endpoints into the maps, and serves the CNI plugin and
+// the CLI on a root-only unix socket.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// Config is the agent's configuration file; flags override its fields.
+type Config struct {
+	NodeName          string      `json:"nodeName"`
+	UnderlayInterface string      `json:"underlayInterface"`
+	NodeIP            string      `json:"nodeIP,omitempty"`
+	PodCIDR           string      `json:"podCIDR,omitempty"`
+	PodCIDRBits       int         `json:"podCIDRBits,omitempty"`
+	ClusterCIDR       string      `json:"clusterCIDR"`
+	Mode              string      `json:"mode"`
+	VXLANPort         int         `json:"vxlanPort,omitempty"`
+	Store             StoreConfig `json:"store"`
+	PinDir            string      `json:"pinDir,omitempty"`
+	Socket            string      `json:"socket,omitempty"`
+	MetricsAddress    string      `json:"metricsAddress,omitempty"`
+	MapSizes          maps.Sizes  `json:"mapSizes,omitempty"`
+	// NodeLeaseTTL > 0 makes the node's registration expire that long after the agent stops
+	// renewing it (etcd only). Zero keeps nodes until `ebpfnet node delete`.
+	NodeLeaseTTL string `json:"nodeLeaseTTL,omitempty"`
+}
+
+// StoreConfig says where desired state lives.
+type StoreConfig struct {
+	Type      string   `json:"type"`                // "local" or "etcd"
+	Path      string   `json:"path,omitempty"`      // local
+	Endpoints []string `json:"endpoints,omitempty"` // etcd
+}
+
+// Defaults for fields left empty.
+const (
+	DefaultSocket     = "/run/ebpfnet/agent.sock"
+	DefaultStorePath  = "/var/lib/ebpfnet/store.db"
+	DefaultVXLANPort  = 8472
+	DefaultPodCIDRLen = 24
+)
+
+// ReadConfig reads a YAML or JSON config file strictly: unknown fields are errors.
+func ReadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "error unmarshaling JSON: while decoding JSON: json: ")
+		return nil, fmt.Errorf("config %s: %s", path, msg)
+	}
+	return &c, nil
+}
+
+// settled is a validated config with parsed values.
+type settled struct {
+	Config
+	mode     maps.Mode
+	nodeIP   netip.Addr
+	podCIDR  netip.Prefix
+	cluster  netip.Prefix
+	leaseTTL time.Duration
+}
+
+// validate fills defaults and checks every field, naming the one that is wrong.
+func (c Config) validate() (*settled, error) {
+	s := &settled{Config: c}
+	var err error
+	if c.NodeName == "" {
+		if s.NodeName, err = os.Hostname(); err != nil {
+			return nil, errors.New("nodeName: empty and the hostname is unknown")
+		}
+	}
+	if c.UnderlayInterface == "" {
+		return nil, errors.New("underlayInterface: must name the node's underlay device (e.g. eth0)")
+	}
+	if s.mode, err = maps.ParseMode(c.Mode); err != nil {
+		return nil, fmt.Errorf("mode: %w", err)
+	}
+	if s.cluster, err = netip.ParsePrefix(c.ClusterCIDR); err != nil || !s.cluster.Addr().Is4() {
+		return nil, fmt.Errorf("clusterCIDR: %q is not an IPv4 CIDR", c.ClusterCIDR)
+	}
+	if c.NodeIP != "" {
+		if s.nodeIP, err = netip.ParseAddr(c.NodeIP); err != nil || !s.nodeIP.Is4() {
+			return nil, fmt.Errorf("nodeIP: %q is not an IPv4 address", c.NodeIP)
+		}
+	}
+	if s.PodCIDRBits == 0 {
+		s.PodCIDRBits = DefaultPodCIDRLen
+	}
+	if s.PodCIDRBits < s.cluster.Bits() || s.PodCIDRBits > 28 {
+		return nil, fmt.Errorf("podCIDRBits: %d must be between the cluster CIDR's /%d and /28", s.PodCIDRBits, s.cluster.Bits())
+	}
+	if c.PodCIDR != "" {
+		if s.podCIDR, err = netip.ParsePrefix(c.PodCIDR); err != nil || s.podCIDR.Masked() != s.podCIDR || !s.podCIDR.Addr().Is4() {
+			return nil, fmt.Errorf("podCIDR: %q is not an IPv4 network", c.PodCIDR)
+		}
+		if !s.cluster.Contains(s.podCIDR.Addr()) || s.podCIDR.Bits() < s.cluster.Bits() {
+			return nil, fmt.Errorf("podCIDR: %s is not inside clusterCIDR %s", s.podCIDR, s.cluster)
+		}
+	}
+	if s.VXLANPort == 0 {
+		s.VXLANPort = DefaultVXLANPort
+	}
+	if s.VXLANPort < 1 || s.VXLANPort > 65535 {
+		return nil, fmt.Errorf("vxlanPort: %d is not a port", s.VXLANPort)
+	}
+	switch c.Store.Type {
+	case "", "local":
+		s.Store.Type = "local"
+		if s.Store.Path == "" {
+			s.Store.Path = DefaultStorePath
+		}
+	case "etcd":
+		if len(c.Store.Endpoints) == 0 {
+			return nil, errors.New("store.endpoints: etcd needs at least one endpoint")
+		}
+	default:
+		return nil, fmt.Errorf("store.type: %q must be local or etcd", c.Store.Type)
+	}
+	if s.PinDir == "" {
+		s.PinDir = maps.DefaultPinDir
+	}
+	if s.Socket == "" {
+		s.Socket = DefaultSocket
+	}
+	if c.NodeLeaseTTL != "" {
+		if s.leaseTTL, err = time.ParseDuration(c.NodeLeaseTTL); err != nil || s.leaseTTL < 2*time.Second {
+			return nil, fmt.Errorf("nodeLeaseTTL: %q must be a duration of at least 2s", c.NodeLeaseTTL)
+		}
+		if s.Store.Type != "etcd" {
+			return nil, errors.New("nodeLeaseTTL: only an etcd store has leases")
+		}
+	}
+	return s, nil
+}

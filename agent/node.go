@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// VXLANDevice is the node's one collect-metadata VXLAN device (vxlan mode).
+const VXLANDevice = "ebpfnet_vxlan"
+
+// setupNode makes (or adopts) the node's devices and hooks and writes the config map.
+func (a *Agent) setupNode(underlay netlink.Link) error {
+	cfg := maps.NodeConfig{NodeIP: a.node.IP, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode}
+	if a.cfg.mode == maps.ModeVXLAN {
+		idx, err := a.vxlanDevice(underlay.Attrs().MTU)
+		if err != nil {
+			return err
+		}
+		cfg.TunnelIfindex = uint32(idx)
+	}
+	if err := a.dp.SetNodeConfig(cfg); err != nil {
+		return err
+	}
+	if _, err := a.dp.Attach(a.cfg.UnderlayInterface, loader.HookFromUnderlay); err != nil {
+		return err
+	}
+	// Nodes forward for their pods in native mode, and pods reach other nodes' addresses.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable ip_forward: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) vxlanDevice(mtu int) (int, error) {
+	l, err := netlink.LinkByName(VXLANDevice)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu}, FlowBased: true,
+			Port: a.cfg.VXLANPort, Learning: false}
+		if err := netlink.LinkAdd(v); err != nil {
+			return 0, fmt.Errorf("add %s: %w", VXLANDevice, err)
+		}
+		if l, err = netlink.LinkByName(VXLANDevice); err != nil {
+			return 0, err
+		}
+		os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", VXLANDevice, "disable_ipv6"), []byte("1"), 0o644)
+	} else if err != nil {
+		return 0, fmt.Errorf("look up %s: %w", VXLANDevice, err)
+	} else if v, ok := l.(*netlink.Vxlan); !ok || !v.FlowBased || v.Port != a.cfg.VXLANPort {
+		return 0, fmt.Errorf("%s exists but is not a collect-metadata VXLAN device on port %d; delete it", VXLANDevice, a.cfg.VXLANPort)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return 0, err
+	}
+	if _, err := a.dp.Attach(VXLANDevice, loader.HookFromOverlay); err != nil {
+		return 0, err
+	}
+	return l.Attrs().Index, nil
+}
+
+// PodMTU is the MTU pods get: the underlay's minus the mode's encapsulation.
+func (a *Agent) PodMTU() int {
+	l, err := netlink.LinkByName(a.cfg.UnderlayInterface)
+	mtu := 1500
+	if err == nil {
+		mtu = l.Attrs().MTU
+	}
+	return mtu - a.cfg.mode.Overhead()
+}

@@ -1,0 +1,177 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/podnet"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// routeProtocol tags the kernel routes the agent owns (native mode), so it never touches others.
+const routeProtocol = netlink.RouteProtocol(0xeb)
+
+// reconcile makes the maps (and, in native mode, the kernel routes) match the store. Applying
+// the same state twice changes nothing; only what differs is written or removed.
+func (a *Agent) reconcile(ctx context.Context) error {
+	start := time.Now()
+	nodes, err := a.cluster.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	errs := []error{a.reconcileRoutes(nodes)}
+	if a.cfg.mode == maps.ModeNative {
+		errs = append(errs, a.reconcileKernelRoutes(nodes))
+	}
+	errs = append(errs, a.reconcileEndpoints(ctx))
+	slog.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
+	return errors.Join(errs...)
+}
+
+func (a *Agent) reconcileRoutes(nodes []store.Node) error {
+	want := map[netip.Prefix]maps.Route{
+		a.cfg.cluster: {Prefix: a.cfg.cluster, Flags: maps.RouteUnreachable},
+	}
+	for i, n := range nodes {
+		r := maps.Route{Prefix: n.PodCIDR, NodeIP: n.IP, NodeID: uint32(i + 1), Mode: a.cfg.mode}
+		if n.Name == a.node.Name {
+			r.Flags = maps.RouteLocal
+		}
+		want[n.PodCIDR] = r
+	}
+	routes := a.dp.Routes()
+	have, err := routes.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range have {
+		w, ok := want[r.Prefix]
+		if !ok {
+			slog.Info("remove route", "prefix", r.Prefix, "node", r.NodeIP)
+			errs = append(errs, routes.Delete(r.Prefix))
+			continue
+		}
+		if w.NodeIP == r.NodeIP && w.Mode == r.Mode && w.Flags == r.Flags {
+			delete(want, r.Prefix)
+		}
+	}
+	for _, r := range want {
+		if r.Flags == 0 {
+			slog.Info("add route", "prefix", r.Prefix, "node", r.NodeIP, "mode", r.Mode)
+		}
+		// NodeID is positional and may shift; it is informational, so a change alone is not written.
+		errs = append(errs, routes.Upsert(r))
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileKernelRoutes keeps one kernel route per remote pod CIDR via its node (native mode).
+func (a *Agent) reconcileKernelRoutes(nodes []store.Node) error {
+	link, err := netlink.LinkByName(a.cfg.UnderlayInterface)
+	if err != nil {
+		return err
+	}
+	want := map[string]store.Node{}
+	for _, n := range nodes {
+		if n.Name != a.node.Name {
+			want[n.PodCIDR.String()] = n
+		}
+	}
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("list kernel routes: %w", err)
+	}
+	var errs []error
+	for _, r := range have {
+		if r.Dst == nil {
+			continue
+		}
+		n, ok := want[r.Dst.String()]
+		if ok && r.Gw.Equal(n.IP.AsSlice()) && r.LinkIndex == link.Attrs().Index {
+			delete(want, r.Dst.String())
+			continue
+		}
+		if !ok {
+			errs = append(errs, netlink.RouteDel(&r))
+		}
+	}
+	for _, n := range want {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice(), Protocol: routeProtocol}
+		if err := netlink.RouteReplace(r); err != nil {
+			errs = append(errs, fmt.Errorf("route %s via %s: %w", n.PodCIDR, n.IP, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// reconcileEndpoints writes the node's endpoints into the map and removes what is stale: an
+// endpoint whose pod went away while no agent ran, or a map entry the store does not know.
+func (a *Agent) reconcileEndpoints(ctx context.Context) error {
+	a.cniMu.Lock()
+	defer a.cniMu.Unlock()
+	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
+	if err != nil {
+		return err
+	}
+	wanted := map[netip.Addr]bool{}
+	var errs []error
+	for _, e := range eps {
+		host, err := netlink.LinkByName(e.HostIf)
+		if err != nil {
+			slog.Info("remove stale endpoint: its interface is gone", "pod", e.Namespace+"/"+e.Pod, "ip", e.IP, "hostIf", e.HostIf)
+			errs = append(errs, a.forget(ctx, e))
+			continue
+		}
+		wanted[e.IP] = true
+		mac, _ := net.ParseMAC(e.MAC)
+		want := maps.Endpoint{IP: e.IP, Ifindex: uint32(host.Attrs().Index), ID: e.ID, Local: true,
+			MAC: mac, NodeMAC: host.Attrs().HardwareAddr}
+		have, ok, err := a.dp.Endpoints().Lookup(e.IP)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !ok || !sameEndpoint(have, want) {
+			errs = append(errs, a.dp.Endpoints().Upsert(want))
+		}
+	}
+	inMap, err := a.dp.Endpoints().List()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, m := range inMap {
+		if m.Local && !wanted[m.IP] {
+			slog.Info("remove stale map entry", "ip", m.IP)
+			errs = append(errs, a.dp.Endpoints().Delete(m.IP))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sameEndpoint(a, b maps.Endpoint) bool {
+	return a.Ifindex == b.Ifindex && a.ID == b.ID && a.Identity == b.Identity && a.Local == b.Local &&
+		a.MAC.String() == b.MAC.String() && a.NodeMAC.String() == b.NodeMAC.String()
+}
+
+// forget removes every trace of an endpoint: plumbing, hooks, map entry, lease, record.
+func (a *Agent) forget(ctx context.Context, e store.Endpoint) error {
+	pod := podnet.Pod{Netns: e.Netns, ContainerID: e.ContainerID, IfName: e.IfName, IP: e.IP}
+	return errors.Join(
+		podnet.Unplumb(pod, a.dp),
+		a.ipam.Release(ctx, e.Owner()),
+		a.cluster.DeleteEndpoint(ctx, a.node.Name, e.Owner()),
+	)
+}

@@ -1,0 +1,192 @@
+// Package cni is the CNI plugin's logic: strict config parsing, the calls to the agent, and
+// results and errors as CNI 1.1.0 defines them.
+package cni
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+)
+
+// NetConf is the plugin's network configuration.
+type NetConf struct {
+	types.PluginConf
+	// Socket is the agent's API socket.
+	Socket string `json:"socket,omitempty"`
+	// Args are conflist-level CNI args (accepted, not used).
+	Args map[string]any `json:"args,omitempty"`
+	// RuntimeConfig carries the capabilities the runtime fills in.
+	RuntimeConfig struct {
+		// PodLabels (capability "podLabels") are the pod's labels.
+		PodLabels map[string]string `json:"podLabels,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+}
+
+// k8sArgs are the CNI_ARGS Kubernetes runtimes pass.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // names fixed by the runtimes
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+// Timeout bounds every call to the agent.
+const Timeout = 30 * time.Second
+
+// parseConf decodes stdin: malformed JSON is a decoding failure (6), a field we do not know
+// or a missing value is an invalid configuration (7).
+func parseConf(data []byte) (*NetConf, error) {
+	if !json.Valid(data) {
+		return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON", "")
+	}
+	var c NetConf
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	if c.CNIVersion == "" {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", "cniVersion is missing")
+	}
+	if c.Socket == "" {
+		c.Socket = agent.DefaultSocket
+	}
+	return &c, nil
+}
+
+// cniError turns an agent or transport error into the spec's error.
+func cniError(err error) error {
+	var un *agent.UnreachableError
+	if errors.As(err, &un) {
+		return types.NewError(types.ErrTryAgainLater, "the ebpfnet agent is unreachable", un.Error())
+	}
+	var ae *agent.APIError
+	if errors.As(err, &ae) {
+		return types.NewError(uint(ae.Code), ae.Message, "")
+	}
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te
+	}
+	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+func request(args *skel.CmdArgs, conf *NetConf) (agent.AttachRequest, error) {
+	var ka k8sArgs
+	if err := types.LoadArgs(args.Args, &ka); err != nil {
+		return agent.AttachRequest{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	}
+	return agent.AttachRequest{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
+		Namespace: string(ka.K8S_POD_NAMESPACE), Pod: string(ka.K8S_POD_NAME), Labels: conf.RuntimeConfig.PodLabels}, nil
+}
+
+func setup(args *skel.CmdArgs) (*NetConf, agent.AttachRequest, *agent.Client, error) {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return nil, agent.AttachRequest{}, nil, err
+	}
+	req, err := request(args, conf)
+	if err != nil {
+		return nil, req, nil, err
+	}
+	return conf, req, agent.NewClient(conf.Socket), nil
+}
+
+// Add attaches the pod and prints its result.
+func Add(args *skel.CmdArgs) error {
+	conf, req, c, err := setup(args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	res, err := c.Add(ctx, req)
+	if err != nil {
+		return cniError(err)
+	}
+	gw := net.IP(res.Gateway.AsSlice())
+	podIdx := 1
+	hostMAC, podMAC := res.HostMAC, res.MAC
+	result := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{{Name: res.HostIf, Mac: hostMAC}, {Name: args.IfName, Mac: podMAC, Sandbox: args.Netns, Mtu: res.MTU}},
+		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gateway: gw}},
+		Routes:     []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+	}
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// Del detaches the pod; what is already gone is not an error.
+func Del(args *skel.CmdArgs) error {
+	_, req, c, err := setup(args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Del(ctx, req); err != nil {
+		return cniError(err)
+	}
+	return nil
+}
+
+// Check verifies the pod's attachment.
+func Check(args *skel.CmdArgs) error {
+	_, req, c, err := setup(args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Check(ctx, req); err != nil {
+		return cniError(err)
+	}
+	return nil
+}
+
+// Status reports whether the agent is ready for ADDs (code 50 when it is not).
+func Status(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := agent.NewClient(conf.Socket).Status(ctx)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "the ebpfnet agent is not available", err.Error())
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, "the ebpfnet agent is not ready", "")
+	}
+	return nil
+}
+
+// GC removes every attachment of this node not listed in cni.dev/valid-attachments.
+func GC(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	valid := make([]agent.Attachment, 0, len(conf.ValidAttachments))
+	for _, v := range conf.ValidAttachments {
+		valid = append(valid, agent.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if _, err := agent.NewClient(conf.Socket).GC(ctx, valid); err != nil {
+		return cniError(err)
+	}
+	return nil
+}
+
