@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -175,7 +177,12 @@ func buildLab(prefix, mode string) (t *Topology, err error) {
 	}
 	name := prefix
 	t.undo = append(t.undo, func() error { return lab.Down(name) })
-	st, err := lab.Up(context.Background(), name, spec, lab.Options{})
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	// The lab runs its agents from the ebpfnet binary built beside this one.
+	st, err := lab.Up(context.Background(), name, spec, lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")})
 	if err != nil {
 		return nil, err
 	}

@@ -1,14 +1,10 @@
 package lab
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"syscall"
-	"time"
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -29,8 +25,12 @@ func Down(name string) error {
 	}
 	var errs []error
 	for _, p := range st.Pods {
-		stopServer(p.ServerPID, name)
+		stop(p.ServerPID, name)
 	}
+	for _, n := range st.Nodes {
+		stop(n.AgentPID, name)
+	}
+	stop(st.EtcdPID, name)
 	for _, p := range st.Pods {
 		errs = append(errs, namespace.Delete(filepath.Base(p.Netns)))
 	}
@@ -46,29 +46,4 @@ func Down(name string) error {
 		return err
 	}
 	return os.RemoveAll(Dir(name))
-}
-
-// stopServer kills a lab server if pid is still one of this lab's, and waits for it to go.
-func stopServer(pid int, lab string) {
-	if pid <= 0 || !isLabServer(pid, lab) {
-		return
-	}
-	syscall.Kill(pid, syscall.SIGKILL)
-	deadline := time.Now().Add(5 * time.Second)
-	for isLabServer(pid, lab) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // waiting for the kernel to reap the process
-	}
-}
-
-// isLabServer checks /proc so that a recycled pid is never killed by mistake.
-func isLabServer(pid int, lab string) bool {
-	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil {
-		return false
-	}
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err == nil && bytes.Contains(stat, []byte(") Z ")) {
-		return false // a zombie holds nothing
-	}
-	return bytes.Contains(cmdline, []byte("\x00serve\x00")) && bytes.Contains(cmdline, []byte(Dir(lab)+"/"))
 }

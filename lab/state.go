@@ -33,6 +33,8 @@ type State struct {
 	ClusterCIDR string      `json:"clusterCIDR"`
 	VXLANPort   int         `json:"vxlanPort"`
 	Underlay    string      `json:"underlayNetns"`
+	EtcdURL     string      `json:"etcdURL"`
+	EtcdPID     int         `json:"etcdPID,omitempty"`
 	Nodes       []Node      `json:"nodes"`
 	Namespaces  []Namespace `json:"namespaces"`
 	Pods        []Pod       `json:"pods"`
@@ -40,12 +42,15 @@ type State struct {
 
 // Node is a node as made.
 type Node struct {
-	Name    string       `json:"name"`
-	IP      netip.Addr   `json:"ip"`
-	PodCIDR netip.Prefix `json:"podCIDR"`
-	Netns   string       `json:"netns"`
-	PinDir  string       `json:"pinDir"`
-	MTU     int          `json:"podMTU"`
+	Name     string       `json:"name"`
+	IP       netip.Addr   `json:"ip"`
+	PodCIDR  netip.Prefix `json:"podCIDR"`
+	Netns    string       `json:"netns"`
+	PinDir   string       `json:"pinDir"`
+	Socket   string       `json:"socket"`
+	AgentPID int          `json:"agentPID,omitempty"`
+	// wantCIDR is the pod CIDR the lab file asked for, if any.
+	WantCIDR string `json:"wantPodCIDR,omitempty"`
 }
 
 // Pod is a pod as made.

@@ -7,35 +7,52 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"sigs.k8s.io/yaml"
 
-	"github.com/ebpfnet/ebpfnet/loader"
-	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/podnet"
 )
 
-// Names of the devices the lab makes inside node namespaces.
-const (
-	UnderlayIf = "eth0"
-	VXLANIf    = "ebpfnet_vxlan"
-	bridgeIf   = "br0"
-)
+// UnderlayIf is each node's device on the underlay.
+const UnderlayIf = "eth0"
+
+const bridgeIf = "br0"
 
 // Options tune how a lab is made.
 type Options struct {
-	// Exe is the ebpfnet binary that runs the pods' servers (`ebpfnet lab serve`);
-	// empty means this process's own executable.
+	// Exe is the ebpfnet binary that runs etcd, the agents and the pods' servers; empty
+	// means this process's own executable.
 	Exe string
+	// CNIPlugin is the ebpfnet-cni binary; empty means ebpfnet-cni beside Exe.
+	CNIPlugin string
 }
 
-// Up makes the lab described by spec and returns when every pod serves its ports. On any
+func (o *Options) fill() error {
+	if o.Exe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		o.Exe = exe
+	}
+	if o.CNIPlugin == "" {
+		o.CNIPlugin = filepath.Join(filepath.Dir(o.Exe), "ebpfnet-cni")
+	}
+	for _, f := range []string{o.Exe, o.CNIPlugin} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("lab needs %s: %w (make build)", f, err)
+		}
+	}
+	return nil
+}
+
+// Up makes the lab described by spec on the real control plane (an etcd, one agent per node,
+// pods added through the CNI plugin) and returns when every pod serves its ports. On any
 // error it removes whatever it made.
 func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, err error) {
 	if err := CheckName(name); err != nil {
@@ -44,10 +61,8 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	if _, err := os.Stat(statePath(name)); err == nil {
 		return nil, fmt.Errorf("lab %q is already up (ebpfnet lab down --name %s)", name, name)
 	}
-	if opts.Exe == "" {
-		if opts.Exe, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("find own executable: %w", err)
-		}
+	if err := opts.fill(); err != nil {
+		return nil, err
 	}
 	if st, err = plan(name, spec); err != nil {
 		return nil, err
@@ -63,23 +78,25 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 			}
 		}
 	}()
-	b := &builder{st: st, mode: mustMode(st.Mode), dps: map[string]*loader.Datapath{}}
-	defer b.close()
-	if err := b.underlay(); err != nil {
+	b := &builder{st: st, opts: opts}
+	if err := b.underlay(ctx); err != nil {
 		return nil, err
 	}
 	for i := range st.Nodes {
-		if err := b.node(&st.Nodes[i]); err != nil {
+		if err := b.node(ctx, &st.Nodes[i]); err != nil {
 			return nil, fmt.Errorf("node %s: %w", st.Nodes[i].Name, err)
 		}
 	}
+	if err := b.converged(ctx); err != nil {
+		return nil, err
+	}
 	for i := range st.Pods {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if err := b.pod(&st.Pods[i]); err != nil {
+		if err := b.pod(ctx, &st.Pods[i]); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", st.Pods[i].Key(), err)
 		}
+	}
+	if err := st.save(); err != nil {
+		return nil, err
 	}
 	if err := startServers(ctx, st, opts.Exe); err != nil {
 		return nil, err
@@ -87,43 +104,10 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	return st, st.save()
 }
 
-func mustMode(s string) maps.Mode {
-	m, err := maps.ParseMode(s)
-	if err != nil {
-		panic(err)
-	}
-	return m
-}
-
 // builder carries what making one lab needs across its steps.
 type builder struct {
 	st   *State
-	mode maps.Mode
-	dps  map[string]*loader.Datapath
-}
-
-func (b *builder) close() {
-	for _, dp := range b.dps {
-		dp.Close()
-	}
-}
-
-// underlay makes the switch every node's eth0 plugs into: a bridge in its own namespace.
-func (b *builder) underlay() error {
-	if _, err := namespace.Create(filepath.Base(b.st.Underlay)); err != nil {
-		return err
-	}
-	return inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-		off := false
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeIf, MTU: underlayMTU}, MulticastSnooping: &off}
-		if err := h.LinkAdd(br); err != nil {
-			return fmt.Errorf("add underlay bridge: %w", err)
-		}
-		if err := disableIPv6(bridgeIf); err != nil {
-			return err
-		}
-		return h.LinkSetUp(br)
-	})
+	opts Options
 }
 
 // inNetns runs fn with a netlink handle (and the thread) inside the namespace at path.
@@ -138,58 +122,130 @@ func inNetns(path string, fn func(h *netlink.Handle) error) error {
 	})
 }
 
-func (b *builder) node(n *Node) error {
+// underlay makes the switch every node plugs into, a bridge in its own namespace, and runs
+// the cluster's etcd there.
+func (b *builder) underlay(ctx context.Context) error {
+	if _, err := namespace.Create(filepath.Base(b.st.Underlay)); err != nil {
+		return err
+	}
+	err := inNetns(b.st.Underlay, func(h *netlink.Handle) error {
+		off := false
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeIf, MTU: underlayMTU}, MulticastSnooping: &off}
+		if err := h.LinkAdd(br); err != nil {
+			return fmt.Errorf("add underlay bridge: %w", err)
+		}
+		if err := disableIPv6(bridgeIf); err != nil {
+			return err
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: etcdIP.AsSlice(), Mask: net.CIDRMask(underlayCIDR.Bits(), 32)}}
+		if err := h.AddrAdd(br, addr); err != nil {
+			return err
+		}
+		return h.LinkSetUp(br)
+	})
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(Dir(b.st.Name), "etcd")
+	ready := dir + ".ready"
+	pid, err := spawn(b.st.Underlay, dir+".log", b.opts.Exe, "etcd", "--data-dir", dir,
+		"--client-url", b.st.EtcdURL, "--peer-url", "http://127.0.0.1:2380", "--ready", ready)
+	if err != nil {
+		return err
+	}
+	b.st.EtcdPID = pid
+	if err := b.st.save(); err != nil {
+		return err
+	}
+	return waitFor(ctx, 30*time.Second, "etcd to serve", func() (bool, string) {
+		_, err := os.Stat(ready)
+		return err == nil, logTail(dir + ".log")
+	})
+}
+
+func (b *builder) node(ctx context.Context, n *Node) error {
 	if _, err := namespace.Create(filepath.Base(n.Netns)); err != nil {
 		return err
 	}
 	if err := b.plugIntoUnderlay(n); err != nil {
 		return err
 	}
-	dp, err := loader.Load(loader.Config{PinDir: n.PinDir})
+	dir := filepath.Dir(n.Socket)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
+		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
+		Store: agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}}}
+	data, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
 	}
-	b.dps[n.Name] = dp
-	return inNetns(n.Netns, func(h *netlink.Handle) error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
-		}
-		eth0, err := h.LinkByName(UnderlayIf)
+	cfgFile := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfgFile, data, 0o600); err != nil {
+		return err
+	}
+	return b.startAgent(ctx, n, cfgFile)
+}
+
+// startAgent runs the node's agent and waits until it answers ready; it records the pod CIDR
+// the agent got from the store.
+func (b *builder) startAgent(ctx context.Context, n *Node, cfgFile string) error {
+	logFile := filepath.Join(filepath.Dir(n.Socket), "agent.log")
+	pid, err := spawn(n.Netns, logFile, b.opts.Exe, "daemon", "-c", cfgFile)
+	if err != nil {
+		return err
+	}
+	n.AgentPID = pid
+	if err := b.st.save(); err != nil {
+		return err
+	}
+	c := agent.NewClient(n.Socket)
+	var st agent.Status
+	err = waitFor(ctx, 30*time.Second, "agent "+n.Name+" to be ready", func() (bool, string) {
+		s, err := c.Status(ctx)
+		st = s
+		return err == nil && s.Ready, logTail(logFile)
+	})
+	if err != nil {
+		return err
+	}
+	n.PodCIDR, err = netip.ParsePrefix(st.PodCIDR)
+	return err
+}
+
+// converged waits until every agent routes to every node's pod CIDR.
+func (b *builder) converged(ctx context.Context) error {
+	for _, n := range b.st.Nodes {
+		c := agent.NewClient(n.Socket)
+		err := waitFor(ctx, 30*time.Second, "routes on "+n.Name, func() (bool, string) {
+			var routes []struct {
+				Prefix netip.Prefix `json:"prefix"`
+			}
+			if err := c.Get(ctx, "/v1/routes", &routes); err != nil {
+				return false, err.Error()
+			}
+			have := map[netip.Prefix]bool{}
+			for _, r := range routes {
+				have[r.Prefix] = true
+			}
+			for _, other := range b.st.Nodes {
+				if !have[other.PodCIDR] {
+					return false, "missing " + other.PodCIDR.String()
+				}
+			}
+			return true, ""
+		})
 		if err != nil {
 			return err
 		}
-		cfg := maps.NodeConfig{NodeIP: n.IP, UnderlayIfindex: uint32(eth0.Attrs().Index), Mode: b.mode}
-		switch b.mode {
-		case maps.ModeVXLAN:
-			idx, err := b.vxlanDevice(h, dp)
-			if err != nil {
-				return err
-			}
-			cfg.TunnelIfindex = uint32(idx)
-		case maps.ModeNative:
-			if err := b.nativeRoutes(h, n, eth0); err != nil {
-				return err
-			}
-		}
-		if err := dp.SetNodeConfig(cfg); err != nil {
-			return err
-		}
-		if err := b.routes(dp, n); err != nil {
-			return err
-		}
-		_, err = dp.Attach(UnderlayIf, loader.HookFromUnderlay)
-		return err
-	})
+	}
+	return nil
 }
 
 // plugIntoUnderlay gives the node its eth0 on the underlay bridge.
 func (b *builder) plugIntoUnderlay(n *Node) error {
-	idx := 0
-	for i := range b.st.Nodes {
-		if b.st.Nodes[i].Name == n.Name {
-			idx = i
-		}
-	}
+	idx := int(n.IP.As4()[3])
 	port := fmt.Sprintf("n%d", idx)
 	nodeNs, err := os.Open(n.Netns)
 	if err != nil {
@@ -241,67 +297,8 @@ func disableIPv6(ifname string) error {
 	return os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", ifname, "disable_ipv6"), []byte("1"), 0o644)
 }
 
-// vxlanDevice makes the node's one collect-metadata VXLAN device and hooks from_overlay on it.
-func (b *builder) vxlanDevice(h *netlink.Handle, dp *loader.Datapath) (int, error) {
-	v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANIf, MTU: underlayMTU}, FlowBased: true,
-		Port: b.st.VXLANPort, Learning: false}
-	if err := h.LinkAdd(v); err != nil {
-		return 0, fmt.Errorf("add vxlan device: %w", err)
-	}
-	l, err := h.LinkByName(VXLANIf)
-	if err != nil {
-		return 0, err
-	}
-	if err := disableIPv6(VXLANIf); err != nil {
-		return 0, err
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		return 0, err
-	}
-	if _, err := dp.Attach(VXLANIf, loader.HookFromOverlay); err != nil {
-		return 0, err
-	}
-	return l.Attrs().Index, nil
-}
-
-// nativeRoutes gives the node kernel routes to every other node's pods, via that node.
-func (b *builder) nativeRoutes(h *netlink.Handle, self *Node, eth0 netlink.Link) error {
-	for _, n := range b.st.Nodes {
-		if n.Name == self.Name {
-			continue
-		}
-		r := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice()}
-		if err := h.RouteReplace(r); err != nil {
-			return fmt.Errorf("route %s via %s: %w", n.PodCIDR, n.IP, err)
-		}
-	}
-	return nil
-}
-
-// routes fills the routes map: the cluster CIDR is a dead end unless a more specific entry
-// (this node's own pod CIDR, or another node's) says otherwise.
-func (b *builder) routes(dp *loader.Datapath, self *Node) error {
-	rs := dp.Routes()
-	if err := rs.Upsert(maps.Route{Prefix: netip.MustParsePrefix(b.st.ClusterCIDR), Flags: maps.RouteUnreachable}); err != nil {
-		return err
-	}
-	for i, n := range b.st.Nodes {
-		r := maps.Route{Prefix: n.PodCIDR, NodeIP: n.IP, NodeID: uint32(i + 1), Mode: b.mode}
-		if n.Name == self.Name {
-			r.Flags = maps.RouteLocal
-		}
-		if err := rs.Upsert(r); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func (b *builder) pod(p *Pod) error {
+// pod makes the pod's namespace and has the CNI plugin attach it, as a runtime would.
+func (b *builder) pod(ctx context.Context, p *Pod) error {
 	if _, err := namespace.Create(filepath.Base(p.Netns)); err != nil {
 		return err
 	}
@@ -309,9 +306,40 @@ func (b *builder) pod(p *Pod) error {
 	if err != nil {
 		return err
 	}
-	_, err = podnet.Plumb(podnet.Pod{NodeNetns: node.Netns, Netns: p.Netns, ContainerID: p.ContainerID,
-		IP: p.IP, MTU: node.MTU, EndpointID: p.EndpointID}, b.dps[p.Node])
-	return err
+	res, err := runCNI(ctx, b.opts.CNIPlugin, node, "ADD", p)
+	if err != nil {
+		return err
+	}
+	p.IP = res
+	return nil
+}
+
+// waitFor polls cond until it holds, ctx ends or timeout passes; the error carries cond's
+// last word on why not.
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out waiting for %s: %s", what, why)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition, bounded by the deadline
+	}
+}
+
+func logTail(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 3 {
+		lines = lines[len(lines)-3:]
+	}
+	return strings.Join(lines, " | ")
 }
 
 // startServers starts one `ebpfnet lab serve` per pod with ports, inside the pod, and waits
@@ -333,45 +361,27 @@ func startServers(ctx context.Context, st *State, exe string) error {
 		}
 		base := filepath.Join(dir, p.Namespace+"."+p.Name)
 		os.Remove(base + ".ready")
-		logf, err := os.Create(base + ".log")
+		pid, err := spawn(p.Netns, base+".log", exe, "lab", "serve", "--ready", base+".ready", "--ports", strings.Join(ports, ","))
 		if err != nil {
-			return err
+			return fmt.Errorf("server in %s: %w", p.Key(), err)
 		}
-		cmd := exec.Command("ip", "netns", "exec", filepath.Base(p.Netns), exe, "lab", "serve",
-			"--ready", base+".ready", "--ports", strings.Join(ports, ","))
-		cmd.Env = append(os.Environ(), ServeEnv+"=1")
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		err = cmd.Start()
-		logf.Close()
-		if err != nil {
-			return fmt.Errorf("start server in %s: %w", p.Key(), err)
-		}
-		p.ServerPID = cmd.Process.Pid
-		go cmd.Wait() // reap it if it dies while we still run
-		ready = append(ready, base+".ready")
+		p.ServerPID = pid
+		ready = append(ready, base)
 	}
 	if err := st.save(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for _, f := range ready {
-		for {
-			if _, err := os.Stat(f); err == nil {
-				break
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if time.Now().After(deadline) {
-				log, _ := os.ReadFile(strings.TrimSuffix(f, ".ready") + ".log")
-				return fmt.Errorf("server %s did not become ready: %s", filepath.Base(f), strings.TrimSpace(string(log)))
-			}
-			time.Sleep(10 * time.Millisecond) // polling a file the server writes once bound
+	for _, base := range ready {
+		err := waitFor(ctx, 20*time.Second, "server "+filepath.Base(base), func() (bool, string) {
+			_, err := os.Stat(base + ".ready")
+			return err == nil, logTail(base + ".log")
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// ServeEnv marks a process started as a lab server (test binaries dispatch on it).
+// ServeEnv marks a process started by the lab (test binaries may dispatch on it).
 const ServeEnv = "EBPFNET_LAB_SERVE"

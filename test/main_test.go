@@ -18,7 +18,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	ebpfnetBin = filepath.Join(dir, "ebpfnet")
-	build := exec.Command("go", "build", "-o", ebpfnetBin, "../cmd/ebpfnet")
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ebpfnet", "../cmd/ebpfnet-cni")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ebpfnet:", err)

@@ -1,0 +1,101 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// spawn starts a long-lived lab process inside the network namespace at netns. nsenter
+// switches only the network namespace: `ip netns exec` would also remount /sys, and with it
+// hide the bpffs where the agents pin the datapath.
+func spawn(netns, logFile, exe string, args ...string) (int, error) {
+	logf, err := os.Create(logFile)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command("nsenter", append([]string{"--net=" + netns, "--", exe}, args...)...)
+	cmd.Env = append(os.Environ(), ServeEnv+"=1")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s %s: %w", filepath.Base(exe), args[0], err)
+	}
+	go cmd.Wait() // reap it if it dies while this process still runs
+	return cmd.Process.Pid, nil
+}
+
+// stop kills a lab process if pid is still one of this lab's, and waits for it to go.
+func stop(pid int, lab string) {
+	if pid <= 0 || !isLabProcess(pid, lab) {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	deadline := time.Now().Add(5 * time.Second)
+	for isLabProcess(pid, lab) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // waiting for the kernel to reap the process
+	}
+}
+
+// isLabProcess checks /proc so that a recycled pid is never killed by mistake: every lab
+// process names a file under the lab's directory on its command line.
+func isLabProcess(pid int, lab string) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if err != nil {
+		return false
+	}
+	if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil && bytes.Contains(stat, []byte(") Z ")) {
+		return false // a zombie holds nothing
+	}
+	return bytes.Contains(cmdline, []byte(Dir(lab)+"/"))
+}
+
+// cniConf is the network configuration the lab hands the plugin, as a runtime would.
+func cniConf(node *Node, labels map[string]string) []byte {
+	conf := map[string]any{"cniVersion": "1.1.0", "name": "ebpfnet", "type": "ebpfnet-cni", "socket": node.Socket}
+	if len(labels) > 0 {
+		conf["runtimeConfig"] = map[string]any{"podLabels": labels}
+	}
+	b, _ := json.Marshal(conf)
+	return b
+}
+
+// runCNI executes the plugin in the node's namespace with the CNI environment and returns the
+// pod's address for ADD.
+func runCNI(ctx context.Context, plugin string, node *Node, command string, p *Pod) (netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+node.Netns, "--", plugin)
+	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+p.ContainerID, "CNI_NETNS="+p.Netns,
+		"CNI_IFNAME=eth0", "CNI_PATH="+filepath.Dir(plugin),
+		fmt.Sprintf("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s", p.Namespace, p.Name))
+	cmd.Stdin = bytes.NewReader(cniConf(node, p.Labels))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("CNI %s: %v: %s%s", command, err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
+	}
+	if command != "ADD" {
+		return netip.Addr{}, nil
+	}
+	var res types100.Result
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: %v", out, err)
+	}
+	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	return ip, nil
+}
