@@ -27,6 +27,7 @@ type Report struct {
 	Config   Config    `json:"config"`
 	Suites   []Suite   `json:"suites"`
 	ProgCost *ProgCost `json:"progCost,omitempty"`
+	CNI      *CNICost  `json:"cni,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -96,6 +97,11 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "## per-packet cost (BPF_PROG_TEST_RUN, repeat %d)\n\n| program | ns/packet |\n|---|---:|\n", c.Repeat)
 		fmt.Fprintf(&b, "| empty tc program | %.0f |\n| from_pod (%s) | %.0f |\n| from_pod overhead | %.0f |\n\n",
 			c.EmptyNs, c.Description, c.FromPodNs, c.OverheadNs)
+	}
+	if c := r.CNI; c != nil {
+		fmt.Fprintf(&b, "## CNI (%d pods added one after another, then deleted; exec of ebpfnet-cni included)\n\n", c.Pods)
+		fmt.Fprintf(&b, "| ADD p50 | ADD p99 | DEL p50 | pods/s |\n|---:|---:|---:|---:|\n| %.1f ms | %.1f ms | %.1f ms | %.1f |\n\n",
+			c.AddP50ms, c.AddP99ms, c.DelP50ms, c.PodsPerSec)
 	}
 	return b.String()
 }

@@ -22,6 +22,8 @@ type NetConf struct {
 	types.PluginConf
 	// Socket is the agent's API socket.
 	Socket string `json:"socket,omitempty"`
+	// Attachments is the name libcni also sends the valid attachments under for GC.
+	Attachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
 	// Args are conflist-level CNI args (accepted, not used).
 	Args map[string]any `json:"args,omitempty"`
 	// RuntimeConfig carries the capabilities the runtime fills in.
@@ -179,7 +181,7 @@ func GC(args *skel.CmdArgs) error {
 		return err
 	}
 	valid := make([]agent.Attachment, 0, len(conf.ValidAttachments))
-	for _, v := range conf.ValidAttachments {
+	for _, v := range append(conf.ValidAttachments, conf.Attachments...) {
 		valid = append(valid, agent.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)

@@ -29,7 +29,7 @@ func plan(name string, spec *Spec) (*State, error) {
 	}
 	for i, p := range spec.Pods {
 		st.Pods = append(st.Pods, Pod{Namespace: p.Namespace, Name: p.Name, Node: p.Node,
-			Labels: p.Labels, Ports: p.Ports, Netns: namespace.Path(name + "." + p.Namespace + "." + p.Name),
+			Labels: p.Labels, Ports: p.Ports, Netns: nsPath(name, p.Namespace, p.Name),
 			ContainerID: fmt.Sprintf("lab-%s-%s-%s", name, p.Namespace, p.Name), EndpointID: uint32(i + 1)})
 	}
 	return st, nil
@@ -38,4 +38,9 @@ func plan(name string, spec *Spec) (*State, error) {
 func planNode(lab string, n NodeSpec, ip netip.Addr) Node {
 	return Node{Name: n.Name, IP: ip, WantCIDR: n.PodCIDR, Netns: namespace.Path(lab + "-" + n.Name),
 		PinDir: filepath.Join(PinRoot, lab, n.Name), Socket: filepath.Join(Dir(lab), "nodes", n.Name, "agent.sock")}
+}
+
+// nsPath is a pod's namespace: the dots keep it apart from node namespaces ("lab-node").
+func nsPath(lab, namespace_, pod string) string {
+	return namespace.Path(lab + "." + namespace_ + "." + pod)
 }

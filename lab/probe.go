@@ -158,3 +158,8 @@ func (m Matrix) String() string {
 	tw.Flush()
 	return b.String()
 }
+
+// ProbeFrom probes addr from any network namespace (a pod made outside the lab, say).
+func ProbeFrom(netnsPath string, addr netip.AddrPort, protocol string) error {
+	return probe(netnsPath, addr, protocol)
+}

@@ -98,10 +98,14 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	if err := st.save(); err != nil {
 		return nil, err
 	}
-	if err := startServers(ctx, st, opts.Exe); err != nil {
+	err = startServers(ctx, st, opts.Exe)
+	if serr := st.save(); err == nil {
+		err = serr
+	}
+	if err != nil {
 		return nil, err
 	}
-	return st, st.save()
+	return st, nil
 }
 
 // builder carries what making one lab needs across its steps.
@@ -367,9 +371,6 @@ func startServers(ctx context.Context, st *State, exe string) error {
 		}
 		p.ServerPID = pid
 		ready = append(ready, base)
-	}
-	if err := st.save(); err != nil {
-		return err
 	}
 	for _, base := range ready {
 		err := waitFor(ctx, 20*time.Second, "server "+filepath.Base(base), func() (bool, string) {

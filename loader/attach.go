@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // Hook names a place where a datapath program runs.
@@ -213,6 +214,15 @@ func (d *Datapath) Upgrade() (int, error) {
 			return n, fmt.Errorf("open pinned link %s: %w", path, err)
 		}
 		err = l.Update(prog)
+		if errors.Is(err, unix.ENOLINK) {
+			// The interface went away (a pod deleted while no agent ran): the pin is stale.
+			err = l.Unpin()
+			l.Close()
+			if err != nil {
+				return n, fmt.Errorf("remove severed link %s: %w", path, err)
+			}
+			continue
+		}
 		l.Close()
 		if err != nil {
 			return n, fmt.Errorf("replace program in link %s: %w", path, err)

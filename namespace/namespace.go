@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Do runs fn with the calling goroutine's thread in the network namespace at path, then
@@ -54,8 +56,36 @@ const Dir = "/var/run/netns"
 // Path is where the namespace called name is bound.
 func Path(name string) string { return filepath.Join(Dir, name) }
 
+var prepareOnce sync.Once
+
+// prepareDir makes /run/netns a shared bind mount of itself, as `ip netns add` does before its
+// first namespace. Done first, a later `ip netns add` finds it ready and does not bind over it,
+// which would hide (and strand) the namespaces made before.
+func prepareDir() error {
+	var err error
+	prepareOnce.Do(func() {
+		if err = os.MkdirAll(Dir, 0o755); err != nil {
+			return
+		}
+		if unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, "") == nil {
+			return
+		}
+		if err = unix.Mount(Dir, Dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			err = fmt.Errorf("bind %s: %w", Dir, err)
+			return
+		}
+		if err = unix.Mount("", Dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+			err = fmt.Errorf("make %s shared: %w", Dir, err)
+		}
+	})
+	return err
+}
+
 // Create makes a named network namespace with loopback up, without moving the caller into it.
 func Create(name string) (string, error) {
+	if err := prepareDir(); err != nil {
+		return "", err
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()

@@ -9,7 +9,7 @@ import (
 )
 
 // ebpfnetBin is the CLI built once for the tests that drive it the way a user would.
-var ebpfnetBin string
+var ebpfnetBin, binDir string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ebpfnet-test-bin")
@@ -17,8 +17,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	ebpfnetBin = filepath.Join(dir, "ebpfnet")
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ebpfnet", "../cmd/ebpfnet-cni")
+	binDir, ebpfnetBin = dir, filepath.Join(dir, "ebpfnet")
+	// cnitool comes from the module proxy, pinned in go.mod as a tool.
+	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ebpfnet", "../cmd/ebpfnet-cni",
+		"github.com/containernetworking/cni/cnitool")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ebpfnet:", err)

@@ -32,6 +32,7 @@ func run(ctx context.Context) error {
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
 	suites := flag.String("suites", "same-node,cross-node", "comma-separated suites to run: same-node, cross-node")
+	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
 		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")
@@ -44,6 +45,13 @@ func run(ctx context.Context) error {
 		return err
 	}
 	report.ProgCost = &cost
+	if *cniPods > 0 {
+		c, err := bench.MeasureCNI(*cniPods)
+		if err != nil {
+			return err
+		}
+		report.CNI = &c
+	}
 	for _, name := range splitList(*suites) {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -37,6 +37,8 @@ func Start(dir, clientURL, peerURL string) (*Server, error) {
 	cfg.InitialCluster = cfg.Name + "=" + peerURL
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.LogLevel = "error"
+	// A lab's or a test's etcd lives as long as its namespaces: it need not survive power loss.
+	cfg.UnsafeNoFsync = true
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)

@@ -148,3 +148,26 @@ func PinDir(tb testing.TB) string {
 	tb.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// InNetns runs fn inside the namespace at path with a netlink handle there.
+func InNetns(tb testing.TB, path string, fn func(h *netlink.Handle)) {
+	tb.Helper()
+	err := namespace.Do(path, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		fn(h)
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("in %s: %v", path, err)
+	}
+}
+
+// ProcessAlive reports whether pid runs (and is not a zombie).
+func ProcessAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !strings.Contains(string(b), ") Z ")
+}

@@ -1,0 +1,96 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+)
+
+// StopAgent kills a node's agent (SIGKILL); the node's datapath keeps running from its pins.
+func (s *State) StopAgent(node string) error {
+	n, err := s.Node(node)
+	if err != nil {
+		return err
+	}
+	stop(n.AgentPID, s.Name)
+	n.AgentPID = 0
+	return s.save()
+}
+
+// StartAgent (re)starts a node's agent from its config and waits until it is ready.
+func (s *State) StartAgent(ctx context.Context, node string, opts Options) error {
+	if err := opts.fill(); err != nil {
+		return err
+	}
+	n, err := s.Node(node)
+	if err != nil {
+		return err
+	}
+	b := &builder{st: s, opts: opts}
+	if err := b.startAgent(ctx, n, filepath.Join(filepath.Dir(n.Socket), "agent.yaml")); err != nil {
+		return err
+	}
+	return s.save()
+}
+
+// AddNode joins a new node to a running lab: namespace, underlay, agent. The other nodes
+// learn of it through the store.
+func (s *State) AddNode(ctx context.Context, spec NodeSpec, opts Options) (*Node, error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	if _, err := s.Node(spec.Name); err == nil {
+		return nil, fmt.Errorf("lab %s already has node %s", s.Name, spec.Name)
+	}
+	ip := underlayCIDR.Addr().Next()
+	for _, n := range s.Nodes {
+		if !n.IP.Less(ip) {
+			ip = n.IP.Next()
+		}
+	}
+	s.Nodes = append(s.Nodes, planNode(s.Name, spec, ip))
+	n := &s.Nodes[len(s.Nodes)-1]
+	if err := s.save(); err != nil {
+		return nil, err
+	}
+	b := &builder{st: s, opts: opts}
+	if err := b.node(ctx, n); err != nil {
+		return nil, err
+	}
+	return n, s.save()
+}
+
+// AddPod adds a pod to a running lab through the CNI plugin and starts its server.
+func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, error) {
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	if _, err := s.Pod(spec.Key()); err == nil {
+		return nil, fmt.Errorf("lab %s already has pod %s", s.Name, spec.Key())
+	}
+	if _, err := s.Node(spec.Node); err != nil {
+		return nil, err
+	}
+	for i := range spec.Ports {
+		if spec.Ports[i].Protocol == "" {
+			spec.Ports[i].Protocol = "TCP"
+		}
+	}
+	s.Pods = append(s.Pods, Pod{Namespace: spec.Namespace, Name: spec.Name, Node: spec.Node, Labels: spec.Labels,
+		Ports: spec.Ports, Netns: nsPath(s.Name, spec.Namespace, spec.Name),
+		ContainerID: fmt.Sprintf("lab-%s-%s-%s", s.Name, spec.Namespace, spec.Name), EndpointID: uint32(len(s.Pods) + 1)})
+	p := &s.Pods[len(s.Pods)-1]
+	if err := s.save(); err != nil {
+		return nil, err
+	}
+	b := &builder{st: s, opts: opts}
+	if err := b.pod(ctx, p); err != nil {
+		return nil, err
+	}
+	one := &State{Name: s.Name, Pods: []Pod{*p}}
+	if err := startServers(ctx, one, opts.Exe); err != nil {
+		return nil, err
+	}
+	p.ServerPID = one.Pods[0].ServerPID
+	return p, s.save()
+}

@@ -1,0 +1,36 @@
+package test
+
+import (
+	"crypto/sha512"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+)
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+func mustAddr(t *testing.T, ip net.IP) netip.Addr {
+	t.Helper()
+	a, ok := netip.AddrFromSlice(ip.To4())
+	if !ok {
+		t.Fatalf("%v is not IPv4", ip)
+	}
+	return a
+}
+
+// labProbe probes a lab pod from any namespace.
+func labProbe(netns string, to *lab.Pod, port int, proto string) error {
+	return lab.ProbeFrom(netns, netip.AddrPortFrom(to.IP, uint16(port)), proto)
+}
+
+// cnitoolContainerID is the container ID cnitool derives from a netns path.
+func cnitoolContainerID(netns string) string {
+	abs, _ := filepath.Abs(netns)
+	s := sha512.Sum512([]byte(abs))
+	return fmt.Sprintf("cnitool-%x", s[:10])
+}
