@@ -132,4 +132,3 @@ func reply(w http.ResponseWriter, v any, err error) {
 	}
 	json.NewEncoder(w).Encode(v)
 }
-

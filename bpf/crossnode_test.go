@@ -133,4 +133,3 @@ func TestFromOverlay(t *testing.T) {
 			packet.ARP(1, macB, ipRemote, make([]byte, 6), ipLocal)), Want: tcOK},
 	})
 }
-

@@ -191,4 +191,3 @@ func GC(args *skel.CmdArgs) error {
 	}
 	return nil
 }
-

@@ -29,8 +29,12 @@ func New(kv store.KV, node string, cidr netip.Prefix) *IPAM {
 	return &IPAM{kv: kv, node: node, cidr: cidr.Masked()}
 }
 
-func (p *IPAM) ipKey(ip netip.Addr) string  { return store.Prefix + "ipam/" + p.node + "/ips/" + ip.String() }
-func (p *IPAM) ownerKey(owner string) string { return store.Prefix + "ipam/" + p.node + "/owners/" + owner }
+func (p *IPAM) ipKey(ip netip.Addr) string {
+	return store.Prefix + "ipam/" + p.node + "/ips/" + ip.String()
+}
+func (p *IPAM) ownerKey(owner string) string {
+	return store.Prefix + "ipam/" + p.node + "/owners/" + owner
+}
 
 // Allocate returns owner's address, the one it already holds if any.
 func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {

@@ -375,4 +375,3 @@ func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 		time.Sleep(20 * time.Millisecond) // polling the agent until the store change lands
 	}
 }
-

@@ -152,4 +152,3 @@ func newNodeCmd(g *globals) *cobra.Command {
 	})
 	return cmd
 }
-
