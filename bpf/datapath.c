@@ -12,6 +12,7 @@
 #include "parse.h"
 #include "forward.h"
 #include "crossnode.h"
+#include "policy.h"
 #include "prefilter.h"
 
 /* from_pod: tc ingress of a pod's host-side veth; everything a pod sends starts here. */
@@ -28,6 +29,9 @@ int from_pod(struct __sk_buff *skb)
 	if (reason != CONTINUE || !src)
 		return finish(skb, reason, DIR_FROM_POD);
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
+	reason = admit(skb, &pkt, src, dst, 0);
+	if (reason != CONTINUE)
+		return finish(skb, reason, DIR_FROM_POD);
 	if (dst && (dst->flags & EP_F_LOCAL)) {
 		reason = decrement_ttl(skb, &pkt);
 		if (reason == CONTINUE)
@@ -42,7 +46,28 @@ int from_pod(struct __sk_buff *skb)
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
-	return finish(skb, REASON_DELIVER, DIR_TO_POD);
+	struct endpoint_info *dst;
+	struct packet pkt = {};
+	int reason;
+
+	/* What the node's stack sends is not judged for form, only for policy. */
+	if (parse_skb(skb, &pkt) != CONTINUE || !pkt.family)
+		return finish(skb, REASON_DELIVER, DIR_TO_POD);
+	dst = lookup_endpoint(pkt.family, &pkt.daddr);
+	if (!dst || !(dst->flags & EP_F_LOCAL))
+		return finish(skb, REASON_DELIVER, DIR_TO_POD);
+	reason = admit(skb, &pkt, NULL, dst, 0);
+	return finish(skb, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
+}
+
+/* tunnel_identity is the sender's identity, carried in the VNI. */
+static __always_inline __u32 tunnel_identity(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
+		return 0;
+	return key.tunnel_id;
 }
 
 /* from_overlay: tc ingress of the VXLAN device; pod traffic from other nodes, decapsulated. */
@@ -54,7 +79,8 @@ int from_overlay(struct __sk_buff *skb)
 
 	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
-		reason = pkt.family ? deliver_local(skb, &pkt) : REASON_FORWARD_HOST;
+		reason = pkt.family ? deliver_local(skb, &pkt, tunnel_identity(skb))
+				    : REASON_FORWARD_HOST;
 	return finish(skb, reason, DIR_FROM_OVERLAY);
 }
 
@@ -85,5 +111,9 @@ const enum reason *unused_reason __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
 const enum tunnel_mode *unused_tunnel_mode __attribute__((unused));
 const enum route_flags *unused_route_flags __attribute__((unused));
+const enum identity_reserved *unused_identity_reserved __attribute__((unused));
+const enum policy_direction *unused_policy_direction __attribute__((unused));
+const enum endpoint_flags *unused_endpoint_flags __attribute__((unused));
+const enum ct_flags *unused_ct_flags __attribute__((unused));
 
 char __license[] SEC("license") = "GPL";

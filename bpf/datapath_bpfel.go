@@ -13,6 +13,33 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type DatapathCtEntry struct {
+	_       structs.HostLayout
+	Expires uint64
+	Packets uint64
+	Bytes   uint64
+	Flags   uint32
+	Pad     uint32
+}
+
+type DatapathCtFlags uint32
+
+const (
+	DatapathCtFlagsCT_F_REPLY_SEEN DatapathCtFlags = 1
+	DatapathCtFlagsCT_F_CLOSING    DatapathCtFlags = 2
+)
+
+type DatapathCtKey struct {
+	_        structs.HostLayout
+	Saddr    [16]uint8
+	Daddr    [16]uint8
+	Sport    uint16
+	Dport    uint16
+	Protocol uint8
+	Family   uint8
+	Pad      uint16
+}
+
 type DatapathDirection uint32
 
 const (
@@ -21,6 +48,14 @@ const (
 	DatapathDirectionDIR_PREFILTER     DatapathDirection = 3
 	DatapathDirectionDIR_FROM_OVERLAY  DatapathDirection = 4
 	DatapathDirectionDIR_FROM_UNDERLAY DatapathDirection = 5
+)
+
+type DatapathEndpointFlags uint32
+
+const (
+	DatapathEndpointFlagsEP_F_LOCAL            DatapathEndpointFlags = 1
+	DatapathEndpointFlagsEP_F_INGRESS_ENFORCED DatapathEndpointFlags = 2
+	DatapathEndpointFlagsEP_F_EGRESS_ENFORCED  DatapathEndpointFlags = 4
 )
 
 type DatapathEndpointInfo struct {
@@ -38,6 +73,22 @@ type DatapathEndpointKey struct {
 	Family uint8
 	Pad    [3]uint8
 	Ip     [16]uint8
+}
+
+type DatapathIdentityReserved uint32
+
+const (
+	DatapathIdentityReservedIDENTITY_ANY         DatapathIdentityReserved = 0
+	DatapathIdentityReservedIDENTITY_HOST        DatapathIdentityReserved = 1
+	DatapathIdentityReservedIDENTITY_WORLD       DatapathIdentityReserved = 2
+	DatapathIdentityReservedIDENTITY_REMOTE_NODE DatapathIdentityReserved = 3
+	DatapathIdentityReservedIDENTITY_CIDR_FIRST  DatapathIdentityReserved = 16777216
+)
+
+type DatapathIpcacheInfo struct {
+	_            structs.HostLayout
+	Identity     uint32
+	CidrIdentity uint32
 }
 
 type DatapathLpmKey struct {
@@ -70,6 +121,28 @@ type DatapathNodeConfig struct {
 	Pad             [3]uint8
 }
 
+type DatapathPolicyDirection uint32
+
+const (
+	DatapathPolicyDirectionPOLICY_INGRESS DatapathPolicyDirection = 1
+	DatapathPolicyDirectionPOLICY_EGRESS  DatapathPolicyDirection = 2
+)
+
+type DatapathPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Endpoint  uint32
+	Peer      uint32
+	Direction uint8
+	Protocol  uint8
+	Port      uint16
+}
+
+type DatapathPolicyValue struct {
+	_    structs.HostLayout
+	Rule uint32
+}
+
 type DatapathReason uint32
 
 const (
@@ -89,6 +162,8 @@ const (
 	DatapathReasonREASON_DROP_UNKNOWN_DEST    DatapathReason = 70
 	DatapathReasonREASON_DROP_NO_ROUTE        DatapathReason = 71
 	DatapathReasonREASON_DROP_ENCAP_FAILED    DatapathReason = 72
+	DatapathReasonREASON_DROP_POLICY_INGRESS  DatapathReason = 73
+	DatapathReasonREASON_DROP_POLICY_EGRESS   DatapathReason = 74
 )
 
 type DatapathRouteFlags uint32
@@ -119,20 +194,27 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DatapathMapConfig           = "config"
-	DatapathMapEndpoints        = "endpoints"
-	DatapathMapMetrics          = "metrics"
-	DatapathMapPrefilter        = "prefilter"
-	DatapathMapRoutes           = "routes"
-	DatapathProgFromOverlay     = "from_overlay"
-	DatapathProgFromPod         = "from_pod"
-	DatapathProgFromUnderlay    = "from_underlay"
-	DatapathProgToPod           = "to_pod"
-	DatapathProgXdpPrefilter    = "xdp_prefilter"
-	DatapathVarUnusedDirection  = "unused_direction"
-	DatapathVarUnusedReason     = "unused_reason"
-	DatapathVarUnusedRouteFlags = "unused_route_flags"
-	DatapathVarUnusedTunnelMode = "unused_tunnel_mode"
+	DatapathMapConfig                 = "config"
+	DatapathMapConntrack              = "conntrack"
+	DatapathMapEndpoints              = "endpoints"
+	DatapathMapIpcache                = "ipcache"
+	DatapathMapMetrics                = "metrics"
+	DatapathMapPolicy                 = "policy"
+	DatapathMapPrefilter              = "prefilter"
+	DatapathMapRoutes                 = "routes"
+	DatapathProgFromOverlay           = "from_overlay"
+	DatapathProgFromPod               = "from_pod"
+	DatapathProgFromUnderlay          = "from_underlay"
+	DatapathProgToPod                 = "to_pod"
+	DatapathProgXdpPrefilter          = "xdp_prefilter"
+	DatapathVarUnusedCtFlags          = "unused_ct_flags"
+	DatapathVarUnusedDirection        = "unused_direction"
+	DatapathVarUnusedEndpointFlags    = "unused_endpoint_flags"
+	DatapathVarUnusedIdentityReserved = "unused_identity_reserved"
+	DatapathVarUnusedPolicyDirection  = "unused_policy_direction"
+	DatapathVarUnusedReason           = "unused_reason"
+	DatapathVarUnusedRouteFlags       = "unused_route_flags"
+	DatapathVarUnusedTunnelMode       = "unused_tunnel_mode"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -189,8 +271,11 @@ type DatapathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
 	Config    *ebpf.MapSpec `ebpf:"config"`
+	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
+	Policy    *ebpf.MapSpec `ebpf:"policy"`
 	Prefilter *ebpf.MapSpec `ebpf:"prefilter"`
 	Routes    *ebpf.MapSpec `ebpf:"routes"`
 }
@@ -199,10 +284,14 @@ type DatapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
-	UnusedReason     *ebpf.VariableSpec `ebpf:"unused_reason"`
-	UnusedRouteFlags *ebpf.VariableSpec `ebpf:"unused_route_flags"`
-	UnusedTunnelMode *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
+	UnusedCtFlags          *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
+	UnusedDirection        *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedEndpointFlags    *ebpf.VariableSpec `ebpf:"unused_endpoint_flags"`
+	UnusedIdentityReserved *ebpf.VariableSpec `ebpf:"unused_identity_reserved"`
+	UnusedPolicyDirection  *ebpf.VariableSpec `ebpf:"unused_policy_direction"`
+	UnusedReason           *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedRouteFlags       *ebpf.VariableSpec `ebpf:"unused_route_flags"`
+	UnusedTunnelMode       *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -226,8 +315,11 @@ func (o *DatapathObjects) Close() error {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
 	Config    *ebpf.Map `ebpf:"config"`
+	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Metrics   *ebpf.Map `ebpf:"metrics"`
+	Policy    *ebpf.Map `ebpf:"policy"`
 	Prefilter *ebpf.Map `ebpf:"prefilter"`
 	Routes    *ebpf.Map `ebpf:"routes"`
 }
@@ -235,8 +327,11 @@ type DatapathMaps struct {
 func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
 		m.Config,
+		m.Conntrack,
 		m.Endpoints,
+		m.Ipcache,
 		m.Metrics,
+		m.Policy,
 		m.Prefilter,
 		m.Routes,
 	)
@@ -246,10 +341,14 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
-	UnusedReason     *ebpf.Variable `ebpf:"unused_reason"`
-	UnusedRouteFlags *ebpf.Variable `ebpf:"unused_route_flags"`
-	UnusedTunnelMode *ebpf.Variable `ebpf:"unused_tunnel_mode"`
+	UnusedCtFlags          *ebpf.Variable `ebpf:"unused_ct_flags"`
+	UnusedDirection        *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedEndpointFlags    *ebpf.Variable `ebpf:"unused_endpoint_flags"`
+	UnusedIdentityReserved *ebpf.Variable `ebpf:"unused_identity_reserved"`
+	UnusedPolicyDirection  *ebpf.Variable `ebpf:"unused_policy_direction"`
+	UnusedReason           *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedRouteFlags       *ebpf.Variable `ebpf:"unused_route_flags"`
+	UnusedTunnelMode       *ebpf.Variable `ebpf:"unused_tunnel_mode"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

@@ -39,6 +39,15 @@ func (d *Datapath) Close() error {
 // Endpoints returns a typed view of the endpoints map.
 func (d *Datapath) Endpoints() *maps.Endpoints { return maps.NewEndpoints(d.DatapathMaps.Endpoints) }
 
+// IPCache returns a typed view of the ipcache map.
+func (d *Datapath) IPCache() *maps.IPCache { return maps.NewIPCache(d.DatapathMaps.Ipcache) }
+
+// Policy returns a typed view of the policy map.
+func (d *Datapath) Policy() *maps.Policy { return maps.NewPolicy(d.DatapathMaps.Policy) }
+
+// Conntrack returns a typed view of the conntrack map.
+func (d *Datapath) Conntrack() *maps.Conntrack { return maps.NewConntrack(d.DatapathMaps.Conntrack) }
+
 // Routes returns a typed view of the routes map.
 func (d *Datapath) Routes() *maps.Routes { return maps.NewRoutes(d.DatapathMaps.Routes) }
 

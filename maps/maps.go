@@ -17,10 +17,13 @@ const (
 	PrefilterName = bpf.DatapathMapPrefilter
 	RoutesName    = bpf.DatapathMapRoutes
 	ConfigName    = bpf.DatapathMapConfig
+	IPCacheName   = bpf.DatapathMapIpcache
+	PolicyName    = bpf.DatapathMapPolicy
+	ConntrackName = bpf.DatapathMapConntrack
 )
 
 // Names lists every map the datapath pins, in a stable order.
-var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName}
+var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName, IPCacheName, PolicyName, ConntrackName}
 
 // DefaultPinDir is where maps and links are pinned unless configured otherwise.
 const DefaultPinDir = "/sys/fs/bpf/ebpfnet"
@@ -34,10 +37,14 @@ type Sizes struct {
 	Metrics   uint32 `json:"metrics" yaml:"metrics"`
 	Prefilter uint32 `json:"prefilter" yaml:"prefilter"`
 	Routes    uint32 `json:"routes" yaml:"routes"`
+	IPCache   uint32 `json:"ipcache" yaml:"ipcache"`
+	Policy    uint32 `json:"policy" yaml:"policy"`
+	Conntrack uint32 `json:"conntrack" yaml:"conntrack"`
 }
 
 // DefaultSizes fit a node with a few thousand pods.
-var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384, Routes: 16384}
+var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384, Routes: 16384,
+	IPCache: 262144, Policy: 262144, Conntrack: 262144}
 
 // Apply writes the sizes into spec; a zero size keeps the default.
 func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
@@ -46,6 +53,9 @@ func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
 		MetricsName:   or(s.Metrics, DefaultSizes.Metrics),
 		PrefilterName: or(s.Prefilter, DefaultSizes.Prefilter),
 		RoutesName:    or(s.Routes, DefaultSizes.Routes),
+		IPCacheName:   or(s.IPCache, DefaultSizes.IPCache),
+		PolicyName:    or(s.Policy, DefaultSizes.Policy),
+		ConntrackName: or(s.Conntrack, DefaultSizes.Conntrack),
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {

@@ -32,6 +32,8 @@ const (
 	ReasonUnknownDest    = bpf.DatapathReasonREASON_DROP_UNKNOWN_DEST
 	ReasonNoRoute        = bpf.DatapathReasonREASON_DROP_NO_ROUTE
 	ReasonEncapFailed    = bpf.DatapathReasonREASON_DROP_ENCAP_FAILED
+	ReasonPolicyIngress  = bpf.DatapathReasonREASON_DROP_POLICY_INGRESS
+	ReasonPolicyEgress   = bpf.DatapathReasonREASON_DROP_POLICY_EGRESS
 
 	DirFromPod      = bpf.DatapathDirectionDIR_FROM_POD
 	DirToPod        = bpf.DatapathDirectionDIR_TO_POD
@@ -56,6 +58,8 @@ var ReasonNames = map[Reason]string{
 	ReasonUnknownDest:    "unknown-destination",
 	ReasonNoRoute:        "no-route",
 	ReasonEncapFailed:    "encap-failed",
+	ReasonPolicyIngress:  "policy-denied-ingress",
+	ReasonPolicyEgress:   "policy-denied-egress",
 }
 
 // DirectionNames are the labels of the hooks.

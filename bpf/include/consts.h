@@ -19,6 +19,9 @@ enum reason {
 	REASON_DROP_UNKNOWN_DEST = 70, /* inside the cluster CIDR, but no pod or node has it */
 	REASON_DROP_NO_ROUTE = 71, /* the underlay has no route to the destination's node */
 	REASON_DROP_ENCAP_FAILED = 72, /* could not add or remove a tunnel header */
+	REASON_DROP_POLICY_INGRESS =
+		73, /* the destination's ingress policy allows no such traffic */
+	REASON_DROP_POLICY_EGRESS = 74, /* the source's egress policy allows no such traffic */
 };
 
 /* Which hook saw the packet. */
@@ -46,6 +49,29 @@ enum route_flags {
 /* Endpoint flags. */
 enum endpoint_flags {
 	EP_F_LOCAL = 1 << 0, /* the endpoint is a pod on this node */
+	EP_F_INGRESS_ENFORCED = 1 << 1, /* some policy selects it for ingress: default deny */
+	EP_F_EGRESS_ENFORCED = 1 << 2, /* some policy selects it for egress: default deny */
+};
+
+/* Reserved identities; pods get 256 and up, CIDRs from IDENTITY_CIDR_FIRST. */
+enum identity_reserved {
+	IDENTITY_ANY = 0, /* in policy keys: any peer */
+	IDENTITY_HOST = 1, /* this node: always allowed, as Kubernetes expects */
+	IDENTITY_WORLD = 2, /* anything the ipcache does not know */
+	IDENTITY_REMOTE_NODE = 3, /* another node of the cluster */
+	IDENTITY_CIDR_FIRST = 1 << 24,
+};
+
+/* Policy directions. */
+enum policy_direction {
+	POLICY_INGRESS = 1,
+	POLICY_EGRESS = 2,
+};
+
+/* Conntrack flags. */
+enum ct_flags {
+	CT_F_REPLY_SEEN = 1 << 0, /* the flow has answered: established */
+	CT_F_CLOSING = 1 << 1, /* FIN or RST seen */
 };
 
 #define ETH_ALEN 6

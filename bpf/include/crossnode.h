@@ -13,6 +13,26 @@
 #include "forward.h"
 #include "maps.h"
 #include "parse.h"
+#include "policy.h"
+
+/* deliver_local delivers a packet that arrived from another node to the pod it is for, once
+ * the pod's ingress policy (for a new flow) lets it in. hint is the sender's identity if the
+ * packet carried one. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt, __u32 hint)
+{
+	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
+	int reason;
+
+	if (!dst || !(dst->flags & EP_F_LOCAL))
+		return REASON_DROP_UNKNOWN_DEST;
+	reason = admit(skb, pkt, NULL, dst, hint);
+	if (reason != CONTINUE)
+		return reason;
+	/* A decapsulated frame was addressed to the tunnel device; the pod must see it as its own.
+	 */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return redirect_to_endpoint(skb, dst);
+}
 
 /* The installed UAPI header predates this flag (kernel 6.3); the running kernel knows it. */
 #define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
@@ -161,9 +181,9 @@ static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet
 		__builtin_memset(pkt, 0, sizeof(*pkt));
 		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
 			return REASON_DROP_MALFORMED;
-		return deliver_local(skb, pkt);
+		return deliver_local(skb, pkt, 0);
 	}
 	if (!lookup_endpoint(pkt->family, &pkt->daddr))
 		return REASON_FORWARD_HOST; /* for the node itself */
-	return deliver_local(skb, pkt);
+	return deliver_local(skb, pkt, 0);
 }

@@ -119,19 +119,6 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return REASON_FORWARD_LOCAL;
 }
 
-/* deliver_local delivers a packet that arrived from another node to the pod it is for. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt)
-{
-	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
-
-	if (!dst || !(dst->flags & EP_F_LOCAL))
-		return REASON_DROP_UNKNOWN_DEST;
-	/* A decapsulated frame was addressed to the tunnel device; the pod must see it as its own.
-	 */
-	bpf_skb_change_type(skb, PACKET_HOST);
-	return redirect_to_endpoint(skb, dst);
-}
-
 /* finish counts the verdict and turns its reason into a tc action. */
 static __always_inline int finish(struct __sk_buff *skb, int reason, __u8 direction)
 {

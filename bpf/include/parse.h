@@ -61,7 +61,13 @@ struct packet {
 	__u8 dmac[ETH_ALEN];
 	__u8 arp_sha[ETH_ALEN]; /* ARP sender, checked by anti-spoofing */
 	__be32 arp_sip;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__be16 icmp_id; /* echo identifier: conntrack's "port" for ICMP echo */
 };
+
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
 
 /* csum_fold folds a 32-bit checksum sum into the 16-bit Internet checksum. */
 static __always_inline __u16 csum_fold(__s64 sum)
@@ -87,6 +93,7 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 			return REASON_DROP_MALFORMED;
 		pkt->sport = th->source;
 		pkt->dport = th->dest;
+		pkt->tcp_flags = ((__u8 *)th)[13];
 		break;
 	}
 	case IPPROTO_UDP: {
@@ -111,11 +118,10 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 	case IPPROTO_ICMPV6: {
 		__u8 *ih = l4; /* type, code; linux/icmp.h would drag in libc headers */
 
-		/* ICMP type and code travel where ports do, so policy can match them. */
 		if (l4 + 8 > data_end)
 			return REASON_DROP_MALFORMED;
-		pkt->sport = bpf_htons(ih[0] << 8 | ih[1]);
-		pkt->dport = 0;
+		pkt->icmp_type = ih[0];
+		pkt->icmp_id = *(__be16 *)(ih + 4);
 		break;
 	}
 	default:

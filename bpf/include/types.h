@@ -70,3 +70,49 @@ struct node_config {
 	__u8 mode; /* enum tunnel_mode */
 	__u8 pad[3];
 };
+
+/* Value of the ipcache: who an address is, for policy. */
+struct ipcache_info {
+	__u32 identity; /* label identity (pods), or a reserved one */
+	__u32 cidr_identity; /* identity of the longest policy CIDR holding the address, or 0 */
+};
+
+/* Key of the policy LPM: the prefix covers endpoint, peer and direction always, the protocol
+ * unless the rule allows every protocol, and as many port bits as the port range needs. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 endpoint; /* local endpoint id */
+	__u32 peer; /* peer identity; IDENTITY_ANY for rules that allow every peer */
+	__u8 direction; /* enum policy_direction */
+	__u8 protocol; /* IPPROTO_* */
+	__be16 port; /* destination port */
+};
+
+#define POLICY_PREFIX_ANY_PROTO (32 + 32 + 8)
+#define POLICY_PREFIX_PROTO (POLICY_PREFIX_ANY_PROTO + 8)
+#define POLICY_PREFIX_PORT (POLICY_PREFIX_PROTO + 16)
+
+/* Value of the policy LPM: which rule allowed it, for explain and monitor. */
+struct policy_value {
+	__u32 rule;
+};
+
+/* Key of the conntrack map: a flow in the direction of its first packet. */
+struct ct_key {
+	__u8 saddr[ADDR_LEN];
+	__u8 daddr[ADDR_LEN];
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;
+	__u16 pad;
+};
+
+/* Value of the conntrack map. */
+struct ct_entry {
+	__u64 expires; /* bpf_ktime_get_ns() after which the entry is dead */
+	__u64 packets;
+	__u64 bytes;
+	__u32 flags; /* enum ct_flags */
+	__u32 pad;
+};

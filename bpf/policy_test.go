@@ -1,0 +1,105 @@
+package bpf_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/test/packet"
+)
+
+const (
+	idA, idB = 300, 400
+	cidrID   = maps.IdentityCIDRFirst + 1
+)
+
+var (
+	polA, polB = netip.MustParseAddr("10.1.0.10"), netip.MustParseAddr("10.1.0.11")
+	worldNet   = netip.MustParsePrefix("192.0.2.0/24")
+)
+
+// loadPolicy: A (egress and ingress enforced) and B (ingress enforced) on this node; B takes
+// TCP/80 from A and SCTP 5000-5003 from anyone; A may send anything to B and UDP/53 into
+// 192.0.2.0/24.
+func loadPolicy(t *testing.T) *loader.Datapath {
+	dp := loadUnpinned(t)
+	eps := dp.Endpoints()
+	for _, ep := range []maps.Endpoint{
+		{IP: polA, Ifindex: testRunIfindex, ID: 11, Local: true, MAC: macA, NodeMAC: nodeMacA},
+		{IP: polB, Ifindex: testRunIfindex, ID: 12, Local: true, MAC: macB, NodeMAC: nodeMacB},
+	} {
+		if err := eps.Upsert(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, eps.SetEnforcement(polA, idA, true, true))
+	must(t, eps.SetEnforcement(polB, idB, true, false))
+	ic := dp.IPCache()
+	must(t, ic.Upsert(maps.IPCacheEntry{Prefix: netip.PrefixFrom(polA, 32), Identity: idA}))
+	must(t, ic.Upsert(maps.IPCacheEntry{Prefix: netip.PrefixFrom(polB, 32), Identity: idB}))
+	must(t, ic.Upsert(maps.IPCacheEntry{Prefix: worldNet, Identity: maps.IdentityWorld, CIDRIdentity: cidrID}))
+	pol := dp.Policy()
+	must(t, pol.Put(maps.PolicyEntry{Endpoint: 12, Peer: idA, Direction: maps.Ingress, Protocol: packet.ProtoTCP, Port: 80, PortBits: 16}))
+	for _, b := range maps.PortBlocks(5000, 5003) {
+		must(t, pol.Put(maps.PolicyEntry{Endpoint: 12, Peer: maps.IdentityAny, Direction: maps.Ingress, Protocol: packet.ProtoSCTP, Port: b[0], PortBits: uint8(b[1])}))
+	}
+	must(t, pol.Put(maps.PolicyEntry{Endpoint: 11, Peer: idB, Direction: maps.Egress}))
+	must(t, pol.Put(maps.PolicyEntry{Endpoint: 11, Peer: cidrID, Direction: maps.Egress, Protocol: packet.ProtoUDP, Port: 53, PortBits: 16}))
+	return dp
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pod(src, dst netip.Addr, srcMAC []byte, proto uint8, l4 []byte) []byte {
+	return packet.Eth(nodeMacA, srcMAC, packet.EtherIPv4, packet.IPv4{Src: src, Dst: dst, Proto: proto}.Marshal(l4))
+}
+
+func TestPolicyVerdicts(t *testing.T) {
+	dp := loadPolicy(t)
+	world := netip.MustParseAddr("192.0.2.5")
+	runFromPod(t, dp, []fromPodCase{
+		{name: "ingress rule by identity and port", in: pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40000, 80)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "same peer, port the rule does not name", in: pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40000, 81)), want: tcShot, reason: maps.ReasonPolicyIngress},
+		{name: "sctp inside the port range", in: pod(polA, polB, macA, packet.ProtoSCTP, packet.SCTP(7000, 5002)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "sctp at the end of the range", in: pod(polA, polB, macA, packet.ProtoSCTP, packet.SCTP(7000, 5003)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "sctp just past the range", in: pod(polA, polB, macA, packet.ProtoSCTP, packet.SCTP(7000, 5004)), want: tcShot, reason: maps.ReasonPolicyIngress},
+		{name: "udp is not sctp", in: pod(polA, polB, macA, packet.ProtoUDP, packet.UDP(7000, 5002, nil)), want: tcShot, reason: maps.ReasonPolicyIngress},
+		{name: "egress by cidr identity and port", in: pod(polA, world, macA, packet.ProtoUDP, packet.UDP(4444, 53, nil)), want: tcOK, reason: maps.ReasonForwardHost},
+		{name: "egress to the cidr on another port", in: pod(polA, world, macA, packet.ProtoUDP, packet.UDP(4444, 54, nil)), want: tcShot, reason: maps.ReasonPolicyEgress},
+		{name: "egress outside every rule", in: pod(polA, netip.MustParseAddr("198.51.100.1"), macA, packet.ProtoTCP, packet.TCP(1, 80)), want: tcShot, reason: maps.ReasonPolicyEgress},
+		{name: "unsolicited flow into A", in: pod(polB, polA, macB, packet.ProtoTCP, packet.TCP(80, 41000)), want: tcShot, reason: maps.ReasonPolicyIngress},
+		{name: "reply of the allowed flow passes A's ingress", in: pod(polB, polA, macB, packet.ProtoTCP, packet.TCP(80, 40000)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "reply of the allowed sctp flow", in: pod(polB, polA, macB, packet.ProtoSCTP, packet.SCTP(5002, 7000)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "icmp echo to B: no rule without ports", in: pod(polA, polB, macA, packet.ProtoICMP, packet.ICMPEcho(8)), want: tcShot, reason: maps.ReasonPolicyIngress},
+	})
+}
+
+func TestPortBlocksCoverExactly(t *testing.T) {
+	for _, r := range [][2]uint16{{80, 80}, {5000, 5003}, {1, 65535}, {0, 65535}, {1024, 2047}, {33, 1000}, {65535, 65535}} {
+		covered := map[uint32]bool{}
+		blocks := maps.PortBlocks(r[0], r[1])
+		for _, b := range blocks {
+			size := uint32(1) << (16 - b[1])
+			for p := uint32(b[0]); p < uint32(b[0])+size; p++ {
+				if covered[p] {
+					t.Errorf("%v: port %d covered twice", r, p)
+				}
+				covered[p] = true
+			}
+		}
+		for p := uint32(0); p < 65536; p++ {
+			if covered[p] != (p >= uint32(r[0]) && p <= uint32(r[1])) {
+				t.Fatalf("%v: port %d covered=%v", r, p, covered[p])
+			}
+		}
+		if len(blocks) > 30 {
+			t.Errorf("%v: %d blocks", r, len(blocks))
+		}
+	}
+}
