@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
@@ -30,6 +32,11 @@ type Agent struct {
 	ready   atomic.Bool
 	cniMu   sync.Mutex // CNI operations one at a time: each is short, and ordering is simple
 	kick    chan struct{}
+	// programmed is the newest store generation this node has programmed.
+	programmed atomic.Int64
+	// lastPolicy is the last compiled policy, for explain and the CLI.
+	lastPolicy atomic.Pointer[policy.Output]
+	recMu      sync.Mutex // one reconcile at a time
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -155,25 +162,32 @@ func firstIPv4(l netlink.Link) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("nodeIP: %s has no IPv4 address; set nodeIP", l.Attrs().Name)
 }
 
-// watch turns store changes into reconcile kicks.
+// watch turns store changes into reconcile kicks: nodes, endpoints, policies, namespaces,
+// pods and the generation; not what agents write for themselves (leases, status).
 func (a *Agent) watch(ctx context.Context) {
-	nodes := a.kv.Watch(ctx, store.NodesPrefix)
-	eps := a.kv.Watch(ctx, store.EndpointsPrefix(a.node.Name))
+	events := a.kv.Watch(ctx, store.Prefix)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-nodes:
+		case ev, ok := <-events:
 			if !ok {
 				return
 			}
-		case _, ok := <-eps:
-			if !ok {
-				return
+			if !ownBookkeeping(ev.Key) {
+				a.trigger()
 			}
 		}
-		a.trigger()
 	}
+}
+
+func ownBookkeeping(key string) bool {
+	for _, p := range []string{"ipam/", "status/", "identities/", "identity-ids/", "podcidrs/"} {
+		if strings.HasPrefix(key, store.Prefix+p) {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Agent) trigger() {
@@ -196,6 +210,11 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
 			slog.Warn("reconcile", "err", err)
+		}
+		if removed, left, err := a.dp.Conntrack().GC(); err != nil {
+			slog.Warn("conntrack gc", "err", err)
+		} else if removed > 0 {
+			slog.Debug("conntrack gc", "removed", removed, "left", left)
 		}
 	}
 }

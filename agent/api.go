@@ -101,6 +101,7 @@ func (a *Agent) routes() http.Handler {
 		}
 		reply(w, rs, err)
 	})
+	a.policyRoutes(mux)
 	return mux
 }
 

@@ -103,3 +103,43 @@ func (c *Client) Get(ctx context.Context, path string, out any) error {
 func (c *Client) DeleteNode(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/nodes/"+name, nil, nil)
 }
+
+// ApplyPolicies sends NetworkPolicy YAML; it returns once every node has programmed it.
+func (c *Client) ApplyPolicies(ctx context.Context, yamlDocs []byte) ([]string, error) {
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://agent/v1/policies", bytes.NewReader(yamlDocs))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, &UnreachableError{Socket: c.socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		ae := &APIError{}
+		if err := json.NewDecoder(resp.Body).Decode(ae); err != nil {
+			return nil, fmt.Errorf("agent answered %s", resp.Status)
+		}
+		return nil, ae
+	}
+	var names []string
+	return names, json.NewDecoder(resp.Body).Decode(&names)
+}
+
+// DeletePolicy removes namespace/name; it returns once every node has programmed it.
+func (c *Client) DeletePolicy(ctx context.Context, ns, name string) error {
+	return c.do(ctx, "DELETE", "/v1/policies/"+ns+"/"+name, nil, nil)
+}
+
+// Label changes labels; it returns once every node has programmed the change.
+func (c *Client) Label(ctx context.Context, r LabelRequest) error {
+	return c.do(ctx, "POST", "/v1/labels", r, nil)
+}
+
+// PutObjects declares namespaces and pods.
+func (c *Client) PutObjects(ctx context.Context, r ObjectsRequest) error {
+	return c.do(ctx, "PUT", "/v1/objects", r, nil)
+}
+
+// Sync returns once every node has programmed everything in the store.
+func (c *Client) Sync(ctx context.Context) error { return c.do(ctx, "POST", "/v1/sync", nil, nil) }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/podnet"
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
@@ -22,6 +23,8 @@ const routeProtocol = netlink.RouteProtocol(0xeb)
 // reconcile makes the maps (and, in native mode, the kernel routes) match the store. Applying
 // the same state twice changes nothing; only what differs is written or removed.
 func (a *Agent) reconcile(ctx context.Context) error {
+	a.recMu.Lock()
+	defer a.recMu.Unlock()
 	start := time.Now()
 	nodes, err := a.cluster.Nodes(ctx)
 	if err != nil {
@@ -31,7 +34,27 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if a.cfg.mode == maps.ModeNative {
 		errs = append(errs, a.reconcileKernelRoutes(nodes))
 	}
-	errs = append(errs, a.reconcileEndpoints(ctx))
+	gen, err := a.cluster.Generation(ctx)
+	if err != nil {
+		return err
+	}
+	pol, err := a.compilePolicy(ctx, nodes)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("compile policy: %w", err))...)
+	}
+	// Order matters for a datapath that keeps running: new identities and entries first,
+	// then the endpoints' flags, and only then what is no longer allowed goes.
+	stale, err := a.applyPolicy(pol)
+	errs = append(errs, err)
+	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints))
+	errs = append(errs, a.removePolicy(stale))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if gen > a.programmed.Load() {
+		a.programmed.Store(gen)
+		return a.cluster.PutStatus(ctx, a.node.Name, gen)
+	}
 	slog.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
 	return errors.Join(errs...)
 }
@@ -119,7 +142,7 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 
 // reconcileEndpoints writes the node's endpoints into the map and removes what is stale: an
 // endpoint whose pod went away while no agent ran, or a map entry the store does not know.
-func (a *Agent) reconcileEndpoints(ctx context.Context) error {
+func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]policy.Enforcement) error {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
@@ -137,8 +160,10 @@ func (a *Agent) reconcileEndpoints(ctx context.Context) error {
 		}
 		wanted[e.IP] = true
 		mac, _ := net.ParseMAC(e.MAC)
+		pe := enf[e.IP]
 		want := maps.Endpoint{IP: e.IP, Ifindex: uint32(host.Attrs().Index), ID: e.ID, Local: true,
-			MAC: mac, NodeMAC: host.Attrs().HardwareAddr}
+			MAC: mac, NodeMAC: host.Attrs().HardwareAddr, Identity: pe.Identity,
+			IngressEnforced: pe.Ingress, EgressEnforced: pe.Egress}
 		have, ok, err := a.dp.Endpoints().Lookup(e.IP)
 		if err != nil {
 			errs = append(errs, err)
@@ -163,6 +188,7 @@ func (a *Agent) reconcileEndpoints(ctx context.Context) error {
 
 func sameEndpoint(a, b maps.Endpoint) bool {
 	return a.Ifindex == b.Ifindex && a.ID == b.ID && a.Identity == b.Identity && a.Local == b.Local &&
+		a.IngressEnforced == b.IngressEnforced && a.EgressEnforced == b.EgressEnforced &&
 		a.MAC.String() == b.MAC.String() && a.NodeMAC.String() == b.NodeMAC.String()
 }
 

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/store"
 )
 
 // StopAgent kills a node's agent (SIGKILL); the node's datapath keeps running from its pins.
@@ -83,8 +86,14 @@ func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, e
 	if err := s.save(); err != nil {
 		return nil, err
 	}
+	if err := s.declare(ctx, []Pod{*p}); err != nil {
+		return nil, err
+	}
 	b := &builder{st: s, opts: opts}
 	if err := b.pod(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := s.Client().Sync(ctx); err != nil {
 		return nil, err
 	}
 	one := &State{Name: s.Name, Pods: []Pod{*p}}
@@ -93,4 +102,64 @@ func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, e
 	}
 	p.ServerPID = one.Pods[0].ServerPID
 	return p, s.save()
+}
+
+// Client is the API of the lab's first node's agent; every agent shares the same store.
+func (s *State) Client() *agent.Client { return agent.NewClient(s.Nodes[0].Socket) }
+
+// declare writes the namespaces and pods (labels, named ports) to the store, as an API
+// server holds them, before the pods exist.
+func (s *State) declare(ctx context.Context, pods []Pod) error {
+	req := agent.ObjectsRequest{Namespaces: map[string]map[string]string{}, Pods: map[string]store.PodMeta{}}
+	for _, ns := range s.Namespaces {
+		req.Namespaces[ns.Name] = ns.Labels
+	}
+	for _, p := range pods {
+		m := store.PodMeta{Labels: p.Labels}
+		for _, pt := range p.Ports {
+			m.Ports = append(m.Ports, store.PodPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
+		}
+		req.Pods[p.Key()] = m
+	}
+	return s.Client().PutObjects(ctx, req)
+}
+
+// Label changes a pod's labels (key "ns/name") or a namespace's (key "ns"), keeping the lab's
+// record in step, and returns once every node has programmed the change.
+func (s *State) Label(ctx context.Context, kind, key string, set map[string]string, remove []string) error {
+	req := agent.LabelRequest{Kind: kind, Set: set, Remove: remove}
+	var labels *map[string]string
+	switch kind {
+	case "pod":
+		p, err := s.Pod(key)
+		if err != nil {
+			return err
+		}
+		req.Namespace, req.Name, labels = p.Namespace, p.Name, &p.Labels
+	case "namespace":
+		req.Namespace = key
+		for i := range s.Namespaces {
+			if s.Namespaces[i].Name == key {
+				labels = &s.Namespaces[i].Labels
+			}
+		}
+		if labels == nil {
+			return fmt.Errorf("lab %s has no namespace %q", s.Name, key)
+		}
+	default:
+		return fmt.Errorf("can label a pod or a namespace, not %q", kind)
+	}
+	if err := s.Client().Label(ctx, req); err != nil {
+		return err
+	}
+	if *labels == nil {
+		*labels = map[string]string{}
+	}
+	for k, v := range set {
+		(*labels)[k] = v
+	}
+	for _, k := range remove {
+		delete(*labels, k)
+	}
+	return s.save()
 }

@@ -90,6 +90,9 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	if err := b.converged(ctx); err != nil {
 		return nil, err
 	}
+	if err := st.declare(ctx, st.Pods); err != nil {
+		return nil, err
+	}
 	for i := range st.Pods {
 		if err := b.pod(ctx, &st.Pods[i]); err != nil {
 			return nil, fmt.Errorf("pod %s: %w", st.Pods[i].Key(), err)
@@ -97,6 +100,9 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	}
 	if err := st.save(); err != nil {
 		return nil, err
+	}
+	if err := st.Client().Sync(ctx); err != nil {
+		return nil, fmt.Errorf("program the lab on every node: %w", err)
 	}
 	err = startServers(ctx, st, opts.Exe)
 	if serr := st.save(); err == nil {

@@ -18,6 +18,9 @@ type Endpoint struct {
 	ID       uint32           `json:"id"`
 	Identity uint32           `json:"identity"`
 	Local    bool             `json:"local"`
+	// IngressEnforced and EgressEnforced: some policy selects the pod in that direction.
+	IngressEnforced bool `json:"ingressEnforced"`
+	EgressEnforced  bool `json:"egressEnforced"`
 	MAC      net.HardwareAddr `json:"mac"`
 	NodeMAC  net.HardwareAddr `json:"nodeMAC"`
 }
@@ -65,6 +68,12 @@ func (e *Endpoints) Upsert(ep Endpoint) error {
 	v := bpf.DatapathEndpointInfo{Ifindex: ep.Ifindex, Id: ep.ID, Identity: ep.Identity}
 	if ep.Local {
 		v.Flags |= epLocal
+	}
+	if ep.IngressEnforced {
+		v.Flags |= epIngressEnforced
+	}
+	if ep.EgressEnforced {
+		v.Flags |= epEgressEnforced
 	}
 	copy(v.Mac[:], ep.MAC)
 	copy(v.NodeMac[:], ep.NodeMAC)
@@ -117,7 +126,9 @@ func (e *Endpoints) List() ([]Endpoint, error) {
 func toEndpoint(k bpf.DatapathEndpointKey, v bpf.DatapathEndpointInfo) Endpoint {
 	return Endpoint{
 		IP: keyAddr(k), Ifindex: v.Ifindex, ID: v.Id, Identity: v.Identity,
-		Local:   v.Flags&epLocal != 0,
+		Local:           v.Flags&epLocal != 0,
+		IngressEnforced: v.Flags&epIngressEnforced != 0,
+		EgressEnforced:  v.Flags&epEgressEnforced != 0,
 		MAC:     net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
 		NodeMAC: net.HardwareAddr(append([]byte(nil), v.NodeMac[:]...)),
 	}

@@ -16,7 +16,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "a cluster of nodes and pods made of network namespaces"}
 	cmd.PersistentFlags().StringVar(&name, "name", "lab", "which lab")
 	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabNodesCmd(g, &name),
-		newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabServeCmd())
+		newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabLabelCmd(&name), newLabServeCmd())
 	return cmd
 }
 

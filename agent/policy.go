@@ -1,0 +1,329 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/bpf"
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/policy"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// compilePolicy gathers the cluster from the store and compiles this node's policy state.
+func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.Output, error) {
+	eps, err := a.cluster.Endpoints(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	metas, err := a.cluster.Pods(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nss, err := a.cluster.Namespaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nps, err := a.cluster.Policies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps,
+		Identity: func(key string) (uint32, error) { return a.cluster.Identity(ctx, key) }}
+	for _, n := range nodes {
+		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
+	}
+	for _, e := range eps {
+		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, Node: e.Node, EndpointID: e.ID}
+		if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
+			p.Labels = m.Labels
+			for _, pt := range m.Ports {
+				p.Ports = append(p.Ports, policy.NamedPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
+			}
+		}
+		in.Pods = append(in.Pods, p)
+	}
+	out, err := policy.Compile(in)
+	if err != nil {
+		return nil, err
+	}
+	a.lastPolicy.Store(out)
+	return out, nil
+}
+
+// applyPolicy writes the ipcache and the policy entries that are new, and returns the policy
+// entries to remove once the endpoints' flags are set.
+func (a *Agent) applyPolicy(out *policy.Output) ([]bpf.DatapathPolicyKey, error) {
+	var errs []error
+	ic := a.dp.IPCache()
+	have, err := ic.List()
+	if err != nil {
+		return nil, err
+	}
+	wantIC := map[netip.Prefix]maps.IPCacheEntry{}
+	for _, e := range out.IPCache {
+		wantIC[e.Prefix] = e
+	}
+	for _, e := range have {
+		if w, ok := wantIC[e.Prefix]; ok && w == e {
+			delete(wantIC, e.Prefix)
+		} else if !ok {
+			errs = append(errs, ic.Delete(e.Prefix))
+		}
+	}
+	for _, e := range wantIC {
+		errs = append(errs, ic.Upsert(e))
+	}
+	pol := a.dp.Policy()
+	cur, err := pol.List()
+	if err != nil {
+		return nil, errors.Join(append(errs, err)...)
+	}
+	want := map[bpf.DatapathPolicyKey]maps.PolicyEntry{}
+	for _, e := range out.Policy {
+		k := e.Key()
+		if old, ok := want[k]; !ok || e.Rule < old.Rule {
+			want[k] = e
+		}
+	}
+	var stale []bpf.DatapathPolicyKey
+	for _, e := range cur {
+		k := e.Key()
+		if w, ok := want[k]; ok && w.Rule == e.Rule {
+			delete(want, k)
+		} else if !ok {
+			stale = append(stale, k)
+		}
+	}
+	for _, e := range want {
+		errs = append(errs, pol.Put(e))
+	}
+	return stale, errors.Join(errs...)
+}
+
+func (a *Agent) removePolicy(stale []bpf.DatapathPolicyKey) error {
+	var errs []error
+	for _, k := range stale {
+		if err := a.dp.DatapathMaps.Policy.Delete(&k); err != nil {
+			errs = append(errs, fmt.Errorf("delete policy entry: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ProgrammedTimeout bounds how long a change may take to reach every node.
+const ProgrammedTimeout = 30 * time.Second
+
+// waitProgrammed bumps the generation and waits until every registered node has programmed
+// it, or names the nodes that have not.
+func (a *Agent) waitProgrammed(ctx context.Context) error {
+	gen, err := a.cluster.BumpGeneration(ctx)
+	if err != nil {
+		return err
+	}
+	a.trigger()
+	deadline := time.Now().Add(ProgrammedTimeout)
+	for {
+		nodes, err := a.cluster.Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		st, err := a.cluster.Statuses(ctx)
+		if err != nil {
+			return err
+		}
+		var behind []string
+		for _, n := range nodes {
+			if st[n.Name] < gen {
+				behind = append(behind, n.Name)
+			}
+		}
+		if len(behind) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			sort.Strings(behind)
+			return fmt.Errorf("timed out after %s: nodes %s have not programmed the change", ProgrammedTimeout, strings.Join(behind, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond): // polling the nodes' reports, bounded above
+		}
+	}
+}
+
+// LabelRequest changes labels of a pod or namespace: set these, remove those.
+type LabelRequest struct {
+	Kind      string            `json:"kind"` // "pod" or "namespace"
+	Namespace string            `json:"namespace"`
+	Name      string            `json:"name,omitempty"`
+	Set       map[string]string `json:"set,omitempty"`
+	Remove    []string          `json:"remove,omitempty"`
+}
+
+// PolicyList is GET /v1/policies.
+type PolicyList struct {
+	Policies []PolicySummary `json:"policies"`
+}
+
+// PolicySummary is one policy as `policy list` shows it.
+type PolicySummary struct {
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	PolicyTypes []string `json:"policyTypes"`
+	Selects     []string `json:"selects"`
+}
+
+func (a *Agent) policyRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+		if err != nil {
+			reply(w, nil, err)
+			return
+		}
+		nps, err := policy.Parse(body)
+		if err != nil {
+			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()})
+			return
+		}
+		for _, np := range nps {
+			if err := a.cluster.PutPolicy(r.Context(), np); err != nil {
+				reply(w, nil, err)
+				return
+			}
+		}
+		names := make([]string, 0, len(nps))
+		for _, np := range nps {
+			names = append(names, np.Namespace+"/"+np.Name)
+		}
+		reply(w, names, a.waitProgrammed(r.Context()))
+	})
+	mux.HandleFunc("DELETE /v1/policies/{ns}/{name}", func(w http.ResponseWriter, r *http.Request) {
+		ok, err := a.cluster.DeletePolicy(r.Context(), r.PathValue("ns"), r.PathValue("name"))
+		if err == nil && !ok {
+			err = &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no policy %s/%s", r.PathValue("ns"), r.PathValue("name"))}
+		}
+		if err == nil {
+			err = a.waitProgrammed(r.Context())
+		}
+		reply(w, struct{}{}, err)
+	})
+	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) {
+		nps, err := a.cluster.Policies(r.Context())
+		if err != nil {
+			reply(w, nil, err)
+			return
+		}
+		sel := map[string][]string{}
+		if out := a.lastPolicy.Load(); out != nil {
+			for pod, pols := range out.PodSelected {
+				for _, p := range pols {
+					sel[p] = append(sel[p], pod)
+				}
+			}
+		}
+		list := PolicyList{Policies: []PolicySummary{}}
+		for _, np := range nps {
+			s := PolicySummary{Namespace: np.Namespace, Name: np.Name, Selects: sel[np.Namespace+"/"+np.Name]}
+			in, eg := policy.Types(np)
+			if in {
+				s.PolicyTypes = append(s.PolicyTypes, "Ingress")
+			}
+			if eg {
+				s.PolicyTypes = append(s.PolicyTypes, "Egress")
+			}
+			sort.Strings(s.Selects)
+			list.Policies = append(list.Policies, s)
+		}
+		reply(w, list, nil)
+	})
+	mux.HandleFunc("POST /v1/labels", handle(func(ctx context.Context, req LabelRequest) (struct{}, error) {
+		return struct{}{}, a.label(ctx, req)
+	}))
+	mux.HandleFunc("PUT /v1/objects", handle(func(ctx context.Context, req ObjectsRequest) (struct{}, error) {
+		for name, labels := range req.Namespaces {
+			if err := a.cluster.PutNamespace(ctx, name, labels); err != nil {
+				return struct{}{}, err
+			}
+		}
+		for key, m := range req.Pods {
+			ns, name, ok := strings.Cut(key, "/")
+			if !ok {
+				return struct{}{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("pod %q is not namespace/name", key)}
+			}
+			if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
+				return struct{}{}, err
+			}
+		}
+		return struct{}{}, nil
+	}))
+	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, struct{}{}, a.waitProgrammed(r.Context()))
+	})
+	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
+		ids, err := a.cluster.Identities(r.Context())
+		reply(w, ids, err)
+	})
+}
+
+// ObjectsRequest declares namespaces and pods the way an API server would hold them.
+type ObjectsRequest struct {
+	Namespaces map[string]map[string]string `json:"namespaces,omitempty"`
+	Pods       map[string]store.PodMeta     `json:"pods,omitempty"` // "ns/name" ->
+}
+
+// label applies a label change and waits until every node has programmed it.
+func (a *Agent) label(ctx context.Context, req LabelRequest) error {
+	switch req.Kind {
+	case "namespace":
+		nss, err := a.cluster.Namespaces(ctx)
+		if err != nil {
+			return err
+		}
+		l, ok := nss[req.Namespace]
+		if !ok {
+			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no namespace %q", req.Namespace)}
+		}
+		if err := a.cluster.PutNamespace(ctx, req.Namespace, relabel(l, req)); err != nil {
+			return err
+		}
+	case "pod":
+		pods, err := a.cluster.Pods(ctx)
+		if err != nil {
+			return err
+		}
+		m, ok := pods[req.Namespace+"/"+req.Name]
+		if !ok {
+			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s/%s", req.Namespace, req.Name)}
+		}
+		m.Labels = relabel(m.Labels, req)
+		if err := a.cluster.PutPod(ctx, req.Namespace, req.Name, m); err != nil {
+			return err
+		}
+	default:
+		return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("kind %q must be pod or namespace", req.Kind)}
+	}
+	return a.waitProgrammed(ctx)
+}
+
+func relabel(l map[string]string, req LabelRequest) map[string]string {
+	out := map[string]string{}
+	for k, v := range l {
+		out[k] = v
+	}
+	for k, v := range req.Set {
+		out[k] = v
+	}
+	for _, k := range req.Remove {
+		delete(out, k)
+	}
+	return out
+}

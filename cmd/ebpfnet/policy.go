@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab"
+)
+
+// target says which cluster a command talks to: --lab N, the one lab that is up, or the
+// local agent's socket.
+type target struct {
+	lab    string
+	socket string
+}
+
+func (t *target) add(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&t.lab, "lab", "", "talk to this lab (default: the one lab that is up)")
+	cmd.PersistentFlags().StringVar(&t.socket, "socket", agent.DefaultSocket, "the local agent's API socket (when no lab)")
+}
+
+func (t *target) client(cmd *cobra.Command) (*agent.Client, error) {
+	name := t.lab
+	if name == "" && !cmd.Flags().Changed("socket") {
+		labs, err := lab.List()
+		if err != nil {
+			return nil, err
+		}
+		if len(labs) == 1 {
+			name = labs[0]
+		}
+	}
+	if name == "" {
+		return agent.NewClient(t.socket), nil
+	}
+	st, err := lab.Load(name)
+	if err != nil {
+		return nil, err
+	}
+	return st.Client(), nil
+}
+
+func newPolicyCmd(g *globals) *cobra.Command {
+	t := &target{}
+	cmd := &cobra.Command{Use: "policy", Short: "Kubernetes NetworkPolicies (networking.k8s.io/v1)"}
+	t.add(cmd)
+	var file string
+	apply := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "apply NetworkPolicy YAML (one or many documents; - reads stdin); returns once every node enforces it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return usageError{errors.New("policy apply needs -f FILE")}
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = io.ReadAll(cmd.InOrStdin())
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			names, err := c.ApplyPolicies(cmd.Context(), data)
+			if err != nil {
+				return err
+			}
+			for _, n := range names {
+				fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s applied\n", n)
+			}
+			return nil
+		},
+	}
+	apply.Flags().StringVarP(&file, "file", "f", "", "YAML file")
+	cmd.AddCommand(apply, &cobra.Command{
+		Use:   "delete NAMESPACE/NAME",
+		Short: "delete a policy; returns once every node has dropped it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ns, name, ok := strings.Cut(args[0], "/")
+			if !ok || ns == "" || name == "" {
+				return usageError{fmt.Errorf("%q is not NAMESPACE/NAME", args[0])}
+			}
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			if err := c.DeletePolicy(cmd.Context(), ns, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s deleted\n", args[0])
+			return nil
+		},
+	}, &cobra.Command{
+		Use:   "list",
+		Short: "list policies and the pods they select",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			var list agent.PolicyList
+			if err := c.Get(cmd.Context(), "/v1/policies", &list); err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, p := range list.Policies {
+				rows = append(rows, []string{p.Namespace + "/" + p.Name, strings.Join(p.PolicyTypes, ","), strings.Join(p.Selects, ",")})
+			}
+			return printOut(cmd.OutOrStdout(), g, list.Policies, []string{"POLICY", "TYPES", "SELECTS"}, rows)
+		},
+	})
+	return cmd
+}
+
+// newLabLabelCmd is `lab label pod NS/NAME k=v k- …` and `lab label namespace NS k=v …`.
+func newLabLabelCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "label pod NS/NAME|namespace NS k=v... [k-]...",
+		Short: "change a pod's or a namespace's labels; returns once every node enforces the result",
+		Args:  cobra.MinimumNArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kind, key := args[0], args[1]
+			if kind != "pod" && kind != "namespace" {
+				return usageError{fmt.Errorf("can label a pod or a namespace, not %q", kind)}
+			}
+			set, remove := map[string]string{}, []string{}
+			for _, a := range args[2:] {
+				if k, v, ok := strings.Cut(a, "="); ok {
+					set[k] = v
+				} else if strings.HasSuffix(a, "-") {
+					remove = append(remove, strings.TrimSuffix(a, "-"))
+				} else {
+					return usageError{fmt.Errorf("%q is neither key=value nor key-", a)}
+				}
+			}
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			if err := st.Label(cmd.Context(), kind, key, set, remove); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s labeled\n", kind, key)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,213 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// Key prefixes of the objects people write (policies, namespaces, pods) and of what agents
+// derive and report (identities, status).
+const (
+	PoliciesPrefix   = Prefix + "policies/"
+	NamespacesPrefix = Prefix + "namespaces/"
+	PodsPrefix       = Prefix + "pods/"
+	identitiesPrefix = Prefix + "identities/"
+	identityIDs      = Prefix + "identity-ids/"
+	StatusPrefix     = Prefix + "status/"
+	GenerationKey    = Prefix + "generation"
+)
+
+// PodMeta is what the API server would know of a pod: labels and declared ports.
+type PodMeta struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	Ports  []PodPort         `json:"ports,omitempty"`
+}
+
+// PodPort is a declared container port.
+type PodPort struct {
+	Name     string `json:"name,omitempty"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// PutPolicy stores a NetworkPolicy.
+func (c *Cluster) PutPolicy(ctx context.Context, np *networkingv1.NetworkPolicy) error {
+	return put(ctx, c.KV, PoliciesPrefix+np.Namespace+"/"+np.Name, np, 0)
+}
+
+// DeletePolicy removes ns/name and reports whether it existed.
+func (c *Cluster) DeletePolicy(ctx context.Context, ns, name string) (bool, error) {
+	key := PoliciesPrefix + ns + "/" + name
+	_, ok, err := c.KV.Get(ctx, key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, c.KV.Delete(ctx, key)
+}
+
+// Policies lists every stored policy, by namespace/name.
+func (c *Cluster) Policies(ctx context.Context) ([]*networkingv1.NetworkPolicy, error) {
+	kvs, err := c.KV.List(ctx, PoliciesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*networkingv1.NetworkPolicy, 0, len(kvs))
+	for k, v := range kvs {
+		np := &networkingv1.NetworkPolicy{}
+		if err := json.Unmarshal(v, np); err != nil {
+			return nil, fmt.Errorf("policy %s: %w", k, err)
+		}
+		out = append(out, np)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+	})
+	return out, nil
+}
+
+// PutNamespace stores a namespace's labels.
+func (c *Cluster) PutNamespace(ctx context.Context, name string, labels map[string]string) error {
+	return put(ctx, c.KV, NamespacesPrefix+name, labels, 0)
+}
+
+// Namespaces returns namespace -> labels.
+func (c *Cluster) Namespaces(ctx context.Context) (map[string]map[string]string, error) {
+	kvs, err := c.KV.List(ctx, NamespacesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]string{}
+	for k, v := range kvs {
+		l := map[string]string{}
+		if err := json.Unmarshal(v, &l); err != nil {
+			return nil, fmt.Errorf("namespace %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(k, NamespacesPrefix)] = l
+	}
+	return out, nil
+}
+
+// PutPod stores a pod's metadata.
+func (c *Cluster) PutPod(ctx context.Context, ns, name string, m PodMeta) error {
+	return put(ctx, c.KV, PodsPrefix+ns+"/"+name, m, 0)
+}
+
+// Pods returns "ns/name" -> metadata.
+func (c *Cluster) Pods(ctx context.Context) (map[string]PodMeta, error) {
+	kvs, err := c.KV.List(ctx, PodsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]PodMeta{}
+	for k, v := range kvs {
+		var m PodMeta
+		if err := json.Unmarshal(v, &m); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(k, PodsPrefix)] = m
+	}
+	return out, nil
+}
+
+// FirstIdentity is the first identity handed to a label set (below are reserved ones).
+const FirstIdentity = 256
+
+// Identity returns the cluster-wide identity of a label set, allocating one the first time:
+// every node asks the same store, so every node agrees.
+func (c *Cluster) Identity(ctx context.Context, labelKey string) (uint32, error) {
+	sum := sha256.Sum256([]byte(labelKey))
+	key := identitiesPrefix + hex.EncodeToString(sum[:16])
+	for {
+		if v, ok, err := c.KV.Get(ctx, key); err != nil {
+			return 0, err
+		} else if ok {
+			id, err := strconv.ParseUint(string(v), 10, 32)
+			return uint32(id), err
+		}
+		ids, err := c.KV.List(ctx, identityIDs)
+		if err != nil {
+			return 0, err
+		}
+		next := uint64(FirstIdentity)
+		for k := range ids {
+			if n, err := strconv.ParseUint(strings.TrimPrefix(k, identityIDs), 10, 32); err == nil && n >= next {
+				next = n + 1
+			}
+		}
+		if next >= 1<<24 {
+			return 0, fmt.Errorf("identities exhausted")
+		}
+		idKey := identityIDs + strconv.FormatUint(next, 10)
+		if ok, err := c.KV.Create(ctx, idKey, []byte(labelKey)); err != nil || !ok {
+			if err != nil {
+				return 0, err
+			}
+			continue // another node took that number: look again
+		}
+		if ok, err := c.KV.Create(ctx, key, []byte(strconv.FormatUint(next, 10))); err != nil {
+			return 0, err
+		} else if !ok {
+			c.KV.Delete(ctx, idKey) // another node gave this label set an identity first
+			continue
+		}
+		return uint32(next), nil
+	}
+}
+
+// Identities lists identity -> label key.
+func (c *Cluster) Identities(ctx context.Context) (map[uint32]string, error) {
+	kvs, err := c.KV.List(ctx, identityIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]string{}
+	for k, v := range kvs {
+		if n, err := strconv.ParseUint(strings.TrimPrefix(k, identityIDs), 10, 32); err == nil {
+			out[uint32(n)] = string(v)
+		}
+	}
+	return out, nil
+}
+
+// BumpGeneration marks a change that every node must program, and returns its number.
+func (c *Cluster) BumpGeneration(ctx context.Context) (int64, error) {
+	g := time.Now().UnixNano()
+	return g, c.KV.Put(ctx, GenerationKey, []byte(strconv.FormatInt(g, 10)), 0)
+}
+
+// Generation is the latest generation, 0 if none.
+func (c *Cluster) Generation(ctx context.Context) (int64, error) {
+	v, ok, err := c.KV.Get(ctx, GenerationKey)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return strconv.ParseInt(string(v), 10, 64)
+}
+
+// PutStatus records the generation node has programmed.
+func (c *Cluster) PutStatus(ctx context.Context, node string, gen int64) error {
+	return c.KV.Put(ctx, StatusPrefix+node, []byte(strconv.FormatInt(gen, 10)), 0)
+}
+
+// Statuses returns node -> programmed generation.
+func (c *Cluster) Statuses(ctx context.Context) (map[string]int64, error) {
+	kvs, err := c.KV.List(ctx, StatusPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for k, v := range kvs {
+		g, _ := strconv.ParseInt(string(v), 10, 64)
+		out[strings.TrimPrefix(k, StatusPrefix)] = g
+	}
+	return out, nil
+}
