@@ -79,7 +79,7 @@ func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, e
 			spec.Ports[i].Protocol = "TCP"
 		}
 	}
-	s.Pods = append(s.Pods, Pod{Namespace: spec.Namespace, Name: spec.Name, Node: spec.Node, Labels: spec.Labels,
+	s.Pods = append(s.Pods, Pod{Namespace: spec.Namespace, Name: spec.Name, Node: spec.Node, Labels: copyLabels(spec.Labels),
 		Ports: spec.Ports, Netns: nsPath(s.Name, spec.Namespace, spec.Name),
 		ContainerID: fmt.Sprintf("lab-%s-%s-%s", s.Name, spec.Namespace, spec.Name), EndpointID: uint32(len(s.Pods) + 1)})
 	p := &s.Pods[len(s.Pods)-1]

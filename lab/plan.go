@@ -17,8 +17,11 @@ var etcdIP = netip.MustParseAddr("10.250.0.254")
 // and pod addresses come later, from the agents' store and IPAM.
 func plan(name string, spec *Spec) (*State, error) {
 	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR, VXLANPort: spec.VXLANPort,
-		Underlay: namespace.Path(name + "-underlay"), Namespaces: spec.Namespaces,
+		Underlay: namespace.Path(name + "-underlay"),
 		EtcdURL: "http://" + etcdIP.String() + ":2379"}
+	for _, ns := range spec.Namespaces {
+		st.Namespaces = append(st.Namespaces, Namespace{Name: ns.Name, Labels: copyLabels(ns.Labels)})
+	}
 	if len(spec.Nodes) > 250 {
 		return nil, fmt.Errorf("at most 250 nodes fit the underlay %s", underlayCIDR)
 	}
@@ -29,7 +32,7 @@ func plan(name string, spec *Spec) (*State, error) {
 	}
 	for i, p := range spec.Pods {
 		st.Pods = append(st.Pods, Pod{Namespace: p.Namespace, Name: p.Name, Node: p.Node,
-			Labels: p.Labels, Ports: p.Ports, Netns: nsPath(name, p.Namespace, p.Name),
+			Labels: copyLabels(p.Labels), Ports: append([]Port(nil), p.Ports...), Netns: nsPath(name, p.Namespace, p.Name),
 			ContainerID: fmt.Sprintf("lab-%s-%s-%s", name, p.Namespace, p.Name), EndpointID: uint32(i + 1)})
 	}
 	return st, nil
@@ -43,4 +46,14 @@ func planNode(lab string, n NodeSpec, ip netip.Addr) Node {
 // nsPath is a pod's namespace: the dots keep it apart from node namespaces ("lab-node").
 func nsPath(lab, namespace_, pod string) string {
 	return namespace.Path(lab + "." + namespace_ + "." + pod)
+}
+
+// copyLabels keeps the lab's state apart from the spec it came from: a label change on one lab
+// must never reach another made from the same spec.
+func copyLabels(l map[string]string) map[string]string {
+	out := make(map[string]string, len(l))
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
 }

@@ -1,0 +1,202 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/test/nstest"
+)
+
+// netpolCase is one file in ../shared/netpol or test/netpol.
+type netpolCase struct {
+	Name  string     `json:"name"`
+	Lab   lab.Spec   `json:"lab"`
+	Modes []string   `json:"modes,omitempty"` // default: every mode
+	Steps []caseStep `json:"steps"`
+}
+
+type caseStep struct {
+	Apply  []map[string]any `json:"apply,omitempty"`
+	Delete []string         `json:"delete,omitempty"`
+	Labels []labelChange    `json:"labels,omitempty"`
+	Expect []expectation    `json:"expect,omitempty"`
+}
+
+// labelChange is this runner's step for label updates: a pod ("ns/name") or a namespace.
+type labelChange struct {
+	Pod       string            `json:"pod,omitempty"`
+	Namespace string            `json:"namespace,omitempty"`
+	Set       map[string]string `json:"set,omitempty"`
+	Remove    []string          `json:"remove,omitempty"`
+}
+
+type expectation struct {
+	Port     int      `json:"port"`
+	Protocol string   `json:"protocol"`
+	Blocked  []string `json:"blocked"`
+}
+
+func readCases(t *testing.T) map[string]*netpolCase {
+	t.Helper()
+	files, _ := filepath.Glob("../../shared/netpol/*.yaml")
+	own, _ := filepath.Glob("netpol/*.yaml")
+	files = append(files, own...)
+	if len(files) < 20 {
+		t.Fatalf("found only %d NetworkPolicy cases (is ../shared there?)", len(files))
+	}
+	cases := map[string]*netpolCase{}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &netpolCase{}
+		if err := yaml.UnmarshalStrict(data, c); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		key := strings.TrimSuffix(filepath.Base(f), ".yaml")
+		if strings.Contains(f, "shared") {
+			key = "shared-" + key
+		}
+		cases[key] = c
+	}
+	return cases
+}
+
+var placeholder = regexp.MustCompile(`\$\{(IP|CIDR4):([^}]+)\}`)
+
+// substitute replaces ${IP:ns/pod} and ${CIDR4:ns/pod} in a policy by what the lab gave.
+func substitute(t *testing.T, st *lab.State, doc []byte) []byte {
+	return placeholder.ReplaceAllFunc(doc, func(m []byte) []byte {
+		parts := placeholder.FindSubmatch(m)
+		p, err := st.Pod(string(parts[2]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(parts[1]) == "IP" {
+			return []byte(p.IP.String())
+		}
+		return []byte(netip.PrefixFrom(p.IP, 4).Masked().String())
+	})
+}
+
+func matchPattern(pattern, pod string) bool {
+	if pattern == "*" {
+		return true
+	}
+	pns, pname, _ := strings.Cut(pattern, "/")
+	ns, name, _ := strings.Cut(pod, "/")
+	return (pns == "*" || pns == ns) && (pname == "*" || pname == name)
+}
+
+func blocked(patterns []string, from, to string) bool {
+	for _, p := range patterns {
+		f, tt, _ := strings.Cut(p, "->")
+		if matchPattern(f, from) && matchPattern(tt, to) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNetworkPolicyCases plays every case through a lab in every mode and checks the matrix.
+func TestNetworkPolicyCases(t *testing.T) {
+	cases := readCases(t)
+	names := make([]string, 0, len(cases))
+	for n := range cases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		c := cases[name]
+		modes := c.Modes
+		if len(modes) == 0 {
+			modes = []string{"vxlan", "native", "ipip"}
+		}
+		for _, mode := range modes {
+			t.Run(name+"/"+mode, func(t *testing.T) {
+				t.Parallel()
+				nstest.RequireRoot(t)
+				labSem <- struct{}{}
+				defer func() { <-labSem }()
+				spec := c.Lab
+				spec.Mode = mode
+				playCase(t, c, &spec)
+			})
+		}
+	}
+}
+
+// labSem bounds how many case labs run at once on this small machine.
+var labSem = make(chan struct{}, 6)
+
+func playCase(t *testing.T, c *netpolCase, spec *lab.Spec) {
+	st := upLab(t, "np", spec)
+	ctx := context.Background()
+	for i, step := range c.Steps {
+		where := fmt.Sprintf("step %d", i+1)
+		if len(step.Apply) > 0 {
+			var docs []string
+			for _, obj := range step.Apply {
+				b, err := yaml.Marshal(obj)
+				if err != nil {
+					t.Fatal(err)
+				}
+				docs = append(docs, string(substitute(t, st, b)))
+			}
+			if _, err := st.Client().ApplyPolicies(ctx, []byte(strings.Join(docs, "\n---\n"))); err != nil {
+				t.Fatalf("%s: apply: %v", where, err)
+			}
+		}
+		for _, d := range step.Delete {
+			ns, name, _ := strings.Cut(d, "/")
+			if err := st.Client().DeletePolicy(ctx, ns, name); err != nil {
+				t.Fatalf("%s: delete %s: %v", where, d, err)
+			}
+		}
+		for _, l := range step.Labels {
+			kind, key := "pod", l.Pod
+			if l.Namespace != "" {
+				kind, key = "namespace", l.Namespace
+			}
+			if err := st.Label(ctx, kind, key, l.Set, l.Remove); err != nil {
+				t.Fatalf("%s: label %s %s: %v", where, kind, key, err)
+			}
+		}
+		for _, e := range step.Expect {
+			proto := e.Protocol
+			if proto == "" {
+				proto = "TCP"
+			}
+			m, err := st.Matrix(e.Port, proto)
+			if err != nil {
+				t.Fatalf("%s: matrix: %v", where, err)
+			}
+			var wrong []string
+			for _, from := range m.Keys() {
+				for _, to := range m.Keys() {
+					if from == to {
+						continue
+					}
+					want := !blocked(e.Blocked, from, to)
+					if m[from][to] != want {
+						wrong = append(wrong, fmt.Sprintf("%s->%s reachable=%v want %v", from, to, m[from][to], want))
+					}
+				}
+			}
+			if len(wrong) > 0 {
+				t.Errorf("%s, %s/%d: %d pairs wrong: %s\n%s", where, proto, e.Port, len(wrong), strings.Join(wrong, "; "), m)
+			}
+		}
+	}
+}
