@@ -20,14 +20,15 @@ import (
 
 // Report is everything one `make bench` measured.
 type Report struct {
-	Date     time.Time `json:"date"`
-	Kernel   string    `json:"kernel"`
-	CPU      string    `json:"cpu"`
-	CPUs     int       `json:"cpus"`
-	Config   Config    `json:"config"`
-	Suites   []Suite   `json:"suites"`
-	ProgCost *ProgCost `json:"progCost,omitempty"`
-	CNI      *CNICost  `json:"cni,omitempty"`
+	Date     time.Time   `json:"date"`
+	Kernel   string      `json:"kernel"`
+	CPU      string      `json:"cpu"`
+	CPUs     int         `json:"cpus"`
+	Config   Config      `json:"config"`
+	Suites   []Suite     `json:"suites"`
+	ProgCost *ProgCost   `json:"progCost,omitempty"`
+	CNI      *CNICost    `json:"cni,omitempty"`
+	Policy   *PolicyCost `json:"policy,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -102,6 +103,15 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "## CNI (%d pods added one after another, then deleted; exec of ebpfnet-cni included)\n\n", c.Pods)
 		fmt.Fprintf(&b, "| ADD p50 | ADD p99 | DEL p50 | pods/s |\n|---:|---:|---:|---:|\n| %.1f ms | %.1f ms | %.1f ms | %.1f |\n\n",
 			c.AddP50ms, c.AddP99ms, c.DelP50ms, c.PodsPerSec)
+	}
+	if p := r.Policy; p != nil {
+		fmt.Fprintf(&b, "## policy\n\nfrom_pod per packet (BPF_PROG_TEST_RUN) by policy map size: a new flow no rule allows (every lookup runs) and a packet of a tracked, allowed flow\n\n| entries | denied new flow ns | tracked flow ns |\n|---:|---:|---:|\n")
+		for _, s := range p.Scale {
+			fmt.Fprintf(&b, "| %d | %.0f | %.0f |\n", s.Entries, s.DeniedNs, s.AllowedNs)
+		}
+		fmt.Fprintf(&b, "\ncompile %d policies over %d pods: %.1f ms (%d entries for one node of ten), programming them: %.1f ms\n\n",
+			p.CompilePols, p.CompilePods, p.CompileMs, p.CompileEntries, p.ProgramMs)
+		fmt.Fprintf(&b, "`policy apply` until all three nodes of a lab enforce it: p50 %.1f ms, max %.1f ms\n\n", p.ApplyP50ms, p.ApplyMaxMs)
 	}
 	return b.String()
 }

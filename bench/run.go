@@ -117,4 +117,5 @@ type SuiteDef struct {
 var Suites = map[string]SuiteDef{
 	"same-node":  {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
 	"cross-node": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
+	"policy":     {Baseline: "kernel-route+10k-iptables", Limit: "kernel-route+10k-iptables", Builders: PolicyThroughput},
 }

@@ -102,13 +102,19 @@ type compiler struct {
 	cidrID   map[netip.Prefix]uint32 // prefix -> CIDR identity
 	entries  map[maps.PolicyEntry]bool
 	ruleByID map[Rule]uint32
+	// selectors and peerSets memoise parsing and matching, which otherwise repeat per pod.
+	selectors map[*metav1.LabelSelector]labels.Selector
+	peerSets  map[*networkingv1.NetworkPolicyPeer]peerSet
+	nsLabelsC map[string]map[string]string
 }
 
 // Compile turns the cluster's policies into this node's datapath state.
 func Compile(in Input) (*Output, error) {
 	c := &compiler{in: in, out: &Output{Endpoints: map[netip.Addr]Enforcement{}, Identities: map[string]uint32{},
 		CIDRs: map[uint32]netip.Prefix{}, PodSelected: map[string][]string{}},
-		podID: map[*Pod]uint32{}, cidrID: map[netip.Prefix]uint32{}, entries: map[maps.PolicyEntry]bool{}, ruleByID: map[Rule]uint32{}}
+		podID: map[*Pod]uint32{}, cidrID: map[netip.Prefix]uint32{}, entries: map[maps.PolicyEntry]bool{}, ruleByID: map[Rule]uint32{},
+		selectors: map[*metav1.LabelSelector]labels.Selector{}, peerSets: map[*networkingv1.NetworkPolicyPeer]peerSet{},
+		nsLabelsC: map[string]map[string]string{}}
 	for i := range in.Pods {
 		p := &in.Pods[i]
 		id, err := in.Identity(LabelKey(p.Namespace, p.Labels, c.nsLabels(p.Namespace)))
@@ -140,7 +146,11 @@ func Compile(in Input) (*Output, error) {
 }
 
 func (c *compiler) nsLabels(ns string) map[string]string {
+	if l, ok := c.nsLabelsC[ns]; ok {
+		return l
+	}
 	l := map[string]string{}
+	defer func() { c.nsLabelsC[ns] = l }()
 	for k, v := range c.in.Namespaces[ns] {
 		l[k] = v
 	}
@@ -225,9 +235,17 @@ func (c *compiler) ipcache() {
 	sort.Slice(c.out.IPCache, func(i, j int) bool { return c.out.IPCache[i].Prefix.String() < c.out.IPCache[j].Prefix.String() })
 }
 
-func selects(sel *metav1.LabelSelector, l map[string]string) bool {
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	return err == nil && s.Matches(labels.Set(l))
+// selects reports whether sel matches l; selectors were validated when applied.
+func (c *compiler) selects(sel *metav1.LabelSelector, l map[string]string) bool {
+	s, ok := c.selectors[sel]
+	if !ok {
+		var err error
+		if s, err = metav1.LabelSelectorAsSelector(sel); err != nil {
+			s = labels.Nothing()
+		}
+		c.selectors[sel] = s
+	}
+	return s.Matches(labels.Set(l))
 }
 
 // Types applies Kubernetes' defaulting: Ingress always, Egress when there are egress rules.
@@ -247,7 +265,7 @@ func (c *compiler) policy(np *networkingv1.NetworkPolicy) {
 	key := np.Namespace + "/" + np.Name
 	for i := range c.in.Pods {
 		p := &c.in.Pods[i]
-		if p.Namespace != np.Namespace || !selects(&np.Spec.PodSelector, p.Labels) {
+		if p.Namespace != np.Namespace || !c.selects(&np.Spec.PodSelector, p.Labels) {
 			continue
 		}
 		c.out.PodSelected[p.Namespace+"/"+p.Name] = append(c.out.PodSelected[p.Namespace+"/"+p.Name], key)
@@ -298,7 +316,27 @@ func (c *compiler) peers(policyNS string, peers []networkingv1.NetworkPolicyPeer
 		ps.any = true
 		return ps
 	}
-	for _, peer := range peers {
+	for i := range peers {
+		one := c.peer(policyNS, &peers[i])
+		for id := range one.ids {
+			ps.ids[id] = true
+		}
+		for id := range one.cidrs {
+			ps.cidrs[id] = true
+		}
+		ps.pods = append(ps.pods, one.pods...)
+	}
+	return ps
+}
+
+// peer resolves one peer of a rule, once per compile.
+func (c *compiler) peer(policyNS string, peerp *networkingv1.NetworkPolicyPeer) peerSet {
+	if ps, ok := c.peerSets[peerp]; ok {
+		return ps
+	}
+	ps := peerSet{ids: map[uint32]bool{}, cidrs: map[uint32]bool{}}
+	defer func() { c.peerSets[peerp] = ps }()
+	for _, peer := range []networkingv1.NetworkPolicyPeer{*peerp} {
 		if peer.IPBlock != nil {
 			cidr := netip.MustParsePrefix(peer.IPBlock.CIDR).Masked()
 			var excepts []netip.Prefix
@@ -324,13 +362,13 @@ func (c *compiler) peers(policyNS string, peers []networkingv1.NetworkPolicyPeer
 		for i := range c.in.Pods {
 			p := &c.in.Pods[i]
 			if peer.NamespaceSelector != nil {
-				if !selects(peer.NamespaceSelector, c.nsLabels(p.Namespace)) {
+				if !c.selects(peer.NamespaceSelector, c.nsLabels(p.Namespace)) {
 					continue
 				}
 			} else if p.Namespace != policyNS {
 				continue
 			}
-			if peer.PodSelector != nil && !selects(peer.PodSelector, p.Labels) {
+			if peer.PodSelector != nil && !c.selects(peer.PodSelector, p.Labels) {
 				continue
 			}
 			ps.ids[c.podID[p]] = true

@@ -31,7 +31,8 @@ func run(ctx context.Context) error {
 	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
-	suites := flag.String("suites", "same-node,cross-node", "comma-separated suites to run: same-node, cross-node")
+	suites := flag.String("suites", "same-node,cross-node,policy", "comma-separated suites to run: same-node, cross-node, policy")
+	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
 	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
@@ -45,6 +46,13 @@ func run(ctx context.Context) error {
 		return err
 	}
 	report.ProgCost = &cost
+	if *policyFigures {
+		pc, err := measurePolicy(cfg.ProgRepeat)
+		if err != nil {
+			return err
+		}
+		report.Policy = pc
+	}
 	if *cniPods > 0 {
 		c, err := bench.MeasureCNI(*cniPods)
 		if err != nil {
@@ -78,4 +86,19 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+func measurePolicy(repeat int) (*bench.PolicyCost, error) {
+	scale, err := bench.MeasurePolicyScale([]int{0, 1000, 10000, 100000}, repeat)
+	if err != nil {
+		return nil, err
+	}
+	pc := &bench.PolicyCost{Scale: scale, CompilePods: 1000, CompilePols: 1000}
+	if pc.CompileMs, pc.CompileEntries, pc.ProgramMs, err = bench.MeasureCompile(1000, 1000); err != nil {
+		return nil, err
+	}
+	if pc.ApplyP50ms, pc.ApplyMaxMs, err = bench.MeasureApply(10); err != nil {
+		return nil, err
+	}
+	return pc, nil
 }
