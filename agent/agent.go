@@ -8,8 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 

@@ -13,16 +13,16 @@ import (
 
 // Endpoint is one entry of the endpoints map in Go terms.
 type Endpoint struct {
-	IP       netip.Addr       `json:"ip"`
-	Ifindex  uint32           `json:"ifindex"`
-	ID       uint32           `json:"id"`
-	Identity uint32           `json:"identity"`
-	Local    bool             `json:"local"`
+	IP       netip.Addr `json:"ip"`
+	Ifindex  uint32     `json:"ifindex"`
+	ID       uint32     `json:"id"`
+	Identity uint32     `json:"identity"`
+	Local    bool       `json:"local"`
 	// IngressEnforced and EgressEnforced: some policy selects the pod in that direction.
-	IngressEnforced bool `json:"ingressEnforced"`
-	EgressEnforced  bool `json:"egressEnforced"`
-	MAC      net.HardwareAddr `json:"mac"`
-	NodeMAC  net.HardwareAddr `json:"nodeMAC"`
+	IngressEnforced bool             `json:"ingressEnforced"`
+	EgressEnforced  bool             `json:"egressEnforced"`
+	MAC             net.HardwareAddr `json:"mac"`
+	NodeMAC         net.HardwareAddr `json:"nodeMAC"`
 }
 
 // Endpoints is a typed view of the endpoints map.
@@ -129,7 +129,7 @@ func toEndpoint(k bpf.DatapathEndpointKey, v bpf.DatapathEndpointInfo) Endpoint 
 		Local:           v.Flags&epLocal != 0,
 		IngressEnforced: v.Flags&epIngressEnforced != 0,
 		EgressEnforced:  v.Flags&epEgressEnforced != 0,
-		MAC:     net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
-		NodeMAC: net.HardwareAddr(append([]byte(nil), v.NodeMac[:]...)),
+		MAC:             net.HardwareAddr(append([]byte(nil), v.Mac[:]...)),
+		NodeMAC:         net.HardwareAddr(append([]byte(nil), v.NodeMac[:]...)),
 	}
 }

@@ -226,15 +226,15 @@ func (e *Endpoints) SetEnforcement(ip netip.Addr, identity uint32, ingress, egre
 
 // Flow is one conntrack entry.
 type Flow struct {
-	Src, Dst   netip.AddrPort
-	Protocol   uint8
-	Expires    uint64 // CLOCK_MONOTONIC ns
-	Packets    uint64
-	Bytes      uint64
-	ReplySeen  bool
-	Closing    bool
-	ExpiresIn  int64 // seconds left, negative when expired
-	key        bpf.DatapathCtKey
+	Src, Dst  netip.AddrPort
+	Protocol  uint8
+	Expires   uint64 // CLOCK_MONOTONIC ns
+	Packets   uint64
+	Bytes     uint64
+	ReplySeen bool
+	Closing   bool
+	ExpiresIn int64 // seconds left, negative when expired
+	key       bpf.DatapathCtKey
 }
 
 // Conntrack is a typed view of the conntrack map.

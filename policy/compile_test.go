@@ -60,7 +60,7 @@ func TestCompileIsDeterministicAndExact(t *testing.T) {
 	}
 	want := map[string]bool{}
 	for _, peer := range []uint32{xb, ya} {
-		want[fmt.Sprintf("ep1 peer%d ingress proto6 8080/16", peer)] = true // named port of x/a
+		want[fmt.Sprintf("ep1 peer%d ingress proto6 8080/16", peer)] = true  // named port of x/a
 		want[fmt.Sprintf("ep1 peer%d ingress proto17 9000/14", peer)] = true // 9000-9003 in one block
 	}
 	if !reflect.DeepEqual(got, want) {
