@@ -13,6 +13,10 @@ echo
 echo "== one probe, as a script would use it (exit 0 = reachable)"
 "$bin" lab probe shop/frontend db/redis --name "$name" --port 80 --protocol TCP
 echo
+echo "== a NetworkPolicy: only shop/frontend may reach the db namespace (returns once every node enforces it)"
+"$bin" policy apply -f examples/deny-shop-to-db.yaml --lab "$name"
+"$bin" lab matrix --name "$name" --port 80 --protocol TCP
+echo
 pin=$("$bin" lab nodes --name "$name" -o json | sed -n 's/.*"pinDir": "\(.*node1\)".*/\1/p')
 echo "== node1's datapath counters (BPF per-CPU map, read by ebpfnet metrics)"
 "$bin" --pin-dir "$pin" metrics
@@ -23,6 +27,8 @@ cat <<MSG
 
 Look inside:
   $bin lab pods --name $name                       # pods, their IPs and netns
+  $bin policy list --lab $name                     # policies and the pods they select
+  $bin lab label pod shop/cart app=frontend --name $name   # relabel: watch the matrix change
   $bin --pin-dir $pin metrics                      # counters by reason and direction
   bpftool map dump pinned $pin/endpoints           # the raw map, with BTF field names
   $bin --pin-dir $pin datapath status             # which programs sit on which interfaces
