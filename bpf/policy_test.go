@@ -4,9 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/test/progtest"
 )
 
 const (
@@ -101,5 +103,31 @@ func TestPortBlocksCoverExactly(t *testing.T) {
 		if len(blocks) > 30 {
 			t.Errorf("%v: %d blocks", r, len(blocks))
 		}
+	}
+}
+
+// The agent's conntrack GC removes expired flows and keeps live ones.
+func TestConntrackGC(t *testing.T) {
+	dp := loadPolicy(t)
+	pkt := pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40000, 80))
+	if got, _ := progtest.MustRun(t, dp.FromPod, pkt); got != tcRedirect {
+		t.Fatalf("verdict %d", got)
+	}
+	flows, err := dp.Conntrack().List()
+	if err != nil || len(flows) != 1 || flows[0].Dst.Port() != 80 || flows[0].ExpiresIn <= 0 {
+		t.Fatalf("flows %+v (%v), want one live flow to :80", flows, err)
+	}
+	// Age an entry of our own making past its expiry.
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	it := dp.DatapathMaps.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+	}
+	k.Dport = 0x5100 // another flow, already expired
+	v.Expires = 1
+	must(t, dp.DatapathMaps.Conntrack.Put(&k, &v))
+	removed, left, err := dp.Conntrack().GC()
+	if err != nil || removed != 1 || left != 1 {
+		t.Fatalf("GC removed %d, left %d (%v); want 1 and 1", removed, left, err)
 	}
 }

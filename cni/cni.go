@@ -129,28 +129,20 @@ func Add(args *skel.CmdArgs) error {
 }
 
 // Del detaches the pod; what is already gone is not an error.
-func Del(args *skel.CmdArgs) error {
-	_, req, c, err := setup(args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
-	defer cancel()
-	if err := c.Del(ctx, req); err != nil {
-		return cniError(err)
-	}
-	return nil
-}
+func Del(args *skel.CmdArgs) error { return call(args, (*agent.Client).Del) }
 
 // Check verifies the pod's attachment.
-func Check(args *skel.CmdArgs) error {
+func Check(args *skel.CmdArgs) error { return call(args, (*agent.Client).Check) }
+
+// call sends the request of args to the agent with op and maps its error to the spec's.
+func call(args *skel.CmdArgs, op func(*agent.Client, context.Context, agent.AttachRequest) error) error {
 	_, req, c, err := setup(args)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	if err := c.Check(ctx, req); err != nil {
+	if err := op(c, ctx, req); err != nil {
 		return cniError(err)
 	}
 	return nil

@@ -35,14 +35,14 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 				return err
 			}
 			closers = append(closers, ln)
-			go serveTCP(ln)
+			go EchoTCP(ln)
 		case "UDP":
 			pc, err := net.ListenPacket("udp4", addr)
 			if err != nil {
 				return err
 			}
 			closers = append(closers, pc)
-			go serveUDP(pc)
+			go EchoUDP(pc)
 		case "SCTP":
 			// This kernel has no SCTP sockets; SCTP rules are covered by BPF unit tests.
 			slog.Info("not serving SCTP: no SCTP sockets on this kernel", "port", port)
@@ -57,7 +57,8 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 	return nil
 }
 
-func serveTCP(ln net.Listener) {
+// EchoTCP accepts on ln and echoes every connection until ln closes.
+func EchoTCP(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -70,7 +71,8 @@ func serveTCP(ln net.Listener) {
 	}
 }
 
-func serveUDP(pc net.PacketConn) {
+// EchoUDP echoes every datagram on pc until pc closes.
+func EchoUDP(pc net.PacketConn) {
 	buf := make([]byte, 65536)
 	for {
 		n, from, err := pc.ReadFrom(buf)

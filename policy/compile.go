@@ -168,23 +168,11 @@ func (c *compiler) collectCIDRs() {
 		}
 	}
 	for _, np := range c.in.Policies {
-		for _, r := range np.Spec.Ingress {
-			for _, p := range r.From {
-				if p.IPBlock != nil {
-					add(p.IPBlock.CIDR)
-					for _, e := range p.IPBlock.Except {
-						add(e)
-					}
-				}
-			}
-		}
-		for _, r := range np.Spec.Egress {
-			for _, p := range r.To {
-				if p.IPBlock != nil {
-					add(p.IPBlock.CIDR)
-					for _, e := range p.IPBlock.Except {
-						add(e)
-					}
+		for _, p := range allPeers(np) {
+			if p.IPBlock != nil {
+				add(p.IPBlock.CIDR)
+				for _, e := range p.IPBlock.Except {
+					add(e)
 				}
 			}
 		}
@@ -195,6 +183,18 @@ func (c *compiler) collectCIDRs() {
 		c.cidrID[p] = id
 		c.out.CIDRs[id] = p
 	}
+}
+
+// allPeers lists the peers of every ingress and egress rule of np.
+func allPeers(np *networkingv1.NetworkPolicy) []networkingv1.NetworkPolicyPeer {
+	var out []networkingv1.NetworkPolicyPeer
+	for _, r := range np.Spec.Ingress {
+		out = append(out, r.From...)
+	}
+	for _, r := range np.Spec.Egress {
+		out = append(out, r.To...)
+	}
+	return out
 }
 
 // longestCIDR is the identity of the most specific policy CIDR holding ip, or 0.

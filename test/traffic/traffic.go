@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
@@ -27,18 +28,7 @@ func ServeTCP(tb testing.TB, ns *nstest.NS, addr netip.AddrPort) {
 		return err
 	})
 	tb.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	go lab.EchoTCP(ln)
 }
 
 // ServeUDP runs a UDP echo server in ns on addr until the test ends.
@@ -50,16 +40,7 @@ func ServeUDP(tb testing.TB, ns *nstest.NS, addr netip.AddrPort) {
 		return err
 	})
 	tb.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
+	go lab.EchoUDP(pc)
 }
 
 // TCPEcho connects from ns to addr, sends payload and checks it comes back.
