@@ -140,42 +140,68 @@ func checkUnderlay(t *testing.T, st *lab.State, mode string) {
 		"ipip":   "ip proto 4",
 		"native": fmt.Sprintf("ip src %s and ip dst %s and tcp port 80", src.IP, dst.IP),
 	}
-	must := capture(t, node.Netns, filters[mode], func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") })
-	if must == 0 {
+	probe := func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") }
+	if !seen(t, node.Netns, filters[mode], probe) {
 		t.Fatalf("%s mode: no %q packets on node1's eth0", mode, filters[mode])
 	}
 	if mode == "native" {
 		// Natively routed traffic must not be encapsulated.
-		if n := capture(t, node.Netns, fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort),
-			func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") }); n != 0 {
+		if n := capture(t, node.Netns, fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort), probe); n != 0 {
 			t.Fatalf("native mode: %d encapsulated packets on the underlay", n)
 		}
 	}
 }
 
-// capture runs tcpdump on eth0 inside netns while traffic runs, and counts matching packets.
-func capture(t *testing.T, netns, filter string, traffic func()) int {
+// startTcpdump runs tcpdump on eth0 inside netns and returns once its filter is in place.
+func startTcpdump(t *testing.T, ctx context.Context, netns, filter string, extra ...string) (*exec.Cmd, *bufio.Reader) {
 	t.Helper()
-	pcap := filepath.Join(t.TempDir(), "cap.pcap")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", filepath.Base(netns), "tcpdump", "-i", lab.UnderlayIf,
-		"-n", "-U", "--immediate-mode", "-w", pcap, filter)
+	args := append([]string{"netns", "exec", filepath.Base(netns), "tcpdump", "-i", lab.UnderlayIf, "-n", "-U",
+		"--immediate-mode", "-w", filepath.Join(t.TempDir(), "cap.pcap")}, extra...)
+	cmd := exec.CommandContext(ctx, "ip", append(args, filter)...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// tcpdump says "listening on" once its filter is in place.
 	r := bufio.NewReader(stderr)
-	for {
+	for { // tcpdump says "listening on" once its filter is in place
 		line, err := r.ReadString('\n')
 		if strings.Contains(line, "listening on") {
-			break
+			return cmd, r
 		}
 		if err != nil {
 			t.Fatalf("tcpdump did not start: %s %v", line, err)
 		}
 	}
+}
+
+// seen reports whether a packet matching filter crosses eth0 while traffic repeats: tcpdump
+// exits by itself on the first one.
+func seen(t *testing.T, netns, filter string, traffic func()) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd, r := startTcpdump(t, ctx, netns, filter, "-c", "1")
+	done := make(chan error, 1)
+	go func() {
+		io.ReadAll(r)
+		done <- cmd.Wait()
+	}()
+	for {
+		traffic()
+		select {
+		case err := <-done:
+			return err == nil
+		case <-time.After(200 * time.Millisecond): // try again until tcpdump has its packet or ctx ends
+		}
+	}
+}
+
+// capture counts the packets matching filter while traffic runs once.
+func capture(t *testing.T, netns, filter string, traffic func()) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd, r := startTcpdump(t, ctx, netns, filter)
 	traffic()
 	cmd.Process.Signal(os.Interrupt)
 	rest, _ := io.ReadAll(r)
