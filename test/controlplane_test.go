@@ -202,31 +202,23 @@ func startStream(t *testing.T, from, to *lab.Pod) *stream {
 func (s *stream) progress(t *testing.T, n int64, what string) {
 	t.Helper()
 	start := s.tcpBytes.Load()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.tcpBytes.Load() < start+n {
+	eventually(t, 10*time.Second, what, func() (bool, string) {
 		select {
 		case err := <-s.errs:
 			t.Fatalf("%s: %v", what, err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: the TCP stream stalled at %d bytes", what, s.tcpBytes.Load())
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter the stream goroutine moves
-	}
+		return s.tcpBytes.Load() >= start+n, fmt.Sprintf("the TCP stream stalled at %d bytes", s.tcpBytes.Load())
+	})
 }
 
 // udpProgress waits until n more UDP datagrams have been echoed.
 func (s *stream) udpProgress(t *testing.T, n int64, what string) {
 	t.Helper()
 	start := s.udpEchos.Load()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.udpEchos.Load() < start+n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: UDP echoes stalled at %d", what, s.udpEchos.Load())
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter the stream goroutine moves
-	}
+	eventually(t, 10*time.Second, what, func() (bool, string) {
+		return s.udpEchos.Load() >= start+n, fmt.Sprintf("UDP echoes stalled at %d", s.udpEchos.Load())
+	})
 }
 
 func pinnedMapID(t *testing.T, node *lab.Node, name string) ebpf.MapID {
@@ -280,9 +272,7 @@ func TestAgentKillKeepsTrafficAndRestartCleansStale(t *testing.T) {
 	}
 	// Delete pod c while no agent runs: its server, then its namespace (and with it the veth).
 	syscall.Kill(c.ServerPID, syscall.SIGKILL)
-	for nstest.ProcessAlive(c.ServerPID) {
-		time.Sleep(5 * time.Millisecond) // waiting for the kernel to reap the server
-	}
+	eventually(t, 5*time.Second, "c's server to die", func() (bool, string) { return !nstest.ProcessAlive(c.ServerPID), "alive" })
 	if err := namespace.Delete(filepath.Base(c.Netns)); err != nil {
 		t.Fatal(err)
 	}
@@ -356,8 +346,7 @@ func TestNodeJoinAndLeave(t *testing.T) {
 
 func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, fmt.Sprintf("%s: route to %s present=%v", node.Name, cidr, present), func() (bool, string) {
 		var routes []maps.Route
 		if err := agent.NewClient(node.Socket).Get(context.Background(), "/v1/routes", &routes); err != nil {
 			t.Fatal(err)
@@ -366,12 +355,6 @@ func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 		for _, r := range routes {
 			found = found || r.Prefix == cidr
 		}
-		if found == present {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: route to %s present=%v, want %v", node.Name, cidr, found, present)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the agent until the store change lands
-	}
+		return found == present, fmt.Sprint(routes)
+	})
 }

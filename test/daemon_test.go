@@ -61,17 +61,12 @@ func startDaemon(t *testing.T, node *nstest.NS, dir, pin string) (*exec.Cmd, *ag
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	c := agent.NewClient(socket)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if st, err := c.Status(context.Background()); err == nil && st.Ready {
-			return cmd, c
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Fatalf("agent not ready: %s", b)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the agent's status until it serves
-	}
+	eventually(t, 20*time.Second, "agent ready", func() (bool, string) {
+		st, err := c.Status(context.Background())
+		b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+		return err == nil && st.Ready, string(b)
+	})
+	return cmd, c
 }
 
 // One node with the local store: the socket is root-only; SIGTERM stops the agent cleanly and

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ebpfnet/ebpfnet/lab"
 )
@@ -33,4 +34,21 @@ func cnitoolContainerID(netns string) string {
 	abs, _ := filepath.Abs(netns)
 	s := sha512.Sum512([]byte(abs))
 	return fmt.Sprintf("cnitool-%x", s[:10])
+}
+
+// eventually polls cond until it holds; past timeout it fails the test with what and cond's
+// last word. Tests wait on conditions this way, never on fixed sleeps.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %s: %s", what, timeout, why)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
