@@ -37,6 +37,7 @@ type Agent struct {
 	// lastPolicy is the last compiled policy, for explain and the CLI.
 	lastPolicy atomic.Pointer[policy.Output]
 	recMu      sync.Mutex // one reconcile at a time
+	metrics    *agentMetrics
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -53,10 +54,18 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 	a := &Agent{cfg: s, kick: make(chan struct{}, 1)}
+	a.metrics = newAgentMetrics(a)
 	if err := a.start(ctx); err != nil {
 		return err
 	}
 	defer a.close()
+	if s.MetricsAddress != "" {
+		mln, err := a.serveMetrics(s.MetricsAddress)
+		if err != nil {
+			return err
+		}
+		defer mln.Close()
+	}
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -209,9 +218,13 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
+			a.metrics.reconcileError.Inc()
 			slog.Warn("reconcile", "err", err)
 		}
-		if removed, left, err := a.dp.Conntrack().GC(); err != nil {
+		removed, left, err := a.dp.Conntrack().GC()
+		a.metrics.ctGCRuns.Inc()
+		a.metrics.ctGCRemoved.Add(float64(removed))
+		if err != nil {
 			slog.Warn("conntrack gc", "err", err)
 		} else if removed > 0 {
 			slog.Debug("conntrack gc", "removed", removed, "left", left)

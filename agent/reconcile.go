@@ -51,11 +51,17 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if gen > a.programmed.Load() {
+	if prev := a.programmed.Load(); gen > prev {
 		a.programmed.Store(gen)
+		// Generations are the change's wall-clock time: their age is the implementation delay
+		// (not for the first one after start, which may be old).
+		if prev != 0 {
+			a.metrics.policyDelay.Observe(time.Since(time.Unix(0, gen)).Seconds())
+		}
 		return a.cluster.PutStatus(ctx, a.node.Name, gen)
 	}
 	slog.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
+	a.metrics.reconcile.Observe(time.Since(start).Seconds())
 	return errors.Join(errs...)
 }
 

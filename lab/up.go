@@ -18,6 +18,9 @@ import (
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
+// MetricsPort is where each lab agent serves Prometheus metrics, on its underlay address.
+const MetricsPort = 9962
+
 // UnderlayIf is each node's device on the underlay.
 const UnderlayIf = "eth0"
 
@@ -186,6 +189,7 @@ func (b *builder) node(ctx context.Context, n *Node) error {
 	}
 	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
 		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
+		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(),
 		Store: agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}}}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {

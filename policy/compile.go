@@ -72,6 +72,7 @@ type Output struct {
 	Identities  map[string]uint32          // pod "ns/name" -> identity
 	CIDRs       map[uint32]netip.Prefix    // CIDR identity -> prefix
 	PodSelected map[string][]string        // pod "ns/name" -> policies selecting it
+	Policies    int                        // how many policies were compiled
 }
 
 // LabelKey is the identity's definition: namespace, pod labels and namespace labels.
@@ -129,6 +130,7 @@ func Compile(in Input) (*Output, error) {
 	for _, np := range in.Policies {
 		c.policy(np)
 	}
+	c.out.Policies = len(in.Policies)
 	for i := range in.Pods {
 		p := &in.Pods[i]
 		if p.Node != in.Self {

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev linux-libc-dev bpftool
-	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps
+	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps prometheus
 )
 
 missing=()

@@ -1,0 +1,125 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// agentMetrics are the agent's own Prometheus metrics; datapath counters are read from the
+// per-CPU map at scrape time by datapathCollector.
+type agentMetrics struct {
+	reg            *prometheus.Registry
+	reconcile      prometheus.Histogram
+	policyDelay    prometheus.Histogram
+	ctGCRuns       prometheus.Counter
+	ctGCRemoved    prometheus.Counter
+	reconcileError prometheus.Counter
+}
+
+func newAgentMetrics(a *Agent) *agentMetrics {
+	m := &agentMetrics{reg: prometheus.NewRegistry()}
+	m.reconcile = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ebpfnet_reconcile_duration_seconds",
+		Help: "Time one reconcile of the store into the datapath took.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	m.policyDelay = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ebpfnet_policy_implementation_delay_seconds",
+		Help: "Time from a policy or label change in the store to this node enforcing it.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	m.ctGCRuns = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_conntrack_gc_runs_total", Help: "Conntrack garbage collection runs."})
+	m.ctGCRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_conntrack_gc_removed_total", Help: "Expired conntrack entries removed."})
+	m.reconcileError = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_reconcile_errors_total", Help: "Reconciles that failed."})
+	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, &datapathCollector{a: a})
+	return m
+}
+
+// serveMetrics listens first, so a bad address is an error at start, then serves in the
+// background until the listener closes.
+func (a *Agent) serveMetrics(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metricsAddress: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+			slog.Warn("metrics server", "err", err)
+		}
+	}()
+	return ln, nil
+}
+
+var (
+	forwardPackets = prometheus.NewDesc("ebpfnet_forward_packets_total", "Packets the datapath forwarded or let through, by hook and reason.", []string{"direction", "reason"}, nil)
+	forwardBytes   = prometheus.NewDesc("ebpfnet_forward_bytes_total", "Bytes the datapath forwarded or let through, by hook and reason.", []string{"direction", "reason"}, nil)
+	dropPackets    = prometheus.NewDesc("ebpfnet_drop_packets_total", "Packets the datapath dropped, by hook and reason.", []string{"direction", "reason"}, nil)
+	dropBytes      = prometheus.NewDesc("ebpfnet_drop_bytes_total", "Bytes the datapath dropped, by hook and reason.", []string{"direction", "reason"}, nil)
+	mapPressure    = prometheus.NewDesc("ebpfnet_bpf_map_pressure", "Fill ratio of a datapath map: entries over capacity.", []string{"map"}, nil)
+	endpointsDesc  = prometheus.NewDesc("ebpfnet_endpoints", "Pods attached on this node.", nil, nil)
+	identitiesDesc = prometheus.NewDesc("ebpfnet_identities", "Security identities in the cluster.", nil, nil)
+	policiesDesc   = prometheus.NewDesc("ebpfnet_policies", "NetworkPolicies in the cluster.", nil, nil)
+	ctEntries      = prometheus.NewDesc("ebpfnet_conntrack_entries", "Flows in the conntrack map.", nil, nil)
+)
+
+// datapathCollector reads the maps at scrape time.
+type datapathCollector struct{ a *Agent }
+
+func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{forwardPackets, forwardBytes, dropPackets, dropBytes, mapPressure, endpointsDesc, identitiesDesc, policiesDesc, ctEntries} {
+		ch <- d
+	}
+}
+
+func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
+	dp := c.a.dp
+	if counters, err := dp.Metrics().All(); err == nil {
+		for _, k := range counters {
+			pk, bk := forwardPackets, forwardBytes
+			if maps.IsDrop(k.Reason) {
+				pk, bk = dropPackets, dropBytes
+			}
+			labels := []string{maps.DirectionName(k.Direction), maps.ReasonName(k.Reason)}
+			ch <- prometheus.MustNewConstMetric(pk, prometheus.CounterValue, float64(k.Packets), labels...)
+			ch <- prometheus.MustNewConstMetric(bk, prometheus.CounterValue, float64(k.Bytes), labels...)
+		}
+	}
+	var flows int
+	for name, m := range map[string]*ebpf.Map{maps.EndpointsName: dp.DatapathMaps.Endpoints, maps.RoutesName: dp.DatapathMaps.Routes,
+		maps.IPCacheName: dp.DatapathMaps.Ipcache, maps.PolicyName: dp.DatapathMaps.Policy, maps.ConntrackName: dp.DatapathMaps.Conntrack,
+		maps.PrefilterName: dp.DatapathMaps.Prefilter, maps.MetricsName: dp.DatapathMaps.Metrics} {
+		n := countEntries(m)
+		if name == maps.ConntrackName {
+			flows = n
+		}
+		ch <- prometheus.MustNewConstMetric(mapPressure, prometheus.GaugeValue, float64(n)/float64(m.MaxEntries()), name)
+	}
+	ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(flows))
+	if out := c.a.lastPolicy.Load(); out != nil {
+		ch <- prometheus.MustNewConstMetric(endpointsDesc, prometheus.GaugeValue, float64(len(out.Endpoints)))
+		ch <- prometheus.MustNewConstMetric(identitiesDesc, prometheus.GaugeValue, float64(len(out.Identities)))
+		ch <- prometheus.MustNewConstMetric(policiesDesc, prometheus.GaugeValue, float64(out.Policies))
+	}
+}
+
+// countEntries walks a map's keys; values are not read, so per-CPU maps cost no more.
+func countEntries(m *ebpf.Map) int {
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	n := 0
+	var cur any
+	for {
+		if err := m.NextKey(cur, next); err != nil {
+			return n
+		}
+		n++
+		copy(key, next)
+		cur = key
+	}
+}
