@@ -38,6 +38,9 @@ type Agent struct {
 	lastPolicy atomic.Pointer[policy.Output]
 	recMu      sync.Mutex // one reconcile at a time
 	metrics    *agentMetrics
+	// prefilterMode is "native" or "generic" while the XDP prefilter is attached, else "".
+	prefilterMode atomic.Value
+	started       atomic.Bool
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -54,6 +57,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 	a := &Agent{cfg: s, kick: make(chan struct{}, 1)}
+	a.prefilterMode.Store("")
 	a.metrics = newAgentMetrics(a)
 	if err := a.start(ctx); err != nil {
 		return err
@@ -74,6 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { defer wg.Done(); a.watch(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
 	a.ready.Store(true)
+	a.started.Store(true)
 	slog.Info("agent ready", "node", a.node.Name, "ip", a.node.IP, "podCIDR", a.node.PodCIDR,
 		"mode", s.mode, "store", s.Store.Type, "socket", s.Socket)
 	select {
@@ -191,7 +196,7 @@ func (a *Agent) watch(ctx context.Context) {
 }
 
 func ownBookkeeping(key string) bool {
-	for _, p := range []string{"ipam/", "status/", "identities/", "identity-ids/", "podcidrs/"} {
+	for _, p := range []string{"ipam/", "status/", "identities/", "identity-ids/", "podcidrs/"} { // not prefilter/
 		if strings.HasPrefix(key, store.Prefix+p) {
 			return true
 		}

@@ -63,18 +63,22 @@ type Status struct {
 	Mode    string `json:"mode"`
 	PinDir  string `json:"pinDir"`
 	PodMTU  int    `json:"podMTU"`
+	// PrefilterMode is the XDP mode the prefilter runs in ("native" or "generic"), or "".
+	PrefilterMode string `json:"prefilterMode,omitempty"`
+}
+
+func (a *Agent) status(ctx context.Context) Status {
+	st := Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
+		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilterMode.Load().(string)}
+	if _, err := a.cluster.Nodes(ctx); err != nil {
+		st.Ready = false
+	}
+	return st
 }
 
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		st := Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(),
-			PodCIDR: a.node.PodCIDR.String(), Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU()}
-		if _, err := a.cluster.Nodes(r.Context()); err != nil {
-			st.Ready = false
-		}
-		reply(w, st, nil)
-	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, a.status(r.Context()), nil) })
 	mux.HandleFunc("POST /v1/cni/add", handle(a.cniAdd))
 	mux.HandleFunc("POST /v1/cni/del", handle(func(ctx context.Context, req AttachRequest) (struct{}, error) {
 		return struct{}{}, a.cniDel(ctx, req)
@@ -102,6 +106,7 @@ func (a *Agent) routes() http.Handler {
 		reply(w, rs, err)
 	})
 	a.policyRoutes(mux)
+	a.prefilterRoutes(mux)
 	return mux
 }
 

@@ -143,3 +143,14 @@ func (c *Client) PutObjects(ctx context.Context, r ObjectsRequest) error {
 
 // Sync returns once every node has programmed everything in the store.
 func (c *Client) Sync(ctx context.Context) error { return c.do(ctx, "POST", "/v1/sync", nil, nil) }
+
+// PrefilterAdd adds a CIDR to every node's XDP deny list and returns this agent's status.
+func (c *Client) PrefilterAdd(ctx context.Context, cidr string) (Status, error) {
+	var st Status
+	return st, c.do(ctx, "POST", "/v1/prefilter", PrefilterRequest{CIDR: cidr}, &st)
+}
+
+// PrefilterDelete removes a CIDR from the deny list.
+func (c *Client) PrefilterDelete(ctx context.Context, cidr string) error {
+	return c.do(ctx, "DELETE", "/v1/prefilter", PrefilterRequest{CIDR: cidr}, nil)
+}

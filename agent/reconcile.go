@@ -48,6 +48,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	errs = append(errs, err)
 	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints))
 	errs = append(errs, a.removePolicy(stale))
+	errs = append(errs, a.reconcilePrefilter(ctx))
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

@@ -190,7 +190,7 @@ func (b *builder) node(ctx context.Context, n *Node) error {
 	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
 		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(),
-		Store: agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}}}
+		Store:          agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}}}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err

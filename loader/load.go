@@ -48,6 +48,9 @@ func (d *Datapath) Policy() *maps.Policy { return maps.NewPolicy(d.DatapathMaps.
 // Conntrack returns a typed view of the conntrack map.
 func (d *Datapath) Conntrack() *maps.Conntrack { return maps.NewConntrack(d.DatapathMaps.Conntrack) }
 
+// Prefilter returns a typed view of the XDP deny list.
+func (d *Datapath) Prefilter() *maps.Prefilter { return maps.NewPrefilter(d.DatapathMaps.Prefilter) }
+
 // Routes returns a typed view of the routes map.
 func (d *Datapath) Routes() *maps.Routes { return maps.NewRoutes(d.DatapathMaps.Routes) }
 

@@ -211,3 +211,35 @@ func (c *Cluster) Statuses(ctx context.Context) (map[string]int64, error) {
 	}
 	return out, nil
 }
+
+// PrefilterPrefix holds the CIDRs every node's XDP prefilter drops.
+const PrefilterPrefix = Prefix + "prefilter/"
+
+// PutPrefilter adds a CIDR to the cluster's deny list.
+func (c *Cluster) PutPrefilter(ctx context.Context, cidr string) error {
+	return c.KV.Put(ctx, PrefilterPrefix+strings.ReplaceAll(cidr, "/", "_"), []byte(cidr), 0)
+}
+
+// DeletePrefilter removes a CIDR and reports whether it was there.
+func (c *Cluster) DeletePrefilter(ctx context.Context, cidr string) (bool, error) {
+	key := PrefilterPrefix + strings.ReplaceAll(cidr, "/", "_")
+	_, ok, err := c.KV.Get(ctx, key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, c.KV.Delete(ctx, key)
+}
+
+// Prefilters lists the deny list.
+func (c *Cluster) Prefilters(ctx context.Context) ([]string, error) {
+	kvs, err := c.KV.List(ctx, PrefilterPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{}
+	for _, v := range kvs {
+		out = append(out, string(v))
+	}
+	sort.Strings(out)
+	return out, nil
+}
