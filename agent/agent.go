@@ -36,11 +36,13 @@ type Agent struct {
 	programmed atomic.Int64
 	// lastPolicy is the last compiled policy, for explain and the CLI.
 	lastPolicy atomic.Pointer[policy.Output]
+	lastInput  atomic.Pointer[policy.Input]
 	recMu      sync.Mutex // one reconcile at a time
 	metrics    *agentMetrics
 	// prefilterMode is "native" or "generic" while the XDP prefilter is attached, else "".
 	prefilterMode atomic.Value
 	started       atomic.Bool
+	mon           monitor
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -56,7 +58,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ln.Close()
-	a := &Agent{cfg: s, kick: make(chan struct{}, 1)}
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]struct{}{}}}
 	a.prefilterMode.Store("")
 	a.metrics = newAgentMetrics(a)
 	if err := a.start(ctx); err != nil {
@@ -74,7 +76,8 @@ func Run(ctx context.Context, cfg Config) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.readEvents(ctx) }()
 	go func() { defer wg.Done(); a.watch(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
 	a.ready.Store(true)

@@ -107,6 +107,7 @@ func (a *Agent) routes() http.Handler {
 	})
 	a.policyRoutes(mux)
 	a.prefilterRoutes(mux)
+	mux.HandleFunc("GET /v1/monitor", a.serveMonitor)
 	return mux
 }
 

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // Client talks to an agent over its unix socket.
@@ -153,4 +155,43 @@ func (c *Client) PrefilterAdd(ctx context.Context, cidr string) (Status, error) 
 // PrefilterDelete removes a CIDR from the deny list.
 func (c *Client) PrefilterDelete(ctx context.Context, cidr string) error {
 	return c.do(ctx, "DELETE", "/v1/prefilter", PrefilterRequest{CIDR: cidr}, nil)
+}
+
+// Monitor streams drop events until ctx ends: ready is called once the agent is sending,
+// then fn gets each event.
+func (c *Client) Monitor(ctx context.Context, ready func(), fn func(MonitorEvent)) error {
+	tr := c.hc.Transport
+	hc := &http.Client{Transport: tr} // no timeout: the stream lasts as long as ctx
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://agent/v1/monitor?type=drop", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return &UnreachableError{Socket: c.socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		ae := &APIError{}
+		json.NewDecoder(resp.Body).Decode(ae)
+		return ae
+	}
+	ready()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev MonitorEvent
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		fn(ev)
+	}
+}
+
+// Explain asks which policies decide a flow.
+func (c *Client) Explain(ctx context.Context, r ExplainRequest) (policy.Explanation, error) {
+	var ex policy.Explanation
+	return ex, c.do(ctx, "POST", "/v1/explain", r, &ex)
 }

@@ -65,6 +65,7 @@ var (
 	endpointsDesc  = prometheus.NewDesc("ebpfnet_endpoints", "Pods attached on this node.", nil, nil)
 	identitiesDesc = prometheus.NewDesc("ebpfnet_identities", "Security identities in the cluster.", nil, nil)
 	policiesDesc   = prometheus.NewDesc("ebpfnet_policies", "NetworkPolicies in the cluster.", nil, nil)
+	eventsLost     = prometheus.NewDesc("ebpfnet_monitor_events_lost_total", "Drop events the full ring buffer could not take.", []string{"direction"}, nil)
 	ctEntries      = prometheus.NewDesc("ebpfnet_conntrack_entries", "Flows in the conntrack map.", nil, nil)
 )
 
@@ -72,7 +73,7 @@ var (
 type datapathCollector struct{ a *Agent }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{forwardPackets, forwardBytes, dropPackets, dropBytes, mapPressure, endpointsDesc, identitiesDesc, policiesDesc, ctEntries} {
+	for _, d := range []*prometheus.Desc{eventsLost, forwardPackets, forwardBytes, dropPackets, dropBytes, mapPressure, endpointsDesc, identitiesDesc, policiesDesc, ctEntries} {
 		ch <- d
 	}
 }
@@ -81,6 +82,10 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	dp := c.a.dp
 	if counters, err := dp.Metrics().All(); err == nil {
 		for _, k := range counters {
+			if k.Reason == maps.ReasonEventLost {
+				ch <- prometheus.MustNewConstMetric(eventsLost, prometheus.CounterValue, float64(k.Packets), maps.DirectionName(k.Direction))
+				continue
+			}
 			pk, bk := forwardPackets, forwardBytes
 			if maps.IsDrop(k.Reason) {
 				pk, bk = dropPackets, dropBytes
@@ -93,7 +98,7 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	var flows int
 	for name, m := range map[string]*ebpf.Map{maps.EndpointsName: dp.DatapathMaps.Endpoints, maps.RoutesName: dp.DatapathMaps.Routes,
 		maps.IPCacheName: dp.DatapathMaps.Ipcache, maps.PolicyName: dp.DatapathMaps.Policy, maps.ConntrackName: dp.DatapathMaps.Conntrack,
-		maps.PrefilterName: dp.DatapathMaps.Prefilter, maps.MetricsName: dp.DatapathMaps.Metrics} {
+		maps.PrefilterName: dp.DatapathMaps.Prefilter, maps.MetricsName: dp.DatapathMaps.Metrics} { // not the ring buffer
 		n := countEntries(m)
 		if name == maps.ConntrackName {
 			flows = n

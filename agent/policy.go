@@ -55,6 +55,12 @@ func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.
 		return nil, err
 	}
 	a.lastPolicy.Store(out)
+	a.lastInput.Store(&in)
+	pods := map[netip.Addr]string{}
+	for _, p := range in.Pods {
+		pods[p.IP] = p.Namespace + "/" + p.Name
+	}
+	a.mon.setPods(pods)
 	return out, nil
 }
 
@@ -268,6 +274,21 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, struct{}{}, a.waitProgrammed(r.Context()))
 	})
+	mux.HandleFunc("POST /v1/explain", handle(func(ctx context.Context, req ExplainRequest) (policy.Explanation, error) {
+		in := a.lastInput.Load()
+		if in == nil {
+			return policy.Explanation{}, &APIError{Code: CodeTryAgainLater, Message: "no policy compiled yet"}
+		}
+		from, err := endpointOf(in, req.From)
+		if err != nil {
+			return policy.Explanation{}, err
+		}
+		to, err := endpointOf(in, req.To)
+		if err != nil {
+			return policy.Explanation{}, err
+		}
+		return policy.Explain(*in, from, to, req.Port, req.Protocol), nil
+	}))
 	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
 		ids, err := a.cluster.Identities(r.Context())
 		reply(w, ids, err)
@@ -326,4 +347,29 @@ func relabel(l map[string]string, req LabelRequest) map[string]string {
 		delete(out, k)
 	}
 	return out
+}
+
+// ExplainRequest asks about a flow between two pods ("ns/name") or addresses.
+type ExplainRequest struct {
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"`
+}
+
+func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		for i := range in.Pods {
+			if in.Pods[i].IP == ip {
+				return policy.Endpoint{Pod: &in.Pods[i], IP: ip}, nil
+			}
+		}
+		return policy.Endpoint{IP: ip}, nil
+	}
+	for i := range in.Pods {
+		if in.Pods[i].Namespace+"/"+in.Pods[i].Name == s {
+			return policy.Endpoint{Pod: &in.Pods[i], IP: in.Pods[i].IP}, nil
+		}
+	}
+	return policy.Endpoint{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%q is neither a known pod (namespace/name) nor an IP address", s)}
 }

@@ -27,11 +27,11 @@ int from_pod(struct __sk_buff *skb)
 	if (reason == CONTINUE)
 		reason = check_source(skb, &pkt, &src);
 	if (reason != CONTINUE || !src)
-		return finish(skb, reason, DIR_FROM_POD);
+		return finish(skb, &pkt, reason, DIR_FROM_POD);
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
 	reason = admit(skb, &pkt, src, dst, 0);
 	if (reason != CONTINUE)
-		return finish(skb, reason, DIR_FROM_POD);
+		return finish(skb, &pkt, reason, DIR_FROM_POD);
 	if (dst && (dst->flags & EP_F_LOCAL)) {
 		reason = decrement_ttl(skb, &pkt);
 		if (reason == CONTINUE)
@@ -39,7 +39,7 @@ int from_pod(struct __sk_buff *skb)
 	} else {
 		reason = forward_remote(skb, &pkt, src);
 	}
-	return finish(skb, reason, DIR_FROM_POD);
+	return finish(skb, &pkt, reason, DIR_FROM_POD);
 }
 
 /* to_pod: tc egress of a pod's host-side veth; traffic that reached the pod through the stack. */
@@ -52,12 +52,12 @@ int to_pod(struct __sk_buff *skb)
 
 	/* What the node's stack sends is not judged for form, only for policy. */
 	if (parse_skb(skb, &pkt) != CONTINUE || !pkt.family)
-		return finish(skb, REASON_DELIVER, DIR_TO_POD);
+		return finish(skb, &pkt, REASON_DELIVER, DIR_TO_POD);
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
 	if (!dst || !(dst->flags & EP_F_LOCAL))
-		return finish(skb, REASON_DELIVER, DIR_TO_POD);
+		return finish(skb, &pkt, REASON_DELIVER, DIR_TO_POD);
 	reason = admit(skb, &pkt, NULL, dst, 0);
-	return finish(skb, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
+	return finish(skb, &pkt, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
 }
 
 /* tunnel_identity is the sender's identity, carried in the VNI. */
@@ -81,7 +81,7 @@ int from_overlay(struct __sk_buff *skb)
 	if (reason == CONTINUE)
 		reason = pkt.family ? deliver_local(skb, &pkt, tunnel_identity(skb))
 				    : REASON_FORWARD_HOST;
-	return finish(skb, reason, DIR_FROM_OVERLAY);
+	return finish(skb, &pkt, reason, DIR_FROM_OVERLAY);
 }
 
 /* from_underlay: tc ingress of the underlay device; native and IP-in-IP pod traffic. */
@@ -96,7 +96,7 @@ int from_underlay(struct __sk_buff *skb)
 		reason = receive_underlay(skb, &pkt);
 	else
 		reason = REASON_FORWARD_HOST; /* the node's own traffic is not ours to judge */
-	return finish(skb, reason, DIR_FROM_UNDERLAY);
+	return finish(skb, &pkt, reason, DIR_FROM_UNDERLAY);
 }
 
 /* xdp_prefilter: XDP on the underlay device; drops denied sources before the stack. */
@@ -115,5 +115,6 @@ const enum identity_reserved *unused_identity_reserved __attribute__((unused));
 const enum policy_direction *unused_policy_direction __attribute__((unused));
 const enum endpoint_flags *unused_endpoint_flags __attribute__((unused));
 const enum ct_flags *unused_ct_flags __attribute__((unused));
+const struct event *unused_event __attribute__((unused));
 
 char __license[] SEC("license") = "GPL";

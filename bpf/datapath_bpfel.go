@@ -75,6 +75,23 @@ type DatapathEndpointKey struct {
 	Ip     [16]uint8
 }
 
+type DatapathEvent struct {
+	_           structs.HostLayout
+	Ts          uint64
+	Ifindex     uint32
+	Len         uint32
+	Reason      uint8
+	Direction   uint8
+	Family      uint8
+	Protocol    uint8
+	Sport       uint16
+	Dport       uint16
+	Saddr       [16]uint8
+	Daddr       [16]uint8
+	SrcIdentity uint32
+	DstIdentity uint32
+}
+
 type DatapathIdentityReserved uint32
 
 const (
@@ -152,6 +169,7 @@ const (
 	DatapathReasonREASON_DELIVER              DatapathReason = 3
 	DatapathReasonREASON_FORWARD_TUNNEL       DatapathReason = 4
 	DatapathReasonREASON_FORWARD_UNDERLAY     DatapathReason = 5
+	DatapathReasonREASON_EVENT_LOST           DatapathReason = 32
 	DatapathReasonREASON_DROP_FIRST           DatapathReason = 64
 	DatapathReasonREASON_DROP_MALFORMED       DatapathReason = 64
 	DatapathReasonREASON_DROP_SPOOFED_SOURCE  DatapathReason = 65
@@ -197,6 +215,7 @@ const (
 	DatapathMapConfig                 = "config"
 	DatapathMapConntrack              = "conntrack"
 	DatapathMapEndpoints              = "endpoints"
+	DatapathMapEvents                 = "events"
 	DatapathMapIpcache                = "ipcache"
 	DatapathMapMetrics                = "metrics"
 	DatapathMapPolicy                 = "policy"
@@ -210,6 +229,7 @@ const (
 	DatapathVarUnusedCtFlags          = "unused_ct_flags"
 	DatapathVarUnusedDirection        = "unused_direction"
 	DatapathVarUnusedEndpointFlags    = "unused_endpoint_flags"
+	DatapathVarUnusedEvent            = "unused_event"
 	DatapathVarUnusedIdentityReserved = "unused_identity_reserved"
 	DatapathVarUnusedPolicyDirection  = "unused_policy_direction"
 	DatapathVarUnusedReason           = "unused_reason"
@@ -273,6 +293,7 @@ type DatapathMapSpecs struct {
 	Config    *ebpf.MapSpec `ebpf:"config"`
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
 	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
 	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
 	Policy    *ebpf.MapSpec `ebpf:"policy"`
@@ -287,6 +308,7 @@ type DatapathVariableSpecs struct {
 	UnusedCtFlags          *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
 	UnusedDirection        *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEndpointFlags    *ebpf.VariableSpec `ebpf:"unused_endpoint_flags"`
+	UnusedEvent            *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedIdentityReserved *ebpf.VariableSpec `ebpf:"unused_identity_reserved"`
 	UnusedPolicyDirection  *ebpf.VariableSpec `ebpf:"unused_policy_direction"`
 	UnusedReason           *ebpf.VariableSpec `ebpf:"unused_reason"`
@@ -317,6 +339,7 @@ type DatapathMaps struct {
 	Config    *ebpf.Map `ebpf:"config"`
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
+	Events    *ebpf.Map `ebpf:"events"`
 	Ipcache   *ebpf.Map `ebpf:"ipcache"`
 	Metrics   *ebpf.Map `ebpf:"metrics"`
 	Policy    *ebpf.Map `ebpf:"policy"`
@@ -329,6 +352,7 @@ func (m *DatapathMaps) Close() error {
 		m.Config,
 		m.Conntrack,
 		m.Endpoints,
+		m.Events,
 		m.Ipcache,
 		m.Metrics,
 		m.Policy,
@@ -344,6 +368,7 @@ type DatapathVariables struct {
 	UnusedCtFlags          *ebpf.Variable `ebpf:"unused_ct_flags"`
 	UnusedDirection        *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEndpointFlags    *ebpf.Variable `ebpf:"unused_endpoint_flags"`
+	UnusedEvent            *ebpf.Variable `ebpf:"unused_event"`
 	UnusedIdentityReserved *ebpf.Variable `ebpf:"unused_identity_reserved"`
 	UnusedPolicyDirection  *ebpf.Variable `ebpf:"unused_policy_direction"`
 	UnusedReason           *ebpf.Variable `ebpf:"unused_reason"`

@@ -20,10 +20,11 @@ const (
 	IPCacheName   = bpf.DatapathMapIpcache
 	PolicyName    = bpf.DatapathMapPolicy
 	ConntrackName = bpf.DatapathMapConntrack
+	EventsName    = bpf.DatapathMapEvents
 )
 
 // Names lists every map the datapath pins, in a stable order.
-var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName, IPCacheName, PolicyName, ConntrackName}
+var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName, IPCacheName, PolicyName, ConntrackName, EventsName}
 
 // DefaultPinDir is where maps and links are pinned unless configured otherwise.
 const DefaultPinDir = "/sys/fs/bpf/ebpfnet"
@@ -40,11 +41,13 @@ type Sizes struct {
 	IPCache   uint32 `json:"ipcache" yaml:"ipcache"`
 	Policy    uint32 `json:"policy" yaml:"policy"`
 	Conntrack uint32 `json:"conntrack" yaml:"conntrack"`
+	// Events is the drop ring buffer's size in bytes: a power of two, at least a page.
+	Events uint32 `json:"events" yaml:"events"`
 }
 
 // DefaultSizes fit a node with a few thousand pods.
 var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384, Routes: 16384,
-	IPCache: 262144, Policy: 262144, Conntrack: 262144}
+	IPCache: 262144, Policy: 262144, Conntrack: 262144, Events: 1 << 20}
 
 // Apply writes the sizes into spec; a zero size keeps the default.
 func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
@@ -56,6 +59,7 @@ func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
 		IPCacheName:   or(s.IPCache, DefaultSizes.IPCache),
 		PolicyName:    or(s.Policy, DefaultSizes.Policy),
 		ConntrackName: or(s.Conntrack, DefaultSizes.Conntrack),
+		EventsName:    or(s.Events, DefaultSizes.Events),
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {

@@ -34,6 +34,7 @@ const (
 	ReasonEncapFailed    = bpf.DatapathReasonREASON_DROP_ENCAP_FAILED
 	ReasonPolicyIngress  = bpf.DatapathReasonREASON_DROP_POLICY_INGRESS
 	ReasonPolicyEgress   = bpf.DatapathReasonREASON_DROP_POLICY_EGRESS
+	ReasonEventLost      = bpf.DatapathReasonREASON_EVENT_LOST
 
 	DirFromPod      = bpf.DatapathDirectionDIR_FROM_POD
 	DirToPod        = bpf.DatapathDirectionDIR_TO_POD
@@ -60,6 +61,7 @@ var ReasonNames = map[Reason]string{
 	ReasonEncapFailed:    "encap-failed",
 	ReasonPolicyIngress:  "policy-denied-ingress",
 	ReasonPolicyEgress:   "policy-denied-egress",
+	ReasonEventLost:      "monitor-event-lost",
 }
 
 // DirectionNames are the labels of the hooks.

@@ -119,10 +119,47 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return REASON_FORWARD_LOCAL;
 }
 
-/* finish counts the verdict and turns its reason into a tc action. */
-static __always_inline int finish(struct __sk_buff *skb, int reason, __u8 direction)
+/* emit_drop sends a drop to the monitor; when the ring buffer is full the event is counted
+ * as lost and the packet goes on as decided. */
+static __always_inline void emit_drop(struct __sk_buff *skb, struct packet *pkt, int reason,
+				      __u8 direction)
+{
+	struct event ev = {};
+	struct lpm_key key = {};
+	struct ipcache_info *info;
+
+	ev.ts = bpf_ktime_get_ns();
+	ev.ifindex = skb->ifindex;
+	ev.len = skb->len;
+	ev.reason = reason;
+	ev.direction = direction;
+	if (pkt && (pkt->family == AF_INET || pkt->family == AF_INET6)) {
+		ev.family = pkt->family;
+		ev.protocol = pkt->l4_proto;
+		ev.sport = pkt->sport;
+		ev.dport = pkt->dport;
+		addr_key(ev.saddr, pkt->family, &pkt->saddr);
+		addr_key(ev.daddr, pkt->family, &pkt->daddr);
+		key.family = pkt->family;
+		key.prefixlen = LPM_PREFIX_BASE + (pkt->family == AF_INET ? 32 : 128);
+		__builtin_memcpy(key.ip, ev.saddr, ADDR_LEN);
+		info = bpf_map_lookup_elem(&ipcache, &key);
+		ev.src_identity = info ? info->identity : IDENTITY_WORLD;
+		__builtin_memcpy(key.ip, ev.daddr, ADDR_LEN);
+		info = bpf_map_lookup_elem(&ipcache, &key);
+		ev.dst_identity = info ? info->identity : IDENTITY_WORLD;
+	}
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(REASON_EVENT_LOST, direction, 0);
+}
+
+/* finish counts the verdict, reports drops, and turns the reason into a tc action. */
+static __always_inline int finish(struct __sk_buff *skb, struct packet *pkt, int reason,
+				  __u8 direction)
 {
 	count(reason, direction, skb->len);
+	if (reason >= REASON_DROP_FIRST)
+		emit_drop(skb, pkt, reason, direction);
 	if (reason >= REASON_DROP_FIRST)
 		return TC_ACT_SHOT;
 	if (reason == REASON_FORWARD_HOST || reason == REASON_DELIVER)

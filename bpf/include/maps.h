@@ -83,3 +83,10 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
+
+/* events: drops for `ebpfnet monitor`; a full buffer loses events (counted), never packets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 12);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");

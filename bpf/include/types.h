@@ -116,3 +116,20 @@ struct ct_entry {
 	__u32 flags; /* enum ct_flags */
 	__u32 pad;
 };
+
+/* A drop, as the monitor streams it. */
+struct event {
+	__u64 ts; /* bpf_ktime_get_ns() */
+	__u32 ifindex;
+	__u32 len;
+	__u8 reason; /* enum reason */
+	__u8 direction; /* enum direction */
+	__u8 family;
+	__u8 protocol;
+	__be16 sport;
+	__be16 dport;
+	__u8 saddr[ADDR_LEN];
+	__u8 daddr[ADDR_LEN];
+	__u32 src_identity;
+	__u32 dst_identity;
+};

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // target says which cluster a command talks to: --lab N, the one lab that is up, or the
@@ -103,7 +104,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s deleted\n", args[0])
 			return nil
 		},
-	}, &cobra.Command{
+	}, newExplainCmd(g, t), &cobra.Command{
 		Use:   "list",
 		Short: "list policies and the pods they select",
 		Args:  cobra.NoArgs,
@@ -158,4 +159,58 @@ func newLabLabelCmd(name *string) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newExplainCmd(g *globals, t *target) *cobra.Command {
+	pf := &probeFlags{}
+	cmd := &cobra.Command{
+		Use:   "explain FROM TO --port P --protocol TCP|UDP|SCTP",
+		Short: "which policies select each side of a flow and which rule allows it (FROM/TO: ns/pod or IP)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pf.protocol = strings.ToUpper(pf.protocol)
+			if pf.port < 1 || pf.port > 65535 || (pf.protocol != "TCP" && pf.protocol != "UDP" && pf.protocol != "SCTP") {
+				return usageError{fmt.Errorf("--port %d --protocol %s: want a port in 1-65535 and TCP, UDP or SCTP", pf.port, pf.protocol)}
+			}
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			ex, err := c.Explain(cmd.Context(), agent.ExplainRequest{From: args[0], To: args[1], Port: uint16(pf.port), Protocol: pf.protocol})
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printOut(cmd.OutOrStdout(), g, ex, nil, nil)
+			}
+			out := cmd.OutOrStdout()
+			verdict := "DENIED"
+			if ex.Allowed {
+				verdict = "ALLOWED"
+			}
+			fmt.Fprintf(out, "%s -> %s %s/%d: %s\n", args[0], args[1], pf.protocol, pf.port, verdict)
+			for _, s := range []struct {
+				what string
+				side policy.Side
+			}{{"egress of " + args[0], ex.Egress}, {"ingress of " + args[1], ex.Ingress}} {
+				switch {
+				case s.side.Pod == "":
+					fmt.Fprintf(out, "  %s: not a pod, no policy applies\n", s.what)
+				case !s.side.Enforced:
+					fmt.Fprintf(out, "  %s: no policy selects it: open\n", s.what)
+				case len(s.side.AllowedBy) == 0:
+					fmt.Fprintf(out, "  %s: selected by %s; no rule allows it: none\n", s.what, strings.Join(s.side.SelectedBy, ", "))
+				default:
+					var rules []string
+					for _, r := range s.side.AllowedBy {
+						rules = append(rules, fmt.Sprintf("%s %s rule %d", r.Policy, r.Direction, r.Index))
+					}
+					fmt.Fprintf(out, "  %s: selected by %s; allowed by %s\n", s.what, strings.Join(s.side.SelectedBy, ", "), strings.Join(rules, ", "))
+				}
+			}
+			return nil
+		},
+	}
+	pf.add(cmd)
+	return cmd
 }

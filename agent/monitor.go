@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/bpf"
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// MonitorEvent is one drop as `ebpfnet monitor` shows it.
+type MonitorEvent struct {
+	Time      time.Time `json:"time"`
+	Node      string    `json:"node"`
+	Type      string    `json:"type"`
+	Reason    string    `json:"reason"`
+	Direction string    `json:"direction"`
+	Protocol  string    `json:"protocol"`
+	Src       Peer      `json:"src"`
+	Dst       Peer      `json:"dst"`
+	Length    uint32    `json:"length"`
+}
+
+// Peer is one end of a monitored packet.
+type Peer struct {
+	IP       netip.Addr `json:"ip"`
+	Port     uint16     `json:"port,omitempty"`
+	Pod      string     `json:"pod,omitempty"` // namespace/name when the address is a pod's
+	Identity uint32     `json:"identity"`
+}
+
+// monitor fans the datapath's drop events out to every subscriber; a slow subscriber misses
+// events rather than holding up the others.
+type monitor struct {
+	mu   sync.Mutex
+	subs map[chan MonitorEvent]struct{}
+	pods map[netip.Addr]string
+}
+
+func (m *monitor) subscribe() chan MonitorEvent {
+	ch := make(chan MonitorEvent, 256)
+	m.mu.Lock()
+	m.subs[ch] = struct{}{}
+	m.mu.Unlock()
+	return ch
+}
+
+func (m *monitor) unsubscribe(ch chan MonitorEvent) {
+	m.mu.Lock()
+	delete(m.subs, ch)
+	m.mu.Unlock()
+}
+
+func (m *monitor) setPods(pods map[netip.Addr]string) {
+	m.mu.Lock()
+	m.pods = pods
+	m.mu.Unlock()
+}
+
+var protoNames = map[uint8]string{1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+
+// readEvents decodes the ring buffer until ctx ends.
+func (a *Agent) readEvents(ctx context.Context) {
+	rd, err := ringbuf.NewReader(a.dp.DatapathMaps.Events)
+	if err != nil {
+		slog.Warn("drop monitor unavailable", "err", err)
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		rd.Close()
+	}()
+	for {
+		rec, err := rd.Read()
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		var ev bpf.DatapathEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
+			continue
+		}
+		a.mon.publish(a.toMonitorEvent(ev))
+	}
+}
+
+func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) MonitorEvent {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	age := time.Duration(int64(ts.Sec)*1e9 + int64(ts.Nsec) - int64(ev.Ts))
+	addr := func(b [16]uint8) netip.Addr {
+		if ev.Family == 2 {
+			return netip.AddrFrom4([4]byte(b[:4]))
+		}
+		return netip.AddrFrom16(b)
+	}
+	port := func(p uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p)) }
+	out := MonitorEvent{Time: time.Now().Add(-age), Node: a.node.Name, Type: "drop", Length: ev.Len,
+		Reason: maps.ReasonName(maps.Reason(ev.Reason)), Direction: maps.DirectionName(maps.Direction(ev.Direction)),
+		Protocol: protoNames[ev.Protocol]}
+	if ev.Family != 0 {
+		out.Src = Peer{IP: addr(ev.Saddr), Port: port(ev.Sport), Identity: ev.SrcIdentity}
+		out.Dst = Peer{IP: addr(ev.Daddr), Port: port(ev.Dport), Identity: ev.DstIdentity}
+	}
+	return out
+}
+
+func (m *monitor) publish(ev MonitorEvent) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ev.Src.Pod, ev.Dst.Pod = m.pods[ev.Src.IP], m.pods[ev.Dst.IP]
+	for ch := range m.subs {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}
+
+// serveMonitor streams events as JSON lines until the client goes away.
+func (a *Agent) serveMonitor(w http.ResponseWriter, r *http.Request) {
+	if t := r.URL.Query().Get("type"); t != "" && t != "drop" {
+		reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "type " + t + ": only drop events are streamed"})
+		return
+	}
+	ch := a.mon.subscribe()
+	defer a.mon.unsubscribe(ch)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	if fl != nil {
+		fl.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev := <-ch:
+			if enc.Encode(ev) != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+	}
+}

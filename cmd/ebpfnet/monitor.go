@@ -1,0 +1,102 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab"
+)
+
+func newMonitorCmd(g *globals) *cobra.Command {
+	t := &target{}
+	var kind string
+	cmd := &cobra.Command{
+		Use:   "monitor [--type drop]",
+		Short: "stream the datapath's drops, one line each, with pods named (every node of a lab)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if kind != "drop" {
+				return usageError{fmt.Errorf("--type %q: only drop events are streamed", kind)}
+			}
+			clients, err := t.allClients(cmd)
+			if err != nil {
+				return err
+			}
+			var (
+				mu    sync.Mutex
+				ready sync.WaitGroup
+				errc  = make(chan error, len(clients))
+				out   = cmd.OutOrStdout()
+				enc   = json.NewEncoder(out)
+			)
+			print := func(ev agent.MonitorEvent) {
+				mu.Lock()
+				defer mu.Unlock()
+				if g.output == "json" {
+					enc.Encode(ev)
+					return
+				}
+				fmt.Fprintf(out, "%s %s %s %s %s %s -> %s (identity %d -> %d)\n", ev.Time.Format("15:04:05.000"), ev.Node,
+					ev.Reason, ev.Direction, ev.Protocol, peer(ev.Src), peer(ev.Dst), ev.Src.Identity, ev.Dst.Identity)
+			}
+			ready.Add(len(clients))
+			for _, c := range clients {
+				go func() { errc <- c.Monitor(cmd.Context(), ready.Done, print) }()
+			}
+			go func() {
+				ready.Wait()
+				fmt.Fprintf(cmd.ErrOrStderr(), "monitoring drops on %d node(s); ctrl-c stops\n", len(clients))
+			}()
+			select {
+			case <-cmd.Context().Done():
+				return nil
+			case err := <-errc:
+				if cmd.Context().Err() != nil {
+					return nil
+				}
+				if err == nil {
+					err = errors.New("an agent closed the stream")
+				}
+				return err
+			}
+		},
+	}
+	t.add(cmd)
+	cmd.Flags().StringVar(&kind, "type", "drop", "event type: drop")
+	return cmd
+}
+
+func peer(p agent.Peer) string {
+	s := fmt.Sprintf("%s:%d", p.IP, p.Port)
+	if p.Pod != "" {
+		s = p.Pod + " " + s
+	}
+	return s
+}
+
+// allClients is every node's agent for a lab, or the local agent.
+func (t *target) allClients(cmd *cobra.Command) ([]*agent.Client, error) {
+	name := t.lab
+	if name == "" && !cmd.Flags().Changed("socket") {
+		if labs, err := lab.List(); err == nil && len(labs) == 1 {
+			name = labs[0]
+		}
+	}
+	if name == "" {
+		return []*agent.Client{agent.NewClient(t.socket)}, nil
+	}
+	st, err := lab.Load(name)
+	if err != nil {
+		return nil, err
+	}
+	var out []*agent.Client
+	for _, n := range st.Nodes {
+		out = append(out, agent.NewClient(n.Socket))
+	}
+	return out, nil
+}
