@@ -289,6 +289,10 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		}
 		return policy.Explain(*in, from, to, req.Port, req.Protocol), nil
 	}))
+	mux.HandleFunc("GET /v1/pod-policy", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.podPolicy(r.Context(), r.URL.Query().Get("pod"))
+		reply(w, res, err)
+	})
 	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
 		ids, err := a.cluster.Identities(r.Context())
 		reply(w, ids, err)
@@ -372,4 +376,72 @@ func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
 		}
 	}
 	return policy.Endpoint{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%q is neither a known pod (namespace/name) nor an IP address", s)}
+}
+
+// PodPolicy is what the datapath holds for one local pod.
+type PodPolicy struct {
+	Node            string        `json:"node"`
+	Endpoint        uint32        `json:"endpoint"`
+	Identity        uint32        `json:"identity"`
+	IngressEnforced bool          `json:"ingressEnforced"`
+	EgressEnforced  bool          `json:"egressEnforced"`
+	Entries         []PolicyShown `json:"entries"`
+}
+
+// PolicyShown is one policy map entry in words.
+type PolicyShown struct {
+	Direction string `json:"direction"`
+	Peer      string `json:"peer"`
+	Protocol  string `json:"protocol"`
+	Ports     string `json:"ports"`
+	Rule      string `json:"rule"`
+}
+
+func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
+	ns, name, _ := strings.Cut(pod, "/")
+	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
+	if err != nil {
+		return PodPolicy{}, err
+	}
+	for _, e := range eps {
+		if e.Namespace != ns || e.Pod != name {
+			continue
+		}
+		m, ok, err := a.dp.Endpoints().Lookup(e.IP)
+		if err != nil || !ok {
+			return PodPolicy{}, fmt.Errorf("no datapath entry for %s (%v)", pod, err)
+		}
+		res := PodPolicy{Node: a.node.Name, Endpoint: m.ID, Identity: m.Identity, IngressEnforced: m.IngressEnforced,
+			EgressEnforced: m.EgressEnforced, Entries: []PolicyShown{}}
+		entries, err := a.dp.Policy().List()
+		if err != nil {
+			return res, err
+		}
+		out := a.lastPolicy.Load()
+		for _, pe := range entries {
+			if pe.Endpoint != m.ID {
+				continue
+			}
+			s := PolicyShown{Direction: pe.Direction.String(), Peer: fmt.Sprint(pe.Peer), Protocol: "any", Ports: "any"}
+			if pe.Peer == maps.IdentityAny {
+				s.Peer = "any"
+			} else if out != nil && out.CIDRs[pe.Peer].IsValid() {
+				s.Peer = out.CIDRs[pe.Peer].String()
+			}
+			if pe.Protocol != 0 {
+				s.Protocol = fmt.Sprint(pe.Protocol)
+				if pe.PortBits > 0 {
+					size := 1 << (16 - pe.PortBits)
+					s.Ports = fmt.Sprintf("%d-%d", pe.Port, int(pe.Port)+size-1)
+				}
+			}
+			if out != nil && int(pe.Rule) >= 1 && int(pe.Rule) <= len(out.Rules) {
+				r := out.Rules[pe.Rule-1]
+				s.Rule = fmt.Sprintf("%s %s rule %d", r.Policy, r.Direction, r.Index)
+			}
+			res.Entries = append(res.Entries, s)
+		}
+		return res, nil
+	}
+	return PodPolicy{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
 }

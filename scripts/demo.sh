@@ -33,6 +33,10 @@ Look inside:
   bpftool map dump pinned $pin/endpoints           # the raw map, with BTF field names
   $bin --pin-dir $pin datapath status             # which programs sit on which interfaces
   ip netns exec $name-node1 tcpdump -ni eth0 udp port 8472    # VXLAN on the underlay
+Why is a packet dropped?
+  $bin monitor                                     # in another terminal: drops, pods named
+  $bin lab probe shop/cart db/redis --name $name --port 80
+  $bin policy explain shop/cart db/redis --port 80 --protocol TCP
 Tear down:
   $bin lab down --name $name
 MSG

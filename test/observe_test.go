@@ -1,0 +1,110 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+const allowAToB = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {pod: a}}}]
+      ports: [{port: 80}]
+`
+
+// Acceptance (issue 7): `ebpfnet monitor` prints one event for a denied probe naming both
+// pods, the port, the protocol and the reason; `policy explain` names the allowing policy for
+// an allowed pair and says none for a denied one; bpftool dumps show field names.
+func TestMonitorExplainAndBTF(t *testing.T) {
+	t.Parallel()
+	spec := twoNodes("vxlan")
+	spec.Pods[0].Labels = map[string]string{"pod": "a"}
+	spec.Pods[1].Labels = map[string]string{"pod": "b"}
+	spec.Pods = append(spec.Pods, lab.PodSpec{Namespace: "x", Name: "c", Node: "node1", Labels: map[string]string{"pod": "c"}})
+	st := upLab(t, "ob", spec)
+	if _, err := st.Client().ApplyPolicies(context.Background(), []byte(allowAToB)); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mon := exec.CommandContext(ctx, ebpfnetBin, "monitor", "--lab", st.Name, "-o", "json")
+	stdout, _ := mon.StdoutPipe()
+	stderr, _ := mon.StderrPipe()
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); mon.Wait() }()
+	if line, _ := bufio.NewReader(stderr).ReadString('\n'); !strings.Contains(line, "monitoring drops on 2 node") {
+		t.Fatalf("monitor did not start: %q", line)
+	}
+	if err := st.Probe("x/c", "x/b", 80, "TCP"); err == nil {
+		t.Fatal("x/c reached x/b through a policy that allows only x/a")
+	}
+	events := make(chan agent.MonitorEvent)
+	go func() {
+		dec := json.NewDecoder(stdout)
+		for {
+			var ev agent.MonitorEvent
+			if dec.Decode(&ev) != nil {
+				close(events)
+				return
+			}
+			events <- ev
+		}
+	}()
+	select {
+	case ev, ok := <-events:
+		if !ok {
+			t.Fatal("monitor ended without an event")
+		}
+		if ev.Src.Pod != "x/c" || ev.Dst.Pod != "x/b" || ev.Dst.Port != 80 || ev.Protocol != "TCP" ||
+			ev.Reason != "policy-denied-ingress" || ev.Node != "node2" {
+			t.Fatalf("event %+v; want x/c -> x/b TCP/80 policy-denied-ingress on node2", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no drop event within 30s")
+	}
+
+	out, code := ebpfnet(t, "policy", "explain", "x/a", "x/b", "--port", "80", "--protocol", "TCP", "--lab", st.Name)
+	if code != 0 || !strings.Contains(out, "ALLOWED") || !strings.Contains(out, "allowed by x/b-from-a ingress rule 0") {
+		t.Errorf("explain of the allowed pair: %s", out)
+	}
+	out, code = ebpfnet(t, "policy", "explain", "x/c", "x/b", "--port", "80", "--protocol", "TCP", "--lab", st.Name)
+	if code != 0 || !strings.Contains(out, "DENIED") || !strings.Contains(out, "no rule allows it: none") {
+		t.Errorf("explain of the denied pair: %s", out)
+	}
+
+	for name, fields := range map[string][]string{
+		maps.EndpointsName: {`"ifindex"`, `"identity"`, `"node_mac"`},
+		maps.PolicyName:    {`"endpoint"`, `"peer"`, `"direction"`, `"rule"`},
+		maps.ConntrackName: {`"saddr"`, `"dport"`, `"expires"`, `"packets"`},
+	} {
+		var dump []byte
+		for _, n := range st.Nodes { // entries live where their pods do: look at both nodes
+			d, err := exec.Command("bpftool", "map", "dump", "pinned", filepath.Join(n.PinDir, name)).CombinedOutput()
+			if err != nil {
+				t.Fatalf("bpftool dump %s: %v %s", name, err, d)
+			}
+			dump = append(dump, d...)
+		}
+		for _, f := range fields {
+			if !strings.Contains(string(dump), f) {
+				t.Errorf("bpftool dump of %s lacks field %s:\n%.400s", name, f, dump)
+			}
+		}
+	}
+}
