@@ -180,7 +180,8 @@ func firstIPv4(l netlink.Link) (netip.Addr, error) {
 }
 
 // watch turns store changes into reconcile kicks: nodes, endpoints, policies, namespaces,
-// pods and the generation; not what agents write for themselves (leases, status).
+// pods and the generation; not what agents write for themselves (leases, status). The watch's
+// first, empty-keyed event also kicks: whatever changed before it went live is picked up.
 func (a *Agent) watch(ctx context.Context) {
 	events := a.kv.Watch(ctx, store.Prefix)
 	for {
@@ -227,7 +228,8 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.metrics.reconcileError.Inc()
-			slog.Warn("reconcile", "err", err)
+			slog.Warn("reconcile failed; retrying in a second", "err", err)
+			time.AfterFunc(time.Second, a.trigger)
 		}
 		removed, left, err := a.dp.Conntrack().GC()
 		a.metrics.ctGCRuns.Inc()

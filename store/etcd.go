@@ -114,10 +114,17 @@ func (e *Etcd) Delete(ctx context.Context, key string) error {
 
 func (e *Etcd) Watch(ctx context.Context, prefix string) <-chan Event {
 	out := make(chan Event, 256)
-	wc := e.c.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
+	wc := e.c.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	go func() {
 		defer close(out)
 		for resp := range wc {
+			if resp.Created {
+				select { // the server has the watch: changes from here on arrive
+				case out <- Event{}:
+				case <-ctx.Done():
+					return
+				}
+			}
 			for _, ev := range resp.Events {
 				event := Event{Key: string(ev.Kv.Key), Value: ev.Kv.Value, Deleted: ev.Type == clientv3.EventTypeDelete}
 				select {

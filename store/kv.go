@@ -21,7 +21,9 @@ type KV interface {
 	Create(ctx context.Context, key string, val []byte) (bool, error)
 	// Delete removes key; a missing key is not an error.
 	Delete(ctx context.Context, key string) error
-	// Watch reports changes under prefix until ctx ends. Events may be coalesced.
+	// Watch reports changes under prefix until ctx ends. Events may be coalesced. The first
+	// event has an empty Key and says the watch is live: state read before it may have
+	// missed changes, so callers read again on it.
 	Watch(ctx context.Context, prefix string) <-chan Event
 	Close() error
 }

@@ -116,6 +116,7 @@ func (l *Local) Delete(_ context.Context, key string) error {
 // when the reader is behind, it still gets at least one event after every change.
 func (l *Local) Watch(ctx context.Context, prefix string) <-chan Event {
 	w := &watcher{prefix: prefix, ch: make(chan Event, 256), ctx: ctx}
+	w.ch <- Event{} // live from here: registration below happens before any later change
 	l.mu.Lock()
 	l.watchers[w] = struct{}{}
 	l.mu.Unlock()

@@ -159,6 +159,14 @@ func TestWatchSeesChanges(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			ch := kv.Watch(ctx, store.NodesPrefix)
+			select {
+			case ev := <-ch:
+				if ev.Key != "" {
+					t.Fatalf("first event %+v, want the watch-is-live marker", ev)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the watch never said it was live")
+			}
 			c := &store.Cluster{KV: kv}
 			n := store.Node{Name: "n1", IP: netip.MustParseAddr("10.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")}
 			if err := c.PutNode(ctx, n, 0); err != nil {
@@ -201,6 +209,7 @@ func TestEtcdLeaseExpiryRemovesNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := reader.Watch(ctx, store.NodesPrefix)
+	<-ch           // live
 	writer.Close() // the agent died: nobody renews the lease
 	select {
 	case ev := <-ch:
