@@ -17,6 +17,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/loader"
+	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 )
@@ -43,6 +44,7 @@ type Agent struct {
 	prefilterMode atomic.Value
 	started       atomic.Bool
 	mon           monitor
+	nodeCfg       maps.NodeConfig // what setupNode wrote to the config map
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -58,7 +60,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ln.Close()
-	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]struct{}{}}}
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]string{}}}
+	a.mon.verdicts = func(on bool) {
+		cfg := a.nodeCfg
+		cfg.MonitorVerdicts = on
+		if err := a.dp.SetNodeConfig(cfg); err != nil {
+			slog.Warn("switch verdict events", "on", on, "err", err)
+		}
+	}
 	a.prefilterMode.Store("")
 	a.metrics = newAgentMetrics(a)
 	if err := a.start(ctx); err != nil {

@@ -159,10 +159,10 @@ func (c *Client) PrefilterDelete(ctx context.Context, cidr string) error {
 
 // Monitor streams drop events until ctx ends: ready is called once the agent is sending,
 // then fn gets each event.
-func (c *Client) Monitor(ctx context.Context, ready func(), fn func(MonitorEvent)) error {
+func (c *Client) Monitor(ctx context.Context, kind string, ready func(), fn func(MonitorEvent)) error {
 	tr := c.hc.Transport
 	hc := &http.Client{Transport: tr} // no timeout: the stream lasts as long as ctx
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://agent/v1/monitor?type=drop", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://agent/v1/monitor?type="+kind, nil)
 	if err != nil {
 		return err
 	}

@@ -44,22 +44,41 @@ type Peer struct {
 // events rather than holding up the others.
 type monitor struct {
 	mu   sync.Mutex
-	subs map[chan MonitorEvent]struct{}
+	subs map[chan MonitorEvent]string // -> "drop", "verdict" or "all"
 	pods map[netip.Addr]string
+	// verdicts turns the datapath's verdict events on and off as subscribers come and go.
+	verdicts func(on bool)
 }
 
-func (m *monitor) subscribe() chan MonitorEvent {
+func (m *monitor) subscribe(kind string) chan MonitorEvent {
 	ch := make(chan MonitorEvent, 256)
 	m.mu.Lock()
-	m.subs[ch] = struct{}{}
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	was := m.wantVerdicts()
+	m.subs[ch] = kind
+	if !was && m.wantVerdicts() && m.verdicts != nil {
+		m.verdicts(true)
+	}
 	return ch
 }
 
 func (m *monitor) unsubscribe(ch chan MonitorEvent) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	was := m.wantVerdicts()
 	delete(m.subs, ch)
-	m.mu.Unlock()
+	if was && !m.wantVerdicts() && m.verdicts != nil {
+		m.verdicts(false)
+	}
+}
+
+func (m *monitor) wantVerdicts() bool {
+	for _, k := range m.subs {
+		if k != "drop" {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *monitor) setPods(pods map[netip.Addr]string) {
@@ -108,7 +127,11 @@ func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) MonitorEvent {
 		return netip.AddrFrom16(b)
 	}
 	port := func(p uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, p)) }
-	out := MonitorEvent{Time: time.Now().Add(-age), Node: a.node.Name, Type: "drop", Length: ev.Len,
+	kind := "drop"
+	if !maps.IsDrop(maps.Reason(ev.Reason)) {
+		kind = "verdict"
+	}
+	out := MonitorEvent{Time: time.Now().Add(-age), Node: a.node.Name, Type: kind, Length: ev.Len,
 		Reason: maps.ReasonName(maps.Reason(ev.Reason)), Direction: maps.DirectionName(maps.Direction(ev.Direction)),
 		Protocol: protoNames[ev.Protocol]}
 	if ev.Family != 0 {
@@ -122,7 +145,10 @@ func (m *monitor) publish(ev MonitorEvent) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ev.Src.Pod, ev.Dst.Pod = m.pods[ev.Src.IP], m.pods[ev.Dst.IP]
-	for ch := range m.subs {
+	for ch, kind := range m.subs {
+		if kind != "all" && kind != ev.Type {
+			continue
+		}
 		select {
 		case ch <- ev:
 		default:
@@ -132,11 +158,15 @@ func (m *monitor) publish(ev MonitorEvent) {
 
 // serveMonitor streams events as JSON lines until the client goes away.
 func (a *Agent) serveMonitor(w http.ResponseWriter, r *http.Request) {
-	if t := r.URL.Query().Get("type"); t != "" && t != "drop" {
-		reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "type " + t + ": only drop events are streamed"})
+	kind := r.URL.Query().Get("type")
+	if kind == "" {
+		kind = "drop"
+	}
+	if kind != "drop" && kind != "verdict" && kind != "all" {
+		reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "type " + kind + ": want drop, verdict or all"})
 		return
 	}
-	ch := a.mon.subscribe()
+	ch := a.mon.subscribe(kind)
 	defer a.mon.unsubscribe(ch)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)

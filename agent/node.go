@@ -25,6 +25,7 @@ func (a *Agent) setupNode(underlay netlink.Link) error {
 		}
 		cfg.TunnelIfindex = uint32(idx)
 	}
+	a.nodeCfg = cfg
 	if err := a.dp.SetNodeConfig(cfg); err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ int from_pod(struct __sk_buff *skb)
 	if (reason != CONTINUE || !src)
 		return finish(skb, &pkt, reason, DIR_FROM_POD);
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
-	reason = admit(skb, &pkt, src, dst, 0);
+	reason = admit(skb, &pkt, src, dst, 0, DIR_FROM_POD);
 	if (reason != CONTINUE)
 		return finish(skb, &pkt, reason, DIR_FROM_POD);
 	if (dst && (dst->flags & EP_F_LOCAL)) {
@@ -56,7 +56,7 @@ int to_pod(struct __sk_buff *skb)
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
 	if (!dst || !(dst->flags & EP_F_LOCAL))
 		return finish(skb, &pkt, REASON_DELIVER, DIR_TO_POD);
-	reason = admit(skb, &pkt, NULL, dst, 0);
+	reason = admit(skb, &pkt, NULL, dst, 0, DIR_TO_POD);
 	return finish(skb, &pkt, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
 }
 
@@ -79,8 +79,9 @@ int from_overlay(struct __sk_buff *skb)
 
 	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
-		reason = pkt.family ? deliver_local(skb, &pkt, tunnel_identity(skb))
-				    : REASON_FORWARD_HOST;
+		reason = pkt.family
+				 ? deliver_local(skb, &pkt, tunnel_identity(skb), DIR_FROM_OVERLAY)
+				 : REASON_FORWARD_HOST;
 	return finish(skb, &pkt, reason, DIR_FROM_OVERLAY);
 }
 

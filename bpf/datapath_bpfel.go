@@ -135,7 +135,8 @@ type DatapathNodeConfig struct {
 	UnderlayIfindex uint32
 	TunnelIfindex   uint32
 	Mode            uint8
-	Pad             [3]uint8
+	MonitorVerdicts uint8
+	Pad             [2]uint8
 }
 
 type DatapathPolicyDirection uint32
@@ -169,6 +170,7 @@ const (
 	DatapathReasonREASON_DELIVER              DatapathReason = 3
 	DatapathReasonREASON_FORWARD_TUNNEL       DatapathReason = 4
 	DatapathReasonREASON_FORWARD_UNDERLAY     DatapathReason = 5
+	DatapathReasonREASON_POLICY_ALLOWED       DatapathReason = 6
 	DatapathReasonREASON_EVENT_LOST           DatapathReason = 32
 	DatapathReasonREASON_DROP_FIRST           DatapathReason = 64
 	DatapathReasonREASON_DROP_MALFORMED       DatapathReason = 64

@@ -35,6 +35,7 @@ const (
 	ReasonPolicyIngress  = bpf.DatapathReasonREASON_DROP_POLICY_INGRESS
 	ReasonPolicyEgress   = bpf.DatapathReasonREASON_DROP_POLICY_EGRESS
 	ReasonEventLost      = bpf.DatapathReasonREASON_EVENT_LOST
+	ReasonPolicyAllowed  = bpf.DatapathReasonREASON_POLICY_ALLOWED
 
 	DirFromPod      = bpf.DatapathDirectionDIR_FROM_POD
 	DirToPod        = bpf.DatapathDirectionDIR_TO_POD
@@ -62,6 +63,7 @@ var ReasonNames = map[Reason]string{
 	ReasonPolicyIngress:  "policy-denied-ingress",
 	ReasonPolicyEgress:   "policy-denied-egress",
 	ReasonEventLost:      "monitor-event-lost",
+	ReasonPolicyAllowed:  "policy-allowed",
 }
 
 // DirectionNames are the labels of the hooks.

@@ -135,11 +135,16 @@ type NodeConfig struct {
 	UnderlayIfindex uint32
 	TunnelIfindex   uint32
 	Mode            Mode
+	// MonitorVerdicts makes the datapath report every policy-allowed new flow.
+	MonitorVerdicts bool
 }
 
 // SetConfig writes the config map's one entry.
 func SetConfig(m *ebpf.Map, c NodeConfig) error {
 	v := bpf.DatapathNodeConfig{UnderlayIfindex: c.UnderlayIfindex, TunnelIfindex: c.TunnelIfindex, Mode: uint8(c.Mode)}
+	if c.MonitorVerdicts {
+		v.MonitorVerdicts = 1
+	}
 	if c.NodeIP.IsValid() {
 		v.NodeIp = EndpointKey(c.NodeIP).Ip
 	}

@@ -41,31 +41,22 @@ func TestMonitorExplainAndBTF(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	mon := exec.CommandContext(ctx, ebpfnetBin, "monitor", "--lab", st.Name, "-o", "json")
-	stdout, _ := mon.StdoutPipe()
-	stderr, _ := mon.StderrPipe()
-	if err := mon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cancel(); mon.Wait() }()
-	if line, _ := bufio.NewReader(stderr).ReadString('\n'); !strings.Contains(line, "monitoring drops on 2 node") {
-		t.Fatalf("monitor did not start: %q", line)
-	}
+	events := startMonitor(t, ctx, st.Name, "drop")
+	verdicts := startMonitor(t, ctx, st.Name, "verdict")
 	if err := st.Probe("x/c", "x/b", 80, "TCP"); err == nil {
 		t.Fatal("x/c reached x/b through a policy that allows only x/a")
 	}
-	events := make(chan agent.MonitorEvent)
-	go func() {
-		dec := json.NewDecoder(stdout)
-		for {
-			var ev agent.MonitorEvent
-			if dec.Decode(&ev) != nil {
-				close(events)
-				return
-			}
-			events <- ev
+	if err := st.Probe("x/a", "x/b", 80, "TCP"); err != nil {
+		t.Fatalf("x/a, which the policy allows, does not reach x/b: %v", err)
+	}
+	select {
+	case ev := <-verdicts:
+		if ev.Type != "verdict" || ev.Reason != "policy-allowed" || ev.Src.Pod != "x/a" || ev.Dst.Pod != "x/b" || ev.Dst.Port != 80 {
+			t.Fatalf("verdict event %+v; want x/a -> x/b TCP/80 policy-allowed", ev)
 		}
-	}()
+	case <-ctx.Done():
+		t.Fatal("no verdict event within 30s")
+	}
 	select {
 	case ev, ok := <-events:
 		if !ok {
@@ -107,4 +98,33 @@ func TestMonitorExplainAndBTF(t *testing.T) {
 			}
 		}
 	}
+}
+
+// startMonitor runs `ebpfnet monitor --type kind -o json` on the lab until ctx ends and
+// returns its events once it is listening on every node.
+func startMonitor(t *testing.T, ctx context.Context, labName, kind string) <-chan agent.MonitorEvent {
+	t.Helper()
+	mon := exec.CommandContext(ctx, ebpfnetBin, "monitor", "--lab", labName, "--type", kind, "-o", "json")
+	stdout, _ := mon.StdoutPipe()
+	stderr, _ := mon.StderrPipe()
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() })
+	if line, _ := bufio.NewReader(stderr).ReadString('\n'); !strings.Contains(line, "monitoring "+kind+" events on 2 node") {
+		t.Fatalf("monitor did not start: %q", line)
+	}
+	events := make(chan agent.MonitorEvent, 64)
+	go func() {
+		defer close(events)
+		dec := json.NewDecoder(stdout)
+		for {
+			var ev agent.MonitorEvent
+			if dec.Decode(&ev) != nil {
+				return
+			}
+			events <- ev
+		}
+	}()
+	return events
 }

@@ -9,8 +9,8 @@ enum reason {
 	REASON_DELIVER = 3, /* let through a hook towards its destination */
 	REASON_FORWARD_TUNNEL = 4, /* encapsulated towards another node (VXLAN, IP-in-IP) */
 	REASON_FORWARD_UNDERLAY = 5, /* routed natively out of the underlay device */
-	REASON_EVENT_LOST =
-		32, /* not a verdict: a drop event the full ring buffer could not take */
+	REASON_POLICY_ALLOWED = 6, /* event only: a new flow that policy let through */
+	REASON_EVENT_LOST = 32, /* not a verdict: a drop event the full ring buffer lost */
 	REASON_DROP_FIRST = 64,
 	REASON_DROP_MALFORMED = 64, /* truncated or inconsistent headers */
 	REASON_DROP_SPOOFED_SOURCE = 65, /* source IP or MAC not the endpoint's own */

@@ -18,14 +18,15 @@
 /* deliver_local delivers a packet that arrived from another node to the pod it is for, once
  * the pod's ingress policy (for a new flow) lets it in. hint is the sender's identity if the
  * packet carried one. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt, __u32 hint)
+static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt, __u32 hint,
+					 __u8 direction)
 {
 	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
 	int reason;
 
 	if (!dst || !(dst->flags & EP_F_LOCAL))
 		return REASON_DROP_UNKNOWN_DEST;
-	reason = admit(skb, pkt, NULL, dst, hint);
+	reason = admit(skb, pkt, NULL, dst, hint, direction);
 	if (reason != CONTINUE)
 		return reason;
 	/* A decapsulated frame was addressed to the tunnel device; the pod must see it as its own.
@@ -39,13 +40,6 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *p
 #define IP_DF 0x4000
 #define IPIP_HLEN 20
 #define TUNNEL_TTL 64
-
-static __always_inline struct node_config *node_config(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&config, &zero);
-}
 
 static __always_inline struct route_info *lookup_route(__u8 family, const union addr *ip)
 {
@@ -181,9 +175,9 @@ static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet
 		__builtin_memset(pkt, 0, sizeof(*pkt));
 		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
 			return REASON_DROP_MALFORMED;
-		return deliver_local(skb, pkt, 0);
+		return deliver_local(skb, pkt, 0, DIR_FROM_UNDERLAY);
 	}
 	if (!lookup_endpoint(pkt->family, &pkt->daddr))
 		return REASON_FORWARD_HOST; /* for the node itself */
-	return deliver_local(skb, pkt, 0);
+	return deliver_local(skb, pkt, 0, DIR_FROM_UNDERLAY);
 }

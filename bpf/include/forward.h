@@ -119,10 +119,17 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return REASON_FORWARD_LOCAL;
 }
 
-/* emit_drop sends a drop to the monitor; when the ring buffer is full the event is counted
- * as lost and the packet goes on as decided. */
-static __always_inline void emit_drop(struct __sk_buff *skb, struct packet *pkt, int reason,
-				      __u8 direction)
+static __always_inline struct node_config *node_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+/* emit_event sends a drop or a policy verdict to the monitor; when the ring buffer is full
+ * the event is counted as lost and the packet goes on as decided. */
+static __always_inline void emit_event(struct __sk_buff *skb, struct packet *pkt, int reason,
+				       __u8 direction)
 {
 	struct event ev = {};
 	struct lpm_key key = {};
@@ -159,7 +166,7 @@ static __always_inline int finish(struct __sk_buff *skb, struct packet *pkt, int
 {
 	count(reason, direction, skb->len);
 	if (reason >= REASON_DROP_FIRST)
-		emit_drop(skb, pkt, reason, direction);
+		emit_event(skb, pkt, reason, direction);
 	if (reason >= REASON_DROP_FIRST)
 		return TC_ACT_SHOT;
 	if (reason == REASON_FORWARD_HOST || reason == REASON_DELIVER)

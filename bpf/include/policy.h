@@ -87,14 +87,18 @@ static __always_inline int check_egress(struct endpoint_info *src, struct packet
  * sender's identity comes from its endpoint entry when local, else from the ipcache, else
  * from hint (the VNI a tunnelled packet carried). */
 static __always_inline int admit(struct __sk_buff *skb, struct packet *pkt,
-				 struct endpoint_info *src, struct endpoint_info *dst, __u32 hint)
+				 struct endpoint_info *src, struct endpoint_info *dst, __u32 hint,
+				 __u8 direction)
 {
+	struct node_config *cfg;
+	int judged = 0;
 	struct peer peer;
 	int reason;
 
 	if (ct_lookup(skb, pkt) != CT_NEW)
 		return CONTINUE;
 	if (src) {
+		judged = src->flags & EP_F_EGRESS_ENFORCED;
 		reason = check_egress(src, pkt);
 		if (reason != CONTINUE)
 			return reason;
@@ -108,7 +112,12 @@ static __always_inline int admit(struct __sk_buff *skb, struct packet *pkt,
 		reason = check_ingress(dst, &peer, pkt);
 		if (reason != CONTINUE)
 			return reason;
+		judged = 1;
 	}
+	/* Allowed verdicts go to the monitor only while someone asks for them. */
+	cfg = node_config();
+	if (judged && cfg && cfg->monitor_verdicts)
+		emit_event(skb, pkt, REASON_POLICY_ALLOWED, direction);
 	ct_create(pkt);
 	return CONTINUE;
 }

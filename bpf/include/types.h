@@ -68,7 +68,8 @@ struct node_config {
 	__u32 underlay_ifindex; /* the underlay device (native and IP-in-IP egress) */
 	__u32 tunnel_ifindex; /* the VXLAN device */
 	__u8 mode; /* enum tunnel_mode */
-	__u8 pad[3];
+	__u8 monitor_verdicts; /* 1 while someone monitors policy verdicts */
+	__u8 pad[2];
 };
 
 /* Value of the ipcache: who an address is, for policy. */

@@ -16,12 +16,12 @@ func newMonitorCmd(g *globals) *cobra.Command {
 	t := &target{}
 	var kind string
 	cmd := &cobra.Command{
-		Use:   "monitor [--type drop]",
-		Short: "stream the datapath's drops, one line each, with pods named (every node of a lab)",
+		Use:   "monitor [--type drop|verdict|all]",
+		Short: "stream drops (and, when asked, policy verdicts), one line each, pods named, from every node of a lab",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if kind != "drop" {
-				return usageError{fmt.Errorf("--type %q: only drop events are streamed", kind)}
+			if kind != "drop" && kind != "verdict" && kind != "all" {
+				return usageError{fmt.Errorf("--type %q: want drop, verdict or all", kind)}
 			}
 			clients, err := t.allClients(cmd)
 			if err != nil {
@@ -46,11 +46,11 @@ func newMonitorCmd(g *globals) *cobra.Command {
 			}
 			ready.Add(len(clients))
 			for _, c := range clients {
-				go func() { errc <- c.Monitor(cmd.Context(), ready.Done, print) }()
+				go func() { errc <- c.Monitor(cmd.Context(), kind, ready.Done, print) }()
 			}
 			go func() {
 				ready.Wait()
-				fmt.Fprintf(cmd.ErrOrStderr(), "monitoring drops on %d node(s); ctrl-c stops\n", len(clients))
+				fmt.Fprintf(cmd.ErrOrStderr(), "monitoring %s events on %d node(s); ctrl-c stops\n", kind, len(clients))
 			}()
 			select {
 			case <-cmd.Context().Done():
@@ -67,7 +67,7 @@ func newMonitorCmd(g *globals) *cobra.Command {
 		},
 	}
 	t.add(cmd)
-	cmd.Flags().StringVar(&kind, "type", "drop", "event type: drop")
+	cmd.Flags().StringVar(&kind, "type", "drop", "drop, verdict (new flows policy allowed) or all")
 	return cmd
 }
 
