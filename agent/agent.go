@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -45,6 +44,8 @@ type Agent struct {
 	started       atomic.Bool
 	mon           monitor
 	nodeCfg       maps.NodeConfig // what setupNode wrote to the config map
+	// identities caches label key -> identity: the store never changes one once allocated.
+	identities sync.Map
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -55,7 +56,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	// Listen first: a socket that cannot be made is an error at start, not a log line later.
-	ln, err := listenSocket(s.Socket)
+	ln, err := listenUnix(s.Socket)
 	if err != nil {
 		return err
 	}
@@ -249,9 +250,4 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			slog.Debug("conntrack gc", "removed", removed, "left", left)
 		}
 	}
-}
-
-// listenSocket makes the API socket: mode 0600 in a 0700 directory, replacing a stale one.
-func listenSocket(path string) (net.Listener, error) {
-	return listenUnix(path)
 }

@@ -36,7 +36,7 @@ func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.
 		return nil, err
 	}
 	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps,
-		Identity: func(key string) (uint32, error) { return a.cluster.Identity(ctx, key) }}
+		Identity: func(key string) (uint32, error) { return a.identity(ctx, key) }}
 	for _, n := range nodes {
 		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
 	}
@@ -444,4 +444,16 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
 		return res, nil
 	}
 	return PodPolicy{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
+}
+
+// identity is the cluster-wide identity of a label set, asked of the store only once.
+func (a *Agent) identity(ctx context.Context, key string) (uint32, error) {
+	if id, ok := a.identities.Load(key); ok {
+		return id.(uint32), nil
+	}
+	id, err := a.cluster.Identity(ctx, key)
+	if err == nil {
+		a.identities.Store(key, id)
+	}
+	return id, err
 }

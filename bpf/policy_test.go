@@ -28,15 +28,13 @@ func loadPolicy(t *testing.T) *loader.Datapath {
 	dp := loadUnpinned(t)
 	eps := dp.Endpoints()
 	for _, ep := range []maps.Endpoint{
-		{IP: polA, Ifindex: testRunIfindex, ID: 11, Local: true, MAC: macA, NodeMAC: nodeMacA},
-		{IP: polB, Ifindex: testRunIfindex, ID: 12, Local: true, MAC: macB, NodeMAC: nodeMacB},
+		{IP: polA, Ifindex: testRunIfindex, ID: 11, Identity: idA, Local: true, IngressEnforced: true, EgressEnforced: true, MAC: macA, NodeMAC: nodeMacA},
+		{IP: polB, Ifindex: testRunIfindex, ID: 12, Identity: idB, Local: true, IngressEnforced: true, MAC: macB, NodeMAC: nodeMacB},
 	} {
 		if err := eps.Upsert(ep); err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(t, eps.SetEnforcement(polA, idA, true, true))
-	must(t, eps.SetEnforcement(polB, idB, true, false))
 	ic := dp.IPCache()
 	must(t, ic.Upsert(maps.IPCacheEntry{Prefix: netip.PrefixFrom(polA, 32), Identity: idA}))
 	must(t, ic.Upsert(maps.IPCacheEntry{Prefix: netip.PrefixFrom(polB, 32), Identity: idB}))

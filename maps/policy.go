@@ -203,27 +203,6 @@ func PortBlocks(from, to uint16) [][2]uint16 {
 	return out
 }
 
-// SetEnforcement sets an endpoint's ingress and egress enforcement flags.
-func (e *Endpoints) SetEnforcement(ip netip.Addr, identity uint32, ingress, egress bool) error {
-	k := EndpointKey(ip)
-	var v bpf.DatapathEndpointInfo
-	if err := e.m.Lookup(&k, &v); err != nil {
-		return fmt.Errorf("look up endpoint %s: %w", ip, err)
-	}
-	flags := v.Flags &^ (epIngressEnforced | epEgressEnforced)
-	if ingress {
-		flags |= epIngressEnforced
-	}
-	if egress {
-		flags |= epEgressEnforced
-	}
-	if flags == v.Flags && identity == v.Identity {
-		return nil
-	}
-	v.Flags, v.Identity = flags, identity
-	return e.m.Put(&k, &v)
-}
-
 // Flow is one conntrack entry.
 type Flow struct {
 	Src, Dst  netip.AddrPort
