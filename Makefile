@@ -8,7 +8,7 @@ BIN       := bin
 TESTLOG   := $(BIN)/test.log
 C_SOURCES := $(wildcard bpf/*.c bpf/include/*.h)
 
-.PHONY: help deps generate check-generate lint build test bench demo clean
+.PHONY: help deps generate check-generate lint build image test bench demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,14 +28,17 @@ lint: deps ## gofmt, go vet and clang-format over our sources
 	$(GO) vet ./...
 	clang-format-19 --dry-run --Werror $(C_SOURCES)
 
-build: ## build bin/ebpfnet and bin/ebpfnet-cni
+build: ## build bin/ebpfnet and bin/ebpfnet-cni (static: the lab's container images hold them)
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
 
 test: deps lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
 	@mkdir -p $(BIN)
 	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic)|_test.go' | grep -v '^=== RUN' || true
 	@scripts/check-test-log.sh $(TESTLOG)
+
+image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image
+	$(BIN)/ebpfnet image build --out $(BIN)/image
 
 bench: deps build ## compare ebpfnet with kernel baselines; writes bench/results/
 	$(BIN)/ebpfnet-bench -out bench/results

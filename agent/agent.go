@@ -19,6 +19,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
+	"github.com/ebpfnet/ebpfnet/store/kubestore"
 )
 
 // Agent is one node's agent.
@@ -34,6 +35,8 @@ type Agent struct {
 	kick    chan struct{}
 	// programmed is the newest store generation this node has programmed.
 	programmed atomic.Int64
+	// lastStatus is what this node last reported to the store.
+	lastStatus atomic.Pointer[store.NodeStatus]
 	// lastPolicy is the last compiled policy, for explain and the CLI.
 	lastPolicy atomic.Pointer[policy.Output]
 	lastInput  atomic.Pointer[policy.Input]
@@ -44,8 +47,9 @@ type Agent struct {
 	started       atomic.Bool
 	mon           monitor
 	nodeCfg       maps.NodeConfig // what setupNode wrote to the config map
-	// identities caches label key -> identity: the store never changes one once allocated.
+	// identities caches label key -> identity; emptied when the store deletes an identity.
 	identities sync.Map
+	idGC       identityGC
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -61,7 +65,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ln.Close()
-	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]string{}}}
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]string{}},
+		idGC: identityGC{grace: s.identityGCGrace, unused: map[uint32]time.Time{}}}
 	a.mon.verdicts = func(on bool) {
 		cfg := a.nodeCfg
 		cfg.MonitorVerdicts = on
@@ -82,7 +87,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		defer mln.Close()
 	}
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := a.apiServer()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var wg sync.WaitGroup
@@ -118,6 +123,8 @@ func (a *Agent) start(ctx context.Context) (err error) {
 		a.kv, err = store.OpenLocal(s.Store.Path)
 	case "etcd":
 		a.kv, err = store.OpenEtcd(ctx, s.Store.Endpoints)
+	case "kubernetes":
+		a.kv, err = kubestore.Open(ctx, s.Store.Kubeconfig)
 	}
 	if err != nil {
 		return err
@@ -139,6 +146,15 @@ func (a *Agent) start(ctx context.Context) (err error) {
 		}
 	}
 	podCIDR := s.podCIDR
+	if !podCIDR.IsValid() {
+		// The store may already know this node's pod CIDR (a Node's spec.podCIDR, or what an
+		// earlier run of this agent recorded): keep it.
+		if n, ok, err := a.cluster.Node(ctx, s.NodeName); err != nil {
+			return fmt.Errorf("read node %s: %w", s.NodeName, err)
+		} else if ok && n.PodCIDR.IsValid() {
+			podCIDR = n.PodCIDR
+		}
+	}
 	if podCIDR.IsValid() {
 		err = a.cluster.ClaimPodCIDR(ctx, s.NodeName, podCIDR)
 	} else {
@@ -202,6 +218,11 @@ func (a *Agent) watch(ctx context.Context) {
 			if !ok {
 				return
 			}
+			if ev.Deleted && isIdentityKey(ev.Key) {
+				// A collected identity may come back under another number: ask again.
+				a.identities.Clear()
+				a.trigger()
+			}
 			if !ownBookkeeping(ev.Key) {
 				a.trigger()
 			}
@@ -216,6 +237,10 @@ func ownBookkeeping(key string) bool {
 		}
 	}
 	return false
+}
+
+func isIdentityKey(key string) bool {
+	return strings.HasPrefix(key, store.Prefix+"identities/") || strings.HasPrefix(key, store.Prefix+"identity-ids/")
 }
 
 func (a *Agent) trigger() {
@@ -240,6 +265,11 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			a.metrics.reconcileError.Inc()
 			slog.Warn("reconcile failed; retrying in a second", "err", err)
 			time.AfterFunc(time.Second, a.trigger)
+		}
+		if next, err := a.collectIdentities(ctx); err != nil && ctx.Err() == nil {
+			slog.Warn("identity gc", "err", err)
+		} else if next > 0 {
+			time.AfterFunc(next, a.trigger)
 		}
 		removed, left, err := a.dp.Conntrack().GC()
 		a.metrics.ctGCRuns.Inc()

@@ -10,11 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
 
-// listenUnix makes the API socket: 0600 in a 0700 directory, so only root can open it.
+// listenUnix makes the API socket: 0600 in a 0700 directory, so only root can open it. Its
+// connections may carry a pod's network namespace as a descriptor (fdpass).
 func listenUnix(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -34,7 +37,12 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	return ln, nil
+	return fdpass.NewListener(ln), nil
+}
+
+// apiServer serves the API; CNI handlers find a passed namespace through the connection's context.
+func (a *Agent) apiServer() *http.Server {
+	return &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ConnContext: fdpass.ConnContext}
 }
 
 // APIError is an error as the API returns it, with the CNI error code it maps to.

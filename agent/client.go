@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/fdpass"
+	"github.com/ebpfnet/ebpfnet/podnet"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
 
@@ -18,13 +21,23 @@ type Client struct {
 	hc     *http.Client
 }
 
+// clientTimeout bounds a request that is not a stream.
+const clientTimeout = 60 * time.Second
+
 // NewClient returns a client of the agent serving socket.
 func NewClient(socket string) *Client {
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
+		return fdpass.Dial(ctx, socket, nil)
 	}}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr, Timeout: clientTimeout}}
+}
+
+// withFile returns an HTTP client whose one connection carries f's descriptor to the agent.
+func (c *Client) withFile(f *os.File) (*http.Client, func()) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return fdpass.Dial(ctx, c.socket, f)
+	}}
+	return &http.Client{Transport: tr, Timeout: clientTimeout}, tr.CloseIdleConnections
 }
 
 // UnreachableError says the agent could not be reached at all (CNI: try again later).
@@ -40,6 +53,20 @@ func (e *UnreachableError) Error() string {
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doWith(ctx, c.hc, method, path, in, out)
+}
+
+// doNetns is do with the pod's network namespace passed along; a nil ns passes none.
+func (c *Client) doNetns(ctx context.Context, ns *os.File, method, path string, in, out any) error {
+	if ns == nil {
+		return c.do(ctx, method, path, in, out)
+	}
+	hc, done := c.withFile(ns)
+	defer done()
+	return c.doWith(ctx, hc, method, path, in, out)
+}
+
+func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path string, in, out any) error {
 	var body bytes.Buffer
 	if in != nil {
 		if err := json.NewEncoder(&body).Encode(in); err != nil {
@@ -50,7 +77,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return err
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return &UnreachableError{Socket: c.socket, Err: err}
 	}
@@ -74,20 +101,46 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return s, c.do(ctx, "GET", "/v1/status", nil, &s)
 }
 
-// Add attaches a pod.
+// Add attaches a pod; its netns is opened here and passed as a descriptor (the agent never opens r.Netns).
 func (c *Client) Add(ctx context.Context, r AttachRequest) (AttachResult, error) {
 	var res AttachResult
-	return res, c.do(ctx, "POST", "/v1/cni/add", r, &res)
+	ns, err := openNetns(r.Netns)
+	if err != nil {
+		return res, err
+	}
+	defer ns.Close()
+	return res, c.doNetns(ctx, ns, "POST", "/v1/cni/add", r, &res)
 }
 
-// Del detaches a pod.
+// Del detaches a pod; a namespace that is gone or not given is not sent, and not an error.
 func (c *Client) Del(ctx context.Context, r AttachRequest) error {
-	return c.do(ctx, "POST", "/v1/cni/del", r, nil)
+	ns, _ := openNetns(r.Netns) // gone, empty or not a namespace: DEL goes on without one
+	if ns != nil {
+		defer ns.Close()
+	}
+	return c.doNetns(ctx, ns, "POST", "/v1/cni/del", r, nil)
 }
 
-// Check verifies a pod's attachment.
+// Check verifies a pod's attachment, inside its network namespace too (passed as for Add).
 func (c *Client) Check(ctx context.Context, r AttachRequest) error {
-	return c.do(ctx, "POST", "/v1/cni/check", r, nil)
+	ns, err := openNetns(r.Netns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return c.doNetns(ctx, ns, "POST", "/v1/cni/check", r, nil)
+}
+
+// openNetns opens the network namespace at path; failing that, CNI_NETNS is invalid (code 4).
+func openNetns(path string) (*os.File, error) {
+	if path == "" {
+		return nil, &APIError{Code: CodeInvalidEnv, Message: "netns is empty"}
+	}
+	f, err := podnet.OpenNetns(path)
+	if err != nil {
+		return nil, &APIError{Code: CodeInvalidEnv, Message: err.Error()}
+	}
+	return f, nil
 }
 
 // GC removes attachments not in valid.

@@ -6,24 +6,28 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
+	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/podnet"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-// AttachRequest is what the CNI plugin sends for ADD, DEL and CHECK.
+// AttachRequest is what the CNI plugin sends for ADD, DEL and CHECK. The pod's network
+// namespace itself comes as a descriptor on the request's connection (see fdpass).
 type AttachRequest struct {
-	ContainerID string            `json:"containerID"`
-	IfName      string            `json:"ifName"`
-	Netns       string            `json:"netns"`
-	Namespace   string            `json:"namespace,omitempty"`
-	Pod         string            `json:"pod,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	// Netns is the runtime's path of the pod's namespace, for display only: it is opened in the
+	// plugin's mount namespace, which need not be the agent's.
+	Netns     string            `json:"netns"`
+	Namespace string            `json:"namespace,omitempty"`
+	Pod       string            `json:"pod,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
 }
 
 // AttachResult is the answer to ADD.
@@ -54,25 +58,58 @@ type GCResult struct {
 
 func (r AttachRequest) owner() string { return r.ContainerID + "/" + r.IfName }
 
-func (r AttachRequest) check(needNetns bool) error {
+func (r AttachRequest) check() error {
 	switch {
 	case r.ContainerID == "":
 		return &APIError{Code: CodeInvalidEnv, Message: "container id is empty"}
 	case r.IfName == "":
 		return &APIError{Code: CodeInvalidEnv, Message: "interface name is empty"}
-	case needNetns && r.Netns == "":
-		return &APIError{Code: CodeInvalidEnv, Message: "netns is empty"}
+	}
+	return nil
+}
+
+// podNetns takes the pod's netns the plugin passed (the caller closes it); req.Netns is never opened.
+func podNetns(ctx context.Context, req AttachRequest) (netns.NsHandle, error) {
+	fd := fdpass.FDFrom(ctx)
+	if fd < 0 {
+		return netns.None(), &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: no namespace descriptor came with the request", req.Netns)}
+	}
+	if err := usablePodNetns(fd); err != nil {
+		unix.Close(fd)
+		return netns.None(), &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: %v", req.Netns, err)}
+	}
+	return netns.NsHandle(fd), nil
+}
+
+// usablePodNetns says why fd cannot be a pod's namespace: not a network namespace, or the node's.
+func usablePodNetns(fd int) error {
+	if err := podnet.CheckNetns(fd); err != nil {
+		return err
+	}
+	own, err := podnet.SameNetns(fd, "/proc/self/ns/net")
+	if err != nil {
+		return err
+	}
+	if own {
+		return errors.New("it is the node's own network namespace")
 	}
 	return nil
 }
 
 // cniAdd gives a pod its interface, address and endpoint; on any failure it undoes all of it.
 func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult, err error) {
-	if err := req.check(true); err != nil {
+	ns, err := podNetns(ctx, req)
+	if err != nil {
 		return res, err
 	}
-	if _, err := os.Stat(req.Netns); err != nil {
-		return res, &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: %v", req.Netns, err)}
+	defer ns.Close()
+	if err := req.check(); err != nil {
+		return res, err
+	}
+	// Where pods are made by an API server, their labels and ports come from it: wait for the
+	// Pod rather than guess.
+	if err := a.cluster.WaitPod(ctx, req.Namespace, req.Pod); err != nil {
+		return res, &APIError{Code: CodeTryAgainLater, Message: err.Error()}
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
@@ -92,7 +129,7 @@ func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult
 			a.cluster.DeleteEndpoint(ctx, a.node.Name, req.owner())
 		}
 	}()
-	plumbed, err := podnet.Plumb(pod, a.dp)
+	plumbed, err := podnet.PlumbNetns(pod, ns, a.dp)
 	if err != nil {
 		return res, err
 	}
@@ -113,9 +150,12 @@ func endpointID(ip netip.Addr, cidr netip.Prefix) uint32 {
 	return v(a) - v(c)
 }
 
-// cniDel removes a pod's attachment; whatever is already gone is fine.
+// cniDel removes a pod's attachment from the node's side; whatever is already gone is fine.
 func (a *Agent) cniDel(ctx context.Context, req AttachRequest) error {
-	if err := req.check(false); err != nil {
+	if fd := fdpass.FDFrom(ctx); fd >= 0 {
+		unix.Close(fd) // not needed: deleting the host veth takes the pod's end along
+	}
+	if err := req.check(); err != nil {
 		return err
 	}
 	a.cniMu.Lock()
@@ -144,7 +184,12 @@ func (a *Agent) leaseOf(ctx context.Context, owner string) (netip.Addr, bool, er
 
 // cniCheck verifies that the attachment is as ADD made it.
 func (a *Agent) cniCheck(ctx context.Context, req AttachRequest) error {
-	if err := req.check(true); err != nil {
+	ns, err := podNetns(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	if err := req.check(); err != nil {
 		return err
 	}
 	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, req.owner())
@@ -165,19 +210,14 @@ func (a *Agent) cniCheck(ctx context.Context, req AttachRequest) error {
 	if m.Ifindex != uint32(host.Attrs().Index) || m.MAC.String() != ep.MAC {
 		return fmt.Errorf("datapath entry for %s points at ifindex %d MAC %s, want %d %s", ep.IP, m.Ifindex, m.MAC, host.Attrs().Index, ep.MAC)
 	}
-	return checkPod(req.Netns, req.IfName, ep.IP, ep.MAC)
+	return checkPod(ns, req.IfName, ep.IP, ep.MAC)
 }
 
 // checkPod looks inside the pod: the interface, its /32, its MAC and the default route.
-func checkPod(path, ifName string, ip netip.Addr, mac string) error {
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", path, err)
-	}
-	defer ns.Close()
+func checkPod(ns netns.NsHandle, ifName string, ip netip.Addr, mac string) error {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
-		return err
+		return fmt.Errorf("netlink in pod netns: %w", err)
 	}
 	defer h.Close()
 	l, err := h.LinkByName(ifName)

@@ -34,13 +34,17 @@ type Config struct {
 	// NodeLeaseTTL > 0 makes the node's registration expire that long after the agent stops
 	// renewing it (etcd only). Zero keeps nodes until `ebpfnet node delete`.
 	NodeLeaseTTL string `json:"nodeLeaseTTL,omitempty"`
+	// IdentityGCGrace is how long an identity must go unused by every pod and node before it is
+	// deleted (default 5m).
+	IdentityGCGrace string `json:"identityGCGrace,omitempty"`
 }
 
 // StoreConfig says where desired state lives.
 type StoreConfig struct {
-	Type      string   `json:"type"`                // "local" or "etcd"
-	Path      string   `json:"path,omitempty"`      // local
-	Endpoints []string `json:"endpoints,omitempty"` // etcd
+	Type       string   `json:"type"`                 // "local", "etcd" or "kubernetes"
+	Path       string   `json:"path,omitempty"`       // local
+	Endpoints  []string `json:"endpoints,omitempty"`  // etcd
+	Kubeconfig string   `json:"kubeconfig,omitempty"` // kubernetes; empty: the in-cluster configuration
 }
 
 // Defaults for fields left empty.
@@ -49,6 +53,8 @@ const (
 	DefaultStorePath  = "/var/lib/ebpfnet/store.db"
 	DefaultVXLANPort  = 8472
 	DefaultPodCIDRLen = 24
+	// DefaultIdentityGCGrace is how long an unused identity is kept.
+	DefaultIdentityGCGrace = 5 * time.Minute
 )
 
 // ReadConfig reads a YAML or JSON config file strictly: unknown fields are errors.
@@ -73,6 +79,8 @@ type settled struct {
 	podCIDR  netip.Prefix
 	cluster  netip.Prefix
 	leaseTTL time.Duration
+	// identityGCGrace is IdentityGCGrace parsed.
+	identityGCGrace time.Duration
 }
 
 // validate fills defaults and checks every field, naming the one that is wrong.
@@ -128,8 +136,14 @@ func (c Config) validate() (*settled, error) {
 		if len(c.Store.Endpoints) == 0 {
 			return nil, errors.New("store.endpoints: etcd needs at least one endpoint")
 		}
+	case "kubernetes":
+		if c.Store.Kubeconfig != "" {
+			if _, err := os.Stat(c.Store.Kubeconfig); err != nil {
+				return nil, fmt.Errorf("store.kubeconfig: %w", err)
+			}
+		}
 	default:
-		return nil, fmt.Errorf("store.type: %q must be local or etcd", c.Store.Type)
+		return nil, fmt.Errorf("store.type: %q must be local, etcd or kubernetes", c.Store.Type)
 	}
 	if s.PinDir == "" {
 		s.PinDir = maps.DefaultPinDir
@@ -143,6 +157,12 @@ func (c Config) validate() (*settled, error) {
 		}
 		if s.Store.Type != "etcd" {
 			return nil, errors.New("nodeLeaseTTL: only an etcd store has leases")
+		}
+	}
+	s.identityGCGrace = DefaultIdentityGCGrace
+	if c.IdentityGCGrace != "" {
+		if s.identityGCGrace, err = time.ParseDuration(c.IdentityGCGrace); err != nil || s.identityGCGrace < time.Second {
+			return nil, fmt.Errorf("identityGCGrace: %q must be a duration of at least 1s", c.IdentityGCGrace)
 		}
 	}
 	return s, nil

@@ -17,12 +17,14 @@ import (
 // agentMetrics are the agent's own Prometheus metrics; datapath counters are read from the
 // per-CPU map at scrape time by datapathCollector.
 type agentMetrics struct {
-	reg            *prometheus.Registry
-	reconcile      prometheus.Histogram
-	policyDelay    prometheus.Histogram
-	ctGCRuns       prometheus.Counter
-	ctGCRemoved    prometheus.Counter
-	reconcileError prometheus.Counter
+	reg         *prometheus.Registry
+	reconcile   prometheus.Histogram
+	policyDelay prometheus.Histogram
+	ctGCRuns    prometheus.Counter
+	ctGCRemoved prometheus.Counter
+	// identitiesCollected counts identities deleted because no pod carried them any more.
+	identitiesCollected prometheus.Counter
+	reconcileError      prometheus.Counter
 }
 
 func newAgentMetrics(a *Agent) *agentMetrics {
@@ -34,7 +36,8 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.ctGCRuns = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_conntrack_gc_runs_total", Help: "Conntrack garbage collection runs."})
 	m.ctGCRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_conntrack_gc_removed_total", Help: "Expired conntrack entries removed."})
 	m.reconcileError = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_reconcile_errors_total", Help: "Reconciles that failed."})
-	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, &datapathCollector{a: a})
+	m.identitiesCollected = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_identities_collected_total", Help: "Identities deleted because no pod carried them for the grace period."})
+	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, m.identitiesCollected, &datapathCollector{a: a})
 	return m
 }
 

@@ -130,12 +130,17 @@ const ProgrammedTimeout = 30 * time.Second
 // waitProgrammed bumps the generation and waits until every registered node has programmed
 // it, or names the nodes that have not.
 func (a *Agent) waitProgrammed(ctx context.Context) error {
+	return a.waitProgrammedWithin(ctx, ProgrammedTimeout)
+}
+
+// waitProgrammedWithin is waitProgrammed with its own bound.
+func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration) error {
 	gen, err := a.cluster.BumpGeneration(ctx)
 	if err != nil {
 		return err
 	}
 	a.trigger()
-	deadline := time.Now().Add(ProgrammedTimeout)
+	deadline := time.Now().Add(timeout)
 	for {
 		nodes, err := a.cluster.Nodes(ctx)
 		if err != nil {
@@ -147,7 +152,7 @@ func (a *Agent) waitProgrammed(ctx context.Context) error {
 		}
 		var behind []string
 		for _, n := range nodes {
-			if st[n.Name] < gen {
+			if st[n.Name].Generation < gen {
 				behind = append(behind, n.Name)
 			}
 		}
@@ -156,7 +161,7 @@ func (a *Agent) waitProgrammed(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) {
 			sort.Strings(behind)
-			return fmt.Errorf("timed out after %s: nodes %s have not programmed the change", ProgrammedTimeout, strings.Join(behind, ", "))
+			return fmt.Errorf("timed out after %s: nodes %s have not programmed the change", timeout, strings.Join(behind, ", "))
 		}
 		select {
 		case <-ctx.Done():
@@ -189,6 +194,7 @@ type PolicySummary struct {
 }
 
 func (a *Agent) policyRoutes(mux *http.ServeMux) {
+	a.policyStatusRoutes(mux)
 	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
 		if err != nil {
@@ -272,7 +278,16 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		return struct{}{}, nil
 	}))
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
-		reply(w, struct{}{}, a.waitProgrammed(r.Context()))
+		timeout := ProgrammedTimeout
+		if t := r.URL.Query().Get("timeout"); t != "" {
+			d, err := time.ParseDuration(t)
+			if err != nil || d <= 0 {
+				reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("timeout %q is not a positive duration", t)})
+				return
+			}
+			timeout = d
+		}
+		reply(w, struct{}{}, a.waitProgrammedWithin(r.Context(), timeout))
 	})
 	mux.HandleFunc("POST /v1/explain", handle(func(ctx context.Context, req ExplainRequest) (policy.Explanation, error) {
 		in := a.lastInput.Load()

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -26,6 +28,17 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()
 	start := time.Now()
+	gen, err := a.cluster.Generation(ctx)
+	if err != nil {
+		return err
+	}
+	if gen > a.programmed.Load() {
+		// Someone waits for this node to program all that the store held when they asked:
+		// a store that reads from caches must catch up first.
+		if err := a.cluster.Sync(ctx); err != nil {
+			return err
+		}
+	}
 	nodes, err := a.cluster.Nodes(ctx)
 	if err != nil {
 		return err
@@ -33,10 +46,6 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	errs := []error{a.reconcileRoutes(nodes)}
 	if a.cfg.mode == maps.ModeNative {
 		errs = append(errs, a.reconcileKernelRoutes(nodes))
-	}
-	gen, err := a.cluster.Generation(ctx)
-	if err != nil {
-		return err
 	}
 	pol, err := a.compilePolicy(ctx, nodes)
 	if err != nil {
@@ -52,18 +61,41 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	if prev := a.programmed.Load(); gen > prev {
-		a.programmed.Store(gen)
-		// Generations are the change's wall-clock time: their age is the implementation delay
-		// (not for the first one after start, which may be old).
-		if prev != 0 {
-			a.metrics.policyDelay.Observe(time.Since(time.Unix(0, gen)).Seconds())
-		}
-		return a.cluster.PutStatus(ctx, a.node.Name, gen)
-	}
 	slog.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
 	a.metrics.reconcile.Observe(time.Since(start).Seconds())
-	return errors.Join(errs...)
+	return a.reportStatus(ctx, gen, pol)
+}
+
+// reportStatus publishes what this node now enforces when it differs from what it last said.
+func (a *Agent) reportStatus(ctx context.Context, gen int64, pol *policy.Output) error {
+	st := store.NodeStatus{Generation: max(gen, a.programmed.Load()), Policies: map[string]string{}}
+	if in := a.lastInput.Load(); in != nil {
+		for _, np := range in.Policies {
+			st.Policies[np.Namespace+"/"+np.Name] = store.PolicyVersion(np)
+		}
+	}
+	seen := map[uint32]bool{}
+	for _, id := range pol.Identities {
+		if !seen[id] {
+			seen[id] = true
+			st.Identities = append(st.Identities, id)
+		}
+	}
+	slices.Sort(st.Identities)
+	if prev := a.lastStatus.Load(); prev != nil && reflect.DeepEqual(*prev, st) {
+		return nil
+	}
+	if prev := a.programmed.Load(); gen > prev && prev != 0 {
+		// Generations are the change's wall-clock time: their age is the implementation delay
+		// (not for the first one after start, which may be old).
+		a.metrics.policyDelay.Observe(time.Since(time.Unix(0, gen)).Seconds())
+	}
+	if err := a.cluster.PutStatus(ctx, a.node.Name, st); err != nil {
+		return err
+	}
+	a.programmed.Store(st.Generation)
+	a.lastStatus.Store(&st)
+	return nil
 }
 
 func (a *Agent) reconcileRoutes(nodes []store.Node) error {

@@ -1,5 +1,5 @@
 // Package cni is the CNI plugin's logic: strict config parsing, the calls to the agent, and
-// results and errors as CNI 1.1.0 defines them.
+// results and errors with the spec's codes, in the cniVersion the configuration asks for.
 package cni
 
 import (
@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/ebpfnet/ebpfnet/agent"
 )
@@ -44,6 +45,10 @@ type k8sArgs struct {
 
 // Timeout bounds every call to the agent.
 const Timeout = 30 * time.Second
+
+// Versions are the CNI versions the plugin answers in; STATUS and GC exist from 1.1.0 on
+// (skel refuses them, and CHECK before 0.4.0, with code 1).
+var Versions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
 // parseConf decodes stdin: malformed JSON is a decoding failure (6), a field we do not know
 // or a missing value is an invalid configuration (7).
@@ -116,16 +121,23 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniError(err)
 	}
+	return types.PrintResult(result(args, res, conf.CNIVersion), conf.CNIVersion)
+}
+
+// result is ADD's answer in the current types; PrintResult converts it to version.
+func result(args *skel.CmdArgs, res agent.AttachResult, ver string) *types100.Result {
 	gw := net.IP(res.Gateway.AsSlice())
 	podIdx := 1
-	hostMAC, podMAC := res.HostMAC, res.MAC
-	result := &types100.Result{
+	pod := &types100.Interface{Name: args.IfName, Mac: res.MAC, Sandbox: args.Netns}
+	if newer, _ := version.GreaterThanOrEqualTo(ver, "1.1.0"); newer {
+		pod.Mtu = res.MTU // mtu is a 1.1.0 field; the converters would carry it into 1.0.0
+	}
+	return &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
-		Interfaces: []*types100.Interface{{Name: res.HostIf, Mac: hostMAC}, {Name: args.IfName, Mac: podMAC, Sandbox: args.Netns, Mtu: res.MTU}},
+		Interfaces: []*types100.Interface{{Name: res.HostIf, Mac: res.HostMAC}, pod},
 		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gateway: gw}},
 		Routes:     []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
 	}
-	return types.PrintResult(result, conf.CNIVersion)
 }
 
 // Del detaches the pod; what is already gone is not an error.

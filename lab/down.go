@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
@@ -24,6 +25,10 @@ func Down(name string) error {
 		return err
 	}
 	var errs []error
+	if st.Kubernetes {
+		// Kubelets and containerds first: they own the pods' sandboxes and namespaces.
+		errs = append(errs, kube.Teardown(KubeDir(name)))
+	}
 	for _, p := range st.Pods {
 		stop(p.ServerPID, name)
 	}

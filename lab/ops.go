@@ -39,6 +39,9 @@ func (s *State) StartAgent(ctx context.Context, node string, opts Options) error
 // AddNode joins a new node to a running lab: namespace, underlay, agent. The other nodes
 // learn of it through the store.
 func (s *State) AddNode(ctx context.Context, spec NodeSpec, opts Options) (*Node, error) {
+	if s.Kubernetes {
+		return nil, fmt.Errorf("lab %s runs Kubernetes: nodes cannot be added to it yet", s.Name)
+	}
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}
@@ -65,6 +68,9 @@ func (s *State) AddNode(ctx context.Context, spec NodeSpec, opts Options) (*Node
 
 // AddPod adds a pod to a running lab through the CNI plugin and starts its server.
 func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, error) {
+	if s.Kubernetes {
+		return nil, fmt.Errorf("lab %s runs Kubernetes: create pods with `ebpfnet lab kubectl --name %s -- apply -f POD.yaml`", s.Name, s.Name)
+	}
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}

@@ -17,12 +17,14 @@ import (
 
 // Spec is a lab file: the format of ../shared/netpol's `lab:` blocks.
 type Spec struct {
-	Mode        string      `json:"mode"`
-	ClusterCIDR string      `json:"clusterCIDR,omitempty"`
-	VXLANPort   int         `json:"vxlanPort,omitempty"`
-	Nodes       []NodeSpec  `json:"nodes"`
-	Namespaces  []Namespace `json:"namespaces"`
-	Pods        []PodSpec   `json:"pods"`
+	Mode        string `json:"mode"`
+	ClusterCIDR string `json:"clusterCIDR,omitempty"`
+	VXLANPort   int    `json:"vxlanPort,omitempty"`
+	// Kubernetes makes a real Kubernetes of the lab: pods become Pod objects run by kubelet.
+	Kubernetes bool        `json:"kubernetes,omitempty"`
+	Nodes      []NodeSpec  `json:"nodes"`
+	Namespaces []Namespace `json:"namespaces"`
+	Pods       []PodSpec   `json:"pods"`
 }
 
 // NodeSpec declares a node.

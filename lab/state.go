@@ -28,16 +28,18 @@ func CheckName(name string) error {
 
 // State is a lab as made: written before anything is created, so `down` can always undo it.
 type State struct {
-	Name        string      `json:"name"`
-	Mode        string      `json:"mode"`
-	ClusterCIDR string      `json:"clusterCIDR"`
-	VXLANPort   int         `json:"vxlanPort"`
-	Underlay    string      `json:"underlayNetns"`
-	EtcdURL     string      `json:"etcdURL"`
-	EtcdPID     int         `json:"etcdPID,omitempty"`
-	Nodes       []Node      `json:"nodes"`
-	Namespaces  []Namespace `json:"namespaces"`
-	Pods        []Pod       `json:"pods"`
+	Name        string `json:"name"`
+	Mode        string `json:"mode"`
+	ClusterCIDR string `json:"clusterCIDR"`
+	VXLANPort   int    `json:"vxlanPort"`
+	Underlay    string `json:"underlayNetns"`
+	EtcdURL     string `json:"etcdURL"`
+	EtcdPID     int    `json:"etcdPID,omitempty"`
+	// Kubernetes says the lab runs a real Kubernetes: API server, kubelets, containerd.
+	Kubernetes bool        `json:"kubernetes,omitempty"`
+	Nodes      []Node      `json:"nodes"`
+	Namespaces []Namespace `json:"namespaces"`
+	Pods       []Pod       `json:"pods"`
 }
 
 // Node is a node as made.

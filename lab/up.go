@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
@@ -85,6 +86,11 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	if err := b.underlay(ctx); err != nil {
 		return nil, err
 	}
+	if st.Kubernetes {
+		if err := b.kubeControlPlane(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for i := range st.Nodes {
 		if err := b.node(ctx, &st.Nodes[i]); err != nil {
 			return nil, fmt.Errorf("node %s: %w", st.Nodes[i].Name, err)
@@ -92,6 +98,15 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	}
 	if err := b.converged(ctx); err != nil {
 		return nil, err
+	}
+	if st.Kubernetes {
+		if err := b.kubePods(ctx); err != nil {
+			return nil, err
+		}
+		if err := st.Client().Sync(ctx); err != nil {
+			return nil, fmt.Errorf("program the lab on every node: %w", err)
+		}
+		return st, st.save()
 	}
 	if err := st.declare(ctx, st.Pods); err != nil {
 		return nil, err
@@ -119,8 +134,10 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 
 // builder carries what making one lab needs across its steps.
 type builder struct {
-	st   *State
-	opts Options
+	st     *State
+	opts   Options
+	cp     *kube.ControlPlane // a kubernetes lab's control plane
+	images []string           // a kubernetes lab's image archives
 }
 
 // inNetns runs fn with a netlink handle (and the thread) inside the namespace at path.
@@ -183,14 +200,22 @@ func (b *builder) node(ctx context.Context, n *Node) error {
 	if err := b.plugIntoUnderlay(n); err != nil {
 		return err
 	}
+	if b.st.Kubernetes {
+		return b.kubeNode(ctx, n)
+	}
+	return b.startNodeAgent(ctx, n, agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}})
+}
+
+// startNodeAgent writes the node's agent config, with its store, and starts the agent.
+func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreConfig) error {
 	dir := filepath.Dir(n.Socket)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
 		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
-		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(),
-		Store:          agent.StoreConfig{Type: "etcd", Endpoints: []string{b.st.EtcdURL}}}
+		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
+		IdentityGCGrace: IdentityGCGrace.String()}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err
@@ -201,6 +226,10 @@ func (b *builder) node(ctx context.Context, n *Node) error {
 	}
 	return b.startAgent(ctx, n, cfgFile)
 }
+
+// IdentityGCGrace is how long the lab's agents keep an identity no pod uses: short, so that a
+// lab shows its collection.
+const IdentityGCGrace = 10 * time.Second
 
 // startAgent runs the node's agent and waits until it answers ready; it records the pod CIDR
 // the agent got from the store.

@@ -30,7 +30,7 @@ var GatewayIP = netip.MustParseAddr("169.254.1.1")
 type Pod struct {
 	// NodeNetns is the node's network namespace path; empty means the caller's.
 	NodeNetns string
-	// Netns is the pod's network namespace path.
+	// Netns is the pod's network namespace path; PlumbNetns only names it in messages.
 	Netns string
 	// ContainerID and IfName name the attachment; the host-side veth name derives from them.
 	ContainerID string
@@ -83,12 +83,10 @@ type handles struct {
 	closeNodeFunc func()
 }
 
-func open(p Pod) (*handles, error) {
-	podNs, err := netns.GetFromPath(p.Netns)
-	if err != nil {
-		return nil, fmt.Errorf("pod netns %s: %w", p.Netns, err)
-	}
+// open opens netlink in the node's namespace and in podNs, which it takes over.
+func open(p Pod, podNs netns.NsHandle) (*handles, error) {
 	h := &handles{podNs: podNs}
+	var err error
 	if h.pod, err = netlink.NewHandleAt(podNs); err != nil {
 		podNs.Close()
 		return nil, fmt.Errorf("netlink in pod netns: %w", err)
@@ -113,6 +111,43 @@ func open(p Pod) (*handles, error) {
 	return h, nil
 }
 
+// OpenNetns opens the network namespace at path, refusing anything else (an unmounted bind target).
+func OpenNetns(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	if err := CheckNetns(int(f.Fd())); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// CheckNetns says why fd is not a network namespace, or nil when it is one.
+func CheckNetns(fd int) error {
+	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	switch {
+	case err != nil:
+		return fmt.Errorf("not a namespace: %w", err)
+	case typ != unix.CLONE_NEWNET:
+		return errors.New("not a network namespace")
+	}
+	return nil
+}
+
+// SameNetns says whether fd is the network namespace at path.
+func SameNetns(fd int, path string) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Stat(path, &b); err != nil {
+		return false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if err := unix.Fstat(fd, &a); err != nil {
+		return false, fmt.Errorf("stat netns: %w", err)
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
 func (h *handles) close() {
 	if h.node != nil {
 		h.node.Close()
@@ -125,11 +160,31 @@ func (h *handles) close() {
 
 // Plumb connects the pod to the node and registers it with the datapath dp. With a nil dp it
 // plumbs the kernel path only (the benchmark's no-BPF baseline).
-func Plumb(p Pod, dp *loader.Datapath) (res Result, err error) {
+func Plumb(p Pod, dp *loader.Datapath) (Result, error) {
 	if err := p.validate(); err != nil {
 		return Result{}, err
 	}
-	h, err := open(p)
+	ns, err := netns.GetFromPath(p.Netns)
+	if err != nil {
+		return Result{}, fmt.Errorf("pod netns %s: %w", p.Netns, err)
+	}
+	defer ns.Close()
+	return PlumbNetns(p, ns, dp)
+}
+
+// PlumbNetns is Plumb into the open namespace ns, which the caller keeps; p.Netns only names it.
+func PlumbNetns(p Pod, ns netns.NsHandle, dp *loader.Datapath) (res Result, err error) {
+	if err := p.validate(); err != nil {
+		return Result{}, err
+	}
+	if err := CheckNetns(int(ns)); err != nil {
+		return Result{}, fmt.Errorf("pod netns %s: %w", p.Netns, err)
+	}
+	dup, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return Result{}, fmt.Errorf("pod netns %s: %w", p.Netns, err)
+	}
+	h, err := open(p, netns.NsHandle(dup))
 	if err != nil {
 		return Result{}, err
 	}
@@ -149,7 +204,7 @@ func Plumb(p Pod, dp *loader.Datapath) (res Result, err error) {
 	}
 	res = Result{HostIf: hostIf, HostIfindex: host.Attrs().Index, HostMAC: host.Attrs().HardwareAddr,
 		PodMAC: podLink.Attrs().HardwareAddr}
-	if err := configurePod(h.pod, p, podLink, res.HostMAC); err != nil {
+	if err := configurePod(h, p, podLink, res.HostMAC); err != nil {
 		return Result{}, err
 	}
 	if err := configureNode(h.node, p, host, res.PodMAC); err != nil {
@@ -206,10 +261,11 @@ func ensureVeth(h *handles, hostIf string, p Pod) (netlink.Link, netlink.Link, b
 	return host, podLink, made, nil
 }
 
-func configurePod(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := namespace.Do(p.Netns, func() error { return disableIPv6(p.IfName) }); err != nil {
+func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
+	if err := namespace.DoHandle(h.podNs, func() error { return disableIPv6(p.IfName) }); err != nil {
 		return err
 	}
+	nl := h.pod
 	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IP)}); err != nil {
 		return fmt.Errorf("add %s to pod: %w", p.IP, err)
 	}
@@ -263,7 +319,8 @@ func disableIPv6(ifname string) error {
 }
 
 // Unplumb removes what Plumb made: endpoint entry, hooks, veth (and with it the routes).
-// Parts already gone are not an error; a pod netns that no longer exists is fine too.
+// It works from the node's side only and never opens the pod's namespace, which may be gone
+// or invisible from here. Parts already gone are not an error.
 func Unplumb(p Pod, dp *loader.Datapath) error {
 	if p.IfName == "" {
 		p.IfName = "eth0"

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Installs the Debian packages ebpfnet's build, tests and benchmarks need, only those missing.
+# Installs the Debian packages ebpfnet's build, tests and benchmarks need, only those missing, then
+# builds the Kubernetes binaries the kubernetes lab runs (scripts/build-k8s.sh), only if missing.
 # Idempotent: on a machine that has them all it returns in well under a second.
 set -euo pipefail
 
 packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev linux-libc-dev bpftool
 	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps prometheus
+	containerd runc
 )
 
+# One dpkg-query for all of them: this runs before every make target.
+declare -A installed=()
+while read -r p; do
+	installed[$p]=1
+done < <(dpkg-query -W -f='${Package} ${Status}\n' "${packages[@]}" 2>/dev/null | awk '/ ok installed$/ {print $1}')
 missing=()
 for p in "${packages[@]}"; do
-	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
-		missing+=("$p")
-	fi
+	[[ -n ${installed[$p]:-} ]] || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
-	exit 0
+	exec "$(dirname "$0")/build-k8s.sh"
 fi
 if [[ $EUID -ne 0 ]]; then
 	echo "install-deps: missing ${missing[*]}; run as root to install them" >&2
@@ -25,3 +30,6 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The kubernetes lab runs Kubernetes built from source, cached outside the repository.
+exec "$(dirname "$0")/build-k8s.sh"

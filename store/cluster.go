@@ -78,6 +78,16 @@ func (c *Cluster) DeleteNode(ctx context.Context, name string) error {
 	return c.KV.Delete(ctx, nodeKey(name))
 }
 
+// Node returns one registered node, if there is one of that name.
+func (c *Cluster) Node(ctx context.Context, name string) (Node, bool, error) {
+	v, ok, err := c.KV.Get(ctx, nodeKey(name))
+	if err != nil || !ok {
+		return Node{}, false, err
+	}
+	var n Node
+	return n, true, json.Unmarshal(v, &n)
+}
+
 // Nodes lists the registered nodes by name.
 func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
 	kvs, err := c.KV.List(ctx, NodesPrefix)

@@ -193,23 +193,87 @@ func (c *Cluster) Generation(ctx context.Context) (int64, error) {
 	return strconv.ParseInt(string(v), 10, 64)
 }
 
-// PutStatus records the generation node has programmed.
-func (c *Cluster) PutStatus(ctx context.Context, node string, gen int64) error {
-	return c.KV.Put(ctx, StatusPrefix+node, []byte(strconv.FormatInt(gen, 10)), 0)
+// NodeStatus is what a node reports it has programmed.
+type NodeStatus struct {
+	// Generation is the newest generation the node programmed everything up to.
+	Generation int64 `json:"generation"`
+	// Policies is the version (PolicyVersion) of each policy the node enforces, by ns/name.
+	Policies map[string]string `json:"policies,omitempty"`
+	// Identities are the identities the node's endpoints carry, which must not be collected.
+	Identities []uint32 `json:"identities,omitempty"`
 }
 
-// Statuses returns node -> programmed generation.
-func (c *Cluster) Statuses(ctx context.Context) (map[string]int64, error) {
+// PolicyVersion names a policy's content: two nodes enforcing the same version enforce the same rules.
+func PolicyVersion(np *networkingv1.NetworkPolicy) string {
+	b, _ := json.Marshal(np.Spec)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// PutStatus records what node has programmed.
+func (c *Cluster) PutStatus(ctx context.Context, node string, st NodeStatus) error {
+	return put(ctx, c.KV, StatusPrefix+node, st, 0)
+}
+
+// Statuses returns node -> what it has programmed.
+func (c *Cluster) Statuses(ctx context.Context) (map[string]NodeStatus, error) {
 	kvs, err := c.KV.List(ctx, StatusPrefix)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]int64{}
+	out := map[string]NodeStatus{}
 	for k, v := range kvs {
-		g, _ := strconv.ParseInt(string(v), 10, 64)
-		out[strings.TrimPrefix(k, StatusPrefix)] = g
+		var st NodeStatus
+		if g, err := strconv.ParseInt(string(v), 10, 64); err == nil {
+			st.Generation = g // written by an agent from before statuses were objects
+		} else if err := json.Unmarshal(v, &st); err != nil {
+			return nil, fmt.Errorf("status %s: %w", k, err)
+		}
+		out[strings.TrimPrefix(k, StatusPrefix)] = st
 	}
 	return out, nil
+}
+
+// DeleteIdentity forgets an identity no pod carries any more.
+func (c *Cluster) DeleteIdentity(ctx context.Context, id uint32, labelKey string) error {
+	sum := sha256.Sum256([]byte(labelKey))
+	if err := c.KV.Delete(ctx, identitiesPrefix+hex.EncodeToString(sum[:16])); err != nil {
+		return err
+	}
+	return c.KV.Delete(ctx, identityIDs+strconv.FormatUint(uint64(id), 10))
+}
+
+// Syncer is a KV whose reads come from caches: Sync returns once they hold at least what the
+// source of truth held when it was called.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// Sync makes later reads at least as fresh as the store was now (a no-op for stores that
+// read the source of truth).
+func (c *Cluster) Sync(ctx context.Context) error {
+	if s, ok := c.KV.(Syncer); ok {
+		return s.Sync(ctx)
+	}
+	return nil
+}
+
+// podWaiter is a KV whose pods are made elsewhere (by the API server), so a CNI ADD may arrive
+// before the store has seen its pod.
+type podWaiter interface {
+	WaitPod(ctx context.Context, ns, name string, timeout time.Duration) error
+}
+
+// PodWaitTimeout bounds how long a CNI ADD waits for its pod to reach the store.
+const PodWaitTimeout = 10 * time.Second
+
+// WaitPod returns once the store knows pod ns/name, where pods come from outside ebpfnet;
+// elsewhere at once.
+func (c *Cluster) WaitPod(ctx context.Context, ns, name string) error {
+	if w, ok := c.KV.(podWaiter); ok && ns != "" && name != "" {
+		return w.WaitPod(ctx, ns, name, PodWaitTimeout)
+	}
+	return nil
 }
 
 // PrefilterPrefix holds the CIDRs every node's XDP prefilter drops.

@@ -21,12 +21,15 @@ func TestMain(m *testing.M) {
 	// cnitool comes from the module proxy, pinned in go.mod as a tool.
 	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/ebpfnet", "../cmd/ebpfnet-cni",
 		"github.com/containernetworking/cni/cnitool")
+	// Static, so that the lab's container images can hold the same binary.
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build ebpfnet:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
+	stopAPIServer()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -1,5 +1,6 @@
-// Command ebpfnet-cni is the CNI plugin (spec 1.1.0): it asks the node's ebpfnet agent, over its
-// root-only unix socket, to attach and detach pods, and reports results and errors in CNI form.
+// Command ebpfnet-cni is the CNI plugin: it asks the node's ebpfnet agent, over its root-only
+// unix socket, to attach and detach pods, passing the pod's network namespace as a descriptor,
+// and answers in the configuration's cniVersion (0.3.1, 0.4.0, 1.0.0 or 1.1.0).
 package main
 
 import (
@@ -11,5 +12,5 @@ import (
 
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cni.Add, Del: cni.Del, Check: cni.Check, Status: cni.Status, GC: cni.GC},
-		version.PluginSupports("0.4.0", "1.0.0", "1.1.0"), "ebpfnet CNI plugin")
+		version.PluginSupports(cni.Versions...), "ebpfnet CNI plugin")
 }

@@ -15,15 +15,16 @@ func newLabCmd(g *globals) *cobra.Command {
 	var name string
 	cmd := &cobra.Command{Use: "lab", Short: "a cluster of nodes and pods made of network namespaces"}
 	cmd.PersistentFlags().StringVar(&name, "name", "lab", "which lab")
-	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabNodesCmd(g, &name),
+	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabKubeconfigCmd(&name), newLabKubectlCmd(&name), newLabNodesCmd(g, &name),
 		newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabLabelCmd(&name), newLabServeCmd())
 	return cmd
 }
 
 func newLabUpCmd(g *globals, name *string) *cobra.Command {
 	var file string
+	var kubernetes bool
 	cmd := &cobra.Command{
-		Use:   "up -f LAB.yaml",
+		Use:   "up -f LAB.yaml [--kubernetes]",
 		Short: "build the lab and return when every pod serves its ports",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -37,6 +38,7 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			spec.Kubernetes = spec.Kubernetes || kubernetes
 			st, err := lab.Up(cmd.Context(), *name, spec, lab.Options{})
 			if err != nil {
 				return err
@@ -51,6 +53,7 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "lab file (or a NetworkPolicy case file with a lab: block)")
+	cmd.Flags().BoolVar(&kubernetes, "kubernetes", false, "run a real Kubernetes (as kubernetes: true in the file)")
 	return cmd
 }
 

@@ -104,7 +104,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "networkpolicy %s deleted\n", args[0])
 			return nil
 		},
-	}, newExplainCmd(g, t), newPolicyGetCmd(g, t), &cobra.Command{
+	}, newExplainCmd(g, t), newPolicyGetCmd(g, t), newPolicyStatusCmd(g, t), newPolicyWaitCmd(t), &cobra.Command{
 		Use:   "list",
 		Short: "list policies and the pods they select",
 		Args:  cobra.NoArgs,

@@ -1,0 +1,86 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	types040 "github.com/containernetworking/cni/pkg/types/040"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+)
+
+// ADD's result is given in every supported version, in that version's shape.
+func TestResultInEachVersion(t *testing.T) {
+	args := &skel.CmdArgs{IfName: "eth0", Netns: "/run/netns/p"}
+	res := agent.AttachResult{IP: netip.MustParseAddr("10.244.0.2"), Gateway: netip.MustParseAddr("169.254.1.1"),
+		MAC: "02:00:00:00:00:02", HostIf: "eb0123456789ab", HostMAC: "02:00:00:00:00:01", MTU: 1450}
+	for _, v := range Versions {
+		t.Run(v, func(t *testing.T) {
+			conv, err := result(args, res, v).GetAsVersion(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := json.Marshal(conv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw struct {
+				CNIVersion string `json:"cniVersion"`
+				Interfaces []map[string]any
+				IPs        []map[string]any
+			}
+			if err := json.Unmarshal(data, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if raw.CNIVersion != v || len(raw.Interfaces) != 2 || len(raw.IPs) != 1 {
+				t.Fatalf("%s", data)
+			}
+			_, hasVersion := raw.IPs[0]["version"]
+			_, hasMTU := raw.Interfaces[1]["mtu"]
+			old, _ := version.GreaterThanOrEqualTo("0.4.0", v)
+			if hasVersion != old || hasMTU != (v == "1.1.0") {
+				t.Fatalf("ips[].version present %v, interfaces[].mtu present %v in %s", hasVersion, hasMTU, data)
+			}
+			if old {
+				var r types040.Result
+				if err := json.Unmarshal(data, &r); err != nil || r.IPs[0].Version != "4" || *r.IPs[0].Interface != 1 {
+					t.Fatalf("not a %s result: %s (%v)", v, data, err)
+				}
+				return
+			}
+			r, err := types100.NewResult(data)
+			if err != nil || r.(*types100.Result).IPs[0].Address.IP.String() != "10.244.0.2" {
+				t.Fatalf("not a %s result: %s (%v)", v, data, err)
+			}
+		})
+	}
+}
+
+// Malformed configuration is code 6, an unknown field or no cniVersion code 7.
+func TestParseConf(t *testing.T) {
+	cases := []struct {
+		in   string
+		code uint
+	}{
+		{`{"cniVersion": "1.0.0", "name": `, 6},
+		{`{"cniVersion": "1.0.0", "name": "n", "type": "ebpfnet-cni", "mtu": 9000}`, 7},
+		{`{"name": "n", "type": "ebpfnet-cni"}`, 7},
+	}
+	for _, c := range cases {
+		_, err := parseConf([]byte(c.in))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != c.code {
+			t.Errorf("%s: got %v, want code %d", c.in, err, c.code)
+		}
+	}
+	conf, err := parseConf([]byte(`{"cniVersion": "0.3.1", "name": "n", "type": "ebpfnet-cni"}`))
+	if err != nil || conf.Socket != agent.DefaultSocket {
+		t.Fatalf("got %+v, %v", conf, err)
+	}
+}

@@ -1,0 +1,104 @@
+package kube
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// spawn starts a long-lived process in the network namespace netns ("" = this one), in its own
+// session so it outlives the caller, logging to dir/<name>.log and recording its pid in
+// dir/<name>.pid. nsenter switches only the network namespace: `ip netns exec` would remount
+// /sys, and kubelet would then find no cgroups.
+func spawn(netns, dir, name string, env []string, exe string, args ...string) (*proc, error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	if netns != "" {
+		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", exe}, args...)...)
+	}
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, log: logf.Name(), done: make(chan struct{})}
+	go func() {
+		cmd.Wait() // reaps it if it dies while this process still runs
+		close(p.done)
+	}()
+	if err := os.WriteFile(filepath.Join(dir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		return p, fmt.Errorf("record pid of %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// proc is a process spawn started.
+type proc struct {
+	name string
+	log  string
+	done chan struct{} // closed once it has exited
+}
+
+// alive fails, quoting the end of its log, when the process has exited.
+func (p *proc) alive() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited: %s", p.name, logTail(p.log, 5))
+	default:
+		return nil
+	}
+}
+
+// ownedBy reports whether pid is a live (not zombie) process whose command line names a path
+// under dir: a recycled pid is then never mistaken for one of ours.
+func ownedBy(pid int, dir string) bool {
+	proc := filepath.Join("/proc", strconv.Itoa(pid))
+	cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
+	if err != nil {
+		return false
+	}
+	if stat, err := os.ReadFile(filepath.Join(proc, "stat")); err == nil && bytes.Contains(stat, []byte(") Z ")) {
+		return false
+	}
+	return bytes.Contains(cmdline, []byte(filepath.Clean(dir)+"/"))
+}
+
+// processesUnder lists the live processes, other than this one, whose command line names a path
+// under dir: the components, and containerd's shims (their -address is under dir).
+func processesUnder(dir string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if ownedBy(pid, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// logTail returns the last n lines of a log file, joined by " | ".
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no log: " + err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ") + " (see " + path + ")"
+}

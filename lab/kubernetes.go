@@ -1,0 +1,221 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// ServiceCIDR is the kubernetes lab's Service range.
+const ServiceCIDR = "10.96.0.0/16"
+
+// KubeDir is where a kubernetes lab keeps its control plane and nodes.
+func KubeDir(lab string) string { return filepath.Join(Dir(lab), "kube") }
+
+func (s *State) controlPlaneDir() string { return filepath.Join(KubeDir(s.Name), "control-plane") }
+func (s *State) kubeNodeDir(node string) string {
+	return filepath.Join(KubeDir(s.Name), "nodes", node)
+}
+
+// ControlPlane describes the lab's running control plane.
+func (s *State) ControlPlane() (*kube.ControlPlane, error) {
+	if !s.Kubernetes {
+		return nil, fmt.Errorf("lab %s is not a kubernetes lab (kubernetes: true in its file, or lab up --kubernetes)", s.Name)
+	}
+	return kube.LoadControlPlane(s.controlPlaneDir(), s.Underlay)
+}
+
+// Kubectl is kubectl against the lab's API server, run from the lab's underlay.
+func (s *State) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	cp, err := s.ControlPlane()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cp.Kubectl(ctx, args...)
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return out, nil
+}
+
+// kubeControlPlane starts the API server, controller manager and scheduler on the underlay,
+// storing in the lab's etcd, and builds the images every node imports.
+func (b *builder) kubeControlPlane(ctx context.Context) error {
+	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{Dir: b.st.controlPlaneDir(), Netns: b.st.Underlay,
+		EtcdURL: b.st.EtcdURL, AdvertiseIP: etcdIP, ServiceCIDR: ServiceCIDR, ClusterCIDR: b.st.ClusterCIDR})
+	if err != nil {
+		return fmt.Errorf("kubernetes control plane: %w", err)
+	}
+	b.cp = cp
+	b.images, err = kube.BuildImages(filepath.Join(KubeDir(b.st.Name), "images"), b.opts.Exe)
+	return err
+}
+
+// kubeNode runs the node's containerd and kubelet, with ebpfnet as their CNI plugin, and then
+// its agent with the Kubernetes API as its store.
+func (b *builder) kubeNode(ctx context.Context, n *Node) error {
+	dir := b.st.kubeNodeDir(n.Name)
+	binDir, confDir := filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf")
+	for _, d := range []string{binDir, confDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	for _, p := range []struct{ src, name string }{{b.opts.CNIPlugin, "ebpfnet-cni"}, {filepath.Join(kube.CNIPluginsDir(), "loopback"), "loopback"}} {
+		if err := os.Symlink(p.src, filepath.Join(binDir, p.name)); err != nil && !os.IsExist(err) {
+			return err
+		}
+	}
+	// containerd 1.6 takes results up to CNI 1.0.0.
+	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "ebpfnet", "plugins": [{"type": "ebpfnet-cni", "socket": %q}]}`, n.Socket)
+	if err := os.WriteFile(filepath.Join(confDir, "10-ebpfnet.conflist"), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	if _, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: dir, Netns: n.Netns, IP: n.IP,
+		CNIBinDir: binDir, CNIConfDir: confDir, Images: b.images}); err != nil {
+		return fmt.Errorf("kubelet and containerd: %w", err)
+	}
+	return b.startNodeAgent(ctx, n, agent.StoreConfig{Type: "kubernetes", Kubeconfig: b.cp.Kubeconfig})
+}
+
+// labPod is the Pod object of a lab pod: the echo server on its ports, or a pause container.
+func labPod(p Pod) map[string]any {
+	c := map[string]any{"name": "pause", "image": kube.PauseImage, "imagePullPolicy": "Never"}
+	if len(p.Ports) > 0 {
+		var ports, spec []string
+		var cports []map[string]any
+		for _, pt := range p.Ports {
+			spec = append(spec, fmt.Sprintf("%d/%s", pt.Port, pt.Protocol))
+			cp := map[string]any{"containerPort": pt.Port, "protocol": pt.Protocol}
+			if pt.Name != "" {
+				cp["name"] = pt.Name
+			}
+			cports = append(cports, cp)
+			ports = append(ports, pt.Name)
+		}
+		c = map[string]any{"name": "serve", "image": kube.EchoImage, "imagePullPolicy": "Never",
+			"command": []string{"/ebpfnet", "lab", "serve", "--ports", strings.Join(spec, ","), "--ready", "/tmp/ready"},
+			"ports":   cports}
+	}
+	return map[string]any{"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": p.Name, "namespace": p.Namespace, "labels": p.Labels},
+		"spec": map[string]any{"nodeName": p.Node, "terminationGracePeriodSeconds": 0, "enableServiceLinks": false,
+			"automountServiceAccountToken": false, "containers": []any{c}}}
+}
+
+// kubePods creates the lab's namespaces and Pod objects, and waits until kubelet has started
+// every pod through containerd and ebpfnet's CNI plugin and each one serves its ports.
+func (b *builder) kubePods(ctx context.Context) error {
+	var docs []string
+	for _, ns := range b.st.Namespaces {
+		l := copyLabels(ns.Labels)
+		l["kubernetes.io/metadata.name"] = ns.Name
+		d, _ := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns.Name, "labels": l}})
+		docs = append(docs, string(d))
+	}
+	for _, p := range b.st.Pods {
+		d, _ := yaml.Marshal(labPod(p))
+		docs = append(docs, string(d))
+	}
+	if len(docs) == 0 {
+		return nil
+	}
+	cmd := b.cp.KubectlCommand(ctx, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(docs, "---\n"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("create pods: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return b.st.waitKubePods(ctx, b.st.Pods, 3*time.Minute)
+}
+
+// waitKubePods waits until each pod runs with its address, records its address and network
+// namespace (from its node's agent), and waits until it answers on its ports.
+func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Duration) error {
+	want := map[string]bool{}
+	for _, p := range pods {
+		want[p.Key()] = true
+	}
+	found := map[string]store.Endpoint{}
+	err := waitFor(ctx, timeout, "pods to run", func() (bool, string) {
+		for _, n := range s.Nodes {
+			var eps []store.Endpoint
+			if err := agent.NewClient(n.Socket).Get(ctx, "/v1/endpoints?node="+n.Name, &eps); err != nil {
+				return false, err.Error()
+			}
+			for _, e := range eps {
+				if want[e.Namespace+"/"+e.Pod] {
+					found[e.Namespace+"/"+e.Pod] = e
+				}
+			}
+		}
+		if len(found) < len(want) {
+			return false, fmt.Sprintf("%d of %d pods attached; %s", len(found), len(want), s.podPhases(ctx))
+		}
+		return true, ""
+	})
+	if err != nil {
+		return err
+	}
+	for i := range s.Pods {
+		if e, ok := found[s.Pods[i].Key()]; ok {
+			s.Pods[i].IP, s.Pods[i].Netns, s.Pods[i].ContainerID, s.Pods[i].EndpointID = e.IP, e.Netns, e.ContainerID, e.ID
+		}
+	}
+	if err := s.save(); err != nil {
+		return err
+	}
+	for _, p := range pods {
+		p, _ := s.Pod(p.Key())
+		node, err := s.Node(p.Node)
+		if err != nil {
+			return err
+		}
+		for _, pt := range p.Ports {
+			err := waitFor(ctx, timeout, fmt.Sprintf("%s to serve %d/%s", p.Key(), pt.Port, pt.Protocol), func() (bool, string) {
+				err := probe(node.Netns, netip.AddrPortFrom(p.IP, uint16(pt.Port)), pt.Protocol)
+				return err == nil, fmt.Sprint(err)
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// podPhases summarises the lab's pods as the API server sees them, for timeout messages.
+func (s *State) podPhases(ctx context.Context) string {
+	out, err := s.Kubectl(ctx, "get", "pods", "-A", "-o", "json")
+	if err != nil {
+		return err.Error()
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct{ Namespace, Name string }
+			Status   struct {
+				Phase      string
+				Conditions []struct{ Type, Status, Message string }
+			}
+		}
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, it := range list.Items {
+		parts = append(parts, it.Metadata.Namespace+"/"+it.Metadata.Name+"="+it.Status.Phase)
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,312 @@
+package kubestore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// Annotations the agent writes on its Node.
+const (
+	// UnderlayIPAnnotation is the address other nodes tunnel or route to (the node's InternalIP
+	// when absent).
+	UnderlayIPAnnotation = "ebpfnet.io/underlay-ip"
+	// PodCIDRAnnotation is the pod CIDR ebpfnet claimed for the node when spec.podCIDR was unset.
+	PodCIDRAnnotation = "ebpfnet.io/pod-cidr"
+)
+
+var listOne = metav1.ListOptions{Limit: 1}
+
+// stripManaged drops managed fields from cached objects: nobody here reads them.
+func stripManaged(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// newClasses builds one class per kind of key, the records last (they take what is left).
+func (k *KV) newClasses(ctx context.Context) []*class {
+	f := informers.NewSharedInformerFactoryWithOptions(k.core, 0, informers.WithTransform(stripManaged))
+	classes := []*class{k.nodeClass(f), k.podClass(f), k.namespaceClass(f), k.policyClass(f)}
+	classes = append(classes, k.identityClass(), k.recordClass())
+	for _, c := range classes {
+		c.informer.AddEventHandler(k.handler(c))
+	}
+	_ = ctx
+	return classes
+}
+
+func (k *KV) nodeClass(f informers.SharedInformerFactory) *class {
+	inf := f.Core().V1().Nodes().Informer()
+	c := &class{prefix: store.NodesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return k.core.CoreV1().Nodes().List(ctx, o)
+	}}
+	c.encode = func(obj any) (string, []byte, bool) {
+		n, ok := obj.(*corev1.Node)
+		if !ok {
+			return "", nil, false
+		}
+		sn, ok := nodeOf(n)
+		if !ok {
+			return store.NodesPrefix + n.Name, nil, false
+		}
+		b, _ := json.Marshal(sn)
+		return store.NodesPrefix + n.Name, b, true
+	}
+	c.get = c.fromCache(func(key string) string { return strings.TrimPrefix(key, store.NodesPrefix) })
+	c.put = k.putNode
+	c.del = func(ctx context.Context, key string) error {
+		return k.core.CoreV1().Nodes().Delete(ctx, strings.TrimPrefix(key, store.NodesPrefix), metav1.DeleteOptions{})
+	}
+	return c
+}
+
+// nodeOf is a Node as ebpfnet sees it: usable once it has an underlay address and a pod CIDR.
+func nodeOf(n *corev1.Node) (store.Node, bool) {
+	out := store.Node{Name: n.Name}
+	ip := n.Annotations[UnderlayIPAnnotation]
+	if ip == "" {
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				if addr, err := netip.ParseAddr(a.Address); err == nil && addr.Is4() {
+					ip = a.Address
+					break
+				}
+			}
+		}
+	}
+	cidr := n.Spec.PodCIDR
+	if cidr == "" {
+		cidr = n.Annotations[PodCIDRAnnotation]
+	}
+	var err1, err2 error
+	out.IP, err1 = netip.ParseAddr(ip)
+	out.PodCIDR, err2 = netip.ParsePrefix(cidr)
+	return out, err1 == nil && err2 == nil
+}
+
+// putNode records on the Node the underlay address and pod CIDR the agent uses, setting
+// spec.podCIDR when it is unset. It waits for kubelet to register the Node.
+func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
+	var want store.Node
+	if err := json.Unmarshal(val, &want); err != nil {
+		return err
+	}
+	name := strings.TrimPrefix(key, store.NodesPrefix)
+	var n *corev1.Node
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var err error
+		n, err = k.core.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsNotFound(err) || time.Now().After(deadline) {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond): // waiting for kubelet to register the Node
+		}
+	}
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		UnderlayIPAnnotation: want.IP.String(), PodCIDRAnnotation: want.PodCIDR.String()}}}
+	switch n.Spec.PodCIDR {
+	case "":
+		patch["spec"] = map[string]any{"podCIDR": want.PodCIDR.String(), "podCIDRs": []string{want.PodCIDR.String()}}
+	case want.PodCIDR.String():
+	default:
+		return fmt.Errorf("node %s has spec.podCIDR %s, not %s", name, n.Spec.PodCIDR, want.PodCIDR)
+	}
+	b, _ := json.Marshal(patch)
+	_, err := k.core.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, b, metav1.PatchOptions{})
+	return err
+}
+
+func (k *KV) podClass(f informers.SharedInformerFactory) *class {
+	inf := f.Core().V1().Pods().Informer()
+	c := &class{prefix: store.PodsPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return k.core.CoreV1().Pods("").List(ctx, o)
+	}}
+	c.encode = func(obj any) (string, []byte, bool) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
+			return "", nil, false
+		}
+		m := store.PodMeta{Labels: p.Labels}
+		for _, ct := range p.Spec.Containers {
+			for _, pt := range ct.Ports {
+				m.Ports = append(m.Ports, store.PodPort{Name: pt.Name, Port: int(pt.ContainerPort), Protocol: string(pt.Protocol)})
+			}
+		}
+		b, _ := json.Marshal(m)
+		return store.PodsPrefix + p.Namespace + "/" + p.Name, b, true
+	}
+	c.get = c.fromCache(func(key string) string { return strings.TrimPrefix(key, store.PodsPrefix) })
+	c.put = func(ctx context.Context, key string, val []byte) error {
+		var m store.PodMeta
+		if err := json.Unmarshal(val, &m); err != nil {
+			return err
+		}
+		ns, name, ok := strings.Cut(strings.TrimPrefix(key, store.PodsPrefix), "/")
+		if !ok {
+			return errNoKey
+		}
+		old, err := k.core.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		_, err = k.core.CoreV1().Pods(ns).Patch(ctx, name, types.MergePatchType, labelPatch(old.Labels, m.Labels), metav1.PatchOptions{})
+		return err
+	}
+	return c
+}
+
+// labelPatch is a merge patch that turns labels have into want.
+func labelPatch(have, want map[string]string) []byte {
+	l := map[string]any{}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			l[k] = nil
+		}
+	}
+	for k, v := range want {
+		l[k] = v
+	}
+	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": l}})
+	return b
+}
+
+func (k *KV) namespaceClass(f informers.SharedInformerFactory) *class {
+	inf := f.Core().V1().Namespaces().Informer()
+	c := &class{prefix: store.NamespacesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return k.core.CoreV1().Namespaces().List(ctx, o)
+	}}
+	c.encode = func(obj any) (string, []byte, bool) {
+		n, ok := obj.(*corev1.Namespace)
+		if !ok {
+			return "", nil, false
+		}
+		l := n.Labels
+		if l == nil {
+			l = map[string]string{}
+		}
+		b, _ := json.Marshal(l)
+		return store.NamespacesPrefix + n.Name, b, true
+	}
+	c.get = c.fromCache(func(key string) string { return strings.TrimPrefix(key, store.NamespacesPrefix) })
+	c.put = func(ctx context.Context, key string, val []byte) error {
+		var want map[string]string
+		if err := json.Unmarshal(val, &want); err != nil {
+			return err
+		}
+		name := strings.TrimPrefix(key, store.NamespacesPrefix)
+		nsAPI := k.core.CoreV1().Namespaces()
+		old, err := nsAPI.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = nsAPI.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: want}}, metav1.CreateOptions{})
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		// Kubernetes keeps kubernetes.io/metadata.name on every namespace.
+		want = withName(want, name)
+		_, err = nsAPI.Patch(ctx, name, types.MergePatchType, labelPatch(old.Labels, want), metav1.PatchOptions{})
+		return err
+	}
+	return c
+}
+
+func withName(l map[string]string, name string) map[string]string {
+	out := map[string]string{"kubernetes.io/metadata.name": name}
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
+}
+
+func (k *KV) policyClass(f informers.SharedInformerFactory) *class {
+	inf := f.Networking().V1().NetworkPolicies().Informer()
+	c := &class{prefix: store.PoliciesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+		return k.core.NetworkingV1().NetworkPolicies("").List(ctx, o)
+	}}
+	c.encode = func(obj any) (string, []byte, bool) {
+		np, ok := obj.(*networkingv1.NetworkPolicy)
+		if !ok {
+			return "", nil, false
+		}
+		b, _ := json.Marshal(np)
+		return store.PoliciesPrefix + np.Namespace + "/" + np.Name, b, true
+	}
+	c.get = c.fromCache(func(key string) string { return strings.TrimPrefix(key, store.PoliciesPrefix) })
+	decode := func(val []byte) (*networkingv1.NetworkPolicy, error) {
+		np := &networkingv1.NetworkPolicy{}
+		if err := json.Unmarshal(val, np); err != nil {
+			return nil, err
+		}
+		np.ResourceVersion, np.UID, np.ManagedFields = "", "", nil
+		return np, nil
+	}
+	c.create = func(ctx context.Context, _ string, val []byte) error {
+		np, err := decode(val)
+		if err != nil {
+			return err
+		}
+		_, err = k.core.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, np, metav1.CreateOptions{})
+		return err
+	}
+	c.put = func(ctx context.Context, key string, val []byte) error {
+		np, err := decode(val)
+		if err != nil {
+			return err
+		}
+		api := k.core.NetworkingV1().NetworkPolicies(np.Namespace)
+		old, err := api.Get(ctx, np.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = api.Create(ctx, np, metav1.CreateOptions{})
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		np.ResourceVersion = old.ResourceVersion
+		_, err = api.Update(ctx, np, metav1.UpdateOptions{})
+		return err
+	}
+	c.del = func(ctx context.Context, key string) error {
+		ns, name, ok := strings.Cut(strings.TrimPrefix(key, store.PoliciesPrefix), "/")
+		if !ok {
+			return errNoKey
+		}
+		return k.core.NetworkingV1().NetworkPolicies(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	}
+	return c
+}
+
+// fromCache reads a key from the class's informer, by the cache key keyOf gives.
+func (c *class) fromCache(keyOf func(string) string) func(context.Context, string) ([]byte, bool, error) {
+	return func(_ context.Context, key string) ([]byte, bool, error) {
+		obj, ok, err := c.informer.GetStore().GetByKey(keyOf(key))
+		if err != nil || !ok {
+			return nil, false, err
+		}
+		_, val, ok := c.encode(obj)
+		return val, ok, nil
+	}
+}

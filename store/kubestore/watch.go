@@ -1,0 +1,165 @@
+package kubestore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+type watcher struct {
+	prefix string
+	ch     chan store.Event
+	ctx    context.Context
+}
+
+// handler turns informer events into store events on the class's keys.
+func (k *KV) handler(c *class) cache.ResourceEventHandler {
+	send := func(obj any, deleted bool) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		key, val, ok := c.encode(obj)
+		if key == "" {
+			return
+		}
+		if !ok || deleted {
+			val, deleted = nil, true
+		}
+		k.notify(store.Event{Key: key, Value: val, Deleted: deleted})
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { send(obj, false) },
+		UpdateFunc: func(_, obj any) { send(obj, false) },
+		DeleteFunc: func(obj any) { send(obj, true) },
+	}
+}
+
+// Watch reports changes under prefix. Its first, empty-keyed event comes once every informer
+// has listed: state read after it is at least that fresh. The channel coalesces like the
+// other stores': a reader that falls behind still gets an event after every change.
+func (k *KV) Watch(ctx context.Context, prefix string) <-chan store.Event {
+	w := &watcher{prefix: prefix, ch: make(chan store.Event, 256), ctx: ctx}
+	k.mu.Lock()
+	k.watch[w] = struct{}{}
+	k.mu.Unlock()
+	go func() {
+		select {
+		case <-k.synced:
+			select {
+			case w.ch <- store.Event{}:
+			default:
+			}
+		case <-ctx.Done():
+		}
+		<-ctx.Done()
+		k.mu.Lock()
+		delete(k.watch, w)
+		close(w.ch)
+		k.mu.Unlock()
+	}()
+	return w.ch
+}
+
+func (k *KV) notify(ev store.Event) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for w := range k.watch {
+		if !strings.HasPrefix(ev.Key, w.prefix) || w.ctx.Err() != nil {
+			continue
+		}
+		select {
+		case w.ch <- ev:
+		default: // a full buffer already holds events that will make the reader look again
+		}
+	}
+}
+
+// Sync returns once every informer holds at least what the API server held when it was
+// called: each object listed live is cached at that version or newer, and each cached object
+// the live list lacks is gone from the cache or newer than the list.
+func (k *KV) Sync(ctx context.Context) error {
+	for _, c := range k.classes {
+		live, rv, err := listVersions(ctx, c)
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", c.name(), err)
+		}
+		for {
+			behind := cacheBehind(c, live, rv)
+			if behind == "" {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("sync %s: %s is not cached yet: %w", c.name(), behind, ctx.Err())
+			case <-time.After(5 * time.Millisecond): // polling the informer until it has caught up
+			}
+		}
+	}
+	return nil
+}
+
+func (c *class) name() string {
+	if c.prefix == "" {
+		return "records"
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(c.prefix, store.Prefix), "/")
+}
+
+// cacheBehind names an object the cache does not hold at the listed version, or "".
+func cacheBehind(c *class, live map[string]uint64, listRV uint64) string {
+	seen := map[string]bool{}
+	for _, obj := range c.informer.GetStore().List() {
+		key, err := cache.MetaNamespaceKeyFunc(obj)
+		if err != nil {
+			continue
+		}
+		seen[key] = true
+		v := version(obj)
+		if want, ok := live[key]; ok && v < want {
+			return key
+		} else if !ok && v <= listRV {
+			return key + " (deleted)"
+		}
+	}
+	for key := range live {
+		if !seen[key] {
+			return key
+		}
+	}
+	return ""
+}
+
+func version(obj any) uint64 {
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return 0
+	}
+	v, _ := strconv.ParseUint(m.GetResourceVersion(), 10, 64)
+	return v
+}
+
+// WaitPod waits until the informer holds pod ns/name, for at most timeout.
+func (k *KV) WaitPod(ctx context.Context, ns, name string, timeout time.Duration) error {
+	pods := k.classes[1]
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, ok, _ := pods.informer.GetStore().GetByKey(ns + "/" + name); ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod %s/%s is not in the Kubernetes API after %s", ns, name, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond): // polling the informer for the new Pod
+		}
+	}
+}

@@ -1,0 +1,390 @@
+package test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/test/nstest"
+)
+
+// standardLab is the upstream e2e suite's cluster: three nodes, namespaces x, y and z with pods
+// a, b and c each, serving 80 and 81 over TCP and UDP. Every NetworkPolicy case plays on it.
+func standardLab(t *testing.T, mode string) *lab.Spec {
+	t.Helper()
+	data, err := os.ReadFile("netpol/ingress-port.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &netpolCase{}
+	if err := yaml.UnmarshalStrict(data, c); err != nil {
+		t.Fatal(err)
+	}
+	spec := c.Lab
+	spec.Mode, spec.Kubernetes = mode, true
+	return &spec
+}
+
+// TestKubernetesLab brings up a real Kubernetes per mode (API server, controller manager,
+// scheduler; containerd and kubelet per node; ebpfnet's agent on the kubernetes store), checks
+// that kubelet made every pod and all pairs reach each other, plays every NetworkPolicy case
+// through kubectl on it, and checks that `lab down` leaves nothing.
+func TestKubernetesLab(t *testing.T) {
+	for _, mode := range []string{"vxlan", "native"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			nstest.RequireRoot(t)
+			name := "k" + mode[:2] + nstest.Suffix(4)
+			downed := false
+			t.Cleanup(func() {
+				if !downed {
+					lab.Down(name)
+				}
+			})
+			out, code := ebpfnet(t, "lab", "up", "--name", name, "-f", writeSpec(t, standardLab(t, mode)))
+			if code != 0 {
+				t.Fatalf("lab up: exit %d: %s", code, out)
+			}
+			st, err := lab.Load(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Run("pods are kubelet's", func(t *testing.T) { checkKubeletPods(t, st) })
+			t.Run("all pairs reachable", func(t *testing.T) {
+				for _, proto := range []string{"TCP", "UDP"} {
+					m, err := st.Matrix(80, proto)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, from := range m.Keys() {
+						for _, to := range m.Keys() {
+							if from != to && !m[from][to] {
+								t.Errorf("%s %s->%s unreachable\n%s", proto, from, to, m)
+							}
+						}
+					}
+				}
+			})
+			if t.Failed() {
+				return
+			}
+			t.Run("networkpolicy cases through kubectl", func(t *testing.T) { playCasesOnKube(t, st) })
+			if mode == "vxlan" {
+				t.Run("deployment scaled 0-30-0", func(t *testing.T) { checkDeploymentScale(t, st) })
+			}
+			leftovers := kubeLabFootprint(st)
+			out, code = ebpfnet(t, "lab", "down", "--name", name)
+			downed = true
+			if code != 0 {
+				t.Fatalf("lab down: exit %d: %s", code, out)
+			}
+			if left := leftovers(); left != "" {
+				t.Fatalf("lab down left: %s", left)
+			}
+		})
+	}
+}
+
+func writeSpec(t *testing.T, spec *lab.Spec) string {
+	t.Helper()
+	b, err := yaml.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "lab.yaml")
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// kubectl runs `ebpfnet lab kubectl` against the lab, as a user would.
+func kubectl(t *testing.T, st *lab.State, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(ebpfnetBin, append([]string{"lab", "kubectl", "--name", st.Name, "--"}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// policyWait runs `ebpfnet policy wait`, which must return once every node programs the change.
+func policyWait(t *testing.T, st *lab.State) {
+	t.Helper()
+	if out, code := ebpfnet(t, "policy", "wait", "--lab", st.Name, "--timeout", "60s"); code != 0 {
+		t.Fatalf("policy wait: exit %d: %s", code, out)
+	}
+}
+
+// checkKubeletPods: every lab pod is a Running Pod object on its node whose sandbox containerd
+// made (a 64-hex container id, a cni- network namespace), with the address ebpfnet gave it.
+func checkKubeletPods(t *testing.T, st *lab.State) {
+	var list struct {
+		Items []struct {
+			Metadata struct{ Namespace, Name string }
+			Spec     struct{ NodeName string }
+			Status   struct{ Phase, PodIP string }
+		}
+	}
+	if err := json.Unmarshal([]byte(kubectl(t, st, "", "get", "pods", "-A", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, it := range list.Items {
+		key := it.Metadata.Namespace + "/" + it.Metadata.Name
+		p, err := st.Pod(key)
+		if err != nil {
+			continue
+		}
+		seen[key] = true
+		if it.Status.Phase != "Running" || it.Spec.NodeName != p.Node || it.Status.PodIP != p.IP.String() {
+			t.Errorf("%s: phase %s node %s ip %s; want Running on %s with %s", key, it.Status.Phase, it.Spec.NodeName, it.Status.PodIP, p.Node, p.IP)
+		}
+		if len(p.ContainerID) != 64 || !strings.HasPrefix(filepath.Base(p.Netns), "cni-") {
+			t.Errorf("%s: sandbox %q in %q is not containerd's", key, p.ContainerID, p.Netns)
+		}
+	}
+	if len(seen) != len(st.Pods) {
+		t.Errorf("the API server holds %d of the lab's %d pods", len(seen), len(st.Pods))
+	}
+}
+
+// playCasesOnKube plays every case, one after another, on the lab's pods: policies through
+// `kubectl apply|delete`, labels through `kubectl label`, each followed by `ebpfnet policy
+// wait`; between cases every policy goes and every label comes back.
+func playCasesOnKube(t *testing.T, st *lab.State) {
+	cases := readCases(t)
+	names := make([]string, 0, len(cases))
+	for n := range cases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	orig := map[string]map[string]string{}
+	for _, p := range st.Pods {
+		orig["pod/"+p.Key()] = p.Labels
+	}
+	for _, ns := range st.Namespaces {
+		orig["namespace/"+ns.Name] = ns.Labels
+	}
+	for _, name := range names {
+		c := cases[name]
+		t.Run(name, func(t *testing.T) {
+			pods := casePods(t, st, c)
+			resetKubeLab(t, st, orig)
+			for i, step := range c.Steps {
+				playKubeStep(t, st, fmt.Sprintf("step %d", i+1), step, pods)
+			}
+		})
+	}
+	resetKubeLab(t, st, orig)
+}
+
+// casePods checks that the case's pods are lab pods with the same labels and ports.
+func casePods(t *testing.T, st *lab.State, c *netpolCase) []string {
+	t.Helper()
+	var out []string
+	for _, p := range c.Lab.Pods {
+		lp, err := st.Pod(p.Key())
+		if err != nil {
+			t.Fatalf("the case needs pod %s, which the standard lab lacks", p.Key())
+		}
+		if !reflect.DeepEqual(lp.Labels, p.Labels) {
+			t.Fatalf("the case's %s has labels %v, the lab's %v", p.Key(), p.Labels, lp.Labels)
+		}
+		out = append(out, p.Key())
+	}
+	for _, ns := range c.Lab.Namespaces {
+		if len(ns.Labels) > 0 {
+			t.Fatalf("the case labels namespace %s, which the standard lab does not", ns.Name)
+		}
+	}
+	return out
+}
+
+// resetKubeLab deletes every policy and puts every label back as the lab was made.
+func resetKubeLab(t *testing.T, st *lab.State, orig map[string]map[string]string) {
+	t.Helper()
+	kubectl(t, st, "", "delete", "networkpolicy", "--all", "--all-namespaces")
+	var list struct {
+		Items []struct {
+			Kind     string
+			Metadata struct {
+				Namespace, Name string
+				Labels          map[string]string
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(kubectl(t, st, "", "get", "pods,namespaces", "--all-namespaces", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range list.Items {
+		var args []string
+		var want map[string]string
+		switch it.Kind {
+		case "Pod":
+			w, ok := orig["pod/"+it.Metadata.Namespace+"/"+it.Metadata.Name]
+			if !ok {
+				continue
+			}
+			args, want = []string{"label", "--overwrite", "pod", "-n", it.Metadata.Namespace, it.Metadata.Name}, w
+		case "Namespace":
+			w, ok := orig["namespace/"+it.Metadata.Name]
+			if !ok {
+				continue
+			}
+			args, want = []string{"label", "--overwrite", "namespace", it.Metadata.Name}, withMetadataName(w, it.Metadata.Name)
+		}
+		var changes []string
+		for k, v := range want {
+			if it.Metadata.Labels[k] != v {
+				changes = append(changes, k+"="+v)
+			}
+		}
+		for k := range it.Metadata.Labels {
+			if _, ok := want[k]; !ok {
+				changes = append(changes, k+"-")
+			}
+		}
+		if len(changes) > 0 {
+			kubectl(t, st, "", append(args, changes...)...)
+		}
+	}
+	policyWait(t, st)
+}
+
+func withMetadataName(l map[string]string, ns string) map[string]string {
+	out := map[string]string{"kubernetes.io/metadata.name": ns}
+	for k, v := range l {
+		out[k] = v
+	}
+	return out
+}
+
+func playKubeStep(t *testing.T, st *lab.State, where string, step caseStep, pods []string) {
+	t.Helper()
+	if len(step.Apply) > 0 {
+		var docs []string
+		for _, obj := range step.Apply {
+			b, err := yaml.Marshal(obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			docs = append(docs, string(substitute(t, st, b)))
+		}
+		kubectl(t, st, strings.Join(docs, "\n---\n"), "apply", "-f", "-")
+	}
+	for _, d := range step.Delete {
+		ns, name, _ := strings.Cut(d, "/")
+		kubectl(t, st, "", "delete", "networkpolicy", "-n", ns, name)
+	}
+	for _, l := range step.Labels {
+		args := []string{"label", "--overwrite"}
+		if l.Namespace != "" {
+			args = append(args, "namespace", l.Namespace)
+		} else {
+			ns, name, _ := strings.Cut(l.Pod, "/")
+			args = append(args, "pod", "-n", ns, name)
+		}
+		for k, v := range l.Set {
+			args = append(args, k+"="+v)
+		}
+		for _, k := range l.Remove {
+			args = append(args, k+"-")
+		}
+		kubectl(t, st, "", args...)
+	}
+	policyWait(t, st)
+	for _, e := range step.Expect {
+		proto := e.Protocol
+		if proto == "" {
+			proto = "TCP"
+		}
+		m := probeAmong(st, pods, e.Port, proto)
+		var wrong []string
+		for _, from := range pods {
+			for _, to := range pods {
+				if from == to {
+					continue
+				}
+				if want := !blocked(e.Blocked, from, to); m[from][to] != want {
+					wrong = append(wrong, fmt.Sprintf("%s->%s reachable=%v want %v", from, to, m[from][to], want))
+				}
+			}
+		}
+		if len(wrong) > 0 {
+			t.Errorf("%s, %s/%d: %d pairs wrong: %s", where, proto, e.Port, len(wrong), strings.Join(wrong, "; "))
+		}
+	}
+}
+
+// probeAmong probes every ordered pair of pods, in parallel.
+func probeAmong(st *lab.State, pods []string, port int, proto string) map[string]map[string]bool {
+	m := map[string]map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, from := range pods {
+		m[from] = map[string]bool{}
+		for _, to := range pods {
+			if from == to {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := st.Probe(from, to, port, proto)
+				mu.Lock()
+				m[from][to] = err == nil
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	return m
+}
+
+// kubeLabFootprint notes what a kubernetes lab holds on the host and returns a check, for after
+// `lab down`, that names whatever of it is left: processes, mounts, pod network namespaces.
+func kubeLabFootprint(st *lab.State) func() string {
+	dir := lab.Dir(st.Name)
+	var netns []string
+	for _, p := range st.Pods {
+		netns = append(netns, p.Netns)
+	}
+	return func() string {
+		var left []string
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, f := range procs {
+			if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), dir) {
+				left = append(left, "process "+filepath.Base(filepath.Dir(f))+": "+strings.ReplaceAll(string(b), "\x00", " "))
+			}
+		}
+		if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.Contains(l, dir) {
+					left = append(left, "mount "+l)
+				}
+			}
+		}
+		for _, n := range netns {
+			if _, err := os.Stat(n); err == nil {
+				left = append(left, "netns "+n)
+			}
+		}
+		if _, err := os.Stat(dir); err == nil {
+			left = append(left, "dir "+dir)
+		}
+		return strings.Join(left, "; ")
+	}
+}
