@@ -57,10 +57,15 @@ func checkDeploymentScale(t *testing.T, st *lab.State) {
 		eps = endpointsIn(t, st, "scale")
 		return len(eps) == 30, fmt.Sprintf("%d attached", len(eps))
 	})
-	// Every pod answers (its server may start a moment after its sandbox), then all pairs.
+	// Every pod answers its own node (its server may start a moment after its sandbox), then
+	// all pairs.
 	for key, e := range eps {
+		node, err := st.Node(e.Node)
+		if err != nil {
+			t.Fatal(err)
+		}
 		eventually(t, time.Minute, key+" serving", func() (bool, string) {
-			err := lab.ProbeFrom(st.Nodes[0].Netns, netipPort(e.IP, 80), "TCP")
+			err := lab.ProbeFrom(node.Netns, netipPort(e.IP, 80), "TCP")
 			return err == nil, fmt.Sprint(err)
 		})
 	}

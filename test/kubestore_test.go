@@ -355,6 +355,10 @@ func TestKubernetesStore(t *testing.T) {
 		if len(ips) != 10 && !t.Failed() {
 			t.Fatalf("%d addresses for 10 owners", len(ips))
 		}
+		// Lists come from the informers' caches: catch up first.
+		if err := c1.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
 		leases, err := p1.Leases(ctx)
 		if err != nil {
 			t.Fatal(err)
