@@ -40,7 +40,8 @@ type Agent struct {
 	// lastPolicy is the last compiled policy, for explain and the CLI.
 	lastPolicy atomic.Pointer[policy.Output]
 	lastInput  atomic.Pointer[policy.Input]
-	recMu      sync.Mutex // one reconcile at a time
+	recMu      sync.Mutex  // one reconcile at a time
+	retrying   atomic.Bool // a retry of a failed reconcile is scheduled
 	metrics    *agentMetrics
 	// prefilterMode is "native" or "generic" while the XDP prefilter is attached, else "".
 	prefilterMode atomic.Value
@@ -264,7 +265,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.metrics.reconcileError.Inc()
 			slog.Warn("reconcile failed; retrying in a second", "err", err)
-			time.AfterFunc(time.Second, a.trigger)
+			if a.retrying.CompareAndSwap(false, true) { // one retry pending at a time
+				time.AfterFunc(time.Second, func() { a.retrying.Store(false); a.trigger() })
+			}
 		}
 		if next, err := a.collectIdentities(ctx); err != nil && ctx.Err() == nil {
 			slog.Warn("identity gc", "err", err)

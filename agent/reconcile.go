@@ -35,7 +35,10 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if gen > a.programmed.Load() {
 		// Someone waits for this node to program all that the store held when they asked:
 		// a store that reads from caches must catch up first.
-		if err := a.cluster.Sync(ctx); err != nil {
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := a.cluster.Sync(sctx)
+		cancel()
+		if err != nil {
 			return err
 		}
 	}

@@ -29,6 +29,7 @@ type Report struct {
 	ProgCost *ProgCost   `json:"progCost,omitempty"`
 	CNI      *CNICost    `json:"cni,omitempty"`
 	Policy   *PolicyCost `json:"policy,omitempty"`
+	Kube     *KubeCost   `json:"kubernetes,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -112,6 +113,13 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "\ncompile %d policies over %d pods: %.1f ms (%d entries for one node of ten), programming them: %.1f ms\n\n",
 			p.CompilePols, p.CompilePods, p.CompileMs, p.CompileEntries, p.ProgramMs)
 		fmt.Fprintf(&b, "`policy apply` until all three nodes of a lab enforce it: p50 %.1f ms, max %.1f ms\n\n", p.ApplyP50ms, p.ApplyMaxMs)
+	}
+	if k := r.Kube; k != nil {
+		fmt.Fprintf(&b, "## kubernetes (a three-node kubernetes lab: API server, kubelet, containerd)\n\n")
+		fmt.Fprintf(&b, "NetworkPolicy created through the API until every node reports enforcing it (%d rounds): p50 %.1f ms, max %.1f ms\n\n",
+			k.PolicyRounds, k.EnforceP50ms, k.EnforceMaxMs)
+		fmt.Fprintf(&b, "Deployment of %d pods, from its creation until each pod answers: p50 %.0f ms, p99 %.0f ms, all %.0f ms\n\n",
+			k.Pods, k.ReadyP50ms, k.ReadyP99ms, k.ReadyAllMs)
 	}
 	return b.String()
 }

@@ -67,7 +67,7 @@ func (b *builder) kubeControlPlane(ctx context.Context) error {
 // its agent with the Kubernetes API as its store.
 func (b *builder) kubeNode(ctx context.Context, n *Node) error {
 	dir := b.st.kubeNodeDir(n.Name)
-	binDir, confDir := filepath.Join(dir, "cni-bin"), filepath.Join(dir, "cni-conf")
+	binDir, confDir := filepath.Join(dir, "cni-bin"), b.st.KubeCNIConfDir(n.Name)
 	for _, d := range []string{binDir, confDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err

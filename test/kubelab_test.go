@@ -81,6 +81,10 @@ func TestKubernetesLab(t *testing.T) {
 			t.Run("networkpolicy cases through kubectl", func(t *testing.T) { playCasesOnKube(t, st) })
 			if mode == "vxlan" {
 				t.Run("deployment scaled 0-30-0", func(t *testing.T) { checkDeploymentScale(t, st) })
+				t.Run("containerd drives ebpfnet-cni at each cniVersion", func(t *testing.T) { checkContainerdCNIVersions(t, st) })
+			}
+			if mode == "native" {
+				t.Run("agent restart and API server outage", func(t *testing.T) { checkAgentRestartAndAPIOutage(t, st) })
 			}
 			leftovers := kubeLabFootprint(st)
 			out, code = ebpfnet(t, "lab", "down", "--name", name)

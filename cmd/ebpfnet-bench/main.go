@@ -34,6 +34,7 @@ func run(ctx context.Context) error {
 	suites := flag.String("suites", "same-node,cross-node,policy", "comma-separated suites to run: same-node, cross-node, policy")
 	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
 	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
+	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
 		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")
@@ -59,6 +60,13 @@ func run(ctx context.Context) error {
 			return err
 		}
 		report.CNI = &c
+	}
+	if *kubePods > 0 {
+		k, err := bench.MeasureKubernetes(10, *kubePods)
+		if err != nil {
+			return fmt.Errorf("kubernetes figures: %w", err)
+		}
+		report.Kube = &k
 	}
 	for _, name := range splitList(*suites) {
 		if ctx.Err() != nil {

@@ -33,8 +33,8 @@ func newLabKubeconfigCmd(name *string) *cobra.Command {
 // newLabKubectlCmd is `lab kubectl -- ARGS…`: kubectl against the lab, from its underlay.
 func newLabKubectlCmd(name *string) *cobra.Command {
 	return &cobra.Command{
-		Use:                "kubectl -- ARGS...",
-		Short:              "run kubectl against a kubernetes lab",
+		Use:   "kubectl -- ARGS...",
+		Short: "run kubectl against a kubernetes lab",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := lab.Load(*name)
 			if err != nil {

@@ -30,7 +30,8 @@ type KV struct {
 	classes []*class
 	mu      sync.Mutex
 	watch   map[*watcher]struct{}
-	synced  chan struct{} // closed once every informer has listed
+	synced  chan struct{}   // closed once every informer has listed
+	runCtx  context.Context // the informers run until it ends (Close)
 }
 
 // Open connects with kubeconfig (in-cluster configuration when empty), installs ebpfnet's
@@ -66,11 +67,9 @@ func OpenConfig(ctx context.Context, cfg *rest.Config) (*KV, error) {
 	}
 	runCtx, stop := context.WithCancel(context.Background())
 	k := &KV{core: core, dyn: dyn, cancel: stop, watch: map[*watcher]struct{}{}, synced: make(chan struct{})}
+	k.runCtx = runCtx
 	k.classes = k.newClasses(runCtx)
-	for _, c := range k.classes {
-		go c.informer.Run(runCtx.Done())
-	}
-	if err := k.waitSynced(ctx, runCtx); err != nil {
+	if err := k.waitSynced(ctx); err != nil {
 		stop()
 		return nil, err
 	}
@@ -93,11 +92,11 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // waitSynced waits for every informer's first list, then announces it to the watchers.
-func (k *KV) waitSynced(ctx, runCtx context.Context) error {
+func (k *KV) waitSynced(ctx context.Context) error {
 	deadline, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	for _, c := range k.classes {
-		for !c.informer.HasSynced() {
+		for !c.synced() {
 			select {
 			case <-deadline.Done():
 				return fmt.Errorf("kubernetes informers did not sync: %s: %w", c.prefix, deadline.Err())
@@ -106,7 +105,6 @@ func (k *KV) waitSynced(ctx, runCtx context.Context) error {
 		}
 	}
 	close(k.synced)
-	_ = runCtx
 	return nil
 }
 
@@ -144,7 +142,7 @@ func (k *KV) List(_ context.Context, prefix string) (map[string][]byte, error) {
 		if !c.overlaps(prefix) {
 			continue
 		}
-		for _, obj := range c.informer.GetStore().List() {
+		for _, obj := range c.store().List() {
 			key, val, ok := c.encode(obj)
 			if ok && strings.HasPrefix(key, prefix) {
 				out[key] = val

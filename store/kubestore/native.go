@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/ebpfnet/ebpfnet/store"
 )
@@ -40,19 +41,26 @@ func stripManaged(obj any) (any, error) {
 
 // newClasses builds one class per kind of key, the records last (they take what is left).
 func (k *KV) newClasses(ctx context.Context) []*class {
-	f := informers.NewSharedInformerFactoryWithOptions(k.core, 0, informers.WithTransform(stripManaged))
-	classes := []*class{k.nodeClass(f), k.podClass(f), k.namespaceClass(f), k.policyClass(f)}
-	classes = append(classes, k.identityClass(), k.recordClass())
+	classes := []*class{k.nodeClass(), k.podClass(), k.namespaceClass(), k.policyClass(), k.identityClass(), k.recordClass()}
 	for _, c := range classes {
-		c.informer.AddEventHandler(k.handler(c))
+		c.start(ctx, k.handler(c))
 	}
-	_ = ctx
 	return classes
 }
 
-func (k *KV) nodeClass(f informers.SharedInformerFactory) *class {
-	inf := f.Core().V1().Nodes().Informer()
-	c := &class{prefix: store.NodesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+// typed makes informers of one kind, each from a factory of its own, so that a class can
+// replace its informer.
+func (k *KV) typed(pick func(informers.SharedInformerFactory) cache.SharedIndexInformer) func() cache.SharedIndexInformer {
+	return func() cache.SharedIndexInformer {
+		return pick(informers.NewSharedInformerFactoryWithOptions(k.core, 0, informers.WithTransform(stripManaged)))
+	}
+}
+
+func (k *KV) nodeClass() *class {
+	inf := k.typed(func(f informers.SharedInformerFactory) cache.SharedIndexInformer {
+		return f.Core().V1().Nodes().Informer()
+	})
+	c := &class{prefix: store.NodesPrefix, newInformer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		return k.core.CoreV1().Nodes().List(ctx, o)
 	}}
 	c.encode = func(obj any) (string, []byte, bool) {
@@ -138,9 +146,11 @@ func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 	return err
 }
 
-func (k *KV) podClass(f informers.SharedInformerFactory) *class {
-	inf := f.Core().V1().Pods().Informer()
-	c := &class{prefix: store.PodsPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+func (k *KV) podClass() *class {
+	inf := k.typed(func(f informers.SharedInformerFactory) cache.SharedIndexInformer {
+		return f.Core().V1().Pods().Informer()
+	})
+	c := &class{prefix: store.PodsPrefix, newInformer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		return k.core.CoreV1().Pods("").List(ctx, o)
 	}}
 	c.encode = func(obj any) (string, []byte, bool) {
@@ -192,9 +202,11 @@ func labelPatch(have, want map[string]string) []byte {
 	return b
 }
 
-func (k *KV) namespaceClass(f informers.SharedInformerFactory) *class {
-	inf := f.Core().V1().Namespaces().Informer()
-	c := &class{prefix: store.NamespacesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+func (k *KV) namespaceClass() *class {
+	inf := k.typed(func(f informers.SharedInformerFactory) cache.SharedIndexInformer {
+		return f.Core().V1().Namespaces().Informer()
+	})
+	c := &class{prefix: store.NamespacesPrefix, newInformer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		return k.core.CoreV1().Namespaces().List(ctx, o)
 	}}
 	c.encode = func(obj any) (string, []byte, bool) {
@@ -241,9 +253,11 @@ func withName(l map[string]string, name string) map[string]string {
 	return out
 }
 
-func (k *KV) policyClass(f informers.SharedInformerFactory) *class {
-	inf := f.Networking().V1().NetworkPolicies().Informer()
-	c := &class{prefix: store.PoliciesPrefix, informer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+func (k *KV) policyClass() *class {
+	inf := k.typed(func(f informers.SharedInformerFactory) cache.SharedIndexInformer {
+		return f.Networking().V1().NetworkPolicies().Informer()
+	})
+	c := &class{prefix: store.PoliciesPrefix, newInformer: inf, lister: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 		return k.core.NetworkingV1().NetworkPolicies("").List(ctx, o)
 	}}
 	c.encode = func(obj any) (string, []byte, bool) {
@@ -302,7 +316,7 @@ func (k *KV) policyClass(f informers.SharedInformerFactory) *class {
 // fromCache reads a key from the class's informer, by the cache key keyOf gives.
 func (c *class) fromCache(keyOf func(string) string) func(context.Context, string) ([]byte, bool, error) {
 	return func(_ context.Context, key string) ([]byte, bool, error) {
-		obj, ok, err := c.informer.GetStore().GetByKey(keyOf(key))
+		obj, ok, err := c.store().GetByKey(keyOf(key))
 		if err != nil || !ok {
 			return nil, false, err
 		}

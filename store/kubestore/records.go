@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -33,34 +34,66 @@ const kindLabel = "ebpfnet.io/kind"
 
 // class is one kind of key: where it lives in the API and how it reads and writes.
 type class struct {
-	prefix   string // "" for the records, which take every key no other class does
-	informer cache.SharedIndexInformer
-	encode   func(obj any) (key string, val []byte, ok bool)
-	get      func(ctx context.Context, key string) ([]byte, bool, error)
-	put      func(ctx context.Context, key string, val []byte) error
-	create   func(ctx context.Context, key string, val []byte) error
-	del      func(ctx context.Context, key string) error
-	lister   func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) // live, for Sync
+	prefix string // "" for the records, which take every key no other class does
+	// newInformer makes the class's informer; a class whose cache stops following the API
+	// server replaces it (see Sync).
+	newInformer func() cache.SharedIndexInformer
+	mu          sync.RWMutex
+	informer    cache.SharedIndexInformer
+	stop        context.CancelFunc
+	encode      func(obj any) (key string, val []byte, ok bool)
+	get         func(ctx context.Context, key string) ([]byte, bool, error)
+	put         func(ctx context.Context, key string, val []byte) error
+	create      func(ctx context.Context, key string, val []byte) error
+	del         func(ctx context.Context, key string) error
+	lister      func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) // live, for Sync
 }
 
 func (c *class) overlaps(prefix string) bool {
 	return c.prefix == "" || strings.HasPrefix(c.prefix, prefix) || strings.HasPrefix(prefix, c.prefix)
 }
 
-func (k *KV) dynamicInformer(gvr schema.GroupVersionResource, options ...dynamicinformer.TweakListOptionsFunc) cache.SharedIndexInformer {
-	var tweak dynamicinformer.TweakListOptionsFunc
-	if len(options) > 0 {
-		tweak = options[0]
+func (k *KV) dynamicInformer(gvr schema.GroupVersionResource) func() cache.SharedIndexInformer {
+	return func() cache.SharedIndexInformer {
+		inf := dynamicinformer.NewFilteredDynamicInformer(k.dyn, gvr, "", 0, cache.Indexers{}, nil).Informer()
+		inf.SetTransform(stripManaged)
+		return inf
 	}
-	inf := dynamicinformer.NewFilteredDynamicInformer(k.dyn, gvr, "", 0, cache.Indexers{}, tweak).Informer()
-	inf.SetTransform(stripManaged)
-	return inf
+}
+
+// start runs a new informer for the class under ctx, replacing (and stopping) the old one.
+func (c *class) start(ctx context.Context, h cache.ResourceEventHandler) {
+	inf := c.newInformer()
+	inf.AddEventHandler(h)
+	run, stop := context.WithCancel(ctx)
+	c.mu.Lock()
+	old := c.stop
+	c.informer, c.stop = inf, stop
+	c.mu.Unlock()
+	if old != nil {
+		old()
+	}
+	go inf.Run(run.Done())
+}
+
+// store is the class's cache.
+func (c *class) store() cache.Store {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.informer.GetStore()
+}
+
+// synced says whether the class's informer has listed.
+func (c *class) synced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.informer.HasSynced()
 }
 
 // identityClass keeps identity-ids/N as the EbpfnetIdentity named N.
 func (k *KV) identityClass() *class {
 	api := k.dyn.Resource(identitiesGVR)
-	c := &class{prefix: identityIDsPrefix, informer: k.dynamicInformer(identitiesGVR), lister: dynLister(api)}
+	c := &class{prefix: identityIDsPrefix, newInformer: k.dynamicInformer(identitiesGVR), lister: dynLister(api)}
 	c.encode = func(obj any) (string, []byte, bool) {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
@@ -92,7 +125,7 @@ func (k *KV) identityClass() *class {
 // recordClass keeps every other key in an EbpfnetRecord named by a hash of the key.
 func (k *KV) recordClass() *class {
 	api := k.dyn.Resource(recordsGVR)
-	c := &class{informer: k.dynamicInformer(recordsGVR), lister: dynLister(api)}
+	c := &class{newInformer: k.dynamicInformer(recordsGVR), lister: dynLister(api)}
 	c.encode = func(obj any) (string, []byte, bool) {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {

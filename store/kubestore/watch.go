@@ -3,6 +3,7 @@ package kubestore
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -83,26 +84,47 @@ func (k *KV) notify(ev store.Event) {
 
 // Sync returns once every informer holds at least what the API server held when it was
 // called: each object listed live is cached at that version or newer, and each cached object
-// the live list lacks is gone from the cache or newer than the list.
+// the live list lacks is gone from the cache or newer than the list. An informer that has not
+// caught up within syncGrace (its watch stalled, say after the API server restarted) is
+// replaced by a new one, which lists afresh.
 func (k *KV) Sync(ctx context.Context) error {
 	for _, c := range k.classes {
-		live, rv, err := listVersions(ctx, c)
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", c.name(), err)
-		}
-		for {
-			behind := cacheBehind(c, live, rv)
-			if behind == "" {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("sync %s: %s is not cached yet: %w", c.name(), behind, ctx.Err())
-			case <-time.After(5 * time.Millisecond): // polling the informer until it has caught up
-			}
+		if err := k.syncClass(ctx, c); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// syncGrace is how long an informer may lag the API server before it is replaced.
+const syncGrace = 10 * time.Second
+
+func (k *KV) syncClass(ctx context.Context, c *class) error {
+	live, rv, err := listVersions(ctx, c)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", c.name(), err)
+	}
+	restarted := false
+	deadline := time.Now().Add(syncGrace)
+	for {
+		behind := cacheBehind(c, live, rv)
+		if behind == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if restarted {
+				return fmt.Errorf("sync %s: %s is not cached %s after a fresh list", c.name(), behind, syncGrace)
+			}
+			slog.Warn("kubernetes informer lags the API server; listing afresh", "kind", c.name(), "object", behind)
+			c.start(k.runCtx, k.handler(c))
+			restarted, deadline = true, time.Now().Add(syncGrace)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sync %s: %s is not cached yet: %w", c.name(), behind, ctx.Err())
+		case <-time.After(5 * time.Millisecond): // polling the informer until it has caught up
+		}
+	}
 }
 
 func (c *class) name() string {
@@ -115,7 +137,7 @@ func (c *class) name() string {
 // cacheBehind names an object the cache does not hold at the listed version, or "".
 func cacheBehind(c *class, live map[string]uint64, listRV uint64) string {
 	seen := map[string]bool{}
-	for _, obj := range c.informer.GetStore().List() {
+	for _, obj := range c.store().List() {
 		key, err := cache.MetaNamespaceKeyFunc(obj)
 		if err != nil {
 			continue
@@ -150,7 +172,7 @@ func (k *KV) WaitPod(ctx context.Context, ns, name string, timeout time.Duration
 	pods := k.classes[1]
 	deadline := time.Now().Add(timeout)
 	for {
-		if _, ok, _ := pods.informer.GetStore().GetByKey(ns + "/" + name); ok {
+		if _, ok, _ := pods.store().GetByKey(ns + "/" + name); ok {
 			return nil
 		}
 		if time.Now().After(deadline) {
