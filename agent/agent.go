@@ -240,6 +240,9 @@ func ownBookkeeping(key string) bool {
 	return false
 }
 
+// generationPoll is how often the agent reads the store's generation besides watching it.
+const generationPoll = 3 * time.Second
+
 func isIdentityKey(key string) bool {
 	return strings.HasPrefix(key, store.Prefix+"identities/") || strings.HasPrefix(key, store.Prefix+"identity-ids/")
 }
@@ -255,12 +258,21 @@ func (a *Agent) trigger() {
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(30 * time.Second)
 	defer t.Stop()
+	// Someone waiting for every node (policy wait) must not depend on this node's watch alone:
+	// a watch can lag (a client backing off after its server restarted), so the generation is
+	// also read directly, cheaply, every few seconds.
+	g := time.NewTicker(generationPoll)
+	defer g.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.kick:
 		case <-t.C:
+		case <-g.C:
+			if gen, err := a.cluster.Generation(ctx); err != nil || gen <= a.programmed.Load() {
+				continue
+			}
 		}
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.metrics.reconcileError.Inc()

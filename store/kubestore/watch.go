@@ -97,7 +97,7 @@ func (k *KV) Sync(ctx context.Context) error {
 }
 
 // syncGrace is how long an informer may lag the API server before it is replaced.
-const syncGrace = 10 * time.Second
+const syncGrace = 5 * time.Second
 
 func (k *KV) syncClass(ctx context.Context, c *class) error {
 	live, rv, err := listVersions(ctx, c)
