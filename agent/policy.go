@@ -151,6 +151,9 @@ func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration)
 			return err
 		}
 		var behind []string
+		if !hasNode(nodes, a.node.Name) {
+			behind = append(behind, a.node.Name) // the store's view is not complete yet
+		}
 		for _, n := range nodes {
 			if st[n.Name].Generation < gen {
 				behind = append(behind, n.Name)
@@ -169,6 +172,15 @@ func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration)
 		case <-time.After(10 * time.Millisecond): // polling the nodes' reports, bounded above
 		}
 	}
+}
+
+func hasNode(nodes []store.Node, name string) bool {
+	for _, n := range nodes {
+		if n.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // LabelRequest changes labels of a pod or namespace: set these, remove those.

@@ -43,7 +43,7 @@ func stripManaged(obj any) (any, error) {
 func (k *KV) newClasses(ctx context.Context) []*class {
 	classes := []*class{k.nodeClass(), k.podClass(), k.namespaceClass(), k.policyClass(), k.identityClass(), k.recordClass()}
 	for _, c := range classes {
-		c.start(ctx, k.handler(c))
+		c.start(ctx, ctx, k.handler(c)) // the first informers: waitSynced waits for them
 	}
 	return classes
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -61,11 +62,21 @@ func (k *KV) dynamicInformer(gvr schema.GroupVersionResource) func() cache.Share
 	}
 }
 
-// start runs a new informer for the class under ctx, replacing (and stopping) the old one.
-func (c *class) start(ctx context.Context, h cache.ResourceEventHandler) {
+// start runs a new informer for the class until runCtx ends. One that replaces another takes
+// over only once it has listed (waiting at most until waitCtx ends), so that readers never see
+// an empty cache; the old one is then stopped.
+func (c *class) start(runCtx, waitCtx context.Context, h cache.ResourceEventHandler) error {
 	inf := c.newInformer()
 	inf.AddEventHandler(h)
-	run, stop := context.WithCancel(ctx)
+	run, stop := context.WithCancel(runCtx)
+	go inf.Run(run.Done())
+	c.mu.RLock()
+	replacing := c.informer != nil
+	c.mu.RUnlock()
+	if replacing && !cache.WaitForCacheSync(waitCtx.Done(), inf.HasSynced) {
+		stop()
+		return fmt.Errorf("new informer did not list: %w", waitCtx.Err())
+	}
 	c.mu.Lock()
 	old := c.stop
 	c.informer, c.stop = inf, stop
@@ -73,7 +84,7 @@ func (c *class) start(ctx context.Context, h cache.ResourceEventHandler) {
 	if old != nil {
 		old()
 	}
-	go inf.Run(run.Done())
+	return nil
 }
 
 // store is the class's cache.

@@ -1,6 +1,7 @@
 package kubestore
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -36,8 +37,16 @@ func (k *KV) handler(c *class) cache.ResourceEventHandler {
 		k.notify(store.Event{Key: key, Value: val, Deleted: deleted})
 	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { send(obj, false) },
-		UpdateFunc: func(_, obj any) { send(obj, false) },
+		AddFunc: func(obj any) { send(obj, false) },
+		UpdateFunc: func(old, obj any) {
+			// Kubelet rewrites pod and node status all the time; only what ebpfnet reads counts.
+			ok, ov, oOK := c.encode(old)
+			nk, nv, nOK := c.encode(obj)
+			if ok == nk && oOK == nOK && bytes.Equal(ov, nv) {
+				return
+			}
+			send(obj, false)
+		},
 		DeleteFunc: func(obj any) { send(obj, true) },
 	}
 }
@@ -116,7 +125,12 @@ func (k *KV) syncClass(ctx context.Context, c *class) error {
 				return fmt.Errorf("sync %s: %s is not cached %s after a fresh list", c.name(), behind, syncGrace)
 			}
 			slog.Warn("kubernetes informer lags the API server; listing afresh", "kind", c.name(), "object", behind)
-			c.start(k.runCtx, k.handler(c))
+			lctx, cancel := context.WithTimeout(ctx, time.Minute)
+			err := c.start(k.runCtx, lctx, k.handler(c))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("sync %s: list afresh: %w", c.name(), err)
+			}
 			restarted, deadline = true, time.Now().Add(syncGrace)
 		}
 		select {
