@@ -94,7 +94,7 @@ func (b *builder) kubeNode(ctx context.Context, n *Node) error {
 func labPod(p Pod) map[string]any {
 	c := map[string]any{"name": "pause", "image": kube.PauseImage, "imagePullPolicy": "Never"}
 	if len(p.Ports) > 0 {
-		var ports, spec []string
+		var spec []string
 		var cports []map[string]any
 		for _, pt := range p.Ports {
 			spec = append(spec, fmt.Sprintf("%d/%s", pt.Port, pt.Protocol))
@@ -103,7 +103,6 @@ func labPod(p Pod) map[string]any {
 				cp["name"] = pt.Name
 			}
 			cports = append(cports, cp)
-			ports = append(ports, pt.Name)
 		}
 		c = map[string]any{"name": "serve", "image": kube.EchoImage, "imagePullPolicy": "Never",
 			"command": []string{"/ebpfnet", "lab", "serve", "--ports", strings.Join(spec, ","), "--ready", "/tmp/ready"},

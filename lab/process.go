@@ -9,12 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 )
 
 // spawn starts a long-lived lab process inside the network namespace at netns. nsenter
@@ -51,17 +52,7 @@ func stop(pid int, lab string) {
 
 // isLabProcess checks /proc so that a recycled pid is never killed by mistake: every lab
 // process names a file under the lab's directory on its command line.
-func isLabProcess(pid int, lab string) bool {
-	dir := filepath.Join("/proc", strconv.Itoa(pid))
-	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil {
-		return false
-	}
-	if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil && bytes.Contains(stat, []byte(") Z ")) {
-		return false // a zombie holds nothing
-	}
-	return bytes.Contains(cmdline, []byte(Dir(lab)+"/"))
-}
+func isLabProcess(pid int, lab string) bool { return kube.OwnedBy(pid, Dir(lab)) }
 
 // cniConf is the network configuration the lab hands the plugin, as a runtime would.
 func cniConf(node *Node, labels map[string]string) []byte {

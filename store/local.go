@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -16,15 +15,8 @@ var bucket = []byte("ebpfnet")
 
 // Local is a KV in a bbolt file, for a single node. One process (the agent) owns the file.
 type Local struct {
-	db       *bolt.DB
-	mu       sync.Mutex
-	watchers map[*watcher]struct{}
-}
-
-type watcher struct {
-	prefix string
-	ch     chan Event
-	ctx    context.Context
+	db      *bolt.DB
+	watches Fanout
 }
 
 // OpenLocal opens (or makes) the store file at path.
@@ -43,7 +35,7 @@ func OpenLocal(path string) (*Local, error) {
 		db.Close()
 		return nil, fmt.Errorf("init local store: %w", err)
 	}
-	return &Local{db: db, watchers: map[*watcher]struct{}{}}, nil
+	return &Local{db: db}, nil
 }
 
 func (l *Local) Get(_ context.Context, key string) ([]byte, bool, error) {
@@ -115,33 +107,9 @@ func (l *Local) Delete(_ context.Context, key string) error {
 // Watch delivers changes made through this Local. The channel is buffered and coalesces:
 // when the reader is behind, it still gets at least one event after every change.
 func (l *Local) Watch(ctx context.Context, prefix string) <-chan Event {
-	w := &watcher{prefix: prefix, ch: make(chan Event, 256), ctx: ctx}
-	w.ch <- Event{} // live from here: registration below happens before any later change
-	l.mu.Lock()
-	l.watchers[w] = struct{}{}
-	l.mu.Unlock()
-	go func() {
-		<-ctx.Done()
-		l.mu.Lock()
-		delete(l.watchers, w)
-		close(w.ch)
-		l.mu.Unlock()
-	}()
-	return w.ch
+	return l.watches.Watch(ctx, prefix, nil)
 }
 
-func (l *Local) notify(ev Event) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for w := range l.watchers {
-		if !strings.HasPrefix(ev.Key, w.prefix) || w.ctx.Err() != nil {
-			continue
-		}
-		select {
-		case w.ch <- ev:
-		default: // a full buffer already holds events that will make the reader look again
-		}
-	}
-}
+func (l *Local) notify(ev Event) { l.watches.Notify(ev) }
 
 func (l *Local) Close() error { return l.db.Close() }

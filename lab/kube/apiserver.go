@@ -31,7 +31,7 @@ func (cp *ControlPlane) apiserverPID() (int, bool) {
 		return 0, false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid, err == nil && ownedBy(pid, cp.Dir)
+	return pid, err == nil && OwnedBy(pid, cp.Dir)
 }
 
 // StopAPIServer SIGKILLs the kube-apiserver and returns once it is gone. Everything else (etcd,
@@ -42,7 +42,7 @@ func (cp *ControlPlane) StopAPIServer() error {
 		return fmt.Errorf("stop kube-apiserver: it does not run (see %s)", filepath.Join(cp.Dir, "kube-apiserver.pid"))
 	}
 	killAll([]int{pid}, cp.Dir)
-	if ownedBy(pid, cp.Dir) {
+	if OwnedBy(pid, cp.Dir) {
 		return fmt.Errorf("stop kube-apiserver: pid %d survived SIGKILL", pid)
 	}
 	return nil

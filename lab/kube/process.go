@@ -59,9 +59,9 @@ func (p *proc) alive() error {
 	}
 }
 
-// ownedBy reports whether pid is a live (not zombie) process whose command line names a path
+// OwnedBy reports whether pid is a live (not zombie) process whose command line names a path
 // under dir: a recycled pid is then never mistaken for one of ours.
-func ownedBy(pid int, dir string) bool {
+func OwnedBy(pid int, dir string) bool {
 	proc := filepath.Join("/proc", strconv.Itoa(pid))
 	cmdline, err := os.ReadFile(filepath.Join(proc, "cmdline"))
 	if err != nil {
@@ -83,7 +83,7 @@ func processesUnder(dir string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if ownedBy(pid, dir) {
+		if OwnedBy(pid, dir) {
 			pids = append(pids, pid)
 		}
 	}

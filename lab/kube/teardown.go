@@ -78,7 +78,7 @@ func Teardown(dir string) error {
 
 // findKubelets lists the kubelet processes under dir.
 func findKubelets(dir string) []int {
-	return slices.DeleteFunc(kubeletsOnHost(), func(pid int) bool { return !ownedBy(pid, dir) })
+	return slices.DeleteFunc(kubeletsOnHost(), func(pid int) bool { return !OwnedBy(pid, dir) })
 }
 
 // kubeletsOnHost lists every kubelet process on the host, of any lab.
@@ -100,12 +100,12 @@ func kubeletsOnHost() []int {
 // killAll SIGKILLs pids (those still under dir) and waits for them to be gone.
 func killAll(pids []int, dir string) {
 	for _, pid := range pids {
-		if ownedBy(pid, dir) {
+		if OwnedBy(pid, dir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	deadline := time.Now().Add(killTimeout)
-	for time.Now().Before(deadline) && slices.ContainsFunc(pids, func(pid int) bool { return ownedBy(pid, dir) }) {
+	for time.Now().Before(deadline) && slices.ContainsFunc(pids, func(pid int) bool { return OwnedBy(pid, dir) }) {
 		time.Sleep(pollInterval / 5) // waiting for the kernel to reap them
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,8 +27,7 @@ type KV struct {
 	dyn     dynamic.Interface
 	cancel  context.CancelFunc
 	classes []*class
-	mu      sync.Mutex
-	watch   map[*watcher]struct{}
+	watches store.Fanout
 	synced  chan struct{}   // closed once every informer has listed
 	runCtx  context.Context // the informers run until it ends (Close)
 }
@@ -66,7 +64,7 @@ func OpenConfig(ctx context.Context, cfg *rest.Config) (*KV, error) {
 		return nil, err
 	}
 	runCtx, stop := context.WithCancel(context.Background())
-	k := &KV{core: core, dyn: dyn, cancel: stop, watch: map[*watcher]struct{}{}, synced: make(chan struct{})}
+	k := &KV{core: core, dyn: dyn, cancel: stop, synced: make(chan struct{})}
 	k.runCtx = runCtx
 	k.classes = k.newClasses(runCtx)
 	if err := k.waitSynced(ctx); err != nil {

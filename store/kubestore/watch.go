@@ -15,12 +15,6 @@ import (
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-type watcher struct {
-	prefix string
-	ch     chan store.Event
-	ctx    context.Context
-}
-
 // handler turns informer events into store events on the class's keys.
 func (k *KV) handler(c *class) cache.ResourceEventHandler {
 	send := func(obj any, deleted bool) {
@@ -34,7 +28,7 @@ func (k *KV) handler(c *class) cache.ResourceEventHandler {
 		if !ok || deleted {
 			val, deleted = nil, true
 		}
-		k.notify(store.Event{Key: key, Value: val, Deleted: deleted})
+		k.watches.Notify(store.Event{Key: key, Value: val, Deleted: deleted})
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc: func(obj any) { send(obj, false) },
@@ -53,42 +47,9 @@ func (k *KV) handler(c *class) cache.ResourceEventHandler {
 
 // Watch reports changes under prefix. Its first, empty-keyed event comes once every informer
 // has listed: state read after it is at least that fresh. The channel coalesces like the
-// other stores': a reader that falls behind still gets an event after every change.
+// other stores'.
 func (k *KV) Watch(ctx context.Context, prefix string) <-chan store.Event {
-	w := &watcher{prefix: prefix, ch: make(chan store.Event, 256), ctx: ctx}
-	k.mu.Lock()
-	k.watch[w] = struct{}{}
-	k.mu.Unlock()
-	go func() {
-		select {
-		case <-k.synced:
-			select {
-			case w.ch <- store.Event{}:
-			default:
-			}
-		case <-ctx.Done():
-		}
-		<-ctx.Done()
-		k.mu.Lock()
-		delete(k.watch, w)
-		close(w.ch)
-		k.mu.Unlock()
-	}()
-	return w.ch
-}
-
-func (k *KV) notify(ev store.Event) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for w := range k.watch {
-		if !strings.HasPrefix(ev.Key, w.prefix) || w.ctx.Err() != nil {
-			continue
-		}
-		select {
-		case w.ch <- ev:
-		default: // a full buffer already holds events that will make the reader look again
-		}
-	}
+	return k.watches.Watch(ctx, prefix, k.synced)
 }
 
 // Sync returns once every informer holds at least what the API server held when it was
