@@ -51,6 +51,7 @@ type Agent struct {
 	// identities caches label key -> identity; emptied when the store deletes an identity.
 	identities sync.Map
 	idGC       identityGC
+	services   *serviceReconciler
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -178,6 +179,9 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	if err := a.setupNode(underlay); err != nil {
 		return err
 	}
+	if a.services, err = newServiceReconciler(a.dp.Services(), a.node); err != nil {
+		return err
+	}
 	if err := a.cluster.PutNode(ctx, a.node, s.leaseTTL); err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
@@ -232,7 +236,7 @@ func (a *Agent) watch(ctx context.Context) {
 }
 
 func ownBookkeeping(key string) bool {
-	for _, p := range []string{"ipam/", "status/", "identities/", "identity-ids/", "podcidrs/"} { // not prefilter/
+	for _, p := range []string{"ipam/", "status/", "identities/", "identity-ids/", "podcidrs/", "serviceips/", "nodeports/"} { // not prefilter/
 		if strings.HasPrefix(key, store.Prefix+p) {
 			return true
 		}
@@ -286,6 +290,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		} else if next > 0 {
 			time.AfterFunc(next, a.trigger)
 		}
+		a.collectNAT()
 		removed, left, err := a.dp.Conntrack().GC()
 		a.metrics.ctGCRuns.Inc()
 		a.metrics.ctGCRemoved.Add(float64(removed))

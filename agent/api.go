@@ -116,6 +116,7 @@ func (a *Agent) routes() http.Handler {
 	a.policyRoutes(mux)
 	a.prefilterRoutes(mux)
 	mux.HandleFunc("GET /v1/monitor", a.serveMonitor)
+	a.serviceRoutes(mux)
 	return mux
 }
 

@@ -37,6 +37,18 @@ type Config struct {
 	// IdentityGCGrace is how long an identity must go unused by every pod and node before it is
 	// deleted (default 5m).
 	IdentityGCGrace string `json:"identityGCGrace,omitempty"`
+	// ServiceCIDR is where ClusterIPs come from (default 10.96.0.0/12): the node routes it to
+	// the datapath, and Services applied without a clusterIP get one from it.
+	ServiceCIDR string `json:"serviceCIDR,omitempty"`
+	// Masquerade gives pod traffic to destinations outside the cluster the node's address
+	// (default true).
+	Masquerade *bool `json:"masquerade,omitempty"`
+	// NoMasqueradeCIDRs are destinations outside the cluster that pods reach with their own
+	// address.
+	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
+	// MasqueradePorts are the node's source ports that translated flows take, "MIN-MAX"
+	// (default 20000-29999): keep them out of net.ipv4.ip_local_port_range and NodePorts.
+	MasqueradePorts string `json:"masqueradePorts,omitempty"`
 }
 
 // StoreConfig says where desired state lives.
@@ -55,6 +67,8 @@ const (
 	DefaultPodCIDRLen = 24
 	// DefaultIdentityGCGrace is how long an unused identity is kept.
 	DefaultIdentityGCGrace = 5 * time.Minute
+	DefaultServiceCIDR     = "10.96.0.0/12"
+	DefaultMasqueradePorts = "20000-29999"
 )
 
 // ReadConfig reads a YAML or JSON config file strictly: unknown fields are errors.
@@ -81,6 +95,10 @@ type settled struct {
 	leaseTTL time.Duration
 	// identityGCGrace is IdentityGCGrace parsed.
 	identityGCGrace time.Duration
+	serviceCIDR     netip.Prefix
+	masquerade      bool
+	noMasquerade    []netip.Prefix
+	natPorts        maps.PortRange
 }
 
 // validate fills defaults and checks every field, naming the one that is wrong.
@@ -165,5 +183,44 @@ func (c Config) validate() (*settled, error) {
 			return nil, fmt.Errorf("identityGCGrace: %q must be a duration of at least 1s", c.IdentityGCGrace)
 		}
 	}
+	if err := s.validateServices(); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// validateServices settles the Service and masquerading fields.
+func (s *settled) validateServices() error {
+	var err error
+	cidr := s.ServiceCIDR
+	if cidr == "" {
+		cidr = DefaultServiceCIDR
+	}
+	if s.serviceCIDR, err = netip.ParsePrefix(cidr); err != nil || !s.serviceCIDR.Addr().Is4() || s.serviceCIDR.Masked() != s.serviceCIDR {
+		return fmt.Errorf("serviceCIDR: %q is not an IPv4 network", cidr)
+	}
+	if s.serviceCIDR.Overlaps(s.cluster) {
+		return fmt.Errorf("serviceCIDR: %s overlaps clusterCIDR %s", s.serviceCIDR, s.cluster)
+	}
+	s.masquerade = s.Masquerade == nil || *s.Masquerade
+	for _, c := range s.NoMasqueradeCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("noMasqueradeCIDRs: %q is not an IPv4 CIDR", c)
+		}
+		s.noMasquerade = append(s.noMasquerade, p.Masked())
+	}
+	ports := s.MasqueradePorts
+	if ports == "" {
+		ports = DefaultMasqueradePorts
+	}
+	var lo, hi int
+	if n, err := fmt.Sscanf(ports, "%d-%d", &lo, &hi); err != nil || n != 2 || lo < 1024 || hi > 65535 || lo > hi {
+		return fmt.Errorf("masqueradePorts: %q must be MIN-MAX within 1024-65535", ports)
+	}
+	if lo <= 32767 && hi >= 30000 {
+		return fmt.Errorf("masqueradePorts: %q overlaps the NodePort range 30000-32767", ports)
+	}
+	s.natPorts = maps.PortRange{Min: uint16(lo), Max: uint16(hi)}
+	return nil
 }

@@ -22,6 +22,9 @@ type agentMetrics struct {
 	policyDelay prometheus.Histogram
 	ctGCRuns    prometheus.Counter
 	ctGCRemoved prometheus.Counter
+	// natGCRemoved and natEntries: translations (Services, masquerading) collected and left.
+	natGCRemoved prometheus.Counter
+	natEntries   prometheus.Gauge
 	// identitiesCollected counts identities deleted because no pod carried them any more.
 	identitiesCollected prometheus.Counter
 	reconcileError      prometheus.Counter
@@ -37,6 +40,9 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.ctGCRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_conntrack_gc_removed_total", Help: "Expired conntrack entries removed."})
 	m.reconcileError = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_reconcile_errors_total", Help: "Reconciles that failed."})
 	m.identitiesCollected = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_identities_collected_total", Help: "Identities deleted because no pod carried them for the grace period."})
+	m.natGCRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_nat_gc_removed_total", Help: "Translations of ended flows removed from the nat map."})
+	m.natEntries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ebpfnet_nat_entries", Help: "Entries in the nat map after the last collection (two per translated flow)."})
+	m.reg.MustRegister(m.natGCRemoved, m.natEntries)
 	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, m.identitiesCollected, &datapathCollector{a: a})
 	return m
 }

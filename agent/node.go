@@ -15,9 +15,23 @@ import (
 // VXLANDevice is the node's one collect-metadata VXLAN device (vxlan mode).
 const VXLANDevice = "ebpfnet_vxlan"
 
+// HostDevice is one end of a veth pair whose egress runs from_host: the node's routes to
+// Services (and, over VXLAN and IP-in-IP, to other nodes' pods) lead there, and the datapath
+// hands the node replies through its ingress. hostPeer, the other end, only keeps it up.
+const (
+	HostDevice = "ebpfnet_host"
+	hostPeer   = "ebpfnet_net"
+)
+
 // setupNode makes (or adopts) the node's devices and hooks and writes the config map.
 func (a *Agent) setupNode(underlay netlink.Link) error {
-	cfg := maps.NodeConfig{NodeIP: a.node.IP, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode}
+	cfg := maps.NodeConfig{NodeIP: a.node.IP, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode,
+		Masquerade: a.cfg.masquerade, NATPorts: a.cfg.natPorts}
+	host, err := a.hostDevice(underlay.Attrs().MTU - a.cfg.mode.Overhead())
+	if err != nil {
+		return err
+	}
+	cfg.HostIfindex, cfg.HostMAC = uint32(host.Attrs().Index), host.Attrs().HardwareAddr
 	if a.cfg.mode == maps.ModeVXLAN {
 		idx, err := a.vxlanDevice(underlay.Attrs().MTU)
 		if err != nil {
@@ -64,6 +78,46 @@ func (a *Agent) vxlanDevice(mtu int) (int, error) {
 		return 0, err
 	}
 	return l.Attrs().Index, nil
+}
+
+// hostDevice makes (or adopts) the host device pair and attaches from_host to its egress.
+func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
+	l, err := netlink.LinkByName(HostDevice)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostDevice, MTU: mtu}, PeerName: hostPeer}
+		if err := netlink.LinkAdd(v); err != nil {
+			return nil, fmt.Errorf("add %s: %w", HostDevice, err)
+		}
+		for _, name := range []string{HostDevice, hostPeer} {
+			os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", name, "disable_ipv6"), []byte("1"), 0o644)
+		}
+		if l, err = netlink.LinkByName(HostDevice); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", HostDevice, err)
+	} else if _, ok := l.(*netlink.Veth); !ok {
+		return nil, fmt.Errorf("%s exists but is not a veth; delete it", HostDevice)
+	}
+	if l.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(l, mtu); err != nil {
+			return nil, fmt.Errorf("set %s mtu: %w", HostDevice, err)
+		}
+	}
+	// No neighbour resolution: what the node routes here is taken by from_host, whatever its MACs.
+	if err := netlink.LinkSetARPOff(l); err != nil {
+		return nil, fmt.Errorf("%s arp off: %w", HostDevice, err)
+	}
+	for _, name := range []string{hostPeer, HostDevice} {
+		if err := netlink.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			return nil, fmt.Errorf("set %s up: %w", name, err)
+		}
+	}
+	if _, err := a.dp.Attach(HostDevice, loader.HookFromHost); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // PodMTU is the MTU pods get: the underlay's minus the mode's encapsulation.

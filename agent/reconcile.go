@@ -46,10 +46,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	errs := []error{a.reconcileRoutes(nodes)}
-	if a.cfg.mode == maps.ModeNative {
-		errs = append(errs, a.reconcileKernelRoutes(nodes))
-	}
+	errs := []error{a.reconcileRoutes(nodes), a.reconcileKernelRoutes(nodes)}
 	pol, err := a.compilePolicy(ctx, nodes)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("compile policy: %w", err))...)
@@ -61,6 +58,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints))
 	errs = append(errs, a.removePolicy(stale))
 	errs = append(errs, a.reconcilePrefilter(ctx))
+	errs = append(errs, a.services.reconcile(ctx, a.cluster), a.reconcileMasquerade())
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -139,17 +137,32 @@ func (a *Agent) reconcileRoutes(nodes []store.Node) error {
 	return errors.Join(errs...)
 }
 
-// reconcileKernelRoutes keeps one kernel route per remote pod CIDR via its node (native mode).
+// reconcileKernelRoutes keeps the node's own routes (tagged routeProtocol): the service CIDR,
+// and in VXLAN and IP-in-IP mode the cluster CIDR, through the host device, where from_host
+// translates and encapsulates; in native mode one route per remote pod CIDR via its node.
 func (a *Agent) reconcileKernelRoutes(nodes []store.Node) error {
-	link, err := netlink.LinkByName(a.cfg.UnderlayInterface)
+	underlay, err := netlink.LinkByName(a.cfg.UnderlayInterface)
 	if err != nil {
 		return err
 	}
-	want := map[string]store.Node{}
-	for _, n := range nodes {
-		if n.Name != a.node.Name {
-			want[n.PodCIDR.String()] = n
+	host, err := netlink.LinkByName(HostDevice)
+	if err != nil {
+		return err
+	}
+	viaHost := func(p netip.Prefix) netlink.Route {
+		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: a.node.IP.AsSlice(),
+			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+	}
+	want := map[string]netlink.Route{a.cfg.serviceCIDR.String(): viaHost(a.cfg.serviceCIDR)}
+	if a.cfg.mode == maps.ModeNative {
+		for _, n := range nodes {
+			if n.Name != a.node.Name {
+				want[n.PodCIDR.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(n.PodCIDR),
+					Gw: n.IP.AsSlice(), Protocol: routeProtocol}
+			}
 		}
+	} else {
+		want[a.cfg.cluster.String()] = viaHost(a.cfg.cluster)
 	}
 	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
@@ -160,8 +173,8 @@ func (a *Agent) reconcileKernelRoutes(nodes []store.Node) error {
 		if r.Dst == nil {
 			continue
 		}
-		n, ok := want[r.Dst.String()]
-		if ok && r.Gw.Equal(n.IP.AsSlice()) && r.LinkIndex == link.Attrs().Index {
+		w, ok := want[r.Dst.String()]
+		if ok && r.Gw.Equal(w.Gw) && r.LinkIndex == w.LinkIndex && r.Src.Equal(w.Src) {
 			delete(want, r.Dst.String())
 			continue
 		}
@@ -169,10 +182,9 @@ func (a *Agent) reconcileKernelRoutes(nodes []store.Node) error {
 			errs = append(errs, netlink.RouteDel(&r))
 		}
 	}
-	for _, n := range want {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice(), Protocol: routeProtocol}
-		if err := netlink.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("route %s via %s: %w", n.PodCIDR, n.IP, err))
+	for _, r := range want {
+		if err := netlink.RouteReplace(&r); err != nil {
+			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -14,13 +14,54 @@
 #include "crossnode.h"
 #include "policy.h"
 #include "prefilter.h"
+#include "service.h"
+
+/* admit_local_flow runs policy on what a packet has become after the NAT stage (the backend,
+ * not the Service, is judged), then writes a new translation, or masquerades a pod's new
+ * flow leaving the cluster. */
+static __always_inline int admit_local_flow(struct __sk_buff *skb, struct packet *pkt,
+					    struct endpoint_info *src, struct xlate *x,
+					    __u8 direction)
+{
+	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
+	int reason;
+
+	reason = admit(skb, pkt, src, dst, 0, direction);
+	if (reason != CONTINUE) {
+		nat_abort(pkt, x);
+		return reason;
+	}
+	reason = nat_commit(pkt, x, skb);
+	if (reason == CONTINUE && src)
+		reason = nat_masquerade(skb, pkt, node_config(), x);
+	return reason;
+}
+
+/* forward_from_pod sends a pod's (translated) packet on: into a local pod, to the node, or
+ * to another node or outside. */
+static __always_inline int forward_from_pod(struct __sk_buff *skb, struct packet *pkt,
+					    struct endpoint_info *src, struct xlate *x)
+{
+	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
+	struct node_config *cfg = node_config();
+	int reason;
+
+	if (dst && (dst->flags & EP_F_LOCAL)) {
+		reason = decrement_ttl(skb, pkt);
+		return reason == CONTINUE ? redirect_to_endpoint(skb, dst) : reason;
+	}
+	if (cfg && pkt->family == AF_INET && pkt->daddr.v4 == *(__be32 *)cfg->node_ip)
+		return x->state == XL_REPLY ? redirect_to_node(skb, cfg) : REASON_FORWARD_HOST;
+	return forward_remote(skb, pkt, src->identity, x->state != XL_NONE);
+}
 
 /* from_pod: tc ingress of a pod's host-side veth; everything a pod sends starts here. */
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
-	struct endpoint_info *src = NULL, *dst;
+	struct endpoint_info *src = NULL;
 	struct packet pkt = {};
+	struct xlate x = {};
 	int reason;
 
 	reason = parse_skb(skb, &pkt);
@@ -28,17 +69,11 @@ int from_pod(struct __sk_buff *skb)
 		reason = check_source(skb, &pkt, &src);
 	if (reason != CONTINUE || !src)
 		return finish(skb, &pkt, reason, DIR_FROM_POD);
-	dst = lookup_endpoint(pkt.family, &pkt.daddr);
-	reason = admit(skb, &pkt, src, dst, 0, DIR_FROM_POD);
-	if (reason != CONTINUE)
-		return finish(skb, &pkt, reason, DIR_FROM_POD);
-	if (dst && (dst->flags & EP_F_LOCAL)) {
-		reason = decrement_ttl(skb, &pkt);
-		if (reason == CONTINUE)
-			reason = redirect_to_endpoint(skb, dst);
-	} else {
-		reason = forward_remote(skb, &pkt, src);
-	}
+	reason = nat_begin(skb, &pkt, node_config(), &x);
+	if (reason == CONTINUE && x.state != XL_REPLY)
+		reason = admit_local_flow(skb, &pkt, src, &x, DIR_FROM_POD);
+	if (reason == CONTINUE)
+		reason = forward_from_pod(skb, &pkt, src, &x);
 	return finish(skb, &pkt, reason, DIR_FROM_POD);
 }
 
@@ -48,6 +83,8 @@ int to_pod(struct __sk_buff *skb)
 {
 	struct endpoint_info *dst;
 	struct packet pkt = {};
+	struct nat_entry *e;
+	struct ct_key key;
 	int reason;
 
 	/* What the node's stack sends is not judged for form, only for policy. */
@@ -56,8 +93,42 @@ int to_pod(struct __sk_buff *skb)
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
 	if (!dst || !(dst->flags & EP_F_LOCAL))
 		return finish(skb, &pkt, REASON_DELIVER, DIR_TO_POD);
-	reason = admit(skb, &pkt, NULL, dst, 0, DIR_TO_POD);
+	/* A reply from a Service backend on the node's own network: back to the frontend. */
+	e = nat_lookup(&pkt, &key);
+	if (e && (e->flags & NAT_F_REPLY)) {
+		nat_touch(e, &pkt);
+		reason = nat_rewrite(skb, &pkt, e);
+	} else {
+		reason = admit(skb, &pkt, NULL, dst, 0, DIR_TO_POD);
+	}
 	return finish(skb, &pkt, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
+}
+
+/* from_host: tc egress of the host device; the node's own traffic to Services and (VXLAN,
+ * IP-in-IP) to pods on other nodes, which the node's routes send here. */
+SEC("tc")
+int from_host(struct __sk_buff *skb)
+{
+	struct endpoint_info *dst;
+	struct packet pkt = {};
+	struct xlate x = {};
+	int reason;
+
+	if (parse_skb(skb, &pkt) != CONTINUE || pkt.family != AF_INET)
+		return finish(skb, &pkt, REASON_FORWARD_HOST, DIR_FROM_HOST);
+	reason = nat_begin(skb, &pkt, node_config(), &x);
+	if (reason == CONTINUE)
+		reason = admit_local_flow(skb, &pkt, NULL, &x, DIR_FROM_HOST);
+	if (reason != CONTINUE)
+		return finish(skb, &pkt, reason, DIR_FROM_HOST);
+	dst = lookup_endpoint(pkt.family, &pkt.daddr);
+	if (dst && (dst->flags & EP_F_LOCAL))
+		reason = send_to_endpoint(skb, dst);
+	else
+		reason = forward_remote(skb, &pkt, IDENTITY_REMOTE_NODE, 0);
+	if (reason == REASON_FORWARD_HOST)
+		reason = REASON_DROP_UNKNOWN_DEST; /* nothing else is routed to the host device */
+	return finish(skb, &pkt, reason, DIR_FROM_HOST);
 }
 
 /* tunnel_identity is the sender's identity, carried in the VNI. */
@@ -80,7 +151,7 @@ int from_overlay(struct __sk_buff *skb)
 	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
 		reason = pkt.family
-				 ? deliver_local(skb, &pkt, tunnel_identity(skb), DIR_FROM_OVERLAY)
+				 ? receive_remote(skb, &pkt, tunnel_identity(skb), DIR_FROM_OVERLAY, 1)
 				 : REASON_FORWARD_HOST;
 	return finish(skb, &pkt, reason, DIR_FROM_OVERLAY);
 }
@@ -116,6 +187,9 @@ const enum identity_reserved *unused_identity_reserved __attribute__((unused));
 const enum policy_direction *unused_policy_direction __attribute__((unused));
 const enum endpoint_flags *unused_endpoint_flags __attribute__((unused));
 const enum ct_flags *unused_ct_flags __attribute__((unused));
+const enum service_flags *unused_service_flags __attribute__((unused));
+const enum backend_flags *unused_backend_flags __attribute__((unused));
+const enum nat_flags *unused_nat_flags __attribute__((unused));
 const struct event *unused_event __attribute__((unused));
 
 char __license[] SEC("license") = "GPL";

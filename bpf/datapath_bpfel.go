@@ -13,6 +13,36 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type DatapathAffinityKey struct {
+	_         structs.HostLayout
+	Client    [16]uint8
+	ServiceId uint32
+	Family    uint8
+	Pad       [3]uint8
+}
+
+type DatapathAffinityValue struct {
+	_         structs.HostLayout
+	LastUsed  uint64
+	BackendId uint32
+	Pad       uint32
+}
+
+type DatapathBackendFlags uint32
+
+const (
+	DatapathBackendFlagsBACKEND_F_LOCAL       DatapathBackendFlags = 1
+	DatapathBackendFlagsBACKEND_F_TERMINATING DatapathBackendFlags = 2
+)
+
+type DatapathBackendInfo struct {
+	_      structs.HostLayout
+	Ip     [16]uint8
+	Port   uint16
+	Family uint8
+	Flags  uint8
+}
+
 type DatapathCtEntry struct {
 	_       structs.HostLayout
 	Expires uint64
@@ -48,6 +78,7 @@ const (
 	DatapathDirectionDIR_PREFILTER     DatapathDirection = 3
 	DatapathDirectionDIR_FROM_OVERLAY  DatapathDirection = 4
 	DatapathDirectionDIR_FROM_UNDERLAY DatapathDirection = 5
+	DatapathDirectionDIR_FROM_HOST     DatapathDirection = 6
 )
 
 type DatapathEndpointFlags uint32
@@ -129,6 +160,36 @@ type DatapathMetricsValue struct {
 	Bytes   uint64
 }
 
+type DatapathNatEntry struct {
+	_         structs.HostLayout
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Sport     uint16
+	Dport     uint16
+	BackendId uint32
+	Expires   uint64
+	Packets   uint64
+	Flags     uint32
+	Pad       uint32
+}
+
+type DatapathNatFlags uint32
+
+const (
+	DatapathNatFlagsNAT_F_REPLY      DatapathNatFlags = 1
+	DatapathNatFlagsNAT_F_SERVICE    DatapathNatFlags = 2
+	DatapathNatFlagsNAT_F_MASQUERADE DatapathNatFlags = 4
+	DatapathNatFlagsNAT_F_REPLY_SEEN DatapathNatFlags = 8
+	DatapathNatFlagsNAT_F_CLOSING    DatapathNatFlags = 16
+)
+
+type DatapathNatScratch struct {
+	_     structs.HostLayout
+	Entry DatapathNatEntry
+	Tuple DatapathCtKey
+	Reply DatapathCtKey
+}
+
 type DatapathNodeConfig struct {
 	_               structs.HostLayout
 	NodeIp          [16]uint8
@@ -136,7 +197,13 @@ type DatapathNodeConfig struct {
 	TunnelIfindex   uint32
 	Mode            uint8
 	MonitorVerdicts uint8
-	Pad             [2]uint8
+	Masquerade      uint8
+	Pad             uint8
+	HostIfindex     uint32
+	HostMac         [6]uint8
+	NatPortMin      uint16
+	NatPortMax      uint16
+	Pad2            uint16
 }
 
 type DatapathPolicyDirection uint32
@@ -171,6 +238,7 @@ const (
 	DatapathReasonREASON_FORWARD_TUNNEL       DatapathReason = 4
 	DatapathReasonREASON_FORWARD_UNDERLAY     DatapathReason = 5
 	DatapathReasonREASON_POLICY_ALLOWED       DatapathReason = 6
+	DatapathReasonREASON_FORWARD_NODE         DatapathReason = 7
 	DatapathReasonREASON_EVENT_LOST           DatapathReason = 32
 	DatapathReasonREASON_DROP_FIRST           DatapathReason = 64
 	DatapathReasonREASON_DROP_MALFORMED       DatapathReason = 64
@@ -184,6 +252,8 @@ const (
 	DatapathReasonREASON_DROP_ENCAP_FAILED    DatapathReason = 72
 	DatapathReasonREASON_DROP_POLICY_INGRESS  DatapathReason = 73
 	DatapathReasonREASON_DROP_POLICY_EGRESS   DatapathReason = 74
+	DatapathReasonREASON_DROP_NO_BACKEND      DatapathReason = 75
+	DatapathReasonREASON_DROP_NAT_NO_PORT     DatapathReason = 76
 )
 
 type DatapathRouteFlags uint32
@@ -202,6 +272,33 @@ type DatapathRouteInfo struct {
 	NodeId uint32
 }
 
+type DatapathServiceFlags uint32
+
+const (
+	DatapathServiceFlagsSVC_F_AFFINITY       DatapathServiceFlags = 1
+	DatapathServiceFlagsSVC_F_NODEPORT       DatapathServiceFlags = 2
+	DatapathServiceFlagsSVC_F_EXTERNAL_LOCAL DatapathServiceFlags = 4
+)
+
+type DatapathServiceKey struct {
+	_        structs.HostLayout
+	Ip       [16]uint8
+	Port     uint16
+	Protocol uint8
+	Family   uint8
+	Slot     uint16
+	Pad      uint16
+}
+
+type DatapathServiceValue struct {
+	_               structs.HostLayout
+	BackendId       uint32
+	ServiceId       uint32
+	Count           uint16
+	Flags           uint16
+	AffinityTimeout uint32
+}
+
 type DatapathTunnelMode uint32
 
 const (
@@ -214,28 +311,38 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	DatapathMapAffinity               = "affinity"
+	DatapathMapBackends               = "backends"
 	DatapathMapConfig                 = "config"
 	DatapathMapConntrack              = "conntrack"
 	DatapathMapEndpoints              = "endpoints"
 	DatapathMapEvents                 = "events"
 	DatapathMapIpcache                = "ipcache"
 	DatapathMapMetrics                = "metrics"
+	DatapathMapNat                    = "nat"
+	DatapathMapNatScratch             = "nat_scratch"
+	DatapathMapNoMasquerade           = "no_masquerade"
 	DatapathMapPolicy                 = "policy"
 	DatapathMapPrefilter              = "prefilter"
 	DatapathMapRoutes                 = "routes"
+	DatapathMapServices               = "services"
+	DatapathProgFromHost              = "from_host"
 	DatapathProgFromOverlay           = "from_overlay"
 	DatapathProgFromPod               = "from_pod"
 	DatapathProgFromUnderlay          = "from_underlay"
 	DatapathProgToPod                 = "to_pod"
 	DatapathProgXdpPrefilter          = "xdp_prefilter"
+	DatapathVarUnusedBackendFlags     = "unused_backend_flags"
 	DatapathVarUnusedCtFlags          = "unused_ct_flags"
 	DatapathVarUnusedDirection        = "unused_direction"
 	DatapathVarUnusedEndpointFlags    = "unused_endpoint_flags"
 	DatapathVarUnusedEvent            = "unused_event"
 	DatapathVarUnusedIdentityReserved = "unused_identity_reserved"
+	DatapathVarUnusedNatFlags         = "unused_nat_flags"
 	DatapathVarUnusedPolicyDirection  = "unused_policy_direction"
 	DatapathVarUnusedReason           = "unused_reason"
 	DatapathVarUnusedRouteFlags       = "unused_route_flags"
+	DatapathVarUnusedServiceFlags     = "unused_service_flags"
 	DatapathVarUnusedTunnelMode       = "unused_tunnel_mode"
 )
 
@@ -281,6 +388,7 @@ type DatapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathProgramSpecs struct {
+	FromHost     *ebpf.ProgramSpec `ebpf:"from_host"`
 	FromOverlay  *ebpf.ProgramSpec `ebpf:"from_overlay"`
 	FromPod      *ebpf.ProgramSpec `ebpf:"from_pod"`
 	FromUnderlay *ebpf.ProgramSpec `ebpf:"from_underlay"`
@@ -292,29 +400,38 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Ipcache   *ebpf.MapSpec `ebpf:"ipcache"`
-	Metrics   *ebpf.MapSpec `ebpf:"metrics"`
-	Policy    *ebpf.MapSpec `ebpf:"policy"`
-	Prefilter *ebpf.MapSpec `ebpf:"prefilter"`
-	Routes    *ebpf.MapSpec `ebpf:"routes"`
+	Affinity     *ebpf.MapSpec `ebpf:"affinity"`
+	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	Config       *ebpf.MapSpec `ebpf:"config"`
+	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
+	Metrics      *ebpf.MapSpec `ebpf:"metrics"`
+	Nat          *ebpf.MapSpec `ebpf:"nat"`
+	NatScratch   *ebpf.MapSpec `ebpf:"nat_scratch"`
+	NoMasquerade *ebpf.MapSpec `ebpf:"no_masquerade"`
+	Policy       *ebpf.MapSpec `ebpf:"policy"`
+	Prefilter    *ebpf.MapSpec `ebpf:"prefilter"`
+	Routes       *ebpf.MapSpec `ebpf:"routes"`
+	Services     *ebpf.MapSpec `ebpf:"services"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
+	UnusedBackendFlags     *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
 	UnusedCtFlags          *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
 	UnusedDirection        *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEndpointFlags    *ebpf.VariableSpec `ebpf:"unused_endpoint_flags"`
 	UnusedEvent            *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedIdentityReserved *ebpf.VariableSpec `ebpf:"unused_identity_reserved"`
+	UnusedNatFlags         *ebpf.VariableSpec `ebpf:"unused_nat_flags"`
 	UnusedPolicyDirection  *ebpf.VariableSpec `ebpf:"unused_policy_direction"`
 	UnusedReason           *ebpf.VariableSpec `ebpf:"unused_reason"`
 	UnusedRouteFlags       *ebpf.VariableSpec `ebpf:"unused_route_flags"`
+	UnusedServiceFlags     *ebpf.VariableSpec `ebpf:"unused_service_flags"`
 	UnusedTunnelMode       *ebpf.VariableSpec `ebpf:"unused_tunnel_mode"`
 }
 
@@ -338,28 +455,40 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Conntrack *ebpf.Map `ebpf:"conntrack"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Ipcache   *ebpf.Map `ebpf:"ipcache"`
-	Metrics   *ebpf.Map `ebpf:"metrics"`
-	Policy    *ebpf.Map `ebpf:"policy"`
-	Prefilter *ebpf.Map `ebpf:"prefilter"`
-	Routes    *ebpf.Map `ebpf:"routes"`
+	Affinity     *ebpf.Map `ebpf:"affinity"`
+	Backends     *ebpf.Map `ebpf:"backends"`
+	Config       *ebpf.Map `ebpf:"config"`
+	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Ipcache      *ebpf.Map `ebpf:"ipcache"`
+	Metrics      *ebpf.Map `ebpf:"metrics"`
+	Nat          *ebpf.Map `ebpf:"nat"`
+	NatScratch   *ebpf.Map `ebpf:"nat_scratch"`
+	NoMasquerade *ebpf.Map `ebpf:"no_masquerade"`
+	Policy       *ebpf.Map `ebpf:"policy"`
+	Prefilter    *ebpf.Map `ebpf:"prefilter"`
+	Routes       *ebpf.Map `ebpf:"routes"`
+	Services     *ebpf.Map `ebpf:"services"`
 }
 
 func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
+		m.Affinity,
+		m.Backends,
 		m.Config,
 		m.Conntrack,
 		m.Endpoints,
 		m.Events,
 		m.Ipcache,
 		m.Metrics,
+		m.Nat,
+		m.NatScratch,
+		m.NoMasquerade,
 		m.Policy,
 		m.Prefilter,
 		m.Routes,
+		m.Services,
 	)
 }
 
@@ -367,14 +496,17 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
+	UnusedBackendFlags     *ebpf.Variable `ebpf:"unused_backend_flags"`
 	UnusedCtFlags          *ebpf.Variable `ebpf:"unused_ct_flags"`
 	UnusedDirection        *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEndpointFlags    *ebpf.Variable `ebpf:"unused_endpoint_flags"`
 	UnusedEvent            *ebpf.Variable `ebpf:"unused_event"`
 	UnusedIdentityReserved *ebpf.Variable `ebpf:"unused_identity_reserved"`
+	UnusedNatFlags         *ebpf.Variable `ebpf:"unused_nat_flags"`
 	UnusedPolicyDirection  *ebpf.Variable `ebpf:"unused_policy_direction"`
 	UnusedReason           *ebpf.Variable `ebpf:"unused_reason"`
 	UnusedRouteFlags       *ebpf.Variable `ebpf:"unused_route_flags"`
+	UnusedServiceFlags     *ebpf.Variable `ebpf:"unused_service_flags"`
 	UnusedTunnelMode       *ebpf.Variable `ebpf:"unused_tunnel_mode"`
 }
 
@@ -382,6 +514,7 @@ type DatapathVariables struct {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathPrograms struct {
+	FromHost     *ebpf.Program `ebpf:"from_host"`
 	FromOverlay  *ebpf.Program `ebpf:"from_overlay"`
 	FromPod      *ebpf.Program `ebpf:"from_pod"`
 	FromUnderlay *ebpf.Program `ebpf:"from_underlay"`
@@ -391,6 +524,7 @@ type DatapathPrograms struct {
 
 func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
+		p.FromHost,
 		p.FromOverlay,
 		p.FromPod,
 		p.FromUnderlay,

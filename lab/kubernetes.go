@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
@@ -18,7 +19,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-// ServiceCIDR is the kubernetes lab's Service range.
+// ServiceCIDR is the lab's Service range: the kube-apiserver's --service-cluster-ip-range in a
+// kubernetes lab, and every lab agent's serviceCIDR.
 const ServiceCIDR = "10.96.0.0/16"
 
 // KubeDir is where a kubernetes lab keeps its control plane and nodes.
@@ -217,4 +219,71 @@ func (s *State) podPhases(ctx context.Context) string {
 		parts = append(parts, it.Metadata.Namespace+"/"+it.Metadata.Name+"="+it.Status.Phase)
 	}
 	return strings.Join(parts, " ")
+}
+
+// kubeServices applies the services as Service objects and waits until the store through the
+// agents holds each one with its cluster IP and, from the EndpointSlices the controller
+// manager makes, a ready backend for every lab pod it selects.
+func (s *State) kubeServices(ctx context.Context, specs []ServiceSpec) ([]corev1.Service, error) {
+	cp, err := s.ControlPlane()
+	if err != nil {
+		return nil, err
+	}
+	var docs []string
+	for _, sp := range specs {
+		d, err := yaml.Marshal(sp.Object())
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, string(d))
+	}
+	cmd := cp.KubectlCommand(ctx, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(docs, "---\n"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("create services: %w: %s", err, bytes.TrimSpace(out))
+	}
+	for _, sp := range specs {
+		want := s.selectedPods(sp)
+		err := waitFor(ctx, time.Minute, "service "+sp.Key()+" and its endpoints", func() (bool, string) {
+			views, err := s.Client().Services(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, v := range views {
+				if v.Namespace != sp.Namespace || v.Name != sp.Name {
+					continue
+				}
+				ready := 0
+				for _, b := range v.Backends {
+					if b.State == "ready" {
+						ready++
+					}
+				}
+				return v.ClusterIP != "" && ready >= want, fmt.Sprintf("cluster IP %q, %d of %d backends ready", v.ClusterIP, ready, want)
+			}
+			return false, "not in the store yet"
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	out, err := s.Kubectl(ctx, "get", "services", "--all-namespaces", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var list corev1.ServiceList
+	if err := json.Unmarshal(out, &list); err != nil {
+		return nil, fmt.Errorf("kubectl get services: %w", err)
+	}
+	applied := map[string]bool{}
+	for _, sp := range specs {
+		applied[sp.Key()] = true
+	}
+	var stored []corev1.Service
+	for _, svc := range list.Items {
+		if applied[svc.Namespace+"/"+svc.Name] {
+			stored = append(stored, svc)
+		}
+	}
+	return stored, nil
 }

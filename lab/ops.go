@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/store"
 )
@@ -168,4 +170,58 @@ func (s *State) Label(ctx context.Context, kind, key string, set map[string]stri
 		delete(*labels, k)
 	}
 	return s.save()
+}
+
+// ApplyServices creates or updates services of a running lab and returns them as stored, once
+// every node has programmed them: through the agents (which allocate cluster IPs and node
+// ports), or in a kubernetes lab with kubectl, once the store holds their EndpointSlices.
+func (s *State) ApplyServices(ctx context.Context, specs []ServiceSpec) ([]corev1.Service, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	namespaces := map[string]bool{}
+	for _, ns := range s.Namespaces {
+		namespaces[ns.Name] = true
+	}
+	if err := validateServices(specs, namespaces); err != nil {
+		return nil, err
+	}
+	var stored []corev1.Service
+	var err error
+	if s.Kubernetes {
+		stored, err = s.kubeServices(ctx, specs)
+	} else {
+		objs := make([]corev1.Service, 0, len(specs))
+		for _, sp := range specs {
+			objs = append(objs, sp.Object())
+		}
+		stored, err = s.Client().ApplyServices(ctx, objs)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Client().Sync(ctx); err != nil {
+		return nil, fmt.Errorf("program the services on every node: %w", err)
+	}
+	return stored, nil
+}
+
+// selectedPods counts the lab's pods a service selects.
+func (s *State) selectedPods(sp ServiceSpec) int {
+	n := 0
+	for _, p := range s.Pods {
+		if p.Namespace != sp.Namespace || len(sp.Selector) == 0 {
+			continue
+		}
+		match := true
+		for k, v := range sp.Selector {
+			if p.Labels[k] != v {
+				match = false
+			}
+		}
+		if match {
+			n++
+		}
+	}
+	return n
 }

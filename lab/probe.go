@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,18 +23,66 @@ const ProbeTimeout = time.Second
 // ErrUnreachable says the probe got no answer.
 var ErrUnreachable = errors.New("unreachable")
 
-// Probe checks whether pod from reaches pod to on port/protocol: TCP connects and echoes a
-// line, UDP sends a datagram and waits for its echo.
+// Probe checks whether pod from reaches to on port/protocol: TCP connects and echoes a line,
+// UDP sends a datagram and waits for its echo. To is a pod, "ns/name", or a Service,
+// "svc/ns/name", probed at its cluster IP.
 func (s *State) Probe(from, to string, port int, protocol string) error {
 	src, err := s.Pod(from)
 	if err != nil {
 		return err
+	}
+	if key, ok := strings.CutPrefix(to, "svc/"); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ip, err := s.ServiceIP(ctx, key, port, protocol)
+		if err != nil {
+			return err
+		}
+		return probe(src.Netns, netip.AddrPortFrom(ip, uint16(port)), protocol)
 	}
 	dst, err := s.Pod(to)
 	if err != nil {
 		return err
 	}
 	return probe(src.Netns, netip.AddrPortFrom(dst.IP, uint16(port)), protocol)
+}
+
+// ServiceIP is the cluster IP of Service key ("ns/name"), as the store holds it (through the
+// agents: the same for every kind of lab), checking that it serves port/protocol.
+func (s *State) ServiceIP(ctx context.Context, key string, port int, protocol string) (netip.Addr, error) {
+	views, err := s.Client().Services(ctx)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, v := range views {
+		if v.Namespace+"/"+v.Name != key {
+			continue
+		}
+		ip, err := netip.ParseAddr(v.ClusterIP)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("service %s has no cluster IP to probe (%q)", key, v.ClusterIP)
+		}
+		var ports []string
+		for _, p := range v.Ports {
+			if p.Port == port && p.Protocol == protocol {
+				return ip, nil
+			}
+			ports = append(ports, fmt.Sprintf("%d/%s", p.Port, p.Protocol))
+		}
+		return netip.Addr{}, fmt.Errorf("service %s does not serve %d/%s (its ports: %s)", key, port, protocol, strings.Join(ports, ", "))
+	}
+	return netip.Addr{}, fmt.Errorf("lab %s has no service %q", s.Name, key)
+}
+
+// ProbeNodePort checks whether node's node port port/protocol answers. NodePort probes are
+// made from the underlay namespace (State.Underlay, the bridge every node plugs into): a
+// client outside the cluster, reaching the node at its underlay address (`lab nodes`).
+func (s *State) ProbeNodePort(node string, port int, protocol string) error {
+	n, err := s.Node(node)
+	if err != nil {
+		return err
+	}
+	return probe(s.Underlay, netip.AddrPortFrom(n.IP, uint16(port)), protocol)
 }
 
 func probe(netnsPath string, addr netip.AddrPort, protocol string) error {

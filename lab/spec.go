@@ -10,9 +10,13 @@ import (
 	"regexp"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/store"
 )
 
 // Spec is a lab file: the format of ../shared/netpol's `lab:` blocks.
@@ -25,6 +29,9 @@ type Spec struct {
 	Nodes      []NodeSpec  `json:"nodes"`
 	Namespaces []Namespace `json:"namespaces"`
 	Pods       []PodSpec   `json:"pods"`
+	// Services are applied once the pods serve: through the agents, or in a kubernetes lab as
+	// Service objects whose EndpointSlices the controller manager makes.
+	Services []ServiceSpec `json:"services,omitempty"`
 }
 
 // NodeSpec declares a node.
@@ -57,6 +64,52 @@ type Port struct {
 
 // Key is "namespace/name".
 func (p PodSpec) Key() string { return p.Namespace + "/" + p.Name }
+
+// ServiceSpec declares a Kubernetes Service of the lab's pods.
+type ServiceSpec struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Type is ClusterIP (the default), NodePort or LoadBalancer (served as NodePort).
+	Type                  string            `json:"type,omitempty"`
+	Selector              map[string]string `json:"selector,omitempty"`
+	Ports                 []ServicePortSpec `json:"ports"`
+	SessionAffinity       string            `json:"sessionAffinity,omitempty"`       // None | ClientIP
+	ExternalTrafficPolicy string            `json:"externalTrafficPolicy,omitempty"` // Cluster | Local
+	InternalTrafficPolicy string            `json:"internalTrafficPolicy,omitempty"` // Cluster | Local
+	// ClusterIP is inside ServiceCIDR, None for a headless service, or empty: allocated.
+	ClusterIP string `json:"clusterIP,omitempty"`
+}
+
+// ServicePortSpec is one port of a ServiceSpec.
+type ServicePortSpec struct {
+	Name string `json:"name,omitempty"`
+	Port int    `json:"port"`
+	// TargetPort is the pods' port, a number or the name of a port they declare; unset, Port.
+	TargetPort intstr.IntOrString `json:"targetPort,omitempty"`
+	Protocol   string             `json:"protocol,omitempty"` // TCP (the default), UDP or SCTP
+	NodePort   int                `json:"nodePort,omitempty"` // 0: allocated, for NodePort and LoadBalancer
+}
+
+// Key is "namespace/name".
+func (s ServiceSpec) Key() string { return s.Namespace + "/" + s.Name }
+
+// Object is the Service object the spec declares.
+func (s ServiceSpec) Object() corev1.Service {
+	svc := corev1.Service{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceType(s.Type), Selector: copyLabels(s.Selector), ClusterIP: s.ClusterIP,
+			SessionAffinity:       corev1.ServiceAffinity(s.SessionAffinity),
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicy(s.ExternalTrafficPolicy)}}
+	if s.InternalTrafficPolicy != "" {
+		p := corev1.ServiceInternalTrafficPolicy(s.InternalTrafficPolicy)
+		svc.Spec.InternalTrafficPolicy = &p
+	}
+	for _, p := range s.Ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Port: int32(p.Port), TargetPort: p.TargetPort,
+			Protocol: corev1.Protocol(p.Protocol), NodePort: int32(p.NodePort)})
+	}
+	return svc
+}
 
 // Defaults.
 const (
@@ -114,6 +167,9 @@ func (s *Spec) Validate() error {
 	cluster, err := netip.ParsePrefix(s.ClusterCIDR)
 	if err != nil || !cluster.Addr().Is4() || cluster.Bits() > 24 {
 		return fmt.Errorf("clusterCIDR: %q is not an IPv4 CIDR of /24 or larger", s.ClusterCIDR)
+	}
+	if svc := netip.MustParsePrefix(ServiceCIDR); cluster.Overlaps(svc) {
+		return fmt.Errorf("clusterCIDR: %s overlaps the lab's service CIDR %s", cluster, svc)
 	}
 	if s.VXLANPort == 0 {
 		s.VXLANPort = DefaultVXLANPort
@@ -224,6 +280,140 @@ func (s *Spec) Validate() error {
 			}
 			served[key] = true
 		}
+	}
+	return validateServices(s.Services, namespaces)
+}
+
+var dns1035Label = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
+
+// validateServices checks the services as the API server would, filling defaults (type
+// ClusterIP, protocol TCP). A targetPort name no selected pod declares is fine: as in
+// Kubernetes, those pods do not serve that port.
+func validateServices(svcs []ServiceSpec, namespaces map[string]bool) error {
+	cidr := netip.MustParsePrefix(ServiceCIDR)
+	seen := map[string]bool{}
+	ips := map[string]string{}         // cluster IP -> service
+	nodePortsOpen := map[string]bool{} // "PORT/PROTOCOL" of every service
+	for i := range svcs {
+		s := &svcs[i]
+		f := fmt.Sprintf("services[%d]", i)
+		if !namespaces[s.Namespace] {
+			return fmt.Errorf("%s.namespace: %q is not a declared namespace", f, s.Namespace)
+		}
+		if !dns1035Label.MatchString(s.Name) || len(s.Name) > 63 {
+			return fmt.Errorf("%s.name: %q is not a DNS label starting with a letter", f, s.Name)
+		}
+		if seen[s.Key()] {
+			return fmt.Errorf("%s: duplicate service %s", f, s.Key())
+		}
+		seen[s.Key()] = true
+		if s.Type == "" {
+			s.Type = "ClusterIP"
+		}
+		nodePorts := s.Type == "NodePort" || s.Type == "LoadBalancer"
+		if s.Type != "ClusterIP" && !nodePorts {
+			return fmt.Errorf("%s.type: %q must be ClusterIP, NodePort or LoadBalancer", f, s.Type)
+		}
+		if err := validLabels(s.Selector); err != nil {
+			return fmt.Errorf("%s.selector: %w", f, err)
+		}
+		switch s.ClusterIP {
+		case "":
+		case "None":
+			if nodePorts {
+				return fmt.Errorf("%s.clusterIP: None (headless) is not allowed for type %s", f, s.Type)
+			}
+		default:
+			ip, err := netip.ParseAddr(s.ClusterIP)
+			if err != nil || !cidr.Contains(ip) || ip == cidr.Addr() || !cidr.Contains(ip.Next()) {
+				return fmt.Errorf("%s.clusterIP: %q is not a host address of the lab's service CIDR %s", f, s.ClusterIP, cidr)
+			}
+			if other, dup := ips[s.ClusterIP]; dup {
+				return fmt.Errorf("%s.clusterIP: %s is %s's too", f, s.ClusterIP, other)
+			}
+			ips[s.ClusterIP] = s.Key()
+		}
+		switch s.SessionAffinity {
+		case "", "None", "ClientIP":
+		default:
+			return fmt.Errorf("%s.sessionAffinity: %q must be None or ClientIP", f, s.SessionAffinity)
+		}
+		switch s.ExternalTrafficPolicy {
+		case "":
+		case "Cluster", "Local":
+			if !nodePorts {
+				return fmt.Errorf("%s.externalTrafficPolicy: only for type NodePort or LoadBalancer", f)
+			}
+		default:
+			return fmt.Errorf("%s.externalTrafficPolicy: %q must be Cluster or Local", f, s.ExternalTrafficPolicy)
+		}
+		if p := s.InternalTrafficPolicy; p != "" && p != "Cluster" && p != "Local" {
+			return fmt.Errorf("%s.internalTrafficPolicy: %q must be Cluster or Local", f, p)
+		}
+		if len(s.Ports) == 0 && s.ClusterIP != "None" {
+			return fmt.Errorf("%s.ports: at least one port is needed", f)
+		}
+		if err := validServicePorts(f, s.Ports, nodePorts, nodePortsOpen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validServicePorts checks one service's ports; open holds the node ports of the services
+// before it.
+func validServicePorts(f string, ports []ServicePortSpec, nodePorts bool, open map[string]bool) error {
+	names, served := map[string]bool{}, map[string]bool{}
+	for j := range ports {
+		pt := &ports[j]
+		pf := fmt.Sprintf("%s.ports[%d]", f, j)
+		if len(ports) > 1 && pt.Name == "" {
+			return fmt.Errorf("%s.name: needed when the service has more than one port", pf)
+		}
+		if pt.Name != "" {
+			if !dnsLabel.MatchString(pt.Name) || len(pt.Name) > 63 {
+				return fmt.Errorf("%s.name: %q is not a DNS label", pf, pt.Name)
+			}
+			if names[pt.Name] {
+				return fmt.Errorf("%s.name: duplicate port name %q", pf, pt.Name)
+			}
+			names[pt.Name] = true
+		}
+		if pt.Port < 1 || pt.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not in 1-65535", pf, pt.Port)
+		}
+		if pt.Protocol == "" {
+			pt.Protocol = "TCP"
+		}
+		if pt.Protocol != "TCP" && pt.Protocol != "UDP" && pt.Protocol != "SCTP" {
+			return fmt.Errorf("%s.protocol: %q must be TCP, UDP or SCTP", pf, pt.Protocol)
+		}
+		key := fmt.Sprintf("%d/%s", pt.Port, pt.Protocol)
+		if served[key] {
+			return fmt.Errorf("%s: %s is declared twice", pf, key)
+		}
+		served[key] = true
+		switch tp := pt.TargetPort; {
+		case tp.Type == intstr.Int && tp.IntVal != 0 && (tp.IntVal < 1 || tp.IntVal > 65535):
+			return fmt.Errorf("%s.targetPort: %d is not in 1-65535", pf, tp.IntVal)
+		case tp.Type == intstr.String && (len(tp.StrVal) > 15 || !dnsLabel.MatchString(tp.StrVal) ||
+			!strings.ContainsAny(tp.StrVal, "abcdefghijklmnopqrstuvwxyz")):
+			return fmt.Errorf("%s.targetPort: %q is neither a port number nor a port name", pf, tp.StrVal)
+		}
+		if pt.NodePort == 0 {
+			continue
+		}
+		if !nodePorts {
+			return fmt.Errorf("%s.nodePort: only for type NodePort or LoadBalancer", pf)
+		}
+		if pt.NodePort < store.MinNodePort || pt.NodePort > store.MaxNodePort {
+			return fmt.Errorf("%s.nodePort: %d is not in %d-%d", pf, pt.NodePort, store.MinNodePort, store.MaxNodePort)
+		}
+		np := fmt.Sprintf("%d/%s", pt.NodePort, pt.Protocol)
+		if open[np] {
+			return fmt.Errorf("%s.nodePort: %s is taken by another port", pf, np)
+		}
+		open[np] = true
 	}
 	return nil
 }

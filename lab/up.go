@@ -103,6 +103,9 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 		if err := b.kubePods(ctx); err != nil {
 			return nil, err
 		}
+		if _, err := st.ApplyServices(ctx, spec.Services); err != nil {
+			return nil, err
+		}
 		if err := st.Client().Sync(ctx); err != nil {
 			return nil, fmt.Errorf("program the lab on every node: %w", err)
 		}
@@ -127,6 +130,9 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 		err = serr
 	}
 	if err != nil {
+		return nil, err
+	}
+	if _, err := st.ApplyServices(ctx, spec.Services); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -215,7 +221,7 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
 		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
-		IdentityGCGrace: IdentityGCGrace.String()}
+		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
 		return err

@@ -27,10 +27,13 @@ const (
 	HookFromOverlay Hook = "from-overlay"
 	// HookFromUnderlay is tc ingress of the underlay device.
 	HookFromUnderlay Hook = "from-underlay"
+	// HookFromHost is tc egress of the host device, where the node's routes to remote pods
+	// and Services lead.
+	HookFromHost Hook = "from-host"
 )
 
 // Hooks lists every hook.
-var Hooks = []Hook{HookFromPod, HookToPod, HookPrefilter, HookFromOverlay, HookFromUnderlay}
+var Hooks = []Hook{HookFromPod, HookToPod, HookPrefilter, HookFromOverlay, HookFromUnderlay, HookFromHost}
 
 func (d *Datapath) program(h Hook) (*ebpf.Program, ebpf.AttachType, error) {
 	switch h {
@@ -44,6 +47,8 @@ func (d *Datapath) program(h Hook) (*ebpf.Program, ebpf.AttachType, error) {
 		return d.FromOverlay, ebpf.AttachTCXIngress, nil
 	case HookFromUnderlay:
 		return d.FromUnderlay, ebpf.AttachTCXIngress, nil
+	case HookFromHost:
+		return d.FromHost, ebpf.AttachTCXEgress, nil
 	}
 	return nil, 0, fmt.Errorf("unknown hook %q", h)
 }

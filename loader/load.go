@@ -49,7 +49,20 @@ func (d *Datapath) Policy() *maps.Policy { return maps.NewPolicy(d.DatapathMaps.
 func (d *Datapath) Conntrack() *maps.Conntrack { return maps.NewConntrack(d.DatapathMaps.Conntrack) }
 
 // Prefilter returns a typed view of the XDP deny list.
-func (d *Datapath) Prefilter() *maps.Prefilter { return maps.NewPrefilter(d.DatapathMaps.Prefilter) }
+func (d *Datapath) Prefilter() *maps.PrefixSet { return maps.NewPrefilter(d.DatapathMaps.Prefilter) }
+
+// NoMasquerade returns a typed view of the destinations pods reach with their own address.
+func (d *Datapath) NoMasquerade() *maps.PrefixSet {
+	return maps.NewNoMasquerade(d.DatapathMaps.NoMasquerade)
+}
+
+// Services returns a typed view of the services and backends maps.
+func (d *Datapath) Services() *maps.Services {
+	return maps.NewServices(d.DatapathMaps.Services, d.DatapathMaps.Backends)
+}
+
+// NAT returns a typed view of the nat map.
+func (d *Datapath) NAT() *maps.NAT { return maps.NewNAT(d.DatapathMaps.Nat) }
 
 // Routes returns a typed view of the routes map.
 func (d *Datapath) Routes() *maps.Routes { return maps.NewRoutes(d.DatapathMaps.Routes) }

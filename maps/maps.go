@@ -21,10 +21,16 @@ const (
 	PolicyName    = bpf.DatapathMapPolicy
 	ConntrackName = bpf.DatapathMapConntrack
 	EventsName    = bpf.DatapathMapEvents
+	ServicesName  = bpf.DatapathMapServices
+	BackendsName  = bpf.DatapathMapBackends
+	AffinityName  = bpf.DatapathMapAffinity
+	NATName       = bpf.DatapathMapNat
+	NoMasqName    = bpf.DatapathMapNoMasquerade
 )
 
 // Names lists every map the datapath pins, in a stable order.
-var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName, IPCacheName, PolicyName, ConntrackName, EventsName}
+var Names = []string{EndpointsName, MetricsName, PrefilterName, RoutesName, ConfigName, IPCacheName, PolicyName,
+	ConntrackName, EventsName, ServicesName, BackendsName, AffinityName, NATName, NoMasqName}
 
 // DefaultPinDir is where maps and links are pinned unless configured otherwise.
 const DefaultPinDir = "/sys/fs/bpf/ebpfnet"
@@ -43,11 +49,21 @@ type Sizes struct {
 	Conntrack uint32 `json:"conntrack" yaml:"conntrack"`
 	// Events is the drop ring buffer's size in bytes: a power of two, at least a page.
 	Events uint32 `json:"events" yaml:"events"`
+	// Services holds every frontend and backend slot; Backends every backend.
+	Services uint32 `json:"services" yaml:"services"`
+	Backends uint32 `json:"backends" yaml:"backends"`
+	// Affinity holds (client, Service) pairs under sessionAffinity ClientIP.
+	Affinity uint32 `json:"affinity" yaml:"affinity"`
+	// NAT holds two entries per translated flow (Services, masquerading).
+	NAT uint32 `json:"nat" yaml:"nat"`
+	// NoMasquerade holds the prefixes pods reach with their own address.
+	NoMasquerade uint32 `json:"noMasquerade" yaml:"noMasquerade"`
 }
 
 // DefaultSizes fit a node with a few thousand pods.
 var DefaultSizes = Sizes{Endpoints: 65536, Metrics: 1024, Prefilter: 16384, Routes: 16384,
-	IPCache: 262144, Policy: 262144, Conntrack: 262144, Events: 1 << 20}
+	IPCache: 262144, Policy: 262144, Conntrack: 262144, Events: 1 << 20,
+	Services: 65536, Backends: 65536, Affinity: 65536, NAT: 262144, NoMasquerade: 1024}
 
 // Apply writes the sizes into spec; a zero size keeps the default.
 func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
@@ -60,6 +76,11 @@ func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
 		PolicyName:    or(s.Policy, DefaultSizes.Policy),
 		ConntrackName: or(s.Conntrack, DefaultSizes.Conntrack),
 		EventsName:    or(s.Events, DefaultSizes.Events),
+		ServicesName:  or(s.Services, DefaultSizes.Services),
+		BackendsName:  or(s.Backends, DefaultSizes.Backends),
+		AffinityName:  or(s.Affinity, DefaultSizes.Affinity),
+		NATName:       or(s.NAT, DefaultSizes.NAT),
+		NoMasqName:    or(s.NoMasquerade, DefaultSizes.NoMasquerade),
 	} {
 		m, ok := spec.Maps[name]
 		if !ok {

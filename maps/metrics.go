@@ -36,12 +36,16 @@ const (
 	ReasonPolicyEgress   = bpf.DatapathReasonREASON_DROP_POLICY_EGRESS
 	ReasonEventLost      = bpf.DatapathReasonREASON_EVENT_LOST
 	ReasonPolicyAllowed  = bpf.DatapathReasonREASON_POLICY_ALLOWED
+	ReasonForwardNode    = bpf.DatapathReasonREASON_FORWARD_NODE
+	ReasonNoBackend      = bpf.DatapathReasonREASON_DROP_NO_BACKEND
+	ReasonNATNoPort      = bpf.DatapathReasonREASON_DROP_NAT_NO_PORT
 
 	DirFromPod      = bpf.DatapathDirectionDIR_FROM_POD
 	DirToPod        = bpf.DatapathDirectionDIR_TO_POD
 	DirPrefilter    = bpf.DatapathDirectionDIR_PREFILTER
 	DirFromOverlay  = bpf.DatapathDirectionDIR_FROM_OVERLAY
 	DirFromUnderlay = bpf.DatapathDirectionDIR_FROM_UNDERLAY
+	DirFromHost     = bpf.DatapathDirectionDIR_FROM_HOST
 )
 
 // ReasonNames are the labels people and Prometheus see.
@@ -64,6 +68,9 @@ var ReasonNames = map[Reason]string{
 	ReasonPolicyEgress:   "policy-denied-egress",
 	ReasonEventLost:      "monitor-event-lost",
 	ReasonPolicyAllowed:  "policy-allowed",
+	ReasonForwardNode:    "forward-node",
+	ReasonNoBackend:      "no-service-backend",
+	ReasonNATNoPort:      "nat-no-port",
 }
 
 // DirectionNames are the labels of the hooks.
@@ -73,6 +80,7 @@ var DirectionNames = map[Direction]string{
 	DirPrefilter:    "prefilter",
 	DirFromOverlay:  "from-overlay",
 	DirFromUnderlay: "from-underlay",
+	DirFromHost:     "from-host",
 }
 
 // IsDrop reports whether r is a drop (C: reason >= REASON_DROP_FIRST).

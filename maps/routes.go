@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -137,14 +138,30 @@ type NodeConfig struct {
 	Mode            Mode
 	// MonitorVerdicts makes the datapath report every policy-allowed new flow.
 	MonitorVerdicts bool
+	// HostIfindex and HostMAC are the host device's: the node's routes to remote pods and
+	// Services lead there, and the datapath hands the node its packets through it.
+	HostIfindex uint32
+	HostMAC     net.HardwareAddr
+	// Masquerade gives pod traffic leaving the cluster the node's address, with source
+	// ports from NATPorts.
+	Masquerade bool
+	NATPorts   PortRange
 }
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Min, Max uint16 }
 
 // SetConfig writes the config map's one entry.
 func SetConfig(m *ebpf.Map, c NodeConfig) error {
-	v := bpf.DatapathNodeConfig{UnderlayIfindex: c.UnderlayIfindex, TunnelIfindex: c.TunnelIfindex, Mode: uint8(c.Mode)}
+	v := bpf.DatapathNodeConfig{UnderlayIfindex: c.UnderlayIfindex, TunnelIfindex: c.TunnelIfindex, Mode: uint8(c.Mode),
+		HostIfindex: c.HostIfindex, NatPortMin: c.NATPorts.Min, NatPortMax: c.NATPorts.Max}
 	if c.MonitorVerdicts {
 		v.MonitorVerdicts = 1
 	}
+	if c.Masquerade {
+		v.Masquerade = 1
+	}
+	copy(v.HostMac[:], c.HostMAC)
 	if c.NodeIP.IsValid() {
 		v.NodeIp = EndpointKey(c.NodeIP).Ip
 	}

@@ -10,6 +10,7 @@ enum reason {
 	REASON_FORWARD_TUNNEL = 4, /* encapsulated towards another node (VXLAN, IP-in-IP) */
 	REASON_FORWARD_UNDERLAY = 5, /* routed natively out of the underlay device */
 	REASON_POLICY_ALLOWED = 6, /* event only: a new flow that policy let through */
+	REASON_FORWARD_NODE = 7, /* redirected into the node's stack through the host device */
 	REASON_EVENT_LOST = 32, /* not a verdict: a drop event the full ring buffer lost */
 	REASON_DROP_FIRST = 64,
 	REASON_DROP_MALFORMED = 64, /* truncated or inconsistent headers */
@@ -24,6 +25,8 @@ enum reason {
 	REASON_DROP_POLICY_INGRESS =
 		73, /* the destination's ingress policy allows no such traffic */
 	REASON_DROP_POLICY_EGRESS = 74, /* the source's egress policy allows no such traffic */
+	REASON_DROP_NO_BACKEND = 75, /* a Service frontend with no backend to take the flow */
+	REASON_DROP_NAT_NO_PORT = 76, /* no free port to translate the flow's source to */
 };
 
 /* Which hook saw the packet. */
@@ -33,6 +36,7 @@ enum direction {
 	DIR_PREFILTER = 3, /* XDP on the underlay device */
 	DIR_FROM_OVERLAY = 4, /* tc ingress of the VXLAN device: decapsulated pod traffic */
 	DIR_FROM_UNDERLAY = 5, /* tc ingress of the underlay device: native and IP-in-IP */
+	DIR_FROM_HOST = 6, /* tc egress of the host device: the node's traffic to pods and Services */
 };
 
 /* How pod traffic crosses to another node. */
@@ -79,6 +83,28 @@ enum ct_flags {
 #define ETH_ALEN 6
 #define AF_INET 2
 #define AF_INET6 10
+
+/* Service flags (slot 0 of a frontend). */
+enum service_flags {
+	SVC_F_AFFINITY = 1 << 0, /* sessionAffinity ClientIP: a client keeps its backend */
+	SVC_F_NODEPORT = 1 << 1, /* a NodePort frontend: remote backends see the node as source */
+	SVC_F_EXTERNAL_LOCAL = 1 << 2, /* externalTrafficPolicy Local: no source translation */
+};
+
+/* Backend flags. */
+enum backend_flags {
+	BACKEND_F_LOCAL = 1 << 0, /* a pod on this node */
+	BACKEND_F_TERMINATING = 1 << 1, /* keeps its flows, takes no new client under affinity */
+};
+
+/* NAT entry flags. */
+enum nat_flags {
+	NAT_F_REPLY = 1 << 0, /* the entry translates replies: the flow was admitted when it began */
+	NAT_F_SERVICE = 1 << 1, /* a Service translation; backend_id names the backend */
+	NAT_F_MASQUERADE = 1 << 2, /* the source became the node's address */
+	NAT_F_REPLY_SEEN = 1 << 3, /* the flow has answered */
+	NAT_F_CLOSING = 1 << 4, /* FIN or RST seen */
+};
 
 /* Helper return codes for "keep going" inside a chain of inline helpers. */
 #define CONTINUE -1

@@ -14,41 +14,13 @@
 #include "maps.h"
 #include "parse.h"
 #include "policy.h"
-
-/* deliver_local delivers a packet that arrived from another node to the pod it is for, once
- * the pod's ingress policy (for a new flow) lets it in. hint is the sender's identity if the
- * packet carried one. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct packet *pkt, __u32 hint,
-					 __u8 direction)
-{
-	struct endpoint_info *dst = lookup_endpoint(pkt->family, &pkt->daddr);
-	int reason;
-
-	if (!dst || !(dst->flags & EP_F_LOCAL))
-		return REASON_DROP_UNKNOWN_DEST;
-	reason = admit(skb, pkt, NULL, dst, hint, direction);
-	if (reason != CONTINUE)
-		return reason;
-	/* A decapsulated frame was addressed to the tunnel device; the pod must see it as its own.
-	 */
-	bpf_skb_change_type(skb, PACKET_HOST);
-	return redirect_to_endpoint(skb, dst);
-}
+#include "service.h"
 
 /* The installed UAPI header predates this flag (kernel 6.3); the running kernel knows it. */
 #define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define IP_DF 0x4000
 #define IPIP_HLEN 20
 #define TUNNEL_TTL 64
-
-static __always_inline struct route_info *lookup_route(__u8 family, const union addr *ip)
-{
-	struct lpm_key key = {.family = family};
-
-	key.prefixlen = LPM_PREFIX_BASE + (family == AF_INET ? 32 : 128);
-	addr_key(key.ip, family, ip);
-	return bpf_map_lookup_elem(&routes, &key);
-}
 
 /* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay with the kernel's
  * FIB and neighbour table, without the node's forwarding path. */
@@ -82,12 +54,12 @@ static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct n
 }
 
 static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config *cfg,
-				      struct route_info *rt, struct endpoint_info *src)
+				      struct route_info *rt, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
 
 	/* The VNI carries the source identity (24 bits) to the receiving node. */
-	key.tunnel_id = src->identity & 0xffffff;
+	key.tunnel_id = identity & 0xffffff;
 	key.remote_ipv4 = bpf_ntohl(*(__be32 *)rt->node_ip);
 	key.tunnel_ttl = TUNNEL_TTL;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
@@ -129,19 +101,36 @@ static __always_inline int send_ipip(struct __sk_buff *skb, struct node_config *
 	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
 }
 
-/* forward_remote sends a pod's packet for a pod on another node the cluster's way. */
+/* send_outside routes a translated packet leaving the cluster straight out of the underlay:
+ * its source is now the node's (or a Service's), which the node's forwarding path would
+ * refuse as a martian. */
+static __always_inline int send_outside(struct __sk_buff *skb, struct packet *pkt,
+					struct node_config *cfg)
+{
+	int reason = decrement_ttl(skb, pkt);
+
+	if (reason != CONTINUE)
+		return reason;
+	return send_native(skb, cfg, pkt);
+}
+
+/* forward_remote sends a packet for a pod on another node the cluster's way; identity is the
+ * sender's, for the VNI. A packet for outside the cluster goes to the node's stack, or, once
+ * translated, straight out of the underlay. */
 static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *pkt,
-					  struct endpoint_info *src)
+					  __u32 identity, int translated)
 {
 	struct route_info *rt = lookup_route(pkt->family, &pkt->daddr);
-	struct node_config *cfg;
+	struct node_config *cfg = node_config();
 	int reason;
 
-	if (!rt)
+	if (!rt) {
+		if (translated && cfg && pkt->family == AF_INET)
+			return send_outside(skb, pkt, cfg);
 		return REASON_FORWARD_HOST; /* outside the cluster: the node's business */
+	}
 	if (rt->flags & (ROUTE_F_LOCAL | ROUTE_F_UNREACHABLE))
 		return REASON_DROP_UNKNOWN_DEST;
-	cfg = node_config();
 	if (!cfg || pkt->family != AF_INET)
 		return REASON_DROP_NO_ROUTE;
 	reason = decrement_ttl(skb, pkt);
@@ -149,7 +138,7 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 		return reason;
 	switch (rt->mode) {
 	case MODE_VXLAN:
-		return send_vxlan(skb, cfg, rt, src);
+		return send_vxlan(skb, cfg, rt, identity);
 	case MODE_NATIVE:
 		return send_native(skb, cfg, pkt);
 	case MODE_IPIP:
@@ -158,8 +147,63 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 	return REASON_DROP_NO_ROUTE;
 }
 
+/* redirect_to_node hands a packet to the node's own stack through the host device, which the
+ * node's routes to remote pods and Services point at, so reverse-path filtering accepts it. */
+static __always_inline int redirect_to_node(struct __sk_buff *skb, struct node_config *cfg)
+{
+	if (!cfg || !cfg->host_ifindex)
+		return REASON_FORWARD_HOST;
+	if (set_macs(skb, cfg->host_mac, cfg->host_mac))
+		return REASON_DROP_MALFORMED;
+	if (bpf_redirect(cfg->host_ifindex, BPF_F_INGRESS) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return REASON_FORWARD_NODE;
+}
+
+/* receive_remote handles what arrives from other nodes or outside: replies of translated
+ * flows, NodePort clients, pod traffic for local pods (after their ingress policy), and the
+ * node's own traffic. tunneled says the packet came decapsulated from another node; hint is
+ * the sender's identity if it carried one. */
+static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *pkt, __u32 hint,
+					  __u8 direction, int tunneled)
+{
+	struct node_config *cfg = node_config();
+	struct endpoint_info *dst;
+	struct xlate x = {};
+	int reason;
+
+	reason = nat_begin(skb, pkt, cfg, &x);
+	if (reason != CONTINUE)
+		return reason;
+	dst = lookup_endpoint(pkt->family, &pkt->daddr);
+	if (dst && (dst->flags & EP_F_LOCAL)) {
+		if (x.state != XL_REPLY) {
+			reason = admit(skb, pkt, NULL, dst, hint, direction);
+			if (reason != CONTINUE) {
+				nat_abort(pkt, &x);
+				return reason;
+			}
+			nat_commit(pkt, &x, skb);
+		}
+		/* A decapsulated frame was addressed to the tunnel device; the pod must see it
+		 * as its own. */
+		bpf_skb_change_type(skb, PACKET_HOST);
+		return redirect_to_endpoint(skb, dst);
+	}
+	if (cfg && pkt->family == AF_INET && pkt->daddr.v4 == *(__be32 *)cfg->node_ip)
+		return tunneled || x.state == XL_REPLY ? redirect_to_node(skb, cfg)
+						       : REASON_FORWARD_HOST;
+	if (x.state == XL_NONE)
+		return tunneled ? REASON_DROP_UNKNOWN_DEST : REASON_FORWARD_HOST;
+	/* Translated towards elsewhere: a NodePort's backend on another node, or a reply
+	 * leaving the cluster. */
+	nat_commit(pkt, &x, skb);
+	return forward_remote(skb, pkt, IDENTITY_REMOTE_NODE, 1);
+}
+
 /* receive_underlay handles what arrives on the underlay: IP-in-IP for this node is
- * decapsulated, and pod traffic (native mode) goes straight into its pod. */
+ * decapsulated and handled as tunnelled; native pod traffic, NodePort clients and replies of
+ * translated flows are handled by receive_remote. */
 static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt)
 {
 	struct node_config *cfg;
@@ -175,9 +219,7 @@ static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet
 		__builtin_memset(pkt, 0, sizeof(*pkt));
 		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
 			return REASON_DROP_MALFORMED;
-		return deliver_local(skb, pkt, 0, DIR_FROM_UNDERLAY);
+		return receive_remote(skb, pkt, 0, DIR_FROM_UNDERLAY, 1);
 	}
-	if (!lookup_endpoint(pkt->family, &pkt->daddr))
-		return REASON_FORWARD_HOST; /* for the node itself */
-	return deliver_local(skb, pkt, 0, DIR_FROM_UNDERLAY);
+	return receive_remote(skb, pkt, 0, DIR_FROM_UNDERLAY, 0);
 }

@@ -39,6 +39,15 @@ static __always_inline struct endpoint_info *lookup_endpoint(__u8 family, const 
 	return bpf_map_lookup_elem(&endpoints, &key);
 }
 
+static __always_inline struct route_info *lookup_route(__u8 family, const union addr *ip)
+{
+	struct lpm_key key = {.family = family};
+
+	key.prefixlen = LPM_PREFIX_BASE + (family == AF_INET ? 32 : 128);
+	addr_key(key.ip, family, ip);
+	return bpf_map_lookup_elem(&routes, &key);
+}
+
 /* check_source drops what a pod sends in someone else's name (IP, MAC or ARP sender) and
  * hands back the sending endpoint. */
 static __always_inline int check_source(struct __sk_buff *skb, struct packet *pkt,
@@ -119,6 +128,17 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct en
 	return REASON_FORWARD_LOCAL;
 }
 
+/* send_to_endpoint hands a packet from the node's egress path to a local pod through its
+ * host-side veth (bpf_redirect_peer works only from ingress). */
+static __always_inline int send_to_endpoint(struct __sk_buff *skb, struct endpoint_info *dst)
+{
+	if (set_macs(skb, dst->mac, dst->node_mac))
+		return REASON_DROP_MALFORMED;
+	if (bpf_redirect(dst->ifindex, 0) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return REASON_FORWARD_LOCAL;
+}
+
 static __always_inline struct node_config *node_config(void)
 {
 	__u32 zero = 0;
@@ -131,33 +151,44 @@ static __always_inline struct node_config *node_config(void)
 static __always_inline void emit_event(struct __sk_buff *skb, struct packet *pkt, int reason,
 				       __u8 direction)
 {
-	struct event ev = {};
 	struct lpm_key key = {};
 	struct ipcache_info *info;
+	struct event *ev;
 
-	ev.ts = bpf_ktime_get_ns();
-	ev.ifindex = skb->ifindex;
-	ev.len = skb->len;
-	ev.reason = reason;
-	ev.direction = direction;
+	/* Written in place in the ring buffer: an event on the stack would not fit beside the
+	 * NAT stage's. */
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(REASON_EVENT_LOST, direction, 0);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts = bpf_ktime_get_ns();
+	ev->ifindex = skb->ifindex;
+	ev->len = skb->len;
+	ev->reason = reason;
+	ev->direction = direction;
+	ev->src_identity = IDENTITY_WORLD;
+	ev->dst_identity = IDENTITY_WORLD;
 	if (pkt && (pkt->family == AF_INET || pkt->family == AF_INET6)) {
-		ev.family = pkt->family;
-		ev.protocol = pkt->l4_proto;
-		ev.sport = pkt->sport;
-		ev.dport = pkt->dport;
-		addr_key(ev.saddr, pkt->family, &pkt->saddr);
-		addr_key(ev.daddr, pkt->family, &pkt->daddr);
+		ev->family = pkt->family;
+		ev->protocol = pkt->l4_proto;
+		ev->sport = pkt->sport;
+		ev->dport = pkt->dport;
+		addr_key(ev->saddr, pkt->family, &pkt->saddr);
+		addr_key(ev->daddr, pkt->family, &pkt->daddr);
 		key.family = pkt->family;
 		key.prefixlen = LPM_PREFIX_BASE + (pkt->family == AF_INET ? 32 : 128);
-		__builtin_memcpy(key.ip, ev.saddr, ADDR_LEN);
+		__builtin_memcpy(key.ip, ev->saddr, ADDR_LEN);
 		info = bpf_map_lookup_elem(&ipcache, &key);
-		ev.src_identity = info ? info->identity : IDENTITY_WORLD;
-		__builtin_memcpy(key.ip, ev.daddr, ADDR_LEN);
+		if (info)
+			ev->src_identity = info->identity;
+		__builtin_memcpy(key.ip, ev->daddr, ADDR_LEN);
 		info = bpf_map_lookup_elem(&ipcache, &key);
-		ev.dst_identity = info ? info->identity : IDENTITY_WORLD;
+		if (info)
+			ev->dst_identity = info->identity;
 	}
-	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
-		count(REASON_EVENT_LOST, direction, 0);
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* finish counts the verdict, reports drops, and turns the reason into a tc action. */

@@ -90,3 +90,69 @@ struct {
 	__uint(max_entries, 1 << 12);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
+
+/* services: Service frontends (ClusterIP, NodePort on this node's address) and their backend
+ * slots. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+/* backends: backend id -> address and port; an id gone from here ends its flows' translation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct backend_info);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+/* affinity: (client, Service) -> the backend it keeps under sessionAffinity ClientIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} affinity SEC(".maps");
+
+/* nat: translated flows, one entry per direction (original and reply tuple); LRU so a full
+ * table drops the oldest flow, never a new one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct nat_entry);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat SEC(".maps");
+
+/* no_masquerade: destinations outside the cluster that pods reach with their own address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm_key);
+	__type(value, __u8);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} no_masquerade SEC(".maps");
+
+/* Per-CPU room for the NAT stage's larger temporaries, which do not fit on the 512-byte BPF
+ * stack beside policy's and forwarding's. */
+struct nat_scratch {
+	struct nat_entry entry;
+	struct ct_key tuple;
+	struct ct_key reply;
+};
+
+/* nat_scratch: one struct nat_scratch per CPU; a program runs to its end on one CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nat_scratch);
+	__uint(max_entries, 1);
+} nat_scratch SEC(".maps");

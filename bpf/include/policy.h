@@ -119,5 +119,6 @@ static __always_inline int admit(struct __sk_buff *skb, struct packet *pkt,
 	if (judged && cfg && cfg->monitor_verdicts)
 		emit_event(skb, pkt, REASON_POLICY_ALLOWED, direction);
 	ct_create(pkt);
+	pkt->ct_new = 1;
 	return CONTINUE;
 }

@@ -69,7 +69,13 @@ struct node_config {
 	__u32 tunnel_ifindex; /* the VXLAN device */
 	__u8 mode; /* enum tunnel_mode */
 	__u8 monitor_verdicts; /* 1 while someone monitors policy verdicts */
-	__u8 pad[2];
+	__u8 masquerade; /* 1: pod traffic leaving the cluster takes the node's address */
+	__u8 pad;
+	__u32 host_ifindex; /* the host device: the node's way to remote pods and Services */
+	__u8 host_mac[6]; /* its MAC, destination of what is handed to the node's stack */
+	__u16 nat_port_min; /* source ports the node's address lends to translated flows */
+	__u16 nat_port_max;
+	__u16 pad2;
 };
 
 /* Value of the ipcache: who an address is, for policy. */
@@ -133,4 +139,60 @@ struct event {
 	__u8 daddr[ADDR_LEN];
 	__u32 src_identity;
 	__u32 dst_identity;
+};
+
+/* Key of the services map: a frontend (address, port, protocol) and a slot; slot 0 is the
+ * frontend itself, slots 1..count its backends. */
+struct service_key {
+	__u8 ip[ADDR_LEN];
+	__be16 port;
+	__u8 protocol; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;
+	__u16 slot;
+	__u16 pad;
+};
+
+/* Value of the services map. */
+struct service_value {
+	__u32 backend_id; /* slot > 0: the backend in this slot */
+	__u32 service_id; /* slot 0: the Service's id, for affinity */
+	__u16 count; /* slot 0: how many backend slots follow */
+	__u16 flags; /* slot 0: enum service_flags */
+	__u32 affinity_timeout; /* slot 0: seconds a client keeps its backend (SVC_F_AFFINITY) */
+};
+
+/* Value of the backends map: where a backend id points. */
+struct backend_info {
+	__u8 ip[ADDR_LEN];
+	__be16 port;
+	__u8 family;
+	__u8 flags; /* enum backend_flags */
+};
+
+/* Key of the affinity map: a client of a Service. */
+struct affinity_key {
+	__u8 client[ADDR_LEN];
+	__u32 service_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Value of the affinity map. */
+struct affinity_value {
+	__u64 last_used; /* bpf_ktime_get_ns() of the client's last new flow */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* Value of the nat map, keyed by struct ct_key: what a packet of that tuple becomes. */
+struct nat_entry {
+	__u8 saddr[ADDR_LEN];
+	__u8 daddr[ADDR_LEN];
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id; /* NAT_F_SERVICE without NAT_F_REPLY: the backend chosen */
+	__u64 expires; /* bpf_ktime_get_ns() after which the entry may be collected */
+	__u64 packets;
+	__u32 flags; /* enum nat_flags */
+	__u32 pad;
 };

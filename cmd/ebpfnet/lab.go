@@ -100,7 +100,9 @@ func newLabPodsCmd(g *globals, name *string) *cobra.Command {
 
 // labNode and labPod are the JSON shapes `lab nodes|pods -o json` print.
 type labNode struct {
-	Name    string `json:"name"`
+	Name string `json:"name"`
+	// IP is the node's underlay address: NodePort services answer on it (probed from the
+	// underlay namespace, `lab probe underlay node/NAME`).
 	IP      string `json:"ip"`
 	PodCIDR string `json:"podCIDR"`
 	Netns   string `json:"netns"`
@@ -184,8 +186,11 @@ func newLabProbeCmd(name *string) *cobra.Command {
 	pf := &probeFlags{}
 	cmd := &cobra.Command{
 		Use:   "probe FROM TO",
-		Short: "exit 0 if pod FROM (ns/pod) reaches pod TO on --port/--protocol, 1 if not",
-		Args:  cobra.ExactArgs(2),
+		Short: "exit 0 if pod FROM reaches TO (ns/pod or svc/ns/name) on --port/--protocol, 1 if not",
+		Long: "exit 0 if pod FROM (ns/pod) reaches TO on --port/--protocol, 1 if not. TO is a pod (ns/pod) or a Service\n" +
+			"(svc/ns/name, probed at its cluster IP). A node port is probed from outside the cluster, from the lab's\n" +
+			"underlay namespace: FROM is \"underlay\", TO is node/NAME and --port the node port.",
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := pf.check(); err != nil {
 				return err
@@ -194,7 +199,11 @@ func newLabProbeCmd(name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			err = st.Probe(args[0], args[1], pf.port, pf.protocol)
+			if node, ok := strings.CutPrefix(args[1], "node/"); ok && args[0] == "underlay" {
+				err = st.ProbeNodePort(node, pf.port, pf.protocol)
+			} else {
+				err = st.Probe(args[0], args[1], pf.port, pf.protocol)
+			}
 			if err == nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s %d/%s: reachable\n", args[0], args[1], pf.port, pf.protocol)
 			}

@@ -1,8 +1,8 @@
-// Package kubestore keeps ebpfnet's state in the Kubernetes API. Nodes, pods, namespaces and
-// NetworkPolicies are Kubernetes' own objects, read from shared informers; what Kubernetes has no
-// object for (identities, address leases, endpoints, pod CIDR claims, node status) lives in
-// ebpfnet's custom resources. It implements store.KV, so nothing above the store knows that the
-// API server is behind it.
+// Package kubestore keeps ebpfnet's state in the Kubernetes API. Nodes, pods, namespaces,
+// NetworkPolicies, Services and EndpointSlices are Kubernetes' own objects, read from shared
+// informers; what Kubernetes has no object for (identities, address leases, endpoints, pod
+// CIDR claims, node status) lives in ebpfnet's custom resources. It implements store.KV, so
+// nothing above the store knows that the API server is behind it.
 package kubestore
 
 import (

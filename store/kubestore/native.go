@@ -41,7 +41,8 @@ func stripManaged(obj any) (any, error) {
 
 // newClasses builds one class per kind of key, the records last (they take what is left).
 func (k *KV) newClasses(ctx context.Context) []*class {
-	classes := []*class{k.nodeClass(), k.podClass(), k.namespaceClass(), k.policyClass(), k.identityClass(), k.recordClass()}
+	classes := []*class{k.nodeClass(), k.podClass(), k.namespaceClass(), k.policyClass(), k.serviceClass(),
+		k.endpointSliceClass(), k.identityClass(), k.recordClass()}
 	for _, c := range classes {
 		c.start(ctx, ctx, k.handler(c)) // the first informers: waitSynced waits for them
 	}

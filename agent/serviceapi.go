@@ -1,0 +1,701 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// ServiceView is one Service as `service list` shows it.
+type ServiceView struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Type      string `json:"type"`
+	// ClusterIP is the cluster IP, "None" for a headless service, "" for ExternalName.
+	ClusterIP string              `json:"clusterIP"`
+	Ports     []store.ServicePort `json:"ports"`
+	// Frontends are the addresses the service answers on: "10.96.0.10:80/TCP", and with node
+	// ports "NODEIP:30080/TCP" (this node's address; every node opens them).
+	Frontends []string      `json:"frontends"`
+	Backends  []BackendView `json:"backends"`
+}
+
+// BackendView is one backend of a ServiceView.
+type BackendView struct {
+	IP    string         `json:"ip"`
+	Node  string         `json:"node,omitempty"`
+	Ports map[string]int `json:"ports"`
+	State string         `json:"state"` // ready | serving | terminating | not-ready
+}
+
+// serviceRoutes registers the Service API: POST and GET /v1/services, DELETE
+// /v1/services/{namespace}/{name}.
+func (a *Agent) serviceRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/services", handle(a.applyServices))
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
+		views, err := a.serviceViews(r.Context())
+		reply(w, views, err)
+	})
+	mux.HandleFunc("DELETE /v1/services/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
+		err := a.deleteService(r.Context(), r.PathValue("namespace"), r.PathValue("name"))
+		var nf *serviceNotFound
+		if errors.As(err, &nf) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(&APIError{Code: CodeInvalidConfig, Message: err.Error()})
+			return
+		}
+		reply(w, struct{}{}, err)
+	})
+}
+
+// serviceNotFound is a DELETE of a service the store does not hold.
+type serviceNotFound struct{ ns, name string }
+
+func (e *serviceNotFound) Error() string { return fmt.Sprintf("service %s/%s not found", e.ns, e.name) }
+
+// apiServerAllocates says the store has an API server, which allocates cluster IPs and node
+// ports itself.
+func (a *Agent) apiServerAllocates() bool { return a.cfg.Store.Type == "kubernetes" }
+
+// applyServices validates every service first, then gives each its cluster IP and node ports
+// (the ones it names, the ones it held, or new ones), stores them and bumps the generation.
+// A failure before anything is stored releases what the request allocated.
+func (a *Agent) applyServices(ctx context.Context, svcs []corev1.Service) ([]corev1.Service, error) {
+	if len(svcs) == 0 {
+		return nil, &APIError{Code: CodeInvalidConfig, Message: "no Service in the request"}
+	}
+	seen := map[string]bool{}
+	for i := range svcs {
+		s := &svcs[i]
+		NormalizeService(s)
+		if err := ValidateService(s); err != nil {
+			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+		}
+		key := s.Namespace + "/" + s.Name
+		if seen[key] {
+			return nil, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("service %s: given twice", key)}
+		}
+		seen[key] = true
+		if err := checkClusterIP(s, a.cfg.serviceCIDR); err != nil {
+			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+		}
+	}
+	held := make([]store.ServiceClaims, len(svcs)) // what each held before this request
+	allocated := 0                                 // services whose allocations this request may have changed
+	undo := func(from int) {
+		for i := from; i < allocated; i++ {
+			owner := svcs[i].Namespace + "/" + svcs[i].Name
+			now, err := a.cluster.ServiceClaims(ctx, owner)
+			if err == nil {
+				err = a.cluster.ReleaseClaims(ctx, owner, now.Minus(held[i]))
+			}
+			if err != nil {
+				slog.Warn("release a failed service's allocations", "service", owner, "err", err)
+			}
+		}
+	}
+	for i := range svcs {
+		s := &svcs[i]
+		old, ok, err := a.cluster.ServiceObject(ctx, s.Namespace, s.Name)
+		if err != nil {
+			undo(0)
+			return nil, err
+		}
+		if ok {
+			if err := keepAllocated(s, old); err != nil {
+				undo(0)
+				return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+			}
+		}
+		if a.apiServerAllocates() {
+			continue
+		}
+		if held[i], err = a.cluster.ServiceClaims(ctx, s.Namespace+"/"+s.Name); err != nil {
+			undo(0)
+			return nil, err
+		}
+		allocated = i + 1
+		if err := a.allocateService(ctx, s); err != nil {
+			undo(0)
+			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+		}
+	}
+	for i := range svcs {
+		if err := a.cluster.PutService(ctx, &svcs[i]); err != nil {
+			undo(i) // those before i are stored with what they were given
+			var done []string
+			for _, s := range svcs[:i] {
+				done = append(done, s.Namespace+"/"+s.Name)
+			}
+			if len(done) > 0 {
+				return nil, fmt.Errorf("service %s/%s: %w (stored before it: %s)", svcs[i].Namespace, svcs[i].Name, err, strings.Join(done, ", "))
+			}
+			return nil, fmt.Errorf("service %s/%s: %w", svcs[i].Namespace, svcs[i].Name, err)
+		}
+	}
+	for i := 0; i < allocated; i++ { // what an updated service no longer uses
+		owner := svcs[i].Namespace + "/" + svcs[i].Name
+		if err := a.cluster.ReleaseClaims(ctx, owner, held[i].Minus(store.ClaimsOf(&svcs[i]))); err != nil {
+			slog.Warn("release a service's former allocations", "service", owner, "err", err)
+		}
+	}
+	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
+		return nil, err
+	}
+	a.trigger()
+	if !a.apiServerAllocates() {
+		return svcs, nil
+	}
+	// The API server allocated: read back what it stored.
+	if err := a.cluster.Sync(ctx); err != nil {
+		return nil, err
+	}
+	out := make([]corev1.Service, 0, len(svcs))
+	for _, s := range svcs {
+		got, ok, err := a.cluster.ServiceObject(ctx, s.Namespace, s.Name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, fmt.Errorf("service %s/%s: stored but not read back", s.Namespace, s.Name)
+		}
+		out = append(out, *got)
+	}
+	return out, nil
+}
+
+// allocateService claims the cluster IP and node ports s names and allocates those it leaves
+// empty, in the agent's service CIDR and the node port range.
+func (a *Agent) allocateService(ctx context.Context, s *corev1.Service) error {
+	owner := s.Namespace + "/" + s.Name
+	if needsClusterIP(s) {
+		if s.Spec.ClusterIP != "" {
+			ip, _ := netip.ParseAddr(s.Spec.ClusterIP) // ValidateService checked it
+			if err := a.cluster.ClaimServiceIP(ctx, ip, owner); err != nil {
+				return fmt.Errorf("service %s: spec.clusterIP: %w", owner, err)
+			}
+		} else {
+			ip, err := a.cluster.AllocateServiceIP(ctx, a.cfg.serviceCIDR, owner)
+			if err != nil {
+				return fmt.Errorf("service %s: spec.clusterIP: %w", owner, err)
+			}
+			s.Spec.ClusterIP = ip.String()
+		}
+		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
+		single := corev1.IPFamilyPolicySingleStack
+		s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv4Protocol}, &single
+	}
+	if !needsNodePorts(s) {
+		return nil
+	}
+	for i := range s.Spec.Ports {
+		p := &s.Spec.Ports[i]
+		f := fmt.Sprintf("service %s: spec.ports[%d].nodePort", owner, i)
+		if p.NodePort != 0 {
+			if err := a.cluster.ClaimNodePort(ctx, string(p.Protocol), int(p.NodePort), owner); err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+			continue
+		}
+		port, err := a.cluster.AllocateNodePort(ctx, string(p.Protocol), owner)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		p.NodePort = int32(port)
+	}
+	return nil
+}
+
+// needsClusterIP: every service but ExternalName and headless ones has a cluster IP.
+func needsClusterIP(s *corev1.Service) bool {
+	return s.Spec.Type != corev1.ServiceTypeExternalName && s.Spec.ClusterIP != corev1.ClusterIPNone
+}
+
+// needsNodePorts: NodePort services, and LoadBalancer ones unless they opt out.
+func needsNodePorts(s *corev1.Service) bool {
+	switch s.Spec.Type {
+	case corev1.ServiceTypeNodePort:
+		return true
+	case corev1.ServiceTypeLoadBalancer:
+		return s.Spec.AllocateLoadBalancerNodePorts == nil || *s.Spec.AllocateLoadBalancerNodePorts
+	}
+	return false
+}
+
+// keepAllocated fills what an update leaves empty with what old was given, as the API server
+// does (a re-applied file keeps its cluster IP and node ports), and refuses a changed cluster
+// IP.
+func keepAllocated(s, old *corev1.Service) error {
+	if needsClusterIP(old) && old.Spec.ClusterIP != "" && s.Spec.Type != corev1.ServiceTypeExternalName {
+		switch s.Spec.ClusterIP {
+		case "":
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = old.Spec.ClusterIP, old.Spec.ClusterIPs
+		case old.Spec.ClusterIP:
+		default:
+			return fmt.Errorf("service %s/%s: spec.clusterIP: may not change from %s to %s (delete the service first)",
+				s.Namespace, s.Name, old.Spec.ClusterIP, s.Spec.ClusterIP)
+		}
+	}
+	if !needsNodePorts(old) || !needsNodePorts(s) {
+		return nil
+	}
+	used := map[int32]bool{}
+	for _, p := range s.Spec.Ports {
+		used[p.NodePort] = true
+	}
+	byName := map[string]int32{}
+	for _, p := range old.Spec.Ports {
+		byName[p.Name] = p.NodePort
+	}
+	for i := range s.Spec.Ports {
+		p := &s.Spec.Ports[i]
+		if was := byName[p.Name]; p.NodePort == 0 && was != 0 && !used[was] {
+			p.NodePort, used[was] = was, true
+		}
+	}
+	return nil
+}
+
+// checkClusterIP refuses a given cluster IP outside the service CIDR, or its network or
+// broadcast address.
+func checkClusterIP(s *corev1.Service, cidr netip.Prefix) error {
+	if !needsClusterIP(s) || s.Spec.ClusterIP == "" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(s.Spec.ClusterIP)
+	if err != nil {
+		return fmt.Errorf("service %s/%s: spec.clusterIP: %q is not an IPv4 address", s.Namespace, s.Name, s.Spec.ClusterIP)
+	}
+	if !cidr.Contains(ip) {
+		return fmt.Errorf("service %s/%s: spec.clusterIP: %s is not in the service CIDR %s", s.Namespace, s.Name, ip, cidr)
+	}
+	if ip == cidr.Masked().Addr() || (cidr.Bits() < 31 && !cidr.Contains(ip.Next())) {
+		return fmt.Errorf("service %s/%s: spec.clusterIP: %s is the service CIDR's network or broadcast address", s.Namespace, s.Name, ip)
+	}
+	return nil
+}
+
+// NormalizeService fills what Kubernetes defaults (namespace, type, protocols, target ports,
+// session affinity, traffic policies) and drops what only the API server writes (uid,
+// resource version, status…), so that applying a file twice stores the same object.
+func NormalizeService(s *corev1.Service) {
+	if s.Namespace == "" {
+		s.Namespace = metav1.NamespaceDefault
+	}
+	if s.APIVersion == "" && s.Kind == "" {
+		s.APIVersion, s.Kind = "v1", "Service"
+	}
+	s.UID, s.ResourceVersion, s.Generation, s.ManagedFields = "", "", 0, nil
+	s.CreationTimestamp, s.DeletionTimestamp, s.DeletionGracePeriodSeconds = metav1.Time{}, nil, nil
+	s.Status = corev1.ServiceStatus{}
+	if s.Spec.Type == "" {
+		s.Spec.Type = corev1.ServiceTypeClusterIP
+	}
+	if s.Spec.ClusterIP == "" && len(s.Spec.ClusterIPs) > 0 {
+		s.Spec.ClusterIP = s.Spec.ClusterIPs[0]
+	}
+	if s.Spec.ClusterIP == corev1.ClusterIPNone && len(s.Spec.ClusterIPs) == 0 {
+		s.Spec.ClusterIPs = []string{corev1.ClusterIPNone}
+	}
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		return
+	}
+	for i := range s.Spec.Ports {
+		p := &s.Spec.Ports[i]
+		if p.Protocol == "" {
+			p.Protocol = corev1.ProtocolTCP
+		}
+		if p.TargetPort == (intstr.IntOrString{}) {
+			p.TargetPort = intstr.FromInt32(p.Port)
+		}
+	}
+	if s.Spec.SessionAffinity == "" {
+		s.Spec.SessionAffinity = corev1.ServiceAffinityNone
+	}
+	if s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		cfg := s.Spec.SessionAffinityConfig
+		if cfg == nil || cfg.ClientIP == nil || cfg.ClientIP.TimeoutSeconds == nil {
+			timeout := int32(store.DefaultClientIPTimeout.Seconds())
+			s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}
+		}
+	}
+	if s.Spec.InternalTrafficPolicy == nil {
+		cluster := corev1.ServiceInternalTrafficPolicyCluster
+		s.Spec.InternalTrafficPolicy = &cluster
+	}
+	if s.Spec.Type != corev1.ServiceTypeClusterIP && s.Spec.ExternalTrafficPolicy == "" {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
+	}
+}
+
+// ValidateService applies the API server's rules for what ebpfnet serves, in one line naming
+// the service and the field. LoadBalancer services are served as NodePort ones.
+func ValidateService(s *corev1.Service) error {
+	if err := validateService(s); err != nil {
+		return fmt.Errorf("service %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return nil
+}
+
+func validateService(s *corev1.Service) error {
+	if s.APIVersion != "" && s.APIVersion != "v1" {
+		return fmt.Errorf("apiVersion: %q must be v1", s.APIVersion)
+	}
+	if s.Kind != "" && s.Kind != "Service" {
+		return fmt.Errorf("kind: %q must be Service", s.Kind)
+	}
+	if errs := validation.IsDNS1035Label(s.Name); len(errs) > 0 {
+		return fmt.Errorf("metadata.name: %q: %s", s.Name, errs[0])
+	}
+	ns := s.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return fmt.Errorf("metadata.namespace: %q: %s", ns, errs[0])
+	}
+	spec := &s.Spec
+	typ := spec.Type
+	if typ == "" {
+		typ = corev1.ServiceTypeClusterIP
+	}
+	switch typ {
+	case corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort, corev1.ServiceTypeLoadBalancer:
+	case corev1.ServiceTypeExternalName:
+		if errs := validation.IsDNS1123Subdomain(strings.TrimSuffix(spec.ExternalName, ".")); len(errs) > 0 {
+			return fmt.Errorf("spec.externalName: %q: %s", spec.ExternalName, errs[0])
+		}
+		if spec.ClusterIP != "" {
+			return fmt.Errorf("spec.clusterIP: must be empty for type ExternalName")
+		}
+	default:
+		return fmt.Errorf("spec.type: %q must be ClusterIP, NodePort, LoadBalancer or ExternalName", spec.Type)
+	}
+	nodePorts := typ == corev1.ServiceTypeNodePort || typ == corev1.ServiceTypeLoadBalancer
+	switch spec.ClusterIP {
+	case "":
+	case corev1.ClusterIPNone:
+		if nodePorts {
+			return fmt.Errorf("spec.clusterIP: None (headless) is not allowed for type %s", typ)
+		}
+	default:
+		if ip, err := netip.ParseAddr(spec.ClusterIP); err != nil || !ip.Is4() {
+			return fmt.Errorf("spec.clusterIP: %q is not an IPv4 address or None", spec.ClusterIP)
+		}
+	}
+	if len(spec.ClusterIPs) > 1 {
+		return fmt.Errorf("spec.clusterIPs: dual-stack services are not supported (IPv4 only)")
+	}
+	if len(spec.ClusterIPs) == 1 && spec.ClusterIPs[0] != spec.ClusterIP {
+		return fmt.Errorf("spec.clusterIPs: %v must agree with spec.clusterIP %q", spec.ClusterIPs, spec.ClusterIP)
+	}
+	if errs := metav1validation.ValidateLabels(spec.Selector, field.NewPath("spec", "selector")); len(errs) > 0 {
+		return errors.New(errs[0].Error())
+	}
+	if typ != corev1.ServiceTypeExternalName && spec.ClusterIP != corev1.ClusterIPNone && len(spec.Ports) == 0 {
+		return errors.New("spec.ports: at least one port is required")
+	}
+	if err := validateServicePorts(spec.Ports, nodePorts); err != nil {
+		return err
+	}
+	switch spec.SessionAffinity {
+	case "", corev1.ServiceAffinityNone:
+		if spec.SessionAffinityConfig != nil && spec.SessionAffinityConfig.ClientIP != nil {
+			return errors.New("spec.sessionAffinityConfig: only with sessionAffinity ClientIP")
+		}
+	case corev1.ServiceAffinityClientIP:
+		if c := spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			if t := *c.ClientIP.TimeoutSeconds; t < 1 || t > 86400 {
+				return fmt.Errorf("spec.sessionAffinityConfig.clientIP.timeoutSeconds: %d is not in 1-86400", t)
+			}
+		}
+	default:
+		return fmt.Errorf("spec.sessionAffinity: %q must be None or ClientIP", spec.SessionAffinity)
+	}
+	switch spec.ExternalTrafficPolicy {
+	case "":
+	case corev1.ServiceExternalTrafficPolicyLocal, corev1.ServiceExternalTrafficPolicyCluster:
+		if !nodePorts {
+			return fmt.Errorf("spec.externalTrafficPolicy: only for type NodePort or LoadBalancer, not %s", typ)
+		}
+	default:
+		return fmt.Errorf("spec.externalTrafficPolicy: %q must be Local or Cluster", spec.ExternalTrafficPolicy)
+	}
+	if p := spec.InternalTrafficPolicy; p != nil && *p != corev1.ServiceInternalTrafficPolicyLocal && *p != corev1.ServiceInternalTrafficPolicyCluster {
+		return fmt.Errorf("spec.internalTrafficPolicy: %q must be Local or Cluster", *p)
+	}
+	return nil
+}
+
+func validateServicePorts(ports []corev1.ServicePort, nodePorts bool) error {
+	names := map[string]bool{}
+	served := map[string]bool{}
+	nodePortsUsed := map[string]bool{}
+	for i, p := range ports {
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		if len(ports) > 1 && p.Name == "" {
+			return fmt.Errorf("%s.name: required when the service has more than one port", f)
+		}
+		if p.Name != "" {
+			if errs := validation.IsDNS1123Label(p.Name); len(errs) > 0 {
+				return fmt.Errorf("%s.name: %q: %s", f, p.Name, errs[0])
+			}
+			if names[p.Name] {
+				return fmt.Errorf("%s.name: duplicate port name %q", f, p.Name)
+			}
+			names[p.Name] = true
+		}
+		proto := p.Protocol
+		if proto == "" {
+			proto = corev1.ProtocolTCP
+		}
+		switch proto {
+		case corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+		default:
+			return fmt.Errorf("%s.protocol: %q must be TCP, UDP or SCTP", f, p.Protocol)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not in 1-65535", f, p.Port)
+		}
+		key := fmt.Sprintf("%d/%s", p.Port, proto)
+		if served[key] {
+			return fmt.Errorf("%s: %s is given twice", f, key)
+		}
+		served[key] = true
+		switch tp := p.TargetPort; {
+		case tp.Type == intstr.Int && tp.IntVal != 0 && (tp.IntVal < 1 || tp.IntVal > 65535):
+			return fmt.Errorf("%s.targetPort: %d is not in 1-65535", f, tp.IntVal)
+		case tp.Type == intstr.String:
+			if errs := validation.IsValidPortName(tp.StrVal); len(errs) > 0 {
+				return fmt.Errorf("%s.targetPort: %q is neither a number nor a port name: %s", f, tp.StrVal, errs[0])
+			}
+		}
+		if p.NodePort == 0 {
+			continue
+		}
+		if !nodePorts {
+			return fmt.Errorf("%s.nodePort: only for type NodePort or LoadBalancer", f)
+		}
+		if p.NodePort < store.MinNodePort || p.NodePort > store.MaxNodePort {
+			return fmt.Errorf("%s.nodePort: %d is not in %d-%d", f, p.NodePort, store.MinNodePort, store.MaxNodePort)
+		}
+		np := fmt.Sprintf("%d/%s", p.NodePort, proto)
+		if nodePortsUsed[np] {
+			return fmt.Errorf("%s.nodePort: %s is given twice", f, np)
+		}
+		nodePortsUsed[np] = true
+	}
+	return nil
+}
+
+// serviceViews is GET /v1/services: each service's frontends and backends.
+func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
+	objs, err := a.cluster.ServiceObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resolved, err := a.cluster.ResolveServices(ctx, objs)
+	if err != nil {
+		return nil, err
+	}
+	byKey := map[string]store.Service{}
+	for _, s := range resolved {
+		byKey[s.Namespace+"/"+s.Name] = s
+	}
+	out := make([]ServiceView, 0, len(objs))
+	for _, o := range objs {
+		s, ok := byKey[o.Namespace+"/"+o.Name]
+		if !ok { // ExternalName: no frontend of ebpfnet's
+			v := ServiceView{Namespace: o.Namespace, Name: o.Name, Type: string(o.Spec.Type), Ports: []store.ServicePort{},
+				Frontends: []string{}, Backends: []BackendView{}}
+			for _, p := range o.Spec.Ports {
+				v.Ports = append(v.Ports, store.ServicePort{Name: p.Name, Protocol: string(p.Protocol), Port: int(p.Port)})
+			}
+			out = append(out, v)
+			continue
+		}
+		out = append(out, viewOf(o, s, a.node.IP))
+	}
+	return out, nil
+}
+
+// viewOf is a resolved service as ServiceView shows it, node ports on nodeIP.
+func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) ServiceView {
+	typ := string(o.Spec.Type)
+	if typ == "" {
+		typ = string(corev1.ServiceTypeClusterIP)
+	}
+	v := ServiceView{Namespace: s.Namespace, Name: s.Name, Type: typ, Ports: s.Ports, Frontends: []string{}, Backends: []BackendView{}}
+	switch {
+	case s.ClusterIP.IsValid():
+		v.ClusterIP = s.ClusterIP.String()
+		for _, p := range s.Ports {
+			v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(s.ClusterIP, uint16(p.Port)), p.Protocol))
+		}
+	case o.Spec.ClusterIP == corev1.ClusterIPNone:
+		v.ClusterIP = corev1.ClusterIPNone
+	}
+	if s.NodePort && nodeIP.IsValid() {
+		for _, p := range s.Ports {
+			if p.NodePort != 0 {
+				v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(nodeIP, uint16(p.NodePort)), p.Protocol))
+			}
+		}
+	}
+	for _, b := range s.Backends {
+		v.Backends = append(v.Backends, BackendView{IP: b.IP.String(), Node: b.Node, Ports: b.Ports, State: backendState(b)})
+	}
+	return v
+}
+
+func backendState(b store.Backend) string {
+	switch {
+	case b.Ready:
+		return "ready"
+	case b.Serving:
+		return "serving"
+	case b.Terminating:
+		return "terminating"
+	}
+	return "not-ready"
+}
+
+// deleteService removes a service and frees its allocations.
+func (a *Agent) deleteService(ctx context.Context, ns, name string) error {
+	ok, err := a.cluster.DeleteService(ctx, ns, name)
+	if err == nil && !ok && a.apiServerAllocates() {
+		// The informer may not have seen a service created a moment ago.
+		if err = a.cluster.Sync(ctx); err == nil {
+			ok, err = a.cluster.DeleteService(ctx, ns, name)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return &serviceNotFound{ns, name}
+	}
+	if err := a.cluster.ReleaseService(ctx, ns+"/"+name); err != nil {
+		return err
+	}
+	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
+		return err
+	}
+	a.trigger()
+	return nil
+}
+
+// ParseServices reads one or more YAML (or JSON) documents of Services, a List of them
+// flattened, strictly: an unknown field is an error naming the document.
+func ParseServices(data []byte) ([]corev1.Service, error) {
+	var out []corev1.Service
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for doc := 1; ; doc++ {
+		b, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", doc, err)
+		}
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal(b, &head); err != nil {
+			return nil, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
+		}
+		if head.APIVersion == "" && head.Kind == "" {
+			var any map[string]any
+			if err := yaml.Unmarshal(b, &any); err == nil && len(any) == 0 {
+				continue // empty, or only comments
+			}
+		}
+		if head.Kind == "List" || head.Kind == "ServiceList" {
+			var list struct {
+				APIVersion string            `json:"apiVersion"`
+				Kind       string            `json:"kind"`
+				Metadata   metav1.ListMeta   `json:"metadata"`
+				Items      []json.RawMessage `json:"items"`
+			}
+			if err := yaml.UnmarshalStrict(b, &list); err != nil {
+				return nil, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
+			}
+			for i, item := range list.Items {
+				s, err := decodeService(item)
+				if err != nil {
+					return nil, fmt.Errorf("document %d: items[%d]: %w", doc, i, err)
+				}
+				out = append(out, s)
+			}
+			continue
+		}
+		s, err := decodeService(b)
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", doc, err)
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no Service in the input")
+	}
+	return out, nil
+}
+
+func decodeService(b []byte) (corev1.Service, error) {
+	var s corev1.Service
+	if err := yaml.UnmarshalStrict(b, &s); err != nil {
+		return s, errors.New(cleanDecodeError(err))
+	}
+	if s.APIVersion != "v1" || s.Kind != "Service" {
+		return s, fmt.Errorf("apiVersion %q, kind %q: want v1 Service", s.APIVersion, s.Kind)
+	}
+	return s, nil
+}
+
+// cleanDecodeError turns the decoder's wording into `unknown field "spec.x"` and the like.
+func cleanDecodeError(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"error unmarshaling JSON: while decoding JSON: ", "json: "} {
+		msg = strings.TrimPrefix(msg, p)
+	}
+	return msg
+}
+
+// ApplyServices stores services (validated, given cluster IPs and node ports) and returns
+// them as stored. The nodes program them after it returns: Wait waits for that.
+func (c *Client) ApplyServices(ctx context.Context, svcs []corev1.Service) ([]corev1.Service, error) {
+	var out []corev1.Service
+	return out, c.do(ctx, "POST", "/v1/services", svcs, &out)
+}
+
+// Services lists every service with its frontends and backends.
+func (c *Client) Services(ctx context.Context) ([]ServiceView, error) {
+	var out []ServiceView
+	return out, c.do(ctx, "GET", "/v1/services", nil, &out)
+}
+
+// DeleteService removes namespace/name and frees its cluster IP and node ports.
+func (c *Client) DeleteService(ctx context.Context, ns, name string) error {
+	return c.do(ctx, "DELETE", "/v1/services/"+ns+"/"+name, nil, nil)
+}

@@ -1,0 +1,385 @@
+/* nat.h: translated flows: a Service frontend becomes a backend, a pod's source becomes the
+ * node's (masquerading), and replies are translated back. One nat entry per direction. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "consts.h"
+#include "ct.h"
+#include "forward.h"
+#include "maps.h"
+#include "parse.h"
+
+/* How many ports a source translation tries before it gives up. */
+#define NAT_TRIES 32
+/* The source a pod sees when it reaches itself through a Service (hairpin): 169.254.7.7. */
+#define HAIRPIN_ADDR bpf_htonl(0xa9fe0707)
+
+/* What the NAT stage did to a packet. */
+enum xlate_state {
+	XL_NONE = 0, /* not translated */
+	XL_HIT = 1, /* rewritten by the entry of a known flow */
+	XL_REPLY = 2, /* a reply of a translated flow, rewritten: admitted when the flow began */
+	XL_MASQ = 3, /* a known masqueraded flow: its source is rewritten after admission */
+	XL_NEW = 4, /* a new Service flow, rewritten; its entries are written once admitted */
+};
+
+/* A packet's way through the NAT stage. */
+struct xlate {
+	struct ct_key orig; /* the tuple as the packet arrived */
+	struct nat_entry *hit; /* XL_MASQ: the flow's entry */
+	__u32 backend_id; /* XL_NEW: the backend chosen */
+	__u8 state; /* enum xlate_state */
+	__u8 reserved; /* XL_NEW: the reply entry is written already (a source port was taken) */
+	__u8 flags; /* XL_NEW: enum nat_flags of the new entries */
+	__u8 pad;
+};
+
+static __always_inline struct nat_scratch *scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&nat_scratch, &zero);
+}
+
+/* nat_applies: IPv4 TCP, UDP and ICMP echo with their L4 header are translated; the rest
+ * passes as it is. */
+static __always_inline int nat_applies(struct packet *pkt)
+{
+	if (pkt->family != AF_INET || !pkt->l4_off)
+		return 0;
+	return pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP || is_icmp_echo(pkt);
+}
+
+/* tuple_of is the flow key of the packet as it is now. */
+static __always_inline void tuple_of(struct packet *pkt, struct ct_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	ct_key_of(pkt, k, 0);
+}
+
+/* reverse_of is the key a reply of tuple t carries. */
+static __always_inline void reverse_of(const struct ct_key *t, struct ct_key *r)
+{
+	__builtin_memset(r, 0, sizeof(*r));
+	__builtin_memcpy(r->saddr, t->daddr, ADDR_LEN);
+	__builtin_memcpy(r->daddr, t->saddr, ADDR_LEN);
+	r->sport = t->dport;
+	r->dport = t->sport;
+	r->protocol = t->protocol;
+	r->family = t->family;
+}
+
+/* entry_of fills the translation part of a nat entry with tuple t. */
+static __always_inline void entry_of(const struct ct_key *t, struct nat_entry *e)
+{
+	__builtin_memcpy(e->saddr, t->saddr, ADDR_LEN);
+	__builtin_memcpy(e->daddr, t->daddr, ADDR_LEN);
+	e->sport = t->sport;
+	e->dport = t->dport;
+}
+
+static __always_inline __u64 nat_timeout(struct packet *pkt, __u32 flags)
+{
+	__u32 ct = 0;
+
+	if (flags & NAT_F_REPLY_SEEN)
+		ct |= CT_F_REPLY_SEEN;
+	if (flags & NAT_F_CLOSING)
+		ct |= CT_F_CLOSING;
+	return ct_timeout(pkt, ct);
+}
+
+/* nat_touch counts a packet on its entry and pushes the entry's expiry out. */
+static __always_inline void nat_touch(struct nat_entry *e, struct packet *pkt)
+{
+	__u32 flags = e->flags;
+
+	if (flags & NAT_F_REPLY)
+		flags |= NAT_F_REPLY_SEEN;
+	if (pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_FIN | TCP_RST)))
+		flags |= NAT_F_CLOSING;
+	if (flags != e->flags)
+		e->flags = flags;
+	e->expires = bpf_ktime_get_ns() + nat_timeout(pkt, flags);
+	__sync_fetch_and_add(&e->packets, 1);
+}
+
+/* rewrite_addr replaces one IPv4 address of the packet, fixing the IP and (for TCP and UDP,
+ * whose checksum covers the addresses) the L4 checksum. */
+static __always_inline int rewrite_addr(struct __sk_buff *skb, struct packet *pkt, __u32 off,
+					__be32 from, __be32 to)
+{
+	if (from == to)
+		return 0;
+	if (pkt->l4_proto == IPPROTO_TCP &&
+	    bpf_l4_csum_replace(skb, pkt->l4_off + offsetof(struct tcphdr, check), from, to,
+				BPF_F_PSEUDO_HDR | 4))
+		return -1;
+	if (pkt->l4_proto == IPPROTO_UDP &&
+	    bpf_l4_csum_replace(skb, pkt->l4_off + offsetof(struct udphdr, check), from, to,
+				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4))
+		return -1;
+	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), from, to, 4))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, 4, 0);
+}
+
+/* rewrite_port replaces a TCP or UDP port, or the ICMP echo identifier, at off. */
+static __always_inline int rewrite_port(struct __sk_buff *skb, struct packet *pkt, __u32 off,
+					__be16 from, __be16 to)
+{
+	__u32 csum_off = pkt->l4_off + offsetof(struct tcphdr, check);
+	__u64 flags = 2;
+
+	if (from == to)
+		return 0;
+	if (pkt->l4_proto == IPPROTO_UDP) {
+		csum_off = pkt->l4_off + offsetof(struct udphdr, check);
+		flags |= BPF_F_MARK_MANGLED_0;
+	} else if (pkt->l4_proto != IPPROTO_TCP) {
+		csum_off = pkt->l4_off + 2; /* ICMP: type, code, checksum */
+	}
+	if (bpf_l4_csum_replace(skb, csum_off, from, to, flags))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, 2, 0);
+}
+
+/* rewrite_tuple makes the packet's addresses and ports (the echo identifier for ICMP, given
+ * as sport) these, and keeps pkt in step. */
+static __always_inline int rewrite_tuple(struct __sk_buff *skb, struct packet *pkt, __be32 saddr,
+					 __be32 daddr, __be16 sport, __be16 dport)
+{
+	if (rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, saddr), pkt->saddr.v4,
+			 saddr) ||
+	    rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, daddr), pkt->daddr.v4,
+			 daddr))
+		return REASON_DROP_MALFORMED;
+	pkt->saddr.v4 = saddr;
+	pkt->daddr.v4 = daddr;
+	if (pkt->l4_proto == IPPROTO_ICMP) {
+		if (rewrite_port(skb, pkt, pkt->l4_off + 4, pkt->icmp_id, sport))
+			return REASON_DROP_MALFORMED;
+		pkt->icmp_id = sport;
+		return CONTINUE;
+	}
+	if (rewrite_port(skb, pkt, pkt->l4_off, pkt->sport, sport) ||
+	    rewrite_port(skb, pkt, pkt->l4_off + 2, pkt->dport, dport))
+		return REASON_DROP_MALFORMED;
+	pkt->sport = sport;
+	pkt->dport = dport;
+	return CONTINUE;
+}
+
+/* nat_rewrite makes the packet's tuple the entry's. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *pkt,
+				       const struct nat_entry *e)
+{
+	return rewrite_tuple(skb, pkt, *(__be32 *)e->saddr, *(__be32 *)e->daddr, e->sport,
+			     e->dport);
+}
+
+/* nat_delete_pair forgets a flow's two entries: the one at key and its reply's. */
+static __always_inline void nat_delete_pair(const struct ct_key *key, const struct nat_entry *e)
+{
+	struct ct_key to = {}, reply;
+
+	__builtin_memcpy(to.saddr, e->saddr, ADDR_LEN);
+	__builtin_memcpy(to.daddr, e->daddr, ADDR_LEN);
+	to.sport = e->sport;
+	to.dport = e->dport;
+	to.protocol = key->protocol;
+	to.family = key->family;
+	reverse_of(&to, &reply);
+	bpf_map_delete_elem(&nat, &reply);
+	bpf_map_delete_elem(&nat, key);
+}
+
+/* node_port_in_use says whether the node's own stack has a socket that a packet from the
+ * peer of t to port of the node would reach, so translations never take its ports. */
+static __always_inline int node_port_in_use(struct __sk_buff *skb, const struct ct_key *t,
+					    __be16 port)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+
+	st.ipv4.saddr = *(__be32 *)t->daddr;
+	st.ipv4.daddr = *(__be32 *)t->saddr;
+	st.ipv4.sport = t->dport;
+	st.ipv4.dport = port;
+	if (t->protocol == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else if (t->protocol == IPPROTO_UDP)
+		sk = bpf_sk_lookup_udp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		return 0;
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* nat_take_port picks a free source port for tuple t (whose source is the node's address):
+ * it writes the reply entry `back` under the reply key of t with that port, which is what
+ * makes the port taken, and leaves the port in t. */
+static __always_inline int nat_take_port(struct __sk_buff *skb, struct node_config *cfg,
+					 struct ct_key *t, struct nat_entry *back)
+{
+	__u32 span = (__u32)cfg->nat_port_max - cfg->nat_port_min + 1;
+	__u32 base = bpf_get_prandom_u32();
+	struct nat_scratch *sc = scratch();
+	struct ct_key *reply;
+
+	if (!sc || cfg->nat_port_max < cfg->nat_port_min)
+		return REASON_DROP_NAT_NO_PORT;
+	reply = &sc->reply;
+	for (int i = 0; i < NAT_TRIES; i++) {
+		__be16 port = bpf_htons(cfg->nat_port_min + (base + i) % span);
+
+		t->sport = port;
+		if (t->protocol == IPPROTO_ICMP)
+			t->dport = port; /* echo: the identifier is both "ports" */
+		else if (node_port_in_use(skb, t, port))
+			continue;
+		reverse_of(t, reply);
+		if (!bpf_map_update_elem(&nat, reply, back, BPF_NOEXIST))
+			return CONTINUE;
+	}
+	return REASON_DROP_NAT_NO_PORT;
+}
+
+/* nat_translate_source takes a port of the node's address for the flow now in pkt (orig is
+ * how it arrived): writes its reply entry, rewrites the packet's source. */
+static __always_inline int nat_translate_source(struct __sk_buff *skb, struct packet *pkt,
+						struct node_config *cfg,
+						const struct ct_key *orig, __u32 flags)
+{
+	struct nat_scratch *sc = scratch();
+	struct nat_entry *back;
+	struct ct_key *t;
+	int reason;
+
+	if (!sc)
+		return REASON_DROP_NAT_NO_PORT;
+	back = &sc->entry;
+	t = &sc->tuple;
+	/* The reply becomes the reverse of what arrived. */
+	__builtin_memset(back, 0, sizeof(*back));
+	__builtin_memcpy(back->saddr, orig->daddr, ADDR_LEN);
+	__builtin_memcpy(back->daddr, orig->saddr, ADDR_LEN);
+	back->sport = orig->dport;
+	back->dport = orig->sport;
+	back->flags = flags | NAT_F_REPLY;
+	back->expires = bpf_ktime_get_ns() + nat_timeout(pkt, 0);
+	tuple_of(pkt, t);
+	__builtin_memcpy(t->saddr, cfg->node_ip, 4);
+	reason = nat_take_port(skb, cfg, t, back);
+	if (reason != CONTINUE)
+		return reason;
+	return rewrite_tuple(skb, pkt, *(__be32 *)cfg->node_ip, pkt->daddr.v4, t->sport,
+			     pkt->l4_proto == IPPROTO_ICMP ? t->sport : pkt->dport);
+}
+
+/* nat_lookup finds the entry of a known translated flow, or NULL. */
+static __always_inline struct nat_entry *nat_lookup(struct packet *pkt, struct ct_key *key)
+{
+	if (!nat_applies(pkt))
+		return NULL;
+	tuple_of(pkt, key);
+	return bpf_map_lookup_elem(&nat, key);
+}
+
+/* nat_commit writes a new flow's entries once policy has admitted it; a known masqueraded
+ * flow gets its source rewritten now. */
+static __always_inline int nat_commit(struct packet *pkt, struct xlate *x, struct __sk_buff *skb)
+{
+	struct nat_scratch *sc;
+	struct nat_entry *e;
+
+	/* The verifier does not tie hit to state: check it again. */
+	if (x->state == XL_MASQ)
+		return x->hit ? nat_rewrite(skb, pkt, x->hit) : CONTINUE;
+	if (x->state != XL_NEW)
+		return CONTINUE;
+	sc = scratch();
+	if (!sc)
+		return CONTINUE;
+	e = &sc->entry;
+	__builtin_memset(e, 0, sizeof(*e));
+	tuple_of(pkt, &sc->tuple);
+	e->expires = bpf_ktime_get_ns() + nat_timeout(pkt, 0);
+	if (!x->reserved) {
+		reverse_of(&x->orig, &sc->reply);
+		entry_of(&sc->reply, e);
+		e->flags = x->flags | NAT_F_REPLY;
+		reverse_of(&sc->tuple, &sc->reply);
+		bpf_map_update_elem(&nat, &sc->reply, e, BPF_ANY);
+	}
+	entry_of(&sc->tuple, e);
+	e->flags = x->flags;
+	e->backend_id = x->backend_id;
+	bpf_map_update_elem(&nat, &x->orig, e, BPF_ANY);
+	return CONTINUE;
+}
+
+/* nat_abort undoes what a new flow that policy refused had taken. */
+static __always_inline void nat_abort(struct packet *pkt, struct xlate *x)
+{
+	struct nat_scratch *sc;
+
+	if (x->state != XL_NEW || !x->reserved)
+		return;
+	sc = scratch();
+	if (!sc)
+		return;
+	tuple_of(pkt, &sc->tuple);
+	reverse_of(&sc->tuple, &sc->reply);
+	bpf_map_delete_elem(&nat, &sc->reply);
+}
+
+/* masquerades says whether a pod's new flow to pkt's destination takes the node's address:
+ * masquerading is on, the destination is outside the cluster, not this node, and not in
+ * the no_masquerade list. */
+static __always_inline int masquerades(struct packet *pkt, struct node_config *cfg)
+{
+	struct lpm_key key = {.family = AF_INET, .prefixlen = LPM_PREFIX_BASE + 32};
+
+	if (!cfg || !cfg->masquerade || !nat_applies(pkt))
+		return 0;
+	if (pkt->daddr.v4 == *(__be32 *)cfg->node_ip || pkt->saddr.v4 == *(__be32 *)cfg->node_ip ||
+	    lookup_route(AF_INET, &pkt->daddr))
+		return 0;
+	__builtin_memcpy(key.ip, &pkt->daddr.v4, 4);
+	return !bpf_map_lookup_elem(&no_masquerade, &key);
+}
+
+/* nat_masquerade gives a pod's new flow leaving the cluster the node's address (only a new
+ * one: a reply to a flow someone else began keeps its source). */
+static __always_inline int nat_masquerade(struct __sk_buff *skb, struct packet *pkt,
+					  struct node_config *cfg, struct xlate *x)
+{
+	struct nat_scratch *sc;
+	int reason;
+
+	if (x->state != XL_NONE || !pkt->ct_new || !masquerades(pkt, cfg))
+		return CONTINUE;
+	tuple_of(pkt, &x->orig);
+	reason = nat_translate_source(skb, pkt, cfg, &x->orig, NAT_F_MASQUERADE);
+	sc = scratch();
+	if (reason != CONTINUE || !sc)
+		return reason;
+	__builtin_memset(&sc->entry, 0, sizeof(sc->entry));
+	tuple_of(pkt, &sc->tuple);
+	entry_of(&sc->tuple, &sc->entry);
+	sc->entry.flags = NAT_F_MASQUERADE;
+	sc->entry.expires = bpf_ktime_get_ns() + nat_timeout(pkt, 0);
+	bpf_map_update_elem(&nat, &x->orig, &sc->entry, BPF_ANY);
+	x->state = XL_HIT;
+	return CONTINUE;
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+)
+
+// newServiceCmd is `service apply|list|delete`: Kubernetes Services (core/v1).
+func newServiceCmd(g *globals) *cobra.Command {
+	t := &target{}
+	cmd := &cobra.Command{Use: "service", Short: "Kubernetes Services (core/v1): cluster IPs and node ports load-balanced to pods"}
+	t.add(cmd)
+	var file string
+	var timeout time.Duration
+	apply := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "apply Service YAML (one or many documents, Lists flattened; - reads stdin); returns once every node programmed it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return usageError{errors.New("service apply needs -f FILE")}
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = io.ReadAll(cmd.InOrStdin())
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			svcs, err := agent.ParseServices(data)
+			if err != nil {
+				return err
+			}
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			stored, err := c.ApplyServices(cmd.Context(), svcs)
+			if err != nil {
+				return err
+			}
+			if err := c.Wait(cmd.Context(), timeout); err != nil {
+				return fmt.Errorf("services stored, but: %w", err)
+			}
+			for _, s := range stored {
+				ip := s.Spec.ClusterIP
+				if ip == "" {
+					ip = "none"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "service %s/%s applied (cluster IP %s)\n", s.Namespace, s.Name, ip)
+			}
+			return nil
+		},
+	}
+	apply.Flags().StringVarP(&file, "file", "f", "", "YAML file")
+	apply.Flags().DurationVar(&timeout, "timeout", agent.ProgrammedTimeout, "how long to wait for every node")
+	var delTimeout time.Duration
+	del := &cobra.Command{
+		Use:   "delete NAMESPACE/NAME",
+		Short: "delete a service and free its cluster IP and node ports; returns once every node dropped it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ns, name, ok := strings.Cut(args[0], "/")
+			if !ok || ns == "" || name == "" {
+				return usageError{fmt.Errorf("%q is not NAMESPACE/NAME", args[0])}
+			}
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteService(cmd.Context(), ns, name); err != nil {
+				return err
+			}
+			if err := c.Wait(cmd.Context(), delTimeout); err != nil {
+				return fmt.Errorf("service deleted, but: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "service %s deleted\n", args[0])
+			return nil
+		},
+	}
+	del.Flags().DurationVar(&delTimeout, "timeout", agent.ProgrammedTimeout, "how long to wait for every node")
+	cmd.AddCommand(apply, del, &cobra.Command{
+		Use:   "list",
+		Short: "list services with their frontends and backends (-o json for every field)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := t.client(cmd)
+			if err != nil {
+				return err
+			}
+			views, err := c.Services(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, v := range views {
+				rows = append(rows, []string{v.Namespace + "/" + v.Name, v.Type, orNone(v.ClusterIP),
+					orNone(strings.Join(v.Frontends, ",")), orNone(backendsCell(v.Backends))})
+			}
+			return printOut(cmd.OutOrStdout(), g, views, []string{"NAMESPACE/NAME", "TYPE", "CLUSTER-IP", "FRONTENDS", "BACKENDS"}, rows)
+		},
+	})
+	return cmd
+}
+
+// backendsCell is "IP(state),…" for the table.
+func backendsCell(bs []agent.BackendView) string {
+	var out []string
+	for _, b := range bs {
+		out = append(out, b.IP+"("+b.State+")")
+	}
+	return strings.Join(out, ",")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "<none>"
+	}
+	return s
+}

@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// labFile is a lab with two namespaces and a pod serving port 80, to which each case adds its
+// services: block.
+const labFile = `
+mode: vxlan
+nodes: [{name: node1}, {name: node2}]
+namespaces: [{name: s}, {name: t}]
+pods:
+  - {namespace: s, name: web1, node: node1, labels: {app: web}, ports: [{name: http, port: 80}]}
+  - {namespace: s, name: web2, node: node2, labels: {app: web}, ports: [{port: 80}]}
+`
+
+func readSpec(t *testing.T, yaml string) (*Spec, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "lab.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ReadSpec(path)
+}
+
+func TestSpecServices(t *testing.T) {
+	s, err := readSpec(t, labFile+`
+services:
+  - {namespace: s, name: web, type: NodePort, selector: {app: web}, ports: [{name: http, port: 8080, targetPort: 80, protocol: TCP, nodePort: 30080}]}
+  - namespace: s
+    name: named
+    selector: {app: web}
+    sessionAffinity: ClientIP
+    internalTrafficPolicy: Local
+    ports: [{name: a, port: 80, targetPort: http}, {name: b, port: 81, targetPort: metrics, protocol: UDP}]
+  - {namespace: t, name: headless, clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+  - {namespace: t, name: fixed, clusterIP: 10.96.0.53, ports: [{port: 53, protocol: UDP}]}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Services) != 4 {
+		t.Fatalf("%d services, want 4", len(s.Services))
+	}
+	web, named := s.Services[0], s.Services[1]
+	if web.Ports[0].TargetPort != intstr.FromInt32(80) || web.Ports[0].NodePort != 30080 {
+		t.Fatalf("web's port %+v", web.Ports[0])
+	}
+	// A port name no selected pod declares is fine: those pods just do not serve it.
+	if named.Type != "ClusterIP" || named.Ports[0].Protocol != "TCP" || named.Ports[1].TargetPort != intstr.FromString("metrics") {
+		t.Fatalf("defaults or named ports not kept: %+v", named)
+	}
+	obj := named.Object()
+	if obj.Kind != "Service" || obj.Namespace != "s" || string(obj.Spec.SessionAffinity) != "ClientIP" ||
+		obj.Spec.InternalTrafficPolicy == nil || string(*obj.Spec.InternalTrafficPolicy) != "Local" ||
+		obj.Spec.Ports[1].Protocol != "UDP" || obj.Spec.Ports[0].TargetPort != intstr.FromString("http") {
+		t.Fatalf("Service object %+v", obj)
+	}
+}
+
+func TestSpecServicesRefused(t *testing.T) {
+	for _, tc := range []struct{ name, services, want string }{
+		{"unknown field", `[{namespace: s, name: web, selecter: {app: web}, ports: [{port: 80}]}]`, `unknown field "selecter"`},
+		{"unknown port field", `[{namespace: s, name: web, ports: [{port: 80, target: 8080}]}]`, `unknown field "target"`},
+		{"bad protocol", `[{namespace: s, name: web, ports: [{port: 80, protocol: ICMP}]}]`, `services[0].ports[0].protocol: "ICMP" must be TCP, UDP or SCTP`},
+		{"node port out of range", `[{namespace: s, name: web, type: NodePort, ports: [{port: 80, nodePort: 8080}]}]`, `services[0].ports[0].nodePort: 8080 is not in 30000-32767`},
+		{"node port on ClusterIP", `[{namespace: s, name: web, ports: [{port: 80, nodePort: 30080}]}]`, `services[0].ports[0].nodePort: only for type NodePort`},
+		{"node port taken", `[{namespace: s, name: a, type: NodePort, ports: [{port: 80, nodePort: 30080}]}, {namespace: t, name: b, type: NodePort, ports: [{port: 81, nodePort: 30080}]}]`, `services[1].ports[0].nodePort: 30080/TCP is taken`},
+		{"undeclared namespace", `[{namespace: u, name: web, ports: [{port: 80}]}]`, `services[0].namespace: "u" is not a declared namespace`},
+		{"bad name", `[{namespace: s, name: 9web, ports: [{port: 80}]}]`, `services[0].name: "9web"`},
+		{"duplicate", `[{namespace: s, name: web, ports: [{port: 80}]}, {namespace: s, name: web, ports: [{port: 81}]}]`, `services[1]: duplicate service s/web`},
+		{"bad type", `[{namespace: s, name: web, type: ExternalName, ports: [{port: 80}]}]`, `services[0].type`},
+		{"no ports", `[{namespace: s, name: web}]`, `services[0].ports: at least one port`},
+		{"port 0", `[{namespace: s, name: web, ports: [{port: 0}]}]`, `services[0].ports[0].port: 0 is not in 1-65535`},
+		{"unnamed ports", `[{namespace: s, name: web, ports: [{port: 80}, {name: b, port: 81}]}]`, `services[0].ports[0].name: needed`},
+		{"duplicate port names", `[{namespace: s, name: web, ports: [{name: a, port: 80}, {name: a, port: 81}]}]`, `services[0].ports[1].name: duplicate`},
+		{"bad target port", `[{namespace: s, name: web, ports: [{port: 80, targetPort: no_such}]}]`, `services[0].ports[0].targetPort`},
+		{"target port out of range", `[{namespace: s, name: web, ports: [{port: 80, targetPort: 70000}]}]`, `services[0].ports[0].targetPort: 70000`},
+		{"cluster IP outside", `[{namespace: s, name: web, clusterIP: 10.97.0.1, ports: [{port: 80}]}]`, `services[0].clusterIP: "10.97.0.1"`},
+		{"cluster IP twice", `[{namespace: s, name: a, clusterIP: 10.96.0.9, ports: [{port: 80}]}, {namespace: s, name: b, clusterIP: 10.96.0.9, ports: [{port: 80}]}]`, `services[1].clusterIP: 10.96.0.9 is s/a's too`},
+		{"headless node port", `[{namespace: s, name: web, type: NodePort, clusterIP: None, ports: [{port: 80}]}]`, `services[0].clusterIP: None`},
+		{"affinity", `[{namespace: s, name: web, sessionAffinity: Sticky, ports: [{port: 80}]}]`, `services[0].sessionAffinity`},
+		{"external policy on ClusterIP", `[{namespace: s, name: web, externalTrafficPolicy: Local, ports: [{port: 80}]}]`, `services[0].externalTrafficPolicy: only for`},
+		{"internal policy", `[{namespace: s, name: web, internalTrafficPolicy: Near, ports: [{port: 80}]}]`, `services[0].internalTrafficPolicy`},
+		{"bad selector", `[{namespace: s, name: web, selector: {"a b": x}, ports: [{port: 80}]}]`, `services[0].selector`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := readSpec(t, labFile+"services: "+tc.services+"\n")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSpecClusterCIDRClearOfServices(t *testing.T) {
+	_, err := readSpec(t, "mode: vxlan\nclusterCIDR: 10.96.0.0/12\nnodes: [{name: n1}]\n")
+	if err == nil || !strings.Contains(err.Error(), "overlaps the lab's service CIDR") {
+		t.Fatalf("a cluster CIDR over the service CIDR: %v", err)
+	}
+}

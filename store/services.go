@@ -1,0 +1,668 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Key prefixes of Services and EndpointSlices, as Kubernetes holds them.
+const (
+	ServicesPrefix       = Prefix + "services/"       // value: JSON of corev1.Service, key services/NS/NAME
+	EndpointSlicesPrefix = Prefix + "endpointslices/" // value: JSON of discoveryv1.EndpointSlice, key endpointslices/NS/NAME
+)
+
+// Key prefixes of the allocations a store without an API server keeps for Services.
+const (
+	serviceIPsPrefix = Prefix + "serviceips/" // serviceips/IP holds "ns/name"
+	nodePortsPrefix  = Prefix + "nodeports/"  // nodeports/PROTO/PORT holds "ns/name"
+)
+
+// The node port range, as Kubernetes' default --service-node-port-range.
+const (
+	MinNodePort = 30000
+	MaxNodePort = 32767
+)
+
+// DefaultClientIPTimeout is sessionAffinity ClientIP's timeout when the Service gives none.
+const DefaultClientIPTimeout = 10800 * time.Second
+
+// Service is a Service resolved for the datapath: its frontends' facts and its backends.
+type Service struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// ClusterIP is invalid for headless services (clusterIP None), which the datapath skips.
+	ClusterIP netip.Addr `json:"clusterIP"`
+	// NodePort: type NodePort or LoadBalancer: Ports[i].NodePort are open on every node.
+	NodePort bool          `json:"nodePort,omitempty"`
+	Ports    []ServicePort `json:"ports"`
+	// ClientIPAffinity is sessionAffinity ClientIP's timeout (default 10800s); 0 without affinity.
+	ClientIPAffinity time.Duration `json:"clientIPAffinity,omitempty"`
+	ExternalLocal    bool          `json:"externalLocal,omitempty"` // externalTrafficPolicy Local
+	InternalLocal    bool          `json:"internalLocal,omitempty"` // internalTrafficPolicy Local
+	Backends         []Backend     `json:"backends"`
+}
+
+// ServicePort is one port of a Service.
+type ServicePort struct {
+	Name     string `json:"name,omitempty"` // may be "" for a single-port service
+	Protocol string `json:"protocol"`       // "TCP" or "UDP" (SCTP passed through; the datapath ignores it)
+	Port     int    `json:"port"`
+	NodePort int    `json:"nodePort,omitempty"` // 0 unless NodePort
+}
+
+// Backend is one address serving a Service.
+type Backend struct {
+	IP   netip.Addr `json:"ip"`
+	Node string     `json:"node,omitempty"` // node name holding it, "" when unknown
+	// Ports maps ServicePort.Name to the target port number; a port missing here is not
+	// served by this backend.
+	Ports       map[string]int `json:"ports"`
+	Ready       bool           `json:"ready"`
+	Serving     bool           `json:"serving"`
+	Terminating bool           `json:"terminating"`
+}
+
+func serviceKey(ns, name string) string { return ServicesPrefix + ns + "/" + name }
+
+// PutService stores a Service as given: allocating its cluster IP and node ports is the
+// caller's (AllocateServiceIP, AllocateNodePort), or the API server's in the kubernetes store.
+func (c *Cluster) PutService(ctx context.Context, svc *corev1.Service) error {
+	if svc.Namespace == "" || svc.Name == "" {
+		return fmt.Errorf("service %q/%q: namespace and name are required", svc.Namespace, svc.Name)
+	}
+	return put(ctx, c.KV, serviceKey(svc.Namespace, svc.Name), svc, 0)
+}
+
+// DeleteService removes ns/name and reports whether it existed. Its allocations stay until
+// ReleaseService.
+func (c *Cluster) DeleteService(ctx context.Context, ns, name string) (bool, error) {
+	key := serviceKey(ns, name)
+	_, ok, err := c.KV.Get(ctx, key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, c.KV.Delete(ctx, key)
+}
+
+// ServiceObject returns the stored Service ns/name, if there is one.
+func (c *Cluster) ServiceObject(ctx context.Context, ns, name string) (*corev1.Service, bool, error) {
+	v, ok, err := c.KV.Get(ctx, serviceKey(ns, name))
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	svc := &corev1.Service{}
+	if err := json.Unmarshal(v, svc); err != nil {
+		return nil, false, fmt.Errorf("service %s/%s: %w", ns, name, err)
+	}
+	return svc, true, nil
+}
+
+// ServiceObjects lists every stored Service, by namespace/name.
+func (c *Cluster) ServiceObjects(ctx context.Context) ([]*corev1.Service, error) {
+	kvs, err := c.KV.List(ctx, ServicesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*corev1.Service, 0, len(kvs))
+	for k, v := range kvs {
+		svc := &corev1.Service{}
+		if err := json.Unmarshal(v, svc); err != nil {
+			return nil, fmt.Errorf("service %s: %w", k, err)
+		}
+		out = append(out, svc)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name
+	})
+	return out, nil
+}
+
+// PutEndpointSlice stores an EndpointSlice, as Kubernetes' EndpointSlice controller would
+// (the kubernetes store refuses it: the controller manager writes them there).
+func (c *Cluster) PutEndpointSlice(ctx context.Context, es *discoveryv1.EndpointSlice) error {
+	if es.Namespace == "" || es.Name == "" {
+		return fmt.Errorf("endpointslice %q/%q: namespace and name are required", es.Namespace, es.Name)
+	}
+	return put(ctx, c.KV, EndpointSlicesPrefix+es.Namespace+"/"+es.Name, es, 0)
+}
+
+// Services lists every Service resolved for the datapath, by namespace/name; ExternalName
+// services are left out.
+func (c *Cluster) Services(ctx context.Context) ([]Service, error) {
+	objs, err := c.ServiceObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.ResolveServices(ctx, objs)
+}
+
+// ResolveServices resolves objs (as ServiceObjects lists them) with their backends: from
+// the EndpointSlices of each service when the store holds any, else, for a service with a
+// selector, from the store's endpoints whose pods it selects (nobody runs an endpoint
+// controller for the local and etcd stores).
+func (c *Cluster) ResolveServices(ctx context.Context, objs []*corev1.Service) ([]Service, error) {
+	slices, err := c.endpointSlices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var pods []podBackend
+	podsLoaded := false
+	out := make([]Service, 0, len(objs))
+	for _, o := range objs {
+		if o.Spec.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		s := serviceOf(o)
+		if sl, ok := slices[o.Namespace+"/"+o.Name]; ok {
+			s.Backends = backendsFromSlices(s.Ports, sl)
+		} else if len(o.Spec.Selector) > 0 {
+			if !podsLoaded {
+				if pods, err = c.podBackends(ctx); err != nil {
+					return nil, err
+				}
+				podsLoaded = true
+			}
+			s.Backends = backendsFromPods(o, s.Ports, pods)
+		}
+		if s.Backends == nil {
+			s.Backends = []Backend{}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// serviceOf is a Service's frontend facts, without backends.
+func serviceOf(o *corev1.Service) Service {
+	s := Service{Namespace: o.Namespace, Name: o.Name,
+		NodePort:      o.Spec.Type == corev1.ServiceTypeNodePort || o.Spec.Type == corev1.ServiceTypeLoadBalancer,
+		ExternalLocal: o.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+		InternalLocal: o.Spec.InternalTrafficPolicy != nil && *o.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+		Ports:         []ServicePort{}}
+	s.ClusterIP = clusterIPv4(o)
+	if o.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		s.ClientIPAffinity = DefaultClientIPTimeout
+		if cfg := o.Spec.SessionAffinityConfig; cfg != nil && cfg.ClientIP != nil && cfg.ClientIP.TimeoutSeconds != nil && *cfg.ClientIP.TimeoutSeconds > 0 {
+			s.ClientIPAffinity = time.Duration(*cfg.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	for _, p := range o.Spec.Ports {
+		sp := ServicePort{Name: p.Name, Protocol: protocolOf(p.Protocol), Port: int(p.Port)}
+		if s.NodePort {
+			sp.NodePort = int(p.NodePort)
+		}
+		s.Ports = append(s.Ports, sp)
+	}
+	return s
+}
+
+// clusterIPv4 is the Service's IPv4 cluster IP: invalid when headless, not yet allocated, or
+// IPv6 only.
+func clusterIPv4(o *corev1.Service) netip.Addr {
+	ips := o.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{o.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+func protocolOf(p corev1.Protocol) string {
+	if p == "" {
+		return string(corev1.ProtocolTCP)
+	}
+	return string(p)
+}
+
+// endpointSlices returns the stored EndpointSlices by "ns/service", each service's by name.
+func (c *Cluster) endpointSlices(ctx context.Context) (map[string][]*discoveryv1.EndpointSlice, error) {
+	kvs, err := c.KV.List(ctx, EndpointSlicesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]*discoveryv1.EndpointSlice{}
+	for k, v := range kvs {
+		es := &discoveryv1.EndpointSlice{}
+		if err := json.Unmarshal(v, es); err != nil {
+			return nil, fmt.Errorf("endpointslice %s: %w", k, err)
+		}
+		svc := es.Labels[discoveryv1.LabelServiceName]
+		if svc == "" {
+			continue
+		}
+		key := es.Namespace + "/" + svc
+		out[key] = append(out[key], es)
+	}
+	for _, sl := range out {
+		sort.Slice(sl, func(i, j int) bool { return sl[i].Name < sl[j].Name })
+	}
+	return out, nil
+}
+
+// backendsFromSlices reads the backends of a service from its EndpointSlices: IPv4 slices
+// only, each endpoint's first IPv4 address, each slice's ports for its own endpoints. An
+// address in several slices (the controller moving it) takes the first slice's conditions
+// and every slice's ports.
+func backendsFromSlices(ports []ServicePort, slices []*discoveryv1.EndpointSlice) []Backend {
+	names := map[string]bool{}
+	for _, p := range ports {
+		names[p.Name] = true
+	}
+	byIP := map[netip.Addr]*Backend{}
+	for _, es := range slices {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		target := map[string]int{}
+		for _, p := range es.Ports {
+			name := ""
+			if p.Name != nil {
+				name = *p.Name
+			}
+			if p.Port != nil && names[name] {
+				target[name] = int(*p.Port)
+			}
+		}
+		for _, ep := range es.Endpoints {
+			ip, ok := firstIPv4(ep.Addresses)
+			if !ok {
+				continue
+			}
+			b := byIP[ip]
+			if b == nil {
+				b = &Backend{IP: ip, Ports: map[string]int{}}
+				b.Ready = ep.Conditions.Ready == nil || *ep.Conditions.Ready
+				b.Serving = b.Ready
+				if ep.Conditions.Serving != nil {
+					b.Serving = *ep.Conditions.Serving
+				}
+				b.Terminating = ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+				if ep.NodeName != nil {
+					b.Node = *ep.NodeName
+				}
+				byIP[ip] = b
+			}
+			for n, p := range target {
+				if _, ok := b.Ports[n]; !ok {
+					b.Ports[n] = p
+				}
+			}
+		}
+	}
+	return sortedBackends(byIP)
+}
+
+func firstIPv4(addrs []string) (netip.Addr, bool) {
+	for _, a := range addrs {
+		if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func sortedBackends(byIP map[netip.Addr]*Backend) []Backend {
+	out := make([]Backend, 0, len(byIP))
+	for _, b := range byIP {
+		out = append(out, *b)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
+	return out
+}
+
+// podBackend is an attached pod as a service selects it.
+type podBackend struct {
+	namespace string
+	ip        netip.Addr
+	node      string
+	labels    map[string]string
+	ports     []PodPort
+}
+
+// podBackends gathers every registered node's endpoints with their pods' labels and ports.
+func (c *Cluster) podBackends(ctx context.Context) ([]podBackend, error) {
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	metas, err := c.Pods(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []podBackend
+	for _, n := range nodes {
+		eps, err := c.Endpoints(ctx, n.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range eps {
+			if !e.IP.Is4() || e.Pod == "" {
+				continue
+			}
+			pb := podBackend{namespace: e.Namespace, ip: e.IP, node: e.Node, labels: e.Labels}
+			if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
+				pb.labels, pb.ports = m.Labels, m.Ports
+			}
+			out = append(out, pb)
+		}
+	}
+	return out, nil
+}
+
+// backendsFromPods is what Kubernetes' endpoint controller would make of the pods o selects.
+func backendsFromPods(o *corev1.Service, ports []ServicePort, pods []podBackend) []Backend {
+	byIP := map[netip.Addr]*Backend{}
+	for _, p := range pods {
+		if p.namespace != o.Namespace || !selects(o.Spec.Selector, p.labels) {
+			continue
+		}
+		b := &Backend{IP: p.ip, Node: p.node, Ports: map[string]int{}, Ready: true, Serving: true}
+		for i, sp := range o.Spec.Ports {
+			if port, ok := targetPort(sp.TargetPort, ports[i], p.ports); ok {
+				b.Ports[sp.Name] = port
+			}
+		}
+		byIP[p.ip] = b
+	}
+	return sortedBackends(byIP)
+}
+
+// selects says whether every key=value of a (non-empty) selector is among labels.
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	for k, v := range selector {
+		if l, ok := labels[k]; !ok || l != v {
+			return false
+		}
+	}
+	return true
+}
+
+// targetPort resolves a service port's targetPort on a pod: a number as is, a name through
+// the pod's declared ports of that name and protocol, unset as the service port.
+func targetPort(tp intstr.IntOrString, sp ServicePort, declared []PodPort) (int, bool) {
+	switch {
+	case tp.Type == intstr.String && tp.StrVal != "":
+		for _, d := range declared {
+			if d.Name == tp.StrVal && protocolOf(corev1.Protocol(d.Protocol)) == sp.Protocol {
+				return d.Port, true
+			}
+		}
+		return 0, false // Kubernetes leaves a pod without the named port out of that port
+	case tp.Type == intstr.Int && tp.IntVal != 0:
+		return int(tp.IntVal), true
+	default:
+		return sp.Port, true
+	}
+}
+
+// ServiceClaims is what one service holds: cluster IPs and node ports.
+type ServiceClaims struct {
+	IPs       []netip.Addr    `json:"ips,omitempty"`
+	NodePorts []NodePortClaim `json:"nodePorts,omitempty"`
+}
+
+// NodePortClaim is a node port of one protocol.
+type NodePortClaim struct {
+	Protocol string `json:"protocol"`
+	Port     int    `json:"port"`
+}
+
+func (n NodePortClaim) key() string {
+	return nodePortsPrefix + n.Protocol + "/" + strconv.Itoa(n.Port)
+}
+
+// AllocateServiceIP picks a free address of cidr for owner ("ns/name"), the one it already
+// holds in cidr if any. It skips the network address, the first host (Kubernetes' own
+// kubernetes Service has it) and, as Kubernetes does, the broadcast address. Each address is
+// a key made with Create, so two agents never hand out the same one.
+func (c *Cluster) AllocateServiceIP(ctx context.Context, cidr netip.Prefix, owner string) (netip.Addr, error) {
+	cidr = cidr.Masked()
+	if !cidr.Addr().Is4() || cidr.Bits() > 30 {
+		return netip.Addr{}, fmt.Errorf("service CIDR %s: want an IPv4 network of /30 or larger", cidr)
+	}
+	claims, err := c.KV.List(ctx, serviceIPsPrefix)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var held []netip.Addr
+	taken := map[netip.Addr]bool{}
+	for k, v := range claims {
+		ip, err := netip.ParseAddr(strings.TrimPrefix(k, serviceIPsPrefix))
+		if err != nil {
+			continue
+		}
+		taken[ip] = true
+		if string(v) == owner && cidr.Contains(ip) {
+			held = append(held, ip)
+		}
+	}
+	if len(held) > 0 {
+		sort.Slice(held, func(i, j int) bool { return held[i].Less(held[j]) })
+		return held[0], nil
+	}
+	last := lastAddr(cidr)
+	for ip := cidr.Addr().Next().Next(); ip.Less(last); ip = ip.Next() {
+		if taken[ip] {
+			continue
+		}
+		ok, err := c.KV.Create(ctx, serviceIPsPrefix+ip.String(), []byte(owner))
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if ok {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("service CIDR %s has no free address left for service %s", cidr, owner)
+}
+
+// lastAddr is the broadcast address of an IPv4 prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// ClaimServiceIP records that owner uses ip (given in its spec), refusing one another service
+// holds.
+func (c *Cluster) ClaimServiceIP(ctx context.Context, ip netip.Addr, owner string) error {
+	if !ip.Is4() {
+		return fmt.Errorf("service IP %s is not an IPv4 address", ip)
+	}
+	return c.claim(ctx, serviceIPsPrefix+ip.String(), owner, "service IP "+ip.String())
+}
+
+// claim creates key for owner, or finds it already owner's.
+func (c *Cluster) claim(ctx context.Context, key, owner, what string) error {
+	if ok, err := c.KV.Create(ctx, key, []byte(owner)); err != nil || ok {
+		return err
+	}
+	v, ok, err := c.KV.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	if !ok { // released since: try once more
+		if ok, err := c.KV.Create(ctx, key, []byte(owner)); err != nil || ok {
+			return err
+		}
+		if v, _, err = c.KV.Get(ctx, key); err != nil {
+			return err
+		}
+	}
+	if string(v) != owner {
+		return fmt.Errorf("%s is held by service %s", what, v)
+	}
+	return nil
+}
+
+func checkProtocol(proto string) error {
+	switch proto {
+	case "TCP", "UDP", "SCTP":
+		return nil
+	}
+	return fmt.Errorf("protocol %q must be TCP, UDP or SCTP", proto)
+}
+
+// AllocateNodePort picks a free node port (30000-32767) of proto for owner.
+func (c *Cluster) AllocateNodePort(ctx context.Context, proto string, owner string) (int, error) {
+	if err := checkProtocol(proto); err != nil {
+		return 0, err
+	}
+	claims, err := c.KV.List(ctx, nodePortsPrefix+proto+"/")
+	if err != nil {
+		return 0, err
+	}
+	for port := MinNodePort; port <= MaxNodePort; port++ {
+		n := NodePortClaim{Protocol: proto, Port: port}
+		if _, taken := claims[n.key()]; taken {
+			continue
+		}
+		ok, err := c.KV.Create(ctx, n.key(), []byte(owner))
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("no free %s node port left in %d-%d for service %s", proto, MinNodePort, MaxNodePort, owner)
+}
+
+// ClaimNodePort records that owner uses node port port/proto (given in its spec), refusing
+// one another service holds.
+func (c *Cluster) ClaimNodePort(ctx context.Context, proto string, port int, owner string) error {
+	if err := checkProtocol(proto); err != nil {
+		return err
+	}
+	if port < MinNodePort || port > MaxNodePort {
+		return fmt.Errorf("node port %d is not in %d-%d", port, MinNodePort, MaxNodePort)
+	}
+	n := NodePortClaim{Protocol: proto, Port: port}
+	return c.claim(ctx, n.key(), owner, fmt.Sprintf("node port %d/%s", port, proto))
+}
+
+// ServiceClaims lists the cluster IPs and node ports owner holds.
+func (c *Cluster) ServiceClaims(ctx context.Context, owner string) (ServiceClaims, error) {
+	var out ServiceClaims
+	ips, err := c.KV.List(ctx, serviceIPsPrefix)
+	if err != nil {
+		return out, err
+	}
+	for k, v := range ips {
+		if ip, err := netip.ParseAddr(strings.TrimPrefix(k, serviceIPsPrefix)); err == nil && string(v) == owner {
+			out.IPs = append(out.IPs, ip)
+		}
+	}
+	ports, err := c.KV.List(ctx, nodePortsPrefix)
+	if err != nil {
+		return out, err
+	}
+	for k, v := range ports {
+		proto, port, ok := strings.Cut(strings.TrimPrefix(k, nodePortsPrefix), "/")
+		n, err := strconv.Atoi(port)
+		if ok && err == nil && string(v) == owner {
+			out.NodePorts = append(out.NodePorts, NodePortClaim{Protocol: proto, Port: n})
+		}
+	}
+	sort.Slice(out.IPs, func(i, j int) bool { return out.IPs[i].Less(out.IPs[j]) })
+	sort.Slice(out.NodePorts, func(i, j int) bool {
+		a, b := out.NodePorts[i], out.NodePorts[j]
+		return a.Protocol < b.Protocol || a.Protocol == b.Protocol && a.Port < b.Port
+	})
+	return out, nil
+}
+
+// ReleaseClaims frees those of claims that owner still holds.
+func (c *Cluster) ReleaseClaims(ctx context.Context, owner string, claims ServiceClaims) error {
+	keys := make([]string, 0, len(claims.IPs)+len(claims.NodePorts))
+	for _, ip := range claims.IPs {
+		keys = append(keys, serviceIPsPrefix+ip.String())
+	}
+	for _, n := range claims.NodePorts {
+		keys = append(keys, n.key())
+	}
+	var errs []error
+	for _, k := range keys {
+		v, ok, err := c.KV.Get(ctx, k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ok && string(v) == owner {
+			errs = append(errs, c.KV.Delete(ctx, k))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReleaseService frees every IP and node port ns/name holds.
+func (c *Cluster) ReleaseService(ctx context.Context, owner string) error {
+	claims, err := c.ServiceClaims(ctx, owner)
+	if err != nil {
+		return err
+	}
+	return c.ReleaseClaims(ctx, owner, claims)
+}
+
+// ClaimsOf is what svc uses: its IPv4 cluster IPs and its node ports.
+func ClaimsOf(svc *corev1.Service) ServiceClaims {
+	var out ServiceClaims
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+			out.IPs = append(out.IPs, ip)
+		}
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.NodePort != 0 {
+			out.NodePorts = append(out.NodePorts, NodePortClaim{Protocol: protocolOf(p.Protocol), Port: int(p.NodePort)})
+		}
+	}
+	return out
+}
+
+// Minus is what c holds that other does not.
+func (c ServiceClaims) Minus(other ServiceClaims) ServiceClaims {
+	var out ServiceClaims
+	ips := map[netip.Addr]bool{}
+	for _, ip := range other.IPs {
+		ips[ip] = true
+	}
+	ports := map[NodePortClaim]bool{}
+	for _, n := range other.NodePorts {
+		ports[n] = true
+	}
+	for _, ip := range c.IPs {
+		if !ips[ip] {
+			out.IPs = append(out.IPs, ip)
+		}
+	}
+	for _, n := range c.NodePorts {
+		if !ports[n] {
+			out.NodePorts = append(out.NodePorts, n)
+		}
+	}
+	return out
+}
