@@ -529,7 +529,11 @@ func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
 			v := ServiceView{Namespace: o.Namespace, Name: o.Name, Type: string(o.Spec.Type), Ports: []store.ServicePort{},
 				Frontends: []string{}, Backends: []BackendView{}}
 			for _, p := range o.Spec.Ports {
-				v.Ports = append(v.Ports, store.ServicePort{Name: p.Name, Protocol: string(p.Protocol), Port: int(p.Port)})
+				proto := p.Protocol
+				if proto == "" {
+					proto = corev1.ProtocolTCP
+				}
+				v.Ports = append(v.Ports, store.ServicePort{Name: p.Name, Protocol: string(proto), Port: int(p.Port)})
 			}
 			out = append(out, v)
 			continue

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -57,7 +58,13 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 	return nil
 }
 
-// EchoTCP accepts on ln and echoes every connection until ln closes.
+// WhoRequest asks an echo server, instead of an echo, who it is and who it sees: it answers
+// "SERVER-IP CLIENT-IP:PORT", which tells tests which backend a Service chose and what
+// source address reached it.
+const WhoRequest = "WHO?\n"
+
+// EchoTCP accepts on ln and echoes every connection until ln closes; a connection that
+// begins with WhoRequest is told who answered instead.
 func EchoTCP(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -66,21 +73,49 @@ func EchoTCP(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
+			first := make([]byte, len(WhoRequest))
+			n, err := io.ReadFull(c, first)
+			if err == nil && string(first) == WhoRequest {
+				local, _ := netip.ParseAddrPort(c.LocalAddr().String())
+				fmt.Fprintf(c, "%s %s\n", local.Addr(), c.RemoteAddr())
+			} else {
+				c.Write(first[:n])
+			}
 			io.Copy(c, c)
 		}()
 	}
 }
 
-// EchoUDP echoes every datagram on pc until pc closes.
+// EchoUDP echoes every datagram on pc until pc closes; WhoRequest is answered with who
+// answered (the first address of the namespace) and who asked.
 func EchoUDP(pc net.PacketConn) {
 	buf := make([]byte, 65536)
+	self := firstAddress()
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
-		if err == nil {
-			pc.WriteTo(buf[:n], from)
+		if err != nil {
+			continue
+		}
+		if string(buf[:n]) == WhoRequest {
+			pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", self, from)), from)
+			continue
+		}
+		pc.WriteTo(buf[:n], from)
+	}
+}
+
+// firstAddress is the namespace's first global IPv4 address: a pod's own.
+func firstAddress() netip.Addr {
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && ip.IsGlobalUnicast() {
+				return ip
+			}
 		}
 	}
+	return netip.Addr{}
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/ebpfnet/ebpfnet/ipam"
@@ -86,12 +88,34 @@ func TestDeployRoleSuffices(t *testing.T) {
 	if _, err := c.BumpGeneration(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Services: `ebpfnet service apply` creates and updates them, `delete` deletes them; their
+	// EndpointSlices are read.
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "role-svc", Namespace: ns},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "role"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	for range 2 { // create, then update
+		if err := c.PutService(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := c.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// And nothing more: the role does not let the agent delete namespaces.
-	if out, err := kubectlAPI(t, "auth", "can-i", "delete", "namespaces", "--as", "system:serviceaccount:kube-system:ebpfnet"); err == nil || !strings.Contains(out, "no") {
-		t.Fatalf("the agent's role may delete namespaces: %s", out)
+	if _, err := c.Services(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.DeleteService(ctx, ns, "role-svc"); err != nil || !ok {
+		t.Fatalf("delete service: %v %v", ok, err)
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// And nothing more: the role does not let the agent delete namespaces, nor write
+	// EndpointSlices, nor get one (its informer lists and watches them).
+	for _, verb := range [][]string{{"delete", "namespaces"}, {"create", "endpointslices.discovery.k8s.io"}, {"get", "endpointslices.discovery.k8s.io"}} {
+		args := append([]string{"auth", "can-i"}, append(verb, "--as", "system:serviceaccount:kube-system:ebpfnet")...)
+		if out, err := kubectlAPI(t, args...); err == nil || !strings.Contains(out, "no") {
+			t.Fatalf("the agent's role may %s %s: %s", verb[0], verb[1], out)
+		}
 	}
 }
 

@@ -8,13 +8,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -226,6 +231,84 @@ func TestKubernetesStore(t *testing.T) {
 		}
 	})
 
+	t.Run("services through the store, backends from EndpointSlices", func(t *testing.T) {
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns,
+			Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "kvs-web"}, Ports: []corev1.ServicePort{
+				{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP},
+				{Name: "dns", Port: 53, TargetPort: intstr.FromInt32(5353), Protocol: corev1.ProtocolUDP}}}}
+		if err := c1.PutService(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
+		made, err := api.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cip := netip.MustParseAddr(made.Spec.ClusterIP) // the API server allocated it
+		ready, notReady := true, false
+		es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "web-by-hand", Namespace: ns,
+			Labels: map[string]string{discoveryv1.LabelServiceName: "web", discoveryv1.LabelManagedBy: "ebpfnet-test"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports: []discoveryv1.EndpointPort{{Name: ptrTo("http"), Port: ptrTo(int32(8080)), Protocol: ptrTo(corev1.ProtocolTCP)},
+				{Name: ptrTo("dns"), Port: ptrTo(int32(5353)), Protocol: ptrTo(corev1.ProtocolUDP)}},
+			Endpoints: []discoveryv1.Endpoint{
+				{Addresses: []string{"10.244.7.2"}, NodeName: ptrTo("kvs-n1"), Conditions: discoveryv1.EndpointConditions{Ready: &ready}},
+				{Addresses: []string{"10.244.7.3"}, Conditions: discoveryv1.EndpointConditions{Ready: &notReady, Serving: &ready, Terminating: &ready}}}}
+		if _, err := api.DiscoveryV1().EndpointSlices(ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c2.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		svcs, err := c2.Services(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got *store.Service
+		for i := range svcs {
+			if svcs[i].Namespace == ns && svcs[i].Name == "web" {
+				got = &svcs[i]
+			}
+		}
+		want := store.Service{Namespace: ns, Name: "web", ClusterIP: cip,
+			Ports: []store.ServicePort{{Name: "http", Protocol: "TCP", Port: 80}, {Name: "dns", Protocol: "UDP", Port: 53}},
+			Backends: []store.Backend{
+				{IP: netip.MustParseAddr("10.244.7.2"), Node: "kvs-n1", Ports: map[string]int{"http": 8080, "dns": 5353}, Ready: true, Serving: true},
+				{IP: netip.MustParseAddr("10.244.7.3"), Ports: map[string]int{"http": 8080, "dns": 5353}, Serving: true, Terminating: true}}}
+		if got == nil || !reflect.DeepEqual(*got, want) {
+			t.Fatalf("service as the store resolves it:\n got %+v\nwant %+v", got, want)
+		}
+		// The stored value carries neither managed fields nor kubectl's copy of the object.
+		raw, ok, err := kv2.Get(ctx, store.ServicesPrefix+ns+"/web")
+		if err != nil || !ok || strings.Contains(string(raw), "managedFields") || strings.Contains(string(raw), "last-applied") {
+			t.Fatalf("stored service %s (%v %v)", raw, ok, err)
+		}
+		// Writing it again without a cluster IP keeps the allocated one; EndpointSlices are
+		// read-only.
+		svc.Spec.Ports = svc.Spec.Ports[:1]
+		if err := c2.PutService(ctx, svc); err != nil {
+			t.Fatal(err)
+		}
+		if again, err := api.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{}); err != nil || again.Spec.ClusterIP != cip.String() || len(again.Spec.Ports) != 1 {
+			t.Fatalf("updated service: %+v %v", again, err)
+		}
+		if err := c1.PutEndpointSlice(ctx, es); err == nil || !strings.Contains(err.Error(), "EndpointSlices are Kubernetes'") {
+			t.Fatalf("writing an EndpointSlice through the store: %v", err)
+		}
+		if ok, err := c1.DeleteService(ctx, ns, "web"); err != nil || !ok {
+			t.Fatalf("delete: %v %v", ok, err)
+		}
+		if _, err := api.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Fatalf("the deleted service is still in the API: %v", err)
+		}
+		if err := c2.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if objs, err := c2.ServiceObjects(ctx); err != nil || hasService(objs, ns, "web") {
+			t.Fatalf("a deleted service is still listed after Sync (%v)", err)
+		}
+	})
+
 	t.Run("nodes get a pod CIDR recorded on the Node", func(t *testing.T) {
 		name := "kvs-node-" + nstest.Suffix(4)
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -386,3 +469,14 @@ func hasPolicy(nps []*networkingv1.NetworkPolicy, ns, name string) bool {
 	}
 	return false
 }
+
+func hasService(svcs []*corev1.Service, ns, name string) bool {
+	for _, s := range svcs {
+		if s.Namespace == ns && s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -1,0 +1,61 @@
+package lab
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/namespace"
+)
+
+// Who is an echo server's answer to WhoRequest: who answered, and whom it saw asking.
+type Who struct {
+	Server netip.Addr
+	Client netip.AddrPort
+}
+
+// AskWho connects from the namespace at netnsPath to addr over protocol and asks the echo
+// server there who it is and whom it sees.
+func AskWho(netnsPath string, addr netip.AddrPort, protocol string) (Who, error) {
+	var c net.Conn
+	err := namespace.Do(netnsPath, func() (err error) {
+		switch protocol {
+		case "TCP":
+			c, err = net.DialTimeout("tcp4", addr.String(), ProbeTimeout)
+		case "UDP":
+			c, err = net.Dial("udp4", addr.String())
+		default:
+			err = fmt.Errorf("protocol %q cannot be asked (TCP or UDP)", protocol)
+		}
+		return err
+	})
+	if err != nil {
+		return Who{}, err
+	}
+	defer c.Close()
+	var line string
+	for try := 0; try < 3; try++ { // UDP: a datagram may be lost
+		c.SetDeadline(time.Now().Add(ProbeTimeout / 3))
+		if _, err = c.Write([]byte(WhoRequest)); err != nil {
+			return Who{}, err
+		}
+		if line, err = bufio.NewReader(c).ReadString('\n'); err == nil || protocol == "TCP" {
+			break
+		}
+	}
+	if err != nil {
+		return Who{}, fmt.Errorf("ask %s who: %w", addr, err)
+	}
+	server, client, ok := strings.Cut(strings.TrimSpace(line), " ")
+	w := Who{}
+	if w.Server, err = netip.ParseAddr(server); ok && err == nil {
+		w.Client, err = netip.ParseAddrPort(client)
+	}
+	if !ok || err != nil {
+		return Who{}, fmt.Errorf("ask %s who: bad answer %q", addr, line)
+	}
+	return w, nil
+}

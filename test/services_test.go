@@ -1,0 +1,415 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/namespace"
+)
+
+// hairpinAddr is the source a pod sees when it reaches itself through a Service.
+var hairpinAddr = netip.MustParseAddr("169.254.7.7")
+
+// serviceLab is two nodes: s/a (the client) and s/b on n1, s/c and s/d on n2, with Services
+// over them: web (NodePort, b and c, TCP and UDP), solo (NodePort with externalTrafficPolicy
+// Local, d only), sticky (ClientIP affinity over b and c) and self (a, for hairpin).
+func serviceLab(mode string) *lab.Spec {
+	ports := []lab.Port{{Name: "http", Port: 80, Protocol: "TCP"}, {Name: "dns", Port: 80, Protocol: "UDP"}}
+	pod := func(name, node, app string) lab.PodSpec {
+		return lab.PodSpec{Namespace: "s", Name: name, Node: node, Labels: map[string]string{"app": app}, Ports: ports}
+	}
+	tcp := func(name string, port, nodePort int) lab.ServicePortSpec {
+		return lab.ServicePortSpec{Name: name, Port: port, TargetPort: intstr.FromString("http"), Protocol: "TCP", NodePort: nodePort}
+	}
+	udp := func(name string, port, nodePort int) lab.ServicePortSpec {
+		return lab.ServicePortSpec{Name: name, Port: port, TargetPort: intstr.FromInt32(80), Protocol: "UDP", NodePort: nodePort}
+	}
+	return &lab.Spec{Mode: mode, Nodes: []lab.NodeSpec{{Name: "n1"}, {Name: "n2"}}, Namespaces: []lab.Namespace{{Name: "s"}},
+		Pods: []lab.PodSpec{pod("a", "n1", "client"), pod("b", "n1", "web"), pod("c", "n2", "web"), pod("d", "n2", "solo")},
+		Services: []lab.ServiceSpec{
+			{Namespace: "s", Name: "web", Type: "NodePort", Selector: map[string]string{"app": "web"},
+				Ports: []lab.ServicePortSpec{tcp("http", 8080, 30080), udp("dns", 8053, 30053)}},
+			{Namespace: "s", Name: "solo", Type: "NodePort", ExternalTrafficPolicy: "Local", Selector: map[string]string{"app": "solo"},
+				Ports: []lab.ServicePortSpec{tcp("http", 8081, 30081)}},
+			{Namespace: "s", Name: "sticky", SessionAffinity: "ClientIP", Selector: map[string]string{"app": "web"},
+				Ports: []lab.ServicePortSpec{tcp("http", 8082, 0)}},
+			{Namespace: "s", Name: "self", Selector: map[string]string{"app": "client"},
+				Ports: []lab.ServicePortSpec{tcp("http", 8083, 0), udp("dns", 8083, 0)}},
+		}}
+}
+
+// who asks the echo server at addr who answered and whom it saw, failing the test on error.
+func who(t *testing.T, netns string, addr netip.AddrPort, proto string) lab.Who {
+	t.Helper()
+	w, err := lab.AskWho(netns, addr, proto)
+	if err != nil {
+		t.Fatalf("%s from %s: %v", addr, netns, err)
+	}
+	return w
+}
+
+// backendsSeen asks up to tries times and returns every server that answered, with the
+// client addresses each saw.
+func backendsSeen(t *testing.T, netns string, addr netip.AddrPort, proto string, tries, want int) map[netip.Addr][]netip.Addr {
+	t.Helper()
+	seen := map[netip.Addr][]netip.Addr{}
+	for i := 0; i < tries && len(seen) < want; i++ {
+		w := who(t, netns, addr, proto)
+		seen[w.Server] = append(seen[w.Server], w.Client.Addr())
+	}
+	return seen
+}
+
+func serviceAddr(t *testing.T, st *lab.State, key string, port int, proto string) netip.AddrPort {
+	t.Helper()
+	ip, err := st.ServiceIP(context.Background(), key, port, proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netip.AddrPortFrom(ip, uint16(port))
+}
+
+func mustPod(t *testing.T, st *lab.State, key string) *lab.Pod {
+	t.Helper()
+	p, err := st.Pod(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func mustNode(t *testing.T, st *lab.State, name string) *lab.Node {
+	t.Helper()
+	n, err := st.Node(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// underlayAddr is the underlay namespace's own address: a host outside the cluster.
+func underlayAddr(t *testing.T, st *lab.State) netip.Addr {
+	t.Helper()
+	var addr netip.Addr
+	err := namespace.Do(st.Underlay, func() error {
+		ifs, err := net.InterfaceAddrs()
+		for _, a := range ifs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+				addr, _ = netip.AddrFromSlice(ipn.IP.To4())
+			}
+		}
+		return err
+	})
+	if err != nil || !addr.IsValid() {
+		t.Fatalf("underlay address: %v", err)
+	}
+	return addr
+}
+
+// serveOutside runs echo servers in the underlay namespace (outside the cluster) on ports,
+// TCP and UDP, until the test ends.
+func serveOutside(t *testing.T, st *lab.State, ports ...int) {
+	t.Helper()
+	for _, port := range ports {
+		var (
+			ln net.Listener
+			pc net.PacketConn
+		)
+		err := namespace.Do(st.Underlay, func() (err error) {
+			if ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); err != nil {
+				return err
+			}
+			pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+			return err
+		})
+		if err != nil {
+			t.Fatalf("serve outside on %d: %v", port, err)
+		}
+		t.Cleanup(func() { ln.Close(); pc.Close() })
+		go lab.EchoTCP(ln)
+		go lab.EchoUDP(pc)
+	}
+}
+
+// Acceptance (issue 11): in every mode, with no kube-proxy: pods reach ClusterIPs with
+// backends on their node, on the other node and themselves (hairpin), over TCP and UDP; the
+// node reaches ClusterIPs and remote pods; NodePorts answer from outside the cluster on
+// every node (externalTrafficPolicy Cluster) or only where a backend lives, with the
+// client's address (Local); ClientIP affinity holds; pods reach outside through
+// masquerading.
+func TestServices(t *testing.T) {
+	for _, mode := range []string{"vxlan", "native", "ipip"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			st := upLab(t, "sv"+mode[:2], serviceLab(mode))
+			a, b, c, d := mustPod(t, st, "s/a"), mustPod(t, st, "s/b"), mustPod(t, st, "s/c"), mustPod(t, st, "s/d")
+			n1, n2 := mustNode(t, st, "n1"), mustNode(t, st, "n2")
+
+			t.Run("pod to ClusterIP", func(t *testing.T) {
+				for _, sp := range []struct {
+					port  int
+					proto string
+				}{{8080, "TCP"}, {8053, "UDP"}} {
+					addr := serviceAddr(t, st, "s/web", sp.port, sp.proto)
+					seen := backendsSeen(t, a.Netns, addr, sp.proto, 60, 2)
+					if len(seen[b.IP]) == 0 || len(seen[c.IP]) == 0 || len(seen) != 2 {
+						t.Errorf("%s %s: answered by %v, want %s (same node) and %s (other node)", addr, sp.proto, seen, b.IP, c.IP)
+					}
+					for server, clients := range seen {
+						for _, cl := range clients {
+							if cl != a.IP {
+								t.Errorf("%s %s: backend %s saw client %s, want the pod's own %s", addr, sp.proto, server, cl, a.IP)
+							}
+						}
+					}
+				}
+			})
+
+			t.Run("hairpin", func(t *testing.T) {
+				for _, proto := range []string{"TCP", "UDP"} {
+					w := who(t, a.Netns, serviceAddr(t, st, "s/self", 8083, proto), proto)
+					if w.Server != a.IP || w.Client.Addr() != hairpinAddr {
+						t.Errorf("%s: %s answered, seeing %s; want %s seeing %s", proto, w.Server, w.Client, a.IP, hairpinAddr)
+					}
+				}
+			})
+
+			t.Run("affinity", func(t *testing.T) {
+				addr := serviceAddr(t, st, "s/sticky", 8082, "TCP")
+				first := who(t, a.Netns, addr, "TCP").Server
+				for i := 0; i < 15; i++ {
+					if w := who(t, a.Netns, addr, "TCP"); w.Server != first {
+						t.Fatalf("connection %d went to %s, the client's first to %s", i+2, w.Server, first)
+					}
+				}
+				// Another client may land elsewhere, but keeps its own backend too.
+				other := who(t, c.Netns, addr, "TCP").Server
+				for i := 0; i < 5; i++ {
+					if w := who(t, c.Netns, addr, "TCP"); w.Server != other {
+						t.Fatalf("s/c: connection went to %s, its first to %s", w.Server, other)
+					}
+				}
+			})
+
+			t.Run("node to ClusterIP", func(t *testing.T) {
+				for _, n := range []*lab.Node{n1, n2} {
+					seen := backendsSeen(t, n.Netns, serviceAddr(t, st, "s/web", 8080, "TCP"), "TCP", 60, 2)
+					if len(seen) != 2 {
+						t.Errorf("from %s: answered by %v, want both backends", n.Name, seen)
+					}
+					w := who(t, n.Netns, serviceAddr(t, st, "s/web", 8053, "UDP"), "UDP")
+					if w.Client.Addr() != n.IP {
+						t.Errorf("from %s over UDP: backend saw %s, want the node's %s", n.Name, w.Client, n.IP)
+					}
+				}
+			})
+
+			t.Run("node to remote pod", func(t *testing.T) {
+				for _, tc := range []struct {
+					from *lab.Node
+					to   *lab.Pod
+				}{{n1, c}, {n1, d}, {n2, a}, {n2, b}} {
+					for _, proto := range []string{"TCP", "UDP"} {
+						w := who(t, tc.from.Netns, netip.AddrPortFrom(tc.to.IP, 80), proto)
+						if w.Server != tc.to.IP || w.Client.Addr() != tc.from.IP {
+							t.Errorf("%s -> %s/%s %s: %s answered seeing %s", tc.from.Name, tc.to.Namespace, tc.to.Name, proto, w.Server, w.Client)
+						}
+					}
+				}
+			})
+
+			outside := underlayAddr(t, st)
+			t.Run("NodePort externalTrafficPolicy Cluster", func(t *testing.T) {
+				for _, n := range []*lab.Node{n1, n2} {
+					for _, sp := range []struct {
+						port  int
+						proto string
+					}{{30080, "TCP"}, {30053, "UDP"}} {
+						seen := backendsSeen(t, st.Underlay, netip.AddrPortFrom(n.IP, uint16(sp.port)), sp.proto, 60, 2)
+						if len(seen) != 2 {
+							t.Errorf("%s:%d/%s answered by %v, want both backends", n.IP, sp.port, sp.proto, seen)
+						}
+						for server, clients := range seen {
+							local := (server == b.IP) == (n == n1)
+							for _, cl := range clients {
+								// A backend on the node itself sees the client; one elsewhere sees the node.
+								if want := map[bool]netip.Addr{true: outside, false: n.IP}[local]; cl != want {
+									t.Errorf("%s:%d/%s: backend %s saw %s, want %s", n.IP, sp.port, sp.proto, server, cl, want)
+								}
+							}
+						}
+					}
+				}
+			})
+
+			t.Run("NodePort externalTrafficPolicy Local", func(t *testing.T) {
+				w := who(t, st.Underlay, netip.AddrPortFrom(n2.IP, 30081), "TCP")
+				if w.Server != d.IP || w.Client.Addr() != outside {
+					t.Errorf("%s:30081: %s answered seeing %s, want %s seeing the client %s", n2.IP, w.Server, w.Client, d.IP, outside)
+				}
+				if err := st.ProbeNodePort("n1", 30081, "TCP"); err == nil {
+					t.Errorf("%s:30081 answered, but n1 has no backend of a Local service", n1.IP)
+				}
+			})
+
+			t.Run("masquerade", func(t *testing.T) {
+				serveOutside(t, st, 7001)
+				for _, proto := range []string{"TCP", "UDP"} {
+					w := who(t, a.Netns, netip.AddrPortFrom(outside, 7001), proto)
+					if w.Client.Addr() != n1.IP || w.Client.Port() < 20000 || w.Client.Port() > 29999 {
+						t.Errorf("%s: outside saw %s, want %s with a port in 20000-29999", proto, w.Client, n1.IP)
+					}
+				}
+				if err := pingFrom(a.Netns, outside); err != nil {
+					t.Errorf("ping outside: %v", err)
+				}
+				if err := pingFrom(c.Netns, n1.IP); err != nil {
+					t.Errorf("ping the other node: %v", err)
+				}
+			})
+		})
+	}
+}
+
+// TestMasqueradeManyFlows: 10,000 concurrent UDP flows from one pod leave through
+// masquerading: each takes its own port of the node and every answer comes back to its
+// socket.
+func TestMasqueradeManyFlows(t *testing.T) {
+	t.Parallel()
+	st := upLab(t, "mq", serviceLab("vxlan"))
+	a, n1 := mustPod(t, st, "s/a"), mustNode(t, st, "n1")
+	outside := underlayAddr(t, st)
+	ports := []int{7101, 7102, 7103, 7104, 7105, 7106, 7107, 7108, 7109, 7110}
+	serveOutside(t, st, ports...)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 20000 {
+		lim.Cur = max(lim.Max, 20000)
+		lim.Max = lim.Cur
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatalf("raise the open files limit: %v", err)
+		}
+	}
+	const flows = 10000
+	conns := make([]net.Conn, flows)
+	err := namespace.Do(a.Netns, func() error {
+		for i := range conns {
+			c, err := net.Dial("udp4", netip.AddrPortFrom(outside, uint16(ports[i%len(ports)])).String())
+			if err != nil {
+				return err
+			}
+			conns[i] = c
+		}
+		return nil
+	})
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every socket is open at once; ask in waves so the echo servers' buffers keep up.
+	answers := make([]lab.Who, flows)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 200)
+	for i, c := range conns {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			buf := make([]byte, 128)
+			for try := 0; try < 5; try++ {
+				c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := c.Write([]byte(lab.WhoRequest)); err != nil {
+					continue
+				}
+				n, err := c.Read(buf)
+				if err != nil {
+					continue
+				}
+				var server, client string
+				if _, err := fmt.Sscan(string(buf[:n]), &server, &client); err == nil {
+					answers[i].Client, _ = netip.ParseAddrPort(client)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	missing := 0
+	for i, w := range answers {
+		if !w.Client.IsValid() {
+			missing++
+			continue
+		}
+		if w.Client.Addr() != n1.IP {
+			t.Fatalf("flow %d reached outside as %s, want the node's %s", i, w.Client, n1.IP)
+		}
+		key := fmt.Sprintf("%d<-%s", ports[i%len(ports)], w.Client)
+		if j, dup := seen[key]; dup {
+			t.Fatalf("flows %d and %d share the translated source %s", j, i, key)
+		}
+		seen[key] = i
+	}
+	if missing > 0 {
+		t.Fatalf("%d of %d flows got no answer back", missing, flows)
+	}
+	t.Logf("%d concurrent UDP flows, each with its own port of %s, all translated back", flows, n1.IP)
+}
+
+// pingFrom sends one echo request from the namespace at netns and waits for the reply.
+func pingFrom(netns string, to netip.Addr) error {
+	return namespace.Do(netns, func() error {
+		c, err := net.Dial("ip4:icmp", to.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		req := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
+		sum := icmpChecksum(req)
+		req[2], req[3] = byte(sum>>8), byte(sum)
+		buf := make([]byte, 1500)
+		for try := 0; try < 3; try++ {
+			c.SetDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(req); err != nil {
+				return err
+			}
+			for {
+				n, err := c.Read(buf)
+				if err != nil {
+					break
+				}
+				// Raw IPv4 sockets hand back the IP header.
+				if n >= 28 && buf[20] == 0 {
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no echo reply from %s", to)
+	})
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
