@@ -73,7 +73,7 @@ func waitListening(nsPath string, addr netip.AddrPort) error {
 
 // throughput runs one iperf3 TCP stream for d and returns what the receiver got, in Gbit/s.
 func (t *Topology) throughput(d time.Duration) (float64, error) {
-	out, err := exec.Command("ip", "netns", "exec", t.Client, "iperf3", "-c", t.ServerIP.String(),
+	out, err := exec.Command("ip", "netns", "exec", t.Client, "iperf3", "-c", t.target().String(),
 		"-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J").Output()
 	if err != nil {
 		return 0, fmt.Errorf("iperf3 over %s: %w: %s", t.Name, err, out)
@@ -99,7 +99,7 @@ var percentile = regexp.MustCompile(`percentile (50|99)\.000 =\s+([0-9.]+)`)
 
 // latency runs sockperf TCP ping-pong for d and returns the p50 and p99 one-way latency in µs.
 func (t *Topology) latency(d time.Duration) (p50, p99 float64, err error) {
-	out, err := exec.Command("ip", "netns", "exec", t.Client, "sockperf", "pp", "--tcp", "-i", t.ServerIP.String(),
+	out, err := exec.Command("ip", "netns", "exec", t.Client, "sockperf", "pp", "--tcp", "-i", t.target().String(),
 		"-p", fmt.Sprint(sockperfPort), "-t", fmt.Sprint(int(d.Seconds()))).CombinedOutput()
 	if err != nil {
 		return 0, 0, fmt.Errorf("sockperf over %s: %w: %s", t.Name, err, out)

@@ -30,6 +30,8 @@ type Report struct {
 	CNI      *CNICost    `json:"cni,omitempty"`
 	Policy   *PolicyCost `json:"policy,omitempty"`
 	Kube     *KubeCost   `json:"kubernetes,omitempty"`
+	// ServiceUpdate times a Service backend change until it takes connections.
+	ServiceUpdate *ServiceUpdate `json:"serviceUpdate,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -120,6 +122,10 @@ func (r *Report) Markdown() string {
 			k.PolicyRounds, k.EnforceP50ms, k.EnforceMaxMs)
 		fmt.Fprintf(&b, "Deployment of %d pods, from its creation until each pod answers: p50 %.0f ms, p99 %.0f ms, all %.0f ms\n\n",
 			k.Pods, k.ReadyP50ms, k.ReadyP99ms, k.ReadyAllMs)
+	}
+	if u := r.ServiceUpdate; u != nil {
+		fmt.Fprintf(&b, "## service backend change\n\nA pod labelled into a Service's selector (store write) until a client looping on the ClusterIP is answered by it (%d rounds): p50 %.1f ms, max %.1f ms\n\n",
+			u.Rounds, u.NewBackendP50ms, u.NewBackendMaxMs)
 	}
 	return b.String()
 }

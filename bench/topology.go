@@ -21,8 +21,10 @@ type Topology struct {
 	Client   string // netns name
 	Server   string // netns name
 	ServerIP netip.Addr
-	undo     []func() error
-	procs    []*exec.Cmd
+	// Target is what the client dials when it is not ServerIP itself (a Service's ClusterIP).
+	Target netip.Addr
+	undo   []func() error
+	procs  []*exec.Cmd
 }
 
 // Close stops the topology's processes and removes what it made, newest first.
@@ -38,6 +40,14 @@ func (t *Topology) Close() error {
 		errs = append(errs, t.undo[i]())
 	}
 	return errors.Join(errs...)
+}
+
+// target is the address the client dials.
+func (t *Topology) target() netip.Addr {
+	if t.Target.IsValid() {
+		return t.Target
+	}
+	return t.ServerIP
 }
 
 // netns makes a namespace that Close removes.

@@ -84,6 +84,7 @@ func TestKubernetesLab(t *testing.T) {
 				t.Run("containerd drives ebpfnet-cni at each cniVersion", func(t *testing.T) { checkContainerdCNIVersions(t, st) })
 			}
 			if mode == "native" {
+				t.Run("services without kube-proxy", func(t *testing.T) { checkKubeServices(t, st) })
 				t.Run("agent restart and API server outage", func(t *testing.T) { checkAgentRestartAndAPIOutage(t, st) })
 			}
 			leftovers := kubeLabFootprint(st)

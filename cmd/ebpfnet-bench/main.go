@@ -31,7 +31,8 @@ func run(ctx context.Context) error {
 	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
-	suites := flag.String("suites", "same-node,cross-node,policy", "comma-separated suites to run: same-node, cross-node, policy")
+	suites := flag.String("suites", "same-node,cross-node,policy,services", "comma-separated suites to run: same-node, cross-node, policy, services")
+	serviceUpdates := flag.Int("service-updates", 10, "Service backend changes to time (0 skips them)")
 	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
 	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
 	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
@@ -67,6 +68,13 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("kubernetes figures: %w", err)
 		}
 		report.Kube = &k
+	}
+	if *serviceUpdates > 0 {
+		u, err := bench.MeasureServiceUpdate(*serviceUpdates)
+		if err != nil {
+			return fmt.Errorf("service update figures: %w", err)
+		}
+		report.ServiceUpdate = &u
 	}
 	for _, name := range splitList(*suites) {
 		if ctx.Err() != nil {

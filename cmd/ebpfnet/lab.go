@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -245,15 +247,32 @@ func newLabMatrixCmd(g *globals, name *string) *cobra.Command {
 
 func newLabServeCmd() *cobra.Command {
 	var ports, ready string
+	var drain time.Duration
 	cmd := &cobra.Command{
 		Use:    "serve",
 		Short:  "the echo server the lab runs inside each pod",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return lab.Serve(cmd.Context(), ports, ready)
+			// Asked to stop, it keeps serving for --drain: a terminating pod whose
+			// established connections finish while it gets no new ones.
+			ctx := context.WithoutCancel(cmd.Context())
+			if drain > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+				go func() {
+					<-cmd.Context().Done()
+					time.Sleep(drain)
+					cancel()
+				}()
+			} else {
+				ctx = cmd.Context()
+			}
+			return lab.Serve(ctx, ports, ready)
 		},
 	}
+	cmd.Flags().DurationVar(&drain, "drain", 0, "keep serving this long after SIGTERM")
 	cmd.Flags().StringVar(&ports, "ports", "", "PORT/PROTOCOL,...")
 	cmd.Flags().StringVar(&ready, "ready", "", "file to write once every port is bound")
 	return cmd
