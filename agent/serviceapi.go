@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -47,8 +48,16 @@ type BackendView struct {
 	State string         `json:"state"` // ready | serving | terminating | not-ready
 }
 
+// ServiceObjects is the body of POST /v1/services and its answer: Services, and
+// EndpointSlices (discovery.k8s.io/v1) giving the backends of selectorless ones, applied
+// together, all or nothing.
+type ServiceObjects struct {
+	Services       []corev1.Service            `json:"services,omitempty"`
+	EndpointSlices []discoveryv1.EndpointSlice `json:"endpointSlices,omitempty"`
+}
+
 // serviceRoutes registers the Service API: POST and GET /v1/services, DELETE
-// /v1/services/{namespace}/{name}.
+// /v1/services/{namespace}/{name} and /v1/endpointslices/{namespace}/{name}.
 func (a *Agent) serviceRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/services", handle(a.applyServices))
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, r *http.Request) {
@@ -56,49 +65,74 @@ func (a *Agent) serviceRoutes(mux *http.ServeMux) {
 		reply(w, views, err)
 	})
 	mux.HandleFunc("DELETE /v1/services/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		err := a.deleteService(r.Context(), r.PathValue("namespace"), r.PathValue("name"))
-		var nf *serviceNotFound
-		if errors.As(err, &nf) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusNotFound)
-			json.NewEncoder(w).Encode(&APIError{Code: CodeInvalidConfig, Message: err.Error()})
-			return
-		}
-		reply(w, struct{}{}, err)
+		replyDeleted(w, a.deleteService(r.Context(), r.PathValue("namespace"), r.PathValue("name")))
+	})
+	mux.HandleFunc("DELETE /v1/endpointslices/{namespace}/{name}", func(w http.ResponseWriter, r *http.Request) {
+		replyDeleted(w, a.deleteEndpointSlice(r.Context(), r.PathValue("namespace"), r.PathValue("name")))
 	})
 }
 
-// serviceNotFound is a DELETE of a service the store does not hold.
-type serviceNotFound struct{ ns, name string }
+// replyDeleted answers a DELETE: 404 when there was nothing to delete.
+func replyDeleted(w http.ResponseWriter, err error) {
+	var nf *notFound
+	if errors.As(err, &nf) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		json.NewEncoder(w).Encode(&APIError{Code: CodeInvalidConfig, Message: err.Error()})
+		return
+	}
+	reply(w, struct{}{}, err)
+}
 
-func (e *serviceNotFound) Error() string { return fmt.Sprintf("service %s/%s not found", e.ns, e.name) }
+// notFound is a DELETE of an object the store does not hold.
+type notFound struct{ kind, ns, name string }
+
+func (e *notFound) Error() string { return fmt.Sprintf("%s %s/%s not found", e.kind, e.ns, e.name) }
 
 // apiServerAllocates says the store has an API server, which allocates cluster IPs and node
 // ports itself.
 func (a *Agent) apiServerAllocates() bool { return a.cfg.Store.Type == "kubernetes" }
 
-// applyServices validates every service first, then gives each its cluster IP and node ports
-// (the ones it names, the ones it held, or new ones), stores them and bumps the generation.
-// A failure before anything is stored releases what the request allocated.
-func (a *Agent) applyServices(ctx context.Context, svcs []corev1.Service) ([]corev1.Service, error) {
-	if len(svcs) == 0 {
-		return nil, &APIError{Code: CodeInvalidConfig, Message: "no Service in the request"}
+// applyServices validates every service and endpoint slice first, then gives each service its
+// cluster IP and node ports (the ones it names, the ones it held, or new ones), stores the
+// slices, then the services (a new service has its backends from the start), and bumps the
+// generation. A failure before anything is stored releases what the request allocated.
+func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceObjects, error) {
+	svcs, slices := req.Services, req.EndpointSlices
+	if len(svcs)+len(slices) == 0 {
+		return ServiceObjects{}, invalid("no Service or EndpointSlice in the request")
 	}
 	seen := map[string]bool{}
 	for i := range svcs {
 		s := &svcs[i]
 		NormalizeService(s)
 		if err := ValidateService(s); err != nil {
-			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+			return ServiceObjects{}, invalid(err.Error())
 		}
 		key := s.Namespace + "/" + s.Name
 		if seen[key] {
-			return nil, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("service %s: given twice", key)}
+			return ServiceObjects{}, invalid(fmt.Sprintf("service %s: given twice", key))
 		}
 		seen[key] = true
 		if err := checkClusterIP(s, a.cfg.serviceCIDR); err != nil {
-			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+			return ServiceObjects{}, invalid(err.Error())
 		}
+	}
+	seen = map[string]bool{}
+	for i := range slices {
+		es := &slices[i]
+		NormalizeEndpointSlice(es)
+		key := es.Namespace + "/" + es.Name
+		if a.apiServerAllocates() {
+			return ServiceObjects{}, invalid(kubectlSlices(key))
+		}
+		if err := ValidateEndpointSlice(es); err != nil {
+			return ServiceObjects{}, invalid(err.Error())
+		}
+		if seen[key] {
+			return ServiceObjects{}, invalid(fmt.Sprintf("endpointslice %s: given twice", key))
+		}
+		seen[key] = true
 	}
 	held := make([]store.ServiceClaims, len(svcs)) // what each held before this request
 	allocated := 0                                 // services whose allocations this request may have changed
@@ -119,12 +153,12 @@ func (a *Agent) applyServices(ctx context.Context, svcs []corev1.Service) ([]cor
 		old, ok, err := a.cluster.ServiceObject(ctx, s.Namespace, s.Name)
 		if err != nil {
 			undo(0)
-			return nil, err
+			return ServiceObjects{}, err
 		}
 		if ok {
 			if err := keepAllocated(s, old); err != nil {
 				undo(0)
-				return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+				return ServiceObjects{}, invalid(err.Error())
 			}
 		}
 		if a.apiServerAllocates() {
@@ -132,26 +166,36 @@ func (a *Agent) applyServices(ctx context.Context, svcs []corev1.Service) ([]cor
 		}
 		if held[i], err = a.cluster.ServiceClaims(ctx, s.Namespace+"/"+s.Name); err != nil {
 			undo(0)
-			return nil, err
+			return ServiceObjects{}, err
 		}
 		allocated = i + 1
 		if err := a.allocateService(ctx, s); err != nil {
 			undo(0)
-			return nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()}
+			return ServiceObjects{}, invalid(err.Error())
 		}
 	}
+	var stored []string // what this request stored, named in an error half-way
+	failed := func(what string, err error) error {
+		if len(stored) > 0 {
+			return fmt.Errorf("%s: %w (stored before it: %s)", what, err, strings.Join(stored, ", "))
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	for i := range slices {
+		what := "endpointslice " + slices[i].Namespace + "/" + slices[i].Name
+		if err := a.cluster.PutEndpointSlice(ctx, &slices[i]); err != nil {
+			undo(0)
+			return ServiceObjects{}, failed(what, err)
+		}
+		stored = append(stored, what)
+	}
 	for i := range svcs {
+		what := "service " + svcs[i].Namespace + "/" + svcs[i].Name
 		if err := a.cluster.PutService(ctx, &svcs[i]); err != nil {
 			undo(i) // those before i are stored with what they were given
-			var done []string
-			for _, s := range svcs[:i] {
-				done = append(done, s.Namespace+"/"+s.Name)
-			}
-			if len(done) > 0 {
-				return nil, fmt.Errorf("service %s/%s: %w (stored before it: %s)", svcs[i].Namespace, svcs[i].Name, err, strings.Join(done, ", "))
-			}
-			return nil, fmt.Errorf("service %s/%s: %w", svcs[i].Namespace, svcs[i].Name, err)
+			return ServiceObjects{}, failed(what, err)
 		}
+		stored = append(stored, what)
 	}
 	for i := 0; i < allocated; i++ { // what an updated service no longer uses
 		owner := svcs[i].Namespace + "/" + svcs[i].Name
@@ -160,28 +204,36 @@ func (a *Agent) applyServices(ctx context.Context, svcs []corev1.Service) ([]cor
 		}
 	}
 	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
-		return nil, err
+		return ServiceObjects{}, err
 	}
 	a.trigger()
 	if !a.apiServerAllocates() {
-		return svcs, nil
+		return ServiceObjects{Services: svcs, EndpointSlices: slices}, nil
 	}
 	// The API server allocated: read back what it stored.
 	if err := a.cluster.Sync(ctx); err != nil {
-		return nil, err
+		return ServiceObjects{}, err
 	}
 	out := make([]corev1.Service, 0, len(svcs))
 	for _, s := range svcs {
 		got, ok, err := a.cluster.ServiceObject(ctx, s.Namespace, s.Name)
 		if err != nil {
-			return nil, err
+			return ServiceObjects{}, err
 		}
 		if !ok {
-			return nil, fmt.Errorf("service %s/%s: stored but not read back", s.Namespace, s.Name)
+			return ServiceObjects{}, fmt.Errorf("service %s/%s: stored but not read back", s.Namespace, s.Name)
 		}
 		out = append(out, *got)
 	}
-	return out, nil
+	return ServiceObjects{Services: out}, nil
+}
+
+func invalid(msg string) error { return &APIError{Code: CodeInvalidConfig, Message: msg} }
+
+// kubectlSlices refuses to write an EndpointSlice to the kubernetes store.
+func kubectlSlices(key string) string {
+	return fmt.Sprintf("endpointslice %s: with the kubernetes store, EndpointSlices are the API server's "+
+		"(its controller manager writes them): use kubectl", key)
 }
 
 // allocateService claims the cluster IP and node ports s names and allocates those it leaves
@@ -508,6 +560,117 @@ func validateServicePorts(ports []corev1.ServicePort, nodePorts bool) error {
 	return nil
 }
 
+// NormalizeEndpointSlice fills what Kubernetes defaults (namespace, port protocols) and drops
+// what only the API server writes, as NormalizeService does.
+func NormalizeEndpointSlice(es *discoveryv1.EndpointSlice) {
+	if es.Namespace == "" {
+		es.Namespace = metav1.NamespaceDefault
+	}
+	if es.APIVersion == "" && es.Kind == "" {
+		es.APIVersion, es.Kind = discoveryv1.SchemeGroupVersion.String(), "EndpointSlice"
+	}
+	es.UID, es.ResourceVersion, es.Generation, es.ManagedFields = "", "", 0, nil
+	es.CreationTimestamp, es.DeletionTimestamp, es.DeletionGracePeriodSeconds = metav1.Time{}, nil, nil
+	for i := range es.Ports {
+		if es.Ports[i].Protocol == nil {
+			tcp := corev1.ProtocolTCP
+			es.Ports[i].Protocol = &tcp
+		}
+	}
+}
+
+// ValidateEndpointSlice applies the API server's rules for what ebpfnet serves (IPv4 slices
+// of numbered ports), in one line naming the slice and the field.
+func ValidateEndpointSlice(es *discoveryv1.EndpointSlice) error {
+	if err := validateEndpointSlice(es); err != nil {
+		return fmt.Errorf("endpointslice %s/%s: %w", es.Namespace, es.Name, err)
+	}
+	return nil
+}
+
+func validateEndpointSlice(es *discoveryv1.EndpointSlice) error {
+	if v := discoveryv1.SchemeGroupVersion.String(); es.APIVersion != "" && es.APIVersion != v {
+		return fmt.Errorf("apiVersion: %q must be %s", es.APIVersion, v)
+	}
+	if es.Kind != "" && es.Kind != "EndpointSlice" {
+		return fmt.Errorf("kind: %q must be EndpointSlice", es.Kind)
+	}
+	if errs := validation.IsDNS1123Subdomain(es.Name); len(errs) > 0 {
+		return fmt.Errorf("metadata.name: %q: %s", es.Name, errs[0])
+	}
+	ns := es.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
+	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+		return fmt.Errorf("metadata.namespace: %q: %s", ns, errs[0])
+	}
+	if errs := metav1validation.ValidateLabels(es.Labels, field.NewPath("metadata", "labels")); len(errs) > 0 {
+		return errors.New(errs[0].Error())
+	}
+	svc, ok := es.Labels[discoveryv1.LabelServiceName]
+	if !ok {
+		return fmt.Errorf("metadata.labels: %s is required: it names the slice's service", discoveryv1.LabelServiceName)
+	}
+	if errs := validation.IsDNS1035Label(svc); len(errs) > 0 {
+		return fmt.Errorf("metadata.labels[%s]: %q is not a service name: %s", discoveryv1.LabelServiceName, svc, errs[0])
+	}
+	switch es.AddressType {
+	case discoveryv1.AddressTypeIPv4:
+	case "":
+		return errors.New("addressType: required, and must be IPv4")
+	default:
+		return fmt.Errorf("addressType: %q is not served: must be IPv4", es.AddressType)
+	}
+	for i, ep := range es.Endpoints {
+		f := fmt.Sprintf("endpoints[%d]", i)
+		if len(ep.Addresses) == 0 {
+			return fmt.Errorf("%s.addresses: at least one address is required", f)
+		}
+		for j, a := range ep.Addresses {
+			if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
+				return fmt.Errorf("%s.addresses[%d]: %q is not an IPv4 address", f, j, a)
+			}
+		}
+		if ep.NodeName != nil {
+			if errs := validation.IsDNS1123Subdomain(*ep.NodeName); len(errs) > 0 {
+				return fmt.Errorf("%s.nodeName: %q: %s", f, *ep.NodeName, errs[0])
+			}
+		}
+	}
+	names := map[string]bool{}
+	for i, p := range es.Ports {
+		f := fmt.Sprintf("ports[%d]", i)
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		if name != "" {
+			if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+				return fmt.Errorf("%s.name: %q: %s", f, name, errs[0])
+			}
+		}
+		if names[name] {
+			return fmt.Errorf("%s.name: duplicate port name %q", f, name)
+		}
+		names[name] = true
+		if p.Port == nil {
+			return fmt.Errorf("%s.port: required (a slice port without a number is not served)", f)
+		}
+		if *p.Port < 1 || *p.Port > 65535 {
+			return fmt.Errorf("%s.port: %d is not in 1-65535", f, *p.Port)
+		}
+		if p.Protocol != nil {
+			switch *p.Protocol {
+			case corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+			default:
+				return fmt.Errorf("%s.protocol: %q must be TCP, UDP or SCTP", f, *p.Protocol)
+			}
+		}
+	}
+	return nil
+}
+
 // serviceViews is GET /v1/services: each service's frontends and backends.
 func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
 	objs, err := a.cluster.ServiceObjects(ctx)
@@ -597,7 +760,7 @@ func (a *Agent) deleteService(ctx context.Context, ns, name string) error {
 		return err
 	}
 	if !ok {
-		return &serviceNotFound{ns, name}
+		return &notFound{"service", ns, name}
 	}
 	if err := a.cluster.ReleaseService(ctx, ns+"/"+name); err != nil {
 		return err
@@ -609,10 +772,30 @@ func (a *Agent) deleteService(ctx context.Context, ns, name string) error {
 	return nil
 }
 
-// ParseServices reads one or more YAML (or JSON) documents of Services, a List of them
-// flattened, strictly: an unknown field is an error naming the document.
-func ParseServices(data []byte) ([]corev1.Service, error) {
-	var out []corev1.Service
+// deleteEndpointSlice removes an EndpointSlice the local or etcd store holds.
+func (a *Agent) deleteEndpointSlice(ctx context.Context, ns, name string) error {
+	if a.apiServerAllocates() {
+		return invalid(kubectlSlices(ns + "/" + name))
+	}
+	ok, err := a.cluster.DeleteEndpointSlice(ctx, ns, name)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return &notFound{"endpointslice", ns, name}
+	}
+	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
+		return err
+	}
+	a.trigger()
+	return nil
+}
+
+// ParseServices reads one or more YAML (or JSON) documents of Services and EndpointSlices
+// (discovery.k8s.io/v1), Lists of them flattened, strictly: an unknown field is an error
+// naming the document.
+func ParseServices(data []byte) (ServiceObjects, error) {
+	var out ServiceObjects
 	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	for doc := 1; ; doc++ {
 		b, err := r.Read()
@@ -620,14 +803,11 @@ func ParseServices(data []byte) ([]corev1.Service, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", doc, err)
+			return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
 		}
-		var head struct {
-			APIVersion string `json:"apiVersion"`
-			Kind       string `json:"kind"`
-		}
-		if err := yaml.Unmarshal(b, &head); err != nil {
-			return nil, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
+		head, err := typeOf(b)
+		if err != nil {
+			return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
 		}
 		if head.APIVersion == "" && head.Kind == "" {
 			var any map[string]any
@@ -635,46 +815,65 @@ func ParseServices(data []byte) ([]corev1.Service, error) {
 				continue // empty, or only comments
 			}
 		}
-		if head.Kind == "List" || head.Kind == "ServiceList" {
+		switch head.Kind {
+		case "List", "ServiceList", "EndpointSliceList":
 			var list struct {
-				APIVersion string            `json:"apiVersion"`
-				Kind       string            `json:"kind"`
-				Metadata   metav1.ListMeta   `json:"metadata"`
-				Items      []json.RawMessage `json:"items"`
+				metav1.TypeMeta `json:",inline"`
+				Metadata        metav1.ListMeta   `json:"metadata"`
+				Items           []json.RawMessage `json:"items"`
 			}
 			if err := yaml.UnmarshalStrict(b, &list); err != nil {
-				return nil, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
+				return ServiceObjects{}, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
 			}
 			for i, item := range list.Items {
-				s, err := decodeService(item)
-				if err != nil {
-					return nil, fmt.Errorf("document %d: items[%d]: %w", doc, i, err)
+				if err := decodeServiceObject(item, &out); err != nil {
+					return ServiceObjects{}, fmt.Errorf("document %d: items[%d]: %w", doc, i, err)
 				}
-				out = append(out, s)
 			}
-			continue
+		default:
+			if err := decodeServiceObject(b, &out); err != nil {
+				return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
+			}
 		}
-		s, err := decodeService(b)
-		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", doc, err)
-		}
-		out = append(out, s)
 	}
-	if len(out) == 0 {
-		return nil, errors.New("no Service in the input")
+	if len(out.Services)+len(out.EndpointSlices) == 0 {
+		return ServiceObjects{}, errors.New("no Service or EndpointSlice in the input")
 	}
 	return out, nil
 }
 
-func decodeService(b []byte) (corev1.Service, error) {
-	var s corev1.Service
-	if err := yaml.UnmarshalStrict(b, &s); err != nil {
-		return s, errors.New(cleanDecodeError(err))
+// typeOf reads a document's apiVersion and kind.
+func typeOf(b []byte) (metav1.TypeMeta, error) {
+	var head metav1.TypeMeta
+	if err := yaml.Unmarshal(b, &head); err != nil {
+		return head, errors.New(cleanDecodeError(err))
 	}
-	if s.APIVersion != "v1" || s.Kind != "Service" {
-		return s, fmt.Errorf("apiVersion %q, kind %q: want v1 Service", s.APIVersion, s.Kind)
+	return head, nil
+}
+
+// decodeServiceObject decodes a Service or an EndpointSlice strictly and appends it to out.
+func decodeServiceObject(b []byte, out *ServiceObjects) error {
+	head, err := typeOf(b)
+	if err != nil {
+		return err
 	}
-	return s, nil
+	switch {
+	case head.APIVersion == "v1" && head.Kind == "Service":
+		var s corev1.Service
+		if err := yaml.UnmarshalStrict(b, &s); err != nil {
+			return errors.New(cleanDecodeError(err))
+		}
+		out.Services = append(out.Services, s)
+	case head.APIVersion == discoveryv1.SchemeGroupVersion.String() && head.Kind == "EndpointSlice":
+		var es discoveryv1.EndpointSlice
+		if err := yaml.UnmarshalStrict(b, &es); err != nil {
+			return errors.New(cleanDecodeError(err))
+		}
+		out.EndpointSlices = append(out.EndpointSlices, es)
+	default:
+		return fmt.Errorf("apiVersion %q, kind %q: want v1 Service or discovery.k8s.io/v1 EndpointSlice", head.APIVersion, head.Kind)
+	}
+	return nil
 }
 
 // cleanDecodeError turns the decoder's wording into `unknown field "spec.x"` and the like.
@@ -686,11 +885,12 @@ func cleanDecodeError(err error) string {
 	return msg
 }
 
-// ApplyServices stores services (validated, given cluster IPs and node ports) and returns
-// them as stored. The nodes program them after it returns: Wait waits for that.
-func (c *Client) ApplyServices(ctx context.Context, svcs []corev1.Service) ([]corev1.Service, error) {
-	var out []corev1.Service
-	return out, c.do(ctx, "POST", "/v1/services", svcs, &out)
+// ApplyServices stores services (validated, given cluster IPs and node ports) and endpoint
+// slices, all or none, and returns them as stored. The nodes program them after it returns:
+// Wait waits for that.
+func (c *Client) ApplyServices(ctx context.Context, objs ServiceObjects) (ServiceObjects, error) {
+	var out ServiceObjects
+	return out, c.do(ctx, "POST", "/v1/services", objs, &out)
 }
 
 // Services lists every service with its frontends and backends.
@@ -702,4 +902,9 @@ func (c *Client) Services(ctx context.Context) ([]ServiceView, error) {
 // DeleteService removes namespace/name and frees its cluster IP and node ports.
 func (c *Client) DeleteService(ctx context.Context, ns, name string) error {
 	return c.do(ctx, "DELETE", "/v1/services/"+ns+"/"+name, nil, nil)
+}
+
+// DeleteEndpointSlice removes the EndpointSlice namespace/name (local and etcd stores).
+func (c *Client) DeleteEndpointSlice(ctx context.Context, ns, name string) error {
+	return c.do(ctx, "DELETE", "/v1/endpointslices/"+ns+"/"+name, nil, nil)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -35,10 +37,11 @@ items:
   - {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: [{port: 1}]}}
   - {apiVersion: v1, kind: Service, metadata: {name: b}, spec: {ports: [{port: 2, targetPort: 8080}]}}
 `
-	svcs, err := ParseServices([]byte(good))
+	objs, err := ParseServices([]byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
+	svcs := objs.Services
 	var names []string
 	for _, s := range svcs {
 		names = append(names, s.Namespace+"/"+s.Name)
@@ -49,11 +52,44 @@ items:
 	if tp := svcs[0].Spec.Ports[0].TargetPort; tp != intstr.FromString("http") {
 		t.Fatalf("targetPort %v", tp)
 	}
+	slices := `
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {ports: [{name: pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 15432}]
+endpoints:
+  - addresses: [10.1.0.1]
+    nodeName: n1
+  - addresses: [10.1.0.2]
+    conditions: {ready: false, serving: true, terminating: true}
+---
+apiVersion: v1
+kind: List
+items:
+  - {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: db-2, labels: {kubernetes.io/service-name: db}}, addressType: IPv4, endpoints: []}
+`
+	if objs, err = ParseServices([]byte(slices)); err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.Services) != 1 || len(objs.EndpointSlices) != 2 || objs.EndpointSlices[1].Name != "db-2" {
+		t.Fatalf("parsed %+v", objs)
+	}
+	if c := objs.EndpointSlices[0].Endpoints[1].Conditions; c.Ready == nil || *c.Ready || c.Terminating == nil || !*c.Terminating {
+		t.Fatalf("conditions %+v", c)
+	}
 	for _, tc := range []struct{ name, doc, want string }{
 		{"unknown field", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {prots: []}", `document 1: unknown field "prots"`},
 		{"unknown field in a list item", "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}, spec: {x: 1}}]", `document 1: items[0]: unknown field "x"`},
+		{"unknown field in a slice", "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a}\nendpoints: [{adresses: [10.1.0.1]}]", `document 1: unknown field "adresses"`},
+		{"a slice of another version", "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: a}", `want v1 Service or discovery.k8s.io/v1 EndpointSlice`},
 		{"not a service", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}", `want v1 Service`},
-		{"nothing", "# only a comment\n", "no Service"},
+		{"nothing", "# only a comment\n", "no Service or EndpointSlice"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := ParseServices([]byte(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -131,6 +167,12 @@ func TestValidateService(t *testing.T) {
 	}
 }
 
+// applySvcs applies services alone.
+func applySvcs(a *Agent, svcs ...corev1.Service) ([]corev1.Service, error) {
+	got, err := a.applyServices(context.Background(), ServiceObjects{Services: svcs})
+	return got.Services, err
+}
+
 // serviceAgent is an agent of a local store, with nothing but what the Service API uses.
 func serviceAgent(t *testing.T, cidr string) (*Agent, *store.Cluster) {
 	t.Helper()
@@ -152,7 +194,7 @@ func TestApplyServices(t *testing.T) {
 		s.Name, s.Spec.Type = "np", corev1.ServiceTypeNodePort
 		s.Spec.Ports = []corev1.ServicePort{{Name: "http", Port: 80, NodePort: 30080}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}
 	})
-	got, err := a.applyServices(ctx, []corev1.Service{*svcOf(nil), *np})
+	got, err := applySvcs(a, *svcOf(nil), *np)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +208,7 @@ func TestApplyServices(t *testing.T) {
 		t.Fatalf("targetPort defaulted to %v", tp)
 	}
 	// Applying the same file again keeps what was allocated.
-	again, err := a.applyServices(ctx, []corev1.Service{*np})
+	again, err := applySvcs(a, *np)
 	if err != nil || !reflect.DeepEqual(again[0].Spec, got[1].Spec) {
 		t.Fatalf("re-applied: %+v (%v), want %+v", again[0].Spec, err, got[1].Spec)
 	}
@@ -174,7 +216,7 @@ func TestApplyServices(t *testing.T) {
 	// fresh allocation is released.
 	fresh := svcOf(func(s *corev1.Service) { s.Name = "fresh" })
 	thief := svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "thief", "10.96.0.2" })
-	if _, err := a.applyServices(ctx, []corev1.Service{*fresh, *thief}); err == nil || !strings.Contains(err.Error(), "s/web") {
+	if _, err := applySvcs(a, *fresh, *thief); err == nil || !strings.Contains(err.Error(), "s/web") {
 		t.Fatalf("stealing a cluster IP: %v, want an error naming s/web", err)
 	}
 	if cl, _ := c.ServiceClaims(ctx, "s/fresh"); len(cl.IPs) != 0 {
@@ -191,13 +233,13 @@ func TestApplyServices(t *testing.T) {
 		{svcOf(func(s *corev1.Service) { s.Spec.ClusterIP = "10.96.0.9" }), "may not change from 10.96.0.2"},
 		{svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "x", "10.96.0.15" }), "broadcast"},
 	} {
-		if _, err := a.applyServices(ctx, []corev1.Service{*tc.svc}); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := applySvcs(a, *tc.svc); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.svc.Spec.ClusterIP, err, tc.want)
 		}
 	}
 	// An update that drops a node port frees it.
 	np.Spec.Ports = np.Spec.Ports[:1]
-	if _, err := a.applyServices(ctx, []corev1.Service{*np}); err != nil {
+	if _, err := applySvcs(a, *np); err != nil {
 		t.Fatal(err)
 	}
 	if cl, _ := c.ServiceClaims(ctx, "s/np"); len(cl.NodePorts) != 1 || cl.NodePorts[0].Port != 30080 {
@@ -225,7 +267,7 @@ func TestServiceViewsAndDelete(t *testing.T) {
 	ext := svcOf(func(s *corev1.Service) {
 		s.Name, s.Spec.Type, s.Spec.ExternalName, s.Spec.Ports = "ext", corev1.ServiceTypeExternalName, "db.example.com", nil
 	})
-	if _, err := a.applyServices(ctx, []corev1.Service{*np, *ext}); err != nil {
+	if _, err := applySvcs(a, *np, *ext); err != nil {
 		t.Fatal(err)
 	}
 	views, err := a.serviceViews(ctx)
@@ -258,5 +300,176 @@ func TestServiceViewsAndDelete(t *testing.T) {
 	}
 	if cl, _ := c.ServiceClaims(ctx, "s/web"); len(cl.IPs)+len(cl.NodePorts) != 0 {
 		t.Fatalf("a deleted service still holds %+v", cl)
+	}
+}
+
+func sliceOf(mod func(*discoveryv1.EndpointSlice)) *discoveryv1.EndpointSlice {
+	port, name, no, yes := int32(15432), "pg", false, true
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "db-1", Namespace: "s", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.1.0.1"}, NodeName: ptr("n1")},
+			{Addresses: []string{"10.1.0.2"}, Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &yes, Terminating: &yes}},
+			{Addresses: []string{"10.1.0.3"}, Conditions: discoveryv1.EndpointConditions{Ready: &no, Serving: &no, Terminating: &yes}},
+		},
+		Ports: []discoveryv1.EndpointPort{{Name: &name, Port: &port}},
+	}
+	if mod != nil {
+		mod(es)
+	}
+	return es
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestValidateEndpointSlice(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*discoveryv1.EndpointSlice)
+		want string // "" when valid
+	}{
+		{"plain", nil, ""},
+		{"no namespace", func(es *discoveryv1.EndpointSlice) { es.Namespace = "" }, ""},
+		{"no endpoints", func(es *discoveryv1.EndpointSlice) { es.Endpoints = nil }, ""},
+		{"unnamed UDP port", func(es *discoveryv1.EndpointSlice) {
+			es.Ports = []discoveryv1.EndpointPort{{Port: ptr(int32(53)), Protocol: ptr(corev1.ProtocolUDP)}}
+		}, ""},
+		{"bad name", func(es *discoveryv1.EndpointSlice) { es.Name = "DB" }, "endpointslice s/DB: metadata.name"},
+		{"bad namespace", func(es *discoveryv1.EndpointSlice) { es.Namespace = "s_1" }, "metadata.namespace"},
+		{"no service label", func(es *discoveryv1.EndpointSlice) { es.Labels = nil }, "metadata.labels: kubernetes.io/service-name is required"},
+		{"bad service label", func(es *discoveryv1.EndpointSlice) { es.Labels[discoveryv1.LabelServiceName] = "9db" }, "metadata.labels[kubernetes.io/service-name]"},
+		{"no address type", func(es *discoveryv1.EndpointSlice) { es.AddressType = "" }, "addressType: required"},
+		{"IPv6", func(es *discoveryv1.EndpointSlice) { es.AddressType = discoveryv1.AddressTypeIPv6 }, `addressType: "IPv6"`},
+		{"no address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[1].Addresses = nil }, "endpoints[1].addresses: at least one"},
+		{"IPv6 address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[2].Addresses = []string{"fd00::1"} }, `endpoints[2].addresses[0]: "fd00::1" is not an IPv4 address`},
+		{"bad address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Addresses = []string{"10.1.0.256"} }, "endpoints[0].addresses[0]"},
+		{"bad node name", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].NodeName = ptr("N 1") }, "endpoints[0].nodeName"},
+		{"port 0", func(es *discoveryv1.EndpointSlice) { es.Ports[0].Port = ptr(int32(0)) }, "ports[0].port: 0 is not in 1-65535"},
+		{"port too big", func(es *discoveryv1.EndpointSlice) { es.Ports[0].Port = ptr(int32(65536)) }, "ports[0].port: 65536"},
+		{"no port number", func(es *discoveryv1.EndpointSlice) { es.Ports[0].Port = nil }, "ports[0].port: required"},
+		{"bad protocol", func(es *discoveryv1.EndpointSlice) { es.Ports[0].Protocol = ptr(corev1.Protocol("ICMP")) }, `ports[0].protocol: "ICMP" must be TCP, UDP or SCTP`},
+		{"duplicate port names", func(es *discoveryv1.EndpointSlice) { es.Ports = append(es.Ports, es.Ports[0]) }, `ports[1].name: duplicate port name "pg"`},
+		{"bad port name", func(es *discoveryv1.EndpointSlice) { es.Ports[0].Name = ptr("P G") }, "ports[0].name"},
+		{"other kind", func(es *discoveryv1.EndpointSlice) { es.Kind = "Endpoints" }, "kind"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			es := sliceOf(tc.mod)
+			NormalizeEndpointSlice(es)
+			err := ValidateEndpointSlice(es)
+			if tc.want == "" && err != nil {
+				t.Fatalf("valid slice refused: %v", err)
+			}
+			if tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+// TestApplyEndpointSlices: a selectorless service served by a hand-written EndpointSlice,
+// through the HTTP API as the CLI sends it; all or nothing with the services; delete.
+func TestApplyEndpointSlices(t *testing.T) {
+	ctx := context.Background()
+	a, c := serviceAgent(t, "10.96.0.0/24")
+	mux := http.NewServeMux()
+	a.serviceRoutes(mux)
+	do := func(method, path string, body any) *httptest.ResponseRecorder {
+		t.Helper()
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(method, path, bytes.NewReader(b)))
+		return rec
+	}
+	db := svcOf(func(s *corev1.Service) {
+		s.Name, s.Spec.Selector, s.Spec.ClusterIP = "db", nil, "10.96.0.20"
+		s.Spec.Ports = []corev1.ServicePort{{Name: "pg", Port: 5432}}
+	})
+	gen0, _ := c.Generation(ctx)
+	rec := do("POST", "/v1/services", ServiceObjects{Services: []corev1.Service{*db}, EndpointSlices: []discoveryv1.EndpointSlice{*sliceOf(nil)}})
+	if rec.Code != http.StatusOK {
+		t.Fatalf("POST: %d %s", rec.Code, rec.Body)
+	}
+	var stored ServiceObjects
+	if err := json.Unmarshal(rec.Body.Bytes(), &stored); err != nil {
+		t.Fatal(err)
+	}
+	if len(stored.EndpointSlices) != 1 || *stored.EndpointSlices[0].Ports[0].Protocol != corev1.ProtocolTCP || stored.EndpointSlices[0].Kind != "EndpointSlice" {
+		t.Fatalf("stored slices %+v", stored.EndpointSlices)
+	}
+	if gen, _ := c.Generation(ctx); gen <= gen0 {
+		t.Fatalf("generation %d after apply, was %d", gen, gen0)
+	}
+	views, err := a.serviceViews(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []BackendView{
+		{IP: "10.1.0.1", Node: "n1", Ports: map[string]int{"pg": 15432}, State: "ready"},
+		{IP: "10.1.0.2", Ports: map[string]int{"pg": 15432}, State: "serving"},
+		{IP: "10.1.0.3", Ports: map[string]int{"pg": 15432}, State: "terminating"},
+	}
+	if len(views) != 1 || !reflect.DeepEqual(views[0].Backends, want) {
+		t.Fatalf("views %+v, want backends %+v", views, want)
+	}
+
+	// All or nothing: a bad slice keeps a good service out, and a bad service a good slice.
+	fresh := svcOf(func(s *corev1.Service) { s.Name, s.Spec.Selector = "fresh", nil })
+	bad := sliceOf(func(es *discoveryv1.EndpointSlice) {
+		es.Name, es.Endpoints[0].Addresses = "fresh-1", []string{"fd00::1"}
+	})
+	if _, err := a.applyServices(ctx, ServiceObjects{Services: []corev1.Service{*fresh}, EndpointSlices: []discoveryv1.EndpointSlice{*bad}}); err == nil ||
+		!strings.Contains(err.Error(), "endpointslice s/fresh-1: endpoints[0].addresses[0]") {
+		t.Fatalf("a bad slice: %v", err)
+	}
+	good := sliceOf(func(es *discoveryv1.EndpointSlice) { es.Name = "fresh-1" })
+	if _, err := a.applyServices(ctx, ServiceObjects{Services: []corev1.Service{*svcOf(func(s *corev1.Service) { s.Name = "9fresh" })},
+		EndpointSlices: []discoveryv1.EndpointSlice{*good}}); err == nil || !strings.Contains(err.Error(), "metadata.name") {
+		t.Fatalf("a bad service: %v", err)
+	}
+	if _, ok, _ := c.ServiceObject(ctx, "s", "fresh"); ok {
+		t.Fatal("a failed request stored a service")
+	}
+	if cl, _ := c.ServiceClaims(ctx, "s/fresh"); len(cl.IPs) != 0 {
+		t.Fatalf("a failed request kept its allocation %v", cl.IPs)
+	}
+	if rec := do("DELETE", "/v1/endpointslices/s/fresh-1", nil); rec.Code != http.StatusNotFound {
+		t.Fatalf("a failed request stored a slice: DELETE answered %d %s", rec.Code, rec.Body)
+	}
+	if _, err := a.applyServices(ctx, ServiceObjects{EndpointSlices: []discoveryv1.EndpointSlice{*good, *good}}); err == nil || !strings.Contains(err.Error(), "given twice") {
+		t.Fatalf("a slice given twice: %v", err)
+	}
+
+	// Delete: the service keeps no backend; a second delete is a 404.
+	gen1, _ := c.Generation(ctx)
+	for _, code := range []int{http.StatusOK, http.StatusNotFound} {
+		rec := do("DELETE", "/v1/endpointslices/s/db-1", nil)
+		if rec.Code != code {
+			t.Fatalf("DELETE: %d %s, want %d", rec.Code, rec.Body, code)
+		}
+		if code == http.StatusNotFound && !strings.Contains(rec.Body.String(), "endpointslice s/db-1 not found") {
+			t.Fatalf("DELETE of a missing slice: %s", rec.Body)
+		}
+	}
+	if gen, _ := c.Generation(ctx); gen <= gen1 {
+		t.Fatalf("generation %d after delete, was %d", gen, gen1)
+	}
+	if views, err = a.serviceViews(ctx); err != nil || len(views) != 1 || len(views[0].Backends) != 0 {
+		t.Fatalf("after the slice's delete: %+v (%v)", views, err)
+	}
+
+	// With the kubernetes store, EndpointSlices are kubectl's to write.
+	a.cfg.Store.Type = "kubernetes"
+	if _, err := a.applyServices(ctx, ServiceObjects{EndpointSlices: []discoveryv1.EndpointSlice{*sliceOf(nil)}}); err == nil || !strings.Contains(err.Error(), "use kubectl") {
+		t.Fatalf("a slice under the kubernetes store: %v", err)
+	}
+	if rec := do("DELETE", "/v1/endpointslices/s/db-1", nil); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "use kubectl") {
+		t.Fatalf("DELETE under the kubernetes store: %d %s", rec.Code, rec.Body)
 	}
 }

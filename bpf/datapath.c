@@ -150,9 +150,9 @@ int from_overlay(struct __sk_buff *skb)
 
 	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
-		reason = pkt.family
-				 ? receive_remote(skb, &pkt, tunnel_identity(skb), DIR_FROM_OVERLAY, 1)
-				 : REASON_FORWARD_HOST;
+		reason = pkt.family ? receive_remote(skb, &pkt, tunnel_identity(skb),
+						     DIR_FROM_OVERLAY, 1)
+				    : REASON_FORWARD_HOST;
 	return finish(skb, &pkt, reason, DIR_FROM_OVERLAY);
 }
 

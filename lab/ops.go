@@ -191,11 +191,12 @@ func (s *State) ApplyServices(ctx context.Context, specs []ServiceSpec) ([]corev
 	if s.Kubernetes {
 		stored, err = s.kubeServices(ctx, specs)
 	} else {
-		objs := make([]corev1.Service, 0, len(specs))
+		var req, got agent.ServiceObjects
 		for _, sp := range specs {
-			objs = append(objs, sp.Object())
+			req.Services = append(req.Services, sp.Object())
 		}
-		stored, err = s.Client().ApplyServices(ctx, objs)
+		got, err = s.Client().ApplyServices(ctx, req)
+		stored = got.Services
 	}
 	if err != nil {
 		return nil, err

@@ -18,7 +18,8 @@ var etcdIP = netip.MustParseAddr("10.250.0.254")
 func plan(name string, spec *Spec) (*State, error) {
 	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR, VXLANPort: spec.VXLANPort,
 		Underlay: namespace.Path(name + "-underlay"),
-		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes}
+		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes,
+		Masquerade: spec.Masquerade, NoMasqueradeCIDRs: append([]string(nil), spec.NoMasqueradeCIDRs...)}
 	for _, ns := range spec.Namespaces {
 		st.Namespaces = append(st.Namespaces, Namespace{Name: ns.Name, Labels: copyLabels(ns.Labels)})
 	}

@@ -32,6 +32,11 @@ type Spec struct {
 	// Services are applied once the pods serve: through the agents, or in a kubernetes lab as
 	// Service objects whose EndpointSlices the controller manager makes.
 	Services []ServiceSpec `json:"services,omitempty"`
+	// Masquerade and NoMasqueradeCIDRs are every node's agent settings of the same names:
+	// false leaves pods' traffic out of the cluster with the pods' own addresses (default
+	// true); the CIDRs are destinations pods reach unmasqueraded.
+	Masquerade        *bool    `json:"masquerade,omitempty"`
+	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
 }
 
 // NodeSpec declares a node.
@@ -176,6 +181,11 @@ func (s *Spec) Validate() error {
 	}
 	if s.VXLANPort < 1 || s.VXLANPort > 65535 {
 		return fmt.Errorf("vxlanPort: %d is not a port", s.VXLANPort)
+	}
+	for i, c := range s.NoMasqueradeCIDRs {
+		if p, err := netip.ParsePrefix(c); err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("noMasqueradeCIDRs[%d]: %q is not an IPv4 CIDR", i, c)
+		}
 	}
 	if len(s.Nodes) == 0 {
 		return errors.New("nodes: at least one node is needed")

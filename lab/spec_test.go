@@ -7,6 +7,9 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/agent"
 )
 
 // labFile is a lab with two namespaces and a pod serving port 80, to which each case adds its
@@ -103,5 +106,57 @@ func TestSpecClusterCIDRClearOfServices(t *testing.T) {
 	_, err := readSpec(t, "mode: vxlan\nclusterCIDR: 10.96.0.0/12\nnodes: [{name: n1}]\n")
 	if err == nil || !strings.Contains(err.Error(), "overlaps the lab's service CIDR") {
 		t.Fatalf("a cluster CIDR over the service CIDR: %v", err)
+	}
+}
+
+// TestSpecMasquerade: masquerade and noMasqueradeCIDRs reach every node's agent config, as
+// the agent reads it.
+func TestSpecMasquerade(t *testing.T) {
+	s, err := readSpec(t, labFile+"masquerade: false\nnoMasqueradeCIDRs: [192.168.0.0/16, 172.16.0.1/12]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := plan("t", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range st.Nodes {
+		data, err := yaml.Marshal(st.agentConfig(&st.Nodes[i], agent.StoreConfig{Type: "etcd", Endpoints: []string{st.EtcdURL}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "agent.yaml")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := agent.ReadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Masquerade == nil || *cfg.Masquerade || strings.Join(cfg.NoMasqueradeCIDRs, " ") != "192.168.0.0/16 172.16.0.1/12" {
+			t.Fatalf("node %s's agent config: masquerade %v, noMasqueradeCIDRs %v", st.Nodes[i].Name, cfg.Masquerade, cfg.NoMasqueradeCIDRs)
+		}
+	}
+	// Left out, the agents' default (masquerade) holds.
+	if s, err = readSpec(t, labFile); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = plan("t", s); err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.agentConfig(&st.Nodes[0], agent.StoreConfig{Type: "etcd"}); cfg.Masquerade != nil || cfg.NoMasqueradeCIDRs != nil {
+		t.Fatalf("default agent config: masquerade %v, noMasqueradeCIDRs %v", cfg.Masquerade, cfg.NoMasqueradeCIDRs)
+	}
+	for _, tc := range []struct{ name, lines, want string }{
+		{"unknown field", "masqerade: false\n", `unknown field "masqerade"`},
+		{"not a bool", "masquerade: sometimes\n", "masquerade"},
+		{"bad CIDR", "noMasqueradeCIDRs: [10.0.0.0/8, 192.168.0.0/33]\n", `noMasqueradeCIDRs[1]: "192.168.0.0/33" is not an IPv4 CIDR`},
+		{"IPv6 CIDR", "noMasqueradeCIDRs: [fd00::/8]\n", `noMasqueradeCIDRs[0]: "fd00::/8" is not an IPv4 CIDR`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := readSpec(t, labFile+tc.lines); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
 	}
 }

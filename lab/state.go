@@ -40,6 +40,10 @@ type State struct {
 	Nodes      []Node      `json:"nodes"`
 	Namespaces []Namespace `json:"namespaces"`
 	Pods       []Pod       `json:"pods"`
+
+	// Masquerade and NoMasqueradeCIDRs go into every node's agent config (see Spec).
+	Masquerade        *bool    `json:"masquerade,omitempty"`
+	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
 }
 
 // Node is a node as made.

@@ -218,11 +218,7 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: b.st.ClusterCIDR,
-		PodCIDR: n.WantCIDR, Mode: b.st.Mode, VXLANPort: b.st.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
-		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
-		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR}
-	data, err := yaml.Marshal(cfg)
+	data, err := yaml.Marshal(b.st.agentConfig(n, st))
 	if err != nil {
 		return err
 	}
@@ -231,6 +227,15 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 		return err
 	}
 	return b.startAgent(ctx, n, cfgFile)
+}
+
+// agentConfig is node n's agent config, with its store: every lab agent's is made here.
+func (s *State) agentConfig(n *Node, st agent.StoreConfig) agent.Config {
+	return agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR,
+		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
+		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
+		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
+		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs}
 }
 
 // IdentityGCGrace is how long the lab's agents keep an identity no pod uses: short, so that a

@@ -137,6 +137,16 @@ func (c *Cluster) PutEndpointSlice(ctx context.Context, es *discoveryv1.Endpoint
 	return put(ctx, c.KV, EndpointSlicesPrefix+es.Namespace+"/"+es.Name, es, 0)
 }
 
+// DeleteEndpointSlice removes the EndpointSlice ns/name and reports whether it existed.
+func (c *Cluster) DeleteEndpointSlice(ctx context.Context, ns, name string) (bool, error) {
+	key := EndpointSlicesPrefix + ns + "/" + name
+	_, ok, err := c.KV.Get(ctx, key)
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, c.KV.Delete(ctx, key)
+}
+
 // Services lists every Service resolved for the datapath, by namespace/name; ExternalName
 // services are left out.
 func (c *Cluster) Services(ctx context.Context) ([]Service, error) {

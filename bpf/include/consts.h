@@ -36,7 +36,8 @@ enum direction {
 	DIR_PREFILTER = 3, /* XDP on the underlay device */
 	DIR_FROM_OVERLAY = 4, /* tc ingress of the VXLAN device: decapsulated pod traffic */
 	DIR_FROM_UNDERLAY = 5, /* tc ingress of the underlay device: native and IP-in-IP */
-	DIR_FROM_HOST = 6, /* tc egress of the host device: the node's traffic to pods and Services */
+	DIR_FROM_HOST =
+		6, /* tc egress of the host device: the node's traffic to pods and Services */
 };
 
 /* How pod traffic crosses to another node. */
@@ -99,7 +100,8 @@ enum backend_flags {
 
 /* NAT entry flags. */
 enum nat_flags {
-	NAT_F_REPLY = 1 << 0, /* the entry translates replies: the flow was admitted when it began */
+	NAT_F_REPLY =
+		1 << 0, /* the entry translates replies: the flow was admitted when it began */
 	NAT_F_SERVICE = 1 << 1, /* a Service translation; backend_id names the backend */
 	NAT_F_MASQUERADE = 1 << 2, /* the source became the node's address */
 	NAT_F_REPLY_SEEN = 1 << 3, /* the flow has answered */

@@ -34,7 +34,8 @@ static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct n
 	fib.ipv4_src = saddr;
 	fib.ipv4_dst = daddr;
 	fib.ifindex = cfg->underlay_ifindex;
-	/* OUTPUT: look up as the node sending, so the node needs no ip_forward. */
+	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
+	 * underlay device, which the agent turns on. */
 	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
 	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (set_macs(skb, fib.dmac, fib.smac))
@@ -117,8 +118,8 @@ static __always_inline int send_outside(struct __sk_buff *skb, struct packet *pk
 /* forward_remote sends a packet for a pod on another node the cluster's way; identity is the
  * sender's, for the VNI. A packet for outside the cluster goes to the node's stack, or, once
  * translated, straight out of the underlay. */
-static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *pkt,
-					  __u32 identity, int translated)
+static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *pkt, __u32 identity,
+					  int translated)
 {
 	struct route_info *rt = lookup_route(pkt->family, &pkt->daddr);
 	struct node_config *cfg = node_config();

@@ -257,8 +257,8 @@ static __always_inline int nat_take_port(struct __sk_buff *skb, struct node_conf
 /* nat_translate_source takes a port of the node's address for the flow now in pkt (orig is
  * how it arrived): writes its reply entry, rewrites the packet's source. */
 static __always_inline int nat_translate_source(struct __sk_buff *skb, struct packet *pkt,
-						struct node_config *cfg,
-						const struct ct_key *orig, __u32 flags)
+						struct node_config *cfg, const struct ct_key *orig,
+						__u32 flags)
 {
 	struct nat_scratch *sc = scratch();
 	struct nat_entry *back;
@@ -359,15 +359,16 @@ static __always_inline int masquerades(struct packet *pkt, struct node_config *c
 	return !bpf_map_lookup_elem(&no_masquerade, &key);
 }
 
-/* nat_masquerade gives a pod's new flow leaving the cluster the node's address (only a new
- * one: a reply to a flow someone else began keeps its source). */
+/* nat_masquerade gives a pod's flow leaving the cluster the node's address: a new flow, or
+ * one whose translation is gone (a port was not free before, or the entry was evicted); a
+ * reply to a flow someone else began keeps its source. */
 static __always_inline int nat_masquerade(struct __sk_buff *skb, struct packet *pkt,
 					  struct node_config *cfg, struct xlate *x)
 {
 	struct nat_scratch *sc;
 	int reason;
 
-	if (x->state != XL_NONE || !pkt->ct_new || !masquerades(pkt, cfg))
+	if (x->state != XL_NONE || pkt->ct_reply || !masquerades(pkt, cfg))
 		return CONTINUE;
 	tuple_of(pkt, &x->orig);
 	reason = nat_translate_source(skb, pkt, cfg, &x->orig, NAT_F_MASQUERADE);

@@ -64,7 +64,7 @@ struct packet {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__be16 icmp_id; /* echo identifier: conntrack's "port" for ICMP echo */
-	__u8 ct_new; /* admit created a conntrack entry: the packet began a flow */
+	__u8 ct_reply; /* admit found a reply (or ICMP error) of a tracked flow */
 };
 
 #define TCP_FIN 0x01

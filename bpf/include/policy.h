@@ -95,8 +95,11 @@ static __always_inline int admit(struct __sk_buff *skb, struct packet *pkt,
 	struct peer peer;
 	int reason;
 
-	if (ct_lookup(skb, pkt) != CT_NEW)
+	reason = ct_lookup(skb, pkt);
+	if (reason != CT_NEW) {
+		pkt->ct_reply = reason == CT_REPLY || reason == CT_RELATED;
 		return CONTINUE;
+	}
 	if (src) {
 		judged = src->flags & EP_F_EGRESS_ENFORCED;
 		reason = check_egress(src, pkt);
@@ -119,6 +122,5 @@ static __always_inline int admit(struct __sk_buff *skb, struct packet *pkt,
 	if (judged && cfg && cfg->monitor_verdicts)
 		emit_event(skb, pkt, REASON_POLICY_ALLOWED, direction);
 	ct_create(pkt);
-	pkt->ct_new = 1;
 	return CONTINUE;
 }

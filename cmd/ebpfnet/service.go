@@ -13,7 +13,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/agent"
 )
 
-// newServiceCmd is `service apply|list|delete`: Kubernetes Services (core/v1).
+// newServiceCmd is `service apply|list|delete`: Kubernetes Services (core/v1) and the
+// EndpointSlices (discovery.k8s.io/v1) of selectorless ones.
 func newServiceCmd(g *globals) *cobra.Command {
 	t := &target{}
 	cmd := &cobra.Command{Use: "service", Short: "Kubernetes Services (core/v1): cluster IPs and node ports load-balanced to pods"}
@@ -22,8 +23,14 @@ func newServiceCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	apply := &cobra.Command{
 		Use:   "apply -f FILE",
-		Short: "apply Service YAML (one or many documents, Lists flattened; - reads stdin); returns once every node programmed it",
-		Args:  cobra.NoArgs,
+		Short: "apply Service and EndpointSlice YAML (- reads stdin); returns once every node programmed it",
+		Long: "apply Services (v1) and EndpointSlices (discovery.k8s.io/v1): one or many documents, Lists flattened, all\n" +
+			"or none. Without a Kubernetes API server nobody runs an endpoint controller: a Service with a selector\n" +
+			"is served by the pods it selects, a selectorless one by the EndpointSlices labelled\n" +
+			"kubernetes.io/service-name: NAME, whose endpoint conditions (ready, serving, terminating) say how.\n" +
+			"A Service that has EndpointSlices is served by them alone. Under the kubernetes store, write\n" +
+			"EndpointSlices with kubectl. Returns once every node programmed the change.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
 				return usageError{errors.New("service apply needs -f FILE")}
@@ -38,7 +45,7 @@ func newServiceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			svcs, err := agent.ParseServices(data)
+			objs, err := agent.ParseServices(data)
 			if err != nil {
 				return err
 			}
@@ -46,14 +53,17 @@ func newServiceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			stored, err := c.ApplyServices(cmd.Context(), svcs)
+			stored, err := c.ApplyServices(cmd.Context(), objs)
 			if err != nil {
 				return err
 			}
 			if err := c.Wait(cmd.Context(), timeout); err != nil {
-				return fmt.Errorf("services stored, but: %w", err)
+				return fmt.Errorf("stored, but: %w", err)
 			}
-			for _, s := range stored {
+			for _, es := range stored.EndpointSlices {
+				fmt.Fprintf(cmd.OutOrStdout(), "endpointslice %s/%s applied (%d endpoints)\n", es.Namespace, es.Name, len(es.Endpoints))
+			}
+			for _, s := range stored.Services {
 				ip := s.Spec.ClusterIP
 				if ip == "" {
 					ip = "none"
@@ -66,10 +76,14 @@ func newServiceCmd(g *globals) *cobra.Command {
 	apply.Flags().StringVarP(&file, "file", "f", "", "YAML file")
 	apply.Flags().DurationVar(&timeout, "timeout", agent.ProgrammedTimeout, "how long to wait for every node")
 	var delTimeout time.Duration
+	var slice bool
 	del := &cobra.Command{
-		Use:   "delete NAMESPACE/NAME",
-		Short: "delete a service and free its cluster IP and node ports; returns once every node dropped it",
-		Args:  cobra.ExactArgs(1),
+		Use:   "delete [--endpointslice] NAMESPACE/NAME",
+		Short: "delete a service (or with --endpointslice an EndpointSlice); returns once every node dropped it",
+		Long: "delete the service NAMESPACE/NAME and free its cluster IP and node ports; its EndpointSlices stay, as in\n" +
+			"Kubernetes. With --endpointslice, delete the EndpointSlice NAMESPACE/NAME instead (local and etcd stores;\n" +
+			"under the kubernetes store use kubectl). Returns once every node dropped it.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ns, name, ok := strings.Cut(args[0], "/")
 			if !ok || ns == "" || name == "" {
@@ -79,16 +93,21 @@ func newServiceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.DeleteService(cmd.Context(), ns, name); err != nil {
+			kind, remove := "service", c.DeleteService
+			if slice {
+				kind, remove = "endpointslice", c.DeleteEndpointSlice
+			}
+			if err := remove(cmd.Context(), ns, name); err != nil {
 				return err
 			}
 			if err := c.Wait(cmd.Context(), delTimeout); err != nil {
-				return fmt.Errorf("service deleted, but: %w", err)
+				return fmt.Errorf("%s deleted, but: %w", kind, err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "service %s deleted\n", args[0])
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s deleted\n", kind, args[0])
 			return nil
 		},
 	}
+	del.Flags().BoolVar(&slice, "endpointslice", false, "NAMESPACE/NAME is an EndpointSlice")
 	del.Flags().DurationVar(&delTimeout, "timeout", agent.ProgrammedTimeout, "how long to wait for every node")
 	cmd.AddCommand(apply, del, &cobra.Command{
 		Use:   "list",
