@@ -1,17 +1,23 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
@@ -261,6 +267,8 @@ func TestServices(t *testing.T) {
 				}
 			})
 
+			t.Run("backends churn", func(t *testing.T) { checkBackendChurn(t, st) })
+
 			t.Run("masquerade", func(t *testing.T) {
 				serveOutside(t, st, 7001)
 				for _, proto := range []string{"TCP", "UDP"} {
@@ -412,4 +420,117 @@ func icmpChecksum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return ^uint16(s)
+}
+
+// manualService is a selectorless Service whose backends are the EndpointSlice given.
+func manualService(eps map[netip.Addr]string) agent.ServiceObjects {
+	svc := corev1.Service{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "s", Name: "manual"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 9090, Protocol: corev1.ProtocolTCP,
+			TargetPort: intstr.FromInt32(80)}}}}
+	name, port, proto := "http", int32(80), corev1.ProtocolTCP
+	slice := discoveryv1.EndpointSlice{TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "s", Name: "manual-1", Labels: map[string]string{"kubernetes.io/service-name": "manual"}},
+		AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}}}
+	for ip, state := range eps {
+		ready, serving, terminating := state == "ready", true, state == "terminating"
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating}})
+	}
+	return agent.ServiceObjects{Services: []corev1.Service{svc}, EndpointSlices: []discoveryv1.EndpointSlice{slice}}
+}
+
+// checkBackendChurn changes a Service's backends while a client keeps connecting: once a
+// change is programmed on every node, no new connection reaches a terminating or removed
+// backend, a terminating backend's established connection goes on, and an added backend
+// takes connections.
+func checkBackendChurn(t *testing.T, st *lab.State) {
+	ctx := context.Background()
+	a, b, c, d := mustPod(t, st, "s/a"), mustPod(t, st, "s/b"), mustPod(t, st, "s/c"), mustPod(t, st, "s/d")
+	apply := func(eps map[netip.Addr]string) {
+		t.Helper()
+		if _, err := st.Client().ApplyServices(ctx, manualService(eps)); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Client().Wait(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(map[netip.Addr]string{b.IP: "ready", c.IP: "ready"})
+	addr := serviceAddr(t, st, "s/manual", 9090, "TCP")
+	var conn net.Conn
+	if err := namespace.Do(a.Netns, func() (err error) {
+		conn, err = net.DialTimeout("tcp4", addr.String(), 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.Write([]byte(lab.WhoRequest))
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	doomed := netip.MustParseAddr(strings.Fields(line)[0])
+	other := map[netip.Addr]netip.Addr{b.IP: c.IP, c.IP: b.IP}[doomed]
+
+	apply(map[netip.Addr]string{doomed: "terminating", other: "ready"})
+	for i := 0; i < 20; i++ {
+		if w := who(t, a.Netns, addr, "TCP"); w.Server != other {
+			t.Fatalf("new connection %d went to %s, want %s (%s is terminating)", i, w.Server, other, doomed)
+		}
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.Write([]byte("still here\n"))
+	if got, err := rd.ReadString('\n'); err != nil || got != "still here\n" {
+		t.Fatalf("the established connection to the terminating %s: %q, %v", doomed, got, err)
+	}
+
+	apply(map[netip.Addr]string{other: "ready", d.IP: "ready"})
+	seen := backendsSeen(t, a.Netns, addr, "TCP", 60, 2)
+	if len(seen[d.IP]) == 0 || len(seen[other]) == 0 || len(seen[doomed]) != 0 {
+		t.Errorf("after %s left and %s joined: answered by %v", doomed, d.IP, seen)
+	}
+	for i := 0; i < 20; i++ {
+		if w := who(t, a.Netns, addr, "TCP"); w.Server == doomed {
+			t.Fatalf("new connection %d went to the removed %s", i, doomed)
+		}
+	}
+}
+
+// TestMasqueradeOff: with masquerading off, or the destination in noMasqueradeCIDRs, a pod's
+// traffic leaves with its own address, which the outside cannot answer in the lab.
+func TestMasqueradeOff(t *testing.T) {
+	t.Parallel()
+	off := false
+	for _, tc := range []struct {
+		name string
+		edit func(*lab.Spec)
+	}{
+		{"masquerade false", func(s *lab.Spec) { s.Masquerade = &off }},
+		{"destination in noMasqueradeCIDRs", func(s *lab.Spec) { s.NoMasqueradeCIDRs = []string{"10.250.0.254/32"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			spec := serviceLab("vxlan")
+			spec.Services = nil
+			tc.edit(spec)
+			st := upLab(t, "mo", spec)
+			outside := underlayAddr(t, st)
+			if outside != netip.MustParseAddr("10.250.0.254") {
+				t.Fatalf("the underlay is %s; the noMasqueradeCIDRs case expects 10.250.0.254", outside)
+			}
+			serveOutside(t, st, 7001)
+			a := mustPod(t, st, "s/a")
+			if w, err := lab.AskWho(a.Netns, netip.AddrPortFrom(outside, 7001), "TCP"); err == nil {
+				t.Fatalf("outside answered, seeing %s: traffic was masqueraded", w.Client)
+			}
+			// Pods still reach each other and their node.
+			if _, err := lab.AskWho(a.Netns, netip.AddrPortFrom(mustPod(t, st, "s/c").IP, 80), "TCP"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
 }
