@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -430,7 +430,7 @@ func manualService(eps map[netip.Addr]string) agent.ServiceObjects {
 			TargetPort: intstr.FromInt32(80)}}}}
 	name, port, proto := "http", int32(80), corev1.ProtocolTCP
 	slice := discoveryv1.EndpointSlice{TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: "s", Name: "manual-1", Labels: map[string]string{"kubernetes.io/service-name": "manual"}},
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "s", Name: "manual-1", Labels: map[string]string{"kubernetes.io/service-name": "manual"}},
 		AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}}}
 	for ip, state := range eps {
 		ready, serving, terminating := state == "ready", true, state == "terminating"
