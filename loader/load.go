@@ -143,6 +143,14 @@ func checkPinnedLayouts(spec *ebpf.CollectionSpec, pinDir string) error {
 		check("value size", info.ValueSize, ms.ValueSize)
 		check("max entries", info.MaxEntries, ms.MaxEntries)
 		check("flags", info.Flags, ms.Flags)
+		if len(diffs) > 0 && name == maps.ConfigName {
+			// The config map holds nothing the agent does not write again at start: a new
+			// layout replaces it, and programs still attached keep the old one until switched.
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("replace pinned map %s of an older layout: %w", path, err)
+			}
+			continue
+		}
 		if len(diffs) > 0 {
 			return fmt.Errorf("pinned map %s has a different layout (%s); refusing to reuse it: "+
 				"uninstall the old datapath or use another pin dir", path, strings.Join(diffs, ", "))

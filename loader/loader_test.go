@@ -319,3 +319,36 @@ func TestPinDirMustBeOnBPFFS(t *testing.T) {
 		t.Fatalf("load with pin dir on %s: %v", dir, err)
 	}
 }
+
+// The config map holds nothing the agent does not write again: one of an older layout (the
+// node_config before Services) is replaced at load, where maps holding state are refused.
+func TestOlderConfigMapIsReplaced(t *testing.T) {
+	t.Parallel()
+	pinDir := nstest.PinDir(t)
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "config", Type: ebpf.Array, KeySize: 4, ValueSize: 28, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	path := maps.PinPath(pinDir, maps.ConfigName)
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	d, err := loader.Load(loader.Config{PinDir: pinDir})
+	if err != nil {
+		t.Fatalf("load over an older config map: %v", err)
+	}
+	defer d.Close()
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	if info, _ := pinned.Info(); info.ValueSize == 28 {
+		t.Fatalf("the config pin still holds the old layout")
+	}
+}
