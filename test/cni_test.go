@@ -102,7 +102,8 @@ func stateOf(t *testing.T, n *lab.Node) nodeState {
 			t.Fatal(err)
 		}
 		for _, l := range links {
-			if strings.HasPrefix(l.Attrs().Name, "eb") && l.Type() == "veth" {
+			// Pods' veths; not the agent's own devices (ebpfnet_host and its peer).
+			if name := l.Attrs().Name; strings.HasPrefix(name, "eb") && !strings.HasPrefix(name, "ebpfnet_") && l.Type() == "veth" {
 				s.veths++
 			}
 		}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
@@ -317,8 +318,17 @@ func TestKubernetesStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		created.Status = node.Status
-		if _, err := api.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		// Anything may touch a new Node first: update the latest version until it takes.
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			latest, err := api.CoreV1().Nodes().Get(ctx, created.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			latest.Status = node.Status
+			_, err = api.CoreV1().Nodes().UpdateStatus(ctx, latest, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { api.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })

@@ -277,6 +277,24 @@ func TestServices(t *testing.T) {
 						t.Errorf("%s: outside saw %s, want %s with a port in 20000-29999", proto, w.Client, n1.IP)
 					}
 				}
+				// The translation is there for operators to see.
+				out, code := ebpfnet(t, "--pin-dir", n1.PinDir, "nat", "list", "-o", "json")
+				var ts []struct {
+					From       [2]netip.AddrPort
+					To         [2]netip.AddrPort
+					Masquerade bool
+					Reply      bool
+				}
+				if err := jsonUnmarshal(out, &ts); code != 0 || err != nil {
+					t.Fatalf("nat list: exit %d, %v: %s", code, err, out)
+				}
+				found := false
+				for _, tr := range ts {
+					found = found || (tr.Masquerade && !tr.Reply && tr.From[0].Addr() == a.IP && tr.From[1] == netip.AddrPortFrom(outside, 7001) && tr.To[0].Addr() == n1.IP)
+				}
+				if !found {
+					t.Errorf("nat list shows no masquerade of %s to %s:7001: %s", a.IP, outside, out)
+				}
 				if err := pingFrom(a.Netns, outside); err != nil {
 					t.Errorf("ping outside: %v", err)
 				}
