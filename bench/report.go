@@ -32,6 +32,8 @@ type Report struct {
 	Kube     *KubeCost   `json:"kubernetes,omitempty"`
 	// ServiceUpdate times a Service backend change until it takes connections.
 	ServiceUpdate *ServiceUpdate `json:"serviceUpdate,omitempty"`
+	// KubeProxy is how long kube-proxy took to program the services suite's Services.
+	KubeProxy []KubeProxyProgram `json:"kubeProxy,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -122,6 +124,36 @@ func (r *Report) Markdown() string {
 			k.PolicyRounds, k.EnforceP50ms, k.EnforceMaxMs)
 		fmt.Fprintf(&b, "Deployment of %d pods, from its creation until each pod answers: p50 %.0f ms, p99 %.0f ms, all %.0f ms\n\n",
 			k.Pods, k.ReadyP50ms, k.ReadyP99ms, k.ReadyAllMs)
+	}
+	if len(r.KubeProxy) > 0 {
+		b.WriteString("## kube-proxy programming (iptables mode)\n\n| Services | backend | create through the API | kube-proxy start to all programmed | full sync | one more Service |\n|---:|---|---:|---:|---:|---:|\n")
+		for _, p := range r.KubeProxy {
+			fmt.Fprintf(&b, "| %d | %s | %.0f ms | %.0f ms | %.0f ms | %.0f ms |\n", p.Services, p.Backend, p.CreateMs, p.ProgramMs, p.FullSyncMs, p.AddOneMs)
+		}
+		b.WriteString("\n")
+	}
+	for _, s := range r.Suites {
+		if s.Name != "services" {
+			continue
+		}
+		var rows []string
+		for _, kp := range s.Setups {
+			n, ok := strings.CutPrefix(kp.Name, "kube-proxy-iptables-")
+			if !ok {
+				continue
+			}
+			n = strings.TrimPrefix(n, "legacy-")
+			eb := s.Get("ebpfnet-native-clusterip-" + n)
+			if eb.Name == "" {
+				continue
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %.3f | %.3f | %.3f |", n, ratio(eb.MedianGbps, kp.MedianGbps),
+				ratio(eb.MedianP50us, kp.MedianP50us), ratio(eb.MedianP99us, kp.MedianP99us)))
+		}
+		if len(rows) > 0 {
+			b.WriteString("## ebpfnet ClusterIP against kube-proxy, among as many Services\n\n| Services | TCP × | p50 × | p99 × |\n|---:|---:|---:|---:|\n")
+			b.WriteString(strings.Join(rows, "\n") + "\n\nebpfnet-native-clusterip-N over kube-proxy-iptables-N; both plainly routed between the nodes. Lower latency ratio is better.\n\n")
+		}
 	}
 	if u := r.ServiceUpdate; u != nil {
 		fmt.Fprintf(&b, "## service backend change\n\nA pod labelled into a Service's selector (store write) until a client looping on the ClusterIP is answered by it (%d rounds): p50 %.1f ms, max %.1f ms\n\n",

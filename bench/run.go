@@ -118,5 +118,5 @@ var Suites = map[string]SuiteDef{
 	"same-node":  {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
 	"cross-node": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
 	"policy":     {Baseline: "kernel-route+10k-iptables", Limit: "kernel-route+10k-iptables", Builders: PolicyThroughput},
-	"services":   {Baseline: "ebpfnet-vxlan-direct", Limit: "ebpfnet-vxlan-direct", Builders: ServiceSetups},
+	"services":   {Baseline: "ebpfnet-native-direct", Limit: PodToPodKernel, Builders: func() []Builder { return ServiceSetups(nil) }},
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,12 +17,18 @@ import (
 )
 
 // ServiceSetups compare a pod reaching a pod on another node directly with reaching it
-// through a ClusterIP, in one lab so both paths share everything else.
-func ServiceSetups() []Builder {
-	return []Builder{
-		{"ebpfnet-vxlan-direct", func(p string) (*Topology, error) { return buildServiceLab(p, false) }},
-		{"ebpfnet-vxlan-clusterip", func(p string) (*Topology, error) { return buildServiceLab(p, true) }},
+// through a ClusterIP, alone and among extra Services, in native mode: plain routing, like
+// the kube-proxy baseline's nodes.
+func ServiceSetups(extra []int) []Builder {
+	b := []Builder{
+		{"ebpfnet-native-direct", func(p string) (*Topology, error) { return buildServiceLab(p, false, 0) }},
+		{"ebpfnet-native-clusterip", func(p string) (*Topology, error) { return buildServiceLab(p, true, 0) }},
 	}
+	for _, n := range extra {
+		b = append(b, Builder{fmt.Sprintf("ebpfnet-native-clusterip-%dsvc", n),
+			func(p string) (*Topology, error) { return buildServiceLab(p, true, n) }})
+	}
+	return b
 }
 
 // benchService is the Service over the server pod: iperf3's and sockperf's ports as they are.
@@ -33,15 +40,18 @@ func benchService() lab.ServiceSpec {
 		Ports: []lab.ServicePortSpec{port("iperf", iperfPort), port("sockperf", sockperfPort)}}
 }
 
-// buildServiceLab is a two-node VXLAN lab, client on n1 and server on n2; through a Service
-// when viaService.
-func buildServiceLab(prefix string, viaService bool) (t *Topology, err error) {
-	t = &Topology{Name: "ebpfnet-vxlan-direct"}
+// buildServiceLab is a two-node native lab, client on n1 and server on n2; through a Service
+// when viaService, with extra more Services (over the same server) programmed beside it.
+func buildServiceLab(prefix string, viaService bool, extra int) (t *Topology, err error) {
+	t = &Topology{Name: "ebpfnet-native-direct"}
 	if viaService {
-		t.Name = "ebpfnet-vxlan-clusterip"
+		t.Name = "ebpfnet-native-clusterip"
+	}
+	if extra > 0 {
+		t.Name += fmt.Sprintf("-%dsvc", extra)
 	}
 	defer closeOnError(t, &err)
-	spec := &lab.Spec{Mode: "vxlan", Nodes: []lab.NodeSpec{{Name: "n1"}, {Name: "n2"}},
+	spec := &lab.Spec{Mode: "native", Nodes: []lab.NodeSpec{{Name: "n1"}, {Name: "n2"}},
 		Namespaces: []lab.Namespace{{Name: "b"}},
 		Pods: []lab.PodSpec{{Namespace: "b", Name: "c", Node: "n1"},
 			{Namespace: "b", Name: "s", Node: "n2", Labels: map[string]string{"role": "server"}}}}
@@ -51,6 +61,19 @@ func buildServiceLab(prefix string, viaService bool) (t *Topology, err error) {
 	st, err := upBenchLab(t, prefix, spec)
 	if err != nil {
 		return nil, err
+	}
+	if extra > 0 {
+		var more []lab.ServiceSpec
+		for i := 0; i < extra; i++ {
+			s := benchService()
+			s.Name = fmt.Sprintf("extra-%d", i)
+			more = append(more, s)
+		}
+		start := time.Now()
+		if _, err := st.ApplyServices(context.Background(), more); err != nil {
+			return nil, fmt.Errorf("apply %d services: %w", extra, err)
+		}
+		slog.Info("applied extra services", "services", extra, "took", time.Since(start))
 	}
 	c, _ := st.Pod("b/c")
 	s, _ := st.Pod("b/s")

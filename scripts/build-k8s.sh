@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes binaries and the loopback CNI plugin the kubernetes lab runs, from source,
-# into ${EBPFNET_CACHE:-/var/cache/ebpfnet}, only when missing. Idempotent and instant when present.
+# Builds the Kubernetes binaries the kubernetes lab runs (and kube-proxy, the Services benchmark's
+# baseline) and the loopback CNI plugin, from source, into ${EBPFNET_CACHE:-/var/cache/ebpfnet},
+# only those missing. Idempotent and instant when present.
 set -euo pipefail
 
 k8s_version=v1.34.4
 cache=${EBPFNET_CACHE:-/var/cache/ebpfnet}
 k8s_bin=$cache/kubernetes/$k8s_version/bin
-cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+
+# missing_k8s prints the binaries not in the cache, one a line.
+missing_k8s() {
+	local c
+	for c in "${cmds[@]}"; do
+		[[ -x $k8s_bin/$c ]] || echo "$c"
+	done
+}
 
 # have_all_k8s succeeds when every binary is in the cache.
 have_all_k8s() {
-	local c
-	for c in "${cmds[@]}"; do
-		[[ -x $k8s_bin/$c ]] || return 1
-	done
+	[[ -z $(missing_k8s) ]]
 }
 
 # have_loopback succeeds when some version of the loopback plugin is in the cache.
@@ -35,7 +41,10 @@ fi
 # Two cores and no swap: at most two packages compiled or linked at once keeps memory in check.
 export GOFLAGS="-mod=mod -buildvcs=false -p=2" CGO_ENABLED=0 GOTOOLCHAIN=local
 
+# build_k8s builds the binaries missing from the cache, and only those.
 build_k8s() {
+	local missing
+	mapfile -t missing < <(missing_k8s)
 	local minor=${k8s_version#v1.}
 	minor=${minor%%.*}
 	local staging_version=v0.${k8s_version#v1.}
@@ -72,16 +81,14 @@ build_k8s() {
 		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	done
 
-	mkdir -p "$work/bin"
+	mkdir -p "$work/bin" "$k8s_bin"
 	local c
-	for c in "${cmds[@]}"; do
+	for c in "${missing[@]}"; do
 		(cd "$work" && go build -trimpath -ldflags "$ldflags" -o "bin/$c" "k8s.io/kubernetes/cmd/$c")
+		# Renamed into place only once complete (same file system), so a half-built binary is never used.
+		mv "$work/bin/$c" "$k8s_bin/$c"
 		echo "build-k8s: built $c $k8s_version"
 	done
-	# Rename into place only once complete, so a half-built cache is never used.
-	mkdir -p "${k8s_bin%/bin}"
-	rm -rf "$k8s_bin"
-	mv "$work/bin" "$k8s_bin"
 }
 
 build_loopback() {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ebpfnet's build, tests and benchmarks need, only those missing, then
-# builds the Kubernetes binaries the kubernetes lab runs (scripts/build-k8s.sh), only if missing.
+# builds the Kubernetes binaries (those the kubernetes lab runs, and kube-proxy for the Services
+# benchmark) with scripts/build-k8s.sh, only those missing.
 # Idempotent: on a machine that has them all it returns in well under a second.
 set -euo pipefail
 
+# kube-proxy (iptables mode) runs iptables, iptables-save and iptables-restore, the nft or the legacy
+# ones of the iptables package; it clears conntrack entries over netlink, with no conntrack tool.
 packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev linux-libc-dev bpftool
 	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps prometheus
@@ -31,5 +34,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
-# The kubernetes lab runs Kubernetes built from source, cached outside the repository.
+# Kubernetes, the lab's and kube-proxy, is built from source and cached outside the repository.
 exec "$(dirname "$0")/build-k8s.sh"

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +34,8 @@ func run(ctx context.Context) error {
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
 	suites := flag.String("suites", "same-node,cross-node,policy,services", "comma-separated suites to run: same-node, cross-node, policy, services")
 	serviceUpdates := flag.Int("service-updates", 10, "Service backend changes to time (0 skips them)")
+	kubeProxy := flag.String("kube-proxy-services", "1000,10000", "services suite: Service counts for kube-proxy (iptables mode) and ebpfnet among as many Services (empty skips)")
+	kubeProxyIPT := flag.String("kube-proxy-iptables", "nft", "services suite: kube-proxy's iptables backend, nft or legacy")
 	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
 	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
 	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
@@ -85,13 +88,44 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("unknown suite %q", name)
 		}
 		slog.Info("running suite", "suite", name)
-		s, err := bench.RunSuite(name, def.Baseline, def.Limit, def.Builders(), cfg)
+		builders := def.Builders()
+		var kp *bench.KubeProxyBaseline
+		if name == "services" {
+			counts, err := parseCounts(*kubeProxy)
+			if err != nil {
+				return fmt.Errorf("-kube-proxy-services: %w", err)
+			}
+			builders = bench.ServiceSetups(counts)
+			if len(counts) > 0 {
+				kp = &bench.KubeProxyBaseline{Backend: bench.IPTablesBackend(*kubeProxyIPT), Services: counts}
+				if err := kp.Check(); err != nil {
+					return err
+				}
+				builders = append(builders, kp.Setups(ctx)...)
+			}
+		}
+		s, err := bench.RunSuite(name, def.Baseline, def.Limit, builders, cfg)
 		if err != nil {
 			return err
+		}
+		if kp != nil {
+			report.KubeProxy = kp.Programs
 		}
 		report.Suites = append(report.Suites, s)
 	}
 	return report.Write(*out, os.Stdout)
+}
+
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range splitList(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive count", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func splitList(s string) []string {
