@@ -144,6 +144,7 @@ func (r *Report) Markdown() string {
 			}
 			n = strings.TrimPrefix(n, "legacy-")
 			eb := s.Get("ebpfnet-native-clusterip-" + n)
+			n = strings.TrimSuffix(n, "svc")
 			if eb.Name == "" {
 				continue
 			}
