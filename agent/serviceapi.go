@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -96,7 +98,9 @@ func (a *Agent) apiServerAllocates() bool { return a.cfg.Store.Type == "kubernet
 // applyServices validates every service and endpoint slice first, then gives each service its
 // cluster IP and node ports (the ones it names, the ones it held, or new ones), stores the
 // slices, then the services (a new service has its backends from the start), and bumps the
-// generation. A failure before anything is stored releases what the request allocated.
+// generation. A failure before anything is stored releases what the request allocated. The
+// store calls grow with the request, not with its square: the stored services and the claims
+// are read once (ServiceClaimSet), then each claim is one Create and each service one Put.
 func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceObjects, error) {
 	svcs, slices := req.Services, req.EndpointSlices
 	if len(svcs)+len(slices) == 0 {
@@ -134,73 +138,81 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 		}
 		seen[key] = true
 	}
-	held := make([]store.ServiceClaims, len(svcs)) // what each held before this request
-	allocated := 0                                 // services whose allocations this request may have changed
-	undo := func(from int) {
-		for i := from; i < allocated; i++ {
-			owner := svcs[i].Namespace + "/" + svcs[i].Name
-			now, err := a.cluster.ServiceClaims(ctx, owner)
-			if err == nil {
-				err = a.cluster.ReleaseClaims(ctx, owner, now.Minus(held[i]))
-			}
-			if err != nil {
-				slog.Warn("release a failed service's allocations", "service", owner, "err", err)
-			}
+	names := make([]string, len(svcs))
+	for i := range svcs {
+		names[i] = svcs[i].Namespace + "/" + svcs[i].Name
+	}
+	olds, err := a.cluster.LookupServices(ctx, names)
+	if err != nil {
+		return ServiceObjects{}, err
+	}
+	var claims *store.ServiceClaimSet // every claim, read once for the whole request
+	if !a.apiServerAllocates() {
+		if claims, err = a.cluster.LoadServiceClaims(ctx); err != nil {
+			return ServiceObjects{}, err
 		}
 	}
 	for i := range svcs {
-		s := &svcs[i]
-		old, ok, err := a.cluster.ServiceObject(ctx, s.Namespace, s.Name)
-		if err != nil {
-			undo(0)
-			return ServiceObjects{}, err
-		}
-		if ok {
-			if err := keepAllocated(s, old); err != nil {
-				undo(0)
+		if old, ok := olds[names[i]]; ok {
+			if err := keepAllocated(&svcs[i], old); err != nil {
 				return ServiceObjects{}, invalid(err.Error())
 			}
 		}
-		if a.apiServerAllocates() {
-			continue
+	}
+	held := make([]store.ServiceClaims, len(svcs)) // what each held before this request
+	// undo releases what the request claimed for the services that keep does not keep.
+	undo := func(keep func(i int) bool) {
+		for i := range held {
+			if claims == nil {
+				return
+			}
+			if keep != nil && keep(i) {
+				continue
+			}
+			if err := claims.Release(ctx, names[i], claims.Held(names[i]).Minus(held[i])); err != nil {
+				slog.Warn("release a failed service's allocations", "service", names[i], "err", err)
+			}
 		}
-		if held[i], err = a.cluster.ServiceClaims(ctx, s.Namespace+"/"+s.Name); err != nil {
-			undo(0)
-			return ServiceObjects{}, err
+	}
+	if claims != nil {
+		for i := range svcs {
+			held[i] = claims.Held(names[i])
 		}
-		allocated = i + 1
-		if err := a.allocateService(ctx, s); err != nil {
-			undo(0)
+		if err := allocateServices(ctx, claims, a.cfg.serviceCIDR, svcs); err != nil {
+			undo(nil)
 			return ServiceObjects{}, invalid(err.Error())
 		}
 	}
 	var stored []string // what this request stored, named in an error half-way
 	failed := func(what string, err error) error {
 		if len(stored) > 0 {
-			return fmt.Errorf("%s: %w (stored before it: %s)", what, err, strings.Join(stored, ", "))
+			return fmt.Errorf("%s: %w (stored before it: %s)", what, err, listSome(stored))
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	for i := range slices {
 		what := "endpointslice " + slices[i].Namespace + "/" + slices[i].Name
 		if err := a.cluster.PutEndpointSlice(ctx, &slices[i]); err != nil {
-			undo(0)
+			undo(nil)
 			return ServiceObjects{}, failed(what, err)
 		}
 		stored = append(stored, what)
 	}
-	for i := range svcs {
-		what := "service " + svcs[i].Namespace + "/" + svcs[i].Name
-		if err := a.cluster.PutService(ctx, &svcs[i]); err != nil {
-			undo(i) // those before i are stored with what they were given
-			return ServiceObjects{}, failed(what, err)
+	if put, i, err := a.putServices(ctx, svcs); err != nil {
+		undo(func(j int) bool { return put[j] }) // those stored keep what they were given
+		for j := range svcs {
+			if put[j] {
+				stored = append(stored, "service "+names[j])
+			}
 		}
-		stored = append(stored, what)
+		return ServiceObjects{}, failed("service "+names[i], err)
 	}
-	for i := 0; i < allocated; i++ { // what an updated service no longer uses
-		owner := svcs[i].Namespace + "/" + svcs[i].Name
-		if err := a.cluster.ReleaseClaims(ctx, owner, held[i].Minus(store.ClaimsOf(&svcs[i]))); err != nil {
-			slog.Warn("release a service's former allocations", "service", owner, "err", err)
+	for i := range held { // what an updated service no longer uses
+		if claims == nil {
+			break
+		}
+		if err := claims.Release(ctx, names[i], held[i].Minus(store.ClaimsOf(&svcs[i]))); err != nil {
+			slog.Warn("release a service's former allocations", "service", names[i], "err", err)
 		}
 	}
 	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
@@ -228,6 +240,56 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 	return ServiceObjects{Services: out}, nil
 }
 
+// putWorkers is how many Services applyServices writes at once: each write is a store round
+// trip, and etcd serves concurrent ones several times faster than one after another.
+const putWorkers = 16
+
+// putServices stores svcs, putWorkers at a time: their order does not matter, as the
+// generation bump comes after them all. After a failure it starts no more writes; it returns
+// which services it stored, and the failure of the lowest index with that index.
+func (a *Agent) putServices(ctx context.Context, svcs []corev1.Service) ([]bool, int, error) {
+	put := make([]bool, len(svcs))
+	errs := make([]error, len(svcs))
+	var failed atomic.Bool
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(putWorkers, len(svcs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if errs[i] = a.cluster.PutService(ctx, &svcs[i]); errs[i] != nil {
+					failed.Store(true)
+				}
+				put[i] = errs[i] == nil
+			}
+		}()
+	}
+	for i := range svcs {
+		if failed.Load() {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return put, i, err
+		}
+	}
+	return put, 0, nil
+}
+
+// listSome joins names, the first few of many and how many more.
+func listSome(names []string) string {
+	const few = 10
+	if len(names) <= few {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(names[:few], ", "), len(names)-few)
+}
+
 func invalid(msg string) error { return &APIError{Code: CodeInvalidConfig, Message: msg} }
 
 // kubectlSlices refuses to write an EndpointSlice to the kubernetes store.
@@ -236,44 +298,46 @@ func kubectlSlices(key string) string {
 		"(its controller manager writes them): use kubectl", key)
 }
 
-// allocateService claims the cluster IP and node ports s names and allocates those it leaves
-// empty, in the agent's service CIDR and the node port range.
-func (a *Agent) allocateService(ctx context.Context, s *corev1.Service) error {
-	owner := s.Namespace + "/" + s.Name
-	if needsClusterIP(s) {
-		if s.Spec.ClusterIP != "" {
-			ip, _ := netip.ParseAddr(s.Spec.ClusterIP) // ValidateService checked it
-			if err := a.cluster.ClaimServiceIP(ctx, ip, owner); err != nil {
-				return fmt.Errorf("service %s: spec.clusterIP: %w", owner, err)
+// allocateServices claims the cluster IPs and node ports svcs name and allocates those they
+// leave empty, in cidr and the node port range: in order, as if one service after another.
+func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cidr netip.Prefix, svcs []corev1.Service) error {
+	type field struct{ svc, port int } // port -1: spec.clusterIP
+	var wants []store.ClaimWant
+	var fields []field
+	for i := range svcs {
+		s := &svcs[i]
+		owner := s.Namespace + "/" + s.Name
+		if needsClusterIP(s) {
+			w := store.ClaimWant{Owner: owner, CIDR: cidr}
+			if s.Spec.ClusterIP != "" {
+				w.IP, _ = netip.ParseAddr(s.Spec.ClusterIP) // ValidateService checked it
 			}
-		} else {
-			ip, err := a.cluster.AllocateServiceIP(ctx, a.cfg.serviceCIDR, owner)
-			if err != nil {
-				return fmt.Errorf("service %s: spec.clusterIP: %w", owner, err)
-			}
-			s.Spec.ClusterIP = ip.String()
+			wants, fields = append(wants, w), append(fields, field{i, -1})
 		}
-		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
-		single := corev1.IPFamilyPolicySingleStack
-		s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv4Protocol}, &single
-	}
-	if !needsNodePorts(s) {
-		return nil
-	}
-	for i := range s.Spec.Ports {
-		p := &s.Spec.Ports[i]
-		f := fmt.Sprintf("service %s: spec.ports[%d].nodePort", owner, i)
-		if p.NodePort != 0 {
-			if err := a.cluster.ClaimNodePort(ctx, string(p.Protocol), int(p.NodePort), owner); err != nil {
-				return fmt.Errorf("%s: %w", f, err)
-			}
+		if !needsNodePorts(s) {
 			continue
 		}
-		port, err := a.cluster.AllocateNodePort(ctx, string(p.Protocol), owner)
-		if err != nil {
-			return fmt.Errorf("%s: %w", f, err)
+		for j, p := range s.Spec.Ports {
+			n := store.NodePortClaim{Protocol: string(p.Protocol), Port: int(p.NodePort)}
+			wants, fields = append(wants, store.ClaimWant{Owner: owner, NodePort: n}), append(fields, field{i, j})
 		}
-		p.NodePort = int32(port)
+	}
+	if k, err := claims.ClaimAll(ctx, wants); err != nil {
+		s, f := &svcs[fields[k].svc], "spec.clusterIP"
+		if fields[k].port >= 0 {
+			f = fmt.Sprintf("spec.ports[%d].nodePort", fields[k].port)
+		}
+		return fmt.Errorf("service %s/%s: %s: %w", s.Namespace, s.Name, f, err)
+	}
+	for k, w := range wants {
+		s := &svcs[fields[k].svc]
+		if fields[k].port >= 0 {
+			s.Spec.Ports[fields[k].port].NodePort = int32(w.NodePort.Port)
+			continue
+		}
+		single := corev1.IPFamilyPolicySingleStack
+		s.Spec.ClusterIP, s.Spec.ClusterIPs = w.IP.String(), []string{w.IP.String()}
+		s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv4Protocol}, &single
 	}
 	return nil
 }
@@ -826,12 +890,12 @@ func ParseServices(data []byte) (ServiceObjects, error) {
 				return ServiceObjects{}, fmt.Errorf("document %d: %s", doc, cleanDecodeError(err))
 			}
 			for i, item := range list.Items {
-				if err := decodeServiceObject(item, &out); err != nil {
+				if err := decodeServiceObject(item, nil, &out); err != nil {
 					return ServiceObjects{}, fmt.Errorf("document %d: items[%d]: %w", doc, i, err)
 				}
 			}
 		default:
-			if err := decodeServiceObject(b, &out); err != nil {
+			if err := decodeServiceObject(b, &head, &out); err != nil {
 				return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
 			}
 		}
@@ -851,11 +915,15 @@ func typeOf(b []byte) (metav1.TypeMeta, error) {
 	return head, nil
 }
 
-// decodeServiceObject decodes a Service or an EndpointSlice strictly and appends it to out.
-func decodeServiceObject(b []byte, out *ServiceObjects) error {
-	head, err := typeOf(b)
-	if err != nil {
-		return err
+// decodeServiceObject decodes a Service or an EndpointSlice strictly and appends it to out;
+// head is its apiVersion and kind when the caller read them already.
+func decodeServiceObject(b []byte, head *metav1.TypeMeta, out *ServiceObjects) error {
+	if head == nil {
+		h, err := typeOf(b)
+		if err != nil {
+			return err
+		}
+		head = &h
 	}
 	switch {
 	case head.APIVersion == "v1" && head.Kind == "Service":

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -224,6 +227,16 @@ func TestApplyServices(t *testing.T) {
 	}
 	if _, ok, _ := c.ServiceObject(ctx, "s", "fresh"); ok {
 		t.Fatal("a failed request stored a service")
+	}
+	twin := svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "twin", "10.96.0.9" })
+	twin2 := svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "twin2", "10.96.0.9" })
+	if _, err := applySvcs(a, *fresh, *twin, *twin2); err == nil || !strings.Contains(err.Error(), "service s/twin2: spec.clusterIP: service IP 10.96.0.9 is held by service s/twin") {
+		t.Fatalf("a cluster IP given twice: %v", err)
+	}
+	for _, owner := range []string{"s/fresh", "s/twin", "s/twin2"} {
+		if cl, _ := c.ServiceClaims(ctx, owner); len(cl.IPs) != 0 {
+			t.Fatalf("a failed request kept %s's allocation %v", owner, cl.IPs)
+		}
 	}
 	for _, tc := range []struct {
 		svc  *corev1.Service
@@ -471,5 +484,100 @@ func TestApplyEndpointSlices(t *testing.T) {
 	}
 	if rec := do("DELETE", "/v1/endpointslices/s/db-1", nil); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "use kubectl") {
 		t.Fatalf("DELETE under the kubernetes store: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// countingKV counts the calls made to the KV it wraps, by method.
+type countingKV struct {
+	store.KV
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (k *countingKV) count(method string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls[method]++
+}
+
+// take returns the calls counted, and counts from zero again.
+func (k *countingKV) take() map[string]int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := k.calls
+	k.calls = map[string]int{}
+	return out
+}
+
+func (k *countingKV) Get(ctx context.Context, key string) ([]byte, bool, error) {
+	k.count("Get")
+	return k.KV.Get(ctx, key)
+}
+
+func (k *countingKV) List(ctx context.Context, prefix string) (map[string][]byte, error) {
+	k.count("List")
+	return k.KV.List(ctx, prefix)
+}
+
+func (k *countingKV) Put(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	k.count("Put")
+	return k.KV.Put(ctx, key, val, ttl)
+}
+
+func (k *countingKV) Create(ctx context.Context, key string, val []byte) (bool, error) {
+	k.count("Create")
+	return k.KV.Create(ctx, key, val)
+}
+
+func (k *countingKV) Delete(ctx context.Context, key string) error {
+	k.count("Delete")
+	return k.KV.Delete(ctx, key)
+}
+
+// TestApplyManyServices: one request of many services reads the store a fixed number of
+// times, then makes one Create per claim and one Put per service; applying it again keeps
+// every allocation and claims nothing.
+func TestApplyManyServices(t *testing.T) {
+	a, c := serviceAgent(t, "10.96.0.0/16")
+	kv := &countingKV{KV: c.KV, calls: map[string]int{}}
+	a.cluster = &store.Cluster{KV: kv}
+	const n = 300
+	var svcs []corev1.Service
+	for i := range n {
+		svcs = append(svcs, *svcOf(func(s *corev1.Service) {
+			s.Name = fmt.Sprintf("s%d", i)
+			if i%3 == 0 {
+				s.Spec.Type = corev1.ServiceTypeNodePort
+			}
+		}))
+	}
+	got, err := applySvcs(a, svcs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips, ports := map[string]bool{}, map[int32]bool{}
+	for _, s := range got {
+		if ips[s.Spec.ClusterIP] || (s.Spec.Type == corev1.ServiceTypeNodePort && ports[s.Spec.Ports[0].NodePort]) {
+			t.Fatalf("%s: cluster IP %s or node port %d handed out twice", s.Name, s.Spec.ClusterIP, s.Spec.Ports[0].NodePort)
+		}
+		ips[s.Spec.ClusterIP], ports[s.Spec.Ports[0].NodePort] = true, true
+	}
+	claims := n + n/3
+	want := map[string]int{"List": 3, "Create": claims, "Put": n + 1} // + the generation
+	if calls := kv.take(); !reflect.DeepEqual(calls, want) {
+		t.Fatalf("applying %d services made %v, want %v", n, calls, want)
+	}
+	again, err := applySvcs(a, svcs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range again {
+		if !reflect.DeepEqual(again[i].Spec, got[i].Spec) {
+			t.Fatalf("re-applied %s: %+v, want %+v", again[i].Name, again[i].Spec, got[i].Spec)
+		}
+	}
+	want = map[string]int{"List": 3, "Put": n + 1}
+	if calls := kv.take(); !reflect.DeepEqual(calls, want) {
+		t.Fatalf("re-applying %d services made %v, want %v", n, calls, want)
 	}
 }

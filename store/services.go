@@ -108,6 +108,45 @@ func (c *Cluster) ServiceObject(ctx context.Context, ns, name string) (*corev1.S
 	return svc, true, nil
 }
 
+// lookupAllAt is how many names LookupServices looks up before one read of every service
+// costs less than a read of each.
+const lookupAllAt = 32
+
+// LookupServices returns those of the Services names ("ns/name") that the store holds, by
+// name: a read of each for a few names, one read of every service for many.
+func (c *Cluster) LookupServices(ctx context.Context, names []string) (map[string]*corev1.Service, error) {
+	out := map[string]*corev1.Service{}
+	if len(names) < lookupAllAt {
+		for _, n := range names {
+			ns, name, _ := strings.Cut(n, "/")
+			svc, ok, err := c.ServiceObject(ctx, ns, name)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out[n] = svc
+			}
+		}
+		return out, nil
+	}
+	kvs, err := c.KV.List(ctx, ServicesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		v, ok := kvs[ServicesPrefix+n]
+		if !ok {
+			continue
+		}
+		svc := &corev1.Service{}
+		if err := json.Unmarshal(v, svc); err != nil {
+			return nil, fmt.Errorf("service %s: %w", n, err)
+		}
+		out[n] = svc
+	}
+	return out, nil
+}
+
 // ServiceObjects lists every stored Service, by namespace/name.
 func (c *Cluster) ServiceObjects(ctx context.Context) ([]*corev1.Service, error) {
 	kvs, err := c.KV.List(ctx, ServicesPrefix)
@@ -166,7 +205,7 @@ func (c *Cluster) ResolveServices(ctx context.Context, objs []*corev1.Service) (
 	if err != nil {
 		return nil, err
 	}
-	var pods []podBackend
+	var pods map[string][]podBackend // by namespace
 	podsLoaded := false
 	out := make([]Service, 0, len(objs))
 	for _, o := range objs {
@@ -183,7 +222,7 @@ func (c *Cluster) ResolveServices(ctx context.Context, objs []*corev1.Service) (
 				}
 				podsLoaded = true
 			}
-			s.Backends = backendsFromPods(o, s.Ports, pods)
+			s.Backends = backendsFromPods(o, s.Ports, pods[o.Namespace])
 		}
 		if s.Backends == nil {
 			s.Backends = []Backend{}
@@ -344,8 +383,9 @@ type podBackend struct {
 	ports     []PodPort
 }
 
-// podBackends gathers every registered node's endpoints with their pods' labels and ports.
-func (c *Cluster) podBackends(ctx context.Context) ([]podBackend, error) {
+// podBackends gathers every registered node's endpoints with their pods' labels and ports,
+// by namespace.
+func (c *Cluster) podBackends(ctx context.Context) (map[string][]podBackend, error) {
 	nodes, err := c.Nodes(ctx)
 	if err != nil {
 		return nil, err
@@ -354,7 +394,7 @@ func (c *Cluster) podBackends(ctx context.Context) ([]podBackend, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []podBackend
+	out := map[string][]podBackend{}
 	for _, n := range nodes {
 		eps, err := c.Endpoints(ctx, n.Name)
 		if err != nil {
@@ -368,13 +408,14 @@ func (c *Cluster) podBackends(ctx context.Context) ([]podBackend, error) {
 			if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
 				pb.labels, pb.ports = m.Labels, m.Ports
 			}
-			out = append(out, pb)
+			out[e.Namespace] = append(out[e.Namespace], pb)
 		}
 	}
 	return out, nil
 }
 
-// backendsFromPods is what Kubernetes' endpoint controller would make of the pods o selects.
+// backendsFromPods is what Kubernetes' endpoint controller would make of the pods (of its
+// namespace) o selects.
 func backendsFromPods(o *corev1.Service, ports []ServicePort, pods []podBackend) []Backend {
 	byIP := map[netip.Addr]*Backend{}
 	for _, p := range pods {
@@ -439,49 +480,19 @@ func (n NodePortClaim) key() string {
 	return nodePortsPrefix + n.Protocol + "/" + strconv.Itoa(n.Port)
 }
 
-// AllocateServiceIP picks a free address of cidr for owner ("ns/name"), the one it already
-// holds in cidr if any. It skips the network address, the first host (Kubernetes' own
-// kubernetes Service has it) and, as Kubernetes does, the broadcast address. Each address is
-// a key made with Create, so two agents never hand out the same one.
+// AllocateServiceIP picks a free address of cidr for owner, as ServiceClaimSet.AllocateIP
+// does, after one read of the service IP claims. Each address is a key made with Create, so
+// two agents never hand out the same one. To allocate for many services, load a
+// ServiceClaimSet once instead.
 func (c *Cluster) AllocateServiceIP(ctx context.Context, cidr netip.Prefix, owner string) (netip.Addr, error) {
-	cidr = cidr.Masked()
-	if !cidr.Addr().Is4() || cidr.Bits() > 30 {
-		return netip.Addr{}, fmt.Errorf("service CIDR %s: want an IPv4 network of /30 or larger", cidr)
-	}
-	claims, err := c.KV.List(ctx, serviceIPsPrefix)
-	if err != nil {
+	if err := checkServiceCIDR(cidr.Masked()); err != nil {
 		return netip.Addr{}, err
 	}
-	var held []netip.Addr
-	taken := map[netip.Addr]bool{}
-	for k, v := range claims {
-		ip, err := netip.ParseAddr(strings.TrimPrefix(k, serviceIPsPrefix))
-		if err != nil {
-			continue
-		}
-		taken[ip] = true
-		if string(v) == owner && cidr.Contains(ip) {
-			held = append(held, ip)
-		}
+	s := newServiceClaimSet(c.KV)
+	if err := s.read(ctx, serviceIPsPrefix); err != nil {
+		return netip.Addr{}, err
 	}
-	if len(held) > 0 {
-		sort.Slice(held, func(i, j int) bool { return held[i].Less(held[j]) })
-		return held[0], nil
-	}
-	last := lastAddr(cidr)
-	for ip := cidr.Addr().Next().Next(); ip.Less(last); ip = ip.Next() {
-		if taken[ip] {
-			continue
-		}
-		ok, err := c.KV.Create(ctx, serviceIPsPrefix+ip.String(), []byte(owner))
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		if ok {
-			return ip, nil
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("service CIDR %s has no free address left for service %s", cidr, owner)
+	return s.AllocateIP(ctx, cidr, owner)
 }
 
 // lastAddr is the broadcast address of an IPv4 prefix.
@@ -495,110 +506,35 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // ClaimServiceIP records that owner uses ip (given in its spec), refusing one another service
 // holds.
 func (c *Cluster) ClaimServiceIP(ctx context.Context, ip netip.Addr, owner string) error {
-	if !ip.Is4() {
-		return fmt.Errorf("service IP %s is not an IPv4 address", ip)
-	}
-	return c.claim(ctx, serviceIPsPrefix+ip.String(), owner, "service IP "+ip.String())
+	return newServiceClaimSet(c.KV).ClaimIP(ctx, ip, owner)
 }
 
-// claim creates key for owner, or finds it already owner's.
-func (c *Cluster) claim(ctx context.Context, key, owner, what string) error {
-	if ok, err := c.KV.Create(ctx, key, []byte(owner)); err != nil || ok {
-		return err
-	}
-	v, ok, err := c.KV.Get(ctx, key)
-	if err != nil {
-		return err
-	}
-	if !ok { // released since: try once more
-		if ok, err := c.KV.Create(ctx, key, []byte(owner)); err != nil || ok {
-			return err
-		}
-		if v, _, err = c.KV.Get(ctx, key); err != nil {
-			return err
-		}
-	}
-	if string(v) != owner {
-		return fmt.Errorf("%s is held by service %s", what, v)
-	}
-	return nil
-}
-
-func checkProtocol(proto string) error {
-	switch proto {
-	case "TCP", "UDP", "SCTP":
-		return nil
-	}
-	return fmt.Errorf("protocol %q must be TCP, UDP or SCTP", proto)
-}
-
-// AllocateNodePort picks a free node port (30000-32767) of proto for owner.
+// AllocateNodePort picks a free node port (30000-32767) of proto for owner, after one read of
+// that protocol's node port claims.
 func (c *Cluster) AllocateNodePort(ctx context.Context, proto string, owner string) (int, error) {
 	if err := checkProtocol(proto); err != nil {
 		return 0, err
 	}
-	claims, err := c.KV.List(ctx, nodePortsPrefix+proto+"/")
-	if err != nil {
+	s := newServiceClaimSet(c.KV)
+	if err := s.read(ctx, nodePortsPrefix+proto+"/"); err != nil {
 		return 0, err
 	}
-	for port := MinNodePort; port <= MaxNodePort; port++ {
-		n := NodePortClaim{Protocol: proto, Port: port}
-		if _, taken := claims[n.key()]; taken {
-			continue
-		}
-		ok, err := c.KV.Create(ctx, n.key(), []byte(owner))
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			return port, nil
-		}
-	}
-	return 0, fmt.Errorf("no free %s node port left in %d-%d for service %s", proto, MinNodePort, MaxNodePort, owner)
+	return s.AllocateNodePort(ctx, proto, owner)
 }
 
 // ClaimNodePort records that owner uses node port port/proto (given in its spec), refusing
 // one another service holds.
 func (c *Cluster) ClaimNodePort(ctx context.Context, proto string, port int, owner string) error {
-	if err := checkProtocol(proto); err != nil {
-		return err
-	}
-	if port < MinNodePort || port > MaxNodePort {
-		return fmt.Errorf("node port %d is not in %d-%d", port, MinNodePort, MaxNodePort)
-	}
-	n := NodePortClaim{Protocol: proto, Port: port}
-	return c.claim(ctx, n.key(), owner, fmt.Sprintf("node port %d/%s", port, proto))
+	return newServiceClaimSet(c.KV).ClaimNodePort(ctx, proto, port, owner)
 }
 
 // ServiceClaims lists the cluster IPs and node ports owner holds.
 func (c *Cluster) ServiceClaims(ctx context.Context, owner string) (ServiceClaims, error) {
-	var out ServiceClaims
-	ips, err := c.KV.List(ctx, serviceIPsPrefix)
+	s, err := c.LoadServiceClaims(ctx)
 	if err != nil {
-		return out, err
+		return ServiceClaims{}, err
 	}
-	for k, v := range ips {
-		if ip, err := netip.ParseAddr(strings.TrimPrefix(k, serviceIPsPrefix)); err == nil && string(v) == owner {
-			out.IPs = append(out.IPs, ip)
-		}
-	}
-	ports, err := c.KV.List(ctx, nodePortsPrefix)
-	if err != nil {
-		return out, err
-	}
-	for k, v := range ports {
-		proto, port, ok := strings.Cut(strings.TrimPrefix(k, nodePortsPrefix), "/")
-		n, err := strconv.Atoi(port)
-		if ok && err == nil && string(v) == owner {
-			out.NodePorts = append(out.NodePorts, NodePortClaim{Protocol: proto, Port: n})
-		}
-	}
-	sort.Slice(out.IPs, func(i, j int) bool { return out.IPs[i].Less(out.IPs[j]) })
-	sort.Slice(out.NodePorts, func(i, j int) bool {
-		a, b := out.NodePorts[i], out.NodePorts[j]
-		return a.Protocol < b.Protocol || a.Protocol == b.Protocol && a.Port < b.Port
-	})
-	return out, nil
+	return s.Held(owner), nil
 }
 
 // ReleaseClaims frees those of claims that owner still holds.

@@ -436,3 +436,267 @@ func TestClaimsOf(t *testing.T) {
 		t.Fatalf("a headless service claims %v", h.IPs)
 	}
 }
+
+// memKV is a KV in memory that counts the calls made to it.
+type memKV struct {
+	mu    sync.Mutex
+	m     map[string][]byte
+	calls map[string]int
+}
+
+func newMemKV() *memKV { return &memKV{m: map[string][]byte{}, calls: map[string]int{}} }
+
+// take returns the calls counted by method, and counts from zero again.
+func (k *memKV) take() map[string]int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := k.calls
+	k.calls = map[string]int{}
+	return out
+}
+
+func (k *memKV) Get(_ context.Context, key string) ([]byte, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls["Get"]++
+	v, ok := k.m[key]
+	return v, ok, nil
+}
+
+func (k *memKV) List(_ context.Context, prefix string) (map[string][]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls["List"]++
+	out := map[string][]byte{}
+	for key, v := range k.m {
+		if strings.HasPrefix(key, prefix) {
+			out[key] = v
+		}
+	}
+	return out, nil
+}
+
+func (k *memKV) Put(_ context.Context, key string, val []byte, _ time.Duration) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls["Put"]++
+	k.m[key] = val
+	return nil
+}
+
+func (k *memKV) Create(_ context.Context, key string, val []byte) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls["Create"]++
+	if _, ok := k.m[key]; ok {
+		return false, nil
+	}
+	k.m[key] = val
+	return true, nil
+}
+
+func (k *memKV) Delete(_ context.Context, key string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.calls["Delete"]++
+	delete(k.m, key)
+	return nil
+}
+
+func (k *memKV) Watch(context.Context, string) <-chan store.Event {
+	ch := make(chan store.Event)
+	close(ch)
+	return ch
+}
+
+func (k *memKV) Close() error { return nil }
+
+// nth is the address n after the start of p.
+func nth(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + uint32(n)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// TestServiceClaimSetAtScale allocates for 2,000 services in one pass, as one request of the
+// Service API does, with another agent's claims scattered in the range and another agent
+// taking addresses between the read and the Creates: every claim is unique, and the store
+// sees two Lists, one Create per claim (and per one lost), and one Delete per release.
+func TestServiceClaimSetAtScale(t *testing.T) {
+	ctx := context.Background()
+	kv := newMemKV()
+	c := &store.Cluster{KV: kv}
+	cidr := netip.MustParsePrefix("10.96.0.0/20")
+	others := map[netip.Addr]bool{} // another agent's
+	for i := range 200 {
+		ip := nth(cidr, 2+7*i)
+		if err := c.ClaimServiceIP(ctx, ip, fmt.Sprintf("other/x%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		others[ip] = true
+	}
+	if err := c.ClaimNodePort(ctx, "TCP", 30001, "other/np"); err != nil {
+		t.Fatal(err)
+	}
+	kept := nth(cidr, 3000) // s/svc-5 is re-applied: it keeps its address
+	if err := c.ClaimServiceIP(ctx, kept, "s/svc-5"); err != nil {
+		t.Fatal(err)
+	}
+	kv.take()
+
+	set, err := c.LoadServiceClaims(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls := kv.take(); !reflect.DeepEqual(calls, map[string]int{"List": 2}) {
+		t.Fatalf("loading made %v, want two Lists", calls)
+	}
+	// Another agent takes the addresses and the node port the set would hand out first.
+	for _, ip := range []netip.Addr{nth(cidr, 3), nth(cidr, 4)} {
+		if err := c.ClaimServiceIP(ctx, ip, "other/racer"); err != nil {
+			t.Fatal(err)
+		}
+		others[ip] = true
+	}
+	if err := c.ClaimNodePort(ctx, "TCP", 30000, "other/racer"); err != nil {
+		t.Fatal(err)
+	}
+	kv.take()
+
+	const n = 2000
+	var wants []store.ClaimWant
+	for i := range n {
+		owner := fmt.Sprintf("s/svc-%d", i)
+		wants = append(wants, store.ClaimWant{Owner: owner, CIDR: cidr})
+		if i%4 == 0 {
+			wants = append(wants, store.ClaimWant{Owner: owner, NodePort: store.NodePortClaim{Protocol: "TCP"}})
+		}
+	}
+	if i, err := set.ClaimAll(ctx, wants); err != nil {
+		t.Fatalf("want %d: %v", i, err)
+	}
+	ips, ports := map[netip.Addr]string{}, map[int]string{}
+	for _, w := range wants {
+		if w.CIDR.IsValid() {
+			if other, dup := ips[w.IP]; dup || others[w.IP] {
+				t.Fatalf("%s handed to %s, held by %q", w.IP, w.Owner, other)
+			}
+			if !cidr.Contains(w.IP) || w.IP.Compare(nth(cidr, 2)) < 0 || w.IP == nth(cidr, 4095) {
+				t.Fatalf("%s handed to %s: reserved or outside %s", w.IP, w.Owner, cidr)
+			}
+			ips[w.IP] = w.Owner
+			continue
+		}
+		p := w.NodePort.Port
+		if other, dup := ports[p]; dup || p == 30000 || p == 30001 || p < store.MinNodePort || p > store.MaxNodePort {
+			t.Fatalf("node port %d handed to %s, held by %q", p, w.Owner, other)
+		}
+		ports[p] = w.Owner
+	}
+	if ips[kept] != "s/svc-5" || ips[nth(cidr, 5)] != "s/svc-2" {
+		t.Fatalf("%s went to %s, %s to %s: want s/svc-5 to keep its own, s/svc-2 to have the first free one",
+			kept, ips[kept], nth(cidr, 5), ips[nth(cidr, 5)])
+	}
+	newClaims := n - 1 + n/4
+	if calls := kv.take(); !reflect.DeepEqual(calls, map[string]int{"Create": newClaims + 3}) {
+		t.Fatalf("claiming made %v, want %d Creates (one per new claim, and three lost)", calls, newClaims+3)
+	}
+	for _, owner := range []string{"s/svc-0", "s/svc-5", "s/svc-1996"} {
+		if got, err := c.ServiceClaims(ctx, owner); err != nil || !reflect.DeepEqual(got, set.Held(owner)) {
+			t.Fatalf("%s holds %+v in the store (%v), %+v says the set", owner, got, err, set.Held(owner))
+		}
+	}
+	kv.take()
+
+	for i := range n {
+		owner := fmt.Sprintf("s/svc-%d", i)
+		if err := set.Release(ctx, owner, set.Held(owner)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls := kv.take(); !reflect.DeepEqual(calls, map[string]int{"Delete": newClaims + 1}) {
+		t.Fatalf("releasing made %v, want %d Deletes", calls, newClaims+1)
+	}
+	if got, _ := c.ServiceClaims(ctx, "s/svc-0"); len(got.IPs)+len(got.NodePorts) != 0 {
+		t.Fatalf("after release s/svc-0 holds %+v", got)
+	}
+	if got, _ := c.ServiceClaims(ctx, "other/racer"); len(got.IPs) != 2 || len(got.NodePorts) != 1 {
+		t.Fatalf("releasing freed another's claims: other/racer holds %+v", got)
+	}
+	// Released addresses are handed out again, lowest first.
+	if ip, err := set.AllocateIP(ctx, cidr, "s/late"); err != nil || ip != nth(cidr, 5) {
+		t.Fatalf("after release got %s (%v), want %s", ip, err, nth(cidr, 5))
+	}
+}
+
+// TestClaimAll: allocation goes around the addresses the request gives; a given address
+// another service holds, or one given twice in the request, fails at its want, and what was
+// claimed before it stays for the caller to release.
+func TestClaimAll(t *testing.T) {
+	ctx := context.Background()
+	c := localCluster(t)
+	cidr := netip.MustParsePrefix("10.96.0.0/24")
+	if err := c.ClaimServiceIP(ctx, netip.MustParseAddr("10.96.0.3"), "s/web"); err != nil {
+		t.Fatal(err)
+	}
+	set, err := c.LoadServiceClaims(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wants := []store.ClaimWant{{Owner: "s/a", CIDR: cidr}, {Owner: "s/b", IP: netip.MustParseAddr("10.96.0.5")},
+		{Owner: "s/c", CIDR: cidr}, {Owner: "s/d", CIDR: cidr}, {Owner: "s/e", CIDR: cidr}, {Owner: "s/web", CIDR: cidr}}
+	if i, err := set.ClaimAll(ctx, wants); err != nil {
+		t.Fatalf("want %d: %v", i, err)
+	}
+	var got []string
+	for _, w := range wants {
+		got = append(got, w.IP.String())
+	}
+	if want := "10.96.0.2 10.96.0.5 10.96.0.4 10.96.0.6 10.96.0.7 10.96.0.3"; strings.Join(got, " ") != want {
+		t.Fatalf("got %s, want %s", strings.Join(got, " "), want)
+	}
+	for _, w := range wants[:5] {
+		if err := set.Release(ctx, w.Owner, set.Held(w.Owner)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		wants []store.ClaimWant
+		fails int
+		want  string
+	}{
+		{"held by another", []store.ClaimWant{{Owner: "s/a", CIDR: cidr}, {Owner: "s/b", IP: netip.MustParseAddr("10.96.0.3")}},
+			1, "service IP 10.96.0.3 is held by service s/web"},
+		{"given twice", []store.ClaimWant{{Owner: "s/a", IP: netip.MustParseAddr("10.96.0.7")}, {Owner: "s/b", IP: netip.MustParseAddr("10.96.0.7")}},
+			1, "service IP 10.96.0.7 is held by service s/a"},
+		{"node port given twice", []store.ClaimWant{
+			{Owner: "s/a", NodePort: store.NodePortClaim{Protocol: "UDP", Port: 30053}},
+			{Owner: "s/b", NodePort: store.NodePortClaim{Protocol: "UDP", Port: 30053}}},
+			1, "node port 30053/UDP is held by service s/a"},
+		{"bad protocol", []store.ClaimWant{{Owner: "s/a", CIDR: cidr}, {Owner: "s/a", NodePort: store.NodePortClaim{Protocol: "ICMP"}}},
+			1, `protocol "ICMP"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set, err := c.LoadServiceClaims(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i, err := set.ClaimAll(ctx, tc.wants)
+			if err == nil || i != tc.fails || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ClaimAll: want %d failed with %v, want want %d failing with %q", i, err, tc.fails, tc.want)
+			}
+			for _, owner := range []string{"s/a", "s/b"} {
+				if err := set.Release(ctx, owner, set.Held(owner)); err != nil {
+					t.Fatal(err)
+				}
+				if got, _ := c.ServiceClaims(ctx, owner); len(got.IPs)+len(got.NodePorts) != 0 {
+					t.Fatalf("after release %s holds %+v", owner, got)
+				}
+			}
+			if got, _ := c.ServiceClaims(ctx, "s/web"); len(got.IPs) != 1 {
+				t.Fatalf("s/web holds %+v", got)
+			}
+		})
+	}
+}
