@@ -13,6 +13,11 @@ echo
 echo "== one probe, as a script would use it (exit 0 = reachable)"
 "$bin" lab probe shop/frontend db/redis --name "$name" --port 80 --protocol TCP
 echo
+echo "== a Service, load-balanced in BPF (no kube-proxy): by ClusterIP from a pod, by NodePort from outside the cluster"
+"$bin" service list --lab "$name"
+"$bin" lab probe shop/frontend svc/shop/cart --name "$name" --port 8080 --protocol TCP
+"$bin" lab probe underlay node/node1 --name "$name" --port 30080 --protocol TCP
+echo
 echo "== a NetworkPolicy: only shop/frontend may reach the db namespace (returns once every node enforces it)"
 "$bin" policy apply -f examples/deny-shop-to-db.yaml --lab "$name"
 "$bin" lab matrix --name "$name" --port 80 --protocol TCP
@@ -30,6 +35,7 @@ Look inside:
   $bin policy list --lab $name                     # policies and the pods they select
   $bin lab label pod shop/cart app=frontend --name $name   # relabel: watch the matrix change
   $bin --pin-dir $pin metrics                      # counters by reason and direction
+  $bin --pin-dir $pin nat list                     # Service and masquerade translations
   bpftool map dump pinned $pin/endpoints           # the raw map, with BTF field names
   $bin --pin-dir $pin datapath status             # which programs sit on which interfaces
   ip netns exec $name-node1 tcpdump -ni eth0 udp port 8472    # VXLAN on the underlay
