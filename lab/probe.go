@@ -85,10 +85,9 @@ func (s *State) ProbeNodePort(node string, port int, protocol string) error {
 	return probe(s.Underlay, netip.AddrPortFrom(n.IP, uint16(port)), protocol)
 }
 
-func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
-	payload := []byte("ebpfnet-probe\n")
-	var c net.Conn
-	err := namespace.Do(netnsPath, func() (err error) {
+// dialIn connects from the namespace at netnsPath to addr over TCP or UDP.
+func dialIn(netnsPath string, addr netip.AddrPort, protocol string) (c net.Conn, err error) {
+	err = namespace.Do(netnsPath, func() (err error) {
 		switch protocol {
 		case "TCP":
 			c, err = net.DialTimeout("tcp4", addr.String(), ProbeTimeout)
@@ -99,6 +98,12 @@ func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
 		}
 		return err
 	})
+	return c, err
+}
+
+func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
+	payload := []byte("ebpfnet-probe\n")
+	c, err := dialIn(netnsPath, addr, protocol)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) {

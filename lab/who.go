@@ -3,12 +3,9 @@ package lab
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
-
-	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
 // Who is an echo server's answer to WhoRequest: who answered, and whom it saw asking.
@@ -20,18 +17,7 @@ type Who struct {
 // AskWho connects from the namespace at netnsPath to addr over protocol and asks the echo
 // server there who it is and whom it sees.
 func AskWho(netnsPath string, addr netip.AddrPort, protocol string) (Who, error) {
-	var c net.Conn
-	err := namespace.Do(netnsPath, func() (err error) {
-		switch protocol {
-		case "TCP":
-			c, err = net.DialTimeout("tcp4", addr.String(), ProbeTimeout)
-		case "UDP":
-			c, err = net.Dial("udp4", addr.String())
-		default:
-			err = fmt.Errorf("protocol %q cannot be asked (TCP or UDP)", protocol)
-		}
-		return err
-	})
+	c, err := dialIn(netnsPath, addr, protocol)
 	if err != nil {
 		return Who{}, err
 	}

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -160,22 +159,8 @@ func checkKubeServices(t *testing.T, st *lab.State) {
 	})
 
 	t.Run("terminating backend keeps its connection, gets no new one", func(t *testing.T) {
-		var conn net.Conn
-		if err := namespace.Do(client.Netns, func() (err error) {
-			conn, err = net.DialTimeout("tcp4", addr.String(), 2*time.Second)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		rd := bufio.NewReader(conn)
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		conn.Write([]byte(lab.WhoRequest))
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		doomed := netip.MustParseAddr(strings.Fields(line)[0])
+		held := openWho(t, client.Netns, addr)
+		doomed := held.server
 		pod := strings.TrimSpace(kubectl(t, st, "", "get", "pods", "-n", "svc", "-o",
 			fmt.Sprintf("jsonpath={.items[?(@.status.podIP==%q)].metadata.name}", doomed)))
 		kubectl(t, st, "", "delete", "pod", "-n", "svc", pod, "--wait=false")
@@ -198,13 +183,7 @@ func checkKubeServices(t *testing.T, st *lab.State) {
 				t.Fatalf("a new connection went to the terminating %s", doomed)
 			}
 		}
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := conn.Write([]byte("still here\n")); err != nil {
-			t.Fatal(err)
-		}
-		if got, err := rd.ReadString('\n'); err != nil || got != "still here\n" {
-			t.Fatalf("the established connection to the terminating %s: %q, %v", doomed, got, err)
-		}
+		held.stillEchoes(t)
 	})
 }
 

@@ -476,22 +476,8 @@ func checkBackendChurn(t *testing.T, st *lab.State) {
 	}
 	apply(map[netip.Addr]string{b.IP: "ready", c.IP: "ready"})
 	addr := serviceAddr(t, st, "s/manual", 9090, "TCP")
-	var conn net.Conn
-	if err := namespace.Do(a.Netns, func() (err error) {
-		conn, err = net.DialTimeout("tcp4", addr.String(), 2*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	rd := bufio.NewReader(conn)
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	conn.Write([]byte(lab.WhoRequest))
-	line, err := rd.ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	doomed := netip.MustParseAddr(strings.Fields(line)[0])
+	held := openWho(t, a.Netns, addr)
+	doomed := held.server
 	other := map[netip.Addr]netip.Addr{b.IP: c.IP, c.IP: b.IP}[doomed]
 
 	apply(map[netip.Addr]string{doomed: "terminating", other: "ready"})
@@ -500,11 +486,7 @@ func checkBackendChurn(t *testing.T, st *lab.State) {
 			t.Fatalf("new connection %d went to %s, want %s (%s is terminating)", i, w.Server, other, doomed)
 		}
 	}
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	conn.Write([]byte("still here\n"))
-	if got, err := rd.ReadString('\n'); err != nil || got != "still here\n" {
-		t.Fatalf("the established connection to the terminating %s: %q, %v", doomed, got, err)
-	}
+	held.stillEchoes(t)
 
 	apply(map[netip.Addr]string{other: "ready", d.IP: "ready"})
 	seen := backendsSeen(t, a.Netns, addr, "TCP", 60, 2)
@@ -550,5 +532,46 @@ func TestMasqueradeOff(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// heldConn is a TCP connection kept open to an echo server, which told it who answered.
+type heldConn struct {
+	net.Conn
+	rd     *bufio.Reader
+	server netip.Addr
+}
+
+// openWho connects from netns to addr, asks who answered, and keeps the connection open.
+func openWho(t *testing.T, netns string, addr netip.AddrPort) *heldConn {
+	t.Helper()
+	var c net.Conn
+	if err := namespace.Do(netns, func() (err error) {
+		c, err = net.DialTimeout("tcp4", addr.String(), 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	h := &heldConn{Conn: c, rd: bufio.NewReader(c)}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte(lab.WhoRequest))
+	line, err := h.rd.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.server, err = netip.ParseAddr(strings.Fields(line)[0]); err != nil {
+		t.Fatalf("who answered %s: %q", addr, line)
+	}
+	return h
+}
+
+// stillEchoes fails the test unless the connection still carries data both ways.
+func (h *heldConn) stillEchoes(t *testing.T) {
+	t.Helper()
+	h.SetDeadline(time.Now().Add(5 * time.Second))
+	h.Write([]byte("still here\n"))
+	if got, err := h.rd.ReadString('\n'); err != nil || got != "still here\n" {
+		t.Fatalf("the established connection to %s: %q, %v", h.server, got, err)
 	}
 }
