@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -57,16 +56,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 		Short: "apply NetworkPolicy YAML (one or many documents; - reads stdin); returns once every node enforces it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return usageError{errors.New("policy apply needs -f FILE")}
-			}
-			var data []byte
-			var err error
-			if file == "-" {
-				data, err = io.ReadAll(cmd.InOrStdin())
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			data, err := readApplyFile(cmd, file, "policy apply")
 			if err != nil {
 				return err
 			}
@@ -213,4 +203,15 @@ func newExplainCmd(g *globals, t *target) *cobra.Command {
 	}
 	pf.add(cmd)
 	return cmd
+}
+
+// readApplyFile reads what `apply -f FILE` names: the file, or standard input for "-".
+func readApplyFile(cmd *cobra.Command, file, command string) ([]byte, error) {
+	if file == "" {
+		return nil, usageError{fmt.Errorf("%s needs -f FILE", command)}
+	}
+	if file == "-" {
+		return io.ReadAll(cmd.InOrStdin())
+	}
+	return os.ReadFile(file)
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -32,16 +29,7 @@ func newServiceCmd(g *globals) *cobra.Command {
 			"EndpointSlices with kubectl. Returns once every node programmed the change.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return usageError{errors.New("service apply needs -f FILE")}
-			}
-			var data []byte
-			var err error
-			if file == "-" {
-				data, err = io.ReadAll(cmd.InOrStdin())
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			data, err := readApplyFile(cmd, file, "service apply")
 			if err != nil {
 				return err
 			}
