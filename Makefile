@@ -34,7 +34,7 @@ build: ## build bin/ebpfnet and bin/ebpfnet-cni (static: the lab's container ima
 
 test: deps lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
 	@mkdir -p $(BIN)
-	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic)|_test.go' | grep -v '^=== RUN' || true
+	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN' || true
 	@scripts/check-test-log.sh $(TESTLOG)
 
 image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image

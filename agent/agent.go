@@ -52,6 +52,8 @@ type Agent struct {
 	identities sync.Map
 	idGC       identityGC
 	services   *serviceReconciler
+	routesRec  *routeReconciler
+	bgp        *bgpReconciler // nil unless routing is bgp
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -171,13 +173,22 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	if a.dp, err = loader.Load(loader.Config{PinDir: s.PinDir, Sizes: s.MapSizes}); err != nil {
 		return err
 	}
-	if n, err := a.dp.Upgrade(); err != nil {
+	adopted, err := a.dp.Upgrade()
+	if err != nil {
 		return err
-	} else if n > 0 {
-		slog.Info("adopted pinned datapath", "links", n)
+	} else if adopted > 0 {
+		slog.Info("adopted pinned datapath", "links", adopted)
 	}
 	if err := a.setupNode(underlay); err != nil {
 		return err
+	}
+	a.routesRec = &routeReconciler{cfg: s, node: a.node, routes: a.dp.Routes(), source: storeRoutes{self: a.node.Name}}
+	if s.bgp != nil {
+		// Over a running datapath this is a restart: neighbours are asked to keep our routes.
+		if a.bgp, err = newBGPReconciler(ctx, s, a.node, adopted > 0, a.metrics, a.trigger); err != nil {
+			return err
+		}
+		a.routesRec.source = a.bgp
 	}
 	if a.services, err = newServiceReconciler(a.dp.Services(), a.node); err != nil {
 		return err
@@ -189,6 +200,9 @@ func (a *Agent) start(ctx context.Context) (err error) {
 }
 
 func (a *Agent) close() {
+	if a.bgp != nil {
+		a.bgp.close()
+	}
 	if a.dp != nil {
 		a.dp.Close()
 	}

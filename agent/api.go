@@ -117,6 +117,7 @@ func (a *Agent) routes() http.Handler {
 	a.prefilterRoutes(mux)
 	mux.HandleFunc("GET /v1/monitor", a.serveMonitor)
 	a.serviceRoutes(mux)
+	a.bgpRoutes(mux)
 	return mux
 }
 

@@ -49,6 +49,10 @@ type Config struct {
 	// MasqueradePorts are the node's source ports that translated flows take, "MIN-MAX"
 	// (default 20000-29999): keep them out of net.ipv4.ip_local_port_range and NodePorts.
 	MasqueradePorts string `json:"masqueradePorts,omitempty"`
+	// Routing is where routes to other nodes' pod CIDRs come from: store (the default) or
+	// bgp (native mode: the embedded BGP speaker configured by BGP).
+	Routing string     `json:"routing,omitempty"`
+	BGP     *BGPConfig `json:"bgp,omitempty"`
 }
 
 // StoreConfig says where desired state lives.
@@ -99,6 +103,7 @@ type settled struct {
 	masquerade      bool
 	noMasquerade    []netip.Prefix
 	natPorts        maps.PortRange
+	bgp             *bgpSettings // nil unless routing is bgp
 }
 
 // validate fills defaults and checks every field, naming the one that is wrong.
@@ -184,6 +189,9 @@ func (c Config) validate() (*settled, error) {
 		}
 	}
 	if err := s.validateServices(); err != nil {
+		return nil, err
+	}
+	if err := s.validateRouting(); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -28,6 +28,9 @@ type agentMetrics struct {
 	// identitiesCollected counts identities deleted because no pod carried them any more.
 	identitiesCollected prometheus.Counter
 	reconcileError      prometheus.Counter
+	// bgpRefused and bgpInstalled: learned BGP paths refused (by reason) and routes installed.
+	bgpRefused   *prometheus.CounterVec
+	bgpInstalled prometheus.Gauge
 }
 
 func newAgentMetrics(a *Agent) *agentMetrics {
@@ -44,6 +47,9 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.natEntries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ebpfnet_nat_entries", Help: "Entries in the nat map after the last collection (two per translated flow)."})
 	m.reg.MustRegister(m.natGCRemoved, m.natEntries)
 	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, m.identitiesCollected, &datapathCollector{a: a})
+	if a.cfg.bgp != nil {
+		m.registerBGP(a)
+	}
 	return m
 }
 

@@ -19,9 +19,6 @@ import (
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-// routeProtocol tags the kernel routes the agent owns (native mode), so it never touches others.
-const routeProtocol = netlink.RouteProtocol(0xeb)
-
 // reconcile makes the maps (and, in native mode, the kernel routes) match the store. Applying
 // the same state twice changes nothing; only what differs is written or removed.
 func (a *Agent) reconcile(ctx context.Context) error {
@@ -46,7 +43,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	errs := []error{a.reconcileRoutes(nodes), a.reconcileKernelRoutes(nodes)}
+	errs := []error{a.routesRec.reconcile(ctx, nodes)}
 	pol, err := a.compilePolicy(ctx, nodes)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("compile policy: %w", err))...)
@@ -97,101 +94,6 @@ func (a *Agent) reportStatus(ctx context.Context, gen int64, pol *policy.Output)
 	a.programmed.Store(st.Generation)
 	a.lastStatus.Store(&st)
 	return nil
-}
-
-func (a *Agent) reconcileRoutes(nodes []store.Node) error {
-	want := map[netip.Prefix]maps.Route{
-		a.cfg.cluster: {Prefix: a.cfg.cluster, Flags: maps.RouteUnreachable},
-	}
-	for i, n := range nodes {
-		r := maps.Route{Prefix: n.PodCIDR, NodeIP: n.IP, NodeID: uint32(i + 1), Mode: a.cfg.mode}
-		if n.Name == a.node.Name {
-			r.Flags = maps.RouteLocal
-		}
-		want[n.PodCIDR] = r
-	}
-	routes := a.dp.Routes()
-	have, err := routes.List()
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, r := range have {
-		w, ok := want[r.Prefix]
-		if !ok {
-			slog.Info("remove route", "prefix", r.Prefix, "node", r.NodeIP)
-			errs = append(errs, routes.Delete(r.Prefix))
-			continue
-		}
-		if w.NodeIP == r.NodeIP && w.Mode == r.Mode && w.Flags == r.Flags {
-			delete(want, r.Prefix)
-		}
-	}
-	for _, r := range want {
-		if r.Flags == 0 {
-			slog.Info("add route", "prefix", r.Prefix, "node", r.NodeIP, "mode", r.Mode)
-		}
-		// NodeID is positional and may shift; it is informational, so a change alone is not written.
-		errs = append(errs, routes.Upsert(r))
-	}
-	return errors.Join(errs...)
-}
-
-// reconcileKernelRoutes keeps the node's own routes (tagged routeProtocol): the service CIDR,
-// and in VXLAN and IP-in-IP mode the cluster CIDR, through the host device, where from_host
-// translates and encapsulates; in native mode one route per remote pod CIDR via its node.
-func (a *Agent) reconcileKernelRoutes(nodes []store.Node) error {
-	underlay, err := netlink.LinkByName(a.cfg.UnderlayInterface)
-	if err != nil {
-		return err
-	}
-	host, err := netlink.LinkByName(HostDevice)
-	if err != nil {
-		return err
-	}
-	viaHost := func(p netip.Prefix) netlink.Route {
-		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: a.node.IP.AsSlice(),
-			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
-	}
-	want := map[string]netlink.Route{a.cfg.serviceCIDR.String(): viaHost(a.cfg.serviceCIDR)}
-	if a.cfg.mode == maps.ModeNative {
-		for _, n := range nodes {
-			if n.Name != a.node.Name {
-				want[n.PodCIDR.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(n.PodCIDR),
-					Gw: n.IP.AsSlice(), Protocol: routeProtocol}
-			}
-		}
-	} else {
-		want[a.cfg.cluster.String()] = viaHost(a.cfg.cluster)
-	}
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return fmt.Errorf("list kernel routes: %w", err)
-	}
-	var errs []error
-	for _, r := range have {
-		if r.Dst == nil {
-			continue
-		}
-		w, ok := want[r.Dst.String()]
-		if ok && r.Gw.Equal(w.Gw) && r.LinkIndex == w.LinkIndex && r.Src.Equal(w.Src) {
-			delete(want, r.Dst.String())
-			continue
-		}
-		if !ok {
-			errs = append(errs, netlink.RouteDel(&r))
-		}
-	}
-	for _, r := range want {
-		if err := netlink.RouteReplace(&r); err != nil {
-			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // reconcileEndpoints writes the node's endpoints into the map and removes what is stale: an

@@ -36,12 +36,17 @@ func Down(name string) error {
 		stop(n.AgentPID, name)
 	}
 	stop(st.EtcdPID, name)
+	if st.Router != nil {
+		stop(st.Router.PID, name)
+		errs = append(errs, namespace.Delete(filepath.Base(st.Router.Netns)))
+	}
 	for _, p := range st.Pods {
 		errs = append(errs, namespace.Delete(filepath.Base(p.Netns)))
 	}
 	for _, n := range st.Nodes {
 		errs = append(errs, loader.Uninstall(n.PinDir), namespace.Delete(filepath.Base(n.Netns)))
 	}
+	// The underlay namespace holds the bridges (br0 and the racks').
 	errs = append(errs, namespace.Delete(filepath.Base(st.Underlay)))
 	if err := os.Remove(filepath.Join(PinRoot, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove lab pin dir: %w", err))

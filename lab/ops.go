@@ -38,36 +38,6 @@ func (s *State) StartAgent(ctx context.Context, node string, opts Options) error
 	return s.save()
 }
 
-// AddNode joins a new node to a running lab: namespace, underlay, agent. The other nodes
-// learn of it through the store.
-func (s *State) AddNode(ctx context.Context, spec NodeSpec, opts Options) (*Node, error) {
-	if s.Kubernetes {
-		return nil, fmt.Errorf("lab %s runs Kubernetes: nodes cannot be added to it yet", s.Name)
-	}
-	if err := opts.fill(); err != nil {
-		return nil, err
-	}
-	if _, err := s.Node(spec.Name); err == nil {
-		return nil, fmt.Errorf("lab %s already has node %s", s.Name, spec.Name)
-	}
-	ip := underlayCIDR.Addr().Next()
-	for _, n := range s.Nodes {
-		if !n.IP.Less(ip) {
-			ip = n.IP.Next()
-		}
-	}
-	s.Nodes = append(s.Nodes, planNode(s.Name, spec, ip))
-	n := &s.Nodes[len(s.Nodes)-1]
-	if err := s.save(); err != nil {
-		return nil, err
-	}
-	b := &builder{st: s, opts: opts}
-	if err := b.node(ctx, n); err != nil {
-		return nil, err
-	}
-	return n, s.save()
-}
-
 // AddPod adds a pod to a running lab through the CNI plugin and starts its server.
 func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, error) {
 	if s.Kubernetes {

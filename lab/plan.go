@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -8,28 +9,33 @@ import (
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
-// underlayCIDR numbers the nodes' underlay addresses: node i gets .i+1; etcd listens on .254.
-var underlayCIDR = netip.MustParsePrefix("10.250.0.0/24")
-
-var etcdIP = netip.MustParseAddr("10.250.0.254")
-
-// plan decides every name and underlay address of the lab before anything is made. Pod CIDRs
-// and pod addresses come later, from the agents' store and IPAM.
+// plan decides every name and underlay address of the lab before anything is made (see
+// segments.go for the addressing). Pod CIDRs and pod addresses come later, from the agents'
+// store and IPAM.
 func plan(name string, spec *Spec) (*State, error) {
+	if spec.BGP != nil && spec.Kubernetes {
+		return nil, errors.New("bgp: not in a kubernetes lab yet")
+	}
 	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR, VXLANPort: spec.VXLANPort,
 		Underlay: namespace.Path(name + "-underlay"),
 		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes,
 		Masquerade: spec.Masquerade, NoMasqueradeCIDRs: append([]string(nil), spec.NoMasqueradeCIDRs...)}
+	if spec.BGP != nil {
+		b := *spec.BGP
+		st.BGP = &b
+	}
+	if st.BGP.HasRouter() {
+		st.Router = planRouter(name)
+	}
 	for _, ns := range spec.Namespaces {
 		st.Namespaces = append(st.Namespaces, Namespace{Name: ns.Name, Labels: copyLabels(ns.Labels)})
 	}
-	if len(spec.Nodes) > 250 {
-		return nil, fmt.Errorf("at most 250 nodes fit the underlay %s", underlayCIDR)
-	}
-	ip := underlayCIDR.Addr().Next()
 	for _, n := range spec.Nodes {
-		st.Nodes = append(st.Nodes, planNode(name, n, ip))
-		ip = ip.Next()
+		node, err := st.placeNode(n)
+		if err != nil {
+			return nil, err
+		}
+		st.Nodes = append(st.Nodes, node)
 	}
 	for i, p := range spec.Pods {
 		st.Pods = append(st.Pods, Pod{Namespace: p.Namespace, Name: p.Name, Node: p.Node,
@@ -40,7 +46,7 @@ func plan(name string, spec *Spec) (*State, error) {
 }
 
 func planNode(lab string, n NodeSpec, ip netip.Addr) Node {
-	return Node{Name: n.Name, IP: ip, WantCIDR: n.PodCIDR, Netns: namespace.Path(lab + "-" + n.Name),
+	return Node{Name: n.Name, IP: ip, WantCIDR: n.PodCIDR, Rack: n.Rack, Netns: namespace.Path(lab + "-" + n.Name),
 		PinDir: filepath.Join(PinRoot, lab, n.Name), Socket: filepath.Join(Dir(lab), "nodes", n.Name, "agent.sock")}
 }
 

@@ -149,8 +149,11 @@ func (s *State) Matrix(port int, protocol string) (Matrix, error) {
 		firstErr error
 	)
 	sem := make(chan struct{}, 32)
+	// Every row exists before any probe writes into one: the probes only read m itself.
 	for _, from := range s.Pods {
 		m[from.Key()] = map[string]bool{}
+	}
+	for _, from := range s.Pods {
 		for _, to := range s.Pods {
 			if from.Key() == to.Key() {
 				continue

@@ -37,12 +37,18 @@ type Spec struct {
 	// true); the CIDRs are destinations pods reach unmasqueraded.
 	Masquerade        *bool    `json:"masquerade,omitempty"`
 	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
+	// BGP has the agents learn their routes over BGP (routing: bgp), from the lab's router,
+	// from each other, or both (see BGPSpec).
+	BGP *BGPSpec `json:"bgp,omitempty"`
 }
 
 // NodeSpec declares a node.
 type NodeSpec struct {
 	Name    string `json:"name"`
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// Rack is the node's L2 segment, a DNS label: racks are joined only through the lab's BGP
+	// router. Either every node has one or none does.
+	Rack string `json:"rack,omitempty"`
 }
 
 // Namespace is a Kubernetes namespace with its labels.
@@ -161,6 +167,15 @@ func cleanYAMLError(err error) string {
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 
+// checkNodeName refuses names that would not make a node namespace "LAB-NAME" of its own:
+// LAB-underlay and LAB-router are the lab's.
+func checkNodeName(name string) error {
+	if !dnsLabel.MatchString(name) || len(name) > 40 || name == "underlay" || name == "router" {
+		return fmt.Errorf("%q must be a lower-case DNS label of at most 40 characters (and not \"underlay\" or \"router\")", name)
+	}
+	return nil
+}
+
 // Validate checks everything before anything is made, naming the offending field.
 func (s *Spec) Validate() error {
 	if _, err := maps.ParseMode(s.Mode); err != nil {
@@ -197,13 +212,16 @@ func (s *Spec) Validate() error {
 	var cidrs []netip.Prefix
 	for i, n := range s.Nodes {
 		f := fmt.Sprintf("nodes[%d]", i)
-		if !dnsLabel.MatchString(n.Name) || len(n.Name) > 40 || n.Name == "underlay" {
-			return fmt.Errorf("%s.name: %q must be a lower-case DNS label of at most 40 characters (and not \"underlay\")", f, n.Name)
+		if err := checkNodeName(n.Name); err != nil {
+			return fmt.Errorf("%s.name: %w", f, err)
 		}
 		if nodes[n.Name] {
 			return fmt.Errorf("%s.name: duplicate node %q", f, n.Name)
 		}
 		nodes[n.Name] = true
+		if n.Rack != "" && (!dnsLabel.MatchString(n.Rack) || len(n.Rack) > 63) {
+			return fmt.Errorf("%s.rack: %q is not a DNS label", f, n.Rack)
+		}
 		if n.PodCIDR == "" {
 			continue
 		}
@@ -220,6 +238,9 @@ func (s *Spec) Validate() error {
 			}
 		}
 		cidrs = append(cidrs, p)
+	}
+	if err := s.validateBGP(); err != nil {
+		return err
 	}
 	namespaces := map[string]bool{}
 	for i := range s.Namespaces {

@@ -160,3 +160,67 @@ func TestSpecMasquerade(t *testing.T) {
 		})
 	}
 }
+
+// racksFile is two racks of native nodes and a router, to which cases add lines.
+const racksFile = `
+mode: native
+nodes: [{name: node1, rack: a}, {name: node2, rack: a}, {name: node3, rack: b}]
+namespaces: [{name: s}]
+`
+
+func TestSpecBGP(t *testing.T) {
+	s, err := readSpec(t, racksFile+"bgp: {asn: 64512, routerASN: 64500}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := s.BGP; b.ASN != 64512 || b.RouterASN != 64500 || b.HoldTime != "9s" || b.RestartTime != "60s" || !b.HasRouter() {
+		t.Fatalf("bgp with defaults: %+v", *b)
+	}
+	if s.Nodes[2].Rack != "b" {
+		t.Fatalf("node3's rack %q, want b", s.Nodes[2].Rack)
+	}
+	// A full mesh needs no router, nor racks.
+	if _, err := readSpec(t, "mode: native\nnodes: [{name: n1}, {name: n2}]\nbgp: {asn: 4294967295, meshNodes: true, password: s3cret, holdTime: 30s, restartTime: 2m}\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSpecBGPRefused(t *testing.T) {
+	const flat = "mode: native\nnodes: [{name: n1}, {name: n2}]\n"
+	for _, tc := range []struct{ name, file, want string }{
+		{"unknown field", flat + "bgp: {asn: 64512, routerAS: 64500}\n", `unknown field "routerAS"`},
+		{"not native", "mode: vxlan\nnodes: [{name: n1}]\nbgp: {asn: 64512, routerASN: 64500}\n", "bgp: needs mode: native (mode is vxlan)"},
+		{"kubernetes", flat + "kubernetes: true\nbgp: {asn: 64512, routerASN: 64500}\n", "bgp: not in a kubernetes lab yet"},
+		{"no asn", flat + "bgp: {routerASN: 64500}\n", "bgp.asn: 0 is not in 1-4294967295"},
+		{"asn too big", flat + "bgp: {asn: 4294967296, routerASN: 64500}\n", "bgp.asn: 4294967296 is not in 1-4294967295"},
+		{"router asn too big", flat + "bgp: {asn: 64512, routerASN: 4294967296}\n", "bgp.routerASN: 4294967296 is not in 1-4294967295"},
+		{"negative router asn", flat + "bgp: {asn: 64512, routerASN: -1}\n", "bgp.routerASN: -1 is not in"},
+		{"no one to peer with", flat + "bgp: {asn: 64512}\n", "bgp: give a routerASN (the lab's router) or meshNodes: true"},
+		{"hold time", flat + "bgp: {asn: 64512, routerASN: 64500, holdTime: 2s}\n", `bgp.holdTime: "2s" must be whole seconds between 3s and 65535s`},
+		{"hold time fraction", flat + "bgp: {asn: 64512, routerASN: 64500, holdTime: 9.5s}\n", `bgp.holdTime: "9.5s"`},
+		{"restart time", flat + "bgp: {asn: 64512, routerASN: 64500, restartTime: 2h}\n", `bgp.restartTime: "2h" must be whole seconds between 1s and 4095s`},
+		{"password quote", flat + `bgp: {asn: 64512, routerASN: 64500, password: 'a"b'}` + "\n", "bgp.password: must be printable ASCII"},
+		{"password long", flat + "bgp: {asn: 64512, routerASN: 64500, password: " + strings.Repeat("x", 81) + "}\n", "bgp.password: longer than TCP MD5's 80 bytes"},
+		{"racks without bgp", racksFile, "nodes[0].rack: racks need bgp with a routerASN"},
+		{"racks without router", racksFile + "bgp: {asn: 64512, meshNodes: true}\n", "nodes[0].rack: racks need bgp with a routerASN"},
+		{"rack missing", "mode: native\nnodes: [{name: n1, rack: a}, {name: n2}]\nbgp: {asn: 64512, routerASN: 64500}\n",
+			"nodes[1].rack: missing: when one node has a rack every node needs one"},
+		{"bad rack", "mode: native\nnodes: [{name: n1, rack: A_1}]\nbgp: {asn: 64512, routerASN: 64500}\n", `nodes[0].rack: "A_1" is not a DNS label`},
+		{"node named router", "mode: native\nnodes: [{name: router}]\nbgp: {asn: 64512, routerASN: 64500}\n", `nodes[0].name: "router" must be`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := readSpec(t, tc.file); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// `lab up --kubernetes` sets kubernetes after the file is read: plan refuses it too.
+	s, err := readSpec(t, racksFile+"bgp: {asn: 64512, routerASN: 64500}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Kubernetes = true
+	if _, err := plan("t", s); err == nil || !strings.Contains(err.Error(), "bgp: not in a kubernetes lab yet") {
+		t.Fatalf("plan of a kubernetes lab with bgp: %v", err)
+	}
+}

@@ -44,6 +44,13 @@ type State struct {
 	// Masquerade and NoMasqueradeCIDRs go into every node's agent config (see Spec).
 	Masquerade        *bool    `json:"masquerade,omitempty"`
 	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
+
+	// BGP is the lab file's bgp block, with its defaults; nil: the agents route from the store.
+	BGP *BGPSpec `json:"bgp,omitempty"`
+	// Racks are the nodes' segments when they have racks, in the order they were made.
+	Racks []Rack `json:"racks,omitempty"`
+	// Router is the BGP router, when BGP.RouterASN is set.
+	Router *Router `json:"router,omitempty"`
 }
 
 // Node is a node as made.
@@ -57,6 +64,8 @@ type Node struct {
 	AgentPID int          `json:"agentPID,omitempty"`
 	// wantCIDR is the pod CIDR the lab file asked for, if any.
 	WantCIDR string `json:"wantPodCIDR,omitempty"`
+	// Rack is the node's rack, if the lab has racks.
+	Rack string `json:"rack,omitempty"`
 }
 
 // Pod is a pod as made.

@@ -86,6 +86,9 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 	if err := b.underlay(ctx); err != nil {
 		return nil, err
 	}
+	if err := b.router(ctx); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
 	if st.Kubernetes {
 		if err := b.kubeControlPlane(ctx); err != nil {
 			return nil, err
@@ -165,19 +168,22 @@ func (b *builder) underlay(ctx context.Context) error {
 		return err
 	}
 	err := inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-		off := false
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeIf, MTU: underlayMTU}, MulticastSnooping: &off}
-		if err := h.LinkAdd(br); err != nil {
-			return fmt.Errorf("add underlay bridge: %w", err)
-		}
-		if err := disableIPv6(bridgeIf); err != nil {
+		br, err := addBridge(h, bridgeIf)
+		if err != nil {
 			return err
 		}
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: etcdIP.AsSlice(), Mask: net.CIDRMask(underlayCIDR.Bits(), 32)}}
 		if err := h.AddrAdd(br, addr); err != nil {
 			return err
 		}
-		return h.LinkSetUp(br)
+		if err := h.LinkSetUp(br); err != nil {
+			return err
+		}
+		if b.st.Router == nil {
+			return nil
+		}
+		// Racks reach etcd, and NodePort probes from here reach the racks, through the router.
+		return h.RouteAdd(&netlink.Route{Dst: prefixNet(segmentsCIDR), Gw: routerIP.AsSlice()})
 	})
 	if err != nil {
 		return err
@@ -231,11 +237,30 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 
 // agentConfig is node n's agent config, with its store: every lab agent's is made here.
 func (s *State) agentConfig(n *Node, st agent.StoreConfig) agent.Config {
-	return agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR,
+	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR,
 		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
 		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
 		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs}
+	if s.BGP != nil {
+		cfg.Routing, cfg.BGP = agent.RoutingBGP, s.bgpConfig(n)
+	}
+	return cfg
+}
+
+// bgpConfig is node n's BGP speaker: in the lab's AS, peering with the router's address in its
+// segment and, with meshNodes, with every other node.
+func (s *State) bgpConfig(n *Node) *agent.BGPConfig {
+	b := &agent.BGPConfig{ASN: uint32(s.BGP.ASN), MeshNodes: s.BGP.MeshNodes, HoldTime: s.BGP.HoldTime,
+		GracefulRestart: &agent.BGPGracefulRestart{RestartTime: s.BGP.RestartTime}}
+	if s.BGP.HasRouter() {
+		_, router := s.segment(n)
+		b.Peers = []agent.BGPPeer{{Address: router.String(), ASN: uint32(s.BGP.RouterASN), Password: s.BGP.Password}}
+	}
+	if s.BGP.MeshNodes {
+		b.MeshPassword = s.BGP.Password
+	}
+	return b
 }
 
 // IdentityGCGrace is how long the lab's agents keep an identity no pod uses: short, so that a
@@ -297,10 +322,25 @@ func (b *builder) converged(ctx context.Context) error {
 	return nil
 }
 
-// plugIntoUnderlay gives the node its eth0 on the underlay bridge.
+// addBridge makes a switch of the underlay: no IPv6, no multicast snooping, not yet up.
+func addBridge(h *netlink.Handle, name string) (netlink.Link, error) {
+	off := false
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: underlayMTU}, MulticastSnooping: &off}
+	if err := h.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("add underlay bridge %s: %w", name, err)
+	}
+	return br, disableIPv6(name)
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// plugIntoUnderlay gives the node its eth0 on its segment's bridge and, in a rack, the route
+// to the other segments through the router.
 func (b *builder) plugIntoUnderlay(n *Node) error {
-	idx := int(n.IP.As4()[3])
-	port := fmt.Sprintf("n%d", idx)
+	port := portName(n.IP)
+	bridge, gateway := b.st.segment(n)
 	nodeNs, err := os.Open(n.Netns)
 	if err != nil {
 		return err
@@ -316,7 +356,7 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 		if err != nil {
 			return err
 		}
-		br, err := h.LinkByName(bridgeIf)
+		br, err := h.LinkByName(bridge)
 		if err != nil {
 			return err
 		}
@@ -343,7 +383,16 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 		if err := h.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("address eth0: %w", err)
 		}
-		return h.LinkSetUp(l)
+		if err := h.LinkSetUp(l); err != nil {
+			return err
+		}
+		if n.Rack == "" {
+			return nil
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(segmentsCIDR), Gw: gateway.AsSlice()}); err != nil {
+			return fmt.Errorf("route %s via the router: %w", segmentsCIDR, err)
+		}
+		return nil
 	})
 }
 

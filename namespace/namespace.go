@@ -95,6 +95,11 @@ func Create(name string) (string, error) {
 	defer orig.Close()
 	h, err := netns.NewNamed(name)
 	if err != nil {
+		// NewNamed may fail after moving this thread into the new namespace: move it back
+		// before the thread serves anything else, or retire it.
+		if netns.Set(orig) != nil {
+			runtime.LockOSThread()
+		}
 		return "", fmt.Errorf("make network namespace %s: %w", name, err)
 	}
 	defer h.Close()

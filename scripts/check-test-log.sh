@@ -11,5 +11,10 @@ if ((skipped > 0)); then
 	echo "skipped tests (not allowed here):"
 	grep -E '^\s*--- SKIP' "$log"
 fi
+if ((pkgfail > 0 && failed == 0)); then
+	# A test binary died without a failed test: show how it ended (a fatal error, a signal, an exit).
+	echo "a test binary died; the log's last lines before each package failure:"
+	grep -B 40 -E '^FAIL\s' "$log" | grep -vE '^\s*(=== (RUN|PAUSE|CONT)|--- PASS)' | tail -60
+fi
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 ((failed == 0 && skipped == 0 && pkgfail == 0 && passed > 0))

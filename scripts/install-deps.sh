@@ -7,10 +7,11 @@ set -euo pipefail
 
 # kube-proxy (iptables mode) runs iptables, iptables-save and iptables-restore, the nft or the legacy
 # ones of the iptables package; it clears conntrack entries over netlink, with no conntrack tool.
+# bird2 is the BGP router of labs with racks (lab/router*.go): the lab runs its own bird and birdc.
 packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev linux-libc-dev bpftool
 	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps prometheus
-	containerd runc
+	containerd runc bird2
 )
 
 # One dpkg-query for all of them: this runs before every make target.
@@ -33,6 +34,15 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# Debian enables a system BIRD (bird.service, /etc/bird/bird.conf) and may start it: the labs run
+# their own, each in its router namespace, so the system one is stopped and kept from starting.
+if [[ -d /run/systemd/system ]]; then
+	systemctl disable --now bird.service >/dev/null 2>&1 || true
+fi
+if [[ -e /run/bird/bird.ctl ]]; then
+	birdc -s /run/bird/bird.ctl down >/dev/null 2>&1 || true
+fi
 
 # Kubernetes, the lab's and kube-proxy, is built from source and cached outside the repository.
 exec "$(dirname "$0")/build-k8s.sh"

@@ -339,8 +339,11 @@ func probeAmong(st *lab.State, pods []string, port int, proto string) map[string
 	m := map[string]map[string]bool{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	// Every row exists before any probe writes into one: the probes only read m itself.
 	for _, from := range pods {
 		m[from] = map[string]bool{}
+	}
+	for _, from := range pods {
 		for _, to := range pods {
 			if from == to {
 				continue

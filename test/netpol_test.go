@@ -124,7 +124,7 @@ func TestNetworkPolicyCases(t *testing.T) {
 		c := cases[name]
 		modes := c.Modes
 		if len(modes) == 0 {
-			modes = []string{"vxlan", "native", "ipip"}
+			modes = []string{"vxlan", "native-bgp-racks", "ipip"}
 		}
 		for _, mode := range modes {
 			t.Run(name+"/"+mode, func(t *testing.T) {
@@ -134,10 +134,25 @@ func TestNetworkPolicyCases(t *testing.T) {
 				defer func() { <-labSem }()
 				spec := c.Lab
 				spec.Mode = mode
+				if mode == "native-bgp-racks" {
+					spec = inTwoRacks(spec)
+				}
 				playCase(t, c, &spec)
 			})
 		}
 	}
+}
+
+// inTwoRacks is the case's lab in native mode, its nodes spread over two racks joined only by
+// a BIRD router: every route between them is learned over BGP.
+func inTwoRacks(spec lab.Spec) lab.Spec {
+	spec.Mode = "native"
+	spec.BGP = &lab.BGPSpec{ASN: 64512, RouterASN: 64500}
+	spec.Nodes = append([]lab.NodeSpec(nil), spec.Nodes...)
+	for i := range spec.Nodes {
+		spec.Nodes[i].Rack = []string{"a", "b"}[i%2]
+	}
+	return spec
 }
 
 // labSem bounds how many case labs run at once on this small machine.

@@ -18,7 +18,8 @@ func newLabCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "a cluster of nodes and pods made of network namespaces"}
 	cmd.PersistentFlags().StringVar(&name, "name", "lab", "which lab")
 	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabKubeconfigCmd(&name), newLabKubectlCmd(&name), newLabNodesCmd(g, &name),
-		newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabLabelCmd(&name), newLabServeCmd())
+		newLabNodeCmd(g, &name), newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabLabelCmd(&name),
+		newLabBirdcCmd(&name), newLabServeCmd())
 	return cmd
 }
 
@@ -50,6 +51,7 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 			printNodes(out, g, st)
 			fmt.Fprintln(out)
 			printPods(out, g, st)
+			printRouter(out, st)
 			fmt.Fprintf(out, "\nnext: ebpfnet lab matrix --name %s --port P --protocol TCP; ebpfnet lab down --name %s\n", st.Name, st.Name)
 			return nil
 		},
@@ -87,6 +89,46 @@ func newLabNodesCmd(g *globals, name *string) *cobra.Command {
 	}
 }
 
+// newLabNodeCmd is `lab node add|remove`: nodes joining and leaving a running lab.
+func newLabNodeCmd(g *globals, name *string) *cobra.Command {
+	cmd := &cobra.Command{Use: "node", Short: "add a node to a running lab, or remove one"}
+	var spec lab.NodeSpec
+	add := &cobra.Command{
+		Use: "add NODE [--rack RACK] [--pod-cidr CIDR]", Short: "join a new node to the lab (in a lab with racks, in --rack)",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			spec.Name = args[0]
+			if _, err := st.AddNode(cmd.Context(), spec, lab.Options{}); err != nil {
+				return err
+			}
+			return printNodes(cmd.OutOrStdout(), g, st)
+		},
+	}
+	add.Flags().StringVar(&spec.Rack, "rack", "", "the node's rack (a new one makes a new segment)")
+	add.Flags().StringVar(&spec.PodCIDR, "pod-cidr", "", "the node's pod CIDR (default: allocated)")
+	remove := &cobra.Command{
+		Use: "remove NODE", Short: "take a node out of the lab for good: its pods, agent, namespace and BGP session",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.Load(*name)
+			if err != nil {
+				return err
+			}
+			if err := st.RemoveNode(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s removed from lab %q\n", args[0], st.Name)
+			return nil
+		},
+	}
+	cmd.AddCommand(add, remove)
+	return cmd
+}
+
 func newLabPodsCmd(g *globals, name *string) *cobra.Command {
 	return &cobra.Command{
 		Use: "pods", Short: "list the lab's pods", Args: cobra.NoArgs,
@@ -107,8 +149,10 @@ type labNode struct {
 	// underlay namespace, `lab probe underlay node/NAME`).
 	IP      string `json:"ip"`
 	PodCIDR string `json:"podCIDR"`
-	Netns   string `json:"netns"`
-	PinDir  string `json:"pinDir"`
+	// Rack is the node's rack, "" in a lab without racks.
+	Rack   string `json:"rack"`
+	Netns  string `json:"netns"`
+	PinDir string `json:"pinDir"`
 }
 
 type labPod struct {
@@ -125,10 +169,14 @@ func printNodes(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.S
 	out := []labNode{}
 	var rows [][]string
 	for _, n := range st.Nodes {
-		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), n.Netns, n.PinDir})
-		rows = append(rows, []string{n.Name, n.IP.String(), n.PodCIDR.String(), n.Netns})
+		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), n.Rack, n.Netns, n.PinDir})
+		rack := n.Rack
+		if rack == "" {
+			rack = "-"
+		}
+		rows = append(rows, []string{n.Name, n.IP.String(), n.PodCIDR.String(), rack, n.Netns})
 	}
-	return printOut(w, g, out, []string{"NODE", "UNDERLAY IP", "POD CIDR", "NETNS"}, rows)
+	return printOut(w, g, out, []string{"NODE", "UNDERLAY IP", "POD CIDR", "RACK", "NETNS"}, rows)
 }
 
 func printPods(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.State) error {

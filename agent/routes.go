@@ -1,0 +1,180 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// routeProtocol tags the kernel routes the agent owns, so it never touches others.
+const routeProtocol = netlink.RouteProtocol(0xeb)
+
+// remoteRoute is a route to another node's pod CIDR: from the store, or learned by BGP.
+type remoteRoute struct {
+	Prefix netip.Prefix
+	Node   store.Node // the CIDR's owner
+	// Via is the kernel route's gateway in native mode: the owner itself, or a BGP next hop.
+	Via netip.Addr
+}
+
+// routeSource says which remote routes this node should have. complete is false while the
+// source is still learning (BGP after a restart): routes it does not name yet stay.
+type routeSource interface {
+	remoteRoutes(ctx context.Context, nodes []store.Node) (routes []remoteRoute, complete bool, err error)
+}
+
+// storeRoutes is routing: store: every other node's pod CIDR, via that node.
+type storeRoutes struct{ self string }
+
+func (s storeRoutes) remoteRoutes(_ context.Context, nodes []store.Node) ([]remoteRoute, bool, error) {
+	var out []remoteRoute
+	for _, n := range nodes {
+		if n.Name != s.self {
+			out = append(out, remoteRoute{Prefix: n.PodCIDR, Node: n, Via: n.IP})
+		}
+	}
+	return out, true, nil
+}
+
+// routeReconciler owns the routes map and the node's kernel routes (tagged routeProtocol).
+type routeReconciler struct {
+	cfg    *settled
+	node   store.Node
+	routes *maps.Routes
+	source routeSource
+}
+
+// reconcile makes the routes map and the kernel routes match the node list and the source.
+func (rr *routeReconciler) reconcile(ctx context.Context, nodes []store.Node) error {
+	remote, complete, err := rr.source.remoteRoutes(ctx, nodes)
+	if err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+	return errors.Join(rr.reconcileMap(nodes, remote, complete), rr.reconcileKernel(remote, complete))
+}
+
+func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute, complete bool) error {
+	want := map[netip.Prefix]maps.Route{rr.cfg.cluster: {Prefix: rr.cfg.cluster, Flags: maps.RouteUnreachable}}
+	// NodeID is the owner's position in the node list: informational, it may shift.
+	ids := map[string]uint32{}
+	for i, n := range nodes {
+		ids[n.Name] = uint32(i + 1)
+	}
+	want[rr.node.PodCIDR] = maps.Route{Prefix: rr.node.PodCIDR, NodeIP: rr.node.IP, NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
+	for _, r := range remote {
+		want[r.Prefix] = maps.Route{Prefix: r.Prefix, NodeIP: r.Node.IP, NodeID: ids[r.Node.Name], Mode: rr.cfg.mode}
+	}
+	have, err := rr.routes.List()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range have {
+		w, ok := want[r.Prefix]
+		if !ok {
+			if !complete && r.Flags == 0 {
+				continue // a remote route the source has not confirmed or withdrawn yet
+			}
+			slog.Info("remove route", "prefix", r.Prefix, "node", r.NodeIP)
+			errs = append(errs, rr.routes.Delete(r.Prefix))
+			continue
+		}
+		// List leaves NodeIP out of local and unreachable entries.
+		if (w.NodeIP == r.NodeIP || w.Flags != 0) && w.Mode == r.Mode && w.Flags == r.Flags {
+			delete(want, r.Prefix)
+		}
+	}
+	for _, r := range want {
+		if r.Flags == 0 {
+			slog.Info("add route", "prefix", r.Prefix, "node", r.NodeIP, "mode", r.Mode)
+		}
+		errs = append(errs, rr.routes.Upsert(r))
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileKernel keeps the node's own kernel routes: the service CIDR, and in VXLAN and
+// IP-in-IP mode the cluster CIDR, through the host device, where from_host translates and
+// encapsulates; in native mode one route per remote pod CIDR via its gateway.
+func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) error {
+	underlay, err := netlink.LinkByName(rr.cfg.UnderlayInterface)
+	if err != nil {
+		return err
+	}
+	host, err := netlink.LinkByName(HostDevice)
+	if err != nil {
+		return err
+	}
+	viaHost := func(p netip.Prefix) netlink.Route {
+		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: rr.node.IP.AsSlice(),
+			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+	}
+	want := map[string]netlink.Route{rr.cfg.serviceCIDR.String(): viaHost(rr.cfg.serviceCIDR)}
+	if rr.cfg.mode == maps.ModeNative {
+		for _, r := range remote {
+			gw, err := gateway(r.Via)
+			if err != nil {
+				slog.Warn("no way to a pod CIDR's next hop", "prefix", r.Prefix, "nextHop", r.Via, "err", err)
+				continue
+			}
+			want[r.Prefix.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(r.Prefix),
+				Gw: gw.AsSlice(), Protocol: routeProtocol}
+		}
+	} else {
+		want[rr.cfg.cluster.String()] = viaHost(rr.cfg.cluster)
+	}
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("list kernel routes: %w", err)
+	}
+	var errs []error
+	for _, r := range have {
+		if r.Dst == nil {
+			continue
+		}
+		w, ok := want[r.Dst.String()]
+		if ok && r.Gw.Equal(w.Gw) && r.LinkIndex == w.LinkIndex && r.Src.Equal(w.Src) {
+			delete(want, r.Dst.String())
+			continue
+		}
+		if !ok && (complete || r.Gw == nil) {
+			errs = append(errs, netlink.RouteDel(&r))
+		}
+	}
+	for _, r := range want {
+		if err := netlink.RouteReplace(&r); err != nil {
+			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// gateway is the on-link address that leads to nextHop: nextHop itself when it is on a
+// connected network, else the gateway of the kernel's route to it (a route reflector may
+// pass on a next hop in another rack).
+func gateway(nextHop netip.Addr) (netip.Addr, error) {
+	rs, err := netlink.RouteGet(nextHop.AsSlice())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(rs) == 0 || rs[0].Gw == nil {
+		return nextHop, nil
+	}
+	gw, ok := netip.AddrFromSlice(rs[0].Gw.To4())
+	if !ok {
+		return netip.Addr{}, fmt.Errorf("gateway %s is not IPv4", rs[0].Gw)
+	}
+	return gw, nil
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

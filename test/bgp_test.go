@@ -1,0 +1,383 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/bgp"
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// bgpLab is a native lab whose agents learn their routes over BGP, one echo pod per node
+// (TCP 80, UDP 81: what startStream talks to).
+func bgpLab(b *lab.BGPSpec, nodes ...lab.NodeSpec) *lab.Spec {
+	ports := []lab.Port{{Port: 80, Protocol: "TCP"}, {Port: 81, Protocol: "UDP"}}
+	s := &lab.Spec{Mode: "native", BGP: b, Nodes: nodes, Namespaces: []lab.Namespace{{Name: "x"}}}
+	for i, n := range nodes {
+		s.Pods = append(s.Pods, lab.PodSpec{Namespace: "x", Name: fmt.Sprintf("p%d", i+1), Node: n.Name,
+			Labels: map[string]string{"app": "echo"}, Ports: ports})
+	}
+	return s
+}
+
+// birdRoutes is the set of prefixes in the router's BIRD (`show route`).
+func birdRoutes(t *testing.T, st *lab.State) map[netip.Prefix]bool {
+	t.Helper()
+	out, err := st.Birdc(context.Background(), "show", "route")
+	if err != nil {
+		t.Fatalf("birdc show route: %v: %s", err, out)
+	}
+	got := map[netip.Prefix]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			if p, err := netip.ParsePrefix(f[0]); err == nil {
+				got[p] = true
+			}
+		}
+	}
+	return got
+}
+
+func podCIDRs(st *lab.State) map[netip.Prefix]bool {
+	want := map[netip.Prefix]bool{}
+	for _, n := range st.Nodes {
+		want[n.PodCIDR] = true
+	}
+	return want
+}
+
+func bgpPeers(t *testing.T, n *lab.Node) []bgp.PeerStatus {
+	t.Helper()
+	var peers []bgp.PeerStatus
+	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/peers", &peers); err != nil {
+		t.Fatalf("%s: bgp peers: %v", n.Name, err)
+	}
+	return peers
+}
+
+func bgpRoutes(t *testing.T, n *lab.Node) []agent.BGPRoute {
+	t.Helper()
+	var routes []agent.BGPRoute
+	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/routes", &routes); err != nil {
+		t.Fatalf("%s: bgp routes: %v", n.Name, err)
+	}
+	return routes
+}
+
+// waitEstablished waits until every session of n is established and has had the
+// neighbour's End-of-RIB.
+func waitEstablished(t *testing.T, n *lab.Node, peers int) {
+	t.Helper()
+	eventually(t, 30*time.Second, n.Name+"'s BGP sessions", func() (bool, string) {
+		ps := bgpPeers(t, n)
+		ok := len(ps) == peers
+		for _, p := range ps {
+			ok = ok && p.State == bgp.Established && p.EndOfRIB
+		}
+		return ok, fmt.Sprintf("%+v", ps)
+	})
+}
+
+// kernelRoutes lists node n's kernel routes that the agent owns (protocol 0xeb).
+func kernelRoutes(t *testing.T, n *lab.Node) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", filepath.Base(n.Netns), "route", "show", "proto", "235").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip route: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+func allPodPairs(t *testing.T, st *lab.State, port int, protos ...string) {
+	t.Helper()
+	for _, proto := range protos {
+		m, err := st.Matrix(port, proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for from, row := range m {
+			for to, ok := range row {
+				if !ok && from != to {
+					t.Errorf("%s: %s does not reach %s", proto, from, to)
+				}
+			}
+		}
+		if len(m) != len(st.Pods) {
+			t.Fatalf("matrix has %d rows, want %d", len(m), len(st.Pods))
+		}
+	}
+}
+
+// Acceptance (issue 12): two racks joined only by a BIRD router; native mode; every route
+// learned over BGP (with TCP MD5). All pod pairs reach each other; BIRD holds exactly the pod
+// CIDRs; the underlay carries plain pod IPv4; bogus announcements are refused and counted;
+// an agent killed under traffic loses no UDP datagram while graceful restart holds its
+// routes; a node that leaves is withdrawn.
+func TestBGPRacks(t *testing.T) {
+	t.Parallel()
+	st := upLab(t, "bgr", bgpLab(&lab.BGPSpec{ASN: 64512, RouterASN: 64500, Password: "ebpfnet-md5"},
+		lab.NodeSpec{Name: "node1", Rack: "a"}, lab.NodeSpec{Name: "node2", Rack: "a"}, lab.NodeSpec{Name: "node3", Rack: "b"}))
+	node1, _ := st.Node("node1")
+	node3, _ := st.Node("node3")
+	p1, _ := st.Pod("x/p1")
+	p3, _ := st.Pod("x/p3")
+	ctx := context.Background()
+
+	t.Run("all pairs", func(t *testing.T) { allPodPairs(t, st, 80, "TCP"); allPodPairs(t, st, 81, "UDP") })
+	t.Run("BIRD holds exactly the pod CIDRs", func(t *testing.T) {
+		if got, want := birdRoutes(t, st), podCIDRs(st); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("BIRD has %v, want %v", got, want)
+		}
+	})
+	t.Run("plain IPv4 across the router", func(t *testing.T) {
+		probe := func() { st.Probe(p1.Key(), p3.Key(), 80, "TCP") }
+		filter := fmt.Sprintf("ip src %s and ip dst %s and tcp port 80", p1.IP, p3.IP)
+		if !seen(t, node3.Netns, filter, probe) {
+			t.Fatalf("no %q packets reached node3 (the other rack)", filter)
+		}
+		if n := capture(t, node3.Netns, fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort), probe); n != 0 {
+			t.Fatalf("%d encapsulated packets on the underlay", n)
+		}
+		if !strings.Contains(kernelRoutes(t, node1), node3.PodCIDR.String()) {
+			t.Fatalf("node1 has no kernel route to node3's pods: %s", kernelRoutes(t, node1))
+		}
+	})
+	t.Run("bgp peers", func(t *testing.T) {
+		waitEstablished(t, node1, 1)
+		p := bgpPeers(t, node1)[0]
+		if p.ASN != 64500 || !p.MD5 || p.Received != 2 || p.Advertised != 1 || p.Node != "" {
+			t.Fatalf("node1's session with the router: %+v", p)
+		}
+		out, code := ebpfnet(t, "bgp", "peers", "--socket", node1.Socket)
+		if code != 0 || !strings.Contains(out, p.Address.String()) || !strings.Contains(out, "established") {
+			t.Fatalf("bgp peers: %s", out)
+		}
+		expo := scrape(t, node1)
+		if v := sample(t, expo, "ebpfnet_bgp_session_up", map[string]string{"peer": p.Address.String()}); v != 1 {
+			t.Errorf("ebpfnet_bgp_session_up = %v", v)
+		}
+		if v := sample(t, expo, "ebpfnet_bgp_routes_installed", nil); v != 2 {
+			t.Errorf("ebpfnet_bgp_routes_installed = %v, want 2", v)
+		}
+		if v := sample(t, expo, "ebpfnet_bgp_prefixes_received", map[string]string{"peer": p.Address.String()}); v != 2 {
+			t.Errorf("ebpfnet_bgp_prefixes_received = %v, want 2", v)
+		}
+	})
+	t.Run("bogus announcements refused and counted", func(t *testing.T) { checkBogusAnnouncements(t, st) })
+	t.Run("agent SIGKILL under traffic", func(t *testing.T) {
+		s := startStream(t, p1, p3)
+		defer s.stop()
+		s.progress(t, 64<<10, "before the kill")
+		if err := st.StopAgent("node3"); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		// Past the hold time with no agent: the router keeps node3's routes (graceful
+		// restart), node1 keeps its route to node3, and traffic flows on.
+		for time.Since(killed) < 11*time.Second {
+			if !birdRoutes(t, st)[node3.PodCIDR] {
+				t.Fatalf("BIRD dropped node3's %s %s after its agent died", node3.PodCIDR, time.Since(killed))
+			}
+			s.progress(t, 32<<10, "while node3's agent is down")
+			s.udpProgress(t, 100, "while node3's agent is down")
+		}
+		waitRoute(t, node1, node3.PodCIDR, true)
+		if err := st.StartAgent(ctx, "node3", labOpts()); err != nil {
+			t.Fatal(err)
+		}
+		waitEstablished(t, node3, 1)
+		eventually(t, 30*time.Second, "BIRD's session with node3", func() (bool, string) {
+			out, _ := st.Birdc(ctx, "show", "protocols")
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "node3") {
+					return strings.Contains(l, "Established"), l
+				}
+			}
+			return false, string(out)
+		})
+		s.progress(t, 64<<10, "after the restart")
+		s.stop()
+		s.wg.Wait()
+		select {
+		case err := <-s.errs:
+			t.Fatal(err)
+		default:
+		}
+		if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
+			t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
+		}
+		if got, want := birdRoutes(t, st), podCIDRs(st); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after the restart BIRD has %v, want %v", got, want)
+		}
+		t.Logf("TCP %d KiB echoed, UDP %d/%d datagrams echoed across node3's agent kill (%s) and restart",
+			s.tcpBytes.Load()>>10, s.udpEchos.Load(), s.udpSent.Load(), 11*time.Second)
+	})
+	t.Run("a node that leaves is withdrawn", func(t *testing.T) {
+		node2, _ := st.Node("node2")
+		gone := node2.PodCIDR
+		stay := []lab.Node{*node1, *node3} // RemoveNode reshapes st.Nodes: keep copies
+		if err := st.RemoveNode(ctx, "node2"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 9*time.Second, "BIRD to withdraw node2's pod CIDR within the hold time", func() (bool, string) {
+			return !birdRoutes(t, st)[gone], fmt.Sprint(birdRoutes(t, st))
+		})
+		for _, n := range stay {
+			waitRoute(t, &n, gone, false)
+			if strings.Contains(kernelRoutes(t, &n), gone.String()) {
+				t.Errorf("%s keeps a kernel route to %s", n.Name, gone)
+			}
+		}
+		if err := st.Probe(p1.Key(), p3.Key(), 80, "TCP"); err != nil {
+			t.Fatalf("node1 to node3 after node2 left: %v", err)
+		}
+	})
+}
+
+// checkBogusAnnouncements has the router originate a prefix outside the cluster, part of
+// node3's pod CIDR, a CIDR no node owns and node2's whole CIDR (from the router's own AS):
+// node1 installs none of them, counts each by reason, and gets node2's route back after.
+func checkBogusAnnouncements(t *testing.T, st *lab.State) {
+	ctx := context.Background()
+	node1, _ := st.Node("node1")
+	node2, _ := st.Node("node2")
+	node3, _ := st.Node("node3")
+	part := netip.PrefixFrom(node3.PodCIDR.Addr(), node3.PodCIDR.Bits()+1)
+	bogus := map[netip.Prefix]string{
+		netip.MustParsePrefix("192.0.2.0/24"):   "outside-cluster-cidr",
+		part:                                    "not-a-node-pod-cidr",
+		netip.MustParsePrefix("10.244.250.0/24"): "not-a-node-pod-cidr",
+		node2.PodCIDR:                           "foreign-origin",
+	}
+	before := scrape(t, node1)
+	if err := st.AnnounceFromRouter(ctx, slices.Collect(mapsKeys(bogus))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "node1 to judge the router's announcements", func() (bool, string) {
+		found := 0
+		for _, r := range bgpRoutes(t, node1) {
+			if want, ok := bogus[r.Prefix]; ok && r.Verdict == "refused" && r.Reason == want && r.ASPath[len(r.ASPath)-1] == 64500 {
+				found++
+			}
+		}
+		return found == len(bogus), fmt.Sprintf("%d of %d refused", found, len(bogus))
+	})
+	var routes []maps.Route
+	if err := agent.NewClient(node1.Socket).Get(ctx, "/v1/routes", &routes); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		if _, ok := bogus[r.Prefix]; ok {
+			t.Errorf("node1's routes map holds %s", r.Prefix)
+		}
+	}
+	kernel := kernelRoutes(t, node1)
+	for p := range bogus {
+		if strings.Contains(kernel, p.String()+" ") {
+			t.Errorf("node1's kernel routes hold %s:\n%s", p, kernel)
+		}
+	}
+	after := scrape(t, node1)
+	for reason, n := range map[string]float64{"outside-cluster-cidr": 1, "not-a-node-pod-cidr": 2, "foreign-origin": 1} {
+		l := map[string]string{"reason": reason}
+		if d := sample(t, after, "ebpfnet_bgp_routes_refused_total", l) - sample(t, before, "ebpfnet_bgp_routes_refused_total", l); d != n {
+			t.Errorf("ebpfnet_bgp_routes_refused_total{reason=%q} rose by %v, want %v", reason, d, n)
+		}
+	}
+	out, code := ebpfnet(t, "bgp", "routes", "--socket", node1.Socket)
+	if code != 0 || !strings.Contains(out, "refused (outside-cluster-cidr)") || !strings.Contains(out, "installed") {
+		t.Fatalf("bgp routes: %s", out)
+	}
+	if err := st.AnnounceFromRouter(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute(t, node1, node2.PodCIDR, true)
+	eventually(t, 20*time.Second, "the refused paths to go", func() (bool, string) {
+		rs := bgpRoutes(t, node1)
+		for _, r := range rs {
+			if r.Verdict != "installed" {
+				return false, fmt.Sprintf("%+v", r)
+			}
+		}
+		return len(rs) == 2, fmt.Sprintf("%d routes", len(rs))
+	})
+	if err := st.Probe("x/p1", "x/p2", 80, "TCP"); err != nil {
+		t.Fatalf("node1 to node2 after the hijack was withdrawn: %v", err)
+	}
+}
+
+func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// Acceptance (issue 12): one segment, no router, a full iBGP mesh among the nodes found
+// through the store (MD5 on every session): all pairs reach each other, and a node that joins
+// is peered with and reached.
+func TestBGPMesh(t *testing.T) {
+	t.Parallel()
+	st := upLab(t, "bgm", bgpLab(&lab.BGPSpec{ASN: 64512, MeshNodes: true, Password: "mesh"},
+		lab.NodeSpec{Name: "node1"}, lab.NodeSpec{Name: "node2"}, lab.NodeSpec{Name: "node3"}))
+	allPodPairs(t, st, 80, "TCP")
+	node1, _ := st.Node("node1")
+	waitEstablished(t, node1, 2)
+	for _, p := range bgpPeers(t, node1) {
+		if p.ASN != 64512 || !p.MD5 || p.Node == "" || p.Received != 1 {
+			t.Errorf("node1's mesh session: %+v", p)
+		}
+	}
+	for _, r := range bgpRoutes(t, node1) {
+		if r.Verdict != "installed" || len(r.ASPath) != 0 {
+			t.Errorf("node1 learned %+v", r)
+		}
+	}
+	ctx := context.Background()
+	if _, err := st.AddNode(ctx, lab.NodeSpec{Name: "node4"}, labOpts()); err != nil {
+		t.Fatal(err)
+	}
+	p4, err := st.AddPod(ctx, lab.PodSpec{Namespace: "x", Name: "p4", Node: "node4", Ports: []lab.Port{{Port: 80}}}, labOpts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	node4, _ := st.Node("node4")
+	waitEstablished(t, node1, 3)
+	waitRoute(t, node1, node4.PodCIDR, true)
+	eventually(t, 20*time.Second, "x/p1 to reach the new node's pod", func() (bool, string) {
+		err := st.Probe("x/p1", p4.Key(), 80, "TCP")
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
+// Acceptance (issue 12): BIRD as an iBGP route reflector for two racks: the nodes learn each
+// other's routes through it, originator kept, and reach each other's pods.
+func TestBGPRouteReflector(t *testing.T) {
+	t.Parallel()
+	st := upLab(t, "bgrr", bgpLab(&lab.BGPSpec{ASN: 64512, RouterASN: 64512},
+		lab.NodeSpec{Name: "node1", Rack: "a"}, lab.NodeSpec{Name: "node2", Rack: "b"}))
+	allPodPairs(t, st, 80, "TCP")
+	if got, want := birdRoutes(t, st), podCIDRs(st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("BIRD has %v, want %v", got, want)
+	}
+	node1, _ := st.Node("node1")
+	node2, _ := st.Node("node2")
+	rs := bgpRoutes(t, node1)
+	if len(rs) != 1 || rs[0].Prefix != node2.PodCIDR || rs[0].Verdict != "installed" || rs[0].OriginatorID != node2.IP || len(rs[0].ASPath) != 0 {
+		b, _ := json.Marshal(rs)
+		t.Fatalf("node1 learned %s; want node2's %s reflected with originator %s", b, node2.PodCIDR, node2.IP)
+	}
+}
