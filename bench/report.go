@@ -34,6 +34,8 @@ type Report struct {
 	ServiceUpdate *ServiceUpdate `json:"serviceUpdate,omitempty"`
 	// KubeProxy is how long kube-proxy took to program the services suite's Services.
 	KubeProxy []KubeProxyProgram `json:"kubeProxy,omitempty"`
+	// BGP is how fast routes follow nodes joining and leaving a two-rack BGP lab.
+	BGP *BGPConvergence `json:"bgpConvergence,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -155,6 +157,9 @@ func (r *Report) Markdown() string {
 			b.WriteString("## ebpfnet ClusterIP against kube-proxy, among as many Services\n\n| Services | TCP × | p50 × | p99 × |\n|---:|---:|---:|---:|\n")
 			b.WriteString(strings.Join(rows, "\n") + "\n\nebpfnet-native-clusterip-N over kube-proxy-iptables-N; both plainly routed between the nodes. Lower latency ratio is better.\n\n")
 		}
+	}
+	if c := r.BGP; c != nil {
+		c.markdown(&b)
 	}
 	if u := r.ServiceUpdate; u != nil {
 		fmt.Fprintf(&b, "## service backend change\n\nA pod labelled into a Service's selector (store write) until a client looping on the ClusterIP is answered by it (%d rounds): p50 %.1f ms, max %.1f ms\n\n",

@@ -119,4 +119,5 @@ var Suites = map[string]SuiteDef{
 	"cross-node": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
 	"policy":     {Baseline: "kernel-route+10k-iptables", Limit: "kernel-route+10k-iptables", Builders: PolicyThroughput},
 	"services":   {Baseline: "ebpfnet-native-direct", Limit: PodToPodKernel, Builders: func() []Builder { return ServiceSetups(nil) }},
+	"bgp":        {Baseline: NodeToNodeViaRouter, Limit: NodeToNodeViaRouter, Builders: BGPSetups},
 }

@@ -93,11 +93,20 @@ func upBenchLab(t *Topology, name string, spec *lab.Spec) (*lab.State, error) {
 		return nil, err
 	}
 	t.undo = append(t.undo, func() error { return lab.Down(name) })
-	exe, err := os.Executable()
+	opts, err := benchLabOptions()
 	if err != nil {
 		return nil, err
 	}
-	return lab.Up(context.Background(), name, spec, lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")})
+	return lab.Up(context.Background(), name, spec, opts)
+}
+
+// benchLabOptions run a lab's agents from the ebpfnet binary built beside this one.
+func benchLabOptions() (lab.Options, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return lab.Options{}, err
+	}
+	return lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")}, nil
 }
 
 // ServiceUpdate is how long a change of a Service's backends takes to reach the datapath.

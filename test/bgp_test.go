@@ -254,10 +254,10 @@ func checkBogusAnnouncements(t *testing.T, st *lab.State) {
 	node3, _ := st.Node("node3")
 	part := netip.PrefixFrom(node3.PodCIDR.Addr(), node3.PodCIDR.Bits()+1)
 	bogus := map[netip.Prefix]string{
-		netip.MustParsePrefix("192.0.2.0/24"):   "outside-cluster-cidr",
-		part:                                    "not-a-node-pod-cidr",
+		netip.MustParsePrefix("192.0.2.0/24"):    "outside-cluster-cidr",
+		part:                                     "not-a-node-pod-cidr",
 		netip.MustParsePrefix("10.244.250.0/24"): "not-a-node-pod-cidr",
-		node2.PodCIDR:                           "foreign-origin",
+		node2.PodCIDR:                            "foreign-origin",
 	}
 	before := scrape(t, node1)
 	if err := st.AnnounceFromRouter(ctx, slices.Collect(mapsKeys(bogus))); err != nil {

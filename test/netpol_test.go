@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
@@ -112,33 +114,104 @@ func blocked(patterns []string, from, to string) bool {
 	return false
 }
 
-// TestNetworkPolicyCases plays every case through a lab in every mode and checks the matrix.
+// TestNetworkPolicyCases plays every case in every mode and checks the matrix. Cases written
+// against the same lab play one after another on one lab per mode, each starting from the
+// lab as its file made it (no policy, the file's labels): a lab costs far more than a case.
 func TestNetworkPolicyCases(t *testing.T) {
 	cases := readCases(t)
-	names := make([]string, 0, len(cases))
-	for n := range cases {
-		names = append(names, n)
+	groups := map[string][]string{}
+	for name, c := range cases {
+		key, err := json.Marshal(struct {
+			Lab   lab.Spec
+			Modes []string
+		}{c.Lab, c.Modes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		groups[string(key)] = append(groups[string(key)], name)
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		c := cases[name]
-		modes := c.Modes
+	keys := make([]string, 0, len(groups))
+	for k := range groups {
+		sort.Strings(groups[k])
+		keys = append(keys, k)
+	}
+	// Name the labs by their first case, so a lab's name stays put when cases are added.
+	sort.Slice(keys, func(i, j int) bool { return groups[keys[i]][0] < groups[keys[j]][0] })
+	for _, key := range keys {
+		names := groups[key]
+		modes := cases[names[0]].Modes
 		if len(modes) == 0 {
 			modes = []string{"vxlan", "native-bgp-racks", "ipip"}
 		}
 		for _, mode := range modes {
-			t.Run(name+"/"+mode, func(t *testing.T) {
+			t.Run(mode+"/lab-of-"+names[0], func(t *testing.T) {
 				t.Parallel()
 				nstest.RequireRoot(t)
 				labSem <- struct{}{}
 				defer func() { <-labSem }()
-				spec := c.Lab
+				spec := cases[names[0]].Lab
 				spec.Mode = mode
 				if mode == "native-bgp-racks" {
 					spec = inTwoRacks(spec)
 				}
-				playCase(t, c, &spec)
+				st := upLab(t, "np", &spec)
+				for _, name := range names {
+					t.Run(name, func(t *testing.T) {
+						defer resetLab(t, st, &spec)
+						playCase(t, cases[name], st)
+					})
+				}
 			})
+		}
+	}
+}
+
+// resetLab undoes what a case did to a shared lab: every policy deleted, every pod's and
+// namespace's labels back to the lab file's. Each call returns once every node programmed it.
+func resetLab(t *testing.T, st *lab.State, spec *lab.Spec) {
+	t.Helper()
+	ctx := context.Background()
+	var list agent.PolicyList
+	if err := st.Client().Get(ctx, "/v1/policies", &list); err != nil {
+		t.Errorf("reset: list policies: %v", err)
+		return
+	}
+	for _, np := range list.Policies {
+		if err := st.Client().DeletePolicy(ctx, np.Namespace, np.Name); err != nil {
+			t.Errorf("reset: delete %s/%s: %v", np.Namespace, np.Name, err)
+		}
+	}
+	restore := func(kind, key string, have, want map[string]string) {
+		set, remove := map[string]string{}, []string{}
+		for k, v := range want {
+			if have[k] != v {
+				set[k] = v
+			}
+		}
+		for k := range have {
+			if _, ok := want[k]; !ok {
+				remove = append(remove, k)
+			}
+		}
+		if len(set) > 0 || len(remove) > 0 {
+			if err := st.Label(ctx, kind, key, set, remove); err != nil {
+				t.Errorf("reset: label %s %s: %v", kind, key, err)
+			}
+		}
+	}
+	for _, p := range spec.Pods {
+		have, err := st.Pod(p.Key())
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		restore("pod", p.Key(), have.Labels, p.Labels)
+	}
+	for _, ns := range spec.Namespaces {
+		for _, have := range st.Namespaces {
+			if have.Name == ns.Name {
+				restore("namespace", ns.Name, have.Labels, ns.Labels)
+			}
 		}
 	}
 }
@@ -158,8 +231,8 @@ func inTwoRacks(spec lab.Spec) lab.Spec {
 // labSem bounds how many case labs run at once on this small machine.
 var labSem = make(chan struct{}, 6)
 
-func playCase(t *testing.T, c *netpolCase, spec *lab.Spec) {
-	st := upLab(t, "np", spec)
+// playCase plays a case's steps on a lab made from its file.
+func playCase(t *testing.T, c *netpolCase, st *lab.State) {
 	ctx := context.Background()
 	for i, step := range c.Steps {
 		where := fmt.Sprintf("step %d", i+1)

@@ -32,13 +32,14 @@ func run(ctx context.Context) error {
 	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
-	suites := flag.String("suites", "same-node,cross-node,policy,services", "comma-separated suites to run: same-node, cross-node, policy, services")
+	suites := flag.String("suites", "same-node,cross-node,policy,services,bgp", "comma-separated suites to run: same-node, cross-node, policy, services, bgp")
 	serviceUpdates := flag.Int("service-updates", 10, "Service backend changes to time (0 skips them)")
 	kubeProxy := flag.String("kube-proxy-services", "1000,10000", "services suite: Service counts for kube-proxy (iptables mode) and ebpfnet among as many Services (empty skips)")
 	kubeProxyIPT := flag.String("kube-proxy-iptables", "nft", "services suite: kube-proxy's iptables backend, nft or legacy")
 	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
 	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
 	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
+	bgpJoins := flag.Int("bgp-joins", 5, "bgp suite: nodes to join to a two-rack lab and remove again, timing route convergence (0 skips them)")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
 		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")
@@ -110,6 +111,13 @@ func run(ctx context.Context) error {
 		}
 		if kp != nil {
 			report.KubeProxy = kp.Programs
+		}
+		if name == "bgp" && *bgpJoins > 0 {
+			c, err := bench.MeasureBGPConvergence(ctx, *bgpJoins)
+			if err != nil {
+				return fmt.Errorf("bgp convergence figures: %w", err)
+			}
+			report.BGP = &c
 		}
 		report.Suites = append(report.Suites, s)
 	}
