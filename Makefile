@@ -7,8 +7,13 @@ GO        ?= go
 BIN       := bin
 TESTLOG   := $(BIN)/test.log
 C_SOURCES := $(wildcard bpf/*.c bpf/include/*.h)
+# make soak: how long the CNI churn runs.
+SOAK_TIME ?= 10m
+# make fuzz: seeded packets compared with the model, then how long the fuzzing engine runs.
+FUZZ_PACKETS ?= 1000000
+FUZZ_TIME    ?= 60s
 
-.PHONY: help deps generate check-generate lint build image test bench demo clean
+.PHONY: help deps generate check-generate lint build image test fuzz soak bench demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +41,13 @@ test: deps lint build ## run every test (needs root: namespaces, BPF); fails if 
 	@mkdir -p $(BIN)
 	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN' || true
 	@scripts/check-test-log.sh $(TESTLOG)
+
+fuzz: deps ## hold the datapath to its Go model (package model): FUZZ_PACKETS seeded packets, then FUZZ_TIME of native fuzzing
+	$(GO) test -count=1 -timeout 60m -run '^TestDatapathMatchesModel$$' -v ./fuzz/ -args -packets=$(FUZZ_PACKETS)
+	$(GO) test -count=1 -timeout 60m -run '^$$' -fuzz '^FuzzDatapath$$' -fuzztime $(FUZZ_TIME) ./fuzz/
+
+soak: deps build ## 100 CNI callers ADD/DEL for SOAK_TIME (10m) while the agent restarts 3 times; reports its goroutines and heap
+	EBPFNET_SOAK=$(SOAK_TIME) $(GO) test -count=1 -timeout 90m -run '^TestCNIChurn$$' -v ./test/ | grep -E '^(---|ok|FAIL)|_test.go'
 
 image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image
 	$(BIN)/ebpfnet image build --out $(BIN)/image

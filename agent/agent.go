@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vishvananda/netlink"
 
 	"github.com/ebpfnet/ebpfnet/ipam"
@@ -42,6 +43,7 @@ type Agent struct {
 	lastInput  atomic.Pointer[policy.Input]
 	recMu      sync.Mutex  // one reconcile at a time
 	retrying   atomic.Bool // a retry of a failed reconcile is scheduled
+	failures   int         // reconciles failed in a row (reconcileLoop only)
 	metrics    *agentMetrics
 	// prefilterMode is "native" or "generic" while the XDP prefilter is attached, else "".
 	prefilterMode atomic.Value
@@ -54,6 +56,7 @@ type Agent struct {
 	services   *serviceReconciler
 	routesRec  *routeReconciler
 	bgp        *bgpReconciler // nil unless routing is bgp
+	health     *storeHealth
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -80,6 +83,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	a.prefilterMode.Store("")
 	a.metrics = newAgentMetrics(a)
+	a.health = newStoreHealth(a.metrics.reg)
+	// The process's own figures (goroutines, heap, RSS, descriptors): what a soak watches.
+	a.metrics.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := a.start(ctx); err != nil {
 		return err
 	}
@@ -95,7 +101,8 @@ func Run(ctx context.Context, cfg Config) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.health.watch(ctx, a.kv, a.trigger) }()
 	go func() { defer wg.Done(); a.readEvents(ctx) }()
 	go func() { defer wg.Done(); a.watch(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
@@ -258,6 +265,12 @@ func ownBookkeeping(key string) bool {
 	return false
 }
 
+// Retries of a failed reconcile back off from reconcileBackoffMin to reconcileBackoffMax.
+const (
+	reconcileBackoffMin = time.Second
+	reconcileBackoffMax = 30 * time.Second
+)
+
 // generationPoll is how often the agent reads the store's generation besides watching it.
 const generationPoll = 3 * time.Second
 
@@ -294,10 +307,17 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		if err := a.reconcile(ctx); err != nil && ctx.Err() == nil {
 			a.metrics.reconcileError.Inc()
-			slog.Warn("reconcile failed; retrying in a second", "err", err)
-			if a.retrying.CompareAndSwap(false, true) { // one retry pending at a time
-				time.AfterFunc(time.Second, func() { a.retrying.Store(false); a.trigger() })
+			// Retries back off, doubling up to reconcileBackoffMax, while failures go on.
+			delay := min(reconcileBackoffMin<<min(a.failures, 8), reconcileBackoffMax)
+			a.failures++
+			if a.failures == 1 || a.health.up() {
+				slog.Warn("reconcile failed; retrying", "in", delay, "err", err)
 			}
+			if a.retrying.CompareAndSwap(false, true) { // one retry pending at a time
+				time.AfterFunc(delay, func() { a.retrying.Store(false); a.trigger() })
+			}
+		} else if err == nil {
+			a.failures = 0
 		}
 		if next, err := a.collectIdentities(ctx); err != nil && ctx.Err() == nil {
 			slog.Warn("identity gc", "err", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,8 +17,9 @@ import (
 	"github.com/ebpfnet/ebpfnet/maps"
 )
 
-// listenUnix makes the API socket: 0600 in a 0700 directory, so only root can open it. Its
-// connections may carry a pod's network namespace as a descriptor (fdpass).
+// listenUnix makes the API socket: 0600 in a 0700 directory, so only root can open it, and
+// every connection's peer must be root whatever the mode (rootOnly). Its connections may carry
+// a pod's network namespace as a descriptor (fdpass).
 func listenUnix(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -37,12 +39,76 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	return fdpass.NewListener(ln), nil
+	return fdpass.NewListener(rootOnly{ln}), nil
 }
 
 // apiServer serves the API; CNI handlers find a passed namespace through the connection's context.
 func (a *Agent) apiServer() *http.Server {
-	return &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second, ConnContext: fdpass.ConnContext}
+	return &http.Server{Handler: limitBody(a.routes(), MaxRequestBytes), ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: fdpass.ConnContext}
+}
+
+// MaxRequestBytes bounds the body of any API request: far above a real one (a file of
+// thousands of NetworkPolicies), far below what would strain the node.
+const MaxRequestBytes = 16 << 20
+
+// limitBody refuses a request whose body is over limit bytes: at once when its Content-Length
+// says so (413), else when reading it goes past the limit (the handler's read fails with the
+// same error). Either way the handler never holds more than limit bytes of it.
+func limitBody(h http.Handler, limit int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			json.NewEncoder(w).Encode(tooLarge(limit))
+			return
+		}
+		r.Body = &boundedBody{ReadCloser: r.Body, left: limit, limit: limit}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func tooLarge(limit int64) *APIError {
+	return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("request body is over the agent API's limit of %d MiB", limit>>20)}
+}
+
+// boundedBody reads a request body of at most limit bytes; past that, reads fail with tooLarge.
+type boundedBody struct {
+	io.ReadCloser
+	left, limit int64
+	err         error
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	var n int
+	var err error
+	if len(p) > 0 {
+		n, err = b.ReadCloser.Read(p)
+		b.left -= int64(n)
+	}
+	if b.left == 0 && err == nil {
+		// At the limit the body must end: look one byte further, so that a reader which stops
+		// at the limit itself (io.LimitReader) never takes a cut body for a whole one.
+		var one [1]byte
+		m, perr := io.ReadFull(b.ReadCloser, one[:])
+		switch {
+		case m > 0:
+			err = tooLarge(b.limit)
+		case errors.Is(perr, io.EOF):
+			err = io.EOF
+		default:
+			err = perr
+		}
+	}
+	b.err = err
+	return n, err
 }
 
 // APIError is an error as the API returns it, with the CNI error code it maps to.
@@ -78,7 +144,12 @@ type Status struct {
 func (a *Agent) status(ctx context.Context) Status {
 	st := Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
 		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilterMode.Load().(string)}
-	if _, err := a.cluster.Nodes(ctx); err != nil {
+	// The store answers quickly or not at all: a status must not wait on a store that went away.
+	sctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
+	defer cancel()
+	if !a.health.up() {
+		st.Ready = false
+	} else if _, err := a.cluster.Nodes(sctx); err != nil {
 		st.Ready = false
 	}
 	return st
@@ -87,13 +158,13 @@ func (a *Agent) status(ctx context.Context) Status {
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, a.status(r.Context()), nil) })
-	mux.HandleFunc("POST /v1/cni/add", handle(a.cniAdd))
-	mux.HandleFunc("POST /v1/cni/del", handle(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+	mux.HandleFunc("POST /v1/cni/add", handle(checkedAttach(a.cniAdd, true)))
+	mux.HandleFunc("POST /v1/cni/del", handle(checkedAttach(func(ctx context.Context, req AttachRequest) (struct{}, error) {
 		return struct{}{}, a.cniDel(ctx, req)
-	}))
-	mux.HandleFunc("POST /v1/cni/check", handle(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+	}, false)))
+	mux.HandleFunc("POST /v1/cni/check", handle(checkedAttach(func(ctx context.Context, req AttachRequest) (struct{}, error) {
 		return struct{}{}, a.cniCheck(ctx, req)
-	}))
+	}, true)))
 	mux.HandleFunc("POST /v1/cni/gc", handle(a.cniGC))
 	mux.HandleFunc("GET /v1/endpoints", func(w http.ResponseWriter, r *http.Request) {
 		eps, err := a.cluster.Endpoints(r.Context(), r.URL.Query().Get("node"))

@@ -113,6 +113,9 @@ func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	if err := a.roomFor(ctx, req); err != nil {
+		return res, err
+	}
 	ip, err := a.ipam.Allocate(ctx, req.owner())
 	if err != nil {
 		if errors.Is(err, ipam.ErrExhausted) {

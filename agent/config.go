@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -188,6 +189,9 @@ func (c Config) validate() (*settled, error) {
 			return nil, fmt.Errorf("identityGCGrace: %q must be a duration of at least 1s", c.IdentityGCGrace)
 		}
 	}
+	if err := ValidateMapSizes(c.MapSizes); err != nil {
+		return nil, err
+	}
 	if err := s.validateServices(); err != nil {
 		return nil, err
 	}
@@ -230,5 +234,61 @@ func (s *settled) validateServices() error {
 		return fmt.Errorf("masqueradePorts: %q overlaps the NodePort range 30000-32767", ports)
 	}
 	s.natPorts = maps.PortRange{Min: uint16(lo), Max: uint16(hi)}
+	return nil
+}
+
+// Bounds of mapSizes. MaxMapEntries is what one map may hold: beyond it the preallocated LRU maps
+// (conntrack, nat) alone take gigabytes of locked kernel memory, and a node has no use for more
+// (identities are 24 bits). MinMapEntries keeps a map useful at all.
+const (
+	MinMapEntries = 16
+	MaxMapEntries = 1 << 24
+	// MaxEventsBytes bounds the drop ring buffer.
+	MaxEventsBytes = 1 << 30
+	// MinFlowEntriesPerCPU bounds the LRU maps whose entries flows live on (conntrack, nat)
+	// from below. The kernel keeps up to 128 of an LRU map's entries per CPU aside, frees and
+	// moves them 128 at a time, and when none on its lists is unreferenced evicts one in use:
+	// a small map under a flood of short flows loses the busy ones. test/fullmaps_test.go saw
+	// a busy TCP flow evicted at 256 and 512 entries per CPU and kept at 1024 and 2048.
+	MinFlowEntriesPerCPU = 2048
+)
+
+// MinFlowEntries is the smallest conntrack or nat map this node takes (MinFlowEntriesPerCPU
+// for each of its CPUs).
+func MinFlowEntries() uint32 { return uint32(MinFlowEntriesPerCPU * runtime.NumCPU()) }
+
+// ValidateMapSizes checks mapSizes field by field; zero keeps a map's default.
+func ValidateMapSizes(s maps.Sizes) error {
+	d := maps.DefaultSizes
+	flowReason := fmt.Sprintf(" (%d per CPU: smaller LRU maps evict flows in use)", MinFlowEntriesPerCPU)
+	for _, f := range []struct {
+		name      string
+		v, def    uint32
+		min, max  uint32
+		minReason string
+	}{
+		{"endpoints", s.Endpoints, d.Endpoints, MinMapEntries, MaxMapEntries, ""},
+		// Every (reason, direction) the datapath counts needs its own entry.
+		{"metrics", s.Metrics, d.Metrics, uint32(len(maps.ReasonNames) * len(maps.DirectionNames)), 1 << 16,
+			" (one entry per reason and hook)"},
+		{"prefilter", s.Prefilter, d.Prefilter, MinMapEntries, MaxMapEntries, ""},
+		{"routes", s.Routes, d.Routes, MinMapEntries, MaxMapEntries, ""},
+		{"ipcache", s.IPCache, d.IPCache, MinMapEntries, MaxMapEntries, ""},
+		{"policy", s.Policy, d.Policy, MinMapEntries, MaxMapEntries, ""},
+		{"conntrack", s.Conntrack, d.Conntrack, MinFlowEntries(), MaxMapEntries, flowReason},
+		{"services", s.Services, d.Services, MinMapEntries, MaxMapEntries, ""},
+		{"backends", s.Backends, d.Backends, MinMapEntries, MaxMapEntries, ""},
+		{"affinity", s.Affinity, d.Affinity, MinMapEntries, MaxMapEntries, ""},
+		{"nat", s.NAT, d.NAT, MinFlowEntries(), MaxMapEntries, flowReason},
+		{"noMasquerade", s.NoMasquerade, d.NoMasquerade, MinMapEntries, MaxMapEntries, ""},
+	} {
+		if f.v != 0 && (f.v < f.min || f.v > f.max) {
+			return fmt.Errorf("mapSizes.%s: %d must be between %d%s and %d (0 keeps the default %d)", f.name, f.v, f.min, f.minReason, f.max, f.def)
+		}
+	}
+	if e := s.Events; e != 0 && (e < uint32(os.Getpagesize()) || e > MaxEventsBytes || e&(e-1) != 0) {
+		return fmt.Errorf("mapSizes.events: %d bytes must be a power of two between the page size %d and %d (0 keeps the default %d)",
+			e, os.Getpagesize(), MaxEventsBytes, d.Events)
+	}
 	return nil
 }

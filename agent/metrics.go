@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -31,7 +32,15 @@ type agentMetrics struct {
 	// bgpRefused and bgpInstalled: learned BGP paths refused (by reason) and routes installed.
 	bgpRefused   *prometheus.CounterVec
 	bgpInstalled prometheus.Gauge
+	// mapRefusals counts changes refused, and store states held back, for want of room in a
+	// map; held is what this node holds back now (ebpfnet_bpf_map_full).
+	mapRefusals *prometheus.CounterVec
+	held        holdBack
 }
+
+// checkedMaps are the maps a change is refused for: what ebpfnet_bpf_map_full and
+// ebpfnet_map_refusals_total report on.
+var checkedMaps = []string{maps.EndpointsName, maps.IPCacheName, maps.PolicyName}
 
 func newAgentMetrics(a *Agent) *agentMetrics {
 	m := &agentMetrics{reg: prometheus.NewRegistry()}
@@ -46,6 +55,12 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.natGCRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "ebpfnet_nat_gc_removed_total", Help: "Translations of ended flows removed from the nat map."})
 	m.natEntries = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ebpfnet_nat_entries", Help: "Entries in the nat map after the last collection (two per translated flow)."})
 	m.reg.MustRegister(m.natGCRemoved, m.natEntries)
+	m.mapRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ebpfnet_map_refusals_total",
+		Help: "Changes refused (policy apply, label change, CNI ADD) and store states held back because a map could not hold them, by map."}, []string{"map"})
+	for _, name := range checkedMaps {
+		m.mapRefusals.WithLabelValues(name)
+	}
+	m.reg.MustRegister(m.mapRefusals)
 	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, m.identitiesCollected, &datapathCollector{a: a})
 	if a.cfg.bgp != nil {
 		m.registerBGP(a)
@@ -77,6 +92,7 @@ var (
 	dropPackets    = prometheus.NewDesc("ebpfnet_drop_packets_total", "Packets the datapath dropped, by hook and reason.", []string{"direction", "reason"}, nil)
 	dropBytes      = prometheus.NewDesc("ebpfnet_drop_bytes_total", "Bytes the datapath dropped, by hook and reason.", []string{"direction", "reason"}, nil)
 	mapPressure    = prometheus.NewDesc("ebpfnet_bpf_map_pressure", "Fill ratio of a datapath map: entries over capacity.", []string{"map"}, nil)
+	mapFull        = prometheus.NewDesc("ebpfnet_bpf_map_full", "1 while a map holds all it can or cannot hold what the store wants of this node (the change is held back), else 0.", []string{"map"}, nil)
 	endpointsDesc  = prometheus.NewDesc("ebpfnet_endpoints", "Pods attached on this node.", nil, nil)
 	identitiesDesc = prometheus.NewDesc("ebpfnet_identities", "Security identities in the cluster.", nil, nil)
 	policiesDesc   = prometheus.NewDesc("ebpfnet_policies", "NetworkPolicies in the cluster.", nil, nil)
@@ -88,7 +104,7 @@ var (
 type datapathCollector struct{ a *Agent }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{eventsLost, forwardPackets, forwardBytes, dropPackets, dropBytes, mapPressure, endpointsDesc, identitiesDesc, policiesDesc, ctEntries} {
+	for _, d := range []*prometheus.Desc{eventsLost, forwardPackets, forwardBytes, dropPackets, dropBytes, mapPressure, mapFull, endpointsDesc, identitiesDesc, policiesDesc, ctEntries} {
 		ch <- d
 	}
 }
@@ -119,6 +135,13 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 			flows = n
 		}
 		ch <- prometheus.MustNewConstMetric(mapPressure, prometheus.GaugeValue, float64(n)/float64(m.MaxEntries()), name)
+		if slices.Contains(checkedMaps, name) {
+			full := 0.0
+			if n >= int(m.MaxEntries()) || c.a.metrics.held.full(name) {
+				full = 1
+			}
+			ch <- prometheus.MustNewConstMetric(mapFull, prometheus.GaugeValue, full, name)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(ctEntries, prometheus.GaugeValue, float64(flows))
 	if out := c.a.lastPolicy.Load(); out != nil {

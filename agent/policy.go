@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -18,50 +19,63 @@ import (
 )
 
 // compilePolicy gathers the cluster from the store and compiles this node's policy state.
-func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.Output, error) {
-	eps, err := a.cluster.Endpoints(ctx, "")
+func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.Output, *policy.Input, error) {
+	in, err := a.clusterInput(ctx, nodes)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	metas, err := a.cluster.Pods(ctx)
-	if err != nil {
-		return nil, err
-	}
-	nss, err := a.cluster.Namespaces(ctx)
-	if err != nil {
-		return nil, err
-	}
-	nps, err := a.cluster.Policies(ctx)
-	if err != nil {
-		return nil, err
-	}
-	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps,
-		Identity: func(key string) (uint32, error) { return a.identity(ctx, key) }}
-	for _, n := range nodes {
-		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
-	}
-	for _, e := range eps {
-		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, Node: e.Node, EndpointID: e.ID}
-		if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
-			p.Labels = m.Labels
-			for _, pt := range m.Ports {
-				p.Ports = append(p.Ports, policy.NamedPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
-			}
-		}
-		in.Pods = append(in.Pods, p)
-	}
+	in.Identity = func(key string) (uint32, error) { return a.identity(ctx, key) }
 	out, err := policy.Compile(in)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	a.lastPolicy.Store(out)
-	a.lastInput.Store(&in)
 	pods := map[netip.Addr]string{}
 	for _, p := range in.Pods {
 		pods[p.IP] = p.Namespace + "/" + p.Name
 	}
 	a.mon.setPods(pods)
-	return out, nil
+	return out, &in, nil
+}
+
+// clusterInput reads the cluster from the store as the policy compiler takes it, from this
+// node's point of view, with the endpoints of extra added; Identity is left to the caller.
+func (a *Agent) clusterInput(ctx context.Context, nodes []store.Node, extra ...store.Endpoint) (policy.Input, error) {
+	eps, err := a.cluster.Endpoints(ctx, "")
+	if err != nil {
+		return policy.Input{}, err
+	}
+	metas, err := a.cluster.Pods(ctx)
+	if err != nil {
+		return policy.Input{}, err
+	}
+	nss, err := a.cluster.Namespaces(ctx)
+	if err != nil {
+		return policy.Input{}, err
+	}
+	nps, err := a.cluster.Policies(ctx)
+	if err != nil {
+		return policy.Input{}, err
+	}
+	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps}
+	for _, n := range nodes {
+		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
+	}
+	for _, e := range append(eps, extra...) {
+		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, Node: e.Node, EndpointID: e.ID}
+		if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
+			p.Labels, p.Ports = m.Labels, namedPorts(m)
+		}
+		in.Pods = append(in.Pods, p)
+	}
+	return in, nil
+}
+
+func namedPorts(m store.PodMeta) []policy.NamedPort {
+	var out []policy.NamedPort
+	for _, pt := range m.Ports {
+		out = append(out, policy.NamedPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
+	}
+	return out
 }
 
 // applyPolicy writes the ipcache and the policy entries that are new, and returns the policy
@@ -100,13 +114,25 @@ func (a *Agent) applyPolicy(out *policy.Output) ([]bpf.DatapathPolicyKey, error)
 		}
 	}
 	var stale []bpf.DatapathPolicyKey
+	added := len(want)
 	for _, e := range cur {
 		k := e.Key()
-		if w, ok := want[k]; ok && w.Rule == e.Rule {
+		w, ok := want[k]
+		if ok {
+			added-- // rewritten in place at most
+		}
+		if ok && w.Rule == e.Rule {
 			delete(want, k)
 		} else if !ok {
 			stale = append(stale, k)
 		}
+	}
+	// New entries go in before stale ones leave, so that nothing the change keeps allowing is
+	// dropped meanwhile. When the map cannot hold both, stale entries leave first: for a moment
+	// what the change newly allows is still denied, never the other way round.
+	if len(cur)+added > int(a.dp.DatapathMaps.Policy.MaxEntries()) {
+		errs = append(errs, a.removePolicy(stale))
+		stale = nil
 	}
 	for _, e := range want {
 		errs = append(errs, pol.Put(e))
@@ -161,6 +187,9 @@ func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration)
 		}
 		if len(behind) == 0 {
 			return nil
+		}
+		if err := a.metrics.held.heldSince(gen); err != nil && slices.Contains(behind, a.node.Name) {
+			return &APIError{Code: CodeTryAgainLater, Message: fmt.Sprintf("node %s has not programmed the change: %v", a.node.Name, err)}
 		}
 		if time.Now().After(deadline) {
 			sort.Strings(behind)
@@ -218,11 +247,16 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()})
 			return
 		}
-		for _, np := range nps {
-			if err := a.cluster.PutPolicy(r.Context(), np); err != nil {
-				reply(w, nil, err)
-				return
+		if err := a.storeChecked(r.Context(), "policy apply", withPolicies(nps), func() error {
+			for _, np := range nps {
+				if err := a.cluster.PutPolicy(r.Context(), np); err != nil {
+					return err
+				}
 			}
+			return nil
+		}); err != nil {
+			reply(w, nil, err)
+			return
 		}
 		names := make([]string, 0, len(nps))
 		for _, np := range nps {
@@ -273,21 +307,25 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		return struct{}{}, a.label(ctx, req)
 	}))
 	mux.HandleFunc("PUT /v1/objects", handle(func(ctx context.Context, req ObjectsRequest) (struct{}, error) {
-		for name, labels := range req.Namespaces {
-			if err := a.cluster.PutNamespace(ctx, name, labels); err != nil {
-				return struct{}{}, err
-			}
-		}
-		for key, m := range req.Pods {
-			ns, name, ok := strings.Cut(key, "/")
-			if !ok {
+		for key := range req.Pods {
+			if _, _, ok := strings.Cut(key, "/"); !ok {
 				return struct{}{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("pod %q is not namespace/name", key)}
 			}
-			if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
-				return struct{}{}, err
-			}
 		}
-		return struct{}{}, nil
+		return struct{}{}, a.storeChecked(ctx, "objects", withObjects(req), func() error {
+			for name, labels := range req.Namespaces {
+				if err := a.cluster.PutNamespace(ctx, name, labels); err != nil {
+					return err
+				}
+			}
+			for key, m := range req.Pods {
+				ns, name, _ := strings.Cut(key, "/")
+				if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}))
 	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
 		timeout := ProgrammedTimeout
@@ -344,7 +382,10 @@ func (a *Agent) label(ctx context.Context, req LabelRequest) error {
 		if !ok {
 			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no namespace %q", req.Namespace)}
 		}
-		if err := a.cluster.PutNamespace(ctx, req.Namespace, relabel(l, req)); err != nil {
+		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
+			return a.cluster.PutNamespace(ctx, req.Namespace, relabel(l, req))
+		})
+		if err != nil {
 			return err
 		}
 	case "pod":
@@ -357,7 +398,10 @@ func (a *Agent) label(ctx context.Context, req LabelRequest) error {
 			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s/%s", req.Namespace, req.Name)}
 		}
 		m.Labels = relabel(m.Labels, req)
-		if err := a.cluster.PutPod(ctx, req.Namespace, req.Name, m); err != nil {
+		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
+			return a.cluster.PutPod(ctx, req.Namespace, req.Name, m)
+		})
+		if err != nil {
 			return err
 		}
 	default:

@@ -44,15 +44,29 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		return err
 	}
 	errs := []error{a.routesRec.reconcile(ctx, nodes)}
-	pol, err := a.compilePolicy(ctx, nodes)
+	pol, in, err := a.compilePolicy(ctx, nodes)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("compile policy: %w", err))...)
 	}
+	if over := a.capacity().overflows(pol, ""); len(over) > 0 {
+		// The store wants more than this node's maps hold (a change another agent let in, or
+		// one made in the Kubernetes API): programming part of it would enforce something no
+		// one asked for, so the policy state stays as programmed and this generation is not
+		// reported. Pods still come and go.
+		a.holdBackState(gen, over)
+		errs = append(errs, a.reconcileEndpoints(ctx, nil, true))
+		errs = append(errs, a.reconcilePrefilter(ctx))
+		errs = append(errs, a.services.reconcile(ctx, a.cluster), a.reconcileMasquerade())
+		return errors.Join(errs...)
+	}
+	a.metrics.held.release()
+	a.lastPolicy.Store(pol)
+	a.lastInput.Store(in)
 	// Order matters for a datapath that keeps running: new identities and entries first,
 	// then the endpoints' flags, and only then what is no longer allowed goes.
 	stale, err := a.applyPolicy(pol)
 	errs = append(errs, err)
-	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints))
+	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints, false))
 	errs = append(errs, a.removePolicy(stale))
 	errs = append(errs, a.reconcilePrefilter(ctx))
 	errs = append(errs, a.services.reconcile(ctx, a.cluster), a.reconcileMasquerade())
@@ -98,7 +112,8 @@ func (a *Agent) reportStatus(ctx context.Context, gen int64, pol *policy.Output)
 
 // reconcileEndpoints writes the node's endpoints into the map and removes what is stale: an
 // endpoint whose pod went away while no agent ran, or a map entry the store does not know.
-func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]policy.Enforcement) error {
+// With keep, every entry keeps the identity and enforcement flags it has (enf is not used).
+func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]policy.Enforcement, keep bool) error {
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
@@ -124,6 +139,9 @@ func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]polic
 		if err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if keep {
+			want.Identity, want.IngressEnforced, want.EgressEnforced = have.Identity, have.IngressEnforced, have.EgressEnforced
 		}
 		if !ok || !sameEndpoint(have, want) {
 			errs = append(errs, a.dp.Endpoints().Upsert(want))

@@ -92,6 +92,19 @@ func TestFromUnderlay(t *testing.T) {
 		{"traffic for the node itself is left to the stack",
 			packet.Eth(nodeMacA, macB, packet.EtherIPv4, packet.IPv4{Src: peerIP, Dst: nodeIP, Proto: packet.ProtoUDP}.Marshal(packet.UDP(1, 2, nil))),
 			tcOK, maps.ReasonForwardHost, nil},
+		// Found by the fuzzer (package fuzz): the outer header used to be taken as 20 bytes, and
+		// fragments decapsulated one by one.
+		{"ip-in-ip with outer options is decapsulated whole", packet.Eth(nodeMacA, macB, packet.EtherIPv4,
+			packet.IPv4{Src: peerIP, Dst: nodeIP, Proto: 4, Options: []byte{1, 1, 1, 0}}.Marshal(inner)), tcRedirect, maps.ReasonForwardLocal,
+			func(t testing.TB, out []byte) {
+				if !bytes.Equal(out[14:], inner) {
+					t.Errorf("inner packet changed or outer header left:\n got %x\nwant %x", out[14:], inner)
+				}
+			}},
+		{"first fragment of ip-in-ip is left to the stack", packet.Eth(nodeMacA, macB, packet.EtherIPv4,
+			packet.IPv4{Src: peerIP, Dst: nodeIP, Proto: 4, MoreFrags: true}.Marshal(inner[:24])), tcOK, maps.ReasonForwardHost, nil},
+		{"later fragment of ip-in-ip is left to the stack", packet.Eth(nodeMacA, macB, packet.EtherIPv4,
+			packet.IPv4{Src: peerIP, Dst: nodeIP, Proto: 4, FragOff: 3}.Marshal(inner[24:])), tcOK, maps.ReasonForwardHost, nil},
 		{"ip-in-ip for a pod that is not here is dropped",
 			ipipFrame(nodeIP, packet.IPv4{Src: ipRemote, Dst: netip.MustParseAddr("10.244.0.99"), Proto: packet.ProtoUDP}.Marshal(packet.UDP(1, 2, nil))),
 			tcShot, maps.ReasonUnknownDest, nil},

@@ -50,6 +50,7 @@ type DatapathCtEntry struct {
 	Bytes   uint64
 	Flags   uint32
 	Pad     uint32
+	Created uint64
 }
 
 type DatapathCtFlags uint32

@@ -148,6 +148,10 @@ func TestFromPodVerdicts(t *testing.T) {
 		{name: "spoofed source mac", in: packet.Eth(nodeMacA, macB, packet.EtherIPv4,
 			packet.IPv4{Src: ipA, Dst: ipB, Proto: packet.ProtoUDP}.Marshal(packet.UDP(1, 2, nil))),
 			want: tcShot, reason: maps.ReasonSpoofedSource},
+		{name: "ethernet padding after the datagram", in: append(v4(packet.IPv4{Proto: packet.ProtoUDP}, packet.UDP(1, 2, nil)), make([]byte, 18)...),
+			want: tcRedirect, reason: maps.ReasonForwardLocal, check: deliveredToB(63)},
+		{name: "ipv6 padding after the datagram", in: append(v6(packet.IPv6{Next: packet.ProtoUDP}, packet.UDP(1, 2, nil)), make([]byte, 8)...),
+			want: tcRedirect, reason: maps.ReasonForwardLocal, check: deliveredToB(63)},
 		{name: "non-ip ethertype (lldp)", in: packet.Eth(nodeMacA, macA, 0x88cc, make([]byte, 46)),
 			want: tcShot, reason: maps.ReasonUnsupportedL3},
 	}
@@ -189,6 +193,13 @@ func truncations() []fromPodCase {
 	drop := func(name string, in []byte) fromPodCase {
 		return fromPodCase{name: "malformed: " + name, in: in, want: tcShot, reason: maps.ReasonMalformed}
 	}
+	// claim makes the IP length fields end the datagram at n while the frame goes on, as
+	// Ethernet padding does: what lies past the datagram is no part of the packet, and an L4
+	// header there is as good as cut (found by the fuzzer, which compares with package model).
+	claim := func(frame []byte, n int) []byte {
+		return append(cut(frame, n), frame[n:]...)
+	}
+	hbh := v6(packet.IPv6{Next: 0}, append([]byte{packet.ProtoUDP, 0, 1, 4, 0, 0, 0, 0}, packet.UDP(1, 2, nil)...))
 	// BPF_PROG_TEST_RUN refuses frames whose L3 header is cut short, so those cases are
 	// covered by the length-field corruptions below instead.
 	return []fromPodCase{
@@ -205,6 +216,13 @@ func truncations() []fromPodCase {
 		drop("ipv6 payload length beyond packet", mod(udp6, 14+4, 0x10)),
 		drop("ipv6 udp header cut", cut(udp6, 14+40+4)),
 		drop("arp body cut", arp[:14+20]),
+		drop("udp header past the ipv4 total length", claim(udp, 14+20+4)),
+		drop("tcp header past the ipv4 total length", claim(tcp, 14+20+12)),
+		drop("tcp data offset past the ipv4 total length", append(mod(tcp, 14+20+12, 0x60), 0, 0, 0, 0)),
+		drop("icmp header past the ipv4 total length", claim(icmp, 14+20+4)),
+		drop("sctp header past the ipv4 total length", claim(sctp, 14+20+8)),
+		drop("ipv6 udp header past the payload length", claim(udp6, 14+40+4)),
+		drop("ipv6 extension header past the payload length", claim(hbh, 14+40+4)),
 	}
 }
 

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -65,6 +66,12 @@ func TestPolicyVerdicts(t *testing.T) {
 	world := netip.MustParseAddr("192.0.2.5")
 	runFromPod(t, dp, []fromPodCase{
 		{name: "ingress rule by identity and port", in: pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40000, 80)), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		// Found by the fuzzer (package fuzz): an ICMP error quoting a live flow was related to
+		// it whoever it went to, so any peer of a flow could reach every pod past its policy.
+		{name: "icmp error about A's flow, back to A, is related to it", in: pod(polB, polA, macB, packet.ProtoICMP,
+			icmpError(packet.IPv4{Src: polA, Dst: polB, Proto: packet.ProtoTCP}.Marshal(packet.TCP(40000, 80)))), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "icmp error about A's flow, to B, is judged by B's policy", in: pod(polA, polB, macA, packet.ProtoICMP,
+			icmpError(packet.IPv4{Src: polA, Dst: polB, Proto: packet.ProtoTCP}.Marshal(packet.TCP(40000, 80)))), want: tcShot, reason: maps.ReasonPolicyIngress},
 		{name: "same peer, port the rule does not name", in: pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40000, 81)), want: tcShot, reason: maps.ReasonPolicyIngress},
 		{name: "sctp inside the port range", in: pod(polA, polB, macA, packet.ProtoSCTP, packet.SCTP(7000, 5002)), want: tcRedirect, reason: maps.ReasonForwardLocal},
 		{name: "sctp at the end of the range", in: pod(polA, polB, macA, packet.ProtoSCTP, packet.SCTP(7000, 5003)), want: tcRedirect, reason: maps.ReasonForwardLocal},
@@ -78,6 +85,14 @@ func TestPolicyVerdicts(t *testing.T) {
 		{name: "reply of the allowed sctp flow", in: pod(polB, polA, macB, packet.ProtoSCTP, packet.SCTP(5002, 7000)), want: tcRedirect, reason: maps.ReasonForwardLocal},
 		{name: "icmp echo to B: no rule without ports", in: pod(polA, polB, macA, packet.ProtoICMP, packet.ICMPEcho(8)), want: tcShot, reason: maps.ReasonPolicyIngress},
 	})
+}
+
+// icmpError is an ICMP destination unreachable quoting the first 28 bytes of an IPv4 packet.
+func icmpError(quoted []byte) []byte {
+	b := append(make([]byte, 8), quoted[:28]...)
+	b[0], b[1] = 3, 1
+	binary.BigEndian.PutUint16(b[2:], packet.Checksum(b))
+	return b
 }
 
 func TestPortBlocksCoverExactly(t *testing.T) {

@@ -7,7 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"path/filepath"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -50,9 +52,12 @@ const Timeout = 30 * time.Second
 // (skel refuses them, and CHECK before 0.4.0, with code 1).
 var Versions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
-// parseConf decodes stdin: malformed JSON is a decoding failure (6), a field we do not know
-// or a missing value is an invalid configuration (7).
+// parseConf decodes stdin: malformed JSON is a decoding failure (6), a field we do not know,
+// a missing value or one over MaxConfBytes is an invalid configuration (7).
 func parseConf(data []byte) (*NetConf, error) {
+	if len(data) > MaxConfBytes {
+		return nil, tooLarge()
+	}
 	if !json.Valid(data) {
 		return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON", "")
 	}
@@ -67,6 +72,9 @@ func parseConf(data []byte) (*NetConf, error) {
 	}
 	if c.Socket == "" {
 		c.Socket = agent.DefaultSocket
+	}
+	if !filepath.IsAbs(c.Socket) {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", fmt.Sprintf("socket %q is not an absolute path", c.Socket))
 	}
 	return &c, nil
 }
@@ -97,9 +105,14 @@ func request(args *skel.CmdArgs, conf *NetConf) (agent.AttachRequest, error) {
 		Namespace: string(ka.K8S_POD_NAMESPACE), Pod: string(ka.K8S_POD_NAME), Labels: conf.RuntimeConfig.PodLabels}, nil
 }
 
-func setup(args *skel.CmdArgs) (*NetConf, agent.AttachRequest, *agent.Client, error) {
+// setup checks the runtime's variables and configuration and makes the request; netnsRequired
+// is true for ADD and CHECK.
+func setup(args *skel.CmdArgs, netnsRequired bool) (*NetConf, agent.AttachRequest, *agent.Client, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
+		return nil, agent.AttachRequest{}, nil, err
+	}
+	if err := checkArgs(args, netnsRequired); err != nil {
 		return nil, agent.AttachRequest{}, nil, err
 	}
 	req, err := request(args, conf)
@@ -111,7 +124,7 @@ func setup(args *skel.CmdArgs) (*NetConf, agent.AttachRequest, *agent.Client, er
 
 // Add attaches the pod and prints its result.
 func Add(args *skel.CmdArgs) error {
-	conf, req, c, err := setup(args)
+	conf, req, c, err := setup(args, true)
 	if err != nil {
 		return err
 	}
@@ -141,14 +154,14 @@ func result(args *skel.CmdArgs, res agent.AttachResult, ver string) *types100.Re
 }
 
 // Del detaches the pod; what is already gone is not an error.
-func Del(args *skel.CmdArgs) error { return call(args, (*agent.Client).Del) }
+func Del(args *skel.CmdArgs) error { return call(args, false, (*agent.Client).Del) }
 
 // Check verifies the pod's attachment.
-func Check(args *skel.CmdArgs) error { return call(args, (*agent.Client).Check) }
+func Check(args *skel.CmdArgs) error { return call(args, true, (*agent.Client).Check) }
 
 // call sends the request of args to the agent with op and maps its error to the spec's.
-func call(args *skel.CmdArgs, op func(*agent.Client, context.Context, agent.AttachRequest) error) error {
-	_, req, c, err := setup(args)
+func call(args *skel.CmdArgs, netnsRequired bool, op func(*agent.Client, context.Context, agent.AttachRequest) error) error {
+	_, req, c, err := setup(args, netnsRequired)
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,7 @@ func (s *State) AddNode(ctx context.Context, spec NodeSpec, opts Options) (*Node
 func (s *State) checkRack(rack string) error {
 	switch {
 	case rack != "" && (!dnsLabel.MatchString(rack) || len(rack) > 63):
-		return fmt.Errorf("rack: %q is not a DNS label", rack)
+		return fmt.Errorf("rack: %.80q is not a DNS label", rack)
 	case rack != "" && s.Router == nil:
 		return fmt.Errorf("rack: lab %s has no BGP router to join racks (bgp.routerASN)", s.Name)
 	case rack == "" && len(s.Racks) > 0:

@@ -43,6 +43,9 @@ func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, e
 	if s.Kubernetes {
 		return nil, fmt.Errorf("lab %s runs Kubernetes: create pods with `ebpfnet lab kubectl --name %s -- apply -f POD.yaml`", s.Name, s.Name)
 	}
+	if err := spec.checkNames(); err != nil {
+		return nil, err
+	}
 	if err := opts.fill(); err != nil {
 		return nil, err
 	}

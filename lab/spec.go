@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/store"
 )
@@ -40,6 +41,8 @@ type Spec struct {
 	// BGP has the agents learn their routes over BGP (routing: bgp), from the lab's router,
 	// from each other, or both (see BGPSpec).
 	BGP *BGPSpec `json:"bgp,omitempty"`
+	// MapSizes is every node's agent mapSizes: small maps show what a full one does.
+	MapSizes maps.Sizes `json:"mapSizes,omitempty"`
 }
 
 // NodeSpec declares a node.
@@ -171,7 +174,20 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 // LAB-underlay and LAB-router are the lab's.
 func checkNodeName(name string) error {
 	if !dnsLabel.MatchString(name) || len(name) > 40 || name == "underlay" || name == "router" {
-		return fmt.Errorf("%q must be a lower-case DNS label of at most 40 characters (and not \"underlay\" or \"router\")", name)
+		return fmt.Errorf("%.80q must be a lower-case DNS label of at most 40 characters (and not \"underlay\" or \"router\")", name)
+	}
+	return nil
+}
+
+// checkNames refuses a pod whose namespace or name is not a DNS label of at most 63
+// characters: with the lab's name they make the pod's network namespace, LAB.NAMESPACE.NAME
+// under /run/netns, so no '/', "..", NUL or overlong name may get through.
+func (p PodSpec) checkNames() error {
+	if len(p.Namespace) > 63 || !dnsLabel.MatchString(p.Namespace) {
+		return fmt.Errorf("pod namespace %.80q is not a DNS label", p.Namespace)
+	}
+	if len(p.Name) > 63 || !dnsLabel.MatchString(p.Name) {
+		return fmt.Errorf("pod name %.80q is not a DNS label", p.Name)
 	}
 	return nil
 }
@@ -197,6 +213,9 @@ func (s *Spec) Validate() error {
 	if s.VXLANPort < 1 || s.VXLANPort > 65535 {
 		return fmt.Errorf("vxlanPort: %d is not a port", s.VXLANPort)
 	}
+	if err := agent.ValidateMapSizes(s.MapSizes); err != nil {
+		return err
+	}
 	for i, c := range s.NoMasqueradeCIDRs {
 		if p, err := netip.ParsePrefix(c); err != nil || !p.Addr().Is4() {
 			return fmt.Errorf("noMasqueradeCIDRs[%d]: %q is not an IPv4 CIDR", i, c)
@@ -220,7 +239,7 @@ func (s *Spec) Validate() error {
 		}
 		nodes[n.Name] = true
 		if n.Rack != "" && (!dnsLabel.MatchString(n.Rack) || len(n.Rack) > 63) {
-			return fmt.Errorf("%s.rack: %q is not a DNS label", f, n.Rack)
+			return fmt.Errorf("%s.rack: %.80q is not a DNS label", f, n.Rack)
 		}
 		if n.PodCIDR == "" {
 			continue
@@ -247,7 +266,7 @@ func (s *Spec) Validate() error {
 		ns := &s.Namespaces[i]
 		f := fmt.Sprintf("namespaces[%d]", i)
 		if !dnsLabel.MatchString(ns.Name) || len(ns.Name) > 63 {
-			return fmt.Errorf("%s.name: %q is not a DNS label", f, ns.Name)
+			return fmt.Errorf("%s.name: %.80q is not a DNS label", f, ns.Name)
 		}
 		if namespaces[ns.Name] {
 			return fmt.Errorf("%s.name: duplicate namespace %q", f, ns.Name)
@@ -270,7 +289,7 @@ func (s *Spec) Validate() error {
 			return fmt.Errorf("%s.namespace: %q is not a declared namespace", f, p.Namespace)
 		}
 		if !dnsLabel.MatchString(p.Name) || len(p.Name) > 63 {
-			return fmt.Errorf("%s.name: %q is not a DNS label", f, p.Name)
+			return fmt.Errorf("%s.name: %.80q is not a DNS label", f, p.Name)
 		}
 		if !nodes[p.Node] {
 			return fmt.Errorf("%s.node: %q is not a declared node", f, p.Node)

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -222,5 +223,31 @@ func TestSpecBGPRefused(t *testing.T) {
 	s.Kubernetes = true
 	if _, err := plan("t", s); err == nil || !strings.Contains(err.Error(), "bgp: not in a kubernetes lab yet") {
 		t.Fatalf("plan of a kubernetes lab with bgp: %v", err)
+	}
+}
+
+// TestSpecMapSizes: mapSizes reach every node's agent config; a size out of bounds is refused
+// by field, as the agent would.
+func TestSpecMapSizes(t *testing.T) {
+	s, err := readSpec(t, labFile+fmt.Sprintf("mapSizes: {conntrack: %d, policy: 64}\n", agent.MinFlowEntries()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := plan("t", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range st.Nodes {
+		if cfg := st.agentConfig(&st.Nodes[i], agent.StoreConfig{Type: "etcd"}); cfg.MapSizes.Conntrack != agent.MinFlowEntries() || cfg.MapSizes.Policy != 64 {
+			t.Fatalf("node %s's agent config: mapSizes %+v", st.Nodes[i].Name, cfg.MapSizes)
+		}
+	}
+	for _, tc := range []struct{ lines, want string }{
+		{"mapSizes: {policy: 8}\n", ": mapSizes.policy: 8 must be between 16 and 16777216"},
+		{"mapSizes: {contrack: 4096}\n", `unknown field "contrack"`},
+	} {
+		if _, err := readSpec(t, labFile+tc.lines); err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line containing %q", tc.lines, err, tc.want)
+		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+
+	"github.com/ebpfnet/ebpfnet/maps"
 )
 
 // StateRoot holds one directory per lab: its state file, server logs and ready files.
@@ -18,10 +20,11 @@ var PinRoot = "/sys/fs/bpf/ebpfnet-lab"
 
 var labName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,14}[a-z0-9])?$`)
 
-// CheckName refuses lab names that would not make valid namespace and pin names.
+// CheckName refuses lab names that would not make valid namespace and pin names, or that
+// would lead out of StateRoot and PinRoot ('/', "..", NUL, overlong).
 func CheckName(name string) error {
 	if !labName.MatchString(name) {
-		return fmt.Errorf("lab name %q must be 1-16 lower-case letters, digits or '-'", name)
+		return fmt.Errorf("lab name %.80q must be 1-16 lower-case letters, digits or '-'", name)
 	}
 	return nil
 }
@@ -44,6 +47,9 @@ type State struct {
 	// Masquerade and NoMasqueradeCIDRs go into every node's agent config (see Spec).
 	Masquerade        *bool    `json:"masquerade,omitempty"`
 	NoMasqueradeCIDRs []string `json:"noMasqueradeCIDRs,omitempty"`
+
+	// MapSizes goes into every node's agent config (see Spec).
+	MapSizes maps.Sizes `json:"mapSizes,omitempty"`
 
 	// BGP is the lab file's bgp block, with its defaults; nil: the agents route from the store.
 	BGP *BGPSpec `json:"bgp,omitempty"`
@@ -93,8 +99,11 @@ func statePath(name string) string { return filepath.Join(Dir(name), "state.json
 // ErrNotUp says there is no such lab.
 var ErrNotUp = errors.New("lab is not up")
 
-// Load reads a lab's state.
+// Load reads a lab's state; a name CheckName refuses is refused before it becomes a path.
 func Load(name string) (*State, error) {
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
 	data, err := os.ReadFile(statePath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("lab %q: %w (start it with `ebpfnet lab up -f FILE --name %s`)", name, ErrNotUp, name)

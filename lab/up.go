@@ -188,21 +188,7 @@ func (b *builder) underlay(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(Dir(b.st.Name), "etcd")
-	ready := dir + ".ready"
-	pid, err := spawn(b.st.Underlay, dir+".log", b.opts.Exe, "etcd", "--data-dir", dir,
-		"--client-url", b.st.EtcdURL, "--peer-url", "http://127.0.0.1:2380", "--ready", ready)
-	if err != nil {
-		return err
-	}
-	b.st.EtcdPID = pid
-	if err := b.st.save(); err != nil {
-		return err
-	}
-	return waitFor(ctx, 30*time.Second, "etcd to serve", func() (bool, string) {
-		_, err := os.Stat(ready)
-		return err == nil, logTail(dir + ".log")
-	})
+	return b.st.startEtcd(ctx, b.opts.Exe)
 }
 
 func (b *builder) node(ctx context.Context, n *Node) error {
@@ -241,7 +227,7 @@ func (s *State) agentConfig(n *Node, st agent.StoreConfig) agent.Config {
 		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
 		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
-		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs}
+		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs, MapSizes: s.MapSizes}
 	if s.BGP != nil {
 		cfg.Routing, cfg.BGP = agent.RoutingBGP, s.bgpConfig(n)
 	}

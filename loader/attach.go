@@ -194,8 +194,36 @@ func removeLink(path string) error {
 }
 
 // Upgrade points every pinned link at this datapath's programs: the in-place replacement
-// that an agent upgrade does.
-func (d *Datapath) Upgrade() (int, error) {
+// that an agent upgrade does. Then the maps Load migrated take their pins (after a last pass
+// for entries the old programs added meanwhile). If a link cannot be switched, those already
+// switched get their old programs back and the migrations are dropped: nothing changed.
+func (d *Datapath) Upgrade() (n int, err error) {
+	// Links switched so far, with the programs they ran: put back if a later one fails, so that
+	// no program is left on a map whose migration is dropped.
+	type switched struct {
+		l   link.Link
+		old *ebpf.Program
+	}
+	var done []switched
+	defer func() {
+		for _, s := range done {
+			if err != nil && s.old != nil {
+				if rerr := s.l.Update(s.old); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("put the old program back: %w", rerr))
+				}
+			}
+			if s.old != nil {
+				s.old.Close()
+			}
+			s.l.Close()
+		}
+		if err != nil {
+			discard(d.migrations)
+		} else {
+			err = commit(d.migrations)
+		}
+		d.migrations = nil
+	}()
 	entries, err := os.ReadDir(LinksDir(d.PinDir))
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
@@ -203,7 +231,6 @@ func (d *Datapath) Upgrade() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list pinned links: %w", err)
 	}
-	n := 0
 	for _, e := range entries {
 		hook, _, ok := strings.Cut(e.Name(), "@")
 		if !ok {
@@ -218,20 +245,31 @@ func (d *Datapath) Upgrade() (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("open pinned link %s: %w", path, err)
 		}
+		var old *ebpf.Program
+		if info, err := l.Info(); err == nil {
+			old, _ = ebpf.NewProgramFromID(info.Program)
+		}
 		err = l.Update(prog)
 		if errors.Is(err, unix.ENOLINK) {
 			// The interface went away (a pod deleted while no agent ran): the pin is stale.
 			err = l.Unpin()
 			l.Close()
+			if old != nil {
+				old.Close()
+			}
 			if err != nil {
 				return n, fmt.Errorf("remove severed link %s: %w", path, err)
 			}
 			continue
 		}
-		l.Close()
 		if err != nil {
+			l.Close()
+			if old != nil {
+				old.Close()
+			}
 			return n, fmt.Errorf("replace program in link %s: %w", path, err)
 		}
+		done = append(done, switched{l, old})
 		n++
 	}
 	return n, nil

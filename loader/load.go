@@ -5,7 +5,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -29,12 +28,21 @@ type Datapath struct {
 	bpf.DatapathPrograms
 	bpf.DatapathMaps
 	PinDir string
+	// migrations are pinned maps of another layout whose new maps wait for Upgrade to switch
+	// the links before taking their pins.
+	migrations []*migration
 }
 
-// Close releases this process's handles; pinned maps and links stay.
+// Close releases this process's handles; pinned maps and links stay. Migrations Upgrade did
+// not finish are dropped: the old pins stay.
 func (d *Datapath) Close() error {
+	discard(d.migrations)
+	d.migrations = nil
 	return errors.Join(d.DatapathPrograms.Close(), d.DatapathMaps.Close())
 }
+
+// Migrating names the pinned maps Load is carrying into a new layout.
+func (d *Datapath) Migrating() string { return migrationNames(d.migrations) }
 
 // Endpoints returns a typed view of the endpoints map.
 func (d *Datapath) Endpoints() *maps.Endpoints { return maps.NewEndpoints(d.DatapathMaps.Endpoints) }
@@ -75,8 +83,10 @@ func (d *Datapath) SetNodeConfig(c maps.NodeConfig) error {
 // Metrics returns a typed view of the metrics map.
 func (d *Datapath) Metrics() *maps.Metrics { return maps.NewMetrics(d.DatapathMaps.Metrics) }
 
-// Load loads the datapath, reusing maps already pinned in cfg.PinDir when their layout matches
-// and refusing when it does not.
+// Load loads the datapath, reusing maps already pinned in cfg.PinDir when their layout matches.
+// A pinned map of another layout or capacity is carried into a new map (see migration), which
+// takes the pin when Upgrade has switched every link to the new programs; a map no known
+// upgrade converts is refused, nothing changed.
 func Load(cfg Config) (*Datapath, error) {
 	spec, err := bpf.LoadDatapath()
 	if err != nil {
@@ -99,64 +109,25 @@ func Load(cfg Config) (*Datapath, error) {
 		if err := ensurePinDir(pinDir); err != nil {
 			return nil, err
 		}
-		if err := checkPinnedLayouts(spec, pinDir); err != nil {
-			return nil, err
-		}
 		opts.Maps.PinPath = pinDir
 	}
 	d := &Datapath{PinDir: pinDir}
+	if pinDir != "" {
+		if d.migrations, err = planMigrations(spec, pinDir); err != nil {
+			return nil, err
+		}
+		opts.MapReplacements = replacements(d.migrations)
+	}
 	objs := struct {
 		*bpf.DatapathPrograms
 		*bpf.DatapathMaps
 	}{&d.DatapathPrograms, &d.DatapathMaps}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		// Rollback: nothing pinned changed; the running programs keep the old maps.
+		discard(d.migrations)
 		return nil, describeLoadError(err)
 	}
 	return d, nil
-}
-
-// checkPinnedLayouts refuses to reuse a pinned map whose type, key, value, size or flags differ.
-func checkPinnedLayouts(spec *ebpf.CollectionSpec, pinDir string) error {
-	for _, name := range maps.Names {
-		ms := spec.Maps[name]
-		path := maps.PinPath(pinDir, name)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		pinned, err := ebpf.LoadPinnedMap(path, nil)
-		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", path, err)
-		}
-		info, err := pinned.Info()
-		pinned.Close()
-		if err != nil {
-			return fmt.Errorf("read pinned map %s: %w", path, err)
-		}
-		var diffs []string
-		check := func(what string, have, want uint32) {
-			if have != want {
-				diffs = append(diffs, fmt.Sprintf("%s %d, want %d", what, have, want))
-			}
-		}
-		check("type", uint32(info.Type), uint32(ms.Type))
-		check("key size", info.KeySize, ms.KeySize)
-		check("value size", info.ValueSize, ms.ValueSize)
-		check("max entries", info.MaxEntries, ms.MaxEntries)
-		check("flags", info.Flags, ms.Flags)
-		if len(diffs) > 0 && name == maps.ConfigName {
-			// The config map holds nothing the agent does not write again at start: a new
-			// layout replaces it, and programs still attached keep the old one until switched.
-			if err := os.Remove(path); err != nil {
-				return fmt.Errorf("replace pinned map %s of an older layout: %w", path, err)
-			}
-			continue
-		}
-		if len(diffs) > 0 {
-			return fmt.Errorf("pinned map %s has a different layout (%s); refusing to reuse it: "+
-				"uninstall the old datapath or use another pin dir", path, strings.Join(diffs, ", "))
-		}
-	}
-	return nil
 }
 
 // describeLoadError keeps the tail of a verifier log in the one-line error.

@@ -1,6 +1,8 @@
 package loader_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -258,12 +260,13 @@ func TestIncompatiblePinIsRefusedAndKept(t *testing.T) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "metrics", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 16})
+	// An endpoints map of a layout no upgrade knows.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "endpoints", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer old.Close()
-	path := maps.PinPath(pinDir, maps.MetricsName)
+	path := maps.PinPath(pinDir, maps.EndpointsName)
 	if err := old.Pin(path); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +277,7 @@ func TestIncompatiblePinIsRefusedAndKept(t *testing.T) {
 	if err == nil {
 		t.Fatal("load over an incompatible pin succeeded")
 	}
-	for _, want := range []string{path, "different layout", "value size 8, want 16"} {
+	for _, want := range []string{path, "no known upgrade", "key 4, value 8 bytes"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
@@ -288,6 +291,135 @@ func TestIncompatiblePinIsRefusedAndKept(t *testing.T) {
 	if id, _ := info.ID(); id != oldID {
 		t.Fatalf("pin now holds map %d, want the old %d", id, oldID)
 	}
+}
+
+// A conntrack map of the first layout (no created field) is carried into the current one:
+// every entry converted, the new map pinned only after Upgrade, and an entry the old map got
+// between Load and Upgrade carried too.
+func TestConntrackOfAnOlderLayoutIsMigrated(t *testing.T) {
+	t.Parallel()
+	pinDir := nstest.PinDir(t)
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	const size = 1024
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 32, MaxEntries: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	path := maps.PinPath(pinDir, maps.ConntrackName)
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	entry := func(i int) (k [40]byte, v [32]byte) {
+		k[0], k[1], k[36], k[37] = 10, byte(i), 6, 2 // saddr 10.i..., protocol, family
+		binary.LittleEndian.PutUint64(v[0:], uint64(1000+i))
+		binary.LittleEndian.PutUint64(v[8:], uint64(i))
+		binary.LittleEndian.PutUint64(v[16:], uint64(100*i))
+		binary.LittleEndian.PutUint32(v[24:], 1)
+		return
+	}
+	for i := range 200 {
+		k, v := entry(i)
+		if err := old.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Conntrack: size}})
+	if err != nil {
+		t.Fatalf("load over an older conntrack: %v", err)
+	}
+	defer d.Close()
+	if d.Migrating() != maps.ConntrackName {
+		t.Fatalf("migrating %q, want conntrack", d.Migrating())
+	}
+	if info, _ := loadPinnedInfo(t, path); info.ValueSize != 32 {
+		t.Fatal("the pin changed before Upgrade switched the programs")
+	}
+	k, v := entry(200) // the old programs still run: a flow they add now must not be lost
+	if err := old.Put(k, v); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Upgrade(); err != nil {
+		t.Fatal(err)
+	}
+	info, pinned := loadPinnedInfo(t, path)
+	if info.ValueSize != 40 {
+		t.Fatalf("after Upgrade the pin holds value size %d, want 40", info.ValueSize)
+	}
+	for i := range 201 {
+		k, v := entry(i)
+		var got [40]byte
+		if err := pinned.Lookup(k, &got); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+		if !bytes.Equal(got[:32], v[:]) || !bytes.Equal(got[32:], make([]byte, 8)) {
+			t.Fatalf("entry %d carried as %x, want %x and a zero created", i, got, v)
+		}
+	}
+	flows, err := d.Conntrack().List()
+	if err != nil || len(flows) != 201 || flows[0].Age != -1 {
+		t.Fatalf("conntrack through the new datapath: %d flows, %v", len(flows), err)
+	}
+}
+
+// A map whose capacity changed is copied whole; one too small for its entries is refused and
+// the old pin kept.
+func TestResizedMapIsCopiedOrRefused(t *testing.T) {
+	t.Parallel()
+	pinDir := nstest.PinDir(t)
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	d, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 64}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		r := maps.Route{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+			NodeIP: netip.AddrFrom4([4]byte{10, 250, 0, byte(i)}), Mode: maps.ModeNative}
+		if err := d.Routes().Upsert(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Upgrade(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if _, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 32}}); err == nil ||
+		!strings.Contains(err.Error(), "too small") {
+		t.Fatalf("shrinking routes below its 40 entries: %v", err)
+	}
+	d, err = loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 256}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := d.Upgrade(); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := loadPinnedInfo(t, maps.PinPath(pinDir, maps.RoutesName))
+	rs, err := d.Routes().List()
+	if info.MaxEntries != 256 || err != nil || len(rs) != 40 {
+		t.Fatalf("routes after growing: max %d, %d entries, %v", info.MaxEntries, len(rs), err)
+	}
+}
+
+func loadPinnedInfo(t *testing.T, path string) (*ebpf.MapInfo, *ebpf.Map) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info, m
 }
 
 func TestAttachNamesMissingInterface(t *testing.T) {
@@ -343,6 +475,9 @@ func TestOlderConfigMapIsReplaced(t *testing.T) {
 		t.Fatalf("load over an older config map: %v", err)
 	}
 	defer d.Close()
+	if _, err := d.Upgrade(); err != nil {
+		t.Fatal(err)
+	}
 	pinned, err := ebpf.LoadPinnedMap(path, nil)
 	if err != nil {
 		t.Fatal(err)

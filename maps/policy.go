@@ -213,7 +213,10 @@ type Flow struct {
 	ReplySeen bool
 	Closing   bool
 	ExpiresIn int64 // seconds left, negative when expired
-	key       bpf.DatapathCtKey
+	// Age is the seconds since the flow's first packet; -1 when unknown (a flow carried
+	// over from a datapath whose layout did not record it).
+	Age int64
+	key bpf.DatapathCtKey
 }
 
 // Conntrack is a typed view of the conntrack map.
@@ -248,7 +251,10 @@ func (c *Conntrack) List() ([]Flow, error) {
 			Protocol: k.Protocol, Expires: v.Expires, Packets: v.Packets, Bytes: v.Bytes,
 			ReplySeen: v.Flags&uint32(bpf.DatapathCtFlagsCT_F_REPLY_SEEN) != 0,
 			Closing:   v.Flags&uint32(bpf.DatapathCtFlagsCT_F_CLOSING) != 0,
-			ExpiresIn: (int64(v.Expires) - int64(now)) / 1e9, key: k}
+			ExpiresIn: (int64(v.Expires) - int64(now)) / 1e9, Age: -1, key: k}
+		if v.Created != 0 {
+			f.Age = (int64(now) - int64(v.Created)) / 1e9
+		}
 		out = append(out, f)
 	}
 	if err := it.Err(); err != nil {

@@ -18,10 +18,14 @@ import (
 )
 
 // Parse reads one or more YAML (or JSON) documents of NetworkPolicies. Every document is
-// checked before any is returned: one error refuses them all, naming the field.
+// checked before any is returned: one error refuses them all, naming the field. A document
+// over MaxDocumentBytes, or whose aliases would expand it past that, is refused unparsed.
 func Parse(data []byte) ([]*networkingv1.NetworkPolicy, error) {
 	var out []*networkingv1.NetworkPolicy
 	for i, doc := range splitDocs(data) {
+		if err := checkDocument(doc); err != nil {
+			return nil, fmt.Errorf("document %d: %w", i+1, err)
+		}
 		np := &networkingv1.NetworkPolicy{}
 		if err := yaml.UnmarshalStrict(doc, np); err != nil {
 			return nil, fmt.Errorf("document %d: %s", i+1, strings.TrimPrefix(strings.TrimPrefix(err.Error(),
@@ -41,26 +45,45 @@ func Parse(data []byte) ([]*networkingv1.NetworkPolicy, error) {
 	return out, nil
 }
 
-// splitDocs splits a YAML stream on "---" lines, dropping empty documents.
+// splitDocs splits a YAML stream on "---" lines, dropping empty documents. The documents are
+// slices of data: nothing is copied.
 func splitDocs(data []byte) [][]byte {
 	var docs [][]byte
-	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
-		if len(bytes.TrimSpace(stripComments([]byte(d)))) > 0 {
-			docs = append(docs, []byte(d))
+	add := func(d []byte) {
+		if !blank(d) {
+			docs = append(docs, d)
 		}
 	}
+	start := 0
+	for pos := 0; pos < len(data); {
+		end, next := len(data), len(data)
+		if i := bytes.IndexByte(data[pos:], '\n'); i >= 0 {
+			end, next = pos+i, pos+i+1
+		}
+		if line := data[pos:end]; bytes.HasPrefix(line, []byte("---")) && len(bytes.TrimSpace(line[3:])) == 0 {
+			add(data[start:pos])
+			start = next
+		}
+		pos = next
+	}
+	add(data[start:])
 	return docs
 }
 
-func stripComments(b []byte) []byte {
-	var out []byte
-	for _, line := range bytes.Split(b, []byte("\n")) {
+// blank says whether a document holds nothing but blank lines and comments.
+func blank(doc []byte) bool {
+	for len(doc) > 0 {
+		line := doc
+		if i := bytes.IndexByte(doc, '\n'); i >= 0 {
+			line, doc = doc[:i], doc[i+1:]
+		} else {
+			doc = nil
+		}
 		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
-			out = append(out, line...)
-			out = append(out, '\n')
+			return false
 		}
 	}
-	return out
+	return true
 }
 
 var (

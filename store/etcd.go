@@ -142,3 +142,11 @@ func (e *Etcd) Close() error {
 	e.cancel()
 	return e.c.Close()
 }
+
+// Ping reads one key (counting only): an answer from a quorum of the cluster.
+func (e *Etcd) Ping(ctx context.Context) error {
+	if _, err := e.c.Get(ctx, Prefix+"probe", clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd does not answer: %w", err)
+	}
+	return nil
+}

@@ -130,8 +130,8 @@ spec:
     - podSelector: {}
 `
 
-// apiOutage is how long the API server stays down.
-const apiOutage = 30 * time.Second
+// apiOutage is how long the API server stays down (the store outage tests' length).
+const apiOutage = storeOutage
 
 // checkAPIServerOutage applies outagePolicy, kills the API server for apiOutage and probes all
 // along: allowed pairs across all three nodes answer every time, x/a->z/c never does, and no
@@ -185,6 +185,12 @@ func checkAPIServerOutage(t *testing.T, st *lab.State) {
 	if err == nil {
 		t.Fatalf("kubectl still works with the API server killed: %s", out)
 	}
+	for _, n := range st.Nodes {
+		eventually(t, 20*time.Second, n.Name+" to report not-ready", func() (bool, string) {
+			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			return err == nil && !stat.Ready, fmt.Sprint(stat, err)
+		})
+	}
 	rounds, failed := 0, map[string]int{}
 	for time.Since(down) < apiOutage {
 		for _, b := range probePairs(st, allowed, denied) {
@@ -213,6 +219,12 @@ func checkAPIServerOutage(t *testing.T, st *lab.State) {
 		t.Fatal(err)
 	}
 	apiDown = false
+	for _, n := range st.Nodes {
+		eventually(t, 30*time.Second, n.Name+" to report ready again", func() (bool, string) {
+			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			return err == nil && stat.Ready, fmt.Sprint(stat, err)
+		})
+	}
 	ready := time.Since(start)
 	kubectl(t, st, "", "delete", "networkpolicy", "-n", "z", "outage")
 	start = time.Now()

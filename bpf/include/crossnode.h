@@ -213,9 +213,12 @@ static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet
 		return REASON_FORWARD_HOST;
 	if (pkt->l4_proto == IPPROTO_IPIP) {
 		cfg = node_config();
-		if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip)
+		/* A fragment cannot be decapsulated on its own: the node's stack reassembles it. */
+		if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip || pkt->fragment)
 			return REASON_FORWARD_HOST;
-		if (bpf_skb_adjust_room(skb, -IPIP_HLEN, BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4))
+		/* The whole outer header goes, options too. */
+		if (bpf_skb_adjust_room(skb, -(__s32)(pkt->l4_off - pkt->l3_off), BPF_ADJ_ROOM_MAC,
+					ADJ_ROOM_DECAP_L3_IPV4))
 			return REASON_DROP_ENCAP_FAILED;
 		__builtin_memset(pkt, 0, sizeof(*pkt));
 		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)

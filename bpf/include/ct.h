@@ -86,7 +86,9 @@ static __always_inline void ct_touch(struct ct_entry *e, struct packet *pkt, __u
 }
 
 /* ct_related looks up the flow an IPv4 ICMP error (unreachable, time exceeded, parameter
- * problem) is about: the packet it quotes. */
+ * problem) is about: the packet it quotes, which must have come from where the error goes (as
+ * Linux conntrack asks), or anyone with a flow on the node could send errors past the ingress
+ * policy of every pod here. */
 static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 {
 	void *data = (void *)(long)skb->data;
@@ -104,7 +106,7 @@ static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 	if (off > 128)
 		return CT_NEW;
 	inner = data + off;
-	if ((void *)(inner + 1) > data_end || inner->ihl != 5)
+	if ((void *)(inner + 1) > data_end || inner->ihl != 5 || inner->saddr != pkt->daddr.v4)
 		return CT_NEW;
 	ports = (void *)(inner + 1);
 	if ((void *)(ports + 2) > data_end)
@@ -148,7 +150,8 @@ static __always_inline void ct_create(struct packet *pkt)
 	struct ct_entry e = {};
 
 	ct_key_of(pkt, &k, 0);
-	e.expires = bpf_ktime_get_ns() + ct_timeout(pkt, 0);
+	e.created = bpf_ktime_get_ns();
+	e.expires = e.created + ct_timeout(pkt, 0);
 	e.packets = 1;
 	e.bytes = pkt->len;
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);

@@ -80,7 +80,11 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return (__u16)~c;
 }
 
-static __always_inline int parse_l4(void *data, void *data_end, struct packet *pkt)
+/* parse_l4 reads the L4 header at pkt->l4_off, which must lie inside the datagram (ending at
+ * offset end), not merely inside the frame: bytes past the IP length (Ethernet padding, or a
+ * length that lies) are no part of the packet, and the receiver's stack discards what ends
+ * there. Each data_end check is the verifier's; each end check is the packet's. */
+static __always_inline int parse_l4(void *data, void *data_end, __u32 end, struct packet *pkt)
 {
 	void *l4 = data + pkt->l4_off;
 
@@ -88,9 +92,9 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 	case IPPROTO_TCP: {
 		struct tcphdr *th = l4;
 
-		if ((void *)(th + 1) > data_end || th->doff < 5)
+		if ((void *)(th + 1) > data_end || pkt->l4_off + sizeof(*th) > end || th->doff < 5)
 			return REASON_DROP_MALFORMED;
-		if (l4 + th->doff * 4 > data_end)
+		if (l4 + th->doff * 4 > data_end || pkt->l4_off + th->doff * 4 > end)
 			return REASON_DROP_MALFORMED;
 		pkt->sport = th->source;
 		pkt->dport = th->dest;
@@ -100,7 +104,7 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 	case IPPROTO_UDP: {
 		struct udphdr *uh = l4;
 
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || pkt->l4_off + sizeof(*uh) > end)
 			return REASON_DROP_MALFORMED;
 		pkt->sport = uh->source;
 		pkt->dport = uh->dest;
@@ -109,7 +113,7 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 	case IPPROTO_SCTP: {
 		__be16 *ports = l4;
 
-		if (l4 + SCTP_HDR_LEN > data_end)
+		if (l4 + SCTP_HDR_LEN > data_end || pkt->l4_off + SCTP_HDR_LEN > end)
 			return REASON_DROP_MALFORMED;
 		pkt->sport = ports[0];
 		pkt->dport = ports[1];
@@ -119,7 +123,7 @@ static __always_inline int parse_l4(void *data, void *data_end, struct packet *p
 	case IPPROTO_ICMPV6: {
 		__u8 *ih = l4; /* type, code; linux/icmp.h would drag in libc headers */
 
-		if (l4 + 8 > data_end)
+		if (l4 + 8 > data_end || pkt->l4_off + 8 > end)
 			return REASON_DROP_MALFORMED;
 		pkt->icmp_type = ih[0];
 		pkt->icmp_id = *(__be16 *)(ih + 4);
@@ -156,20 +160,24 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 			return CONTINUE;
 	}
 	pkt->l4_off = pkt->l3_off + hlen;
-	return parse_l4(data, data_end, pkt);
+	return parse_l4(data, data_end, pkt->l3_off + tot, pkt);
 }
 
 static __always_inline int parse_ipv6(void *data, void *data_end, struct packet *pkt)
 {
 	struct ipv6hdr *ip6 = data + pkt->l3_off;
 	__u32 off = pkt->l3_off + sizeof(*ip6);
+	__u32 plen, end;
 	__u8 next;
 
 	if ((void *)(ip6 + 1) > data_end)
 		return REASON_DROP_MALFORMED;
-	if (ip6->version != 6 ||
-	    pkt->l3_off + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > pkt->len)
+	plen = bpf_ntohs(ip6->payload_len);
+	if (ip6->version != 6 || pkt->l3_off + sizeof(*ip6) + plen > pkt->len)
 		return REASON_DROP_MALFORMED;
+	/* Extension and L4 headers lie inside the payload; a length of 0 (a jumbogram, or a BIG
+	 * TCP packet) leaves the frame as the bound. */
+	end = plen ? pkt->l3_off + sizeof(*ip6) + plen : pkt->len;
 	pkt->family = AF_INET6;
 	pkt->ttl = ip6->hop_limit;
 	__builtin_memcpy(pkt->saddr.v6, &ip6->saddr, 16);
@@ -183,7 +191,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
 		    next != IPPROTO_FRAGMENT)
 			break;
-		if ((void *)(ext + 8) > data_end)
+		if ((void *)(ext + 8) > data_end || off + 8 > end)
 			return REASON_DROP_MALFORMED;
 		if (next == IPPROTO_FRAGMENT) {
 			pkt->fragment = 1;
@@ -202,7 +210,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 	}
 	pkt->l4_proto = next;
 	pkt->l4_off = off;
-	return parse_l4(data, data_end, pkt);
+	return parse_l4(data, data_end, end, pkt);
 }
 
 static __always_inline int parse_arp(void *data, void *data_end, struct packet *pkt)

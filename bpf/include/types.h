@@ -122,6 +122,7 @@ struct ct_entry {
 	__u64 bytes;
 	__u32 flags; /* enum ct_flags */
 	__u32 pad;
+	__u64 created; /* bpf_ktime_get_ns() of the first packet; 0: unknown (an older layout) */
 };
 
 /* A drop, as the monitor streams it. */

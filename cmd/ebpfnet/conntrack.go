@@ -39,10 +39,14 @@ func newCTCmd(g *globals) *cobra.Command {
 				if f.Closing {
 					state = "closing"
 				}
+				age := "-"
+				if f.Age >= 0 {
+					age = fmt.Sprintf("%ds", f.Age)
+				}
 				rows = append(rows, []string{protoName[f.Protocol], f.Src.String(), f.Dst.String(), state,
-					fmt.Sprint(f.Packets), fmt.Sprint(f.Bytes), fmt.Sprintf("%ds", f.ExpiresIn)})
+					fmt.Sprint(f.Packets), fmt.Sprint(f.Bytes), age, fmt.Sprintf("%ds", f.ExpiresIn)})
 			}
-			return printOut(cmd.OutOrStdout(), g, flows, []string{"PROTO", "SOURCE", "DESTINATION", "STATE", "PACKETS", "BYTES", "EXPIRES IN"}, rows)
+			return printOut(cmd.OutOrStdout(), g, flows, []string{"PROTO", "SOURCE", "DESTINATION", "STATE", "PACKETS", "BYTES", "AGE", "EXPIRES IN"}, rows)
 		},
 	})
 	return cmd

@@ -205,13 +205,35 @@ func newExplainCmd(g *globals, t *target) *cobra.Command {
 	return cmd
 }
 
-// readApplyFile reads what `apply -f FILE` names: the file, or standard input for "-".
+// readApplyFile reads what `apply -f FILE` names: the file, or standard input for "-". It
+// refuses what is over agent.MaxRequestBytes, the most the agent takes in one request, having
+// read no more than that: a regular file by its size, unread.
 func readApplyFile(cmd *cobra.Command, file, command string) ([]byte, error) {
 	if file == "" {
 		return nil, usageError{fmt.Errorf("%s needs -f FILE", command)}
 	}
-	if file == "-" {
-		return io.ReadAll(cmd.InOrStdin())
+	in, name := cmd.InOrStdin(), "standard input"
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > agent.MaxRequestBytes {
+			return nil, applyTooLarge(file)
+		}
+		in, name = f, file
 	}
-	return os.ReadFile(file)
+	data, err := io.ReadAll(io.LimitReader(in, agent.MaxRequestBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(data) > agent.MaxRequestBytes {
+		return nil, applyTooLarge(name)
+	}
+	return data, nil
+}
+
+func applyTooLarge(name string) error {
+	return fmt.Errorf("%s is over %d MiB, the most the agent takes in one request", name, agent.MaxRequestBytes>>20)
 }

@@ -206,3 +206,11 @@ func (k *KV) Close() error {
 }
 
 var errNoKey = errors.New("malformed key")
+
+// Ping asks the API server whether it is ready to serve.
+func (k *KV) Ping(ctx context.Context) error {
+	if err := k.core.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
+		return fmt.Errorf("kubernetes API server does not answer: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A body up to the limit is read whole; one byte more fails the read with the limit's error,
+// with a Content-Length (refused before the handler runs: 413) or without (chunked), and
+// also for a handler that itself stops reading at the limit, which would otherwise take a cut
+// body for a whole one.
+func TestLimitBody(t *testing.T) {
+	const limit = 1000
+	for _, size := range []int{0, 999, 1000, 1001, 5000} {
+		for _, chunked := range []bool{false, true} {
+			for _, selfLimited := range []bool{false, true} {
+				name := fmt.Sprintf("%d bytes, chunked %v, handler stops at the limit %v", size, chunked, selfLimited)
+				var got []byte
+				var readErr error
+				h := limitBody(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					var body io.Reader = r.Body
+					if selfLimited {
+						body = io.LimitReader(r.Body, limit)
+					}
+					got, readErr = io.ReadAll(body)
+					reply(w, struct{}{}, readErr)
+				}), limit)
+				req := httptest.NewRequest("POST", "/v1/policies", bytes.NewReader(bytes.Repeat([]byte("a"), size)))
+				if chunked {
+					req.ContentLength = -1
+				}
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				var ae APIError
+				json.Unmarshal(rec.Body.Bytes(), &ae)
+				switch {
+				case size <= limit && (rec.Code != 200 || len(got) != size):
+					t.Errorf("%s: %d %s, read %d bytes", name, rec.Code, rec.Body, len(got))
+				case size > limit && (rec.Code == 200 || ae.Code != CodeInvalidConfig || ae.Message != "request body is over the agent API's limit of 0 MiB"):
+					t.Errorf("%s: %d %s; want it refused for its size", name, rec.Code, rec.Body)
+				case size > limit && !chunked && rec.Code != http.StatusRequestEntityTooLarge:
+					t.Errorf("%s: %d, want 413 from the Content-Length alone", name, rec.Code)
+				case len(got) > limit:
+					t.Errorf("%s: the handler read %d bytes", name, len(got))
+				}
+			}
+		}
+	}
+}
+
+// filler is size bytes of YAML comment lines, made as they are read.
+type filler struct{ left int }
+
+func (f *filler) Read(p []byte) (int, error) {
+	if f.left == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), f.left)
+	for i := range n {
+		p[i] = "# padding\n"[(f.left-i)%10]
+	}
+	f.left -= n
+	return n, nil
+}
+
+// The agent's API refuses a 100 MB policy body and YAML alias bombs quickly, having allocated
+// under 64 MiB in all (which bounds its heap's growth): the body limit and the policy parser's
+// guard answer before the store is touched (this agent has none).
+func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
+	api := limitBody((&Agent{}).routes(), MaxRequestBytes)
+	laughs := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    l0: &l0 \"lol\"\n"
+	for i := 1; i < 10; i++ {
+		laughs += fmt.Sprintf("    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
+	}
+	long := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  labels:\n    a: &a \"" +
+		strings.Repeat("x", 64<<10) + "\"\n  annotations:\n    b: [" + strings.TrimSuffix(strings.Repeat("*a,", 4000), ",") + "]\n"
+	cases := []struct {
+		name   string
+		body   func() io.Reader
+		length int64 // -1: chunked
+		status int
+		want   string
+	}{
+		{"100 MB with its length", func() io.Reader { return &filler{left: 100 << 20} }, 100 << 20, 413, "request body is over the agent API's limit of 16 MiB"},
+		{"100 MB chunked", func() io.Reader { return &filler{left: 100 << 20} }, -1, 400, "request body is over the agent API's limit of 16 MiB"},
+		{"billion laughs", func() io.Reader { return strings.NewReader(laughs) }, int64(len(laughs)), 400, "document 1: "},
+		{"a long string repeated by aliases", func() io.Reader { return strings.NewReader(long) }, int64(len(long)), 400, "document 1: its aliases expand it past the 1 MiB"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req := httptest.NewRequest("POST", "/v1/policies", c.body())
+			req.ContentLength = c.length
+			rec := httptest.NewRecorder()
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			api.ServeHTTP(rec, req)
+			took := time.Since(start)
+			runtime.ReadMemStats(&after)
+			alloc := after.TotalAlloc - before.TotalAlloc
+			t.Logf("%d %s in %v, %.1f MiB allocated", rec.Code, strings.TrimSpace(rec.Body.String()), took.Round(time.Millisecond), float64(alloc)/(1<<20))
+			var ae APIError
+			if err := json.Unmarshal(rec.Body.Bytes(), &ae); err != nil || rec.Code != c.status || ae.Code != CodeInvalidConfig || !strings.Contains(ae.Message, c.want) {
+				t.Errorf("got %d %s, want %d with code %d and %q", rec.Code, rec.Body, c.status, CodeInvalidConfig, c.want)
+			}
+			if alloc > 64<<20 {
+				t.Errorf("allocated %.1f MiB, want under 64 MiB", float64(alloc)/(1<<20))
+			}
+			if took > 10*time.Second {
+				t.Errorf("took %v, want under 10s", took)
+			}
+		})
+	}
+}

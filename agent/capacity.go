@@ -1,0 +1,292 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/ebpfnet/ebpfnet/bpf"
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/policy"
+	"github.com/ebpfnet/ebpfnet/store"
+)
+
+// Full maps. Before a policy, a label change or a pod reaches the store, the agent compiles the
+// cluster as it would be and refuses the change as a whole when the endpoints, ipcache or policy
+// map could not hold it. A reconcile that finds the store's state too large all the same (a
+// change another agent let in, a NetworkPolicy written to the Kubernetes API directly) keeps
+// what is programmed, and reports it.
+
+// MapFullError says that a change needs more entries of a map than the map holds.
+type MapFullError struct {
+	Map string // endpoints, ipcache or policy
+	// Node is the node whose map it is, when not this agent's.
+	Node     string
+	Need     int
+	Capacity int
+}
+
+func (e *MapFullError) Error() string {
+	where := ""
+	if e.Node != "" {
+		where = " on node " + e.Node
+	}
+	// The maps' names are also their fields in mapSizes.
+	return fmt.Sprintf("%s map full%s: the change needs %d entries, the map holds %d (mapSizes.%s)",
+		e.Map, where, e.Need, e.Capacity, e.Map)
+}
+
+// capacity is how many entries the maps that changes are checked against hold.
+type capacity struct{ endpoints, ipcache, policy int }
+
+// capacity reads the sizes of the loaded maps: what the kernel holds, not what a config says.
+func (a *Agent) capacity() capacity {
+	m := a.dp.DatapathMaps
+	return capacity{endpoints: int(m.Endpoints.MaxEntries()), ipcache: int(m.Ipcache.MaxEntries()), policy: int(m.Policy.MaxEntries())}
+}
+
+// demand is what a compiled state takes of the ipcache and the policy map: one entry per
+// distinct key, as applyPolicy writes them.
+func demand(out *policy.Output) (ipcache, policyEntries int) {
+	prefixes := map[netip.Prefix]bool{}
+	for _, e := range out.IPCache {
+		prefixes[e.Prefix] = true
+	}
+	keys := map[bpf.DatapathPolicyKey]bool{}
+	for _, e := range out.Policy {
+		keys[e.Key()] = true
+	}
+	return len(prefixes), len(keys)
+}
+
+// overflows lists the maps that out does not fit in, ipcache first; node names whose maps
+// they are (empty: this agent's).
+func (c capacity) overflows(out *policy.Output, node string) []*MapFullError {
+	ic, pol := demand(out)
+	var over []*MapFullError
+	if ic > c.ipcache {
+		over = append(over, &MapFullError{Map: maps.IPCacheName, Node: node, Need: ic, Capacity: c.ipcache})
+	}
+	if pol > c.policy {
+		over = append(over, &MapFullError{Map: maps.PolicyName, Node: node, Need: pol, Capacity: c.policy})
+	}
+	return over
+}
+
+// checkChange compiles the cluster as it would be after edit (and with the pods of extra
+// added), for this node and, with everyNode, every node that holds pods, and returns the first
+// map that could not hold it. Nothing is written: label sets without an identity get a
+// provisional one. Other nodes are taken to have this node's map sizes (one agent config for
+// all); a node whose maps are smaller holds the change back when it reconciles.
+func (a *Agent) checkChange(ctx context.Context, caps capacity, everyNode bool, edit func(*policy.Input), extra ...store.Endpoint) error {
+	nodes, err := a.cluster.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	in, err := a.clusterInput(ctx, nodes, extra...)
+	if err != nil {
+		return err
+	}
+	if in.Identity, err = a.provisionalIdentities(ctx); err != nil {
+		return err
+	}
+	if edit != nil {
+		edit(&in)
+	}
+	selves := []string{a.node.Name}
+	for _, p := range in.Pods {
+		if everyNode && !slices.Contains(selves, p.Node) {
+			selves = append(selves, p.Node)
+		}
+	}
+	for _, self := range selves {
+		in.Self = self
+		out, err := policy.Compile(in)
+		if err != nil {
+			return fmt.Errorf("compile policy: %w", err)
+		}
+		node := self
+		if self == a.node.Name {
+			node = ""
+		}
+		if over := caps.overflows(out, node); len(over) > 0 {
+			return over[0]
+		}
+	}
+	return nil
+}
+
+// provisionalIdentities answers with the identities the store holds and, for a label set it
+// does not know yet, a number of its own above every real one.
+func (a *Agent) provisionalIdentities(ctx context.Context) (func(string) (uint32, error), error) {
+	ids, err := a.cluster.Identities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	known := map[string]uint32{}
+	for id, key := range ids {
+		known[key] = id
+	}
+	next := uint32(1 << 31)
+	return func(key string) (uint32, error) {
+		if id, ok := known[key]; ok {
+			return id, nil
+		}
+		known[key] = next
+		next++
+		return known[key], nil
+	}, nil
+}
+
+// refuse counts a change refused for want of room and gives it the answer CNI and the API
+// use: try again later, since the room comes back as pods and policies go.
+func (a *Agent) refuse(what string, err error) error {
+	var full *MapFullError
+	if !errors.As(err, &full) {
+		return err
+	}
+	a.metrics.mapRefusals.WithLabelValues(full.Map).Inc()
+	slog.Info("change refused: a map is full", "change", what, "err", err)
+	return &APIError{Code: CodeTryAgainLater, Message: err.Error()}
+}
+
+// withPolicies is an edit that stores nps: each replaces the policy of its name or joins them.
+func withPolicies(nps []*networkingv1.NetworkPolicy) func(*policy.Input) {
+	return func(in *policy.Input) {
+		for _, np := range nps {
+			i := slices.IndexFunc(in.Policies, func(old *networkingv1.NetworkPolicy) bool {
+				return old.Namespace == np.Namespace && old.Name == np.Name
+			})
+			if i >= 0 {
+				in.Policies[i] = np
+			} else {
+				in.Policies = append(in.Policies, np)
+			}
+		}
+	}
+}
+
+// withLabels is an edit that applies a label change.
+func withLabels(req LabelRequest) func(*policy.Input) {
+	return func(in *policy.Input) {
+		if req.Kind == "namespace" {
+			in.Namespaces[req.Namespace] = relabel(in.Namespaces[req.Namespace], req)
+			return
+		}
+		for i := range in.Pods {
+			if p := &in.Pods[i]; p.Namespace == req.Namespace && p.Name == req.Name {
+				p.Labels = relabel(p.Labels, req)
+			}
+		}
+	}
+}
+
+// withObjects is an edit that declares namespaces and pods as PUT /v1/objects does.
+func withObjects(req ObjectsRequest) func(*policy.Input) {
+	return func(in *policy.Input) {
+		for name, labels := range req.Namespaces {
+			in.Namespaces[name] = labels
+		}
+		for i := range in.Pods {
+			p := &in.Pods[i]
+			if m, ok := req.Pods[p.Namespace+"/"+p.Name]; ok {
+				p.Labels, p.Ports = m.Labels, namedPorts(m)
+			}
+		}
+	}
+}
+
+// holdBack is what this node's last reconcile did not program because a map was too small:
+// what ebpfnet_bpf_map_full reports and a wait for this node's programming answers with.
+type holdBack struct {
+	mu sync.Mutex
+	// gen is the store generation held back; 0 when the last reconcile programmed everything.
+	gen  int64
+	over []*MapFullError
+}
+
+// hold records that the state of generation gen does not fit; it says whether this is news:
+// nothing was held back before, or what is held back needs other room. A later generation
+// that still does not fit the same way (any unrelated change) is no news.
+func (h *holdBack) hold(gen int64, over []*MapFullError) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	news := fmt.Sprint(over) != fmt.Sprint(h.over)
+	h.gen, h.over = gen, over
+	return news
+}
+
+func (h *holdBack) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gen, h.over = 0, nil
+}
+
+// full says whether map name is held back.
+func (h *holdBack) full(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.ContainsFunc(h.over, func(e *MapFullError) bool { return e.Map == name })
+}
+
+// heldSince returns why this node holds back a state of generation gen or newer, or nil.
+func (h *holdBack) heldSince(gen int64) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gen == 0 || h.gen < gen || len(h.over) == 0 {
+		return nil
+	}
+	return h.over[0]
+}
+
+// holdBackState records a reconcile that found the store's state too large for this node's
+// maps: counted and logged when it starts and whenever what it needs changes.
+func (a *Agent) holdBackState(gen int64, over []*MapFullError) {
+	if !a.metrics.held.hold(gen, over) {
+		return
+	}
+	for _, e := range over {
+		a.metrics.mapRefusals.WithLabelValues(e.Map).Inc()
+	}
+	slog.Warn("the store's state does not fit this node's maps; keeping what is programmed",
+		"err", over[0], "generation", gen)
+}
+
+// storeChecked runs write, a change to the store, once the cluster as it would be after edit
+// fits the maps; refused, the store is left as it was. Checks and writes go one at a time and
+// never while this node programs, so two changes on this agent are never checked against the
+// same state.
+func (a *Agent) storeChecked(ctx context.Context, what string, edit func(*policy.Input), write func() error) error {
+	a.recMu.Lock()
+	defer a.recMu.Unlock()
+	if err := a.checkChange(ctx, a.capacity(), true, edit); err != nil {
+		return a.refuse(what, err)
+	}
+	return write()
+}
+
+// roomFor refuses a pod that the node's maps cannot take: its endpoints entry, and the ipcache
+// and policy entries this node would have with it (other nodes' are theirs to hold back). An
+// attachment that already holds a lease (a repeated ADD) takes no new room.
+func (a *Agent) roomFor(ctx context.Context, req AttachRequest) error {
+	if _, found, err := a.leaseOf(ctx, req.owner()); err != nil || found {
+		return err
+	}
+	caps := a.capacity()
+	if n := countEntries(a.dp.DatapathMaps.Endpoints); n+1 > caps.endpoints {
+		return a.refuse("CNI ADD", &MapFullError{Map: maps.EndpointsName, Need: n + 1, Capacity: caps.endpoints})
+	}
+	// Its address is not known yet: the pod CIDR's network address and endpoint id 0 stand in,
+	// which no pod gets.
+	pod := store.Endpoint{Namespace: req.Namespace, Pod: req.Pod, Labels: req.Labels, Node: a.node.Name, IP: a.node.PodCIDR.Addr()}
+	if err := a.checkChange(ctx, caps, false, nil, pod); err != nil {
+		return a.refuse("CNI ADD", err)
+	}
+	return nil
+}

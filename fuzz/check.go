@@ -1,0 +1,240 @@
+package fuzz
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/model"
+)
+
+// Checker runs packets through the datapath and the model of one installed world and
+// compares what they did: verdict, reason, the packet as it left (when not dropped) and the
+// conntrack entry of its flow.
+type Checker struct {
+	h        *Harness
+	w        World
+	m        *model.Model
+	creators map[model.CTKey]Packet // the packet that began each flow, for printed cases
+	last     maps.Reason            // the model's reason for the last packet run
+	Stats
+}
+
+// Stats counts what a run saw.
+type Stats struct {
+	Packets       int // run by the kernel and the model
+	Refused       int // refused by BPF_PROG_TEST_RUN (shorter than an Ethernet header)
+	Disagreements int
+	Reasons       map[model.Hook]map[maps.Reason]int
+	Conntrack     map[model.Conntrack]int
+}
+
+func (s *Stats) add(o Stats) {
+	s.Packets += o.Packets
+	s.Refused += o.Refused
+	s.Disagreements += o.Disagreements
+	for v, n := range o.Conntrack {
+		s.countFlow(v, n)
+	}
+	for h, per := range o.Reasons {
+		for r, n := range per {
+			s.count(h, r, n)
+		}
+	}
+}
+
+func (s *Stats) count(h model.Hook, r maps.Reason, n int) {
+	if s.Reasons == nil {
+		s.Reasons = map[model.Hook]map[maps.Reason]int{}
+	}
+	if s.Reasons[h] == nil {
+		s.Reasons[h] = map[maps.Reason]int{}
+	}
+	s.Reasons[h][r] += n
+}
+
+func (s *Stats) countFlow(v model.Conntrack, n int) {
+	if s.Conntrack == nil {
+		s.Conntrack = map[model.Conntrack]int{}
+	}
+	s.Conntrack[v] += n
+}
+
+// Coverage lists, per program, how many packets ended with each reason.
+func (s Stats) Coverage() string {
+	var lines []string
+	for _, h := range model.Hooks {
+		var parts []string
+		for r, n := range s.Reasons[h] {
+			parts = append(parts, fmt.Sprintf("%s %d", maps.ReasonName(r), n))
+		}
+		sort.Strings(parts)
+		lines = append(lines, fmt.Sprintf("%s: %s", h, strings.Join(parts, ", ")))
+	}
+	var flows []string
+	for v := model.CTNone; v <= model.CTRelated; v++ {
+		flows = append(flows, fmt.Sprintf("%s %d", v, s.Conntrack[v]))
+	}
+	lines = append(lines, "conntrack: "+strings.Join(flows, ", "))
+	return strings.Join(lines, "\n")
+}
+
+// Checker installs w and returns a checker for it, with conntrack empty on both sides.
+func (h *Harness) Checker(w World) (*Checker, error) {
+	if err := h.Install(w); err != nil {
+		return nil, err
+	}
+	return &Checker{h: h, w: w, m: model.New(w.World), creators: map[model.CTKey]Packet{}}, nil
+}
+
+// Reset empties conntrack on both sides.
+func (c *Checker) Reset() error {
+	c.m.ResetConntrack()
+	clear(c.creators)
+	return c.h.ClearConntrack()
+}
+
+// Disagreement is a packet the datapath and the model judged differently.
+type Disagreement struct {
+	Case Case
+	What []string
+}
+
+func (d Disagreement) String() string {
+	return fmt.Sprintf("datapath and model disagree: %s\n%#v", strings.Join(d.What, "; "), d.Case)
+}
+
+// Check runs p through the kernel and the model (call it inside Harness.Do). A disagreement
+// leaves conntrack emptied on both sides, so that one difference does not cascade.
+func (c *Checker) Check(p Packet) (*Disagreement, error) {
+	res, err := c.h.Run(p.Hook, p.Frame)
+	if errors.Is(err, ErrRefused) {
+		c.Refused++
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.Packets++
+	o := c.m.Run(p.Hook, p.Frame)
+	c.last = o.Reason
+	c.count(p.Hook, o.Reason, 1)
+	c.countFlow(o.Conntrack, 1)
+	var what []string
+	if want := model.Verdict(o.Reason); res.Verdict != want {
+		what = append(what, fmt.Sprintf("verdict %d, model %d", res.Verdict, want))
+	}
+	got, err := c.h.Counted(o.Reason, p.Hook.Direction())
+	if err != nil {
+		return nil, err
+	}
+	if got != o.Reason {
+		what = append(what, fmt.Sprintf("counted under %s, model %s", maps.ReasonName(got), maps.ReasonName(o.Reason)))
+	}
+	if !maps.IsDrop(o.Reason) && got == o.Reason && !bytes.Equal(res.Out, o.Out) {
+		what = append(what, fmt.Sprintf("left as\n%x\nmodel\n%x", res.Out, o.Out))
+	}
+	if o.Key != nil {
+		e, err := c.h.Flow(*o.Key)
+		if err != nil {
+			return nil, err
+		}
+		if want := c.m.CT[*o.Key]; !sameFlow(e, want) {
+			what = append(what, fmt.Sprintf("conntrack %s, model %s", flowString(e), flowString(want)))
+		}
+		if o.Created {
+			c.creators[*o.Key] = Packet{Hook: p.Hook, Frame: append([]byte(nil), p.Frame...)}
+		}
+	}
+	if len(what) == 0 {
+		return nil, nil
+	}
+	c.Disagreements++
+	d := &Disagreement{What: what, Case: Case{World: c.w.Seed, Hook: p.Hook, In: append([]byte(nil), p.Frame...), Reason: o.Reason}}
+	d.Case.Name = fmt.Sprintf("%s in world %#x: %s", p.Hook, c.w.Seed, strings.SplitN(what[0], "\n", 2)[0])
+	if o.Key != nil {
+		keys := []model.CTKey{*o.Key, reverse(*o.Key)}
+		if o.Quoted != nil {
+			keys = append(keys, *o.Quoted)
+		}
+		for _, k := range keys {
+			if b, ok := c.creators[k]; ok && !bytes.Equal(b.Frame, p.Frame) {
+				d.Case.Before = append(d.Case.Before, b)
+			}
+		}
+	}
+	return d, c.Reset()
+}
+
+// CheckFlowCount compares how many flows conntrack holds with the model's count: a flow the
+// datapath made under a key the model never looked at shows here.
+func (c *Checker) CheckFlowCount() error {
+	n, err := c.h.Flows()
+	if err != nil {
+		return err
+	}
+	if n != len(c.m.CT) {
+		return fmt.Errorf("world %d: conntrack holds %d flows, model %d", c.w.Seed, n, len(c.m.CT))
+	}
+	return nil
+}
+
+func reverse(k model.CTKey) model.CTKey {
+	k.Src, k.Dst = k.Dst, k.Src
+	k.Sport, k.Dport = k.Dport, k.Sport
+	return k
+}
+
+func sameFlow(a, b *model.CTEntry) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+func flowString(e *model.CTEntry) string {
+	if e == nil {
+		return "none"
+	}
+	return fmt.Sprintf("{flags %#x, %d packets, %d bytes}", e.Flags, e.Packets, e.Bytes)
+}
+
+// worldPackets is how many packets one world sees before the next is installed.
+const worldPackets = 500
+
+// RunSeeded checks packets packets (refused ones not counted) generated from seed, a new
+// world every worldPackets, and hands each disagreement to report.
+func (h *Harness) RunSeeded(seed uint64, packets int, report func(Disagreement)) (Stats, time.Duration, error) {
+	var st Stats
+	start := time.Now()
+	err := h.Do(func() error {
+		for world := uint64(0); st.Packets < packets; world++ {
+			w := NewWorld(seed<<20 | world)
+			c, err := h.Checker(w)
+			if err != nil {
+				return err
+			}
+			g := NewGen(w.Seed, w)
+			for c.Packets < worldPackets && st.Packets+c.Packets < packets {
+				d, err := c.Check(g.Next())
+				if err != nil {
+					return err
+				}
+				if d != nil {
+					report(*d)
+				}
+			}
+			if err := c.CheckFlowCount(); err != nil {
+				c.Disagreements++
+				report(Disagreement{What: []string{err.Error()}, Case: Case{Name: "flow count", World: w.Seed}})
+			}
+			st.add(c.Stats)
+		}
+		return nil
+	})
+	return st, time.Since(start), err
+}

@@ -1,0 +1,132 @@
+package fuzz_test
+
+import (
+	"flag"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/ebpfnet/ebpfnet/fuzz"
+	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/test/nstest"
+)
+
+var (
+	packets = flag.Int("packets", 20000, "packets the seeded comparison runs (make fuzz runs 1,000,000)")
+	seed    = flag.Uint64("seed", 1, "seed of the seeded comparison's worlds and packets")
+)
+
+// shared is the one harness of the process: loading the datapath costs seconds of verifier
+// time, so every test and fuzz target here uses it.
+var shared struct {
+	once sync.Once
+	h    *fuzz.Harness
+	err  error
+}
+
+func harness(tb testing.TB) *fuzz.Harness {
+	tb.Helper()
+	nstest.RequireRoot(tb)
+	shared.once.Do(func() { shared.h, shared.err = fuzz.NewHarness() })
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.h
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if shared.h != nil {
+		shared.h.Close()
+	}
+	os.Exit(code)
+}
+
+// The datapath does to generated and mutated packets what the model says it should.
+func TestDatapathMatchesModel(t *testing.T) {
+	h := harness(t)
+	reported := 0
+	st, took, err := h.RunSeeded(*seed, *packets, func(d fuzz.Disagreement) {
+		if reported++; reported <= 10 {
+			t.Error(d)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fuzz: %d packets, %d disagreements, %s (%.1f µs a packet; %d refused by BPF_PROG_TEST_RUN), seed %d",
+		st.Packets, st.Disagreements, took.Round(1e6), float64(took.Microseconds())/float64(max(1, st.Packets)), st.Refused, *seed)
+	t.Logf("reasons:\n%s", st.Coverage())
+	if st.Disagreements > 0 {
+		t.Fatalf("%d disagreements", st.Disagreements)
+	}
+}
+
+// The fuzzing engine's frames go through a program of its choice in one of sixteen worlds,
+// twice (the second is conntrack's established path), then its reply.
+func FuzzDatapath(f *testing.F) {
+	h := harness(f)
+	for i, p := range fuzz.SeedCorpus(64) {
+		f.Add(uint8(p.Hook), uint8(i), p.Frame)
+	}
+	for _, c := range regressions {
+		f.Add(uint8(c.Hook), uint8(0), c.In)
+	}
+	var (
+		checker *fuzz.Checker
+		world   = -1
+	)
+	f.Fuzz(func(t *testing.T, hook, worldIndex uint8, frame []byte) {
+		if len(frame) > fuzz.MaxFrame {
+			frame = frame[:fuzz.MaxFrame]
+		}
+		err := h.Do(func() error {
+			if int(worldIndex%16) != world {
+				c, err := h.Checker(fuzz.NewWorld(fuzz.FuzzWorld(worldIndex)))
+				if err != nil {
+					return err
+				}
+				checker, world = c, int(worldIndex%16)
+			} else if err := checker.Reset(); err != nil {
+				return err
+			}
+			in := fuzz.Packet{Hook: model.Hooks[int(hook)%len(model.Hooks)], Frame: frame}
+			steps := []fuzz.Packet{in, in}
+			if reply, ok := fuzz.NewGen(0, fuzz.NewWorld(fuzz.FuzzWorld(worldIndex))).Reply(frame); ok {
+				steps = append(steps, reply)
+			}
+			for _, p := range steps {
+				d, err := checker.Check(p)
+				if err != nil {
+					return err
+				}
+				if d != nil {
+					t.Fatal(d)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestRegressions(t *testing.T) {
+	h := harness(t)
+	for _, c := range regressions {
+		t.Run(c.Name, func(t *testing.T) {
+			err := h.Do(func() error {
+				d, err := h.Replay(c)
+				if d != nil {
+					t.Error(d)
+				}
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,243 @@
+// Package fuzz holds the datapath to its reference model (package model): it generates
+// worlds (map contents) and packets from a seed, mutates every header length, fragment and
+// extension-header field, runs each packet through a BPF program with BPF_PROG_TEST_RUN and
+// through the model, and reports every disagreement as a Go literal for a table test.
+package fuzz
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/model"
+)
+
+// The node and its neighbourhood. The addresses are fixed; which maps hold them, with what
+// flags, identities and rules, is the world's seed's choice.
+var (
+	nodeIP     = netip.MustParseAddr("10.250.0.1")
+	peerIP     = netip.MustParseAddr("10.250.0.2") // on the underlay, neighbour known
+	strangerIP = netip.MustParseAddr("10.250.0.3") // on the underlay, no neighbour entry
+	lostIP     = netip.MustParseAddr("10.250.9.1") // behind an unreachable route
+	farIP      = netip.MustParseAddr("10.251.0.1") // behind the default gateway
+	gatewayIP  = netip.MustParseAddr("10.250.0.254")
+	bcastIP    = netip.MustParseAddr("10.250.0.255") // the underlay's broadcast: not forwarded
+
+	underlayMAC = mac("02:00:00:00:fe:01")
+	gatewayMAC  = mac("02:00:00:00:fe:fe")
+	peerMAC     = mac("02:00:00:00:fe:02")
+	hostMAC     = mac("ee:00:00:00:00:01")
+
+	podCIDR      = netip.MustParsePrefix("10.244.0.0/24")
+	clusterCIDR  = netip.MustParsePrefix("10.244.0.0/16")
+	podCIDR6     = netip.MustParsePrefix("fd00:244::/64")
+	clusterCIDR6 = netip.MustParsePrefix("fd00:244::/48")
+)
+
+// testRunIfindex is the device a test run gives the skb: the namespace's loopback.
+const testRunIfindex = 1
+
+// otherIfindex is a veth the packets never arrive on (an endpoint there is spoofed).
+const otherIfindex = 42
+
+// Pod identities and CIDR identities the worlds draw from.
+const (
+	idPodA = maps.IdentityFirstPod + iota
+	idPodB
+	idPodC
+	idRemote
+)
+
+var cidrIDs = []uint32{maps.IdentityCIDRFirst + 1, maps.IdentityCIDRFirst + 2, maps.IdentityCIDRFirst + 3}
+
+// A remote pod CIDR and the node that owns it; the kernel's routes make each node's way
+// through the underlay different.
+type remote struct {
+	cidr netip.Prefix
+	node netip.Addr
+	pod  netip.Addr // an address in it the packets use
+}
+
+var remotes = []remote{
+	{netip.MustParsePrefix("10.244.1.0/24"), peerIP, netip.MustParseAddr("10.244.1.5")},
+	{netip.MustParsePrefix("10.244.2.0/24"), strangerIP, netip.MustParseAddr("10.244.2.7")},
+	{netip.MustParsePrefix("10.244.3.0/24"), lostIP, netip.MustParseAddr("10.244.3.9")},
+	{netip.MustParsePrefix("10.244.4.0/24"), farIP, netip.MustParseAddr("10.244.4.4")},
+	{netip.MustParsePrefix("10.244.5.0/24"), nodeIP, netip.MustParseAddr("10.244.5.5")},
+	{netip.MustParsePrefix("10.244.6.0/24"), bcastIP, netip.MustParseAddr("10.244.6.6")},
+	{netip.MustParsePrefix("fd00:244:0:1::/64"), peerIP, netip.MustParseAddr("fd00:244:0:1::5")},
+}
+
+// kernelRoutes are the routes the harness adds to the namespace; fib() adds what the
+// kernel derives from the underlay's address.
+var kernelRoutes = []model.FIBRoute{
+	{Prefix: netip.MustParsePrefix("0.0.0.0/0"), Type: model.FIBUnicast, Via: gatewayIP},
+	{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Type: model.FIBUnicast, Via: peerIP},
+	{Prefix: netip.MustParsePrefix("10.244.2.0/24"), Type: model.FIBUnicast, Via: strangerIP},
+	{Prefix: netip.MustParsePrefix("10.244.3.0/24"), Type: model.FIBUnreachable},
+	{Prefix: netip.MustParsePrefix("10.250.9.0/24"), Type: model.FIBUnreachable},
+}
+
+// underlayPrefix is the underlay device's address.
+var underlayPrefix = netip.MustParsePrefix("10.250.0.1/24")
+
+const underlayMTU = 1500
+
+// fib is the namespace's routing table as bpf_fib_lookup sees it.
+func fib() []model.FIBRoute {
+	return append(append([]model.FIBRoute(nil), kernelRoutes...),
+		model.FIBRoute{Prefix: underlayPrefix.Masked(), Type: model.FIBUnicast},
+		model.FIBRoute{Prefix: netip.PrefixFrom(nodeIP, 32), Type: model.FIBLocal},
+		model.FIBRoute{Prefix: netip.PrefixFrom(bcastIP, 32), Type: model.FIBLocal})
+}
+
+// pod is a local pod slot: its addresses and MAC.
+type pod struct {
+	ip4, ip6 netip.Addr
+	mac      net.HardwareAddr
+	nodeMAC  net.HardwareAddr
+}
+
+var pods = func() []pod {
+	out := make([]pod, 6)
+	for i := range out {
+		out[i] = pod{
+			ip4:     netip.AddrFrom4([4]byte{10, 244, 0, byte(10 + i)}),
+			ip6:     netip.AddrFrom16([16]byte{0xfd, 0x00, 0x02, 0x44, 15: byte(0x0a + i)}),
+			mac:     net.HardwareAddr{2, 0, 0, 0, 0, byte(0x0a + i)},
+			nodeMAC: net.HardwareAddr{0xee, 0, 0, 0, 0, byte(0x0a + i)},
+		}
+	}
+	return out
+}()
+
+// World is a seeded world and the seed it grew from.
+type World struct {
+	Seed uint64
+	model.World
+}
+
+// NewWorld grows the world of a seed: which pods exist and where, their identities and
+// enforcement, the ipcache, the policy rules, and each remote CIDR's mode.
+func NewWorld(seed uint64) World {
+	rng := rand.New(rand.NewPCG(seed, 0x77a11d))
+	w := model.World{
+		Node: maps.NodeConfig{NodeIP: nodeIP, TunnelIfindex: 5, Mode: maps.ModeVXLAN, HostMAC: hostMAC},
+		FIB:  fib(), UnderlayMAC: underlayMAC, UnderlayMTU: underlayMTU, Ifindex: testRunIfindex,
+		Neighbours: map[netip.Addr]net.HardwareAddr{gatewayIP: gatewayMAC, peerIP: peerMAC},
+	}
+	if rng.IntN(3) > 0 {
+		w.Node.HostIfindex = 9
+	}
+	w.Routes = []maps.Route{
+		{Prefix: clusterCIDR, Flags: maps.RouteUnreachable},
+		{Prefix: podCIDR, NodeIP: nodeIP, Mode: maps.ModeVXLAN, Flags: maps.RouteLocal},
+		{Prefix: clusterCIDR6, Flags: maps.RouteUnreachable},
+		{Prefix: podCIDR6, Flags: maps.RouteLocal},
+	}
+	modes := []maps.Mode{maps.ModeVXLAN, maps.ModeNative, maps.ModeIPIP}
+	for _, r := range remotes {
+		if rng.IntN(8) == 0 {
+			continue // a node the world does not know (yet)
+		}
+		mode := modes[rng.IntN(len(modes))]
+		if rng.IntN(16) == 0 {
+			mode = maps.Mode(rng.IntN(8)) // a mode no node has
+		}
+		w.Routes = append(w.Routes, maps.Route{Prefix: r.cidr, NodeIP: r.node, Mode: mode})
+	}
+	identities := []uint32{0, idPodA, idPodB, idPodC}
+	for _, p := range pods {
+		for _, ip := range []netip.Addr{p.ip4, p.ip6} {
+			if rng.IntN(6) == 0 {
+				continue // not an endpoint: a free address
+			}
+			ep := maps.Endpoint{IP: ip, Ifindex: testRunIfindex, ID: uint32(len(w.Endpoints) + 1),
+				Identity: identities[rng.IntN(len(identities))], Local: rng.IntN(10) > 0,
+				IngressEnforced: rng.IntN(2) == 0, EgressEnforced: rng.IntN(3) == 0,
+				MAC: p.mac, NodeMAC: p.nodeMAC}
+			if rng.IntN(10) == 0 {
+				ep.Ifindex = otherIfindex
+			}
+			w.Endpoints = append(w.Endpoints, ep)
+			if ep.Identity != 0 && rng.IntN(8) > 0 {
+				w.IPCache = append(w.IPCache, maps.IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: ep.Identity})
+			}
+		}
+	}
+	w.IPCache = append(w.IPCache, ipcache(rng)...)
+	w.Policy = rules(rng, w.Endpoints)
+	return World{Seed: seed, World: w}
+}
+
+// ipcache is a random part of what the agent writes for nodes, remote pods and policy CIDRs.
+func ipcache(rng *rand.Rand) []maps.IPCacheEntry {
+	all := []maps.IPCacheEntry{
+		{Prefix: netip.PrefixFrom(nodeIP, 32), Identity: maps.IdentityHost},
+		{Prefix: netip.PrefixFrom(peerIP, 32), Identity: maps.IdentityRemoteNode},
+		{Prefix: netip.PrefixFrom(strangerIP, 32), Identity: maps.IdentityRemoteNode},
+		{Prefix: netip.MustParsePrefix("10.244.1.0/24"), Identity: idRemote},
+		{Prefix: netip.MustParsePrefix("10.244.1.5/32"), Identity: idPodA},
+		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), Identity: idPodB, CIDRIdentity: cidrIDs[0]},
+		{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: maps.IdentityWorld, CIDRIdentity: cidrIDs[0]},
+		{Prefix: netip.MustParsePrefix("192.0.2.128/25"), Identity: maps.IdentityWorld, CIDRIdentity: cidrIDs[1]},
+		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Identity: maps.IdentityWorld, CIDRIdentity: cidrIDs[2]},
+		{Prefix: netip.MustParsePrefix("fd00:244:0:1::/64"), Identity: idRemote},
+		{Prefix: netip.MustParsePrefix("2001:db8::/32"), Identity: maps.IdentityWorld, CIDRIdentity: cidrIDs[1]},
+	}
+	var out []maps.IPCacheEntry
+	for _, e := range all {
+		if rng.IntN(5) > 0 {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ports are the ports rules and packets use, so that they meet often.
+var ports = []uint16{0, 1, 53, 80, 81, 443, 5000, 5001, 5002, 5003, 5004, 8080, 32767, 32768, 65535}
+
+// rules gives enforced endpoints a few rules each: by identity, CIDR identity or any peer; for
+// every protocol, one, a port or a port range.
+func rules(rng *rand.Rand, eps []maps.Endpoint) []maps.PolicyEntry {
+	peers := append([]uint32{maps.IdentityAny, maps.IdentityAny, idPodA, idPodB, idPodC, idRemote,
+		maps.IdentityWorld, maps.IdentityRemoteNode, maps.IdentityHost}, cidrIDs...)
+	protos := []uint8{0, protoTCP, protoTCP, protoUDP, protoUDP, protoSCTP, protoICMP, protoICMPv6, 47}
+	var out []maps.PolicyEntry
+	for _, ep := range eps {
+		if !ep.IngressEnforced && !ep.EgressEnforced {
+			continue
+		}
+		for range rng.IntN(5) {
+			e := maps.PolicyEntry{Endpoint: ep.ID, Peer: peers[rng.IntN(len(peers))], Direction: maps.Ingress,
+				Protocol: protos[rng.IntN(len(protos))], Rule: uint32(len(out) + 1)}
+			if rng.IntN(2) == 0 {
+				e.Direction = maps.Egress
+			}
+			if e.Protocol == 0 || rng.IntN(4) == 0 {
+				out = append(out, e) // every protocol, or every port of one
+				continue
+			}
+			lo := ports[rng.IntN(len(ports))]
+			hi := lo
+			if rng.IntN(3) == 0 {
+				hi = ports[rng.IntN(len(ports))]
+				lo, hi = min(lo, hi), max(lo, hi)
+			}
+			for _, b := range maps.PortBlocks(lo, hi) {
+				e.Port, e.PortBits = b[0], uint8(b[1])
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+func mac(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}

@@ -1,0 +1,202 @@
+package model
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// tunnelTTL is the outer TTL of IP-in-IP (TUNNEL_TTL).
+const tunnelTTL = 64
+
+// checkSource drops what a pod sends in someone else's name and returns the sender
+// (forward.h). ARP from its owner and IPv6 link-local sources go to the node's stack.
+func (r *run) checkSource(p *packet) (*maps.Endpoint, maps.Reason) {
+	m := r.m
+	var ep *maps.Endpoint
+	switch p.family {
+	case afInet:
+		ep = m.endpoint(afInet, p.saddr)
+	case afInet6:
+		if s := p.saddr.As16(); s[0] == 0xfe && s[1]&0xc0 == 0x80 {
+			return nil, maps.ReasonForwardHost
+		}
+		ep = m.endpoint(afInet6, p.saddr)
+	default:
+		ep = m.endpoint(afInet, p.arpSIP)
+		if ep == nil || ep.Ifindex != m.w.Ifindex || !macIs(ep.MAC, p.smac) || p.arpSHA != p.smac {
+			return nil, maps.ReasonSpoofedSource
+		}
+		return nil, maps.ReasonForwardHost
+	}
+	if ep == nil || ep.Ifindex != m.w.Ifindex || !macIs(ep.MAC, p.smac) {
+		return nil, maps.ReasonSpoofedSource
+	}
+	return ep, next
+}
+
+func macIs(a net.HardwareAddr, b [6]byte) bool {
+	return len(a) == 6 && [6]byte(a) == b
+}
+
+// decrementTTL lowers the TTL (patching the IPv4 checksum as bpf_l3_csum_replace does) or
+// the hop limit; a packet that would leave with 0 is dropped.
+func (r *run) decrementTTL(p *packet) maps.Reason {
+	if p.ttl <= 1 {
+		return maps.ReasonTTLExceeded
+	}
+	if p.family == afInet {
+		csum := r.out[p.l3Off+10 : p.l3Off+12]
+		old, updated := uint16(p.ttl)<<8|uint16(p.l4Proto), uint16(p.ttl-1)<<8|uint16(p.l4Proto)
+		binary.BigEndian.PutUint16(csum, csumReplace2(be16(csum), old, updated))
+		r.out[p.l3Off+8] = p.ttl - 1
+	} else {
+		r.out[p.l3Off+7] = p.ttl - 1
+	}
+	p.ttl--
+	return next
+}
+
+// csumReplace2 is the kernel's csum_replace2: an incremental checksum update (RFC 1624).
+func csumReplace2(sum, old, updated uint16) uint16 {
+	return ^csum16Add(csum16Add(^sum, ^old), updated)
+}
+
+func csum16Add(c, a uint16) uint16 {
+	s := c + a
+	if s < a {
+		s++
+	}
+	return s
+}
+
+func (r *run) setMACs(dst, src net.HardwareAddr) {
+	copy(r.out[0:6], dst)
+	copy(r.out[6:12], src)
+}
+
+// toEndpoint rewrites L2 for a local pod and redirects into it.
+func (r *run) toEndpoint(ep *maps.Endpoint) maps.Reason {
+	r.setMACs(ep.MAC, ep.NodeMAC)
+	return maps.ReasonForwardLocal
+}
+
+// forwardRemote sends a packet for another node the cluster's way (crossnode.h): the
+// routes map names the node and the mode; outside the cluster is the node's business.
+func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
+	rt := r.m.route(p.family, p.daddr)
+	if rt == nil {
+		return maps.ReasonForwardHost
+	}
+	if rt.Flags&(maps.RouteLocal|maps.RouteUnreachable) != 0 {
+		return maps.ReasonUnknownDest
+	}
+	if p.family != afInet {
+		return maps.ReasonNoRoute
+	}
+	if reason := r.decrementTTL(p); reason != next {
+		return reason
+	}
+	switch rt.Mode {
+	case maps.ModeVXLAN:
+		return maps.ReasonForwardTunnel // the tunnel key is not visible to a test run
+	case maps.ModeNative:
+		if reason := r.viaUnderlay(p.daddr); reason != next {
+			return reason
+		}
+		return maps.ReasonForwardUnder
+	case maps.ModeIPIP:
+		r.encapIPIP(rt.NodeIP)
+		if reason := r.viaUnderlay(rt.NodeIP); reason != next {
+			return reason
+		}
+		return maps.ReasonForwardTunnel
+	}
+	return maps.ReasonNoRoute
+}
+
+// encapIPIP puts an outer IPv4 header from the node to nodeIP behind the MAC header.
+func (r *run) encapIPIP(nodeIP netip.Addr) {
+	outer := make([]byte, ipv4HeaderLen)
+	outer[0] = 0x45
+	binary.BigEndian.PutUint16(outer[2:], uint16(len(r.out)-ethHeaderLen+ipv4HeaderLen))
+	binary.BigEndian.PutUint16(outer[6:], 0x4000) // DF
+	outer[8] = tunnelTTL
+	outer[9] = protoIPIP
+	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
+	copy(outer[12:16], src[:])
+	copy(outer[16:20], dst[:])
+	binary.BigEndian.PutUint16(outer[10:], checksum(outer))
+	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(outer, r.out[ethHeaderLen:]...)...)
+}
+
+// checksum is the Internet checksum of b.
+func checksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(be16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// viaUnderlay is redirect_via_underlay: bpf_fib_lookup towards dst from the underlay device.
+// A known neighbour rewrites the MACs; an unknown one leaves them to bpf_redirect_neigh; no
+// unicast route, or a frame the device's MTU cannot carry, is no route.
+func (r *run) viaUnderlay(dst netip.Addr) maps.Reason {
+	var best *FIBRoute
+	for i := range r.m.w.FIB {
+		rt := &r.m.w.FIB[i]
+		if rt.Prefix.Contains(dst) && (best == nil || rt.Prefix.Bits() > best.Prefix.Bits()) {
+			best = rt
+		}
+	}
+	if best == nil || best.Type != FIBUnicast {
+		return maps.ReasonNoRoute
+	}
+	hop := dst
+	if best.Via.IsValid() {
+		hop = best.Via
+	}
+	mac, ok := r.m.w.Neighbours[hop]
+	if !ok {
+		return next
+	}
+	// is_skb_forwardable: MTU plus the Ethernet header and a VLAN tag.
+	if len(r.out) > r.m.w.UnderlayMTU+ethHeaderLen+4 {
+		return maps.ReasonNoRoute
+	}
+	r.setMACs(mac, r.m.w.UnderlayMAC)
+	return next
+}
+
+// receiveRemote handles what arrives from other nodes or outside (crossnode.h): local pods
+// get it after their ingress policy; the node gets what is addressed to it; tunnelled
+// traffic for anyone else is dropped.
+func (r *run) receiveRemote(p *packet, hint uint32, tunneled bool) maps.Reason {
+	m := r.m
+	if dst := m.endpoint(p.family, p.daddr); dst != nil && dst.Local {
+		if reason := r.admit(p, nil, dst, hint); reason != next {
+			return reason
+		}
+		return r.toEndpoint(dst)
+	}
+	if p.family == afInet && p.daddr == m.w.Node.NodeIP {
+		if !tunneled || m.w.Node.HostIfindex == 0 {
+			return maps.ReasonForwardHost
+		}
+		r.setMACs(m.w.Node.HostMAC, m.w.Node.HostMAC)
+		return maps.ReasonForwardNode
+	}
+	if tunneled {
+		return maps.ReasonUnknownDest
+	}
+	return maps.ReasonForwardHost
+}

@@ -1,0 +1,310 @@
+// Package model says, in plain Go, what the datapath should do with a packet given the
+// contents of its maps: the verdict and reason of from_pod, to_pod, from_overlay and
+// from_underlay, the packet as it leaves, and the conntrack entry it creates or touches. It is
+// the reference the fuzzer (package fuzz) holds the C programs in bpf/ to.
+//
+// Not modelled: Services and NAT (the world has no frontend and masquerading is off, so the
+// NAT stage never translates), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
+// metadata), conntrack expiry (the fuzzer clears conntrack long before an entry could expire),
+// monitor events and from_host.
+package model
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/maps"
+)
+
+// Hook is one of the datapath's tc programs.
+type Hook uint8
+
+// The programs the model knows.
+const (
+	FromPod Hook = iota + 1
+	ToPod
+	FromOverlay
+	FromUnderlay
+)
+
+// Hooks lists every program the model knows.
+var Hooks = []Hook{FromPod, ToPod, FromOverlay, FromUnderlay}
+
+var hookNames = map[Hook]string{FromPod: "from_pod", ToPod: "to_pod", FromOverlay: "from_overlay", FromUnderlay: "from_underlay"}
+
+func (h Hook) String() string {
+	if n, ok := hookNames[h]; ok {
+		return n
+	}
+	return fmt.Sprintf("hook-%d", uint8(h))
+}
+
+// GoString names the constant, for printed Go literals.
+func (h Hook) GoString() string {
+	switch h {
+	case FromPod:
+		return "model.FromPod"
+	case ToPod:
+		return "model.ToPod"
+	case FromOverlay:
+		return "model.FromOverlay"
+	case FromUnderlay:
+		return "model.FromUnderlay"
+	}
+	return fmt.Sprintf("model.Hook(%d)", uint8(h))
+}
+
+// Direction is the metrics direction the hook counts under.
+func (h Hook) Direction() maps.Direction {
+	switch h {
+	case ToPod:
+		return maps.DirToPod
+	case FromOverlay:
+		return maps.DirFromOverlay
+	case FromUnderlay:
+		return maps.DirFromUnderlay
+	}
+	return maps.DirFromPod
+}
+
+// tc actions, as finish() in forward.h returns them.
+const (
+	ActOK       = 0
+	ActShot     = 2
+	ActRedirect = 7
+)
+
+// Verdict is the tc action finish() gives a reason.
+func Verdict(r maps.Reason) uint32 {
+	switch {
+	case maps.IsDrop(r):
+		return ActShot
+	case r == maps.ReasonForwardHost || r == maps.ReasonDeliver:
+		return ActOK
+	}
+	return ActRedirect
+}
+
+// FIBType is what the node's routing table says about a prefix.
+type FIBType uint8
+
+// Route types bpf_fib_lookup tells apart.
+const (
+	FIBUnicast     FIBType = iota // forwarded: SUCCESS, or NO_NEIGH without a neighbour entry
+	FIBUnreachable                // an unreachable route: the lookup fails
+	FIBLocal                      // the node's own or a broadcast address: not forwarded
+)
+
+// FIBRoute is one route of the node's kernel routing table.
+type FIBRoute struct {
+	Prefix netip.Prefix
+	Type   FIBType
+	Via    netip.Addr // gateway; invalid means on-link
+}
+
+// World is everything the programs read besides the packet: the maps and the kernel routing
+// table on the underlay device.
+type World struct {
+	Node      maps.NodeConfig
+	Endpoints []maps.Endpoint
+	Routes    []maps.Route
+	IPCache   []maps.IPCacheEntry
+	Policy    []maps.PolicyEntry
+	// FIB and Neighbours are the node's IPv4 routes and neighbour entries; UnderlayMAC is
+	// the underlay device's address (the source bpf_fib_lookup hands back) and UnderlayMTU
+	// its MTU.
+	FIB         []FIBRoute
+	Neighbours  map[netip.Addr]net.HardwareAddr
+	UnderlayMAC net.HardwareAddr
+	UnderlayMTU int
+	// Ifindex is the device packets arrive on (skb->ifindex).
+	Ifindex uint32
+}
+
+// CTKey is a conntrack key: a flow in the direction of its first packet (struct ct_key).
+type CTKey struct {
+	Src, Dst     [16]byte
+	Sport, Dport uint16 // host order
+	Proto        uint8
+	Family       uint8
+}
+
+// CTEntry is what the model expects of a conntrack value.
+type CTEntry struct {
+	Flags   uint32 // enum ct_flags
+	Packets uint64
+	Bytes   uint64
+}
+
+// Outcome is what one program does with one packet.
+type Outcome struct {
+	Reason maps.Reason
+	// Out is the packet as it leaves (for drops: as far as it got).
+	Out []byte
+	// Key is the conntrack key of the packet conntrack looked at (the inner packet of
+	// IP-in-IP), or nil when the packet never reached conntrack.
+	Key *CTKey
+	// Created says the packet began a new flow under Key.
+	Created bool
+	// Quoted is the key of the flow an IPv4 ICMP error quotes, or nil.
+	Quoted *CTKey
+	// Conntrack is what conntrack knew of the packet.
+	Conntrack Conntrack
+}
+
+// Model holds a world and the conntrack table the packets run so far have built.
+type Model struct {
+	w         World
+	endpoints map[epKey]*maps.Endpoint
+	CT        map[CTKey]*CTEntry
+}
+
+type epKey struct {
+	family uint8
+	ip     [16]byte
+}
+
+// New returns a model of w with empty conntrack.
+func New(w World) *Model {
+	m := &Model{w: w, endpoints: map[epKey]*maps.Endpoint{}, CT: map[CTKey]*CTEntry{}}
+	for i := range w.Endpoints {
+		ep := &m.w.Endpoints[i]
+		m.endpoints[keyOf(ep.IP)] = ep
+	}
+	return m
+}
+
+// World returns the world the model was made with.
+func (m *Model) World() World { return m.w }
+
+// ResetConntrack forgets every flow.
+func (m *Model) ResetConntrack() { clear(m.CT) }
+
+// keyOf is the endpoint key of ip as maps.EndpointKey builds it.
+func keyOf(ip netip.Addr) epKey {
+	ip = ip.Unmap()
+	if ip.Is4() {
+		a := ip.As4()
+		var k epKey
+		k.family = afInet
+		copy(k.ip[:], a[:])
+		return k
+	}
+	return epKey{family: afInet6, ip: ip.As16()}
+}
+
+// Run puts frame through program h, updating conntrack as the datapath would.
+func (m *Model) Run(h Hook, frame []byte) Outcome {
+	r := &run{m: m, out: append([]byte(nil), frame...)}
+	switch h {
+	case FromPod:
+		r.reason = r.fromPod()
+	case ToPod:
+		r.reason = r.toPod()
+	case FromOverlay:
+		r.reason = r.fromOverlay()
+	case FromUnderlay:
+		r.reason = r.fromUnderlay()
+	default:
+		panic(fmt.Sprintf("model: unknown hook %d", h))
+	}
+	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
+		Conntrack: r.ct}
+}
+
+// run is one packet's way through one program.
+type run struct {
+	m       *Model
+	out     []byte // the packet as the program has left it so far
+	reason  maps.Reason
+	key     *CTKey
+	created bool
+	quoted  *CTKey
+	ct      Conntrack
+}
+
+// next is the model's CONTINUE: a helper that has no verdict yet.
+const next maps.Reason = 0
+
+// from_pod: tc ingress of a pod's host-side veth.
+func (r *run) fromPod() maps.Reason {
+	p, reason := parse(r.out)
+	if reason != next {
+		return reason
+	}
+	src, reason := r.checkSource(&p)
+	if reason != next {
+		return reason
+	}
+	dst := r.m.endpoint(p.family, p.daddr)
+	if reason := r.admit(&p, src, dst, 0); reason != next {
+		return reason
+	}
+	if dst != nil && dst.Local {
+		if reason := r.decrementTTL(&p); reason != next {
+			return reason
+		}
+		return r.toEndpoint(dst)
+	}
+	if p.family == afInet && p.daddr == r.m.w.Node.NodeIP {
+		return maps.ReasonForwardHost
+	}
+	return r.forwardRemote(&p, src.Identity)
+}
+
+// to_pod: tc egress of a pod's host-side veth; only policy is judged, never form.
+func (r *run) toPod() maps.Reason {
+	p, reason := parse(r.out)
+	if reason != next || p.family == 0 {
+		return maps.ReasonDeliver
+	}
+	dst := r.m.endpoint(p.family, p.daddr)
+	if dst == nil || !dst.Local {
+		return maps.ReasonDeliver
+	}
+	if reason := r.admit(&p, nil, dst, 0); reason != next {
+		return reason
+	}
+	return maps.ReasonDeliver
+}
+
+// from_overlay: tc ingress of the VXLAN device. The test run carries no tunnel key, so the
+// VNI's identity hint is 0.
+func (r *run) fromOverlay() maps.Reason {
+	p, reason := parse(r.out)
+	if reason != next {
+		return reason
+	}
+	if p.family == 0 {
+		return maps.ReasonForwardHost
+	}
+	return r.receiveRemote(&p, 0, true)
+}
+
+// from_underlay: tc ingress of the underlay device: native pod traffic and IP-in-IP.
+func (r *run) fromUnderlay() maps.Reason {
+	p, reason := parse(r.out)
+	if reason != next || p.family != afInet {
+		return maps.ReasonForwardHost
+	}
+	if p.l4Proto != protoIPIP {
+		return r.receiveRemote(&p, 0, false)
+	}
+	// A fragment of an IP-in-IP packet cannot be decapsulated on its own: the node's stack
+	// reassembles it (or not).
+	if p.daddr != r.m.w.Node.NodeIP || p.fragment {
+		return maps.ReasonForwardHost
+	}
+	hlen := p.l4Off - p.l3Off
+	// bpf_skb_adjust_room refuses to leave less than an IPv4 header behind the MAC header.
+	if len(r.out)-p.l3Off-hlen < ipv4HeaderLen {
+		return maps.ReasonEncapFailed
+	}
+	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+hlen:]...)
+	inner, reason := parse(r.out)
+	if reason != next || inner.family != afInet {
+		return maps.ReasonMalformed
+	}
+	return r.receiveRemote(&inner, 0, true)
+}

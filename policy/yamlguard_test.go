@@ -1,0 +1,119 @@
+package policy_test
+
+import (
+	"bytes"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/policy"
+)
+
+const head = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n"
+
+// billionLaughs is the classic alias bomb: ten aliases of ten aliases, nine levels deep,
+// 10^9 strings from about 500 bytes.
+func billionLaughs() string {
+	var b strings.Builder
+	b.WriteString(head + "  annotations:\n    l0: &l0 \"lol\"\n")
+	for i := 1; i < 10; i++ {
+		fmt.Fprintf(&b, "    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
+	}
+	return b.String() + "spec: {podSelector: {}}\n"
+}
+
+// longLaughs repeats one long string through aliases: few aliases (under the YAML decoder's
+// own alias limits), each expanding to size bytes.
+func longLaughs(size, aliases int) string {
+	return head + "  labels:\n    a: &a \"" + strings.Repeat("x", size) + "\"\n  annotations:\n    b: [" +
+		strings.TrimSuffix(strings.Repeat("*a,", aliases), ",") + "]\nspec: {podSelector: {}}\n"
+}
+
+// parseBounded parses data and returns Parse's error, failing the test when the parse
+// allocated more than maxAlloc in all or took more than maxTime. Total allocation bounds the
+// heap's growth from above, whatever the collector did meanwhile.
+func parseBounded(t *testing.T, data []byte, maxAlloc uint64, maxTime time.Duration) error {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	_, err := policy.Parse(data)
+	took := time.Since(start)
+	runtime.ReadMemStats(&after)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d bytes: %v in %v, %.1f MiB allocated", len(data), err, took.Round(time.Millisecond), float64(alloc)/(1<<20))
+	if alloc > maxAlloc {
+		t.Errorf("parsing %d bytes allocated %.1f MiB, want at most %d MiB", len(data), float64(alloc)/(1<<20), maxAlloc>>20)
+	}
+	if took > maxTime {
+		t.Errorf("parsing %d bytes took %v, want at most %v", len(data), took, maxTime)
+	}
+	return err
+}
+
+// Hostile YAML is refused quickly and in bounded memory (under 64 MiB allocated in all):
+// alias bombs of both kinds, an alias loop, a document over the size limit, a bomb after a
+// good document. Without the guard the long-string bomb alone allocates gigabytes.
+func TestParseRefusesHostileYAML(t *testing.T) {
+	const maxAlloc, maxTime = 64 << 20, 10 * time.Second
+	good := head + "spec: {podSelector: {}}\n"
+	cases := []struct {
+		name, doc, want string
+	}{
+		{"billion laughs", billionLaughs(), "document 1: "},
+		{"a long string repeated by aliases", longLaughs(64<<10, 4000), "document 1: its aliases expand it past the 1 MiB"},
+		{"an alias loop", head + "  annotations: &a {b: [*a]}\nspec: {podSelector: {}}\n", "document 1: an alias refers to a node that contains it"},
+		{"a document over 1 MiB", head + "  annotations:\n    a: \"" + strings.Repeat("x", policy.MaxDocumentBytes) + "\"\nspec: {podSelector: {}}\n",
+			"document 1: 1.0 MiB is over the 1 MiB a document may have"},
+		{"a bomb after a good document", good + "---\n" + longLaughs(64<<10, 4000), "document 2: its aliases expand it"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := parseBounded(t, []byte(c.doc), maxAlloc, maxTime)
+			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("got %v, want one line containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+// A 100 MB document is refused unparsed: quickly, allocating almost nothing beyond its text.
+func TestParseRefuses100MB(t *testing.T) {
+	doc := bytes.Repeat([]byte("x"), 100<<20)
+	copy(doc, head+"  annotations:\n    a: \"")
+	copy(doc[len(doc)-30:], "\"\nspec: {podSelector: {}}\n")
+	err := parseBounded(t, doc, 1<<20, 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "is over the 1 MiB a document may have") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// Aliases that expand to little are YAML as people write it: accepted, and expanded as the
+// decoder always did.
+func TestParseAcceptsModestAliases(t *testing.T) {
+	doc := `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: &web {app: web}} # the * in a comment is no alias
+  ingress:
+  - from: [{podSelector: {matchLabels: *web}}, {namespaceSelector: {matchLabels: *web}}]
+---
+# a document of comments only
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: q, namespace: x}
+spec: {podSelector: {}}
+`
+	nps, err := policy.Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nps) != 2 || nps[0].Spec.Ingress[0].From[1].NamespaceSelector.MatchLabels["app"] != "web" || nps[1].Name != "q" {
+		t.Fatalf("parsed %+v", nps)
+	}
+}
