@@ -68,36 +68,8 @@ func (b *builder) rackBridge(rk Rack) error {
 
 // routerLeg plugs the router into a segment: a veth from its namespace to the segment's bridge.
 func (b *builder) routerLeg(leg RouterLeg) error {
-	routerNs, err := os.Open(b.st.Router.Netns)
-	if err != nil {
-		return err
-	}
-	defer routerNs.Close()
-	port := leg.BridgePort()
-	err = inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MTU: underlayMTU}, PeerName: leg.Interface,
-			PeerMTU: underlayMTU, PeerNamespace: netlink.NsFd(int(routerNs.Fd()))}
-		if err := h.LinkAdd(v); err != nil {
-			return fmt.Errorf("add router leg %s: %w", port, err)
-		}
-		l, err := h.LinkByName(port)
-		if err != nil {
-			return err
-		}
-		br, err := h.LinkByName(leg.Bridge)
-		if err != nil {
-			return err
-		}
-		if err := disableIPv6(port); err != nil {
-			return err
-		}
-		if err := h.LinkSetMaster(l, br); err != nil {
-			return err
-		}
-		return h.LinkSetUp(l)
-	})
-	if err != nil {
-		return err
+	if err := b.plugPort(leg.Bridge, leg.BridgePort(), b.st.Router.Netns, leg.Interface); err != nil {
+		return fmt.Errorf("add router leg %s: %w", leg.BridgePort(), err)
 	}
 	return inNetns(b.st.Router.Netns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(leg.Interface)

@@ -322,21 +322,19 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// plugIntoUnderlay gives the node its eth0 on its segment's bridge and, in a rack, the route
-// to the other segments through the router.
-func (b *builder) plugIntoUnderlay(n *Node) error {
-	port := portName(n.IP)
-	bridge, gateway := b.st.segment(n)
-	nodeNs, err := os.Open(n.Netns)
+// plugPort makes a veth whose port end sits on bridge in the underlay namespace and whose other
+// end, peer, goes into the namespace at netns, down and unaddressed.
+func (b *builder) plugPort(bridge, port, netns, peer string) error {
+	ns, err := os.Open(netns)
 	if err != nil {
 		return err
 	}
-	defer nodeNs.Close()
-	err = inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MTU: underlayMTU}, PeerName: UnderlayIf,
-			PeerMTU: underlayMTU, PeerNamespace: netlink.NsFd(int(nodeNs.Fd()))}
+	defer ns.Close()
+	return inNetns(b.st.Underlay, func(h *netlink.Handle) error {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port, MTU: underlayMTU}, PeerName: peer,
+			PeerMTU: underlayMTU, PeerNamespace: netlink.NsFd(int(ns.Fd()))}
 		if err := h.LinkAdd(v); err != nil {
-			return fmt.Errorf("add underlay port: %w", err)
+			return err
 		}
 		l, err := h.LinkByName(port)
 		if err != nil {
@@ -354,8 +352,15 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 		}
 		return h.LinkSetUp(l)
 	})
-	if err != nil {
-		return err
+}
+
+// plugIntoUnderlay gives the node its eth0 on its segment's bridge and, in a rack, the route
+// to the other segments through the router.
+func (b *builder) plugIntoUnderlay(n *Node) error {
+	port := portName(n.IP)
+	bridge, gateway := b.st.segment(n)
+	if err := b.plugPort(bridge, port, n.Netns, UnderlayIf); err != nil {
+		return fmt.Errorf("add underlay port: %w", err)
 	}
 	return inNetns(n.Netns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(UnderlayIf)

@@ -206,16 +206,7 @@ func TestBGPRacks(t *testing.T) {
 			return false, string(out)
 		})
 		s.progress(t, 64<<10, "after the restart")
-		s.stop()
-		s.wg.Wait()
-		select {
-		case err := <-s.errs:
-			t.Fatal(err)
-		default:
-		}
-		if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
-			t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
-		}
+		s.finish(t)
 		if got, want := birdRoutes(t, st), podCIDRs(st); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("after the restart BIRD has %v, want %v", got, want)
 		}

@@ -198,6 +198,22 @@ func startStream(t *testing.T, from, to *lab.Pod) *stream {
 	return s
 }
 
+// finish stops the streams and fails the test if either broke or a UDP datagram went
+// unanswered.
+func (s *stream) finish(t *testing.T) {
+	t.Helper()
+	s.stop()
+	s.wg.Wait()
+	select {
+	case err := <-s.errs:
+		t.Fatalf("a stream broke: %v", err)
+	default:
+	}
+	if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
+		t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
+	}
+}
+
 // progress waits until the TCP stream moved on by at least n bytes from now.
 func (s *stream) progress(t *testing.T, n int64, what string) {
 	t.Helper()
@@ -285,16 +301,7 @@ func TestAgentKillKeepsTrafficAndRestartCleansStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.progress(t, 256<<10, "after the restart")
-	s.stop()
-	s.wg.Wait()
-	select {
-	case err := <-s.errs:
-		t.Fatal(err)
-	default:
-	}
-	if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
-		t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
-	}
+	s.finish(t)
 	after := endpointsOf(t, node1)
 	if _, ok := after[c.IP]; ok {
 		t.Error("the restarted agent kept the entry of a pod deleted while it was down")

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,7 +22,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
@@ -114,46 +112,6 @@ func (a *soloAgent) vmHWM(t *testing.T) int64 {
 	return 0
 }
 
-// dialAsUID sends GET /v1/status over the unix socket at path from an OS thread whose
-// effective uid and gid are uid (what SO_PEERCRED reports), and returns what came back.
-func dialAsUID(uid int, path string) (string, error) {
-	type result struct {
-		reply string
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with its changed credentials
-		// Raw system calls change this thread only (syscall.Setresuid changes them all).
-		keep := ^uintptr(0)
-		for _, call := range [][4]uintptr{{unix.SYS_SETGROUPS, 0, 0, 0}, {unix.SYS_SETRESGID, keep, uintptr(uid), keep},
-			{unix.SYS_SETRESUID, keep, uintptr(uid), keep}} {
-			if _, _, errno := unix.RawSyscall(call[0], call[1], call[2], call[3]); errno != 0 {
-				done <- result{err: errno}
-				return
-			}
-		}
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			done <- result{err: err}
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.WriteString(c, "GET /v1/status HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"); err != nil {
-			done <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(c)
-		if len(b) == 0 && err == nil {
-			err = io.EOF
-		}
-		done <- result{reply: string(b), err: err}
-	}()
-	r := <-done
-	return r.reply, r.err
-}
-
 // Acceptance: the agent's socket serves root only, whatever its mode: with the socket 0666
 // and every directory to it searchable, uid 65534 connects and is closed at once, unserved,
 // and the agent logs it; root is served, before and after.
@@ -174,7 +132,7 @@ func TestHostileSocketPeer(t *testing.T) {
 	if err := os.Chmod(a.node.Socket, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	reply, err := dialAsUID(65534, a.node.Socket)
+	reply, err := nstest.StatusAs(65534, a.node.Socket)
 	switch {
 	case err == nil:
 		t.Fatalf("uid 65534 was served through a 0666 socket: %q", reply)
@@ -184,7 +142,7 @@ func TestHostileSocketPeer(t *testing.T) {
 	eventually(t, 10*time.Second, "the agent logs the refusal", func() (bool, string) {
 		return a.logHas("refused a connection from a non-root peer", "uid=65534")
 	})
-	if reply, err := dialAsUID(0, a.node.Socket); err != nil || !strings.HasPrefix(reply, "HTTP/1.1 200") {
+	if reply, err := nstest.StatusAs(0, a.node.Socket); err != nil || !strings.HasPrefix(reply, "HTTP/1.1 200") {
 		t.Fatalf("root after the refusal: %q, %v", reply, err)
 	}
 }

@@ -120,16 +120,7 @@ spec:
 	})
 	caughtUp := time.Since(back)
 	s.progress(t, 64<<10, "after the outage")
-	s.stop()
-	s.wg.Wait()
-	select {
-	case err := <-s.errs:
-		t.Fatal(err)
-	default:
-	}
-	if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
-		t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
-	}
+	s.finish(t)
 	log, err := os.ReadFile(filepath.Join(filepath.Dir(node1.Socket), "agent.log"))
 	if err != nil {
 		t.Fatal(err)

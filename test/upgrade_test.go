@@ -163,16 +163,7 @@ spec:
 		}
 	}
 	s.progress(t, 64<<10, "after the upgrade")
-	s.stop()
-	s.wg.Wait()
-	select {
-	case err := <-s.errs:
-		t.Fatalf("a stream broke: %v", err)
-	default:
-	}
-	if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
-		t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
-	}
+	s.finish(t)
 	if err := st.Probe("x/b", "x/a", 80, "TCP"); err == nil {
 		t.Error("after the upgrade b reaches a: the policy is not enforced")
 	}
