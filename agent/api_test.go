@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
 // A body up to the limit is read whole; one byte more fails the read with the limit's error,
@@ -56,21 +58,6 @@ func TestLimitBody(t *testing.T) {
 	}
 }
 
-// filler is size bytes of YAML comment lines, made as they are read.
-type filler struct{ left int }
-
-func (f *filler) Read(p []byte) (int, error) {
-	if f.left == 0 {
-		return 0, io.EOF
-	}
-	n := min(len(p), f.left)
-	for i := range n {
-		p[i] = "# padding\n"[(f.left-i)%10]
-	}
-	f.left -= n
-	return n, nil
-}
-
 // The agent's API refuses a 100 MB policy body and YAML alias bombs quickly, having allocated
 // under 64 MiB in all (which bounds its heap's growth): the body limit and the policy parser's
 // guard answer before the store is touched (this agent has none).
@@ -89,8 +76,8 @@ func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
 		status int
 		want   string
 	}{
-		{"100 MB with its length", func() io.Reader { return &filler{left: 100 << 20} }, 100 << 20, 413, "request body is over the agent API's limit of 16 MiB"},
-		{"100 MB chunked", func() io.Reader { return &filler{left: 100 << 20} }, -1, 400, "request body is over the agent API's limit of 16 MiB"},
+		{"100 MB with its length", func() io.Reader { return nstest.YAMLPadding(100 << 20) }, 100 << 20, 413, "request body is over the agent API's limit of 16 MiB"},
+		{"100 MB chunked", func() io.Reader { return nstest.YAMLPadding(100 << 20) }, -1, 400, "request body is over the agent API's limit of 16 MiB"},
 		{"billion laughs", func() io.Reader { return strings.NewReader(laughs) }, int64(len(laughs)), 400, "document 1: "},
 		{"a long string repeated by aliases", func() io.Reader { return strings.NewReader(long) }, int64(len(long)), 400, "document 1: its aliases expand it past the 1 MiB"},
 	}

@@ -3,18 +3,17 @@ package bgp
 import (
 	"context"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
 // pair starts two speakers of one AS on loopback addresses: a (127.0.0.1) dials b
 // (127.0.0.2); with password set, the session needs TCP MD5.
 func pair(t *testing.T, password string) (a, b *Speaker) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (TCP MD5 keys)")
-	}
+	nstest.RequireRoot(t)
 	ctx := context.Background()
 	start := func(id string, port int) *Speaker {
 		s, err := Start(ctx, Config{ASN: 64512, RouterID: netip.MustParseAddr(id), ListenPort: port,
@@ -35,21 +34,6 @@ func pair(t *testing.T, password string) (a, b *Speaker) {
 	return a, b
 }
 
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s: %s", what, state)
-		}
-		time.Sleep(100 * time.Millisecond) // polling the speaker's state
-	}
-}
-
 func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 	for _, password := range []string{"", "s3cret"} {
 		t.Run("md5="+password, func(t *testing.T) {
@@ -58,7 +42,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 			if err := a.Advertise([]netip.Prefix{pfx}, nh); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "b to learn a's prefix", func() (bool, string) {
+			nstest.Eventually(t, 30*time.Second, "b to learn a's prefix", func() (bool, string) {
 				paths, err := b.Paths()
 				if err != nil {
 					return false, err.Error()
@@ -81,7 +65,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 			if err := a.Advertise(nil, nh); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "the withdrawal to reach b", func() (bool, string) {
+			nstest.Eventually(t, 30*time.Second, "the withdrawal to reach b", func() (bool, string) {
 				paths, err := b.Paths()
 				return err == nil && len(paths) == 0, formatPaths(paths)
 			})
@@ -89,7 +73,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 			if err := a.Advertise([]netip.Prefix{pfx}, nh); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "b to learn it again", func() (bool, string) {
+			nstest.Eventually(t, 30*time.Second, "b to learn it again", func() (bool, string) {
 				paths, _ := b.Paths()
 				return len(paths) == 1, formatPaths(paths)
 			})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
@@ -40,15 +41,5 @@ func cnitoolContainerID(netns string) string {
 // last word. Tests wait on conditions this way, never on fixed sleeps.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %s: %s", what, timeout, why)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	nstest.Eventually(t, timeout, what, cond)
 }

@@ -280,21 +280,6 @@ func postPolicies(t *testing.T, socket string, body io.Reader, length int64) (in
 	return resp.StatusCode, ae
 }
 
-// padding is size bytes of YAML comment lines, made as they are read.
-type padding struct{ left int }
-
-func (p *padding) Read(b []byte) (int, error) {
-	if p.left == 0 {
-		return 0, io.EOF
-	}
-	n := min(len(b), p.left)
-	for i := range n {
-		b[i] = "# padding\n"[(p.left-i)%10]
-	}
-	p.left -= n
-	return n, nil
-}
-
 // Acceptance: NetworkPolicy YAML that is a billion-laughs alias bomb, a long string repeated
 // by aliases, or 100 MB (with its length or chunked) is refused by the agent with code 7 and
 // one line, each within a few seconds, and the agent's peak resident memory (VmHWM) grows by
@@ -318,8 +303,8 @@ func TestHostilePolicies(t *testing.T) {
 	}{
 		{"billion laughs", func() io.Reader { return strings.NewReader(laughs) }, int64(len(laughs)), 400, "document 1: "},
 		{"a long string repeated by aliases", func() io.Reader { return strings.NewReader(long) }, int64(len(long)), 400, "its aliases expand it past the 1 MiB"},
-		{"100 MB with its length", func() io.Reader { return &padding{left: 100 << 20} }, 100 << 20, 413, "request body is over the agent API's limit of 16 MiB"},
-		{"100 MB chunked", func() io.Reader { return &padding{left: 100 << 20} }, -1, 400, "request body is over the agent API's limit of 16 MiB"},
+		{"100 MB with its length", func() io.Reader { return nstest.YAMLPadding(100 << 20) }, 100 << 20, 413, "request body is over the agent API's limit of 16 MiB"},
+		{"100 MB chunked", func() io.Reader { return nstest.YAMLPadding(100 << 20) }, -1, 400, "request body is over the agent API's limit of 16 MiB"},
 	}
 	start := a.vmHWM(t)
 	for _, c := range cases {
