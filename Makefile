@@ -13,13 +13,16 @@ SOAK_TIME ?= 10m
 FUZZ_PACKETS ?= 1000000
 FUZZ_TIME    ?= 60s
 
-.PHONY: help deps generate check-generate lint build image test fuzz soak bench demo clean
+.PHONY: help deps deps-kubernetes generate check-generate lint build image test fuzz soak bench demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## install the Debian packages the build and tests need (only those missing)
+deps: ## install the Debian packages the build, demo and tests need (only those missing)
 	@scripts/install-deps.sh
+
+deps-kubernetes: deps ## build Kubernetes v1.34.4 and the loopback CNI plugin from source into /var/cache/ebpfnet (once, ~12 min)
+	@lab/kube/build.sh
 
 generate: deps ## compile the BPF C with clang-19 and regenerate the Go bindings
 	$(GO) generate ./bpf/
@@ -37,7 +40,7 @@ build: ## build bin/ebpfnet and bin/ebpfnet-cni (static: the lab's container ima
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
 
-test: deps lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
+test: deps deps-kubernetes lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
 	@mkdir -p $(BIN)
 	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN' || true
 	@scripts/check-test-log.sh $(TESTLOG)
@@ -52,7 +55,7 @@ soak: deps build ## 100 CNI callers ADD/DEL for SOAK_TIME (10m) while the agent 
 image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image
 	$(BIN)/ebpfnet image build --out $(BIN)/image
 
-bench: deps build ## compare ebpfnet with kernel baselines; writes bench/results/
+bench: deps deps-kubernetes build ## compare ebpfnet with kernel baselines; writes bench/results/
 	$(BIN)/ebpfnet-bench -out bench/results
 
 demo: deps build ## bring up a small cluster in namespaces and show it working

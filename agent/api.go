@@ -54,9 +54,20 @@ const MaxRequestBytes = 16 << 20
 
 // limitBody refuses a request whose body is over limit bytes: at once when its Content-Length
 // says so (413), else when reading it goes past the limit (the handler's read fails with the
-// same error). Either way the handler never holds more than limit bytes of it.
+// same error). Either way the handler never holds more than limit bytes of it, and whatever
+// the client is still sending after the answer is read and thrown away (drainBody), so that
+// the client, still writing, reads the answer instead of a broken pipe.
 func limitBody(h http.Handler, limit int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		// Without full duplex the server stops reading the body once the answer is written.
+		duplex := rc.EnableFullDuplex() == nil
+		body := r.Body
+		defer func() {
+			if duplex {
+				drainBody(rc, body)
+			}
+		}()
 		if r.ContentLength > limit {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Connection", "close")
@@ -67,6 +78,21 @@ func limitBody(h http.Handler, limit int64) http.Handler {
 		r.Body = &boundedBody{ReadCloser: r.Body, left: limit, limit: limit}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// How much of a body the agent reads and throws away after it has answered, and for how long:
+// enough for any file a person would send by mistake, bounded so a client cannot hold the agent.
+const (
+	drainBytes = 1 << 30
+	drainTime  = 30 * time.Second
+)
+
+// drainBody sends the answer on its way, then reads what is left of the request's body, at
+// most drainBytes for at most drainTime; past either the server closes the connection.
+func drainBody(rc *http.ResponseController, body io.Reader) {
+	rc.Flush()
+	rc.SetReadDeadline(time.Now().Add(drainTime))
+	io.CopyN(io.Discard, body, drainBytes)
 }
 
 func tooLarge(limit int64) *APIError {

@@ -1,17 +1,20 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // rootOnly accepts only connections whose peer is root, by the credentials the kernel recorded
-// when the peer connected (SO_PEERCRED); any other connection is closed with a log line and
-// never reaches the API. The socket's mode (0600 in a 0700 directory) keeps others out too,
+// when the peer connected (SO_PEERCRED); any other connection is answered with one line saying
+// so (refuse), logged, and never reaches the API. The socket's mode (0600 in a 0700 directory) keeps others out too,
 // but this holds whatever the mode becomes: a chmod, a bind mount, a descriptor passed on.
 type rootOnly struct {
 	net.Listener
@@ -28,13 +31,33 @@ func (l rootOnly) Accept() (net.Conn, error) {
 		if err == nil && cred.Uid == 0 {
 			return c, nil
 		}
+		why := "the ebpfnet agent answers only root (uid 0) and could not tell who you are"
 		if err != nil {
 			slog.Warn("api socket: refused a connection whose peer is unknown", "err", err)
 		} else {
+			why = fmt.Sprintf("the ebpfnet agent answers only root (uid 0); you are uid %d", cred.Uid)
 			slog.Warn("api socket: refused a connection from a non-root peer", "uid", cred.Uid, "pid", cred.Pid)
 		}
-		c.Close()
+		go refuse(c, why)
 	}
+}
+
+// How long and how much of a refused peer's request is read before its connection closes.
+const (
+	refuseReadTime  = 2 * time.Second
+	refuseReadBytes = 1 << 20
+)
+
+// refuse answers a refused connection with a 403 whose body is the API's error, then reads
+// (and throws away) what the peer is still sending until it closes or the bounds pass: a unix
+// socket closed with unread data resets its peer, who would then see "connection reset by
+// peer" instead of why.
+func refuse(c net.Conn, why string) {
+	defer c.Close()
+	body, _ := json.Marshal(&APIError{Code: CodeInvalidEnv, Message: why})
+	c.SetDeadline(time.Now().Add(refuseReadTime))
+	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	io.CopyN(io.Discard, c, refuseReadBytes)
 }
 
 // peerCred returns the credentials of the process at the other end of a unix connection.

@@ -8,14 +8,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ebpfnet/ebpfnet/test/nstest"
 )
 
 // The API socket serves root only, whatever its file mode: with the socket 0666 in a directory
-// anyone may search, a peer of uid 65534 is connected and closed at once, with nothing served;
-// root is served.
+// anyone may search, a peer of uid 65534 is told in one line that only root is answered, with
+// nothing served; root is served.
 func TestAPISocketServesOnlyRoot(t *testing.T) {
 	nstest.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "run")
@@ -42,13 +43,16 @@ func TestAPISocketServesOnlyRoot(t *testing.T) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	if status, err := nstest.StatusAs(65534, path); err == nil {
-		t.Fatalf("uid 65534 was served through a 0666 socket: %q", status)
-	} else if errors.Is(err, fs.ErrPermission) {
+	reply, err := nstest.StatusAs(65534, path)
+	if errors.Is(err, fs.ErrPermission) {
 		t.Fatalf("uid 65534 could not even connect, so the peer check went untested: %v", err)
 	}
+	want := "the ebpfnet agent answers only root (uid 0); you are uid 65534"
+	if err != nil || !strings.HasPrefix(reply, "HTTP/1.1 403 ") || !strings.HasSuffix(reply, `{"code":4,"error":"`+want+`"}`) {
+		t.Fatalf("uid 65534 through a 0666 socket: %q, %v; want a 403 saying %q", reply, err, want)
+	}
 	status, err := nstest.StatusAs(0, path)
-	if err != nil || status[:12] != "HTTP/1.1 200" {
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 200") {
 		t.Fatalf("root: %q, %v; want HTTP/1.1 200", status, err)
 	}
 }

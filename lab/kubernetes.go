@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -142,7 +143,8 @@ func (b *builder) kubePods(ctx context.Context) error {
 }
 
 // waitKubePods waits until each pod runs with its address, records its address and network
-// namespace (from its node's agent), and waits until it answers on its ports.
+// namespace (from its node's agent), waits until it answers on its ports, and then until the
+// API server shows it Running and Ready.
 func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Duration) error {
 	want := map[string]bool{}
 	for _, p := range pods {
@@ -193,32 +195,136 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 			}
 		}
 	}
-	return nil
+	return s.waitKubePodsReady(ctx, pods, timeout)
+}
+
+// kubePod is what the lab reads of a Pod object's status.
+type kubePod struct {
+	Metadata struct{ Namespace, Name string }
+	Status   struct {
+		Phase      string
+		PodIP      string
+		Conditions []struct{ Type, Status, Message string }
+	}
+}
+
+func (p kubePod) key() string { return p.Metadata.Namespace + "/" + p.Metadata.Name }
+
+// ready tells whether the API server shows the pod Running and Ready.
+func (p kubePod) ready() bool {
+	if p.Status.Phase != "Running" {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True"
+		}
+	}
+	return false
+}
+
+// apiPods reads every Pod object the API server holds, by namespace/name.
+func (s *State) apiPods(ctx context.Context) (map[string]kubePod, error) {
+	out, err := s.Kubectl(ctx, "get", "pods", "-A", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var list struct{ Items []kubePod }
+	if err := json.Unmarshal(out, &list); err != nil {
+		return nil, fmt.Errorf("kubectl get pods: %w", err)
+	}
+	pods := make(map[string]kubePod, len(list.Items))
+	for _, it := range list.Items {
+		pods[it.key()] = it
+	}
+	return pods, nil
 }
 
 // podPhases summarises the lab's pods as the API server sees them, for timeout messages.
 func (s *State) podPhases(ctx context.Context) string {
-	out, err := s.Kubectl(ctx, "get", "pods", "-A", "-o", "json")
+	pods, err := s.apiPods(ctx)
 	if err != nil {
 		return err.Error()
 	}
-	var list struct {
-		Items []struct {
-			Metadata struct{ Namespace, Name string }
-			Status   struct {
-				Phase      string
-				Conditions []struct{ Type, Status, Message string }
+	var parts []string
+	for k, p := range pods {
+		parts = append(parts, k+"="+p.Status.Phase)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// waitKubePodsReady waits until the API server shows each pod Running and Ready with its
+// address in status.podIP, so that whoever asks the API server right after the lab step
+// returns sees the pods as they are. It fails naming a pod that is not, its phase and its
+// last event.
+func (s *State) waitKubePodsReady(ctx context.Context, pods []Pod, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(250 * time.Millisecond) // each poll runs kubectl
+	defer tick.Stop()
+	for {
+		got, err := s.apiPods(ctx)
+		var late *Pod
+		var seen kubePod
+		if err == nil {
+			for i := range pods {
+				p, perr := s.Pod(pods[i].Key())
+				if perr != nil {
+					return perr
+				}
+				k := got[p.Key()]
+				if !k.ready() || k.Status.PodIP != p.IP.String() {
+					late, seen = p, k
+					break
+				}
+			}
+			if late == nil {
+				return nil
 			}
 		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("timed out waiting for the lab's pods to be Ready: %w", err)
+			}
+			phase := seen.Status.Phase
+			if phase == "" {
+				phase = "absent"
+			}
+			return fmt.Errorf("timed out waiting for pod %s to be Running and Ready with IP %s: phase %s, Ready %s, podIP %q; last event: %s",
+				late.Key(), late.IP, phase, seen.readyCondition(), seen.Status.PodIP, s.lastEvent(ctx, late.Namespace, late.Name))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
 	}
-	if err := json.Unmarshal(out, &list); err != nil {
+}
+
+// readyCondition is the pod's Ready condition as "True", "False: why" or "unset".
+func (p kubePod) readyCondition() string {
+	for _, c := range p.Status.Conditions {
+		if c.Type == "Ready" {
+			if c.Message != "" {
+				return c.Status + ": " + c.Message
+			}
+			return c.Status
+		}
+	}
+	return "unset"
+}
+
+// lastEvent is the newest event about a pod, as one line, or why there is none.
+func (s *State) lastEvent(ctx context.Context, ns, name string) string {
+	out, err := s.Kubectl(ctx, "get", "events", "-n", ns, "--field-selector", "involvedObject.name="+name,
+		"--sort-by", ".lastTimestamp", "-o", "jsonpath={range .items[-1:]}{.reason}: {.message}{end}")
+	if err != nil {
 		return err.Error()
 	}
-	var parts []string
-	for _, it := range list.Items {
-		parts = append(parts, it.Metadata.Namespace+"/"+it.Metadata.Name+"="+it.Status.Phase)
+	if len(bytes.TrimSpace(out)) == 0 {
+		return "none"
 	}
-	return strings.Join(parts, " ")
+	return string(bytes.TrimSpace(out))
 }
 
 // kubeServices applies the services as Service objects and waits until the store through the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages ebpfnet's build, tests and benchmarks need, only those missing, then
-# builds the Kubernetes binaries (those the kubernetes lab runs, and kube-proxy for the Services
-# benchmark) with scripts/build-k8s.sh, only those missing.
+# Installs the Debian packages ebpfnet's build, demo, tests and benchmarks need, only those
+# missing. Kubernetes, built from source, is not among them: `make deps-kubernetes` builds it
+# (lab/kube/build.sh) for the targets that run it.
 # Idempotent: on a machine that has them all it returns in well under a second.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ for p in "${packages[@]}"; do
 	[[ -n ${installed[$p]:-} ]] || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
-	exec "$(dirname "$0")/build-k8s.sh"
+	exit 0
 fi
 if [[ $EUID -ne 0 ]]; then
 	echo "install-deps: missing ${missing[*]}; run as root to install them" >&2
@@ -43,6 +43,3 @@ fi
 if [[ -e /run/bird/bird.ctl ]]; then
 	birdc -s /run/bird/bird.ctl down >/dev/null 2>&1 || true
 fi
-
-# Kubernetes, the lab's and kube-proxy, is built from source and cached outside the repository.
-exec "$(dirname "$0")/build-k8s.sh"

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 )
 
 func newLabCmd(g *globals) *cobra.Command {
@@ -42,6 +43,11 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 				return err
 			}
 			spec.Kubernetes = spec.Kubernetes || kubernetes
+			if spec.Kubernetes {
+				if err := kube.EnsureBinaries(cmd.Context(), cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
 			st, err := lab.Up(cmd.Context(), *name, spec, lab.Options{})
 			if err != nil {
 				return err

@@ -15,7 +15,7 @@ import (
 // Version is the Kubernetes release the lab runs (v1.37 refuses this host's cgroup v1).
 const Version = "v1.34.4"
 
-// Binaries are the Kubernetes programs scripts/build-k8s.sh puts in BinDir.
+// Binaries are the Kubernetes programs build.sh puts in BinDir.
 var Binaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
 
 // hostTools are the Debian programs a node needs.
@@ -80,7 +80,7 @@ func CheckBinaries() error {
 		}
 	}
 	if len(missing) > 0 {
-		return errors.New("kubernetes lab: missing " + strings.Join(missing, ", ") + " (under " + CacheDir() + " or in PATH): run make deps")
+		return errors.New("kubernetes lab: missing " + strings.Join(missing, ", ") + " (under " + CacheDir() + " or in PATH): run make deps deps-kubernetes")
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 
 // StatusAs connects to the agent's unix socket at path from an OS thread whose effective uid
 // and gid are uid (what SO_PEERCRED reports), sends an HTTP request for /v1/status and returns
-// the status line it got back, or the error. The thread is never handed back to the runtime,
+// the whole reply it got back (status line, headers and body), or the error. The thread is never handed back to the runtime,
 // so its credentials die with it.
 func StatusAs(uid int, path string) (string, error) {
 	type result struct {
@@ -42,13 +42,12 @@ func StatusAs(uid int, path string) (string, error) {
 			done <- result{err: err}
 			return
 		}
-		buf := make([]byte, 64)
-		n, err := io.ReadAtLeast(c, buf, len("HTTP/1.1 200"))
+		reply, err := io.ReadAll(c) // the request asked the server to close after its reply
 		if err != nil {
 			done <- result{err: err}
 			return
 		}
-		done <- result{status: string(buf[:n])}
+		done <- result{status: string(reply)}
 	}()
 	r := <-done
 	return r.status, r.err

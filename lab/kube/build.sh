@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries the kubernetes lab runs (and kube-proxy, the Services benchmark's
 # baseline) and the loopback CNI plugin, from source, into ${EBPFNET_CACHE:-/var/cache/ebpfnet},
-# only those missing. Idempotent and instant when present.
+# only those missing. Idempotent and instant when present. Run by `make deps-kubernetes` and,
+# embedded in the binary (lab/kube/build.go), by `ebpfnet lab up --kubernetes`.
 set -euo pipefail
 
-k8s_version=v1.34.4
+k8s_version=${EBPFNET_K8S_VERSION:-v1.34.4} # kube.Version (lab/kube/kube.go); a test keeps the two equal
 cache=${EBPFNET_CACHE:-/var/cache/ebpfnet}
 k8s_bin=$cache/kubernetes/$k8s_version/bin
 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
@@ -82,8 +83,10 @@ build_k8s() {
 	done
 
 	mkdir -p "$work/bin" "$k8s_bin"
-	local c
+	local c i=0
 	for c in "${missing[@]}"; do
+		i=$((i + 1))
+		echo "build-k8s: [$i/${#missing[@]}] building $c $k8s_version"
 		(cd "$work" && go build -trimpath -ldflags "$ldflags" -o "bin/$c" "k8s.io/kubernetes/cmd/$c")
 		# Renamed into place only once complete (same file system), so a half-built binary is never used.
 		mv "$work/bin/$c" "$k8s_bin/$c"
@@ -109,5 +112,8 @@ build_loopback() {
 }
 
 mkdir -p "$cache/kubernetes"
-have_all_k8s || build_k8s
+if ! have_all_k8s; then
+	echo "build-k8s: building Kubernetes $k8s_version from source ($(missing_k8s | tr '\n' ' ')), about 12 minutes on 2 idle cores, once: cached in $cache"
+	build_k8s
+fi
 have_loopback || build_loopback
