@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
@@ -197,6 +198,40 @@ func TestParsersRefuseBadFiles(t *testing.T) {
 	}
 }
 
+// The agent configuration deploy/ebpfnet.yaml ships in its ConfigMap is one the agent takes.
+func TestDeployAgentConfigIsAccepted(t *testing.T) {
+	data, err := os.ReadFile("../deploy/ebpfnet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, doc := range bytes.Split(data, []byte("\n---\n")) {
+		var cm struct {
+			Kind string            `json:"kind"`
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal(doc, &cm); err != nil {
+			t.Fatalf("deploy/ebpfnet.yaml: %v", err)
+		}
+		conf, ok := cm.Data["agent.yaml"]
+		if cm.Kind != "ConfigMap" || !ok {
+			continue
+		}
+		found = true
+		path := filepath.Join(t.TempDir(), "agent.yaml")
+		// The DaemonSet gives the node's name by flag; any name stands for it here.
+		if err := os.WriteFile(path, []byte("nodeName: node1\n"+conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := agentConfig(path); err != nil {
+			t.Errorf("deploy/ebpfnet.yaml's agent.yaml is refused: %v", err)
+		}
+	}
+	if !found {
+		t.Error("deploy/ebpfnet.yaml has no ConfigMap with agent.yaml")
+	}
+}
+
 // docs are the markdown files whose blocks and links are checked.
 func docs(t *testing.T) []string {
 	t.Helper()
@@ -251,7 +286,7 @@ func fencedBlocks(t *testing.T, path string) []block {
 		if m := exampleMarker.FindStringSubmatch(line); m != nil && cur == nil {
 			marker = m[1]
 		}
-		if cur == nil && marker == "" && strings.Contains(line, "<!-- example:") {
+		if cur == nil && marker == "" && strings.HasPrefix(strings.TrimSpace(line), "<!-- example") {
 			t.Errorf("%s:%d: malformed example marker %q (want <!-- example: examples/FILE -->)", path, n, line)
 		}
 	}

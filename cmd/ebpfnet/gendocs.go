@@ -62,8 +62,9 @@ func writeCLIReference(w io.Writer) error {
 			text = c.Short
 		}
 		b.WriteString(strings.TrimSpace(text) + "\n\n")
+		fs := commandFlags(c) // first: it merges the inherited flags, which UseLine counts
 		fmt.Fprintf(&b, "```\n%s\n```\n", c.UseLine())
-		if fs := commandFlags(c); fs.HasFlags() {
+		if fs.HasFlags() {
 			b.WriteString("\n")
 			writeFlags(&b, fs)
 		}
