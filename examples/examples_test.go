@@ -330,29 +330,61 @@ func TestDocsShowExamplesVerbatim(t *testing.T) {
 	}
 }
 
-var mdLink = regexp.MustCompile(`\]\(([^)#\s]+)(#[^)]*)?\)`)
+var (
+	mdLink    = regexp.MustCompile(`\]\(([^)#\s]*)(?:#([^)\s]*))?\)`)
+	mdHeading = regexp.MustCompile("(?m)^#{1,6} (.+)$")
+	notInSlug = regexp.MustCompile(`[^\p{L}\p{N} _-]`)
+)
 
-// Every relative link of the docs leads to a file or directory of the repository.
+// anchors are the heading anchors GitHub makes of a markdown file: lower case, punctuation
+// dropped, spaces made hyphens.
+func anchors(data []byte) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range mdHeading.FindAllSubmatch(data, -1) {
+		slug := notInSlug.ReplaceAllString(strings.ToLower(strings.TrimSpace(string(m[1]))), "")
+		out[strings.ReplaceAll(slug, " ", "-")] = true
+	}
+	return out
+}
+
+// Every relative link of the docs leads to a file or directory of the repository, and a link
+// to a section of a markdown file to a heading it has.
 func TestDocsLinksResolve(t *testing.T) {
-	checked := 0
+	checked, sections := 0, 0
 	for _, doc := range docs(t) {
 		data, err := os.ReadFile(doc)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, m := range mdLink.FindAllStringSubmatch(string(data), -1) {
-			target := m[1]
+			target, section := m[1], m[2]
 			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
 				continue
 			}
-			if _, err := os.Stat(filepath.Join(filepath.Dir(doc), target)); err != nil {
-				t.Errorf("%s: link to %s: %v", doc, target, err)
+			path := doc
+			if target != "" {
+				path = filepath.Join(filepath.Dir(doc), target)
+				if _, err := os.Stat(path); err != nil {
+					t.Errorf("%s: link to %s: %v", doc, target, err)
+					continue
+				}
+				checked++
 			}
-			checked++
+			if section == "" || !strings.HasSuffix(path, ".md") {
+				continue
+			}
+			md, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !anchors(md)[section] {
+				t.Errorf("%s: link to %s#%s: no such heading in %s", doc, target, section, path)
+			}
+			sections++
 		}
 	}
-	if checked == 0 {
-		t.Error("no relative link found in the docs: is the link pattern wrong?")
+	if checked == 0 || sections == 0 {
+		t.Errorf("checked %d file links and %d section links: is the link pattern wrong?", checked, sections)
 	}
 }
 
