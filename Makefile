@@ -13,7 +13,7 @@ SOAK_TIME ?= 10m
 FUZZ_PACKETS ?= 1000000
 FUZZ_TIME    ?= 60s
 
-.PHONY: help deps deps-kubernetes generate check-generate lint build image test fuzz soak bench demo clean
+.PHONY: help deps deps-kubernetes generate check-generate lint build image test fuzz soak bench bench-record demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,11 +24,12 @@ deps: ## install the Debian packages the build, demo and tests need (only those 
 deps-kubernetes: deps ## build Kubernetes v1.34.4 and the loopback CNI plugin from source into /var/cache/ebpfnet (once, ~12 min)
 	@lab/kube/build.sh
 
-generate: deps ## compile the BPF C with clang-19 and regenerate the Go bindings
+generate: deps ## compile the BPF C with clang-19, regenerate the Go bindings and docs/cli.md
 	$(GO) generate ./bpf/
+	$(GO) run ./cmd/ebpfnet gen-docs --out docs/cli.md
 
-check-generate: generate ## fail if the committed bindings differ from a fresh generate
-	@git diff --exit-code --stat -- bpf/ || { echo "bpf bindings are stale: run make generate and commit"; exit 1; }
+check-generate: generate ## fail if the committed bindings or docs/cli.md differ from a fresh generate
+	@git diff --exit-code --stat -- bpf/ docs/cli.md || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 lint: deps ## gofmt, go vet and clang-format over our sources
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -36,7 +37,7 @@ lint: deps ## gofmt, go vet and clang-format over our sources
 	$(GO) vet ./...
 	clang-format-19 --dry-run --Werror $(C_SOURCES)
 
-build: ## build bin/ebpfnet and bin/ebpfnet-cni (static: the lab's container images hold them)
+build: ## build bin/ebpfnet, bin/ebpfnet-cni and bin/ebpfnet-bench (static: the lab's container images hold them)
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
 
@@ -55,8 +56,12 @@ soak: deps build ## 100 CNI callers ADD/DEL for SOAK_TIME (10m) while the agent 
 image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image
 	$(BIN)/ebpfnet image build --out $(BIN)/image
 
-bench: deps deps-kubernetes build ## compare ebpfnet with kernel baselines; writes bench/results/
-	$(BIN)/ebpfnet-bench -out bench/results
+bench: deps deps-kubernetes build ## compare ebpfnet with kernel baselines (every suite); writes bin/bench/
+	$(BIN)/ebpfnet-bench -out $(BIN)/bench
+
+bench-record: ## copy the last make bench (bin/bench/) into the committed bench/results/
+	@test -s $(BIN)/bench/results.json || { echo "no $(BIN)/bench/results.json: run make bench first"; exit 1; }
+	cp $(BIN)/bench/results.json $(BIN)/bench/results.md $(BIN)/bench/ratios.svg bench/results/
 
 demo: deps build ## bring up a small cluster in namespaces and show it working
 	scripts/demo.sh

@@ -98,7 +98,7 @@ var (
 
 // KubeProxyBaseline is the Services baseline's setups: PodToPodKernel, and per count in Services,
 // KubeProxyName(count, Backend). Building each kube-proxy setup appends how long kube-proxy took
-// to program it to Programs. They need kube-proxy in kube.BinDir() (scripts/build-k8s.sh).
+// to program it to Programs. They need kube-proxy in kube.BinDir() (make deps-kubernetes).
 type KubeProxyBaseline struct {
 	Backend  IPTablesBackend
 	Services []int
@@ -148,7 +148,7 @@ func (b *KubeProxyBaseline) Check() error {
 		return err
 	}
 	if _, err := os.Stat(kubeProxyBin()); err != nil {
-		return fmt.Errorf("kube-proxy is not built (run scripts/build-k8s.sh): %w", err)
+		return fmt.Errorf("kube-proxy is not built (run make deps-kubernetes): %w", err)
 	}
 	return nil
 }
