@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // from_host is tc egress of the host device: the node's own packets that its routes send

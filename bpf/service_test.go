@@ -15,8 +15,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Service, NAT and masquerading tests. The node is loadCrossNode's (client pod ipLocal,

@@ -16,7 +16,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // netpolCase is one file in test/netpol or in a folder listed in $EBPFNET_NETPOL_CASES.
