@@ -46,9 +46,9 @@ test: deps deps-kubernetes lint build ## run every test (needs root: namespaces,
 	$(GO) test -count=1 -timeout 30m -v ./... 2>&1 | tee $(TESTLOG) | grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN' || true
 	@scripts/check-test-log.sh $(TESTLOG)
 
-fuzz: deps ## hold the datapath to its Go model (package model): FUZZ_PACKETS seeded packets, then FUZZ_TIME of native fuzzing
-	$(GO) test -count=1 -timeout 60m -run '^TestDatapathMatchesModel$$' -v ./fuzz/ -args -packets=$(FUZZ_PACKETS)
-	$(GO) test -count=1 -timeout 60m -run '^$$' -fuzz '^FuzzDatapath$$' -fuzztime $(FUZZ_TIME) ./fuzz/
+fuzz: deps ## hold the datapath to its Go model (package testkit/model): FUZZ_PACKETS seeded packets, then FUZZ_TIME of native fuzzing
+	$(GO) test -count=1 -timeout 60m -run '^TestDatapathMatchesModel$$' -v ./testkit/fuzz/ -args -packets=$(FUZZ_PACKETS)
+	$(GO) test -count=1 -timeout 60m -run '^$$' -fuzz '^FuzzDatapath$$' -fuzztime $(FUZZ_TIME) ./testkit/fuzz/
 
 soak: deps build ## 100 CNI callers ADD/DEL for SOAK_TIME (10m) while the agent restarts 3 times; reports its goroutines and heap
 	EBPFNET_SOAK=$(SOAK_TIME) $(GO) test -count=1 -timeout 90m -run '^TestCNIChurn$$' -v ./test/ | grep -E '^(---|ok|FAIL)|_test.go'

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // A body up to the limit is read whole; one byte more fails the read with the limit's error,

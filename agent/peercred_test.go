@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // The API socket serves root only, whatever its file mode: with the socket 0666 in a directory

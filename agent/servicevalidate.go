@@ -192,9 +192,13 @@ func validateServicePorts(ports []corev1.ServicePort, nodePorts bool) error {
 			proto = corev1.ProtocolTCP
 		}
 		switch proto {
-		case corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+		case corev1.ProtocolTCP, corev1.ProtocolUDP:
+		case corev1.ProtocolSCTP:
+			// Kubernetes takes it, but the datapath translates only TCP and UDP frontends:
+			// an SCTP Service would be stored and never reachable.
+			return fmt.Errorf("%s.protocol: SCTP is not supported by ebpfnet's datapath (TCP and UDP only)", f)
 		default:
-			return fmt.Errorf("%s.protocol: %q must be TCP, UDP or SCTP", f, p.Protocol)
+			return fmt.Errorf("%s.protocol: %q must be TCP or UDP", f, p.Protocol)
 		}
 		if p.Port < 1 || p.Port > 65535 {
 			return fmt.Errorf("%s.port: %d is not in 1-65535", f, p.Port)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 func TestParseKubeRules(t *testing.T) {

@@ -21,7 +21,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // PolicyScale is from_pod's per-packet cost for a new flow that policy must judge, by the

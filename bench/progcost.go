@@ -9,7 +9,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // ProgCost is the per-packet cost of from_pod beside an empty tc program, by BPF_PROG_TEST_RUN.

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // pair starts two speakers of one AS on loopback addresses: a (127.0.0.1) dials b

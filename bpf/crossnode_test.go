@@ -7,8 +7,8 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/packet"
-	"github.com/ebpfnet/ebpfnet/test/progtest"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/progtest"
 )
 
 var (

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //go:build ignore
 
 /* datapath.c: the tc and XDP entry points of ebpfnet; the work lives in include/. */
@@ -192,4 +193,5 @@ const enum backend_flags *unused_backend_flags __attribute__((unused));
 const enum nat_flags *unused_nat_flags __attribute__((unused));
 const struct event *unused_event __attribute__((unused));
 
-char __license[] SEC("license") = "GPL";
+/* Dual BSD/GPL: the SPDX line above, in the spelling the kernel takes as GPL-compatible. */
+char __license[] SEC("license") = "Dual BSD/GPL";

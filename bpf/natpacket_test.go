@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Frames with real L4 checksums, and the checks that a translation kept them right: the

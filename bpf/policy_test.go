@@ -8,8 +8,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/packet"
-	"github.com/ebpfnet/ebpfnet/test/progtest"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/progtest"
 )
 
 const (

@@ -15,8 +15,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Service, NAT and masquerading tests. The node is loadCrossNode's (client pod ipLocal,
@@ -39,6 +39,7 @@ var (
 	gatewayIP   = netip.MustParseAddr("10.250.0.254")
 
 	natPorts = maps.PortRange{Min: 40000, Max: 40999}
+	hostMAC  = packet.MAC("ee:00:00:00:00:01") // the host device's: what the node sends from_host from
 )
 
 // Backend ids.
@@ -95,7 +96,7 @@ func loadSvcNode(t *testing.T) *svcNode {
 	t.Helper()
 	n := &svcNode{Datapath: loadCrossNode(t, maps.ModeVXLAN), ns: nstest.New(t, "svc")}
 	n.cfg = maps.NodeConfig{NodeIP: nodeIP, UnderlayIfindex: n.underlay(t), TunnelIfindex: testRunIfindex,
-		HostIfindex: testRunIfindex, HostMAC: packet.MAC("ee:00:00:00:00:01"), Mode: maps.ModeVXLAN,
+		HostIfindex: testRunIfindex, HostMAC: hostMAC, Mode: maps.ModeVXLAN,
 		Masquerade: true, NATPorts: natPorts}
 	n.configure(t, func(*maps.NodeConfig) {})
 	svc := n.Services()
@@ -156,6 +157,7 @@ const (
 	fromPod hook = iota
 	fromUnderlay
 	toPod
+	fromHost
 )
 
 func (n *svcNode) prog(h hook) (*ebpf.Program, maps.Direction) {
@@ -164,6 +166,8 @@ func (n *svcNode) prog(h hook) (*ebpf.Program, maps.Direction) {
 		return n.FromUnderlay, maps.DirFromUnderlay
 	case toPod:
 		return n.ToPod, maps.DirToPod
+	case fromHost:
+		return n.FromHost, maps.DirFromHost
 	}
 	return n.FromPod, maps.DirFromPod
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // churnDuration is how long TestCNIChurn runs: 30 s in `make test`, EBPFNET_SOAK (say 10m) in

@@ -26,7 +26,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/podnet"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // twoNodes is a two-node lab with one echo pod per node.

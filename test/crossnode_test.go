@@ -18,7 +18,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // threeNodeLab is three nodes with two pods each, every pod serving 80/TCP and 80/UDP.

@@ -19,7 +19,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // kubectlAPI runs kubectl as the admin against the shared API server.

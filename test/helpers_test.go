@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

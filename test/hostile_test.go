@@ -25,7 +25,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // soloAgent is `ebpfnet daemon` alone in a node namespace of its own, with the local store:

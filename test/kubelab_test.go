@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // standardLab is the upstream e2e suite's cluster: three nodes, namespaces x, y and z with pods

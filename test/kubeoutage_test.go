@@ -11,7 +11,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // checkAgentRestartAndAPIOutage: the datapath outlives its control plane. A node's agent is

@@ -30,7 +30,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store"
 	"github.com/ebpfnet/ebpfnet/store/kubestore"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // apiServer is one kube-apiserver (with its etcd) in a namespace of its own, shared by the

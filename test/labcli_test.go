@@ -10,7 +10,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // leftovers lists what of lab name is still on the machine: namespaces, pins, state, processes.

@@ -16,10 +16,10 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
-// netpolCase is one file in ../shared/netpol or test/netpol.
+// netpolCase is one file in test/netpol or in a folder listed in $EBPFNET_NETPOL_CASES.
 type netpolCase struct {
 	Name  string     `json:"name"`
 	Lab   lab.Spec   `json:"lab"`
@@ -48,34 +48,82 @@ type expectation struct {
 	Blocked  []string `json:"blocked"`
 }
 
+// casesEnv lists more folders of NetworkPolicy cases to play beside test/netpol, separated
+// by ':' as PATH is; a relative folder is taken from the repository's root. A listed folder that
+// is missing or holds no *.yaml is an error, never a silent skip.
+const casesEnv = "EBPFNET_NETPOL_CASES"
+
+// ownCasesDir holds the cases that always play, relative to this package.
+const ownCasesDir = "netpol"
+
+// readCases reads test/netpol and every folder in $EBPFNET_NETPOL_CASES.
 func readCases(t *testing.T) map[string]*netpolCase {
 	t.Helper()
-	files, _ := filepath.Glob("../../shared/netpol/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no cases in ../shared/netpol: the shared cases must be played (shared/ lives beside the clone)")
+	cases, err := loadCases(ownCasesDir, os.Getenv(casesEnv))
+	if err != nil {
+		t.Fatal(err)
 	}
-	own, _ := filepath.Glob("netpol/*.yaml")
-	if len(own) < 20 {
-		t.Fatalf("found only %d cases in test/netpol", len(own))
-	}
-	files = append(files, own...)
+	return cases
+}
+
+// loadCases reads the cases in own, named by their file, and those in each folder of the
+// ':'-separated list extra, named "<parent folder>-<file>" (../shared/netpol/ports.yaml plays
+// as shared-ports). Two cases of one name are an error.
+func loadCases(own, extra string) (map[string]*netpolCase, error) {
 	cases := map[string]*netpolCase{}
+	if err := loadCaseDir(cases, own, ""); err != nil {
+		return nil, err
+	}
+	for _, dir := range filepath.SplitList(extra) {
+		if dir == "" {
+			continue
+		}
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join("..", dir) // go test runs in test/
+		}
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", casesEnv, err)
+		}
+		if err := loadCaseDir(cases, abs, filepath.Base(filepath.Dir(abs))+"-"); err != nil {
+			return nil, fmt.Errorf("%s: %w", casesEnv, err)
+		}
+	}
+	return cases, nil
+}
+
+// loadCaseDir adds every *.yaml in dir to cases, its name prefixed by prefix.
+func loadCaseDir(cases map[string]*netpolCase, dir, prefix string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("case folder: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("case folder %s is not a folder", dir)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return fmt.Errorf("case folder %s: %w", dir, err)
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("case folder %s holds no NetworkPolicy case (*.yaml)", dir)
+	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			t.Fatal(err)
+			return fmt.Errorf("read case: %w", err)
 		}
 		c := &netpolCase{}
 		if err := yaml.UnmarshalStrict(data, c); err != nil {
-			t.Fatalf("%s: %v", f, err)
+			return fmt.Errorf("case %s: %w", f, err)
 		}
-		key := strings.TrimSuffix(filepath.Base(f), ".yaml")
-		if strings.Contains(f, "shared") {
-			key = "shared-" + key
+		key := prefix + strings.TrimSuffix(filepath.Base(f), ".yaml")
+		if _, dup := cases[key]; dup {
+			return fmt.Errorf("case %s: a case named %q is already loaded", f, key)
 		}
 		cases[key] = c
 	}
-	return cases
+	return nil
 }
 
 var placeholder = regexp.MustCompile(`\$\{(IP|CIDR4):([^}]+)\}`)

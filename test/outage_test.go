@@ -14,7 +14,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // storeOutage is how long the store outage tests keep etcd (or the API server) down.

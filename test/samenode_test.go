@@ -16,8 +16,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/podnet"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
-	"github.com/ebpfnet/ebpfnet/test/traffic"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/traffic"
 )
 
 // node is one node: a namespace with the datapath loaded and an address pods can reach.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // upgradeFrom is the commit the upgrade test starts from: the last one before conntrack

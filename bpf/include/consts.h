@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* consts.h: verdict reasons, directions and flags shared by every ebpfnet program. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* crossnode.h: sending pod traffic to other nodes (VXLAN, native, IP-in-IP) and receiving it. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* ct.h: connection tracking, so that replies (and related ICMP errors) of allowed flows pass. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* forward.h: anti-spoofing, delivery into local pods, and the reason -> tc action mapping. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* maps.h: every map the datapath uses; sizes are placeholders that the loader sets at load time. */
 #pragma once
 

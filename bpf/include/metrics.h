@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* metrics.h: count a verdict under its (reason, direction). */
 #pragma once
 

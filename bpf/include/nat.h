@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* nat.h: translated flows: a Service frontend becomes a backend, a pod's source becomes the
  * node's (masquerading), and replies are translated back. One nat entry per direction. */
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* parse.h: bounds-checked parsing of Ethernet, ARP, IPv4, IPv6 and their L4 headers. */
 #pragma once
 

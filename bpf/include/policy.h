@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* policy.h: who a peer is (ipcache) and whether NetworkPolicy lets a new flow through. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* prefilter.h: the XDP source-CIDR deny list. */
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* service.h: Service load balancing (frontend lookup, backend choice, ClientIP affinity) and
  * the NAT stage every hook runs before policy. */
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* types.h: structs shared with user space (mirrored in Go by bpf2go and maps/). */
 #pragma once
 

@@ -20,7 +20,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store/etcdserver"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // The underlay of the test: the control plane (and etcd) on .1, the node on .2.

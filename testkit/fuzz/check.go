@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
 )
 
 // Checker runs packets through the datapath and the model of one installed world and

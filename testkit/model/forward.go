@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	wire "github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // tunnelTTL is the outer TTL of IP-in-IP (TUNNEL_TTL).
@@ -124,7 +125,7 @@ func (r *run) encapIPIP(nodeIP netip.Addr) {
 	binary.BigEndian.PutUint16(outer[2:], uint16(len(r.out)-ethHeaderLen+ipv4HeaderLen))
 	binary.BigEndian.PutUint16(outer[6:], 0x4000) // DF
 	outer[8] = tunnelTTL
-	outer[9] = protoIPIP
+	outer[9] = wire.ProtoIPIP
 	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
 	copy(outer[12:16], src[:])
 	copy(outer[16:20], dst[:])

@@ -10,7 +10,8 @@ import (
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // The node and its neighbourhood. The addresses are fixed; which maps hold them, with what
@@ -203,7 +204,7 @@ var ports = []uint16{0, 1, 53, 80, 81, 443, 5000, 5001, 5002, 5003, 5004, 8080, 
 func rules(rng *rand.Rand, eps []maps.Endpoint) []maps.PolicyEntry {
 	peers := append([]uint32{maps.IdentityAny, maps.IdentityAny, idPodA, idPodB, idPodC, idRemote,
 		maps.IdentityWorld, maps.IdentityRemoteNode, maps.IdentityHost}, cidrIDs...)
-	protos := []uint8{0, protoTCP, protoTCP, protoUDP, protoUDP, protoSCTP, protoICMP, protoICMPv6, 47}
+	protos := []uint8{0, packet.ProtoTCP, packet.ProtoTCP, packet.ProtoUDP, packet.ProtoUDP, packet.ProtoSCTP, packet.ProtoICMP, packet.ProtoICMP6, 47}
 	var out []maps.PolicyEntry
 	for _, ep := range eps {
 		if !ep.IngressEnforced && !ep.EgressEnforced {

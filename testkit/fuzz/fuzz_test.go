@@ -6,9 +6,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ebpfnet/ebpfnet/fuzz"
-	"github.com/ebpfnet/ebpfnet/model"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/fuzz"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 var (

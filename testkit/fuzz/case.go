@@ -5,7 +5,7 @@ import (
 	"strings"
 
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
 )
 
 // Case is one packet to replay in a table test: the world it ran in, the packets before it

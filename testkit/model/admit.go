@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	wire "github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Conntrack flags (enum ct_flags).
@@ -162,9 +163,9 @@ func (r *run) admit(p *packet, src, dst *maps.Endpoint, hint uint32) maps.Reason
 
 func isICMPEcho(p *packet) bool {
 	switch p.l4Proto {
-	case protoICMP:
+	case wire.ProtoICMP:
 		return p.icmpType == 8 || p.icmpType == 0
-	case protoICMPv6:
+	case wire.ProtoICMP6:
 		return p.icmpType == 128 || p.icmpType == 129
 	}
 	return false
@@ -206,7 +207,7 @@ func touch(e *CTEntry, p *packet, reply bool) {
 	if reply {
 		e.Flags |= CTReplySeen
 	}
-	if p.l4Proto == protoTCP && p.tcpFlags&(tcpFIN|tcpRST) != 0 {
+	if p.l4Proto == wire.ProtoTCP && p.tcpFlags&(tcpFIN|tcpRST) != 0 {
 		e.Flags |= CTClosing
 	}
 	e.Packets++
@@ -219,7 +220,7 @@ func touch(e *CTEntry, p *packet, reply bool) {
 // with a flow on the node could send errors past the policy of every pod there.
 func (r *run) CTRelated(p *packet) Conntrack {
 	b := r.out
-	if p.family != afInet || p.l4Proto != protoICMP || p.l4Off == 0 {
+	if p.family != afInet || p.l4Proto != wire.ProtoICMP || p.l4Off == 0 {
 		return CTNew
 	}
 	if p.icmpType != 3 && p.icmpType != 11 && p.icmpType != 12 {
@@ -232,7 +233,7 @@ func (r *run) CTRelated(p *packet) Conntrack {
 	k := CTKey{Family: afInet, Proto: b[off+9]}
 	copy(k.Src[:], b[off+12:off+16])
 	copy(k.Dst[:], b[off+16:off+20])
-	if k.Proto == protoTCP || k.Proto == protoUDP || k.Proto == protoSCTP {
+	if k.Proto == wire.ProtoTCP || k.Proto == wire.ProtoUDP || k.Proto == wire.ProtoSCTP {
 		k.Sport, k.Dport = be16(b[off+20:]), be16(b[off+22:])
 	}
 	r.quoted = &k

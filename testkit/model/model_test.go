@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
-	"github.com/ebpfnet/ebpfnet/test/packet"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 var (

@@ -16,8 +16,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
 	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
 )
 
 // Harness is the loaded datapath and a network namespace of its own whose underlay routes

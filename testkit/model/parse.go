@@ -5,25 +5,12 @@ import (
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	wire "github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
-// Ethertypes, protocols and header sizes the datapath knows (parse.h).
+// Address families and header sizes the datapath knows (parse.h); ethertypes and protocols
+// are package packet's, imported as wire (this package's packet is struct packet of parse.h).
 const (
-	etherIPv4 = 0x0800
-	etherIPv6 = 0x86dd
-	etherARP  = 0x0806
-
-	protoHopOpts  = 0
-	protoICMP     = 1
-	protoIPIP     = 4
-	protoTCP      = 6
-	protoUDP      = 17
-	protoRouting  = 43
-	protoFragment = 44
-	protoICMPv6   = 58
-	protoDstOpts  = 60
-	protoSCTP     = 132
-
 	afInet  = 2
 	afInet6 = 10
 
@@ -68,11 +55,11 @@ func parse(b []byte) (packet, maps.Reason) {
 	copy(p.smac[:], b[6:12])
 	p.l3Off = ethHeaderLen
 	switch be16(b[12:14]) {
-	case etherIPv4:
+	case wire.EtherIPv4:
 		return p, parseIPv4(b, &p)
-	case etherIPv6:
+	case wire.EtherIPv6:
 		return p, parseIPv6(b, &p)
-	case etherARP:
+	case wire.EtherARP:
 		return p, parseARP(b, &p)
 	}
 	return p, maps.ReasonUnsupportedL3
@@ -108,7 +95,7 @@ func parseIPv4(b []byte, p *packet) maps.Reason {
 }
 
 func isIPv6Ext(proto uint8) bool {
-	return proto == protoHopOpts || proto == protoRouting || proto == protoDstOpts || proto == protoFragment
+	return proto == wire.ProtoHopOpts || proto == wire.ProtoRouting || proto == wire.ProtoDstOpts || proto == wire.ProtoFrag6
 }
 
 // parseIPv6 walks up to maxIPv6Ext extension headers; what follows them is taken for L4. A
@@ -140,7 +127,7 @@ func parseIPv6(b []byte, p *packet) maps.Reason {
 			return maps.ReasonMalformed
 		}
 		ext := b[off:]
-		if nextHdr == protoFragment {
+		if nextHdr == wire.ProtoFrag6 {
 			p.fragment = true
 			if be16(ext[2:4])&0xfff8 != 0 {
 				p.l4Proto = ext[0] // a later fragment: no L4 header here
@@ -163,7 +150,7 @@ func parseIPv6(b []byte, p *packet) maps.Reason {
 func parseL4(b []byte, p *packet) maps.Reason {
 	off := p.l4Off
 	switch p.l4Proto {
-	case protoTCP:
+	case wire.ProtoTCP:
 		if off+20 > len(b) {
 			return maps.ReasonMalformed
 		}
@@ -173,17 +160,17 @@ func parseL4(b []byte, p *packet) maps.Reason {
 		}
 		p.sport, p.dport = be16(b[off:]), be16(b[off+2:])
 		p.tcpFlags = b[off+13]
-	case protoUDP:
+	case wire.ProtoUDP:
 		if off+8 > len(b) {
 			return maps.ReasonMalformed
 		}
 		p.sport, p.dport = be16(b[off:]), be16(b[off+2:])
-	case protoSCTP:
+	case wire.ProtoSCTP:
 		if off+12 > len(b) {
 			return maps.ReasonMalformed
 		}
 		p.sport, p.dport = be16(b[off:]), be16(b[off+2:])
-	case protoICMP, protoICMPv6:
+	case wire.ProtoICMP, wire.ProtoICMP6:
 		if off+8 > len(b) {
 			return maps.ReasonMalformed
 		}
@@ -199,7 +186,7 @@ func parseARP(b []byte, p *packet) maps.Reason {
 		return maps.ReasonMalformed
 	}
 	a := b[p.l3Off:]
-	if be16(a[0:2]) != 1 || be16(a[2:4]) != etherIPv4 || a[4] != 6 || a[5] != 4 {
+	if be16(a[0:2]) != 1 || be16(a[2:4]) != wire.EtherIPv4 || a[4] != 6 || a[5] != 4 {
 		return maps.ReasonMalformed
 	}
 	copy(p.arpSHA[:], a[8:14])

@@ -13,7 +13,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/test/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // Timeout bounds every probe: a reachable peer answers in well under it.

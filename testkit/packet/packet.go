@@ -7,17 +7,24 @@ import (
 	"net/netip"
 )
 
-// Ethertypes and IP protocols used by the tests.
+// Ethertypes and IP protocols (IPv6 extension headers included): the one set the tests, the
+// model and the fuzzer use.
 const (
-	EtherIPv4  = 0x0800
-	EtherIPv6  = 0x86dd
-	EtherARP   = 0x0806
-	ProtoICMP  = 1
-	ProtoTCP   = 6
-	ProtoUDP   = 17
-	ProtoICMP6 = 58
-	ProtoSCTP  = 132
-	ProtoFrag6 = 44
+	EtherIPv4 = 0x0800
+	EtherIPv6 = 0x86dd
+	EtherARP  = 0x0806
+
+	ProtoHopOpts = 0
+	ProtoICMP    = 1
+	ProtoIPIP    = 4
+	ProtoTCP     = 6
+	ProtoUDP     = 17
+	ProtoRouting = 43
+	ProtoFrag6   = 44
+	ProtoICMP6   = 58
+	ProtoNoNext  = 59
+	ProtoDstOpts = 60
+	ProtoSCTP    = 132
 )
 
 // MAC parses a MAC address or panics.

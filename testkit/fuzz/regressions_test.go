@@ -1,9 +1,9 @@
 package fuzz_test
 
 import (
-	"github.com/ebpfnet/ebpfnet/fuzz"
 	"github.com/ebpfnet/ebpfnet/maps"
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/fuzz"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
 )
 
 // regressions are packets on which the datapath and the model once disagreed, pasted as the

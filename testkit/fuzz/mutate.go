@@ -3,6 +3,8 @@ package fuzz
 import (
 	"encoding/binary"
 	"slices"
+
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // A mutation changes one thing of a frame whose headers are at at; it returns the frame
@@ -70,14 +72,14 @@ func mutPayloadLength(g *Gen, b []byte, at layout) []byte {
 }
 
 func mutDataOffset(g *Gen, b []byte, at layout) []byte {
-	if at.proto == protoTCP && at.l4 != 0 && has(b, at.l4+13) {
+	if at.proto == packet.ProtoTCP && at.l4 != 0 && has(b, at.l4+13) {
 		b[at.l4+12] = byte(g.rng.IntN(16))<<4 | b[at.l4+12]&0x0f
 	}
 	return b
 }
 
 func mutUDPLength(g *Gen, b []byte, at layout) []byte {
-	if at.proto == protoUDP && at.l4 != 0 && has(b, at.l4+6) {
+	if at.proto == packet.ProtoUDP && at.l4 != 0 && has(b, at.l4+6) {
 		binary.BigEndian.PutUint16(b[at.l4+4:], g.lengthValue(len(b)-at.l4))
 	}
 	return b
@@ -113,14 +115,14 @@ func mutFragmentHeader(g *Gen, b []byte, at layout) []byte {
 		off = uint16(g.rng.IntN(0x2000))
 	}
 	binary.BigEndian.PutUint16(ext[2:], off<<3|uint16(g.rng.IntN(8)))
-	return insertIPv6Ext(b, at, protoFragment, ext)
+	return insertIPv6Ext(b, at, packet.ProtoFrag6, ext)
 }
 
 func mutExtensionHeader(g *Gen, b []byte, at layout) []byte {
 	units := g.rng.IntN(4)
 	ext := make([]byte, 8*(units+1))
 	ext[1] = byte(units)
-	kind := []uint8{protoHopOpts, protoRouting, protoDstOpts}[g.rng.IntN(3)]
+	kind := []uint8{packet.ProtoHopOpts, packet.ProtoRouting, packet.ProtoDstOpts}[g.rng.IntN(3)]
 	return insertIPv6Ext(b, at, kind, ext)
 }
 
@@ -128,7 +130,7 @@ func mutExtensionHeader(g *Gen, b []byte, at layout) []byte {
 func mutExtensionLength(g *Gen, b []byte, at layout) []byte {
 	ext := make([]byte, 8)
 	ext[1] = byte(g.rng.Uint32())
-	kind := []uint8{protoHopOpts, protoRouting, protoDstOpts}[g.rng.IntN(3)]
+	kind := []uint8{packet.ProtoHopOpts, packet.ProtoRouting, packet.ProtoDstOpts}[g.rng.IntN(3)]
 	return insertIPv6Ext(b, at, kind, ext)
 }
 
@@ -188,8 +190,8 @@ func mutVersion(g *Gen, b []byte, at layout) []byte {
 }
 
 func mutProtocol(g *Gen, b []byte, at layout) []byte {
-	proto := []byte{protoHopOpts, protoICMP, protoIPIP, protoTCP, protoUDP, protoRouting, protoFragment,
-		protoICMPv6, protoNoNext, protoDstOpts, protoSCTP, byte(g.rng.Uint32())}[g.rng.IntN(12)]
+	proto := []byte{packet.ProtoHopOpts, packet.ProtoICMP, packet.ProtoIPIP, packet.ProtoTCP, packet.ProtoUDP, packet.ProtoRouting, packet.ProtoFrag6,
+		packet.ProtoICMP6, packet.ProtoNoNext, packet.ProtoDstOpts, packet.ProtoSCTP, byte(g.rng.Uint32())}[g.rng.IntN(12)]
 	switch {
 	case at.family == 4 && has(b, at.l3+10):
 		b[at.l3+9] = proto
@@ -200,7 +202,7 @@ func mutProtocol(g *Gen, b []byte, at layout) []byte {
 }
 
 func mutEthertype(g *Gen, b []byte, _ layout) []byte {
-	t := []uint16{etherIPv4, etherIPv6, etherARP, 0x8100, 0x88cc, 0x0600, uint16(g.rng.Uint32())}[g.rng.IntN(7)]
+	t := []uint16{packet.EtherIPv4, packet.EtherIPv6, packet.EtherARP, 0x8100, 0x88cc, 0x0600, uint16(g.rng.Uint32())}[g.rng.IntN(7)]
 	binary.BigEndian.PutUint16(b[12:], t)
 	return b
 }

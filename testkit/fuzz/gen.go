@@ -6,27 +6,11 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
-// Protocols and ethertypes the generator writes.
 const (
-	etherIPv4 = 0x0800
-	etherIPv6 = 0x86dd
-	etherARP  = 0x0806
-
-	protoHopOpts  = 0
-	protoICMP     = 1
-	protoIPIP     = 4
-	protoTCP      = 6
-	protoUDP      = 17
-	protoRouting  = 43
-	protoFragment = 44
-	protoICMPv6   = 58
-	protoNoNext   = 59
-	protoDstOpts  = 60
-	protoSCTP     = 132
-
 	// maxFrame keeps frames within what BPF_PROG_TEST_RUN takes and the underlay's MTU
 	// (plus IP-in-IP) mostly carries; a few go past the MTU on purpose.
 	maxFrame = 1560
@@ -81,7 +65,7 @@ func (g *Gen) Next() Packet {
 			b[i] = byte(g.rng.Uint32())
 		}
 		if g.rng.IntN(2) == 0 {
-			binary.BigEndian.PutUint16(b[12:], []uint16{etherIPv4, etherIPv6, etherARP}[g.rng.IntN(3)])
+			binary.BigEndian.PutUint16(b[12:], []uint16{packet.EtherIPv4, packet.EtherIPv6, packet.EtherARP}[g.rng.IntN(3)])
 		}
 		return Packet{Hook: g.hook(), Frame: b}
 	default:
@@ -230,9 +214,9 @@ func (g *Gen) ipPacket(src, dst netip.Addr) ([]byte, layout) {
 	frame := make([]byte, 14, 14+len(ip)+len(l4))
 	copy(frame[0:6], pods[g.rng.IntN(len(pods))].nodeMAC)
 	copy(frame[6:12], g.endpointMAC(src))
-	binary.BigEndian.PutUint16(frame[12:], etherIPv4)
+	binary.BigEndian.PutUint16(frame[12:], packet.EtherIPv4)
 	if at.family == 6 {
-		binary.BigEndian.PutUint16(frame[12:], etherIPv6)
+		binary.BigEndian.PutUint16(frame[12:], packet.EtherIPv6)
 	}
 	frame = append(append(frame, ip...), l4...)
 	return frame, at
@@ -286,11 +270,11 @@ func (g *Gen) ipv6Header(src, dst netip.Addr, proto uint8, payload int) ([]byte,
 	nextHdr := proto
 	if g.rng.IntN(3) == 0 {
 		n := 1 + g.rng.IntN(6) // past four the parser stops walking
-		kinds := []uint8{protoHopOpts, protoRouting, protoDstOpts, protoFragment}
+		kinds := []uint8{packet.ProtoHopOpts, packet.ProtoRouting, packet.ProtoDstOpts, packet.ProtoFrag6}
 		for range n {
 			kind := kinds[g.rng.IntN(len(kinds))]
 			var ext []byte
-			if kind == protoFragment {
+			if kind == packet.ProtoFrag6 {
 				ext = make([]byte, 8)
 				var off uint16
 				if g.rng.IntN(3) == 0 {
@@ -342,30 +326,30 @@ func (g *Gen) l4() (uint8, []byte) {
 			b[12] = byte(len(b)/4) << 4
 		}
 		b[13] = []byte{0x02, 0x12, 0x10, 0x11, 0x04, 0x18, byte(g.rng.Uint32())}[g.rng.IntN(7)]
-		return protoTCP, append(b, payload...)
+		return packet.ProtoTCP, append(b, payload...)
 	case r < 11:
 		b := make([]byte, 8)
 		binary.BigEndian.PutUint16(b[0:], g.port())
 		binary.BigEndian.PutUint16(b[2:], g.port())
 		binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
-		return protoUDP, append(b, payload...)
+		return packet.ProtoUDP, append(b, payload...)
 	case r < 13:
 		b := make([]byte, 12)
 		binary.BigEndian.PutUint16(b[0:], g.port())
 		binary.BigEndian.PutUint16(b[2:], g.port())
-		return protoSCTP, append(b, payload...)
+		return packet.ProtoSCTP, append(b, payload...)
 	case r < 16:
 		b := make([]byte, 8)
 		b[0] = []byte{8, 0, 3, 11, 13, byte(g.rng.Uint32())}[g.rng.IntN(6)]
 		binary.BigEndian.PutUint16(b[4:], g.port())
-		return protoICMP, append(b, payload...)
+		return packet.ProtoICMP, append(b, payload...)
 	case r < 18:
 		b := make([]byte, 8)
 		b[0] = []byte{128, 129, 133, 135, 1}[g.rng.IntN(5)]
 		binary.BigEndian.PutUint16(b[4:], g.port())
-		return protoICMPv6, append(b, payload...)
+		return packet.ProtoICMP6, append(b, payload...)
 	}
-	return []uint8{47, 50, protoNoNext, protoIPIP, 255}[g.rng.IntN(5)], payload
+	return []uint8{47, 50, packet.ProtoNoNext, packet.ProtoIPIP, 255}[g.rng.IntN(5)], payload
 }
 
 // ipip wraps an IPv4 frame in an outer header, mostly from a peer node to this one.
@@ -375,7 +359,7 @@ func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 	if g.rng.IntN(6) == 0 {
 		dst = g.pick(peerIP, netip.MustParseAddr("10.250.0.9"), pods[0].ip4)
 	}
-	outer := g.ipv4Header(src, dst, protoIPIP, len(frame)-14)
+	outer := g.ipv4Header(src, dst, packet.ProtoIPIP, len(frame)-14)
 	if g.rng.IntN(3) > 0 {
 		// Mostly well-formed: no fragment bits, TTL to spare.
 		outer[6], outer[7], outer[8] = 0x40, 0, 64
@@ -388,7 +372,7 @@ func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 	if in.l4 != 0 {
 		in.l4 += len(outer)
 	}
-	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: protoIPIP, inner: &in}
+	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: packet.ProtoIPIP, inner: &in}
 }
 
 func (g *Gen) arp(h model.Hook) sent {
@@ -406,10 +390,10 @@ func (g *Gen) arp(h model.Hook) sent {
 	if g.rng.IntN(4) == 0 {
 		copy(b[6:12], pods[g.rng.IntN(len(pods))].mac)
 	}
-	binary.BigEndian.PutUint16(b[12:], etherARP)
+	binary.BigEndian.PutUint16(b[12:], packet.EtherARP)
 	a := b[14:]
 	binary.BigEndian.PutUint16(a[0:], 1)
-	binary.BigEndian.PutUint16(a[2:], etherIPv4)
+	binary.BigEndian.PutUint16(a[2:], packet.EtherIPv4)
 	a[4], a[5] = 6, 4
 	binary.BigEndian.PutUint16(a[6:], uint16(1+g.rng.IntN(2)))
 	copy(a[8:14], sha)

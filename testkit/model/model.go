@@ -15,6 +15,7 @@ import (
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	wire "github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Hook is one of the datapath's tc programs.
@@ -288,7 +289,7 @@ func (r *run) fromUnderlay() maps.Reason {
 	if reason != next || p.family != afInet {
 		return maps.ReasonForwardHost
 	}
-	if p.l4Proto != protoIPIP {
+	if p.l4Proto != wire.ProtoIPIP {
 		return r.receiveRemote(&p, 0, false)
 	}
 	// A fragment of an IP-in-IP packet cannot be decapsulated on its own: the node's stack

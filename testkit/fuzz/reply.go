@@ -4,7 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/ebpfnet/ebpfnet/model"
+	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // hookFor is where a packet from src enters: from_pod for a pod's own, else any other way.
@@ -56,18 +57,18 @@ func (g *Gen) reply(s sent) sent {
 	}
 	if l4 := at.l4; l4 > 0 && l4+4 <= len(b) {
 		switch at.proto {
-		case protoTCP, protoUDP, protoSCTP:
+		case packet.ProtoTCP, packet.ProtoUDP, packet.ProtoSCTP:
 			sp, dp := [2]byte(b[l4:l4+2]), [2]byte(b[l4+2:l4+4])
 			copy(b[l4:], dp[:])
 			copy(b[l4+2:], sp[:])
-			if at.proto == protoTCP && l4+14 <= len(b) && b[l4+13] == 0x02 {
+			if at.proto == packet.ProtoTCP && l4+14 <= len(b) && b[l4+13] == 0x02 {
 				b[l4+13] = 0x12
 			}
-		case protoICMP:
+		case packet.ProtoICMP:
 			if b[l4] == 8 {
 				b[l4] = 0
 			}
-		case protoICMPv6:
+		case packet.ProtoICMP6:
 			if b[l4] == 128 {
 				b[l4] = 129
 			}
@@ -102,16 +103,16 @@ func (g *Gen) icmpError(s sent) sent {
 	icmp[0] = []byte{3, 11, 12}[g.rng.IntN(3)]
 	icmp = append(icmp, quoted...)
 	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
-	h := g.ipv4Header(from, to, protoICMP, len(icmp))
+	h := g.ipv4Header(from, to, packet.ProtoICMP, len(icmp))
 	h[6], h[7] = 0, 0
 	h[10], h[11] = 0, 0
 	binary.BigEndian.PutUint16(h[10:], checksum(h))
 	frame := make([]byte, 14, 14+len(h)+len(icmp))
 	copy(frame[0:6], hostMAC)
 	copy(frame[6:12], g.endpointMAC(from))
-	binary.BigEndian.PutUint16(frame[12:], etherIPv4)
+	binary.BigEndian.PutUint16(frame[12:], packet.EtherIPv4)
 	frame = append(append(frame, h...), icmp...)
-	return sent{Packet{g.hookFor(from), frame}, layout{l3: 14, l4: 14 + len(h), family: 4, proto: protoICMP}}
+	return sent{Packet{g.hookFor(from), frame}, layout{l3: 14, l4: 14 + len(h), family: 4, proto: packet.ProtoICMP}}
 }
 
 // layoutOf finds the headers of a frame that nobody described (a fuzzing engine's): IPv4
@@ -122,7 +123,7 @@ func layoutOf(b []byte) layout {
 		return at
 	}
 	switch binary.BigEndian.Uint16(b[12:]) {
-	case etherIPv4:
+	case packet.EtherIPv4:
 		if len(b) < 34 {
 			return at
 		}
@@ -130,7 +131,7 @@ func layoutOf(b []byte) layout {
 		if binary.BigEndian.Uint16(b[20:])&0x1fff == 0 {
 			at.l4 = 14 + int(b[14]&0x0f)*4
 		}
-		if at.proto == protoIPIP && at.l4 >= 34 && len(b) >= at.l4+20 {
+		if at.proto == packet.ProtoIPIP && at.l4 >= 34 && len(b) >= at.l4+20 {
 			in := layoutOf(append(append([]byte(nil), b[:14]...), b[at.l4:]...))
 			in.l3 += at.l4 - 14
 			if in.l4 != 0 {
@@ -138,20 +139,20 @@ func layoutOf(b []byte) layout {
 			}
 			at.inner = &in
 		}
-	case etherIPv6:
+	case packet.EtherIPv6:
 		if len(b) < 54 {
 			return at
 		}
 		at.family = 6
 		next, off := b[20], 54
 		for range 4 {
-			if next != protoHopOpts && next != protoRouting && next != protoDstOpts && next != protoFragment {
+			if next != packet.ProtoHopOpts && next != packet.ProtoRouting && next != packet.ProtoDstOpts && next != packet.ProtoFrag6 {
 				break
 			}
 			if len(b) < off+8 {
 				return at
 			}
-			if next == protoFragment {
+			if next == packet.ProtoFrag6 {
 				next, off = b[off], off+8
 			} else {
 				next, off = b[off], off+(int(b[off+1])+1)*8
