@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vishvananda/netlink"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
@@ -72,7 +73,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ln.Close()
-	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]string{}},
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan agentapi.MonitorEvent]string{}},
 		idGC: identityGC{grace: s.identityGCGrace, unused: map[uint32]time.Time{}}}
 	a.mon.verdicts = func(on bool) {
 		cfg := a.nodeCfg

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -149,7 +150,7 @@ func TestCheckChange(t *testing.T) {
 	if err := c.PutPolicy(ctx, onB[0]); err != nil {
 		t.Fatal(err)
 	}
-	relabel := withLabels(LabelRequest{Kind: "pod", Namespace: "x", Name: "a", Set: map[string]string{"app": "b", "new": "yes"}})
+	relabel := withLabels(agentapi.LabelRequest{Kind: "pod", Namespace: "x", Name: "a", Set: map[string]string{"app": "b", "new": "yes"}})
 	want := "policy map full: the change needs 96 entries, the map holds 95 (mapSizes.policy)"
 	if err := a.checkChange(ctx, capacity{64, 64, 95}, true, relabel); err == nil || err.Error() != want {
 		t.Fatalf("label change: %v, want %q", err, want)
@@ -175,8 +176,8 @@ func TestCheckChange(t *testing.T) {
 func TestRefuseCounts(t *testing.T) {
 	a, _ := capacityAgent(t)
 	err := a.refuse("test", &MapFullError{Map: maps.EndpointsName, Need: 17, Capacity: 16})
-	ae, ok := err.(*APIError)
-	if !ok || ae.Code != CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
+	ae, ok := err.(*agentapi.APIError)
+	if !ok || ae.Code != agentapi.CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
 		t.Fatalf("refusal %#v", err)
 	}
 	other := fmt.Errorf("store down")

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -68,6 +69,15 @@ func (a *Agent) clusterInput(ctx context.Context, nodes []store.Node, extra ...s
 		in.Pods = append(in.Pods, p)
 	}
 	return in, nil
+}
+
+// podMeta is a pod declared through the API as the store holds it.
+func podMeta(m agentapi.PodMeta) store.PodMeta {
+	pm := store.PodMeta{Labels: m.Labels}
+	for _, p := range m.Ports {
+		pm.Ports = append(pm.Ports, store.PodPort(p))
+	}
+	return pm
 }
 
 func namedPorts(m store.PodMeta) []policy.NamedPort {
@@ -189,7 +199,7 @@ func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration)
 			return nil
 		}
 		if err := a.metrics.held.heldSince(gen); err != nil && slices.Contains(behind, a.node.Name) {
-			return &APIError{Code: CodeTryAgainLater, Message: fmt.Sprintf("node %s has not programmed the change: %v", a.node.Name, err)}
+			return &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: fmt.Sprintf("node %s has not programmed the change: %v", a.node.Name, err)}
 		}
 		if time.Now().After(deadline) {
 			sort.Strings(behind)
@@ -212,28 +222,6 @@ func hasNode(nodes []store.Node, name string) bool {
 	return false
 }
 
-// LabelRequest changes labels of a pod or namespace: set these, remove those.
-type LabelRequest struct {
-	Kind      string            `json:"kind"` // "pod" or "namespace"
-	Namespace string            `json:"namespace"`
-	Name      string            `json:"name,omitempty"`
-	Set       map[string]string `json:"set,omitempty"`
-	Remove    []string          `json:"remove,omitempty"`
-}
-
-// PolicyList is GET /v1/policies.
-type PolicyList struct {
-	Policies []PolicySummary `json:"policies"`
-}
-
-// PolicySummary is one policy as `policy list` shows it.
-type PolicySummary struct {
-	Namespace   string   `json:"namespace"`
-	Name        string   `json:"name"`
-	PolicyTypes []string `json:"policyTypes"`
-	Selects     []string `json:"selects"`
-}
-
 func (a *Agent) policyRoutes(mux *http.ServeMux) {
 	a.policyStatusRoutes(mux)
 	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
@@ -244,7 +232,7 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		}
 		nps, err := policy.Parse(body)
 		if err != nil {
-			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()})
+			reply(w, nil, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: err.Error()})
 			return
 		}
 		if err := a.storeChecked(r.Context(), "policy apply", withPolicies(nps), func() error {
@@ -267,7 +255,7 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/policies/{ns}/{name}", func(w http.ResponseWriter, r *http.Request) {
 		ok, err := a.cluster.DeletePolicy(r.Context(), r.PathValue("ns"), r.PathValue("name"))
 		if err == nil && !ok {
-			err = &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no policy %s/%s", r.PathValue("ns"), r.PathValue("name"))}
+			err = &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("no policy %s/%s", r.PathValue("ns"), r.PathValue("name"))}
 		}
 		if err == nil {
 			err = a.waitProgrammed(r.Context())
@@ -288,9 +276,9 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 				}
 			}
 		}
-		list := PolicyList{Policies: []PolicySummary{}}
+		list := agentapi.PolicyList{Policies: []agentapi.PolicySummary{}}
 		for _, np := range nps {
-			s := PolicySummary{Namespace: np.Namespace, Name: np.Name, Selects: sel[np.Namespace+"/"+np.Name]}
+			s := agentapi.PolicySummary{Namespace: np.Namespace, Name: np.Name, Selects: sel[np.Namespace+"/"+np.Name]}
 			in, eg := policy.Types(np)
 			if in {
 				s.PolicyTypes = append(s.PolicyTypes, "Ingress")
@@ -303,13 +291,13 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		}
 		reply(w, list, nil)
 	})
-	mux.HandleFunc("POST /v1/labels", handle(func(ctx context.Context, req LabelRequest) (struct{}, error) {
+	mux.HandleFunc("POST /v1/labels", handle(func(ctx context.Context, req agentapi.LabelRequest) (struct{}, error) {
 		return struct{}{}, a.label(ctx, req)
 	}))
-	mux.HandleFunc("PUT /v1/objects", handle(func(ctx context.Context, req ObjectsRequest) (struct{}, error) {
+	mux.HandleFunc("PUT /v1/objects", handle(func(ctx context.Context, req agentapi.ObjectsRequest) (struct{}, error) {
 		for key := range req.Pods {
 			if _, _, ok := strings.Cut(key, "/"); !ok {
-				return struct{}{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("pod %q is not namespace/name", key)}
+				return struct{}{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("pod %q is not namespace/name", key)}
 			}
 		}
 		return struct{}{}, a.storeChecked(ctx, "objects", withObjects(req), func() error {
@@ -320,7 +308,7 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 			}
 			for key, m := range req.Pods {
 				ns, name, _ := strings.Cut(key, "/")
-				if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
+				if err := a.cluster.PutPod(ctx, ns, name, podMeta(m)); err != nil {
 					return err
 				}
 			}
@@ -332,17 +320,17 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 		if t := r.URL.Query().Get("timeout"); t != "" {
 			d, err := time.ParseDuration(t)
 			if err != nil || d <= 0 {
-				reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("timeout %q is not a positive duration", t)})
+				reply(w, nil, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("timeout %q is not a positive duration", t)})
 				return
 			}
 			timeout = d
 		}
 		reply(w, struct{}{}, a.waitProgrammedWithin(r.Context(), timeout))
 	})
-	mux.HandleFunc("POST /v1/explain", handle(func(ctx context.Context, req ExplainRequest) (policy.Explanation, error) {
+	mux.HandleFunc("POST /v1/explain", handle(func(ctx context.Context, req agentapi.ExplainRequest) (policy.Explanation, error) {
 		in := a.lastInput.Load()
 		if in == nil {
-			return policy.Explanation{}, &APIError{Code: CodeTryAgainLater, Message: "no policy compiled yet"}
+			return policy.Explanation{}, &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: "no policy compiled yet"}
 		}
 		from, err := endpointOf(in, req.From)
 		if err != nil {
@@ -364,14 +352,8 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 	})
 }
 
-// ObjectsRequest declares namespaces and pods the way an API server would hold them.
-type ObjectsRequest struct {
-	Namespaces map[string]map[string]string `json:"namespaces,omitempty"`
-	Pods       map[string]store.PodMeta     `json:"pods,omitempty"` // "ns/name" ->
-}
-
 // label applies a label change and waits until every node has programmed it.
-func (a *Agent) label(ctx context.Context, req LabelRequest) error {
+func (a *Agent) label(ctx context.Context, req agentapi.LabelRequest) error {
 	switch req.Kind {
 	case "namespace":
 		nss, err := a.cluster.Namespaces(ctx)
@@ -380,7 +362,7 @@ func (a *Agent) label(ctx context.Context, req LabelRequest) error {
 		}
 		l, ok := nss[req.Namespace]
 		if !ok {
-			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no namespace %q", req.Namespace)}
+			return &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("no namespace %q", req.Namespace)}
 		}
 		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
 			return a.cluster.PutNamespace(ctx, req.Namespace, relabel(l, req))
@@ -395,7 +377,7 @@ func (a *Agent) label(ctx context.Context, req LabelRequest) error {
 		}
 		m, ok := pods[req.Namespace+"/"+req.Name]
 		if !ok {
-			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s/%s", req.Namespace, req.Name)}
+			return &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("no pod %s/%s", req.Namespace, req.Name)}
 		}
 		m.Labels = relabel(m.Labels, req)
 		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
@@ -405,12 +387,12 @@ func (a *Agent) label(ctx context.Context, req LabelRequest) error {
 			return err
 		}
 	default:
-		return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("kind %q must be pod or namespace", req.Kind)}
+		return &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("kind %q must be pod or namespace", req.Kind)}
 	}
 	return a.waitProgrammed(ctx)
 }
 
-func relabel(l map[string]string, req LabelRequest) map[string]string {
+func relabel(l map[string]string, req agentapi.LabelRequest) map[string]string {
 	out := map[string]string{}
 	for k, v := range l {
 		out[k] = v
@@ -424,12 +406,11 @@ func relabel(l map[string]string, req LabelRequest) map[string]string {
 	return out
 }
 
-// ExplainRequest asks about a flow between two pods ("ns/name") or addresses.
-type ExplainRequest struct {
-	From     string `json:"from"`
-	To       string `json:"to"`
-	Port     uint16 `json:"port"`
-	Protocol string `json:"protocol"`
+// Explain asks the agent behind c which policies decide a flow. It lives here rather than on
+// agentapi.Client because its answer is the policy compiler's.
+func Explain(ctx context.Context, c *agentapi.Client, r agentapi.ExplainRequest) (policy.Explanation, error) {
+	var ex policy.Explanation
+	return ex, c.Call(ctx, "POST", "/v1/explain", r, &ex)
 }
 
 func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
@@ -446,33 +427,14 @@ func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
 			return policy.Endpoint{Pod: &in.Pods[i], IP: in.Pods[i].IP}, nil
 		}
 	}
-	return policy.Endpoint{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%q is neither a known pod (namespace/name) nor an IP address", s)}
+	return policy.Endpoint{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("%q is neither a known pod (namespace/name) nor an IP address", s)}
 }
 
-// PodPolicy is what the datapath holds for one local pod.
-type PodPolicy struct {
-	Node            string        `json:"node"`
-	Endpoint        uint32        `json:"endpoint"`
-	Identity        uint32        `json:"identity"`
-	IngressEnforced bool          `json:"ingressEnforced"`
-	EgressEnforced  bool          `json:"egressEnforced"`
-	Entries         []PolicyShown `json:"entries"`
-}
-
-// PolicyShown is one policy map entry in words.
-type PolicyShown struct {
-	Direction string `json:"direction"`
-	Peer      string `json:"peer"`
-	Protocol  string `json:"protocol"`
-	Ports     string `json:"ports"`
-	Rule      string `json:"rule"`
-}
-
-func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
+func (a *Agent) podPolicy(ctx context.Context, pod string) (agentapi.PodPolicy, error) {
 	ns, name, _ := strings.Cut(pod, "/")
 	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
 	if err != nil {
-		return PodPolicy{}, err
+		return agentapi.PodPolicy{}, err
 	}
 	for _, e := range eps {
 		if e.Namespace != ns || e.Pod != name {
@@ -480,10 +442,10 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
 		}
 		m, ok, err := a.dp.Endpoints().Lookup(e.IP)
 		if err != nil || !ok {
-			return PodPolicy{}, fmt.Errorf("no datapath entry for %s (%v)", pod, err)
+			return agentapi.PodPolicy{}, fmt.Errorf("no datapath entry for %s (%v)", pod, err)
 		}
-		res := PodPolicy{Node: a.node.Name, Endpoint: m.ID, Identity: m.Identity, IngressEnforced: m.IngressEnforced,
-			EgressEnforced: m.EgressEnforced, Entries: []PolicyShown{}}
+		res := agentapi.PodPolicy{Node: a.node.Name, Endpoint: m.ID, Identity: m.Identity, IngressEnforced: m.IngressEnforced,
+			EgressEnforced: m.EgressEnforced, Entries: []agentapi.PolicyShown{}}
 		entries, err := a.dp.Policy().List()
 		if err != nil {
 			return res, err
@@ -493,7 +455,7 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
 			if pe.Endpoint != m.ID {
 				continue
 			}
-			s := PolicyShown{Direction: pe.Direction.String(), Peer: fmt.Sprint(pe.Peer), Protocol: "any", Ports: "any"}
+			s := agentapi.PolicyShown{Direction: pe.Direction.String(), Peer: fmt.Sprint(pe.Peer), Protocol: "any", Ports: "any"}
 			if pe.Peer == maps.IdentityAny {
 				s.Peer = "any"
 			} else if out != nil && out.CIDRs[pe.Peer].IsValid() {
@@ -514,7 +476,7 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
 		}
 		return res, nil
 	}
-	return PodPolicy{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
+	return agentapi.PodPolicy{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
 }
 
 // identity is the cluster-wide identity of a label set, asked of the store only once.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/loader"
 )
 
@@ -56,33 +57,28 @@ func (a *Agent) reconcilePrefilter(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// PrefilterRequest names a CIDR to add or delete.
-type PrefilterRequest struct {
-	CIDR string `json:"cidr"`
-}
-
 func (a *Agent) prefilterRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/prefilter", handle(func(ctx context.Context, req PrefilterRequest) (Status, error) {
+	mux.HandleFunc("POST /v1/prefilter", handle(func(ctx context.Context, req agentapi.PrefilterRequest) (agentapi.Status, error) {
 		p, err := netip.ParsePrefix(req.CIDR)
 		if err != nil {
-			return Status{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("cidr %q is not a CIDR", req.CIDR)}
+			return agentapi.Status{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("cidr %q is not a CIDR", req.CIDR)}
 		}
 		if err := a.cluster.PutPrefilter(ctx, p.Masked().String()); err != nil {
-			return Status{}, err
+			return agentapi.Status{}, err
 		}
 		if err := a.waitProgrammed(ctx); err != nil {
-			return Status{}, err
+			return agentapi.Status{}, err
 		}
 		return a.status(ctx), nil
 	}))
-	mux.HandleFunc("DELETE /v1/prefilter", handle(func(ctx context.Context, req PrefilterRequest) (struct{}, error) {
+	mux.HandleFunc("DELETE /v1/prefilter", handle(func(ctx context.Context, req agentapi.PrefilterRequest) (struct{}, error) {
 		p, err := netip.ParsePrefix(req.CIDR)
 		if err != nil {
-			return struct{}{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("cidr %q is not a CIDR", req.CIDR)}
+			return struct{}{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("cidr %q is not a CIDR", req.CIDR)}
 		}
 		ok, err := a.cluster.DeletePrefilter(ctx, p.Masked().String())
 		if err == nil && !ok {
-			err = &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%s is not in the prefilter", p.Masked())}
+			err = &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("%s is not in the prefilter", p.Masked())}
 		}
 		if err != nil {
 			return struct{}{}, err
