@@ -110,7 +110,7 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 
 func (a *Agent) status(ctx context.Context) agentapi.Status {
 	st := agentapi.Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
-		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilterMode.Load().(string)}
+		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
 	// The store answers quickly or not at all: a status must not wait on a store that went away.
 	sctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
@@ -153,7 +152,7 @@ func (a *Agent) refuse(what string, err error) error {
 		return err
 	}
 	a.metrics.mapRefusals.WithLabelValues(full.Map).Inc()
-	slog.Info("change refused: a map is full", "change", what, "err", err)
+	a.log.Info("change refused: a map is full", "change", what, "err", err)
 	return &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: err.Error()}
 }
 
@@ -255,7 +254,7 @@ func (a *Agent) holdBackState(gen int64, over []*MapFullError) {
 	for _, e := range over {
 		a.metrics.mapRefusals.WithLabelValues(e.Map).Inc()
 	}
-	slog.Warn("the store's state does not fit this node's maps; keeping what is programmed",
+	a.log.Warn("the store's state does not fit this node's maps; keeping what is programmed",
 		"err", over[0], "generation", gen)
 }
 

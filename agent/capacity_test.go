@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -71,7 +72,7 @@ func capacityAgent(t *testing.T) (*Agent, *store.Cluster) {
 	}
 	t.Cleanup(func() { kv.Close() })
 	c := &store.Cluster{KV: kv}
-	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}}, cluster: c, kick: make(chan struct{}, 1),
+	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}}, cluster: c, kick: make(chan struct{}, 1), log: slog.Default(),
 		node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}}
 	a.metrics = newAgentMetrics(a)
 	for _, n := range []store.Node{a.node, {Name: "n2", IP: netip.MustParseAddr("10.250.0.2"), PodCIDR: netip.MustParsePrefix("10.244.2.0/24")}} {

@@ -1,6 +1,3 @@
-// Package agent is the node agent (`ebpfnet daemon`): it loads and adopts the datapath,
-// reconciles the store's nodes and endpoints into the maps, and serves the CNI plugin and
-// the CLI on a root-only unix socket.
 package agent
 
 import (

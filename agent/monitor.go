@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -73,7 +72,7 @@ var protoNames = map[uint8]string{1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 
 func (a *Agent) readEvents(ctx context.Context) {
 	rd, err := ringbuf.NewReader(a.dp.DatapathMaps.Events)
 	if err != nil {
-		slog.Warn("drop monitor unavailable", "err", err)
+		a.log.Warn("drop monitor unavailable", "err", err)
 		return
 	}
 	go func() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/ebpfnet/ebpfnet/bpf"
@@ -14,6 +15,46 @@ import (
 
 // The policy reconciler's side: the cluster read from the store and compiled for this node,
 // then written to the ipcache and policy maps. The API is policyapi.go.
+
+// policyReconciler owns the ipcache and policy maps. Its first stage compiles the cluster for
+// this node and writes what is new; its second (policyPruner) removes what is stale, once the
+// endpoints between them carry the new flags. When the store wants more than the maps hold,
+// programming part of it would enforce something no one asked for: the policy state stays as
+// programmed and the pass goes on without it (pass.pol nil).
+type policyReconciler struct {
+	a   *Agent
+	log *slog.Logger
+}
+
+func (r *policyReconciler) reconcile(ctx context.Context, p *pass) error {
+	a := r.a
+	pol, in, err := a.compilePolicy(ctx, p.nodes)
+	if err != nil {
+		return stopPass{fmt.Errorf("compile policy: %w", err)}
+	}
+	if over := a.capacity().overflows(pol, ""); len(over) > 0 {
+		// A change another agent let in, or one made in the Kubernetes API. Pods still come
+		// and go.
+		a.holdBackState(p.gen, over)
+		return nil
+	}
+	a.metrics.held.release()
+	a.lastPolicy.Store(pol)
+	a.lastInput.Store(in)
+	p.pol = pol
+	p.stale, err = a.applyPolicy(pol)
+	return err
+}
+
+// policyPruner is the policy reconciler's second stage: the entries no longer allowed go.
+type policyPruner struct{ r *policyReconciler }
+
+func (pr policyPruner) reconcile(_ context.Context, p *pass) error {
+	if p.pol == nil {
+		return nil
+	}
+	return pr.r.a.removePolicy(p.stale)
+}
 
 // compilePolicy gathers the cluster from the store and compiles this node's policy state.
 func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.Output, *policy.Input, error) {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -139,7 +138,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 				continue
 			}
 			if err := claims.Release(ctx, names[i], claims.Held(names[i]).Minus(held[i])); err != nil {
-				slog.Warn("release a failed service's allocations", "service", names[i], "err", err)
+				a.log.Warn("release a failed service's allocations", "service", names[i], "err", err)
 			}
 		}
 	}
@@ -181,7 +180,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 			break
 		}
 		if err := claims.Release(ctx, names[i], held[i].Minus(store.ClaimsOf(&svcs[i]))); err != nil {
-			slog.Warn("release a service's former allocations", "service", names[i], "err", err)
+			a.log.Warn("release a service's former allocations", "service", names[i], "err", err)
 		}
 	}
 	if _, err := a.cluster.BumpGeneration(ctx); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -187,7 +188,7 @@ func serviceAgent(t *testing.T, cidr string) (*Agent, *store.Cluster) {
 	t.Cleanup(func() { kv.Close() })
 	c := &store.Cluster{KV: kv}
 	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}, serviceCIDR: netip.MustParsePrefix(cidr)},
-		cluster: c, kick: make(chan struct{}, 1), node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1")}}
+		cluster: c, kick: make(chan struct{}, 1), log: slog.Default(), node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1")}}
 	return a, c
 }
 
