@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vishvananda/netlink"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
@@ -45,17 +46,20 @@ type Agent struct {
 	retrying   atomic.Bool // a retry of a failed reconcile is scheduled
 	failures   int         // reconciles failed in a row (reconcileLoop only)
 	metrics    *agentMetrics
-	// prefilterMode is "native" or "generic" while the XDP prefilter is attached, else "".
-	prefilterMode atomic.Value
-	started       atomic.Bool
-	mon           monitor
-	nodeCfg       maps.NodeConfig // what setupNode wrote to the config map
+	mon        monitor
+	nodeCfg    maps.NodeConfig // what setupNode wrote to the config map
 	// identities caches label key -> identity; emptied when the store deletes an identity.
 	identities sync.Map
 	idGC       identityGC
-	services   *serviceReconciler
+	// log carries the node's name; each reconciler's adds its stage.
+	log *slog.Logger
+	// The reconcilers, each owning its maps; stages is them in the order a pass runs them.
 	routesRec  *routeReconciler
-	bgp        *bgpReconciler // nil unless routing is bgp
+	bgp        *bgpReconciler // nil unless routing is bgp: the routes' source
+	services   *serviceReconciler
+	prefilter  *prefilterReconciler
+	masquerade *masqueradeReconciler
+	stages     []stage
 	health     *storeHealth
 }
 
@@ -72,16 +76,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer ln.Close()
-	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan MonitorEvent]string{}},
-		idGC: identityGC{grace: s.identityGCGrace, unused: map[uint32]time.Time{}}}
+	a := &Agent{cfg: s, kick: make(chan struct{}, 1), mon: monitor{subs: map[chan agentapi.MonitorEvent]string{}},
+		idGC: identityGC{grace: s.identityGCGrace, unused: map[uint32]time.Time{}},
+		log:  slog.Default().With("node", s.NodeName)}
 	a.mon.verdicts = func(on bool) {
 		cfg := a.nodeCfg
 		cfg.MonitorVerdicts = on
 		if err := a.dp.SetNodeConfig(cfg); err != nil {
-			slog.Warn("switch verdict events", "on", on, "err", err)
+			a.log.Warn("switch verdict events", "on", on, "err", err)
 		}
 	}
-	a.prefilterMode.Store("")
 	a.metrics = newAgentMetrics(a)
 	a.health = newStoreHealth(a.metrics.reg)
 	// The process's own figures (goroutines, heap, RSS, descriptors): what a soak watches.
@@ -107,8 +111,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { defer wg.Done(); a.watch(ctx) }()
 	go func() { defer wg.Done(); a.reconcileLoop(ctx) }()
 	a.ready.Store(true)
-	a.started.Store(true)
-	slog.Info("agent ready", "node", a.node.Name, "ip", a.node.IP, "podCIDR", a.node.PodCIDR,
+	a.log.Info("agent ready", "ip", a.node.IP, "podCIDR", a.node.PodCIDR,
 		"mode", s.mode, "store", s.Store.Type, "socket", s.Socket)
 	select {
 	case <-ctx.Done():
@@ -122,7 +125,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancel()
 	srv.Shutdown(shutdown)
 	wg.Wait()
-	slog.Info("agent stopped; the datapath keeps running from its pins", "pinDir", s.PinDir)
+	a.log.Info("agent stopped; the datapath keeps running from its pins", "pinDir", s.PinDir)
 	return nil
 }
 
@@ -184,22 +187,26 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	} else if adopted > 0 {
-		slog.Info("adopted pinned datapath", "links", adopted)
+		a.log.Info("adopted pinned datapath", "links", adopted)
 	}
 	if err := a.setupNode(underlay); err != nil {
 		return err
 	}
-	a.routesRec = &routeReconciler{cfg: s, node: a.node, routes: a.dp.Routes(), source: storeRoutes{self: a.node.Name}}
+	a.routesRec = &routeReconciler{cfg: s, node: a.node, routes: a.dp.Routes(), source: storeRoutes{self: a.node.Name},
+		log: a.log.With("stage", "routes")}
 	if s.bgp != nil {
 		// Over a running datapath this is a restart: neighbours are asked to keep our routes.
-		if a.bgp, err = newBGPReconciler(ctx, s, a.node, adopted > 0, a.metrics, a.trigger); err != nil {
+		if a.bgp, err = newBGPReconciler(ctx, s, a.node, adopted > 0, a.metrics, a.trigger, a.log.With("stage", "bgp")); err != nil {
 			return err
 		}
 		a.routesRec.source = a.bgp
 	}
-	if a.services, err = newServiceReconciler(a.dp.Services(), a.node); err != nil {
+	if a.services, err = newServiceReconciler(a.dp.Services(), a.node, a.cluster, a.log.With("stage", "services")); err != nil {
 		return err
 	}
+	a.prefilter = newPrefilterReconciler(a.cluster, a.dp, s, a.log.With("stage", "prefilter"))
+	a.masquerade = &masqueradeReconciler{set: a.dp.NoMasquerade(), keep: s.noMasquerade}
+	a.stages = a.newStages()
 	if err := a.cluster.PutNode(ctx, a.node, s.leaseTTL); err != nil {
 		return fmt.Errorf("register node: %w", err)
 	}
@@ -311,7 +318,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			delay := min(reconcileBackoffMin<<min(a.failures, 8), reconcileBackoffMax)
 			a.failures++
 			if a.failures == 1 || a.health.up() {
-				slog.Warn("reconcile failed; retrying", "in", delay, "err", err)
+				a.log.Warn("reconcile failed; retrying", "in", delay, "err", err)
 			}
 			if a.retrying.CompareAndSwap(false, true) { // one retry pending at a time
 				time.AfterFunc(delay, func() { a.retrying.Store(false); a.trigger() })
@@ -320,7 +327,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			a.failures = 0
 		}
 		if next, err := a.collectIdentities(ctx); err != nil && ctx.Err() == nil {
-			slog.Warn("identity gc", "err", err)
+			a.log.Warn("identity gc", "err", err)
 		} else if next > 0 {
 			time.AfterFunc(next, a.trigger)
 		}
@@ -329,9 +336,9 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		a.metrics.ctGCRuns.Inc()
 		a.metrics.ctGCRemoved.Add(float64(removed))
 		if err != nil {
-			slog.Warn("conntrack gc", "err", err)
+			a.log.Warn("conntrack gc", "err", err)
 		} else if removed > 0 {
-			slog.Debug("conntrack gc", "removed", removed, "left", left)
+			a.log.Debug("conntrack gc", "removed", removed, "left", left)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
@@ -44,13 +45,9 @@ func listenUnix(path string) (net.Listener, error) {
 
 // apiServer serves the API; CNI handlers find a passed namespace through the connection's context.
 func (a *Agent) apiServer() *http.Server {
-	return &http.Server{Handler: limitBody(a.routes(), MaxRequestBytes), ReadHeaderTimeout: 10 * time.Second,
+	return &http.Server{Handler: limitBody(a.routes(), agentapi.MaxRequestBytes), ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: fdpass.ConnContext}
 }
-
-// MaxRequestBytes bounds the body of any API request: far above a real one (a file of
-// thousands of NetworkPolicies), far below what would strain the node.
-const MaxRequestBytes = 16 << 20
 
 // limitBody refuses a request whose body is over limit bytes: at once when its Content-Length
 // says so (413), else when reading it goes past the limit (the handler's read fails with the
@@ -95,8 +92,8 @@ func drainBody(rc *http.ResponseController, body io.Reader) {
 	io.CopyN(io.Discard, body, drainBytes)
 }
 
-func tooLarge(limit int64) *APIError {
-	return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("request body is over the agent API's limit of %d MiB", limit>>20)}
+func tooLarge(limit int64) *agentapi.APIError {
+	return &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("request body is over the agent API's limit of %d MiB", limit>>20)}
 }
 
 // boundedBody reads a request body of at most limit bytes; past that, reads fail with tooLarge.
@@ -137,39 +134,9 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// APIError is an error as the API returns it, with the CNI error code it maps to.
-type APIError struct {
-	Code    int    `json:"code"`
-	Message string `json:"error"`
-}
-
-func (e *APIError) Error() string { return e.Message }
-
-// CNI error codes the agent answers with (CNI spec 1.1.0).
-const (
-	CodeInvalidEnv    = 4
-	CodeIOFailure     = 5
-	CodeInvalidConfig = 7
-	CodeTryAgainLater = 11
-	CodeInternal      = 999
-)
-
-// Status is GET /v1/status.
-type Status struct {
-	Ready   bool   `json:"ready"`
-	Node    string `json:"node"`
-	NodeIP  string `json:"nodeIP"`
-	PodCIDR string `json:"podCIDR"`
-	Mode    string `json:"mode"`
-	PinDir  string `json:"pinDir"`
-	PodMTU  int    `json:"podMTU"`
-	// PrefilterMode is the XDP mode the prefilter runs in ("native" or "generic"), or "".
-	PrefilterMode string `json:"prefilterMode,omitempty"`
-}
-
-func (a *Agent) status(ctx context.Context) Status {
-	st := Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
-		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilterMode.Load().(string)}
+func (a *Agent) status(ctx context.Context) agentapi.Status {
+	st := agentapi.Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
+		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
 	// The store answers quickly or not at all: a status must not wait on a store that went away.
 	sctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
 	defer cancel()
@@ -185,10 +152,10 @@ func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { reply(w, a.status(r.Context()), nil) })
 	mux.HandleFunc("POST /v1/cni/add", handle(checkedAttach(a.cniAdd, true)))
-	mux.HandleFunc("POST /v1/cni/del", handle(checkedAttach(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+	mux.HandleFunc("POST /v1/cni/del", handle(checkedAttach(func(ctx context.Context, req agentapi.AttachRequest) (struct{}, error) {
 		return struct{}{}, a.cniDel(ctx, req)
 	}, false)))
-	mux.HandleFunc("POST /v1/cni/check", handle(checkedAttach(func(ctx context.Context, req AttachRequest) (struct{}, error) {
+	mux.HandleFunc("POST /v1/cni/check", handle(checkedAttach(func(ctx context.Context, req agentapi.AttachRequest) (struct{}, error) {
 		return struct{}{}, a.cniCheck(ctx, req)
 	}, true)))
 	mux.HandleFunc("POST /v1/cni/gc", handle(a.cniGC))
@@ -225,7 +192,7 @@ func handle[Req, Resp any](fn func(context.Context, Req) (Resp, error)) http.Han
 		dec := json.NewDecoder(r.Body)
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "decode request: " + err.Error()})
+			reply(w, nil, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: "decode request: " + err.Error()})
 			return
 		}
 		resp, err := fn(r.Context(), req)
@@ -236,9 +203,9 @@ func handle[Req, Resp any](fn func(context.Context, Req) (Resp, error)) http.Han
 func reply(w http.ResponseWriter, v any, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
-		var ae *APIError
+		var ae *agentapi.APIError
 		if !errors.As(err, &ae) {
-			ae = &APIError{Code: CodeInternal, Message: err.Error()}
+			ae = &agentapi.APIError{Code: agentapi.CodeInternal, Message: err.Error()}
 		}
 		w.WriteHeader(http.StatusBadRequest)
 		json.NewEncoder(w).Encode(ae)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
@@ -41,12 +42,12 @@ func TestLimitBody(t *testing.T) {
 				}
 				rec := httptest.NewRecorder()
 				h.ServeHTTP(rec, req)
-				var ae APIError
+				var ae agentapi.APIError
 				json.Unmarshal(rec.Body.Bytes(), &ae)
 				switch {
 				case size <= limit && (rec.Code != 200 || len(got) != size):
 					t.Errorf("%s: %d %s, read %d bytes", name, rec.Code, rec.Body, len(got))
-				case size > limit && (rec.Code == 200 || ae.Code != CodeInvalidConfig || ae.Message != "request body is over the agent API's limit of 0 MiB"):
+				case size > limit && (rec.Code == 200 || ae.Code != agentapi.CodeInvalidConfig || ae.Message != "request body is over the agent API's limit of 0 MiB"):
 					t.Errorf("%s: %d %s; want it refused for its size", name, rec.Code, rec.Body)
 				case size > limit && !chunked && rec.Code != http.StatusRequestEntityTooLarge:
 					t.Errorf("%s: %d, want 413 from the Content-Length alone", name, rec.Code)
@@ -62,7 +63,7 @@ func TestLimitBody(t *testing.T) {
 // under 64 MiB in all (which bounds its heap's growth): the body limit and the policy parser's
 // guard answer before the store is touched (this agent has none).
 func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
-	api := limitBody((&Agent{}).routes(), MaxRequestBytes)
+	api := limitBody((&Agent{}).routes(), agentapi.MaxRequestBytes)
 	laughs := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    l0: &l0 \"lol\"\n"
 	for i := 1; i < 10; i++ {
 		laughs += fmt.Sprintf("    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
@@ -95,9 +96,9 @@ func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			alloc := after.TotalAlloc - before.TotalAlloc
 			t.Logf("%d %s in %v, %.1f MiB allocated", rec.Code, strings.TrimSpace(rec.Body.String()), took.Round(time.Millisecond), float64(alloc)/(1<<20))
-			var ae APIError
-			if err := json.Unmarshal(rec.Body.Bytes(), &ae); err != nil || rec.Code != c.status || ae.Code != CodeInvalidConfig || !strings.Contains(ae.Message, c.want) {
-				t.Errorf("got %d %s, want %d with code %d and %q", rec.Code, rec.Body, c.status, CodeInvalidConfig, c.want)
+			var ae agentapi.APIError
+			if err := json.Unmarshal(rec.Body.Bytes(), &ae); err != nil || rec.Code != c.status || ae.Code != agentapi.CodeInvalidConfig || !strings.Contains(ae.Message, c.want) {
+				t.Errorf("got %d %s, want %d with code %d and %q", rec.Code, rec.Body, c.status, agentapi.CodeInvalidConfig, c.want)
 			}
 			if alloc > 64<<20 {
 				t.Errorf("allocated %.1f MiB, want under 64 MiB", float64(alloc)/(1<<20))

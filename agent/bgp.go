@@ -20,6 +20,7 @@ import (
 // announce.
 type bgpReconciler struct {
 	cfg     *bgpSettings
+	log     *slog.Logger
 	cluster netip.Prefix
 	node    store.Node
 	speaker *bgp.Speaker
@@ -43,8 +44,8 @@ type refusedKey struct {
 }
 
 // newBGPReconciler starts the speaker; kick is called whenever routes or sessions change.
-func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restarting bool, m *agentMetrics, kick func()) (*bgpReconciler, error) {
-	b := &bgpReconciler{cfg: cfg.bgp, cluster: cfg.cluster, node: node, seenRefused: map[refusedKey]bool{},
+func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restarting bool, m *agentMetrics, kick func(), log *slog.Logger) (*bgpReconciler, error) {
+	b := &bgpReconciler{log: log, cfg: cfg.bgp, cluster: cfg.cluster, node: node, seenRefused: map[refusedKey]bool{},
 		refused: m.bgpRefused, installed: m.bgpInstalled}
 	routerID := cfg.bgp.routerID
 	if !routerID.IsValid() {
@@ -62,7 +63,7 @@ func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restar
 	if err != nil {
 		return nil, err
 	}
-	slog.Info("bgp speaker started", "asn", cfg.bgp.ASN, "routerID", routerID, "port", cfg.bgp.ListenPort,
+	b.log.Info("bgp speaker started", "asn", cfg.bgp.ASN, "routerID", routerID, "port", cfg.bgp.ListenPort,
 		"peers", len(cfg.bgp.peers), "meshNodes", cfg.bgp.MeshNodes, "restarting", restarting)
 	return b, nil
 }
@@ -120,7 +121,7 @@ func (b *bgpReconciler) remoteRoutes(ctx context.Context, nodes []store.Node) ([
 			if !b.seenRefused[k] {
 				b.seenRefused[k] = true
 				b.refused.WithLabelValues(j.Reason).Inc()
-				slog.Warn("bgp route refused", "prefix", j.Prefix, "peer", j.Peer, "nextHop", j.NextHop, "asPath", j.ASPath, "reason", j.Reason)
+				b.log.Warn("bgp route refused", "prefix", j.Prefix, "peer", j.Peer, "nextHop", j.NextHop, "asPath", j.ASPath, "reason", j.Reason)
 			}
 		}
 	}
@@ -137,7 +138,7 @@ func (b *bgpReconciler) complete(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	if time.Since(b.restartedAt) >= b.cfg.restartTime {
-		slog.Info("bgp restart time over; routes not re-learned go")
+		b.log.Info("bgp restart time over; routes not re-learned go")
 		b.synced = true
 		return true, nil
 	}
@@ -150,7 +151,7 @@ func (b *bgpReconciler) complete(ctx context.Context) (bool, error) {
 			return false, nil
 		}
 	}
-	slog.Info("bgp re-learned every neighbour's routes after the restart", "took", time.Since(b.restartedAt))
+	b.log.Info("bgp re-learned every neighbour's routes after the restart", "took", time.Since(b.restartedAt))
 	b.synced = true
 	return true, nil
 }

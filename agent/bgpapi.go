@@ -3,6 +3,7 @@ package agent
 import (
 	"net/http"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bgp"
 )
 
@@ -12,7 +13,7 @@ import (
 type BGPRoute = judgedPath
 
 // errNoBGP answers the BGP endpoints of an agent that routes from its store.
-var errNoBGP = &APIError{Code: CodeInvalidConfig, Message: "bgp: this agent's routing is store (set routing: bgp to run the BGP speaker)"}
+var errNoBGP = &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: "bgp: this agent's routing is store (set routing: bgp to run the BGP speaker)"}
 
 func (a *Agent) bgpRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/bgp/peers", func(w http.ResponseWriter, r *http.Request) {

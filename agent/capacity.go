@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
 
 	networkingv1 "k8s.io/api/networking/v1"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -152,8 +152,8 @@ func (a *Agent) refuse(what string, err error) error {
 		return err
 	}
 	a.metrics.mapRefusals.WithLabelValues(full.Map).Inc()
-	slog.Info("change refused: a map is full", "change", what, "err", err)
-	return &APIError{Code: CodeTryAgainLater, Message: err.Error()}
+	a.log.Info("change refused: a map is full", "change", what, "err", err)
+	return &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: err.Error()}
 }
 
 // withPolicies is an edit that stores nps: each replaces the policy of its name or joins them.
@@ -173,7 +173,7 @@ func withPolicies(nps []*networkingv1.NetworkPolicy) func(*policy.Input) {
 }
 
 // withLabels is an edit that applies a label change.
-func withLabels(req LabelRequest) func(*policy.Input) {
+func withLabels(req agentapi.LabelRequest) func(*policy.Input) {
 	return func(in *policy.Input) {
 		if req.Kind == "namespace" {
 			in.Namespaces[req.Namespace] = relabel(in.Namespaces[req.Namespace], req)
@@ -188,7 +188,7 @@ func withLabels(req LabelRequest) func(*policy.Input) {
 }
 
 // withObjects is an edit that declares namespaces and pods as PUT /v1/objects does.
-func withObjects(req ObjectsRequest) func(*policy.Input) {
+func withObjects(req agentapi.ObjectsRequest) func(*policy.Input) {
 	return func(in *policy.Input) {
 		for name, labels := range req.Namespaces {
 			in.Namespaces[name] = labels
@@ -196,7 +196,7 @@ func withObjects(req ObjectsRequest) func(*policy.Input) {
 		for i := range in.Pods {
 			p := &in.Pods[i]
 			if m, ok := req.Pods[p.Namespace+"/"+p.Name]; ok {
-				p.Labels, p.Ports = m.Labels, namedPorts(m)
+				p.Labels, p.Ports = m.Labels, namedPorts(podMeta(m))
 			}
 		}
 	}
@@ -254,7 +254,7 @@ func (a *Agent) holdBackState(gen int64, over []*MapFullError) {
 	for _, e := range over {
 		a.metrics.mapRefusals.WithLabelValues(e.Map).Inc()
 	}
-	slog.Warn("the store's state does not fit this node's maps; keeping what is programmed",
+	a.log.Warn("the store's state does not fit this node's maps; keeping what is programmed",
 		"err", over[0], "generation", gen)
 }
 
@@ -274,8 +274,8 @@ func (a *Agent) storeChecked(ctx context.Context, what string, edit func(*policy
 // roomFor refuses a pod that the node's maps cannot take: its endpoints entry, and the ipcache
 // and policy entries this node would have with it (other nodes' are theirs to hold back). An
 // attachment that already holds a lease (a repeated ADD) takes no new room.
-func (a *Agent) roomFor(ctx context.Context, req AttachRequest) error {
-	if _, found, err := a.leaseOf(ctx, req.owner()); err != nil || found {
+func (a *Agent) roomFor(ctx context.Context, req agentapi.AttachRequest) error {
+	if _, found, err := a.leaseOf(ctx, owner(req)); err != nil || found {
 		return err
 	}
 	caps := a.capacity()

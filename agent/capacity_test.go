@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -70,7 +72,7 @@ func capacityAgent(t *testing.T) (*Agent, *store.Cluster) {
 	}
 	t.Cleanup(func() { kv.Close() })
 	c := &store.Cluster{KV: kv}
-	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}}, cluster: c, kick: make(chan struct{}, 1),
+	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}}, cluster: c, kick: make(chan struct{}, 1), log: slog.Default(),
 		node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}}
 	a.metrics = newAgentMetrics(a)
 	for _, n := range []store.Node{a.node, {Name: "n2", IP: netip.MustParseAddr("10.250.0.2"), PodCIDR: netip.MustParsePrefix("10.244.2.0/24")}} {
@@ -149,7 +151,7 @@ func TestCheckChange(t *testing.T) {
 	if err := c.PutPolicy(ctx, onB[0]); err != nil {
 		t.Fatal(err)
 	}
-	relabel := withLabels(LabelRequest{Kind: "pod", Namespace: "x", Name: "a", Set: map[string]string{"app": "b", "new": "yes"}})
+	relabel := withLabels(agentapi.LabelRequest{Kind: "pod", Namespace: "x", Name: "a", Set: map[string]string{"app": "b", "new": "yes"}})
 	want := "policy map full: the change needs 96 entries, the map holds 95 (mapSizes.policy)"
 	if err := a.checkChange(ctx, capacity{64, 64, 95}, true, relabel); err == nil || err.Error() != want {
 		t.Fatalf("label change: %v, want %q", err, want)
@@ -175,8 +177,8 @@ func TestCheckChange(t *testing.T) {
 func TestRefuseCounts(t *testing.T) {
 	a, _ := capacityAgent(t)
 	err := a.refuse("test", &MapFullError{Map: maps.EndpointsName, Need: 17, Capacity: 16})
-	ae, ok := err.(*APIError)
-	if !ok || ae.Code != CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
+	ae, ok := err.(*agentapi.APIError)
+	if !ok || ae.Code != agentapi.CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
 		t.Fatalf("refusal %#v", err)
 	}
 	other := fmt.Errorf("store down")

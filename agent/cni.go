@@ -11,82 +11,47 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/netnsfile"
 	"github.com/ebpfnet/ebpfnet/podnet"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-// AttachRequest is what the CNI plugin sends for ADD, DEL and CHECK. The pod's network
-// namespace itself comes as a descriptor on the request's connection (see fdpass).
-type AttachRequest struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-	// Netns is the runtime's path of the pod's namespace, for display only: it is opened in the
-	// plugin's mount namespace, which need not be the agent's.
-	Netns     string            `json:"netns"`
-	Namespace string            `json:"namespace,omitempty"`
-	Pod       string            `json:"pod,omitempty"`
-	Labels    map[string]string `json:"labels,omitempty"`
-}
+// owner is the key of the attachment r names in IPAM and the store.
+func owner(r agentapi.AttachRequest) string { return r.ContainerID + "/" + r.IfName }
 
-// AttachResult is the answer to ADD.
-type AttachResult struct {
-	IP      netip.Addr `json:"ip"`
-	Gateway netip.Addr `json:"gateway"`
-	MAC     string     `json:"mac"`
-	HostIf  string     `json:"hostIf"`
-	HostMAC string     `json:"hostMAC"`
-	MTU     int        `json:"mtu"`
-}
-
-// GCRequest lists the attachments that must stay.
-type GCRequest struct {
-	Valid []Attachment `json:"valid"`
-}
-
-// Attachment names one pod interface.
-type Attachment struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-}
-
-// GCResult says what GC removed.
-type GCResult struct {
-	Removed []Attachment `json:"removed"`
-}
-
-func (r AttachRequest) owner() string { return r.ContainerID + "/" + r.IfName }
-
-func (r AttachRequest) check() error {
+// checkAttach refuses a request that names no attachment.
+func checkAttach(r agentapi.AttachRequest) error {
 	switch {
 	case r.ContainerID == "":
-		return &APIError{Code: CodeInvalidEnv, Message: "container id is empty"}
+		return &agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: "container id is empty"}
 	case r.IfName == "":
-		return &APIError{Code: CodeInvalidEnv, Message: "interface name is empty"}
+		return &agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: "interface name is empty"}
 	}
 	return nil
 }
 
 // podNetns takes the pod's netns the plugin passed (the caller closes it); req.Netns is never opened.
-func podNetns(ctx context.Context, req AttachRequest) (netns.NsHandle, error) {
+func podNetns(ctx context.Context, req agentapi.AttachRequest) (netns.NsHandle, error) {
 	fd := fdpass.FDFrom(ctx)
 	if fd < 0 {
-		return netns.None(), &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: no namespace descriptor came with the request", req.Netns)}
+		return netns.None(), &agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: fmt.Sprintf("netns %s: no namespace descriptor came with the request", req.Netns)}
 	}
 	if err := usablePodNetns(fd); err != nil {
 		unix.Close(fd)
-		return netns.None(), &APIError{Code: CodeInvalidEnv, Message: fmt.Sprintf("netns %s: %v", req.Netns, err)}
+		return netns.None(), &agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: fmt.Sprintf("netns %s: %v", req.Netns, err)}
 	}
 	return netns.NsHandle(fd), nil
 }
 
 // usablePodNetns says why fd cannot be a pod's namespace: not a network namespace, or the node's.
 func usablePodNetns(fd int) error {
-	if err := podnet.CheckNetns(fd); err != nil {
+	if err := netnsfile.Check(fd); err != nil {
 		return err
 	}
-	own, err := podnet.SameNetns(fd, "/proc/self/ns/net")
+	own, err := netnsfile.Same(fd, "/proc/self/ns/net")
 	if err != nil {
 		return err
 	}
@@ -97,29 +62,29 @@ func usablePodNetns(fd int) error {
 }
 
 // cniAdd gives a pod its interface, address and endpoint; on any failure it undoes all of it.
-func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult, err error) {
+func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res agentapi.AttachResult, err error) {
 	ns, err := podNetns(ctx, req)
 	if err != nil {
 		return res, err
 	}
 	defer ns.Close()
-	if err := req.check(); err != nil {
+	if err := checkAttach(req); err != nil {
 		return res, err
 	}
 	// Where pods are made by an API server, their labels and ports come from it: wait for the
 	// Pod rather than guess.
 	if err := a.cluster.WaitPod(ctx, req.Namespace, req.Pod); err != nil {
-		return res, &APIError{Code: CodeTryAgainLater, Message: err.Error()}
+		return res, &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: err.Error()}
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	if err := a.roomFor(ctx, req); err != nil {
 		return res, err
 	}
-	ip, err := a.ipam.Allocate(ctx, req.owner())
+	ip, err := a.ipam.Allocate(ctx, owner(req))
 	if err != nil {
 		if errors.Is(err, ipam.ErrExhausted) {
-			return res, &APIError{Code: CodeTryAgainLater, Message: err.Error()}
+			return res, &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: err.Error()}
 		}
 		return res, err
 	}
@@ -128,8 +93,8 @@ func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult
 	defer func() {
 		if err != nil {
 			podnet.Unplumb(pod, a.dp)
-			a.ipam.Release(ctx, req.owner())
-			a.cluster.DeleteEndpoint(ctx, a.node.Name, req.owner())
+			a.ipam.Release(ctx, owner(req))
+			a.cluster.DeleteEndpoint(ctx, a.node.Name, owner(req))
 		}
 	}()
 	plumbed, err := podnet.PlumbNetns(pod, ns, a.dp)
@@ -142,7 +107,7 @@ func (a *Agent) cniAdd(ctx context.Context, req AttachRequest) (res AttachResult
 	if err := a.cluster.PutEndpoint(ctx, ep); err != nil {
 		return res, fmt.Errorf("record endpoint: %w", err)
 	}
-	return AttachResult{IP: ip, Gateway: podnet.GatewayIP, MAC: ep.MAC, HostIf: plumbed.HostIf,
+	return agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, MAC: ep.MAC, HostIf: plumbed.HostIf,
 		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}, nil
 }
 
@@ -154,22 +119,22 @@ func endpointID(ip netip.Addr, cidr netip.Prefix) uint32 {
 }
 
 // cniDel removes a pod's attachment from the node's side; whatever is already gone is fine.
-func (a *Agent) cniDel(ctx context.Context, req AttachRequest) error {
+func (a *Agent) cniDel(ctx context.Context, req agentapi.AttachRequest) error {
 	if fd := fdpass.FDFrom(ctx); fd >= 0 {
 		unix.Close(fd) // not needed: deleting the host veth takes the pod's end along
 	}
-	if err := req.check(); err != nil {
+	if err := checkAttach(req); err != nil {
 		return err
 	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
-	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, req.owner())
+	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, owner(req))
 	if err != nil {
 		return err
 	}
 	if !ok {
 		ep = store.Endpoint{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}
-		if ip, found, _ := a.leaseOf(ctx, req.owner()); found {
+		if ip, found, _ := a.leaseOf(ctx, owner(req)); found {
 			ep.IP = ip
 		}
 	}
@@ -186,21 +151,21 @@ func (a *Agent) leaseOf(ctx context.Context, owner string) (netip.Addr, bool, er
 }
 
 // cniCheck verifies that the attachment is as ADD made it.
-func (a *Agent) cniCheck(ctx context.Context, req AttachRequest) error {
+func (a *Agent) cniCheck(ctx context.Context, req agentapi.AttachRequest) error {
 	ns, err := podNetns(ctx, req)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
-	if err := req.check(); err != nil {
+	if err := checkAttach(req); err != nil {
 		return err
 	}
-	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, req.owner())
+	ep, ok, err := a.cluster.Endpoint(ctx, a.node.Name, owner(req))
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("no endpoint for %s", req.owner())
+		return fmt.Errorf("no endpoint for %s", owner(req))
 	}
 	host, err := netlink.LinkByName(ep.HostIf)
 	if err != nil {
@@ -257,7 +222,7 @@ func checkPod(ns netns.NsHandle, ifName string, ip netip.Addr, mac string) error
 }
 
 // cniGC removes every attachment of this node that is not in req.Valid.
-func (a *Agent) cniGC(ctx context.Context, req GCRequest) (GCResult, error) {
+func (a *Agent) cniGC(ctx context.Context, req agentapi.GCRequest) (agentapi.GCResult, error) {
 	valid := map[string]bool{}
 	for _, v := range req.Valid {
 		valid[v.ContainerID+"/"+v.IfName] = true
@@ -266,16 +231,16 @@ func (a *Agent) cniGC(ctx context.Context, req GCRequest) (GCResult, error) {
 	defer a.cniMu.Unlock()
 	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
 	if err != nil {
-		return GCResult{}, err
+		return agentapi.GCResult{}, err
 	}
-	res := GCResult{Removed: []Attachment{}}
+	res := agentapi.GCResult{Removed: []agentapi.Attachment{}}
 	var errs []error
 	for _, e := range eps {
 		if valid[e.Owner()] {
 			continue
 		}
 		errs = append(errs, a.forget(ctx, e))
-		res.Removed = append(res.Removed, Attachment{e.ContainerID, e.IfName})
+		res.Removed = append(res.Removed, agentapi.Attachment{ContainerID: e.ContainerID, IfName: e.IfName})
 	}
 	// Leases whose endpoint record never got written (a crash mid-ADD) go too.
 	leases, err := a.ipam.Leases(ctx)

@@ -1,6 +1,3 @@
-// Package agent is the node agent (`ebpfnet daemon`): it loads and adopts the datapath,
-// reconciles the store's nodes and endpoints into the maps, and serves the CNI plugin and
-// the CLI on a root-only unix socket.
 package agent
 
 import (
@@ -14,6 +11,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
 
@@ -66,7 +64,6 @@ type StoreConfig struct {
 
 // Defaults for fields left empty.
 const (
-	DefaultSocket     = "/run/ebpfnet/agent.sock"
 	DefaultStorePath  = "/var/lib/ebpfnet/store.db"
 	DefaultVXLANPort  = 8472
 	DefaultPodCIDRLen = 24
@@ -173,7 +170,7 @@ func (c Config) validate() (*settled, error) {
 		s.PinDir = maps.DefaultPinDir
 	}
 	if s.Socket == "" {
-		s.Socket = DefaultSocket
+		s.Socket = agentapi.DefaultSocket
 	}
 	if c.NodeLeaseTTL != "" {
 		if s.leaseTTL, err = time.ParseDuration(c.NodeLeaseTTL); err != nil || s.leaseTTL < 2*time.Second {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"log/slog"
 	"time"
 )
 
@@ -59,7 +58,7 @@ func (a *Agent) collectIdentities(ctx context.Context) (time.Duration, error) {
 		}
 		delete(gc.unused, id)
 		a.metrics.identitiesCollected.Inc()
-		slog.Info("collected unused identity", "identity", id, "labels", key)
+		a.log.Info("collected unused identity", "identity", id, "labels", key)
 	}
 	for id := range gc.unused {
 		if _, ok := ids[id]; !ok {

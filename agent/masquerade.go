@@ -1,21 +1,28 @@
 package agent
 
 import (
+	"context"
 	"errors"
-	"log/slog"
 	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/maps"
 )
 
-// reconcileMasquerade keeps the no_masquerade map equal to the config's list. Masquerading
-// itself (on or off, the port range) is in the config map, written at start.
-func (a *Agent) reconcileMasquerade() error {
-	set := a.dp.NoMasquerade()
+// masqueradeReconciler owns the no_masquerade map and keeps it equal to the config's list.
+// Masquerading itself (on or off, the port range) is in the config map, written at start.
+type masqueradeReconciler struct {
+	set  *maps.PrefixSet
+	keep []netip.Prefix // destinations not masqueraded
+}
+
+func (r *masqueradeReconciler) reconcile(context.Context, *pass) error {
+	set := r.set
 	have, err := set.List()
 	if err != nil {
 		return err
 	}
 	want := map[netip.Prefix]bool{}
-	for _, p := range a.cfg.noMasquerade {
+	for _, p := range r.keep {
 		want[p] = true
 	}
 	var errs []error
@@ -37,6 +44,6 @@ func (a *Agent) collectNAT() {
 	a.metrics.natGCRemoved.Add(float64(removed))
 	a.metrics.natEntries.Set(float64(left))
 	if err != nil {
-		slog.Warn("nat gc", "err", err)
+		a.log.Warn("nat gc", "err", err)
 	}
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -80,7 +79,7 @@ func (a *Agent) serveMetrics(addr string) (net.Listener, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
-			slog.Warn("metrics server", "err", err)
+			a.log.Warn("metrics server", "err", err)
 		}
 	}()
 	return ln, nil

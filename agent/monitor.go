@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -15,43 +14,23 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
-
-// MonitorEvent is one drop as `ebpfnet monitor` shows it.
-type MonitorEvent struct {
-	Time      time.Time `json:"time"`
-	Node      string    `json:"node"`
-	Type      string    `json:"type"`
-	Reason    string    `json:"reason"`
-	Direction string    `json:"direction"`
-	Protocol  string    `json:"protocol"`
-	Src       Peer      `json:"src"`
-	Dst       Peer      `json:"dst"`
-	Length    uint32    `json:"length"`
-}
-
-// Peer is one end of a monitored packet.
-type Peer struct {
-	IP       netip.Addr `json:"ip"`
-	Port     uint16     `json:"port,omitempty"`
-	Pod      string     `json:"pod,omitempty"` // namespace/name when the address is a pod's
-	Identity uint32     `json:"identity"`
-}
 
 // monitor fans the datapath's drop events out to every subscriber; a slow subscriber misses
 // events rather than holding up the others.
 type monitor struct {
 	mu   sync.Mutex
-	subs map[chan MonitorEvent]string // -> "drop", "verdict" or "all"
+	subs map[chan agentapi.MonitorEvent]string // -> "drop", "verdict" or "all"
 	pods map[netip.Addr]string
 	// verdicts turns the datapath's verdict events on and off as subscribers come and go.
 	verdicts func(on bool)
 }
 
-func (m *monitor) subscribe(kind string) chan MonitorEvent {
-	ch := make(chan MonitorEvent, 256)
+func (m *monitor) subscribe(kind string) chan agentapi.MonitorEvent {
+	ch := make(chan agentapi.MonitorEvent, 256)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	was := m.wantVerdicts()
@@ -62,7 +41,7 @@ func (m *monitor) subscribe(kind string) chan MonitorEvent {
 	return ch
 }
 
-func (m *monitor) unsubscribe(ch chan MonitorEvent) {
+func (m *monitor) unsubscribe(ch chan agentapi.MonitorEvent) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	was := m.wantVerdicts()
@@ -93,7 +72,7 @@ var protoNames = map[uint8]string{1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 
 func (a *Agent) readEvents(ctx context.Context) {
 	rd, err := ringbuf.NewReader(a.dp.DatapathMaps.Events)
 	if err != nil {
-		slog.Warn("drop monitor unavailable", "err", err)
+		a.log.Warn("drop monitor unavailable", "err", err)
 		return
 	}
 	go func() {
@@ -116,7 +95,7 @@ func (a *Agent) readEvents(ctx context.Context) {
 	}
 }
 
-func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) MonitorEvent {
+func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) agentapi.MonitorEvent {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	age := time.Duration(int64(ts.Sec)*1e9 + int64(ts.Nsec) - int64(ev.Ts))
@@ -131,17 +110,17 @@ func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) MonitorEvent {
 	if !maps.IsDrop(maps.Reason(ev.Reason)) {
 		kind = "verdict"
 	}
-	out := MonitorEvent{Time: time.Now().Add(-age), Node: a.node.Name, Type: kind, Length: ev.Len,
+	out := agentapi.MonitorEvent{Time: time.Now().Add(-age), Node: a.node.Name, Type: kind, Length: ev.Len,
 		Reason: maps.ReasonName(maps.Reason(ev.Reason)), Direction: maps.DirectionName(maps.Direction(ev.Direction)),
 		Protocol: protoNames[ev.Protocol]}
 	if ev.Family != 0 {
-		out.Src = Peer{IP: addr(ev.Saddr), Port: port(ev.Sport), Identity: ev.SrcIdentity}
-		out.Dst = Peer{IP: addr(ev.Daddr), Port: port(ev.Dport), Identity: ev.DstIdentity}
+		out.Src = agentapi.Peer{IP: addr(ev.Saddr), Port: port(ev.Sport), Identity: ev.SrcIdentity}
+		out.Dst = agentapi.Peer{IP: addr(ev.Daddr), Port: port(ev.Dport), Identity: ev.DstIdentity}
 	}
 	return out
 }
 
-func (m *monitor) publish(ev MonitorEvent) {
+func (m *monitor) publish(ev agentapi.MonitorEvent) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ev.Src.Pod, ev.Dst.Pod = m.pods[ev.Src.IP], m.pods[ev.Dst.IP]
@@ -163,7 +142,7 @@ func (a *Agent) serveMonitor(w http.ResponseWriter, r *http.Request) {
 		kind = "drop"
 	}
 	if kind != "drop" && kind != "verdict" && kind != "all" {
-		reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: "type " + kind + ": want drop, verdict or all"})
+		reply(w, nil, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: "type " + kind + ": want drop, verdict or all"})
 		return
 	}
 	ch := a.mon.subscribe(kind)

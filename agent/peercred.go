@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // rootOnly accepts only connections whose peer is root, by the credentials the kernel recorded
@@ -54,7 +56,7 @@ const (
 // peer" instead of why.
 func refuse(c net.Conn, why string) {
 	defer c.Close()
-	body, _ := json.Marshal(&APIError{Code: CodeInvalidEnv, Message: why})
+	body, _ := json.Marshal(&agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: why})
 	c.SetDeadline(time.Now().Add(refuseReadTime))
 	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
 	io.CopyN(io.Discard, c, refuseReadBytes)

@@ -4,19 +4,57 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
+	"log/slog"
 	"net/netip"
-	"slices"
-	"sort"
-	"strings"
-	"time"
 
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 )
+
+// The policy reconciler's side: the cluster read from the store and compiled for this node,
+// then written to the ipcache and policy maps. The API is policyapi.go.
+
+// policyReconciler owns the ipcache and policy maps. Its first stage compiles the cluster for
+// this node and writes what is new; its second (policyPruner) removes what is stale, once the
+// endpoints between them carry the new flags. When the store wants more than the maps hold,
+// programming part of it would enforce something no one asked for: the policy state stays as
+// programmed and the pass goes on without it (pass.pol nil).
+type policyReconciler struct {
+	a   *Agent
+	log *slog.Logger
+}
+
+func (r *policyReconciler) reconcile(ctx context.Context, p *pass) error {
+	a := r.a
+	pol, in, err := a.compilePolicy(ctx, p.nodes)
+	if err != nil {
+		return stopPass{fmt.Errorf("compile policy: %w", err)}
+	}
+	if over := a.capacity().overflows(pol, ""); len(over) > 0 {
+		// A change another agent let in, or one made in the Kubernetes API. Pods still come
+		// and go.
+		a.holdBackState(p.gen, over)
+		return nil
+	}
+	a.metrics.held.release()
+	a.lastPolicy.Store(pol)
+	a.lastInput.Store(in)
+	p.pol = pol
+	p.stale, err = a.applyPolicy(pol)
+	return err
+}
+
+// policyPruner is the policy reconciler's second stage: the entries no longer allowed go.
+type policyPruner struct{ r *policyReconciler }
+
+func (pr policyPruner) reconcile(_ context.Context, p *pass) error {
+	if p.pol == nil {
+		return nil
+	}
+	return pr.r.a.removePolicy(p.stale)
+}
 
 // compilePolicy gathers the cluster from the store and compiles this node's policy state.
 func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.Output, *policy.Input, error) {
@@ -148,373 +186,6 @@ func (a *Agent) removePolicy(stale []bpf.DatapathPolicyKey) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// ProgrammedTimeout bounds how long a change may take to reach every node.
-const ProgrammedTimeout = 30 * time.Second
-
-// waitProgrammed bumps the generation and waits until every registered node has programmed
-// it, or names the nodes that have not.
-func (a *Agent) waitProgrammed(ctx context.Context) error {
-	return a.waitProgrammedWithin(ctx, ProgrammedTimeout)
-}
-
-// waitProgrammedWithin is waitProgrammed with its own bound.
-func (a *Agent) waitProgrammedWithin(ctx context.Context, timeout time.Duration) error {
-	gen, err := a.cluster.BumpGeneration(ctx)
-	if err != nil {
-		return err
-	}
-	a.trigger()
-	deadline := time.Now().Add(timeout)
-	for {
-		nodes, err := a.cluster.Nodes(ctx)
-		if err != nil {
-			return err
-		}
-		st, err := a.cluster.Statuses(ctx)
-		if err != nil {
-			return err
-		}
-		var behind []string
-		if !hasNode(nodes, a.node.Name) {
-			behind = append(behind, a.node.Name) // the store's view is not complete yet
-		}
-		for _, n := range nodes {
-			if st[n.Name].Generation < gen {
-				behind = append(behind, n.Name)
-			}
-		}
-		if len(behind) == 0 {
-			return nil
-		}
-		if err := a.metrics.held.heldSince(gen); err != nil && slices.Contains(behind, a.node.Name) {
-			return &APIError{Code: CodeTryAgainLater, Message: fmt.Sprintf("node %s has not programmed the change: %v", a.node.Name, err)}
-		}
-		if time.Now().After(deadline) {
-			sort.Strings(behind)
-			return fmt.Errorf("timed out after %s: nodes %s have not programmed the change", timeout, strings.Join(behind, ", "))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond): // polling the nodes' reports, bounded above
-		}
-	}
-}
-
-func hasNode(nodes []store.Node, name string) bool {
-	for _, n := range nodes {
-		if n.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
-// LabelRequest changes labels of a pod or namespace: set these, remove those.
-type LabelRequest struct {
-	Kind      string            `json:"kind"` // "pod" or "namespace"
-	Namespace string            `json:"namespace"`
-	Name      string            `json:"name,omitempty"`
-	Set       map[string]string `json:"set,omitempty"`
-	Remove    []string          `json:"remove,omitempty"`
-}
-
-// PolicyList is GET /v1/policies.
-type PolicyList struct {
-	Policies []PolicySummary `json:"policies"`
-}
-
-// PolicySummary is one policy as `policy list` shows it.
-type PolicySummary struct {
-	Namespace   string   `json:"namespace"`
-	Name        string   `json:"name"`
-	PolicyTypes []string `json:"policyTypes"`
-	Selects     []string `json:"selects"`
-}
-
-func (a *Agent) policyRoutes(mux *http.ServeMux) {
-	a.policyStatusRoutes(mux)
-	mux.HandleFunc("POST /v1/policies", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
-		if err != nil {
-			reply(w, nil, err)
-			return
-		}
-		nps, err := policy.Parse(body)
-		if err != nil {
-			reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: err.Error()})
-			return
-		}
-		if err := a.storeChecked(r.Context(), "policy apply", withPolicies(nps), func() error {
-			for _, np := range nps {
-				if err := a.cluster.PutPolicy(r.Context(), np); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			reply(w, nil, err)
-			return
-		}
-		names := make([]string, 0, len(nps))
-		for _, np := range nps {
-			names = append(names, np.Namespace+"/"+np.Name)
-		}
-		reply(w, names, a.waitProgrammed(r.Context()))
-	})
-	mux.HandleFunc("DELETE /v1/policies/{ns}/{name}", func(w http.ResponseWriter, r *http.Request) {
-		ok, err := a.cluster.DeletePolicy(r.Context(), r.PathValue("ns"), r.PathValue("name"))
-		if err == nil && !ok {
-			err = &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no policy %s/%s", r.PathValue("ns"), r.PathValue("name"))}
-		}
-		if err == nil {
-			err = a.waitProgrammed(r.Context())
-		}
-		reply(w, struct{}{}, err)
-	})
-	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, r *http.Request) {
-		nps, err := a.cluster.Policies(r.Context())
-		if err != nil {
-			reply(w, nil, err)
-			return
-		}
-		sel := map[string][]string{}
-		if out := a.lastPolicy.Load(); out != nil {
-			for pod, pols := range out.PodSelected {
-				for _, p := range pols {
-					sel[p] = append(sel[p], pod)
-				}
-			}
-		}
-		list := PolicyList{Policies: []PolicySummary{}}
-		for _, np := range nps {
-			s := PolicySummary{Namespace: np.Namespace, Name: np.Name, Selects: sel[np.Namespace+"/"+np.Name]}
-			in, eg := policy.Types(np)
-			if in {
-				s.PolicyTypes = append(s.PolicyTypes, "Ingress")
-			}
-			if eg {
-				s.PolicyTypes = append(s.PolicyTypes, "Egress")
-			}
-			sort.Strings(s.Selects)
-			list.Policies = append(list.Policies, s)
-		}
-		reply(w, list, nil)
-	})
-	mux.HandleFunc("POST /v1/labels", handle(func(ctx context.Context, req LabelRequest) (struct{}, error) {
-		return struct{}{}, a.label(ctx, req)
-	}))
-	mux.HandleFunc("PUT /v1/objects", handle(func(ctx context.Context, req ObjectsRequest) (struct{}, error) {
-		for key := range req.Pods {
-			if _, _, ok := strings.Cut(key, "/"); !ok {
-				return struct{}{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("pod %q is not namespace/name", key)}
-			}
-		}
-		return struct{}{}, a.storeChecked(ctx, "objects", withObjects(req), func() error {
-			for name, labels := range req.Namespaces {
-				if err := a.cluster.PutNamespace(ctx, name, labels); err != nil {
-					return err
-				}
-			}
-			for key, m := range req.Pods {
-				ns, name, _ := strings.Cut(key, "/")
-				if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}))
-	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) {
-		timeout := ProgrammedTimeout
-		if t := r.URL.Query().Get("timeout"); t != "" {
-			d, err := time.ParseDuration(t)
-			if err != nil || d <= 0 {
-				reply(w, nil, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("timeout %q is not a positive duration", t)})
-				return
-			}
-			timeout = d
-		}
-		reply(w, struct{}{}, a.waitProgrammedWithin(r.Context(), timeout))
-	})
-	mux.HandleFunc("POST /v1/explain", handle(func(ctx context.Context, req ExplainRequest) (policy.Explanation, error) {
-		in := a.lastInput.Load()
-		if in == nil {
-			return policy.Explanation{}, &APIError{Code: CodeTryAgainLater, Message: "no policy compiled yet"}
-		}
-		from, err := endpointOf(in, req.From)
-		if err != nil {
-			return policy.Explanation{}, err
-		}
-		to, err := endpointOf(in, req.To)
-		if err != nil {
-			return policy.Explanation{}, err
-		}
-		return policy.Explain(*in, from, to, req.Port, req.Protocol), nil
-	}))
-	mux.HandleFunc("GET /v1/pod-policy", func(w http.ResponseWriter, r *http.Request) {
-		res, err := a.podPolicy(r.Context(), r.URL.Query().Get("pod"))
-		reply(w, res, err)
-	})
-	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, r *http.Request) {
-		ids, err := a.cluster.Identities(r.Context())
-		reply(w, ids, err)
-	})
-}
-
-// ObjectsRequest declares namespaces and pods the way an API server would hold them.
-type ObjectsRequest struct {
-	Namespaces map[string]map[string]string `json:"namespaces,omitempty"`
-	Pods       map[string]store.PodMeta     `json:"pods,omitempty"` // "ns/name" ->
-}
-
-// label applies a label change and waits until every node has programmed it.
-func (a *Agent) label(ctx context.Context, req LabelRequest) error {
-	switch req.Kind {
-	case "namespace":
-		nss, err := a.cluster.Namespaces(ctx)
-		if err != nil {
-			return err
-		}
-		l, ok := nss[req.Namespace]
-		if !ok {
-			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no namespace %q", req.Namespace)}
-		}
-		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
-			return a.cluster.PutNamespace(ctx, req.Namespace, relabel(l, req))
-		})
-		if err != nil {
-			return err
-		}
-	case "pod":
-		pods, err := a.cluster.Pods(ctx)
-		if err != nil {
-			return err
-		}
-		m, ok := pods[req.Namespace+"/"+req.Name]
-		if !ok {
-			return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s/%s", req.Namespace, req.Name)}
-		}
-		m.Labels = relabel(m.Labels, req)
-		err = a.storeChecked(ctx, "label", withLabels(req), func() error {
-			return a.cluster.PutPod(ctx, req.Namespace, req.Name, m)
-		})
-		if err != nil {
-			return err
-		}
-	default:
-		return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("kind %q must be pod or namespace", req.Kind)}
-	}
-	return a.waitProgrammed(ctx)
-}
-
-func relabel(l map[string]string, req LabelRequest) map[string]string {
-	out := map[string]string{}
-	for k, v := range l {
-		out[k] = v
-	}
-	for k, v := range req.Set {
-		out[k] = v
-	}
-	for _, k := range req.Remove {
-		delete(out, k)
-	}
-	return out
-}
-
-// ExplainRequest asks about a flow between two pods ("ns/name") or addresses.
-type ExplainRequest struct {
-	From     string `json:"from"`
-	To       string `json:"to"`
-	Port     uint16 `json:"port"`
-	Protocol string `json:"protocol"`
-}
-
-func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
-	if ip, err := netip.ParseAddr(s); err == nil {
-		for i := range in.Pods {
-			if in.Pods[i].IP == ip {
-				return policy.Endpoint{Pod: &in.Pods[i], IP: ip}, nil
-			}
-		}
-		return policy.Endpoint{IP: ip}, nil
-	}
-	for i := range in.Pods {
-		if in.Pods[i].Namespace+"/"+in.Pods[i].Name == s {
-			return policy.Endpoint{Pod: &in.Pods[i], IP: in.Pods[i].IP}, nil
-		}
-	}
-	return policy.Endpoint{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%q is neither a known pod (namespace/name) nor an IP address", s)}
-}
-
-// PodPolicy is what the datapath holds for one local pod.
-type PodPolicy struct {
-	Node            string        `json:"node"`
-	Endpoint        uint32        `json:"endpoint"`
-	Identity        uint32        `json:"identity"`
-	IngressEnforced bool          `json:"ingressEnforced"`
-	EgressEnforced  bool          `json:"egressEnforced"`
-	Entries         []PolicyShown `json:"entries"`
-}
-
-// PolicyShown is one policy map entry in words.
-type PolicyShown struct {
-	Direction string `json:"direction"`
-	Peer      string `json:"peer"`
-	Protocol  string `json:"protocol"`
-	Ports     string `json:"ports"`
-	Rule      string `json:"rule"`
-}
-
-func (a *Agent) podPolicy(ctx context.Context, pod string) (PodPolicy, error) {
-	ns, name, _ := strings.Cut(pod, "/")
-	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
-	if err != nil {
-		return PodPolicy{}, err
-	}
-	for _, e := range eps {
-		if e.Namespace != ns || e.Pod != name {
-			continue
-		}
-		m, ok, err := a.dp.Endpoints().Lookup(e.IP)
-		if err != nil || !ok {
-			return PodPolicy{}, fmt.Errorf("no datapath entry for %s (%v)", pod, err)
-		}
-		res := PodPolicy{Node: a.node.Name, Endpoint: m.ID, Identity: m.Identity, IngressEnforced: m.IngressEnforced,
-			EgressEnforced: m.EgressEnforced, Entries: []PolicyShown{}}
-		entries, err := a.dp.Policy().List()
-		if err != nil {
-			return res, err
-		}
-		out := a.lastPolicy.Load()
-		for _, pe := range entries {
-			if pe.Endpoint != m.ID {
-				continue
-			}
-			s := PolicyShown{Direction: pe.Direction.String(), Peer: fmt.Sprint(pe.Peer), Protocol: "any", Ports: "any"}
-			if pe.Peer == maps.IdentityAny {
-				s.Peer = "any"
-			} else if out != nil && out.CIDRs[pe.Peer].IsValid() {
-				s.Peer = out.CIDRs[pe.Peer].String()
-			}
-			if pe.Protocol != 0 {
-				s.Protocol = fmt.Sprint(pe.Protocol)
-				if pe.PortBits > 0 {
-					size := 1 << (16 - pe.PortBits)
-					s.Ports = fmt.Sprintf("%d-%d", pe.Port, int(pe.Port)+size-1)
-				}
-			}
-			if out != nil && int(pe.Rule) >= 1 && int(pe.Rule) <= len(out.Rules) {
-				r := out.Rules[pe.Rule-1]
-				s.Rule = fmt.Sprintf("%s %s rule %d", r.Policy, r.Direction, r.Index)
-			}
-			res.Entries = append(res.Entries, s)
-		}
-		return res, nil
-	}
-	return PodPolicy{}, &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
 }
 
 // identity is the cluster-wide identity of a label set, asked of the store only once.

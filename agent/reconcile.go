@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -13,14 +12,72 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/podnet"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
-// reconcile makes the maps (and, in native mode, the kernel routes) match the store. Applying
-// the same state twice changes nothing; only what differs is written or removed.
+// A reconciler makes one concern of the datapath match the store. It owns that concern's maps
+// (and kernel state: routes, the XDP hook), which nothing else writes, and given the same state
+// twice it changes nothing the second time.
+type reconciler interface {
+	reconcile(ctx context.Context, p *pass) error
+}
+
+// pass is what one reconcile read from the store, and what its earlier reconcilers decided for
+// the later ones.
+type pass struct {
+	gen   int64
+	nodes []store.Node
+	// pol is this node's compiled policy; nil while it is held back (the store asks for more
+	// than the maps hold): endpoints then keep the flags they have and the policy maps stay.
+	pol *policy.Output
+	// stale are the policy entries to remove once the endpoints no longer need them.
+	stale []bpf.DatapathPolicyKey
+}
+
+// stopPass is an error after which the rest of a pass cannot run: the reconcilers after the one
+// that returned it would act on what it failed to produce.
+type stopPass struct{ error }
+
+func (s stopPass) Unwrap() error { return s.error }
+
+// stage is one reconciler of the pass; name is the stage attribute of its log lines.
+type stage struct {
+	name string
+	rec  reconciler
+}
+
+// newStages returns the agent's reconcilers in the order a pass runs them. The datapath
+// forwards while it changes, so the order is the one in which no packet meets a half-made state:
+//   - routes: from the node list alone, first, so that a policy which fails to compile never
+//     keeps a new node unreachable;
+//   - policy: compiled, then its new identities and entries written before any endpoint refers
+//     to them (a compile error stops the pass: what follows would act on no policy);
+//   - endpoints: each local pod's entry, with the identity and enforcement flags just compiled;
+//   - policy-prune: the entries no longer allowed, only now that no endpoint's flags need them,
+//     so nothing the change keeps allowing is dropped meanwhile;
+//   - prefilter, services, masquerade: maps none of the stages above reads, in any order.
+//
+// BGP is no stage of its own: it is the routes stage's source of remote routes.
+func (a *Agent) newStages() []stage {
+	pol := &policyReconciler{a: a, log: a.log.With("stage", "policy")}
+	return []stage{
+		{"routes", a.routesRec},
+		{"policy", pol},
+		{"endpoints", &endpointReconciler{a: a, log: a.log.With("stage", "endpoints")}},
+		{"policy-prune", policyPruner{pol}},
+		{"prefilter", a.prefilter},
+		{"services", a.services},
+		{"masquerade", a.masquerade},
+	}
+}
+
+// reconcile makes the maps (and, in native mode, the kernel routes) match the store: one pass
+// of every stage in order. Applying the same state twice changes nothing; only what differs is
+// written or removed.
 func (a *Agent) reconcile(ctx context.Context) error {
 	a.recMu.Lock()
 	defer a.recMu.Unlock()
@@ -43,39 +100,22 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	errs := []error{a.routesRec.reconcile(ctx, nodes)}
-	pol, in, err := a.compilePolicy(ctx, nodes)
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("compile policy: %w", err))...)
+	p := &pass{gen: gen, nodes: nodes}
+	var errs []error
+	for _, st := range a.stages {
+		err := st.rec.reconcile(ctx, p)
+		errs = append(errs, err)
+		var stop stopPass
+		if errors.As(err, &stop) {
+			return errors.Join(errs...)
+		}
 	}
-	if over := a.capacity().overflows(pol, ""); len(over) > 0 {
-		// The store wants more than this node's maps hold (a change another agent let in, or
-		// one made in the Kubernetes API): programming part of it would enforce something no
-		// one asked for, so the policy state stays as programmed and this generation is not
-		// reported. Pods still come and go.
-		a.holdBackState(gen, over)
-		errs = append(errs, a.reconcileEndpoints(ctx, nil, true))
-		errs = append(errs, a.reconcilePrefilter(ctx))
-		errs = append(errs, a.services.reconcile(ctx, a.cluster), a.reconcileMasquerade())
-		return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil || p.pol == nil {
+		return err // a held-back state is not reported as programmed
 	}
-	a.metrics.held.release()
-	a.lastPolicy.Store(pol)
-	a.lastInput.Store(in)
-	// Order matters for a datapath that keeps running: new identities and entries first,
-	// then the endpoints' flags, and only then what is no longer allowed goes.
-	stale, err := a.applyPolicy(pol)
-	errs = append(errs, err)
-	errs = append(errs, a.reconcileEndpoints(ctx, pol.Endpoints, false))
-	errs = append(errs, a.removePolicy(stale))
-	errs = append(errs, a.reconcilePrefilter(ctx))
-	errs = append(errs, a.services.reconcile(ctx, a.cluster), a.reconcileMasquerade())
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	slog.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
+	a.log.Debug("reconciled", "nodes", len(nodes), "took", time.Since(start))
 	a.metrics.reconcile.Observe(time.Since(start).Seconds())
-	return a.reportStatus(ctx, gen, pol)
+	return a.reportStatus(ctx, gen, p.pol)
 }
 
 // reportStatus publishes what this node now enforces when it differs from what it last said.
@@ -110,10 +150,22 @@ func (a *Agent) reportStatus(ctx context.Context, gen int64, pol *policy.Output)
 	return nil
 }
 
-// reconcileEndpoints writes the node's endpoints into the map and removes what is stale: an
-// endpoint whose pod went away while no agent ran, or a map entry the store does not know.
-// With keep, every entry keeps the identity and enforcement flags it has (enf is not used).
-func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]policy.Enforcement, keep bool) error {
+// endpointReconciler owns the endpoints map: it writes the node's endpoints, with the identity
+// and flags the pass's policy gives them, and removes what is stale: an endpoint whose pod went
+// away while no agent ran, or a map entry the store does not know. While policy is held back
+// every entry keeps the identity and enforcement flags it has.
+type endpointReconciler struct {
+	a   *Agent
+	log *slog.Logger
+}
+
+func (r *endpointReconciler) reconcile(ctx context.Context, p *pass) error {
+	a := r.a
+	var enf map[netip.Addr]policy.Enforcement
+	keep := p.pol == nil
+	if !keep {
+		enf = p.pol.Endpoints
+	}
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
 	eps, err := a.cluster.Endpoints(ctx, a.node.Name)
@@ -125,7 +177,7 @@ func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]polic
 	for _, e := range eps {
 		host, err := netlink.LinkByName(e.HostIf)
 		if err != nil {
-			slog.Info("remove stale endpoint: its interface is gone", "pod", e.Namespace+"/"+e.Pod, "ip", e.IP, "hostIf", e.HostIf)
+			r.log.Info("remove stale endpoint: its interface is gone", "pod", e.Namespace+"/"+e.Pod, "ip", e.IP, "hostIf", e.HostIf)
 			errs = append(errs, a.forget(ctx, e))
 			continue
 		}
@@ -153,7 +205,7 @@ func (a *Agent) reconcileEndpoints(ctx context.Context, enf map[netip.Addr]polic
 	}
 	for _, m := range inMap {
 		if m.Local && !wanted[m.IP] {
-			slog.Info("remove stale map entry", "ip", m.IP)
+			r.log.Info("remove stale map entry", "ip", m.IP)
 			errs = append(errs, a.dp.Endpoints().Delete(m.IP))
 		}
 	}

@@ -50,10 +50,12 @@ type routeReconciler struct {
 	node   store.Node
 	routes *maps.Routes
 	source routeSource
+	log    *slog.Logger
 }
 
 // reconcile makes the routes map and the kernel routes match the node list and the source.
-func (rr *routeReconciler) reconcile(ctx context.Context, nodes []store.Node) error {
+func (rr *routeReconciler) reconcile(ctx context.Context, p *pass) error {
+	nodes := p.nodes
 	remote, complete, err := rr.source.remoteRoutes(ctx, nodes)
 	if err != nil {
 		return fmt.Errorf("routes: %w", err)
@@ -83,7 +85,7 @@ func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute
 			if !complete && r.Flags == 0 {
 				continue // a remote route the source has not confirmed or withdrawn yet
 			}
-			slog.Info("remove route", "prefix", r.Prefix, "node", r.NodeIP)
+			rr.log.Info("remove route", "prefix", r.Prefix, "node", r.NodeIP)
 			errs = append(errs, rr.routes.Delete(r.Prefix))
 			continue
 		}
@@ -94,7 +96,7 @@ func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute
 	}
 	for _, r := range want {
 		if r.Flags == 0 {
-			slog.Info("add route", "prefix", r.Prefix, "node", r.NodeIP, "mode", r.Mode)
+			rr.log.Info("add route", "prefix", r.Prefix, "node", r.NodeIP, "mode", r.Mode)
 		}
 		errs = append(errs, rr.routes.Upsert(r))
 	}
@@ -122,7 +124,7 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 		for _, r := range remote {
 			gw, err := gateway(r.Via)
 			if err != nil {
-				slog.Warn("no way to a pod CIDR's next hop", "prefix", r.Prefix, "nextHop", r.Via, "err", err)
+				rr.log.Warn("no way to a pod CIDR's next hop", "prefix", r.Prefix, "nextHop", r.Via, "err", err)
 				continue
 			}
 			want[r.Prefix.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(r.Prefix),

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -15,30 +14,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/store"
 )
-
-// ServiceView is one Service as `service list` shows it.
-type ServiceView struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	Type      string `json:"type"`
-	// ClusterIP is the cluster IP, "None" for a headless service, "" for ExternalName.
-	ClusterIP string              `json:"clusterIP"`
-	Ports     []store.ServicePort `json:"ports"`
-	// Frontends are the addresses the service answers on: "10.96.0.10:80/TCP", and with node
-	// ports "NODEIP:30080/TCP" (this node's address; every node opens them).
-	Frontends []string      `json:"frontends"`
-	Backends  []BackendView `json:"backends"`
-}
-
-// BackendView is one backend of a ServiceView.
-type BackendView struct {
-	IP    string         `json:"ip"`
-	Node  string         `json:"node,omitempty"`
-	Ports map[string]int `json:"ports"`
-	State string         `json:"state"` // ready | serving | terminating | not-ready
-}
 
 // ServiceObjects is the body of POST /v1/services and its answer: Services, and
 // EndpointSlices (discovery.k8s.io/v1) giving the backends of selectorless ones, applied
@@ -70,7 +48,7 @@ func replyDeleted(w http.ResponseWriter, err error) {
 	if errors.As(err, &nf) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusNotFound)
-		json.NewEncoder(w).Encode(&APIError{Code: CodeInvalidConfig, Message: err.Error()})
+		json.NewEncoder(w).Encode(&agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: err.Error()})
 		return
 	}
 	reply(w, struct{}{}, err)
@@ -160,7 +138,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 				continue
 			}
 			if err := claims.Release(ctx, names[i], claims.Held(names[i]).Minus(held[i])); err != nil {
-				slog.Warn("release a failed service's allocations", "service", names[i], "err", err)
+				a.log.Warn("release a failed service's allocations", "service", names[i], "err", err)
 			}
 		}
 	}
@@ -202,7 +180,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 			break
 		}
 		if err := claims.Release(ctx, names[i], held[i].Minus(store.ClaimsOf(&svcs[i]))); err != nil {
-			slog.Warn("release a service's former allocations", "service", names[i], "err", err)
+			a.log.Warn("release a service's former allocations", "service", names[i], "err", err)
 		}
 	}
 	if _, err := a.cluster.BumpGeneration(ctx); err != nil {
@@ -280,7 +258,9 @@ func listSome(names []string) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(names[:few], ", "), len(names)-few)
 }
 
-func invalid(msg string) error { return &APIError{Code: CodeInvalidConfig, Message: msg} }
+func invalid(msg string) error {
+	return &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: msg}
+}
 
 // kubectlSlices refuses to write an EndpointSlice to the kubernetes store.
 func kubectlSlices(key string) string {
@@ -402,7 +382,7 @@ func checkClusterIP(s *corev1.Service, cidr netip.Prefix) error {
 }
 
 // serviceViews is GET /v1/services: each service's frontends and backends.
-func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
+func (a *Agent) serviceViews(ctx context.Context) ([]agentapi.ServiceView, error) {
 	objs, err := a.cluster.ServiceObjects(ctx)
 	if err != nil {
 		return nil, err
@@ -415,18 +395,18 @@ func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
 	for _, s := range resolved {
 		byKey[s.Namespace+"/"+s.Name] = s
 	}
-	out := make([]ServiceView, 0, len(objs))
+	out := make([]agentapi.ServiceView, 0, len(objs))
 	for _, o := range objs {
 		s, ok := byKey[o.Namespace+"/"+o.Name]
 		if !ok { // ExternalName: no frontend of ebpfnet's
-			v := ServiceView{Namespace: o.Namespace, Name: o.Name, Type: string(o.Spec.Type), Ports: []store.ServicePort{},
-				Frontends: []string{}, Backends: []BackendView{}}
+			v := agentapi.ServiceView{Namespace: o.Namespace, Name: o.Name, Type: string(o.Spec.Type), Ports: []agentapi.ServicePort{},
+				Frontends: []string{}, Backends: []agentapi.BackendView{}}
 			for _, p := range o.Spec.Ports {
 				proto := p.Protocol
 				if proto == "" {
 					proto = corev1.ProtocolTCP
 				}
-				v.Ports = append(v.Ports, store.ServicePort{Name: p.Name, Protocol: string(proto), Port: int(p.Port)})
+				v.Ports = append(v.Ports, agentapi.ServicePort{Name: p.Name, Protocol: string(proto), Port: int(p.Port)})
 			}
 			out = append(out, v)
 			continue
@@ -436,13 +416,22 @@ func (a *Agent) serviceViews(ctx context.Context) ([]ServiceView, error) {
 	return out, nil
 }
 
+// portViews is ports as a ServiceView shows them.
+func portViews(ports []store.ServicePort) []agentapi.ServicePort {
+	out := make([]agentapi.ServicePort, len(ports))
+	for i, p := range ports {
+		out[i] = agentapi.ServicePort(p)
+	}
+	return out
+}
+
 // viewOf is a resolved service as ServiceView shows it, node ports on nodeIP.
-func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) ServiceView {
+func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) agentapi.ServiceView {
 	typ := string(o.Spec.Type)
 	if typ == "" {
 		typ = string(corev1.ServiceTypeClusterIP)
 	}
-	v := ServiceView{Namespace: s.Namespace, Name: s.Name, Type: typ, Ports: s.Ports, Frontends: []string{}, Backends: []BackendView{}}
+	v := agentapi.ServiceView{Namespace: s.Namespace, Name: s.Name, Type: typ, Ports: portViews(s.Ports), Frontends: []string{}, Backends: []agentapi.BackendView{}}
 	switch {
 	case s.ClusterIP.IsValid():
 		v.ClusterIP = s.ClusterIP.String()
@@ -460,7 +449,7 @@ func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) ServiceView {
 		}
 	}
 	for _, b := range s.Backends {
-		v.Backends = append(v.Backends, BackendView{IP: b.IP.String(), Node: b.Node, Ports: b.Ports, State: backendState(b)})
+		v.Backends = append(v.Backends, agentapi.BackendView{IP: b.IP.String(), Node: b.Node, Ports: b.Ports, State: backendState(b)})
 	}
 	return v
 }
@@ -524,23 +513,8 @@ func (a *Agent) deleteEndpointSlice(ctx context.Context, ns, name string) error 
 // ApplyServices stores services (validated, given cluster IPs and node ports) and endpoint
 // slices, all or none, and returns them as stored. The nodes program them after it returns:
 // Wait waits for that.
-func (c *Client) ApplyServices(ctx context.Context, objs ServiceObjects) (ServiceObjects, error) {
+// It lives here rather than on agentapi.Client because its types are Kubernetes'.
+func ApplyServices(ctx context.Context, c *agentapi.Client, objs ServiceObjects) (ServiceObjects, error) {
 	var out ServiceObjects
-	return out, c.do(ctx, "POST", "/v1/services", objs, &out)
-}
-
-// Services lists every service with its frontends and backends.
-func (c *Client) Services(ctx context.Context) ([]ServiceView, error) {
-	var out []ServiceView
-	return out, c.do(ctx, "GET", "/v1/services", nil, &out)
-}
-
-// DeleteService removes namespace/name and frees its cluster IP and node ports.
-func (c *Client) DeleteService(ctx context.Context, ns, name string) error {
-	return c.do(ctx, "DELETE", "/v1/services/"+ns+"/"+name, nil, nil)
-}
-
-// DeleteEndpointSlice removes the EndpointSlice namespace/name (local and etcd stores).
-func (c *Client) DeleteEndpointSlice(ctx context.Context, ns, name string) error {
-	return c.do(ctx, "DELETE", "/v1/endpointslices/"+ns+"/"+name, nil, nil)
+	return out, c.Call(ctx, "POST", "/v1/services", objs, &out)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
@@ -191,7 +193,7 @@ func serviceAgent(t *testing.T, cidr string) (*Agent, *store.Cluster) {
 	t.Cleanup(func() { kv.Close() })
 	c := &store.Cluster{KV: kv}
 	a := &Agent{cfg: &settled{Config: Config{Store: StoreConfig{Type: "local"}}, serviceCIDR: netip.MustParsePrefix(cidr)},
-		cluster: c, kick: make(chan struct{}, 1), node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1")}}
+		cluster: c, kick: make(chan struct{}, 1), log: slog.Default(), node: store.Node{Name: "n1", IP: netip.MustParseAddr("10.250.0.1")}}
 	return a, c
 }
 
@@ -292,12 +294,12 @@ func TestServiceViewsAndDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []ServiceView{
-		{Namespace: "s", Name: "ext", Type: "ExternalName", Ports: []store.ServicePort{}, Frontends: []string{}, Backends: []BackendView{}},
+	want := []agentapi.ServiceView{
+		{Namespace: "s", Name: "ext", Type: "ExternalName", Ports: []agentapi.ServicePort{}, Frontends: []string{}, Backends: []agentapi.BackendView{}},
 		{Namespace: "s", Name: "web", Type: "NodePort", ClusterIP: "10.96.0.10",
-			Ports:     []store.ServicePort{{Name: "http", Protocol: "TCP", Port: 8080, NodePort: 30080}},
+			Ports:     []agentapi.ServicePort{{Name: "http", Protocol: "TCP", Port: 8080, NodePort: 30080}},
 			Frontends: []string{"10.96.0.10:8080/TCP", "10.250.0.1:30080/TCP"},
-			Backends:  []BackendView{{IP: "10.244.0.2", Node: "n1", Ports: map[string]int{"http": 80}, State: "ready"}}},
+			Backends:  []agentapi.BackendView{{IP: "10.244.0.2", Node: "n1", Ports: map[string]int{"http": 80}, State: "ready"}}},
 	}
 	if !reflect.DeepEqual(views, want) {
 		b1, _ := json.Marshal(views)
@@ -428,7 +430,7 @@ func TestApplyEndpointSlices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []BackendView{
+	want := []agentapi.BackendView{
 		{IP: "10.1.0.1", Node: "n1", Ports: map[string]int{"pg": 15432}, State: "ready"},
 		{IP: "10.1.0.2", Ports: map[string]int{"pg": 15432}, State: "serving"},
 		{IP: "10.1.0.3", Ports: map[string]int{"pg": 15432}, State: "terminating"},

@@ -18,9 +18,11 @@ import (
 // frontend, a NodePort frontend on this node's address, and the backends they choose from.
 // It owns the services and backends maps; the datapath owns affinity and nat.
 type serviceReconciler struct {
-	maps *maps.Services
-	node store.Node
-	mu   sync.Mutex
+	maps    *maps.Services
+	node    store.Node
+	cluster *store.Cluster
+	log     *slog.Logger
+	mu      sync.Mutex
 	// ids are the backend ids in the map, by backend address; next is the next free one.
 	ids  map[netip.AddrPort]uint32
 	next uint32
@@ -35,8 +37,8 @@ type frontendKey struct {
 
 // newServiceReconciler adopts what the maps hold, so a restarted agent keeps backend ids
 // (and with them the flows translated to them).
-func newServiceReconciler(m *maps.Services, node store.Node) (*serviceReconciler, error) {
-	r := &serviceReconciler{maps: m, node: node, ids: map[netip.AddrPort]uint32{}, slots: map[frontendKey]int{}, next: 1}
+func newServiceReconciler(m *maps.Services, node store.Node, cluster *store.Cluster, log *slog.Logger) (*serviceReconciler, error) {
+	r := &serviceReconciler{maps: m, node: node, cluster: cluster, log: log, ids: map[netip.AddrPort]uint32{}, slots: map[frontendKey]int{}, next: 1}
 	bes, err := m.Backends()
 	if err != nil {
 		return nil, err
@@ -146,8 +148,8 @@ func (r *serviceReconciler) desired(svcs []store.Service) (map[frontendKey]wantF
 // reconcile makes the maps hold the store's Services. Order keeps running flows right:
 // backends first, then frontends (new slots before larger counts), then stale frontends,
 // and only then stale backends, whose flows then choose again.
-func (r *serviceReconciler) reconcile(ctx context.Context, c *store.Cluster) error {
-	svcs, err := c.Services(ctx)
+func (r *serviceReconciler) reconcile(ctx context.Context, _ *pass) error {
+	svcs, err := r.cluster.Services(ctx)
 	if err != nil {
 		return fmt.Errorf("read services: %w", err)
 	}
@@ -197,7 +199,7 @@ func (r *serviceReconciler) reconcile(ctx context.Context, c *store.Cluster) err
 		if _, ok := fronts[k]; ok {
 			continue
 		}
-		slog.Info("remove service frontend", "frontend", k.addr, "protocol", k.proto)
+		r.log.Info("remove service frontend", "frontend", k.addr, "protocol", k.proto)
 		if err := r.maps.Delete(k.addr, k.proto, max(r.slots[k], len(current[k].Backends))); err != nil {
 			errs = append(errs, err)
 			continue

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
@@ -236,7 +236,7 @@ func measureJoin(ctx context.Context, st *lab.State, name string, opts lab.Optio
 // socket, its agent's status says when it is ready and which pod CIDR it has, then BIRD and the
 // rack-a node's routes map say when they hold that CIDR.
 func watchJoin(ctx context.Context, labName, name, rackA string, router *lab.State) (s joinSeen) {
-	var c *agent.Client
+	var c *agentapi.Client
 	tick := time.NewTicker(bgpPollEvery)
 	defer tick.Stop()
 	for {
@@ -244,7 +244,7 @@ func watchJoin(ctx context.Context, labName, name, rackA string, router *lab.Sta
 		case c == nil:
 			if st, err := lab.Load(labName); err == nil {
 				if n, err := st.Node(name); err == nil {
-					c = agent.NewClient(n.Socket)
+					c = agentapi.NewClient(n.Socket)
 				}
 			}
 		case s.ready.IsZero():
@@ -356,7 +356,7 @@ func birdPrefixes(out string) []netip.Prefix {
 // routesHold says whether the routes map of the agent at socket has prefix p.
 func routesHold(ctx context.Context, socket string, p netip.Prefix) (bool, error) {
 	var routes []maps.Route
-	if err := agent.NewClient(socket).Get(ctx, "/v1/routes", &routes); err != nil {
+	if err := agentapi.NewClient(socket).Get(ctx, "/v1/routes", &routes); err != nil {
 		return false, err
 	}
 	return slices.ContainsFunc(routes, func(r maps.Route) bool { return r.Prefix == p }), nil

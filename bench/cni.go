@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
@@ -22,6 +24,68 @@ type CNICost struct {
 	AddP99ms   float64 `json:"addP99ms"`
 	DelP50ms   float64 `json:"delP50ms"`
 	PodsPerSec float64 `json:"podsPerSecond"`
+	// Exec is the floor under each of those: one exec answering VERSION, beside the
+	// containernetworking loopback plugin's (nil when no loopback plugin is built).
+	Exec *ExecCost `json:"exec,omitempty"`
+}
+
+// ExecCost is what one exec of a CNI plugin answering CNI_COMMAND=VERSION costs (process start,
+// runtime and package initialisation, one line on stdout), ebpfnet-cni beside the loopback
+// plugin of containernetworking/plugins, run in turn so that both see the same machine.
+type ExecCost struct {
+	Runs            int     `json:"runs"`
+	EbpfnetP50ms    float64 `json:"ebpfnetP50ms"`
+	LoopbackP50ms   float64 `json:"loopbackP50ms"`
+	LoopbackVersion string  `json:"loopbackVersion"`
+	// Ratio is ebpfnet-cni's median over loopback's.
+	Ratio float64 `json:"ratio"`
+}
+
+// execRuns is how many times each plugin is exec'd for ExecCost.
+const execRuns = 51
+
+// MeasureExec times runs execs of each plugin answering VERSION, alternating between them and
+// swapping which goes first every round, and returns each one's median in ms.
+func MeasureExec(plugins []string, runs int) ([]float64, error) {
+	times := make([][]float64, len(plugins))
+	for r := 0; r < runs; r++ {
+		for k := range plugins {
+			i := (k + r) % len(plugins)
+			c := exec.Command(plugins[i])
+			c.Env = []string{"CNI_COMMAND=VERSION"}
+			var out bytes.Buffer
+			c.Stdout = &out
+			start := time.Now()
+			if err := c.Run(); err != nil {
+				return nil, fmt.Errorf("%s VERSION: %w", plugins[i], err)
+			}
+			times[i] = append(times[i], float64(time.Since(start).Microseconds())/1000)
+			if !bytes.Contains(out.Bytes(), []byte(`"supportedVersions"`)) {
+				return nil, fmt.Errorf("%s VERSION answered %q, not a version list", plugins[i], out.String())
+			}
+		}
+	}
+	medians := make([]float64, len(plugins))
+	for i := range times {
+		medians[i] = median(times[i])
+	}
+	return medians, nil
+}
+
+// measureExecCost is ExecCost of the plugin at path, or nil when no loopback plugin is built.
+func measureExecCost(path string) (*ExecCost, error) {
+	dir := kube.CNIPluginsDir()
+	if dir == "" {
+		slog.Info("no loopback CNI plugin built (make deps builds it): CNI exec cost skipped")
+		return nil, nil
+	}
+	loopback := filepath.Join(dir, "loopback")
+	m, err := MeasureExec([]string{path, loopback}, execRuns)
+	if err != nil {
+		return nil, err
+	}
+	return &ExecCost{Runs: execRuns, EbpfnetP50ms: m[0], LoopbackP50ms: m[1],
+		LoopbackVersion: filepath.Base(filepath.Dir(dir)), Ratio: m[0] / m[1]}, nil
 }
 
 // MeasureCNI adds n pods one after another to a one-node lab, then deletes them.
@@ -31,6 +95,10 @@ func MeasureCNI(n int) (CNICost, error) {
 		return CNICost{}, err
 	}
 	dir := filepath.Dir(exe)
+	execCost, err := measureExecCost(filepath.Join(dir, "ebpfnet-cni"))
+	if err != nil {
+		return CNICost{}, err
+	}
 	spec := &lab.Spec{Mode: "vxlan", Nodes: []lab.NodeSpec{{Name: "n1"}}, Namespaces: []lab.Namespace{{Name: "b"}}}
 	if err := spec.Validate(); err != nil {
 		return CNICost{}, err
@@ -80,5 +148,5 @@ func MeasureCNI(n int) (CNICost, error) {
 	}
 	sort.Float64s(adds)
 	return CNICost{Pods: n, AddP50ms: median(adds), AddP99ms: adds[(len(adds)*99)/100], DelP50ms: median(dels),
-		PodsPerSec: float64(n) / total.Seconds()}, nil
+		PodsPerSec: float64(n) / total.Seconds(), Exec: execCost}, nil
 }

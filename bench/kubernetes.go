@@ -17,7 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -101,7 +101,7 @@ func measureEnforce(ctx context.Context, st *lab.State, api kubernetes.Interface
 		if _, err := nps.Create(ctx, np, metav1.CreateOptions{}); err != nil {
 			return 0, 0, err
 		}
-		if err := waitEnforcing(ctx, st, func(ps []agent.PolicyStatus) bool {
+		if err := waitEnforcing(ctx, st, func(ps []agentapi.PolicyStatus) bool {
 			for _, p := range ps {
 				if p.Name == "deny-b" && p.Version == want && p.Enforcing == p.Nodes && p.Nodes == len(st.Nodes) {
 					return true
@@ -128,7 +128,7 @@ func measureEnforce(ctx context.Context, st *lab.State, api kubernetes.Interface
 
 // waitEnforcing polls every node's report of what it enforces, read without a sync barrier
 // (the status reads the store as the node's agent sees it).
-func waitEnforcing(ctx context.Context, st *lab.State, done func([]agent.PolicyStatus) bool) error {
+func waitEnforcing(ctx context.Context, st *lab.State, done func([]agentapi.PolicyStatus) bool) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ps, err := st.Client().PolicyStatus(ctx)
@@ -172,7 +172,7 @@ func measurePodReady(ctx context.Context, st *lab.State, api kubernetes.Interfac
 		var wg sync.WaitGroup
 		for _, node := range st.Nodes {
 			var eps []store.Endpoint
-			if err := agent.NewClient(node.Socket).Get(ctx, "/v1/endpoints?node="+node.Name, &eps); err != nil {
+			if err := agentapi.NewClient(node.Socket).Get(ctx, "/v1/endpoints?node="+node.Name, &eps); err != nil {
 				return 0, 0, 0, err
 			}
 			for _, e := range eps {

@@ -110,6 +110,10 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "## CNI (%d pods added one after another, then deleted; exec of ebpfnet-cni included)\n\n", c.Pods)
 		fmt.Fprintf(&b, "| ADD p50 | ADD p99 | DEL p50 | pods/s |\n|---:|---:|---:|---:|\n| %.1f ms | %.1f ms | %.1f ms | %.1f |\n\n",
 			c.AddP50ms, c.AddP99ms, c.DelP50ms, c.PodsPerSec)
+		if e := c.Exec; e != nil {
+			fmt.Fprintf(&b, "One exec answering VERSION (median of %d, in turn): ebpfnet-cni %.1f ms, containernetworking loopback %s %.1f ms, ratio %.2f\n\n",
+				e.Runs, e.EbpfnetP50ms, e.LoopbackVersion, e.LoopbackP50ms, e.Ratio)
+		}
 	}
 	if p := r.Policy; p != nil {
 		fmt.Fprintf(&b, "## policy\n\nfrom_pod per packet (BPF_PROG_TEST_RUN) by policy map size: a new flow no rule allows (every lookup runs) and a packet of a tracked, allowed flow\n\n| entries | denied new flow ns | tracked flow ns |\n|---:|---:|---:|\n")

@@ -12,7 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 )
 
@@ -151,7 +151,7 @@ func MeasureServiceUpdate(rounds int) (res ServiceUpdate, err error) {
 	var took []float64
 	for r := 0; r < rounds; r++ {
 		start := time.Now()
-		if err := st.Client().Label(ctx, agent.LabelRequest{Kind: "pod", Namespace: "b", Name: "new", Set: map[string]string{"app": "web"}}); err != nil {
+		if err := st.Client().Label(ctx, agentapi.LabelRequest{Kind: "pod", Namespace: "b", Name: "new", Set: map[string]string{"app": "web"}}); err != nil {
 			return res, err
 		}
 		for {
@@ -164,7 +164,7 @@ func MeasureServiceUpdate(rounds int) (res ServiceUpdate, err error) {
 			}
 		}
 		took = append(took, float64(time.Since(start).Microseconds())/1000)
-		if err := st.Client().Label(ctx, agent.LabelRequest{Kind: "pod", Namespace: "b", Name: "new", Remove: []string{"app"}}); err != nil {
+		if err := st.Client().Label(ctx, agentapi.LabelRequest{Kind: "pod", Namespace: "b", Name: "new", Remove: []string{"app"}}); err != nil {
 			return res, err
 		}
 		// Out again: wait until it no longer answers, so the next round starts clean.

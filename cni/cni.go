@@ -17,7 +17,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // NetConf is the plugin's network configuration.
@@ -71,7 +71,7 @@ func parseConf(data []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", "cniVersion is missing")
 	}
 	if c.Socket == "" {
-		c.Socket = agent.DefaultSocket
+		c.Socket = agentapi.DefaultSocket
 	}
 	if !filepath.IsAbs(c.Socket) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", fmt.Sprintf("socket %q is not an absolute path", c.Socket))
@@ -81,11 +81,11 @@ func parseConf(data []byte) (*NetConf, error) {
 
 // cniError turns an agent or transport error into the spec's error.
 func cniError(err error) error {
-	var un *agent.UnreachableError
+	var un *agentapi.UnreachableError
 	if errors.As(err, &un) {
 		return types.NewError(types.ErrTryAgainLater, "the ebpfnet agent is unreachable", un.Error())
 	}
-	var ae *agent.APIError
+	var ae *agentapi.APIError
 	if errors.As(err, &ae) {
 		return types.NewError(uint(ae.Code), ae.Message, "")
 	}
@@ -96,30 +96,30 @@ func cniError(err error) error {
 	return types.NewError(types.ErrInternal, err.Error(), "")
 }
 
-func request(args *skel.CmdArgs, conf *NetConf) (agent.AttachRequest, error) {
+func request(args *skel.CmdArgs, conf *NetConf) (agentapi.AttachRequest, error) {
 	var ka k8sArgs
 	if err := types.LoadArgs(args.Args, &ka); err != nil {
-		return agent.AttachRequest{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+		return agentapi.AttachRequest{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
 	}
-	return agent.AttachRequest{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
+	return agentapi.AttachRequest{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
 		Namespace: string(ka.K8S_POD_NAMESPACE), Pod: string(ka.K8S_POD_NAME), Labels: conf.RuntimeConfig.PodLabels}, nil
 }
 
 // setup checks the runtime's variables and configuration and makes the request; netnsRequired
 // is true for ADD and CHECK.
-func setup(args *skel.CmdArgs, netnsRequired bool) (*NetConf, agent.AttachRequest, *agent.Client, error) {
+func setup(args *skel.CmdArgs, netnsRequired bool) (*NetConf, agentapi.AttachRequest, *agentapi.Client, error) {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
-		return nil, agent.AttachRequest{}, nil, err
+		return nil, agentapi.AttachRequest{}, nil, err
 	}
 	if err := checkArgs(args, netnsRequired); err != nil {
-		return nil, agent.AttachRequest{}, nil, err
+		return nil, agentapi.AttachRequest{}, nil, err
 	}
 	req, err := request(args, conf)
 	if err != nil {
 		return nil, req, nil, err
 	}
-	return conf, req, agent.NewClient(conf.Socket), nil
+	return conf, req, agentapi.NewClient(conf.Socket), nil
 }
 
 // Add attaches the pod and prints its result.
@@ -138,7 +138,7 @@ func Add(args *skel.CmdArgs) error {
 }
 
 // result is ADD's answer in the current types; PrintResult converts it to version.
-func result(args *skel.CmdArgs, res agent.AttachResult, ver string) *types100.Result {
+func result(args *skel.CmdArgs, res agentapi.AttachResult, ver string) *types100.Result {
 	gw := net.IP(res.Gateway.AsSlice())
 	podIdx := 1
 	pod := &types100.Interface{Name: args.IfName, Mac: res.MAC, Sandbox: args.Netns}
@@ -154,13 +154,13 @@ func result(args *skel.CmdArgs, res agent.AttachResult, ver string) *types100.Re
 }
 
 // Del detaches the pod; what is already gone is not an error.
-func Del(args *skel.CmdArgs) error { return call(args, false, (*agent.Client).Del) }
+func Del(args *skel.CmdArgs) error { return call(args, false, (*agentapi.Client).Del) }
 
 // Check verifies the pod's attachment.
-func Check(args *skel.CmdArgs) error { return call(args, true, (*agent.Client).Check) }
+func Check(args *skel.CmdArgs) error { return call(args, true, (*agentapi.Client).Check) }
 
 // call sends the request of args to the agent with op and maps its error to the spec's.
-func call(args *skel.CmdArgs, netnsRequired bool, op func(*agent.Client, context.Context, agent.AttachRequest) error) error {
+func call(args *skel.CmdArgs, netnsRequired bool, op func(*agentapi.Client, context.Context, agentapi.AttachRequest) error) error {
 	_, req, c, err := setup(args, netnsRequired)
 	if err != nil {
 		return err
@@ -181,7 +181,7 @@ func Status(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := agent.NewClient(conf.Socket).Status(ctx)
+	st, err := agentapi.NewClient(conf.Socket).Status(ctx)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "the ebpfnet agent is not available", err.Error())
 	}
@@ -197,13 +197,13 @@ func GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	valid := make([]agent.Attachment, 0, len(conf.ValidAttachments))
+	valid := make([]agentapi.Attachment, 0, len(conf.ValidAttachments))
 	for _, v := range append(conf.ValidAttachments, conf.Attachments...) {
-		valid = append(valid, agent.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+		valid = append(valid, agentapi.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
-	if _, err := agent.NewClient(conf.Socket).GC(ctx, valid); err != nil {
+	if _, err := agentapi.NewClient(conf.Socket).GC(ctx, valid); err != nil {
 		return cniError(err)
 	}
 	return nil

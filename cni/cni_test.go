@@ -12,13 +12,13 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // ADD's result is given in every supported version, in that version's shape.
 func TestResultInEachVersion(t *testing.T) {
 	args := &skel.CmdArgs{IfName: "eth0", Netns: "/run/netns/p"}
-	res := agent.AttachResult{IP: netip.MustParseAddr("10.244.0.2"), Gateway: netip.MustParseAddr("169.254.1.1"),
+	res := agentapi.AttachResult{IP: netip.MustParseAddr("10.244.0.2"), Gateway: netip.MustParseAddr("169.254.1.1"),
 		MAC: "02:00:00:00:00:02", HostIf: "eb0123456789ab", HostMAC: "02:00:00:00:00:01", MTU: 1450}
 	for _, v := range Versions {
 		t.Run(v, func(t *testing.T) {
@@ -80,7 +80,7 @@ func TestParseConf(t *testing.T) {
 		}
 	}
 	conf, err := parseConf([]byte(`{"cniVersion": "0.3.1", "name": "n", "type": "ebpfnet-cni"}`))
-	if err != nil || conf.Socket != agent.DefaultSocket {
+	if err != nil || conf.Socket != agentapi.DefaultSocket {
 		t.Fatalf("got %+v, %v", conf, err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // MaxConfBytes bounds the network configuration on stdin: a conflist's plugin entry, with the
@@ -41,16 +41,16 @@ func checkArgs(args *skel.CmdArgs, netnsRequired bool) error {
 	bad := func(name string, err error) error {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("%s %v", name, err), "")
 	}
-	if err := agent.CheckContainerID(args.ContainerID); err != nil {
+	if err := agentapi.CheckContainerID(args.ContainerID); err != nil {
 		return bad("CNI_CONTAINERID", err)
 	}
-	if err := agent.CheckIfName(args.IfName); err != nil {
+	if err := agentapi.CheckIfName(args.IfName); err != nil {
 		return bad("CNI_IFNAME", err)
 	}
 	if args.Netns == "" && !netnsRequired {
 		return nil
 	}
-	if err := agent.CheckNetnsPath(args.Netns); err != nil {
+	if err := agentapi.CheckNetnsPath(args.Netns); err != nil {
 		return bad("CNI_NETNS", err)
 	}
 	// A namespace is an nsfs file, which stat calls regular; anything else (a pipe, a device, a

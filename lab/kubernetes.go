@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/store"
 )
@@ -154,7 +155,7 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 	err := waitFor(ctx, timeout, "pods to run", func() (bool, string) {
 		for _, n := range s.Nodes {
 			var eps []store.Endpoint
-			if err := agent.NewClient(n.Socket).Get(ctx, "/v1/endpoints?node="+n.Name, &eps); err != nil {
+			if err := agentapi.NewClient(n.Socket).Get(ctx, "/v1/endpoints?node="+n.Name, &eps); err != nil {
 				return false, err.Error()
 			}
 			for _, e := range eps {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
@@ -124,7 +124,7 @@ func (s *State) RemoveNode(ctx context.Context, name string) error {
 		stop(p.ServerPID, s.Name)
 		errs = append(errs, namespace.Delete(filepath.Base(p.Netns)))
 	}
-	if err := agent.NewClient(other.Socket).DeleteNode(ctx, name); err != nil {
+	if err := agentapi.NewClient(other.Socket).DeleteNode(ctx, name); err != nil {
 		return fmt.Errorf("node %s: delete from the store: %w", name, err)
 	}
 	errs = append(errs, loader.Uninstall(node.PinDir), namespace.Delete(filepath.Base(node.Netns)),

@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ebpfnet/ebpfnet/agent"
-	"github.com/ebpfnet/ebpfnet/store"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // StopAgent kills a node's agent (SIGKILL); the node's datapath keeps running from its pins.
@@ -86,19 +86,19 @@ func (s *State) AddPod(ctx context.Context, spec PodSpec, opts Options) (*Pod, e
 }
 
 // Client is the API of the lab's first node's agent; every agent shares the same store.
-func (s *State) Client() *agent.Client { return agent.NewClient(s.Nodes[0].Socket) }
+func (s *State) Client() *agentapi.Client { return agentapi.NewClient(s.Nodes[0].Socket) }
 
 // declare writes the namespaces and pods (labels, named ports) to the store, as an API
 // server holds them, before the pods exist.
 func (s *State) declare(ctx context.Context, pods []Pod) error {
-	req := agent.ObjectsRequest{Namespaces: map[string]map[string]string{}, Pods: map[string]store.PodMeta{}}
+	req := agentapi.ObjectsRequest{Namespaces: map[string]map[string]string{}, Pods: map[string]agentapi.PodMeta{}}
 	for _, ns := range s.Namespaces {
 		req.Namespaces[ns.Name] = ns.Labels
 	}
 	for _, p := range pods {
-		m := store.PodMeta{Labels: p.Labels}
+		m := agentapi.PodMeta{Labels: p.Labels}
 		for _, pt := range p.Ports {
-			m.Ports = append(m.Ports, store.PodPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
+			m.Ports = append(m.Ports, agentapi.PodPort{Name: pt.Name, Port: pt.Port, Protocol: pt.Protocol})
 		}
 		req.Pods[p.Key()] = m
 	}
@@ -108,7 +108,7 @@ func (s *State) declare(ctx context.Context, pods []Pod) error {
 // Label changes a pod's labels (key "ns/name") or a namespace's (key "ns"), keeping the lab's
 // record in step, and returns once every node has programmed the change.
 func (s *State) Label(ctx context.Context, kind, key string, set map[string]string, remove []string) error {
-	req := agent.LabelRequest{Kind: kind, Set: set, Remove: remove}
+	req := agentapi.LabelRequest{Kind: kind, Set: set, Remove: remove}
 	var labels *map[string]string
 	switch kind {
 	case "pod":
@@ -168,7 +168,7 @@ func (s *State) ApplyServices(ctx context.Context, specs []ServiceSpec) ([]corev
 		for _, sp := range specs {
 			req.Services = append(req.Services, sp.Object())
 		}
-		got, err = s.Client().ApplyServices(ctx, req)
+		got, err = agent.ApplyServices(ctx, s.Client(), req)
 		stored = got.Services
 	}
 	if err != nil {

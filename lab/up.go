@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
@@ -265,8 +266,8 @@ func (b *builder) startAgent(ctx context.Context, n *Node, cfgFile string) error
 	if err := b.st.save(); err != nil {
 		return err
 	}
-	c := agent.NewClient(n.Socket)
-	var st agent.Status
+	c := agentapi.NewClient(n.Socket)
+	var st agentapi.Status
 	err = waitFor(ctx, 30*time.Second, "agent "+n.Name+" to be ready", func() (bool, string) {
 		s, err := c.Status(ctx)
 		st = s
@@ -282,7 +283,7 @@ func (b *builder) startAgent(ctx context.Context, n *Node, cfgFile string) error
 // converged waits until every agent routes to every node's pod CIDR.
 func (b *builder) converged(ctx context.Context) error {
 	for _, n := range b.st.Nodes {
-		c := agent.NewClient(n.Socket)
+		c := agentapi.NewClient(n.Socket)
 		err := waitFor(ctx, 30*time.Second, "routes on "+n.Name, func() (bool, string) {
 			var routes []struct {
 				Prefix netip.Prefix `json:"prefix"`

@@ -20,6 +20,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/netnsfile"
 )
 
 // GatewayIP is the link-local next hop every pod routes through; the node answers for it
@@ -111,43 +112,6 @@ func open(p Pod, podNs netns.NsHandle) (*handles, error) {
 	return h, nil
 }
 
-// OpenNetns opens the network namespace at path, refusing anything else (an unmounted bind target).
-func OpenNetns(path string) (*os.File, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("netns %s: %w", path, err)
-	}
-	if err := CheckNetns(int(f.Fd())); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("netns %s: %w", path, err)
-	}
-	return f, nil
-}
-
-// CheckNetns says why fd is not a network namespace, or nil when it is one.
-func CheckNetns(fd int) error {
-	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
-	switch {
-	case err != nil:
-		return fmt.Errorf("not a namespace: %w", err)
-	case typ != unix.CLONE_NEWNET:
-		return errors.New("not a network namespace")
-	}
-	return nil
-}
-
-// SameNetns says whether fd is the network namespace at path.
-func SameNetns(fd int, path string) (bool, error) {
-	var a, b unix.Stat_t
-	if err := unix.Stat(path, &b); err != nil {
-		return false, fmt.Errorf("stat %s: %w", path, err)
-	}
-	if err := unix.Fstat(fd, &a); err != nil {
-		return false, fmt.Errorf("stat netns: %w", err)
-	}
-	return a.Dev == b.Dev && a.Ino == b.Ino, nil
-}
-
 func (h *handles) close() {
 	if h.node != nil {
 		h.node.Close()
@@ -177,7 +141,7 @@ func PlumbNetns(p Pod, ns netns.NsHandle, dp *loader.Datapath) (res Result, err 
 	if err := p.validate(); err != nil {
 		return Result{}, err
 	}
-	if err := CheckNetns(int(ns)); err != nil {
+	if err := netnsfile.Check(int(ns)); err != nil {
 		return Result{}, fmt.Errorf("pod netns %s: %w", p.Netns, err)
 	}
 	dup, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)

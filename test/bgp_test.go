@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bgp"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
@@ -59,7 +60,7 @@ func podCIDRs(st *lab.State) map[netip.Prefix]bool {
 func bgpPeers(t *testing.T, n *lab.Node) []bgp.PeerStatus {
 	t.Helper()
 	var peers []bgp.PeerStatus
-	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/peers", &peers); err != nil {
+	if err := agentapi.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/peers", &peers); err != nil {
 		t.Fatalf("%s: bgp peers: %v", n.Name, err)
 	}
 	return peers
@@ -68,7 +69,7 @@ func bgpPeers(t *testing.T, n *lab.Node) []bgp.PeerStatus {
 func bgpRoutes(t *testing.T, n *lab.Node) []agent.BGPRoute {
 	t.Helper()
 	var routes []agent.BGPRoute
-	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/routes", &routes); err != nil {
+	if err := agentapi.NewClient(n.Socket).Get(context.Background(), "/v1/bgp/routes", &routes); err != nil {
 		t.Fatalf("%s: bgp routes: %v", n.Name, err)
 	}
 	return routes
@@ -264,7 +265,7 @@ func checkBogusAnnouncements(t *testing.T, st *lab.State) {
 		return found == len(bogus), fmt.Sprintf("%d of %d refused", found, len(bogus))
 	})
 	var routes []maps.Route
-	if err := agent.NewClient(node1.Socket).Get(ctx, "/v1/routes", &routes); err != nil {
+	if err := agentapi.NewClient(node1.Socket).Get(ctx, "/v1/routes", &routes); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range routes {

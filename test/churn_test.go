@@ -15,7 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store"
@@ -214,7 +214,7 @@ func sampleAgent(t *testing.T, n *lab.Node, at time.Duration) agentFigures {
 func identityCount(t *testing.T, n *lab.Node) int {
 	t.Helper()
 	var ids map[string]string
-	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/identities", &ids); err != nil {
+	if err := agentapi.NewClient(n.Socket).Get(context.Background(), "/v1/identities", &ids); err != nil {
 		t.Fatal(err)
 	}
 	return len(ids)

@@ -22,10 +22,10 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
-	"github.com/ebpfnet/ebpfnet/podnet"
+	"github.com/ebpfnet/ebpfnet/netnsfile"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
@@ -48,7 +48,7 @@ func conflistDir(t *testing.T, socket string) string {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	data = bytes.Replace(data, []byte(agent.DefaultSocket), []byte(socket), 1)
+	data = bytes.Replace(data, []byte(agentapi.DefaultSocket), []byte(socket), 1)
 	if err := os.WriteFile(filepath.Join(dir, "10-ebpfnet.conflist"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func stateOf(t *testing.T, n *lab.Node) nodeState {
 		}
 	})
 	var eps []json.RawMessage
-	if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/endpoints?node="+n.Name, &eps); err != nil {
+	if err := agentapi.NewClient(n.Socket).Get(context.Background(), "/v1/endpoints?node="+n.Name, &eps); err != nil {
 		t.Fatal(err)
 	}
 	s.endpoints = len(eps)
@@ -289,7 +289,7 @@ func TestCNIAgentDoesNotSeeRuntimeMounts(t *testing.T) {
 	before := stateOf(t, node1)
 	podNs, podPath := hiddenNetns(t)
 	rt := newRuntimeNetns(t, podPath)
-	if f, err := podnet.OpenNetns(rt.Path); err == nil {
+	if f, err := netnsfile.Open(rt.Path); err == nil {
 		f.Close()
 		t.Fatalf("%s is a network namespace in the agent's mount namespace: the test proves nothing", rt.Path)
 	}

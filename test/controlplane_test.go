@@ -19,7 +19,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -313,7 +313,7 @@ func TestAgentKillKeepsTrafficAndRestartCleansStale(t *testing.T) {
 		t.Errorf("endpoints map was replaced (id %d -> %d): state was flushed", mapID, id)
 	}
 	var eps []struct{ Pod string }
-	if err := agent.NewClient(node1.Socket).Get(context.Background(), "/v1/endpoints?node=node1", &eps); err != nil {
+	if err := agentapi.NewClient(node1.Socket).Get(context.Background(), "/v1/endpoints?node=node1", &eps); err != nil {
 		t.Fatal(err)
 	}
 	if len(eps) != 1 || eps[0].Pod != "a" {
@@ -355,7 +355,7 @@ func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 	t.Helper()
 	eventually(t, 10*time.Second, fmt.Sprintf("%s: route to %s present=%v", node.Name, cidr, present), func() (bool, string) {
 		var routes []maps.Route
-		if err := agent.NewClient(node.Socket).Get(context.Background(), "/v1/routes", &routes); err != nil {
+		if err := agentapi.NewClient(node.Socket).Get(context.Background(), "/v1/routes", &routes); err != nil {
 			t.Fatal(err)
 		}
 		found := false

@@ -13,7 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
@@ -48,7 +48,7 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 }
 
 // startDaemon runs the agent with a local store inside node and waits until it is ready.
-func startDaemon(t *testing.T, node *nstest.NS, dir, pin string) (*exec.Cmd, *agent.Client) {
+func startDaemon(t *testing.T, node *nstest.NS, dir, pin string) (*exec.Cmd, *agentapi.Client) {
 	t.Helper()
 	socket := filepath.Join(dir, "run", "agent.sock")
 	cmd := exec.Command("nsenter", "--net="+node.Path, "--", ebpfnetBin, "--pin-dir", pin, "daemon", "--socket", socket,
@@ -60,7 +60,7 @@ func startDaemon(t *testing.T, node *nstest.NS, dir, pin string) (*exec.Cmd, *ag
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	c := agent.NewClient(socket)
+	c := agentapi.NewClient(socket)
 	eventually(t, 20*time.Second, "agent ready", func() (bool, string) {
 		st, err := c.Status(context.Background())
 		b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
@@ -90,7 +90,7 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 		t.Fatalf("socket %v in dir %v, want 0600 in 0700", sock.Mode().Perm(), sockDir.Mode().Perm())
 	}
 	pod := nstest.New(t, "dpod")
-	req := agent.AttachRequest{ContainerID: "c1", IfName: "eth0", Netns: pod.Path, Namespace: "x", Pod: "p"}
+	req := agentapi.AttachRequest{ContainerID: "c1", IfName: "eth0", Netns: pod.Path, Namespace: "x", Pod: "p"}
 	res, err := c.Add(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -110,7 +111,7 @@ func TestFullMapsPolicyRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	policies := func() []string {
-		var list agent.PolicyList
+		var list agentapi.PolicyList
 		if err := st.Client().Get(ctx, "/v1/policies", &list); err != nil {
 			t.Fatal(err)
 		}
@@ -298,7 +299,7 @@ func TestFullMapsHeldBack(t *testing.T) {
 		full, refusals, _ := mapMetrics(t, node2, maps.PolicyName)
 		return full == 1 && refusals == 1, fmt.Sprintf("full %v, refusals %v", full, refusals)
 	})
-	err := agent.NewClient(node2.Socket).Wait(ctx, 10*time.Second)
+	err := agentapi.NewClient(node2.Socket).Wait(ctx, 10*time.Second)
 	want := "node node2 has not programmed the change: policy map full: the change needs 96 entries, the map holds 64 (mapSizes.policy)"
 	if err == nil || err.Error() != want {
 		t.Fatalf("wait through node2: %v, want %q", err, want)
@@ -319,7 +320,7 @@ func TestFullMapsHeldBack(t *testing.T) {
 	if out, code := plugin(t, node1, cniEnv("DEL", "c1", ""), conf); code != 0 {
 		t.Fatalf("DEL: %s", out)
 	}
-	if err := agent.NewClient(node2.Socket).Wait(ctx, 10*time.Second); err != nil {
+	if err := agentapi.NewClient(node2.Socket).Wait(ctx, 10*time.Second); err != nil {
 		t.Fatalf("wait through node2 once c1 is gone: %v", err)
 	}
 	if full, refusals, _ := mapMetrics(t, node2, maps.PolicyName); full != 0 || refusals != 1 {

@@ -23,7 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
@@ -35,7 +35,7 @@ type soloAgent struct {
 	ns     *nstest.NS
 	pid    int
 	log    string
-	client *agent.Client
+	client *agentapi.Client
 }
 
 // startSoloAgent runs the agent with extra daemon flags and waits until it is ready; the
@@ -67,7 +67,7 @@ func startSoloAgent(t *testing.T, prefix string, extra ...string) *soloAgent {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	a := &soloAgent{ns: node, pid: cmd.Process.Pid, log: log, client: agent.NewClient(socket),
+	a := &soloAgent{ns: node, pid: cmd.Process.Pid, log: log, client: agentapi.NewClient(socket),
 		node: lab.Node{Name: "solo", IP: netip.MustParseAddr("10.252.0.1"), Netns: node.Path, PinDir: pin, Socket: socket}}
 	eventually(t, 30*time.Second, "agent ready", func() (bool, string) {
 		st, err := a.client.Status(context.Background())
@@ -242,14 +242,14 @@ func TestHostileCNIInput(t *testing.T) {
 		}
 	}
 	// The agent refuses them too when asked directly, with the pod's namespace passed along.
-	for _, req := range []agent.AttachRequest{
+	for _, req := range []agentapi.AttachRequest{
 		{ContainerID: "../x", IfName: "eth0", Netns: pod.Path},
 		{ContainerID: "h2", IfName: "a/b", Netns: pod.Path},
 		{ContainerID: "h3", IfName: "eth0", Netns: pod.Path, Namespace: "x", Pod: "../../p"},
 	} {
 		_, err := a.client.Add(context.Background(), req)
-		var ae *agent.APIError
-		if !errors.As(err, &ae) || ae.Code != agent.CodeInvalidEnv {
+		var ae *agentapi.APIError
+		if !errors.As(err, &ae) || ae.Code != agentapi.CodeInvalidEnv {
 			t.Errorf("agent ADD of %+v: %v; want code 4", req, err)
 		}
 	}
@@ -269,7 +269,7 @@ func TestHostileCNIInput(t *testing.T) {
 
 // postPolicies sends body to the agent's POST /v1/policies, with its length or chunked
 // (length -1), and returns the status and the API's error, if any.
-func postPolicies(t *testing.T, socket string, body io.Reader, length int64) (int, agent.APIError) {
+func postPolicies(t *testing.T, socket string, body io.Reader, length int64) (int, agentapi.APIError) {
 	t.Helper()
 	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -285,7 +285,7 @@ func postPolicies(t *testing.T, socket string, body io.Reader, length int64) (in
 		t.Fatalf("POST /v1/policies: %v", err)
 	}
 	defer resp.Body.Close()
-	var ae agent.APIError
+	var ae agentapi.APIError
 	if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil {
 		t.Fatalf("POST /v1/policies: %s with an unreadable body: %v", resp.Status, err)
 	}
@@ -322,14 +322,14 @@ func TestHostilePolicies(t *testing.T) {
 	for _, c := range cases {
 		status, ae := postPolicies(t, a.node.Socket, c.body(), c.length)
 		t.Logf("%s: %d %+v; agent VmHWM %+.1f MiB", c.name, status, ae, float64(a.vmHWM(t)-start)/(1<<20))
-		if status != c.status || ae.Code != agent.CodeInvalidConfig || !strings.Contains(ae.Message, c.want) || strings.Contains(ae.Message, "\n") {
+		if status != c.status || ae.Code != agentapi.CodeInvalidConfig || !strings.Contains(ae.Message, c.want) || strings.Contains(ae.Message, "\n") {
 			t.Errorf("%s: %d %+v; want %d, code 7 and one line containing %q", c.name, status, ae, c.status, c.want)
 		}
 	}
 	if grew := a.vmHWM(t) - start; grew > 64<<20 {
 		t.Errorf("the agent's peak resident memory grew by %.1f MiB, want under 64 MiB", float64(grew)/(1<<20))
 	}
-	var list agent.PolicyList
+	var list agentapi.PolicyList
 	if err := a.client.Get(context.Background(), "/v1/policies", &list); err != nil || len(list.Policies) != 0 {
 		t.Errorf("policies stored: %+v (%v)", list.Policies, err)
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
@@ -187,7 +187,7 @@ func checkAPIServerOutage(t *testing.T, st *lab.State) {
 	}
 	for _, n := range st.Nodes {
 		eventually(t, 20*time.Second, n.Name+" to report not-ready", func() (bool, string) {
-			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			stat, err := agentapi.NewClient(n.Socket).Status(ctx)
 			return err == nil && !stat.Ready, fmt.Sprint(stat, err)
 		})
 	}
@@ -207,7 +207,7 @@ func checkAPIServerOutage(t *testing.T, st *lab.State) {
 		t.Errorf("with the API server down: %s", strings.Join(lines, "; "))
 	}
 	for _, n := range st.Nodes {
-		_, err := agent.NewClient(n.Socket).Status(ctx)
+		_, err := agentapi.NewClient(n.Socket).Status(ctx)
 		if !nstest.ProcessAlive(pids[n.Name]) || err != nil {
 			t.Errorf("%s's agent (pid %d) did not live through the outage: %v", n.Name, pids[n.Name], err)
 		}
@@ -221,7 +221,7 @@ func checkAPIServerOutage(t *testing.T, st *lab.State) {
 	apiDown = false
 	for _, n := range st.Nodes {
 		eventually(t, 30*time.Second, n.Name+" to report ready again", func() (bool, string) {
-			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			stat, err := agentapi.NewClient(n.Socket).Status(ctx)
 			return err == nil && stat.Ready, fmt.Sprint(stat, err)
 		})
 	}

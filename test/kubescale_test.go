@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/store"
@@ -112,7 +112,7 @@ func endpointsIn(t *testing.T, st *lab.State, ns string) map[string]store.Endpoi
 	out := map[string]store.Endpoint{}
 	for _, n := range st.Nodes {
 		var eps []store.Endpoint
-		if err := agent.NewClient(n.Socket).Get(context.Background(), "/v1/endpoints?node="+n.Name, &eps); err != nil {
+		if err := agentapi.NewClient(n.Socket).Get(context.Background(), "/v1/endpoints?node="+n.Name, &eps); err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range eps {

@@ -14,7 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
@@ -219,7 +219,7 @@ func TestNetworkPolicyCases(t *testing.T) {
 func resetLab(t *testing.T, st *lab.State, spec *lab.Spec) {
 	t.Helper()
 	ctx := context.Background()
-	var list agent.PolicyList
+	var list agentapi.PolicyList
 	if err := st.Client().Get(ctx, "/v1/policies", &list); err != nil {
 		t.Errorf("reset: list policies: %v", err)
 		return

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
@@ -102,7 +102,7 @@ func TestMonitorExplainAndBTF(t *testing.T) {
 
 // startMonitor runs `ebpfnet monitor --type kind -o json` on the lab until ctx ends and
 // returns its events once it is listening on every node.
-func startMonitor(t *testing.T, ctx context.Context, labName, kind string) <-chan agent.MonitorEvent {
+func startMonitor(t *testing.T, ctx context.Context, labName, kind string) <-chan agentapi.MonitorEvent {
 	t.Helper()
 	mon := exec.CommandContext(ctx, ebpfnetBin, "monitor", "--lab", labName, "--type", kind, "-o", "json")
 	stdout, _ := mon.StdoutPipe()
@@ -114,12 +114,12 @@ func startMonitor(t *testing.T, ctx context.Context, labName, kind string) <-cha
 	if line, _ := bufio.NewReader(stderr).ReadString('\n'); !strings.Contains(line, "monitoring "+kind+" events on 2 node") {
 		t.Fatalf("monitor did not start: %q", line)
 	}
-	events := make(chan agent.MonitorEvent, 64)
+	events := make(chan agentapi.MonitorEvent, 64)
 	go func() {
 		defer close(events)
 		dec := json.NewDecoder(stdout)
 		for {
-			var ev agent.MonitorEvent
+			var ev agentapi.MonitorEvent
 			if dec.Decode(&ev) != nil {
 				return
 			}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
@@ -62,7 +62,7 @@ spec:
 	down := time.Now()
 	for _, n := range st.Nodes {
 		eventually(t, 20*time.Second, n.Name+" to report not-ready", func() (bool, string) {
-			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			stat, err := agentapi.NewClient(n.Socket).Status(ctx)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -101,14 +101,14 @@ spec:
 	back := time.Now()
 	for _, n := range st.Nodes {
 		eventually(t, 30*time.Second, n.Name+" to report ready again", func() (bool, string) {
-			stat, err := agent.NewClient(n.Socket).Status(ctx)
+			stat, err := agentapi.NewClient(n.Socket).Status(ctx)
 			return err == nil && stat.Ready, fmt.Sprint(stat, err)
 		})
 	}
 	eventually(t, 30*time.Second, "node1 to clean up the pod that went away", func() (bool, string) {
 		_, inMap := endpointsOf(t, &node1)[c.IP]
 		var eps []struct{ Pod string }
-		if err := agent.NewClient(node1.Socket).Get(ctx, "/v1/endpoints?node=node1", &eps); err != nil {
+		if err := agentapi.NewClient(node1.Socket).Get(ctx, "/v1/endpoints?node=node1", &eps); err != nil {
 			return false, err.Error()
 		}
 		for _, e := range eps {

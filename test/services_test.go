@@ -467,7 +467,7 @@ func checkBackendChurn(t *testing.T, st *lab.State) {
 	a, b, c, d := mustPod(t, st, "s/a"), mustPod(t, st, "s/b"), mustPod(t, st, "s/c"), mustPod(t, st, "s/d")
 	apply := func(eps map[netip.Addr]string) {
 		t.Helper()
-		if _, err := st.Client().ApplyServices(ctx, manualService(eps)); err != nil {
+		if _, err := agent.ApplyServices(ctx, st.Client(), manualService(eps)); err != nil {
 			t.Fatal(err)
 		}
 		if err := st.Client().Wait(ctx, time.Minute); err != nil {

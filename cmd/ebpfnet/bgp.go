@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bgp"
 )
 
@@ -15,7 +16,7 @@ import (
 func newBGPCmd(g *globals) *cobra.Command {
 	var socket string
 	cmd := &cobra.Command{Use: "bgp", Short: "the node's BGP speaker (routing: bgp): sessions and learned routes"}
-	cmd.PersistentFlags().StringVar(&socket, "socket", agent.DefaultSocket, "the local agent's API socket")
+	cmd.PersistentFlags().StringVar(&socket, "socket", agentapi.DefaultSocket, "the local agent's API socket")
 	cmd.AddCommand(&cobra.Command{
 		Use: "peers", Short: "BGP sessions: peer, AS, state, uptime, prefixes received and advertised", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

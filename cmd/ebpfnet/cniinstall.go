@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // ConflistName is the file the runtime reads ebpfnet's network from; "10-" sorts it first.
@@ -45,7 +45,7 @@ func newCNICmd() *cobra.Command {
 	f := install.Flags()
 	f.StringVar(&binDir, "bin-dir", "/opt/cni/bin", "the runtime's CNI plugin directory")
 	f.StringVar(&confDir, "conf-dir", "/etc/cni/net.d", "the runtime's CNI configuration directory")
-	f.StringVar(&socket, "socket", agent.DefaultSocket, "the agent's API socket, as the host sees it")
+	f.StringVar(&socket, "socket", agentapi.DefaultSocket, "the agent's API socket, as the host sees it")
 	f.StringVar(&version, "cni-version", "1.0.0", "the conflist's cniVersion (0.3.1, 0.4.0, 1.0.0 or 1.1.0)")
 	cmd.AddCommand(install)
 	return cmd

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/store/etcdserver"
 )
 
@@ -76,7 +77,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Store.Kubeconfig, "kubeconfig", "", "kubeconfig of the kubernetes store (default: in-cluster)")
 	f.StringVar(&cfg.Store.Path, "store-path", agent.DefaultStorePath, "local store file")
 	f.StringVar(&etcd, "etcd-endpoints", "", "comma-separated etcd endpoints")
-	f.StringVar(&cfg.Socket, "socket", agent.DefaultSocket, "API socket for the CNI plugin and the CLI")
+	f.StringVar(&cfg.Socket, "socket", agentapi.DefaultSocket, "API socket for the CNI plugin and the CLI")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", "where to serve Prometheus metrics (host:port)")
 	f.StringVar(&cfg.NodeLeaseTTL, "node-lease-ttl", "", "expire this node's registration this long after the agent stops (etcd)")
 	return cmd
@@ -119,12 +120,12 @@ func newEtcdCmd() *cobra.Command {
 }
 
 // agentClient is the local agent's API client, from --socket.
-func agentClient(socket string) *agent.Client { return agent.NewClient(socket) }
+func agentClient(socket string) *agentapi.Client { return agentapi.NewClient(socket) }
 
 func newNodeCmd(g *globals) *cobra.Command {
 	var socket string
 	cmd := &cobra.Command{Use: "node", Short: "nodes registered in the store"}
-	cmd.PersistentFlags().StringVar(&socket, "socket", agent.DefaultSocket, "the local agent's API socket")
+	cmd.PersistentFlags().StringVar(&socket, "socket", agentapi.DefaultSocket, "the local agent's API socket")
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "list the registered nodes", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

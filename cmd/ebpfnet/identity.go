@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/maps"
 )
 
@@ -58,7 +58,7 @@ func newPolicyGetCmd(g *globals, t *target) *cobra.Command {
 				return err
 			}
 			for _, c := range clients {
-				var res agent.PodPolicy
+				var res agentapi.PodPolicy
 				if err := c.Get(cmd.Context(), "/v1/pod-policy?pod="+args[0], &res); err != nil {
 					continue // not this node's pod
 				}

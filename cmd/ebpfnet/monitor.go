@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 )
 
@@ -34,7 +34,7 @@ func newMonitorCmd(g *globals) *cobra.Command {
 				out   = cmd.OutOrStdout()
 				enc   = json.NewEncoder(out)
 			)
-			print := func(ev agent.MonitorEvent) {
+			print := func(ev agentapi.MonitorEvent) {
 				mu.Lock()
 				defer mu.Unlock()
 				if g.output == "json" {
@@ -71,7 +71,7 @@ func newMonitorCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func peer(p agent.Peer) string {
+func peer(p agentapi.Peer) string {
 	s := fmt.Sprintf("%s:%d", p.IP, p.Port)
 	if p.Pod != "" {
 		s = p.Pod + " " + s
@@ -80,7 +80,7 @@ func peer(p agent.Peer) string {
 }
 
 // allClients is every node's agent for a lab, or the local agent.
-func (t *target) allClients(cmd *cobra.Command) ([]*agent.Client, error) {
+func (t *target) allClients(cmd *cobra.Command) ([]*agentapi.Client, error) {
 	name := t.lab
 	if name == "" && !cmd.Flags().Changed("socket") {
 		if labs, err := lab.List(); err == nil && len(labs) == 1 {
@@ -88,15 +88,15 @@ func (t *target) allClients(cmd *cobra.Command) ([]*agent.Client, error) {
 		}
 	}
 	if name == "" {
-		return []*agent.Client{agent.NewClient(t.socket)}, nil
+		return []*agentapi.Client{agentapi.NewClient(t.socket)}, nil
 	}
 	st, err := lab.Load(name)
 	if err != nil {
 		return nil, err
 	}
-	var out []*agent.Client
+	var out []*agentapi.Client
 	for _, n := range st.Nodes {
-		out = append(out, agent.NewClient(n.Socket))
+		out = append(out, agentapi.NewClient(n.Socket))
 	}
 	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
@@ -22,10 +23,10 @@ type target struct {
 
 func (t *target) add(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&t.lab, "lab", "", "talk to this lab (default: the one lab that is up)")
-	cmd.PersistentFlags().StringVar(&t.socket, "socket", agent.DefaultSocket, "the local agent's API socket (when no lab)")
+	cmd.PersistentFlags().StringVar(&t.socket, "socket", agentapi.DefaultSocket, "the local agent's API socket (when no lab)")
 }
 
-func (t *target) client(cmd *cobra.Command) (*agent.Client, error) {
+func (t *target) client(cmd *cobra.Command) (*agentapi.Client, error) {
 	name := t.lab
 	if name == "" && !cmd.Flags().Changed("socket") {
 		labs, err := lab.List()
@@ -37,7 +38,7 @@ func (t *target) client(cmd *cobra.Command) (*agent.Client, error) {
 		}
 	}
 	if name == "" {
-		return agent.NewClient(t.socket), nil
+		return agentapi.NewClient(t.socket), nil
 	}
 	st, err := lab.Load(name)
 	if err != nil {
@@ -103,7 +104,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var list agent.PolicyList
+			var list agentapi.PolicyList
 			if err := c.Get(cmd.Context(), "/v1/policies", &list); err != nil {
 				return err
 			}
@@ -166,7 +167,7 @@ func newExplainCmd(g *globals, t *target) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ex, err := c.Explain(cmd.Context(), agent.ExplainRequest{From: args[0], To: args[1], Port: uint16(pf.port), Protocol: pf.protocol})
+			ex, err := agent.Explain(cmd.Context(), c, agentapi.ExplainRequest{From: args[0], To: args[1], Port: uint16(pf.port), Protocol: pf.protocol})
 			if err != nil {
 				return err
 			}
@@ -206,7 +207,7 @@ func newExplainCmd(g *globals, t *target) *cobra.Command {
 }
 
 // readApplyFile reads what `apply -f FILE` names: the file, or standard input for "-". It
-// refuses what is over agent.MaxRequestBytes, the most the agent takes in one request, having
+// refuses what is over agentapi.MaxRequestBytes, the most the agent takes in one request, having
 // read no more than that: a regular file by its size, unread.
 func readApplyFile(cmd *cobra.Command, file, command string) ([]byte, error) {
 	if file == "" {
@@ -219,21 +220,21 @@ func readApplyFile(cmd *cobra.Command, file, command string) ([]byte, error) {
 			return nil, err
 		}
 		defer f.Close()
-		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > agent.MaxRequestBytes {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > agentapi.MaxRequestBytes {
 			return nil, applyTooLarge(file)
 		}
 		in, name = f, file
 	}
-	data, err := io.ReadAll(io.LimitReader(in, agent.MaxRequestBytes+1))
+	data, err := io.ReadAll(io.LimitReader(in, agentapi.MaxRequestBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
-	if len(data) > agent.MaxRequestBytes {
+	if len(data) > agentapi.MaxRequestBytes {
 		return nil, applyTooLarge(name)
 	}
 	return data, nil
 }
 
 func applyTooLarge(name string) error {
-	return fmt.Errorf("%s is over %d MiB, the most the agent takes in one request", name, agent.MaxRequestBytes>>20)
+	return fmt.Errorf("%s is over %d MiB, the most the agent takes in one request", name, agentapi.MaxRequestBytes>>20)
 }

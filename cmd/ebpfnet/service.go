@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // newServiceCmd is `service apply|list|delete`: Kubernetes Services (core/v1) and the
@@ -41,7 +42,7 @@ func newServiceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			stored, err := c.ApplyServices(cmd.Context(), objs)
+			stored, err := agent.ApplyServices(cmd.Context(), c, objs)
 			if err != nil {
 				return err
 			}
@@ -122,7 +123,7 @@ func newServiceCmd(g *globals) *cobra.Command {
 }
 
 // backendsCell is "IP(state),…" for the table.
-func backendsCell(bs []agent.BackendView) string {
+func backendsCell(bs []agentapi.BackendView) string {
 	var out []string
 	for _, b := range bs {
 		out = append(out, b.IP+"("+b.State+")")

@@ -1,4 +1,10 @@
-package agent
+// Package agentapi is the agent's HTTP API as its clients see it: the client of the agent's
+// root-only unix socket and the types that travel over it. It imports nothing heavy (no
+// Kubernetes, etcd, GoBGP, eBPF or netlink), so the CNI plugin, which the runtime execs once
+// per pod operation, stays small; the CLI, the lab and the tests use it too. The two calls whose
+// types are Kubernetes' or the policy compiler's live beside those types in package agent
+// (agent.ApplyServices, agent.Explain), on top of Client.Call.
+package agentapi
 
 import (
 	"bytes"
@@ -11,8 +17,7 @@ import (
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/fdpass"
-	"github.com/ebpfnet/ebpfnet/podnet"
-	"github.com/ebpfnet/ebpfnet/policy"
+	"github.com/ebpfnet/ebpfnet/netnsfile"
 )
 
 // Client talks to an agent over its unix socket.
@@ -52,8 +57,14 @@ func (e *UnreachableError) Error() string {
 
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
-func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+// Call sends in (if not nil) as JSON with method to path and decodes the answer into out (if
+// not nil); an error answer comes back as an *APIError, no answer as an *UnreachableError.
+func (c *Client) Call(ctx context.Context, method, path string, in, out any) error {
 	return c.doWith(ctx, c.hc, method, path, in, out)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.Call(ctx, method, path, in, out)
 }
 
 // doNetns is do with the pod's network namespace passed along; a nil ns passes none.
@@ -72,6 +83,9 @@ func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path strin
 		if err := json.NewEncoder(&body).Encode(in); err != nil {
 			return err
 		}
+	}
+	if err := checkSize(method, path, body.Len()); err != nil {
+		return err
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
 	if err != nil {
@@ -136,7 +150,7 @@ func openNetns(path string) (*os.File, error) {
 	if path == "" {
 		return nil, &APIError{Code: CodeInvalidEnv, Message: "netns is empty"}
 	}
-	f, err := podnet.OpenNetns(path)
+	f, err := netnsfile.Open(path)
 	if err != nil {
 		return nil, &APIError{Code: CodeInvalidEnv, Message: err.Error()}
 	}
@@ -159,8 +173,20 @@ func (c *Client) DeleteNode(ctx context.Context, name string) error {
 	return c.do(ctx, "DELETE", "/v1/nodes/"+name, nil, nil)
 }
 
+// checkSize refuses, before anything is sent, a body the agent would refuse for its size.
+func checkSize(method, path string, n int) error {
+	if n > MaxRequestBytes {
+		return &APIError{Code: CodeInvalidConfig, Message: fmt.Sprintf("%s %s: a request body of %.1f MiB is over the agent API's limit of %d MiB",
+			method, path, float64(n)/(1<<20), MaxRequestBytes>>20)}
+	}
+	return nil
+}
+
 // ApplyPolicies sends NetworkPolicy YAML; it returns once every node has programmed it.
 func (c *Client) ApplyPolicies(ctx context.Context, yamlDocs []byte) ([]string, error) {
+	if err := checkSize("POST", "/v1/policies", len(yamlDocs)); err != nil {
+		return nil, err
+	}
 	req, err := http.NewRequestWithContext(ctx, "POST", "http://agent/v1/policies", bytes.NewReader(yamlDocs))
 	if err != nil {
 		return nil, err
@@ -243,8 +269,31 @@ func (c *Client) Monitor(ctx context.Context, kind string, ready func(), fn func
 	}
 }
 
-// Explain asks which policies decide a flow.
-func (c *Client) Explain(ctx context.Context, r ExplainRequest) (policy.Explanation, error) {
-	var ex policy.Explanation
-	return ex, c.do(ctx, "POST", "/v1/explain", r, &ex)
+// PolicyStatus asks how many nodes enforce each policy's current version.
+func (c *Client) PolicyStatus(ctx context.Context) ([]PolicyStatus, error) {
+	var st []PolicyStatus
+	return st, c.Get(ctx, "/v1/policy-status", &st)
+}
+
+// Wait returns once every node has programmed everything the store held when it was called
+// (policies, pods, labels, namespaces), or fails after timeout naming the nodes that have not.
+func (c *Client) Wait(ctx context.Context, timeout time.Duration) error {
+	var out struct{}
+	return c.do(ctx, "POST", fmt.Sprintf("/v1/sync?timeout=%s", timeout), nil, &out)
+}
+
+// Services lists every service with its frontends and backends.
+func (c *Client) Services(ctx context.Context) ([]ServiceView, error) {
+	var out []ServiceView
+	return out, c.do(ctx, "GET", "/v1/services", nil, &out)
+}
+
+// DeleteService removes namespace/name and frees its cluster IP and node ports.
+func (c *Client) DeleteService(ctx context.Context, ns, name string) error {
+	return c.do(ctx, "DELETE", "/v1/services/"+ns+"/"+name, nil, nil)
+}
+
+// DeleteEndpointSlice removes the EndpointSlice namespace/name (local and etcd stores).
+func (c *Client) DeleteEndpointSlice(ctx context.Context, ns, name string) error {
+	return c.do(ctx, "DELETE", "/v1/endpointslices/"+ns+"/"+name, nil, nil)
 }
