@@ -84,29 +84,45 @@ func (c *Client) doWith(ctx context.Context, hc *http.Client, method, path strin
 			return err
 		}
 	}
-	if err := checkSize(method, path, body.Len()); err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, &body)
+	resp, err := c.send(ctx, hc, method, path, body.Bytes())
 	if err != nil {
 		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return &UnreachableError{Socket: c.socket, Err: err}
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		ae := &APIError{}
-		if err := json.NewDecoder(resp.Body).Decode(ae); err != nil {
-			return fmt.Errorf("agent answered %s", resp.Status)
-		}
-		return ae
-	}
 	if out == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// send makes one request of body (refused here, unsent, when the agent would refuse its size)
+// and returns the response when it is a 200, else the agent's error.
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, body []byte) (*http.Response, error) {
+	if err := checkSize(method, path, len(body)); err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, &UnreachableError{Socket: c.socket, Err: err}
+	}
+	if resp.StatusCode == http.StatusOK {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, answerError(resp)
+}
+
+// answerError is the agent's error in a response other than 200.
+func answerError(resp *http.Response) error {
+	ae := &APIError{}
+	if err := json.NewDecoder(resp.Body).Decode(ae); err != nil {
+		return fmt.Errorf("agent answered %s", resp.Status)
+	}
+	return ae
 }
 
 // Status asks whether the agent is ready.
@@ -184,25 +200,11 @@ func checkSize(method, path string, n int) error {
 
 // ApplyPolicies sends NetworkPolicy YAML; it returns once every node has programmed it.
 func (c *Client) ApplyPolicies(ctx context.Context, yamlDocs []byte) ([]string, error) {
-	if err := checkSize("POST", "/v1/policies", len(yamlDocs)); err != nil {
-		return nil, err
-	}
-	req, err := http.NewRequestWithContext(ctx, "POST", "http://agent/v1/policies", bytes.NewReader(yamlDocs))
+	resp, err := c.send(ctx, c.hc, "POST", "/v1/policies", yamlDocs)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, &UnreachableError{Socket: c.socket, Err: err}
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		ae := &APIError{}
-		if err := json.NewDecoder(resp.Body).Decode(ae); err != nil {
-			return nil, fmt.Errorf("agent answered %s", resp.Status)
-		}
-		return nil, ae
-	}
 	var names []string
 	return names, json.NewDecoder(resp.Body).Decode(&names)
 }
@@ -251,9 +253,7 @@ func (c *Client) Monitor(ctx context.Context, kind string, ready func(), fn func
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		ae := &APIError{}
-		json.NewDecoder(resp.Body).Decode(ae)
-		return ae
+		return answerError(resp)
 	}
 	ready()
 	dec := json.NewDecoder(resp.Body)
