@@ -27,15 +27,26 @@ generate: deps ## compile the BPF C with clang-19 and regenerate the Go bindings
 check-generate: generate ## fail if the committed bindings differ from a fresh generate
 	@git diff --exit-code --stat -- bpf/ || { echo "bpf bindings are stale: run make generate and commit"; exit 1; }
 
-lint: deps ## gofmt, go vet and clang-format over our sources
+# golangci-lint, pinned in tools/go.mod (apart from the main module's requirements).
+GOLANGCI := $(GO) tool -modfile=tools/go.mod golangci-lint
+lint: deps ## gofmt, go vet, golangci-lint (.golangci.yaml) and clang-format over our sources
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt wants to change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GOLANGCI) run ./...
 	clang-format-19 --dry-run --Werror $(C_SOURCES)
 
 build: ## build bin/ebpfnet and bin/ebpfnet-cni (static: the lab's container images hold them)
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/...
+
+# make unit leaves out the packages whose tests all need root (namespaces, BPF, a lab) and the
+# tests of other packages that need it; make test runs everything.
+ROOT_PKGS  := /(test|bpf|loader|lab/kube|bgp|fuzz)(/|$$)
+ROOT_TESTS := ^(TestApplyPolicyNearlyFull|TestAPISocketServesOnlyRoot|TestKubeProxySuite|TestKubeProxySuiteFailing)$$
+.PHONY: unit
+unit: ## the tests that need no root, with -race, in a few minutes (no make deps needed)
+	$(GO) test -count=1 -race -timeout 10m -skip '$(ROOT_TESTS)' $$($(GO) list ./... | grep -vE '$(ROOT_PKGS)')
 
 test: deps lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
 	@mkdir -p $(BIN)
