@@ -50,7 +50,7 @@ func sample(t *testing.T, expo []byte, name string, labels map[string]string) fl
 	t.Helper()
 	v, ok := lookup(t, expo, name, labels)
 	if !ok {
-		t.Fatalf("no %s%v in the exposition:\n%s", name, labels, grepEbpfnet(expo))
+		t.Fatalf("no %s %v in the exposition:\n%s", name, labels, grepEbpfnet(expo))
 	}
 	return v
 }
