@@ -58,9 +58,10 @@ func TestLimitBody(t *testing.T) {
 }
 
 // The agent's API refuses a 100 MB policy body and YAML alias bombs having read at most its
-// 16 MiB limit (and one read past it) of the body and allocated under 64 MiB in all (which
-// bounds its heap's growth): the body limit and the policy parser's guard answer before the
-// store is touched (this agent has none).
+// 16 MiB limit (and one read past it) of the body and allocated under 96 MiB in all (which
+// bounds its heap's growth: about 35 MiB, twice that under -race, where unguarded it takes
+// gigabytes): the body limit and the policy parser's guard answer before the store is touched
+// (this agent has none).
 func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
 	api := limitBody((&Agent{}).routes(), MaxRequestBytes)
 	laughs := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    l0: &l0 \"lol\"\n"
@@ -98,8 +99,8 @@ func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
 			if err := json.Unmarshal(rec.Body.Bytes(), &ae); err != nil || rec.Code != c.status || ae.Code != CodeInvalidConfig || !strings.Contains(ae.Message, c.want) {
 				t.Errorf("got %d %s, want %d with code %d and %q", rec.Code, rec.Body, c.status, CodeInvalidConfig, c.want)
 			}
-			if alloc > 64<<20 {
-				t.Errorf("allocated %.1f MiB, want under 64 MiB", float64(alloc)/(1<<20))
+			if alloc > 96<<20 {
+				t.Errorf("allocated %.1f MiB, want under 96 MiB", float64(alloc)/(1<<20))
 			}
 			if body.n > MaxRequestBytes+maxReadSize {
 				t.Errorf("read %d bytes of the body, want at most the %d byte limit and one read", body.n, int64(MaxRequestBytes))
