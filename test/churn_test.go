@@ -37,7 +37,7 @@ func churnSoak(t *testing.T) time.Duration {
 
 // churnCycles is how many ADD, CHECK, DEL cycles every caller completes in each of the agent's
 // four lifetimes (the first and three restarts) in TestCNIChurn.
-const churnCycles = 3
+const churnCycles = 1
 
 // churnStall is how long TestCNIChurn waits for a caller that completes no cycle.
 const churnStall = 2 * time.Minute
