@@ -229,11 +229,11 @@ func TestApplyServices(t *testing.T) {
 	if _, err := applySvcs(a, *fresh, *thief); err == nil || !strings.Contains(err.Error(), "s/web") {
 		t.Fatalf("stealing a cluster IP: %v, want an error naming s/web", err)
 	}
-	if cl, _ := c.ServiceClaims(ctx, "s/fresh"); len(cl.IPs) != 0 {
-		t.Fatalf("a failed request kept its allocation %v", cl.IPs)
+	if cl, err := c.ServiceClaims(ctx, "s/fresh"); err != nil || len(cl.IPs) != 0 {
+		t.Fatalf("a failed request kept its allocation %v (%v)", cl.IPs, err)
 	}
-	if _, ok, _ := c.ServiceObject(ctx, "s", "fresh"); ok {
-		t.Fatal("a failed request stored a service")
+	if _, ok, err := c.ServiceObject(ctx, "s", "fresh"); err != nil || ok {
+		t.Fatalf("a failed request stored a service (%v)", err)
 	}
 	twin := svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "twin", "10.96.0.9" })
 	twin2 := svcOf(func(s *corev1.Service) { s.Name, s.Spec.ClusterIP = "twin2", "10.96.0.9" })
@@ -241,8 +241,8 @@ func TestApplyServices(t *testing.T) {
 		t.Fatalf("a cluster IP given twice: %v", err)
 	}
 	for _, owner := range []string{"s/fresh", "s/twin", "s/twin2"} {
-		if cl, _ := c.ServiceClaims(ctx, owner); len(cl.IPs) != 0 {
-			t.Fatalf("a failed request kept %s's allocation %v", owner, cl.IPs)
+		if cl, err := c.ServiceClaims(ctx, owner); err != nil || len(cl.IPs) != 0 {
+			t.Fatalf("a failed request kept %s's allocation %v (%v)", owner, cl.IPs, err)
 		}
 	}
 	for _, tc := range []struct {
@@ -262,8 +262,8 @@ func TestApplyServices(t *testing.T) {
 	if _, err := applySvcs(a, *np); err != nil {
 		t.Fatal(err)
 	}
-	if cl, _ := c.ServiceClaims(ctx, "s/np"); len(cl.NodePorts) != 1 || cl.NodePorts[0].Port != 30080 {
-		t.Fatalf("after dropping the UDP port s/np holds %+v", cl.NodePorts)
+	if cl, err := c.ServiceClaims(ctx, "s/np"); err != nil || len(cl.NodePorts) != 1 || cl.NodePorts[0].Port != 30080 {
+		t.Fatalf("after dropping the UDP port s/np holds %+v (%v)", cl.NodePorts, err)
 	}
 }
 
@@ -318,8 +318,8 @@ func TestServiceViewsAndDelete(t *testing.T) {
 			t.Fatalf("DELETE of a missing service: %s", rec.Body)
 		}
 	}
-	if cl, _ := c.ServiceClaims(ctx, "s/web"); len(cl.IPs)+len(cl.NodePorts) != 0 {
-		t.Fatalf("a deleted service still holds %+v", cl)
+	if cl, err := c.ServiceClaims(ctx, "s/web"); err != nil || len(cl.IPs)+len(cl.NodePorts) != 0 {
+		t.Fatalf("a deleted service still holds %+v (%v)", cl, err)
 	}
 }
 
@@ -411,7 +411,10 @@ func TestApplyEndpointSlices(t *testing.T) {
 		s.Name, s.Spec.Selector, s.Spec.ClusterIP = "db", nil, "10.96.0.20"
 		s.Spec.Ports = []corev1.ServicePort{{Name: "pg", Port: 5432}}
 	})
-	gen0, _ := c.Generation(ctx)
+	gen0, err := c.Generation(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	rec := do("POST", "/v1/services", ServiceObjects{Services: []corev1.Service{*db}, EndpointSlices: []discoveryv1.EndpointSlice{*sliceOf(nil)}})
 	if rec.Code != http.StatusOK {
 		t.Fatalf("POST: %d %s", rec.Code, rec.Body)
@@ -423,8 +426,8 @@ func TestApplyEndpointSlices(t *testing.T) {
 	if len(stored.EndpointSlices) != 1 || *stored.EndpointSlices[0].Ports[0].Protocol != corev1.ProtocolTCP || stored.EndpointSlices[0].Kind != "EndpointSlice" {
 		t.Fatalf("stored slices %+v", stored.EndpointSlices)
 	}
-	if gen, _ := c.Generation(ctx); gen <= gen0 {
-		t.Fatalf("generation %d after apply, was %d", gen, gen0)
+	if gen, err := c.Generation(ctx); err != nil || gen <= gen0 {
+		t.Fatalf("generation %d (%v) after apply, was %d", gen, err, gen0)
 	}
 	views, err := a.serviceViews(ctx)
 	if err != nil {
@@ -453,11 +456,11 @@ func TestApplyEndpointSlices(t *testing.T) {
 		EndpointSlices: []discoveryv1.EndpointSlice{*good}}); err == nil || !strings.Contains(err.Error(), "metadata.name") {
 		t.Fatalf("a bad service: %v", err)
 	}
-	if _, ok, _ := c.ServiceObject(ctx, "s", "fresh"); ok {
-		t.Fatal("a failed request stored a service")
+	if _, ok, err := c.ServiceObject(ctx, "s", "fresh"); err != nil || ok {
+		t.Fatalf("a failed request stored a service (%v)", err)
 	}
-	if cl, _ := c.ServiceClaims(ctx, "s/fresh"); len(cl.IPs) != 0 {
-		t.Fatalf("a failed request kept its allocation %v", cl.IPs)
+	if cl, err := c.ServiceClaims(ctx, "s/fresh"); err != nil || len(cl.IPs) != 0 {
+		t.Fatalf("a failed request kept its allocation %v (%v)", cl.IPs, err)
 	}
 	if rec := do("DELETE", "/v1/endpointslices/s/fresh-1", nil); rec.Code != http.StatusNotFound {
 		t.Fatalf("a failed request stored a slice: DELETE answered %d %s", rec.Code, rec.Body)
@@ -467,7 +470,10 @@ func TestApplyEndpointSlices(t *testing.T) {
 	}
 
 	// Delete: the service keeps no backend; a second delete is a 404.
-	gen1, _ := c.Generation(ctx)
+	gen1, err := c.Generation(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, code := range []int{http.StatusOK, http.StatusNotFound} {
 		rec := do("DELETE", "/v1/endpointslices/s/db-1", nil)
 		if rec.Code != code {
@@ -477,8 +483,8 @@ func TestApplyEndpointSlices(t *testing.T) {
 			t.Fatalf("DELETE of a missing slice: %s", rec.Body)
 		}
 	}
-	if gen, _ := c.Generation(ctx); gen <= gen1 {
-		t.Fatalf("generation %d after delete, was %d", gen, gen1)
+	if gen, err := c.Generation(ctx); err != nil || gen <= gen1 {
+		t.Fatalf("generation %d (%v) after delete, was %d", gen, err, gen1)
 	}
 	if views, err = a.serviceViews(ctx); err != nil || len(views) != 1 || len(views[0].Backends) != 0 {
 		t.Fatalf("after the slice's delete: %+v (%v)", views, err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,21 +100,48 @@ func TestKubeProxySuite(t *testing.T) {
 	}
 }
 
-// TestKubeProxySuiteFailing stops the suite half way, by its context, and checks that it
-// still removes everything it made.
+// TestKubeProxySuiteFailing stops the suite half way, by its context, once it has started a
+// process of its own, and checks that it still removes everything it made.
 func TestKubeProxySuiteFailing(t *testing.T) {
 	nstest.RequireRoot(t)
 	prefix := fmt.Sprintf("kf%04d", os.Getpid()%10000)
 	t.Cleanup(func() { checkNothingLeft(t, prefix) })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var stopped atomic.Bool
+	go func() {
+		for ctx.Err() == nil {
+			if len(processesOf(prefix)) > 0 {
+				stopped.Store(true)
+				cancel()
+				return
+			}
+			time.Sleep(20 * time.Millisecond) // polling /proc for the suite's first process
+		}
+	}()
 	cfg := Config{Rounds: 1, Throughput: 2 * time.Second, Latency: time.Second}
 	b := &KubeProxyBaseline{Backend: IPTablesNFT, Services: []int{10}, names: prefix}
-	if _, err := b.Run(ctx, cfg); err == nil {
-		t.Fatal("the suite measured everything within 10s: nothing failed half way")
-	} else {
-		t.Logf("failed as meant to: %v", err)
+	_, err := b.Run(ctx, cfg)
+	if !stopped.Load() {
+		t.Fatalf("the suite ended (%v) before it started a process of its own", err)
 	}
+	if err == nil {
+		t.Fatal("the suite stopped half way returned no error")
+	}
+	t.Logf("failed as meant to: %v", err)
+}
+
+// processesOf lists the processes whose command line names the suite's run prefix.
+func processesOf(prefix string) []string {
+	var found []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), "ebpfnet-kubeproxy-"+prefix) {
+			found = append(found, fmt.Sprintf("%s %q", p, b))
+		}
+	}
+	return found
 }
 
 // checkNothingLeft fails unless every namespace, directory and process of the run is gone.
@@ -124,11 +152,7 @@ func checkNothingLeft(t *testing.T, prefix string) {
 	if left, _ := filepath.Glob(filepath.Join(os.TempDir(), "ebpfnet-kubeproxy-"+prefix+"*")); len(left) > 0 {
 		t.Errorf("directories left: %v", left)
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, _ := os.ReadFile(p)
-		if strings.Contains(string(b), "ebpfnet-kubeproxy-"+prefix) {
-			t.Errorf("process left: %s %q", p, b)
-		}
+	for _, p := range processesOf(prefix) {
+		t.Errorf("process left: %s", p)
 	}
 }

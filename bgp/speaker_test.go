@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -67,21 +68,21 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 			}
 			nstest.Eventually(t, 30*time.Second, "the withdrawal to reach b", func() (bool, string) {
 				paths, err := b.Paths()
-				return err == nil && len(paths) == 0, formatPaths(paths)
+				return err == nil && len(paths) == 0, fmt.Sprintf("%s (%v)", formatPaths(paths), err)
 			})
 			// A neighbour removed takes its routes with it.
 			if err := a.Advertise([]netip.Prefix{pfx}, nh); err != nil {
 				t.Fatal(err)
 			}
 			nstest.Eventually(t, 30*time.Second, "b to learn it again", func() (bool, string) {
-				paths, _ := b.Paths()
-				return len(paths) == 1, formatPaths(paths)
+				paths, err := b.Paths()
+				return err == nil && len(paths) == 1, fmt.Sprintf("%s (%v)", formatPaths(paths), err)
 			})
 			if err := b.SetNeighbors(context.Background(), nil); err != nil {
 				t.Fatal(err)
 			}
-			if paths, _ := b.Paths(); len(paths) != 0 {
-				t.Fatalf("after deleting the neighbour b still has %s", formatPaths(paths))
+			if paths, err := b.Paths(); err != nil || len(paths) != 0 {
+				t.Fatalf("after deleting the neighbour b still has %s (%v)", formatPaths(paths), err)
 			}
 		})
 	}

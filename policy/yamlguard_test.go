@@ -6,7 +6,6 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ebpfnet/ebpfnet/policy"
 )
@@ -32,38 +31,34 @@ func longLaughs(size, aliases int) string {
 }
 
 // parseBounded parses data and returns Parse's error, failing the test when the parse
-// allocated more than maxAlloc in all or took more than maxTime. Total allocation bounds the
-// heap's growth from above, whatever the collector did meanwhile.
-func parseBounded(t *testing.T, data []byte, maxAlloc uint64, maxTime time.Duration) error {
+// allocated more than maxAlloc in all. Total allocation bounds the heap's growth from above,
+// whatever the collector did meanwhile; how long a parse takes is for `make bench`.
+func parseBounded(t *testing.T, data []byte, maxAlloc uint64) error {
 	t.Helper()
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	start := time.Now()
 	_, err := policy.Parse(data)
-	took := time.Since(start)
 	runtime.ReadMemStats(&after)
 	alloc := after.TotalAlloc - before.TotalAlloc
-	t.Logf("%d bytes: %v in %v, %.1f MiB allocated", len(data), err, took.Round(time.Millisecond), float64(alloc)/(1<<20))
+	t.Logf("%d bytes: %v, %.1f MiB allocated", len(data), err, float64(alloc)/(1<<20))
 	if alloc > maxAlloc {
 		t.Errorf("parsing %d bytes allocated %.1f MiB, want at most %d MiB", len(data), float64(alloc)/(1<<20), maxAlloc>>20)
-	}
-	if took > maxTime {
-		t.Errorf("parsing %d bytes took %v, want at most %v", len(data), took, maxTime)
 	}
 	return err
 }
 
-// Hostile YAML is refused quickly and in bounded memory (under 64 MiB allocated in all):
-// alias bombs of both kinds, an alias loop, a document over the size limit, a bomb after a
-// good document. Without the guard the long-string bomb alone allocates gigabytes.
+// Hostile YAML is refused, for the reason the guard measured (its error says which), and in
+// bounded memory (under 64 MiB allocated in all): alias bombs of both kinds, an alias loop, a
+// document over the size limit, a bomb after a good document. Without the guard the
+// long-string bomb alone allocates gigabytes.
 func TestParseRefusesHostileYAML(t *testing.T) {
-	const maxAlloc, maxTime = 64 << 20, 10 * time.Second
+	const maxAlloc = 64 << 20
 	good := head + "spec: {podSelector: {}}\n"
 	cases := []struct {
 		name, doc, want string
 	}{
-		{"billion laughs", billionLaughs(), "document 1: "},
+		{"billion laughs", billionLaughs(), "document 1: its aliases expand it past the 1 MiB"},
 		{"a long string repeated by aliases", longLaughs(64<<10, 4000), "document 1: its aliases expand it past the 1 MiB"},
 		{"an alias loop", head + "  annotations: &a {b: [*a]}\nspec: {podSelector: {}}\n", "document 1: an alias refers to a node that contains it"},
 		{"a document over 1 MiB", head + "  annotations:\n    a: \"" + strings.Repeat("x", policy.MaxDocumentBytes) + "\"\nspec: {podSelector: {}}\n",
@@ -72,7 +67,7 @@ func TestParseRefusesHostileYAML(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := parseBounded(t, []byte(c.doc), maxAlloc, maxTime)
+			err := parseBounded(t, []byte(c.doc), maxAlloc)
 			if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
 				t.Fatalf("got %v, want one line containing %q", err, c.want)
 			}
@@ -80,12 +75,12 @@ func TestParseRefusesHostileYAML(t *testing.T) {
 	}
 }
 
-// A 100 MB document is refused unparsed: quickly, allocating almost nothing beyond its text.
+// A 100 MB document is refused unparsed: by its size, allocating almost nothing beyond its text.
 func TestParseRefuses100MB(t *testing.T) {
 	doc := bytes.Repeat([]byte("x"), 100<<20)
 	copy(doc, head+"  annotations:\n    a: \"")
 	copy(doc[len(doc)-30:], "\"\nspec: {podSelector: {}}\n")
-	err := parseBounded(t, doc, 1<<20, 10*time.Second)
+	err := parseBounded(t, doc, 1<<20)
 	if err == nil || !strings.Contains(err.Error(), "is over the 1 MiB a document may have") {
 		t.Fatalf("got %v", err)
 	}

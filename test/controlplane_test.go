@@ -244,8 +244,14 @@ func pinnedMapID(t *testing.T, node *lab.Node, name string) ebpf.MapID {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	info, _ := m.Info()
-	id, _ := info.ID()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatalf("%s: the kernel did not give its map ID", name)
+	}
 	return id
 }
 

@@ -146,17 +146,31 @@ func checkUnderlay(t *testing.T, st *lab.State, mode string) {
 	}
 	if mode == "native" {
 		// Natively routed traffic must not be encapsulated.
-		if n := capture(t, node.Netns, fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort), probe); n != 0 {
-			t.Fatalf("native mode: %d encapsulated packets on the underlay", n)
-		}
+		checkNotEncapsulated(t, st, node.Netns, filters["native"], probe)
 	}
 }
 
-// startTcpdump runs tcpdump on eth0 inside netns and returns once its filter is in place.
-func startTcpdump(t *testing.T, ctx context.Context, netns, filter string, extra ...string) (*exec.Cmd, *bufio.Reader) {
+// checkNotEncapsulated captures on netns's eth0 while probe runs once and fails if any packet
+// was encapsulated (VXLAN or IP-in-IP). The same capture must see the probe's own packets
+// (plain, a filter for them): the positive control that it would have seen encapsulated ones.
+func checkNotEncapsulated(t *testing.T, st *lab.State, netns, plain string, probe func()) {
+	t.Helper()
+	encap := fmt.Sprintf("udp port %d or ip proto 4", st.VXLANPort)
+	n := capture(t, netns, probe, encap, plain)
+	if n[1] == 0 {
+		t.Fatalf("the capture on %s saw none of the probe's own packets (%q), so its count of encapsulated ones proves nothing", filepath.Base(netns), plain)
+	}
+	if n[0] != 0 {
+		t.Fatalf("%d encapsulated packets on the underlay (and %d plain ones)", n[0], n[1])
+	}
+}
+
+// startTcpdump runs tcpdump on eth0 inside netns, writing to pcap, and returns once its filter
+// is in place.
+func startTcpdump(t *testing.T, ctx context.Context, netns, filter, pcap string, extra ...string) (*exec.Cmd, *bufio.Reader) {
 	t.Helper()
 	args := append([]string{"netns", "exec", filepath.Base(netns), "tcpdump", "-i", lab.UnderlayIf, "-n", "-U",
-		"--immediate-mode", "-w", filepath.Join(t.TempDir(), "cap.pcap")}, extra...)
+		"--immediate-mode", "-w", pcap}, extra...)
 	cmd := exec.CommandContext(ctx, "ip", append(args, filter)...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
@@ -180,7 +194,7 @@ func seen(t *testing.T, netns, filter string, traffic func()) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd, r := startTcpdump(t, ctx, netns, filter, "-c", "1")
+	cmd, r := startTcpdump(t, ctx, netns, filter, filepath.Join(t.TempDir(), "cap.pcap"), "-c", "1")
 	done := make(chan error, 1)
 	go func() {
 		io.ReadAll(r)
@@ -196,23 +210,31 @@ func seen(t *testing.T, netns, filter string, traffic func()) bool {
 	}
 }
 
-// capture counts the packets matching filter while traffic runs once.
-func capture(t *testing.T, netns, filter string, traffic func()) int {
+// capture runs traffic once under tcpdump on netns's eth0 and counts the packets matching each
+// of filters. tcpdump must exit cleanly, or the test fails: a capture that did not run counts 0.
+func capture(t *testing.T, netns string, traffic func(), filters ...string) []int {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd, r := startTcpdump(t, ctx, netns, filter)
+	pcap := filepath.Join(t.TempDir(), "cap.pcap")
+	cmd, r := startTcpdump(t, ctx, netns, "("+strings.Join(filters, ") or (")+")", pcap)
 	traffic()
-	cmd.Process.Signal(os.Interrupt)
-	rest, _ := io.ReadAll(r)
-	cmd.Wait()
-	var got int
-	for _, line := range strings.Split(string(rest), "\n") {
-		if strings.HasSuffix(line, "packets captured") {
-			fmt.Sscanf(line, "%d", &got)
-		}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatalf("tcpdump: %v", err)
 	}
-	return got
+	rest, _ := io.ReadAll(r)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcpdump on %s: %v: %s", filepath.Base(netns), err, rest)
+	}
+	counts := make([]int, len(filters))
+	for i, f := range filters {
+		out, err := exec.Command("tcpdump", "-n", "-r", pcap, f).Output()
+		if err != nil {
+			t.Fatalf("tcpdump -r %s %q: %v", pcap, f, err)
+		}
+		counts[i] = strings.Count(string(out), "\n")
+	}
+	return counts
 }
 
 // transfer sends size bytes from one pod to another's echo server and checks every byte

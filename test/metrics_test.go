@@ -31,7 +31,8 @@ func scrape(t *testing.T, n *lab.Node) []byte {
 		})
 		return c, err
 	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	// A generous bound: an agent busy with 100 CNI callers on a loaded machine answers late, not never.
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 	resp, err := client.Get(fmt.Sprintf("http://%s/metrics", netip.AddrPortFrom(n.IP, lab.MetricsPort)))
 	if err != nil {
 		t.Fatal(err)
@@ -44,8 +45,29 @@ func scrape(t *testing.T, n *lab.Node) []byte {
 	return body
 }
 
-// sample returns the value of the series name{labels} in an exposition, 0 if absent.
+// sample returns the value of the series name{labels} in an exposition; a missing metric or
+// series fails the test (a typo, or a metric the agent stopped exporting, is no 0).
 func sample(t *testing.T, expo []byte, name string, labels map[string]string) float64 {
+	t.Helper()
+	v, ok := lookup(t, expo, name, labels)
+	if !ok {
+		t.Fatalf("no %s %v in the exposition:\n%s", name, labels, grepEbpfnet(expo))
+	}
+	return v
+}
+
+// counterDelta is how much the counter name{labels} rose from one exposition to a later one.
+// The series must be in after; in before it may be missing, as the datapath's counters are
+// exported once they first count.
+func counterDelta(t *testing.T, before, after []byte, name string, labels map[string]string) float64 {
+	t.Helper()
+	was, _ := lookup(t, before, name, labels)
+	return sample(t, after, name, labels) - was
+}
+
+// lookup finds the series name{labels} (labels: a subset of the series' labels) in an
+// exposition.
+func lookup(t *testing.T, expo []byte, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(bytes.NewReader(expo))
@@ -54,23 +76,27 @@ func sample(t *testing.T, expo []byte, name string, labels map[string]string) fl
 	}
 	f, ok := families[name]
 	if !ok {
-		return 0
+		return 0, false
 	}
 	for _, m := range f.Metric {
-		match := true
+		have := map[string]string{}
 		for _, l := range m.Label {
-			if want, ok := labels[l.GetName()]; ok && want != l.GetValue() {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, want := range labels {
+			if v, ok := have[k]; !ok || v != want {
 				match = false
 			}
 		}
 		if match {
 			if m.Counter != nil {
-				return m.Counter.GetValue()
+				return m.Counter.GetValue(), true
 			}
-			return m.Gauge.GetValue()
+			return m.Gauge.GetValue(), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // Acceptance (issue 7, metrics): after traffic and a denied flow the scraped counters move by
@@ -110,14 +136,16 @@ func TestPrometheusMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "node2 counts the denied packets", func() (bool, string) {
-		got := sample(t, scrape(t, node2), "ebpfnet_drop_packets_total", denied) - sample(t, before2, "ebpfnet_drop_packets_total", denied)
+		got, _ := lookup(t, scrape(t, node2), "ebpfnet_drop_packets_total", denied)
+		was, _ := lookup(t, before2, "ebpfnet_drop_packets_total", denied)
+		got -= was
 		return got == sent, fmt.Sprintf("%v of %d\n%s", got, sent, grepEbpfnet(scrape(t, node2)))
 	})
 	after1, after2 := scrape(t, node1), scrape(t, node2)
-	if got := sample(t, after1, "ebpfnet_forward_packets_total", tunnelled) - sample(t, before1, "ebpfnet_forward_packets_total", tunnelled); got != sent {
+	if got := counterDelta(t, before1, after1, "ebpfnet_forward_packets_total", tunnelled); got != sent {
 		t.Errorf("node1 tunnelled %v packets, sent %d", got, sent)
 	}
-	if got := sample(t, after2, "ebpfnet_drop_packets_total", denied) - sample(t, before2, "ebpfnet_drop_packets_total", denied); got != sent {
+	if got := counterDelta(t, before2, after2, "ebpfnet_drop_packets_total", denied); got != sent {
 		t.Errorf("node2 counted %v policy drops, sent %d", got, sent)
 	}
 	if sample(t, after2, "ebpfnet_policies", nil) != 1 || sample(t, after2, "ebpfnet_bpf_map_pressure", map[string]string{"map": "endpoints"}) <= 0 {

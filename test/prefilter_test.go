@@ -28,10 +28,10 @@ func TestPrefilterDropsAtXDP(t *testing.T) {
 		t.Fatal("x/b still reaches x/a with node2's address in the prefilter")
 	}
 	after := scrape(t, node1)
-	if d := sample(t, after, "ebpfnet_drop_packets_total", xdpDrops) - sample(t, before, "ebpfnet_drop_packets_total", xdpDrops); d == 0 {
+	if d := counterDelta(t, before, after, "ebpfnet_drop_packets_total", xdpDrops); d == 0 {
 		t.Fatal("no XDP prefilter drop was counted")
 	}
-	if d := sample(t, after, "ebpfnet_forward_packets_total", overlay) - sample(t, before, "ebpfnet_forward_packets_total", overlay); d != 0 {
+	if d := counterDelta(t, before, after, "ebpfnet_forward_packets_total", overlay); d != 0 {
 		t.Fatalf("tc saw %v packets from the denied source", d)
 	}
 	if out, _ := ebpfnet(t, "prefilter", "list", "--lab", st.Name); !strings.Contains(out, cidr) {

@@ -78,16 +78,14 @@ func (c *apiClient) close() { c.http.CloseIdleConnections() }
 // waitFor polls cond until it holds, returns an error, or ctx ends; the last reason cond gave
 // for not holding ends up in the timeout error.
 func waitFor(ctx context.Context, what string, cond func() (bool, string, error)) error {
-	last := "not checked yet"
 	for {
-		ok, why, err := cond()
+		ok, last, err := cond()
 		if err != nil {
 			return err
 		}
 		if ok {
 			return nil
 		}
-		last = why
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for %s: %w (last: %s)", what, ctx.Err(), last)

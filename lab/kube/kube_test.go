@@ -269,29 +269,82 @@ func waitEcho(t *testing.T, ctx context.Context, netns string, addr netip.AddrPo
 	}
 }
 
-// checkOOMScores checks that containerd clamps oom_score_adj exactly when the machine refuses a
-// negative one, and that the pod's processes (sandbox included) got what the machine allows.
+// checkOOMScores checks oom_score_adj against what this machine allows, probed here apart from
+// the code under test: containerd was started with a config that clamps the CRI's negative
+// oom_score_adj exactly when the machine refuses one, and the pod's processes (sandbox
+// included) hold a negative one (the sandbox's -998 from the kubelet) exactly when it allows it.
 func checkOOMScores(t *testing.T, n *Node) {
 	t.Helper()
-	refused := NegativeOOMScoreRefused()
-	if n.RestrictOOM != refused {
-		t.Errorf("RestrictOOM = %v, but negative oom_score_adj refused = %v", n.RestrictOOM, refused)
+	refused := negativeOOMScoreRefused(t)
+	path, conf := containerdConfigInUse(t, n)
+	if want := fmt.Sprintf("restrict_oom_score_adj = %v", refused); !strings.Contains(conf, want) {
+		t.Errorf("containerd runs with %s, which lacks %q, on a machine where a negative oom_score_adj is refused: %v", path, want, refused)
 	}
 	pids := cgroupPids(n.CgroupRoot)
 	if len(pids) < 2 {
 		t.Fatalf("pod cgroups under %s hold %v, want the sandbox and the container", n.CgroupRoot, pids)
 	}
+	adjs := map[int]int{}
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+		if os.IsNotExist(err) {
+			continue // exited meanwhile
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if adjs[pid], err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+			t.Fatalf("pid %d: oom_score_adj %q: %v", pid, b, err)
+		}
+	}
+	negative := false
+	for _, adj := range adjs {
+		negative = negative || adj < 0
+	}
+	if negative == refused {
+		t.Errorf("pod processes' oom_score_adj %v on a machine where a negative one is refused: %v", adjs, refused)
+	}
+	t.Logf("negative oom_score_adj refused: %v; containerd's config %s; pod processes' oom_score_adj %v", refused, path, adjs)
+}
+
+// negativeOOMScoreRefused asks the kernel whether this process may give a child a negative
+// oom_score_adj.
+func negativeOOMScoreRefused(t *testing.T) bool {
+	t.Helper()
+	child := exec.Command("sleep", "60")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		child.Process.Kill()
+		child.Wait()
+	}()
+	return os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", child.Process.Pid), []byte("-1"), 0) != nil
+}
+
+// containerdConfigInUse returns the path and text of the config file the node's running
+// containerd was started with (its --config argument).
+func containerdConfigInUse(t *testing.T, n *Node) (string, string) {
+	t.Helper()
+	for _, pid := range processesUnder(n.Dir) {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil {
 			continue // exited meanwhile
 		}
-		adj, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if refused && adj < 0 {
-			t.Errorf("pid %d has oom_score_adj %d on a machine refusing negative ones", pid, adj)
+		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "containerd" {
+			continue
+		}
+		if i := slices.Index(args, "--config"); i >= 0 && i+1 < len(args) {
+			b, err := os.ReadFile(args[i+1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return args[i+1], string(b)
 		}
 	}
-	t.Logf("negative oom_score_adj refused: %v; pod processes %v", refused, pids)
+	t.Fatalf("no containerd with a --config runs for node %s", n.Name)
+	return "", ""
 }
 
 // checkNothingLeft asserts that no process, mount, cgroup, shim socket or file of base remains.
