@@ -19,6 +19,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/store"
 	"github.com/ebpfnet/ebpfnet/store/kubestore"
@@ -226,7 +227,7 @@ func (a *Agent) close() {
 }
 
 func firstIPv4(l netlink.Link) (netip.Addr, error) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 	"github.com/ebpfnet/ebpfnet/netnsfile"
 	"github.com/ebpfnet/ebpfnet/podnet"
 	"github.com/ebpfnet/ebpfnet/store"
@@ -183,11 +184,12 @@ func (a *Agent) cniCheck(ctx context.Context, req agentapi.AttachRequest) error 
 
 // checkPod looks inside the pod: the interface, its /32, its MAC and the default route.
 func checkPod(ns netns.NsHandle, ifName string, ip netip.Addr, mac string) error {
-	h, err := netlink.NewHandleAt(ns)
+	nh, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in pod netns: %w", err)
 	}
-	defer h.Close()
+	defer nh.Close()
+	h := netlinksafe.NewHandle(nh)
 	l, err := h.LinkByName(ifName)
 	if err != nil {
 		return fmt.Errorf("pod interface %s: %w", ifName, err)

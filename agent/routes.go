@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
@@ -133,7 +134,7 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	} else {
 		want[rr.cfg.cluster.String()] = viaHost(rr.cfg.cluster)
 	}
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return fmt.Errorf("list kernel routes: %w", err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 	"github.com/ebpfnet/ebpfnet/netnsfile"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
@@ -97,7 +98,7 @@ func stateOf(t *testing.T, n *lab.Node) nodeState {
 	t.Helper()
 	var s nodeState
 	nstest.InNetns(t, n.Netns, func(h *netlink.Handle) {
-		links, err := h.LinkList()
+		links, err := netlinksafe.NewHandle(h).LinkList()
 		if err != nil {
 			t.Fatal(err)
 		}
