@@ -56,11 +56,8 @@ func (k *KV) Watch(ctx context.Context, prefix string) <-chan store.Event {
 // called: each object listed live is cached at that version or newer, and each cached object
 // the live list lacks is gone from the cache or newer than the list. An informer that has not
 // caught up within syncGrace (its watch stalled, say after the API server restarted) is
-// replaced by a new one, which lists afresh, and so on every syncGrace until it has caught up
-// or syncLimit (or ctx) ends: a loaded API server's watch cache can lag longer than one grace.
+// replaced by a new one, which lists afresh.
 func (k *KV) Sync(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, syncLimit)
-	defer cancel()
 	for _, c := range k.classes {
 		if err := k.syncClass(ctx, c); err != nil {
 			return err
@@ -69,18 +66,15 @@ func (k *KV) Sync(ctx context.Context) error {
 	return nil
 }
 
-const (
-	// syncGrace is how long an informer may lag the API server before it is replaced.
-	syncGrace = 5 * time.Second
-	// syncLimit bounds one Sync whatever its caller's context.
-	syncLimit = 2 * time.Minute
-)
+// syncGrace is how long an informer may lag the API server before it is replaced.
+const syncGrace = 5 * time.Second
 
 func (k *KV) syncClass(ctx context.Context, c *class) error {
 	live, rv, err := listVersions(ctx, c)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", c.name(), err)
 	}
+	restarted := false
 	deadline := time.Now().Add(syncGrace)
 	for {
 		behind := cacheBehind(c, live, rv)
@@ -88,14 +82,17 @@ func (k *KV) syncClass(ctx context.Context, c *class) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
+			if restarted {
+				return fmt.Errorf("sync %s: %s is not cached %s after a fresh list", c.name(), behind, syncGrace)
+			}
 			slog.Warn("kubernetes informer lags the API server; listing afresh", "kind", c.name(), "object", behind)
 			lctx, cancel := context.WithTimeout(ctx, time.Minute)
 			err := c.start(k.runCtx, lctx, k.handler(c))
 			cancel()
 			if err != nil {
-				return fmt.Errorf("sync %s: list afresh (%s not cached): %w", c.name(), behind, err)
+				return fmt.Errorf("sync %s: list afresh: %w", c.name(), err)
 			}
-			deadline = time.Now().Add(syncGrace)
+			restarted, deadline = true, time.Now().Add(syncGrace)
 		}
 		select {
 		case <-ctx.Done():
