@@ -259,7 +259,7 @@ func (g *Gen) ipv4Header(src, dst netip.Addr, proto uint8, payload int) []byte {
 	for i := 20; i < len(h); i++ {
 		h[i] = 1 // NOP options
 	}
-	binary.BigEndian.PutUint16(h[10:], checksum(h))
+	binary.BigEndian.PutUint16(h[10:], packet.Checksum(h))
 	return h
 }
 
@@ -364,7 +364,7 @@ func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 		// Mostly well-formed: no fragment bits, TTL to spare.
 		outer[6], outer[7], outer[8] = 0x40, 0, 64
 		outer[10], outer[11] = 0, 0
-		binary.BigEndian.PutUint16(outer[10:], checksum(outer))
+		binary.BigEndian.PutUint16(outer[10:], packet.Checksum(outer))
 	}
 	b := append(append(append([]byte(nil), frame[:14]...), outer...), frame[14:]...)
 	in := inner
@@ -401,21 +401,6 @@ func (g *Gen) arp(h model.Hook) sent {
 	copy(a[14:18], s[:])
 	copy(a[24:28], t[:])
 	return sent{Packet{h, b}, layout{l3: 14}}
-}
-
-// checksum is the Internet checksum of b.
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }
 
 // MaxFrame is the longest frame the harness runs.

@@ -102,11 +102,11 @@ func (g *Gen) icmpError(s sent) sent {
 	icmp := make([]byte, 8, 8+len(quoted))
 	icmp[0] = []byte{3, 11, 12}[g.rng.IntN(3)]
 	icmp = append(icmp, quoted...)
-	binary.BigEndian.PutUint16(icmp[2:], checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], packet.Checksum(icmp))
 	h := g.ipv4Header(from, to, packet.ProtoICMP, len(icmp))
 	h[6], h[7] = 0, 0
 	h[10], h[11] = 0, 0
-	binary.BigEndian.PutUint16(h[10:], checksum(h))
+	binary.BigEndian.PutUint16(h[10:], packet.Checksum(h))
 	frame := make([]byte, 14, 14+len(h)+len(icmp))
 	copy(frame[0:6], hostMAC)
 	copy(frame[6:12], g.endpointMAC(from))
