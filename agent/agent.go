@@ -62,6 +62,8 @@ type Agent struct {
 	masquerade *masqueradeReconciler
 	stages     []stage
 	health     *storeHealth
+	hooks      nodeHooks    // the node's own attachments, for liveness
+	loopBeat   atomic.Int64 // unix ns the reconcile loop last came round, for liveness
 }
 
 // Run starts the agent from cfg and serves until ctx ends. Pinned maps and links stay when
@@ -95,6 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer a.close()
+	a.beat() // the loop starts below
 	if s.MetricsAddress != "" {
 		mln, err := a.serveMetrics(s.MetricsAddress)
 		if err != nil {
@@ -303,6 +306,7 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	g := time.NewTicker(generationPoll)
 	defer g.Stop()
 	for {
+		a.beat()
 		select {
 		case <-ctx.Done():
 			return

@@ -76,6 +76,10 @@ func (a *Agent) serveMetrics(addr string) (net.Listener, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	// kubelet's probes: liveness restarts an agent that cannot repair itself, readiness
+	// reports one that should not be counted on.
+	mux.HandleFunc("GET /healthz", healthHandler(a.liveProblems))
+	mux.HandleFunc("GET /readyz", healthHandler(a.readyProblems))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {

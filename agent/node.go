@@ -43,7 +43,7 @@ func (a *Agent) setupNode(underlay netlink.Link) error {
 	if err := a.dp.SetNodeConfig(cfg); err != nil {
 		return err
 	}
-	if _, err := a.dp.Attach(a.cfg.UnderlayInterface, loader.HookFromUnderlay); err != nil {
+	if err := a.attachNodeHook(a.cfg.UnderlayInterface, loader.HookFromUnderlay); err != nil {
 		return err
 	}
 	// Nodes forward for their pods in native mode, and pods reach other nodes' addresses.
@@ -74,7 +74,7 @@ func (a *Agent) vxlanDevice(mtu int) (int, error) {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return 0, err
 	}
-	if _, err := a.dp.Attach(VXLANDevice, loader.HookFromOverlay); err != nil {
+	if err := a.attachNodeHook(VXLANDevice, loader.HookFromOverlay); err != nil {
 		return 0, err
 	}
 	return l.Attrs().Index, nil
@@ -114,7 +114,7 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 			return nil, fmt.Errorf("set %s up: %w", name, err)
 		}
 	}
-	if _, err := a.dp.Attach(HostDevice, loader.HookFromHost); err != nil {
+	if err := a.attachNodeHook(HostDevice, loader.HookFromHost); err != nil {
 		return nil, err
 	}
 	return l, nil

@@ -36,6 +36,9 @@ func newStoreHealth(reg *prometheus.Registry) *storeHealth {
 	return h
 }
 
+// sinceTime is when the store last went down or came back.
+func (h *storeHealth) sinceTime() time.Time { return time.Unix(0, h.since.Load()) }
+
 // up says whether the store answered its last probe.
 func (h *storeHealth) up() bool { return !h.down.Load() }
 

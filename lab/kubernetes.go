@@ -25,6 +25,9 @@ import (
 // kubernetes lab, and every lab agent's serviceCIDR.
 const ServiceCIDR = "10.96.0.0/16"
 
+// ClusterDNSIP is the kube-dns Service's cluster IP in a kubernetes lab: every pod's nameserver.
+var ClusterDNSIP = netip.MustParseAddr("10.96.0.10")
+
 // KubeDir is where a kubernetes lab keeps its control plane and nodes.
 func KubeDir(lab string) string { return filepath.Join(Dir(lab), "kube") }
 
@@ -87,7 +90,7 @@ func (b *builder) kubeNode(ctx context.Context, n *Node) error {
 	if err := os.WriteFile(filepath.Join(confDir, "10-ebpfnet.conflist"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	if _, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: dir, Netns: n.Netns, IP: n.IP,
+	if _, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: dir, Netns: n.Netns, IP: n.IP, ClusterDNS: ClusterDNSIP,
 		CNIBinDir: binDir, CNIConfDir: confDir, Images: b.images}); err != nil {
 		return fmt.Errorf("kubelet and containerd: %w", err)
 	}
@@ -118,9 +121,13 @@ func labPod(p Pod) map[string]any {
 			"automountServiceAccountToken": false, "containers": []any{c}}}
 }
 
-// kubePods creates the lab's namespaces and Pod objects, and waits until kubelet has started
-// every pod through containerd and ebpfnet's CNI plugin and each one serves its ports.
+// kubePods deploys the cluster DNS, creates the lab's namespaces and Pod objects, and waits
+// until kubelet has started every pod through containerd and ebpfnet's CNI plugin, each one
+// serves its ports, and every CoreDNS replica is ready.
 func (b *builder) kubePods(ctx context.Context) error {
+	if err := b.cp.DeployDNS(ctx, ClusterDNSIP); err != nil {
+		return err
+	}
 	var docs []string
 	for _, ns := range b.st.Namespaces {
 		l := copyLabels(ns.Labels)
@@ -132,15 +139,17 @@ func (b *builder) kubePods(ctx context.Context) error {
 		d, _ := yaml.Marshal(labPod(p))
 		docs = append(docs, string(d))
 	}
-	if len(docs) == 0 {
-		return nil
+	if len(docs) > 0 {
+		cmd := b.cp.KubectlCommand(ctx, "apply", "-f", "-")
+		cmd.Stdin = strings.NewReader(strings.Join(docs, "---\n"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("create pods: %w: %s", err, bytes.TrimSpace(out))
+		}
+		if err := b.st.waitKubePods(ctx, b.st.Pods, 3*time.Minute); err != nil {
+			return err
+		}
 	}
-	cmd := b.cp.KubectlCommand(ctx, "apply", "-f", "-")
-	cmd.Stdin = strings.NewReader(strings.Join(docs, "---\n"))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("create pods: %w: %s", err, bytes.TrimSpace(out))
-	}
-	return b.st.waitKubePods(ctx, b.st.Pods, 3*time.Minute)
+	return b.cp.WaitDNS(ctx)
 }
 
 // waitKubePods waits until each pod runs with its address, records its address and network

@@ -54,6 +54,7 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 	if err := os.WriteFile(readyFile, []byte("ready\n"), 0o600); err != nil {
 		return err
 	}
+	slog.Info("serving", "ports", ports)
 	<-ctx.Done()
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 )
 
 // MetricsPort is where each lab agent serves Prometheus metrics, on its underlay address.
@@ -306,7 +307,40 @@ func (b *builder) converged(ctx context.Context) error {
 			return err
 		}
 	}
-	return nil
+	if b.st.Router == nil {
+		return nil
+	}
+	// Between racks the router forwards, by the routes BIRD exports to its kernel: the nodes
+	// may learn a route from BIRD a moment before BIRD's kernel has it.
+	return waitFor(ctx, 30*time.Second, "pod routes in the router's kernel", func() (bool, string) {
+		var missing []string
+		err := inNetns(b.st.Router.Netns, func(h *netlink.Handle) error {
+			routes, err := netlinksafe.NewHandle(h).RouteList(nil, netlink.FAMILY_V4)
+			if err != nil {
+				return err
+			}
+			have := map[netip.Prefix]bool{}
+			for _, r := range routes {
+				if r.Dst == nil {
+					continue
+				}
+				if ip, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+					ones, _ := r.Dst.Mask.Size()
+					have[netip.PrefixFrom(ip.Unmap(), ones)] = true
+				}
+			}
+			for _, n := range b.st.Nodes {
+				if !have[n.PodCIDR] {
+					missing = append(missing, n.PodCIDR.String())
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(missing) == 0, "missing " + strings.Join(missing, ", ")
+	})
 }
 
 // addBridge makes a switch of the underlay: no IPv6, no multicast snooping, not yet up.

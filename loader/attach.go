@@ -173,6 +173,41 @@ func attachXDP(prog *ebpf.Program, ifindex int) (link.Link, string, error) {
 	return l, "generic", nil
 }
 
+// CheckAttached fails, naming what is wrong, unless hook's link on ifname (in the calling
+// thread's network namespace) is pinned, targets the interface now called ifname and runs this
+// datapath's program: someone may have removed the pin, or deleted and made the device again.
+func (d *Datapath) CheckAttached(ifname string, h Hook) error {
+	prog, _, err := d.program(h)
+	if err != nil {
+		return err
+	}
+	path := LinkPinPath(d.PinDir, ifname, h)
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return fmt.Errorf("%s on %s is detached: %w", h, ifname, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return fmt.Errorf("%s on %s: link info: %w", h, ifname, err)
+	}
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("%s on %s: %w", h, ifname, err)
+	}
+	if got := linkIfindex(info); got != iface.Index {
+		return fmt.Errorf("%s on %s is detached: its link targets ifindex %d, the device is %d", h, ifname, got, iface.Index)
+	}
+	pinfo, err := prog.Info()
+	if err != nil {
+		return fmt.Errorf("%s: program info: %w", h, err)
+	}
+	if id, ok := pinfo.ID(); ok && id != info.Program {
+		return fmt.Errorf("%s on %s runs program %d, not this datapath's %d", h, ifname, info.Program, id)
+	}
+	return nil
+}
+
 // Detach removes the link of hook on ifname; a missing link is not an error.
 func Detach(pinDir, ifname string, h Hook) error {
 	return removeLink(LinkPinPath(pinDir, ifname, h))

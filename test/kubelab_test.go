@@ -37,7 +37,8 @@ func standardLab(t *testing.T, mode string) *lab.Spec {
 
 // TestKubernetesLab brings up a real Kubernetes per mode (API server, controller manager,
 // scheduler; containerd and kubelet per node; ebpfnet's agent on the kubernetes store), checks
-// that kubelet made every pod and all pairs reach each other, plays every NetworkPolicy case
+// that kubelet made every pod and all pairs reach each other, that pods resolve Services by name
+// through the cluster DNS and reach the API server, plays every NetworkPolicy case
 // through kubectl on it, and checks that `lab down` leaves nothing.
 func TestKubernetesLab(t *testing.T) {
 	for _, mode := range []string{"vxlan", "native"} {
@@ -78,6 +79,7 @@ func TestKubernetesLab(t *testing.T) {
 			if t.Failed() {
 				return
 			}
+			t.Run("cluster DNS, exec, logs and port-forward", func(t *testing.T) { checkClusterDNS(t, st) })
 			t.Run("networkpolicy cases through kubectl", func(t *testing.T) { playCasesOnKube(t, st) })
 			if mode == "vxlan" {
 				t.Run("deployment scaled 0-30-0", func(t *testing.T) { checkDeploymentScale(t, st) })

@@ -23,6 +23,16 @@ import (
 // scrape fetches a lab node's /metrics from inside its namespace.
 func scrape(t *testing.T, n *lab.Node) []byte {
 	t.Helper()
+	code, body := getMetricsPort(t, n, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("scrape %s: %d %s", n.Name, code, body)
+	}
+	return body
+}
+
+// getMetricsPort GETs path from a lab node's metrics address, from inside its namespace.
+func getMetricsPort(t *testing.T, n *lab.Node, path string) (int, []byte) {
+	t.Helper()
 	// The transport dials on its own goroutine: the socket must be made inside the namespace.
 	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
 		err = namespace.Do(n.Netns, func() error {
@@ -33,16 +43,16 @@ func scrape(t *testing.T, n *lab.Node) []byte {
 	}
 	// A generous bound: an agent busy with 100 CNI callers on a loaded machine answers late, not never.
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
-	resp, err := client.Get(fmt.Sprintf("http://%s/metrics", netip.AddrPortFrom(n.IP, lab.MetricsPort)))
+	resp, err := client.Get(fmt.Sprintf("http://%s%s", netip.AddrPortFrom(n.IP, lab.MetricsPort), path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape %s: %s %v", n.Name, resp.Status, err)
+	if err != nil {
+		t.Fatalf("GET %s on %s: %v", path, n.Name, err)
 	}
-	return body
+	return resp.StatusCode, body
 }
 
 // sample returns the value of the series name{labels} in an exposition; a missing metric or

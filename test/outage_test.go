@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,7 @@ const storeOutage = 60 * time.Second
 
 // Acceptance (issue 13): etcd stopped for 60 s under traffic. The datapath keeps forwarding
 // and enforcing; every agent reports not-ready (its status, CNI STATUS code 50,
-// ebpfnet_store_up 0, a log line) and lives on; a pod that goes away meanwhile is cleaned up
+// ebpfnet_store_up 0, /readyz, a log line) and lives on (/healthz); a pod that goes away meanwhile is cleaned up
 // once etcd is back, and the streams lose nothing.
 func TestStoreOutage(t *testing.T) {
 	t.Parallel()
@@ -50,6 +51,13 @@ spec:
 	s := startStream(t, a, b)
 	defer s.stop()
 	s.progress(t, 64<<10, "before the outage")
+	for _, n := range st.Nodes {
+		for _, path := range []string{"/healthz", "/readyz"} {
+			if code, body := getMetricsPort(t, &n, path); code != http.StatusOK {
+				t.Fatalf("%s %s before the outage: %d %s", n.Name, path, code, body)
+			}
+		}
+	}
 	restarted := false
 	t.Cleanup(func() {
 		if !restarted {
@@ -67,8 +75,14 @@ spec:
 				return false, err.Error()
 			}
 			up := sample(t, scrape(t, &n), "ebpfnet_store_up", nil)
-			return !stat.Ready && up == 0, fmt.Sprintf("ready %v, ebpfnet_store_up %v", stat.Ready, up)
+			code, body := getMetricsPort(t, &n, "/readyz")
+			return !stat.Ready && up == 0 && code == http.StatusServiceUnavailable && strings.Contains(string(body), "the store does not answer"),
+				fmt.Sprintf("ready %v, ebpfnet_store_up %v, /readyz %d %s", stat.Ready, up, code, body)
 		})
+		// Not ready, but alive: kubelet must not restart an agent for its store's outage.
+		if code, body := getMetricsPort(t, &n, "/healthz"); code != http.StatusOK {
+			t.Errorf("%s /healthz with the store down: %d %s", n.Name, code, body)
+		}
 		out, exit := plugin(t, &n, cniEnv("STATUS", "s", ""), cniConf(n.Socket, ""))
 		var e struct {
 			Code int `json:"code"`
@@ -102,7 +116,8 @@ spec:
 	for _, n := range st.Nodes {
 		eventually(t, 30*time.Second, n.Name+" to report ready again", func() (bool, string) {
 			stat, err := agentapi.NewClient(n.Socket).Status(ctx)
-			return err == nil && stat.Ready, fmt.Sprint(stat, err)
+			code, body := getMetricsPort(t, &n, "/readyz")
+			return err == nil && stat.Ready && code == http.StatusOK, fmt.Sprint(stat, err, code, string(body))
 		})
 	}
 	eventually(t, 30*time.Second, "node1 to clean up the pod that went away", func() (bool, string) {

@@ -18,7 +18,7 @@ func newLabCmd(g *globals) *cobra.Command {
 	var name string
 	cmd := &cobra.Command{Use: "lab", Short: "a cluster of nodes and pods made of network namespaces"}
 	cmd.PersistentFlags().StringVar(&name, "name", "lab", "which lab")
-	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabKubeconfigCmd(&name), newLabKubectlCmd(&name), newLabNodesCmd(g, &name),
+	cmd.AddCommand(newLabUpCmd(g, &name), newLabDownCmd(&name), newLabKubeconfigCmd(&name), newLabKubectlCmd(&name), newLabAPIWhoamiCmd(), newLabNodesCmd(g, &name),
 		newLabNodeCmd(g, &name), newLabPodsCmd(g, &name), newLabProbeCmd(&name), newLabMatrixCmd(g, &name), newLabLabelCmd(&name),
 		newLabBirdcCmd(&name), newLabServeCmd())
 	return cmd

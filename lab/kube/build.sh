@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries the kubernetes lab runs (and kube-proxy, the Services benchmark's
-# baseline) and the loopback CNI plugin, from source, into ${EBPFNET_CACHE:-/var/cache/ebpfnet},
+# baseline), CoreDNS (the lab's cluster DNS) and the loopback CNI plugin, from source, into ${EBPFNET_CACHE:-/var/cache/ebpfnet},
 # only those missing. Idempotent and instant when present. Run by `make deps-kubernetes` and,
 # embedded in the binary (lab/kube/build.go), by `ebpfnet lab up --kubernetes`.
 set -euo pipefail
@@ -8,6 +8,8 @@ set -euo pipefail
 k8s_version=${EBPFNET_K8S_VERSION:-v1.34.4} # kube.Version (lab/kube/kube.go); a test keeps the two equal
 cache=${EBPFNET_CACHE:-/var/cache/ebpfnet}
 k8s_bin=$cache/kubernetes/$k8s_version/bin
+coredns_version=v1.12.4 # kube.CoreDNSVersion (lab/kube/coredns.go); a test keeps the two equal
+coredns_bin=$cache/coredns/$coredns_version/bin/coredns
 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 
 # missing_k8s prints the binaries not in the cache, one a line.
@@ -28,7 +30,7 @@ have_loopback() {
 	compgen -G "$cache/cni-plugins/v*/bin/loopback" >/dev/null
 }
 
-if have_all_k8s && have_loopback; then
+if have_all_k8s && have_loopback && [[ -x $coredns_bin ]]; then
 	exit 0
 fi
 command -v go >/dev/null || { echo "build-k8s: go is not installed" >&2; exit 1; }
@@ -36,7 +38,7 @@ mkdir -p "$cache"
 # One build at a time: a second caller waits, then finds everything built.
 exec 9>"$cache/.build.lock"
 flock 9
-if have_all_k8s && have_loopback; then
+if have_all_k8s && have_loopback && [[ -x $coredns_bin ]]; then
 	exit 0
 fi
 # Two cores and no swap: at most two packages compiled or linked at once keeps memory in check.
@@ -94,6 +96,36 @@ build_k8s() {
 	done
 }
 
+# build_coredns builds CoreDNS from its Go module: CoreDNS's own coremain with only the plugins
+# the lab's Corefile (lab/kube/coredns.yaml) uses linked in, as CoreDNS documents for custom builds.
+build_coredns() {
+	mkdir -p "$cache/coredns"
+	local work
+	work=$(mktemp -d "$cache/coredns/.build-$coredns_version.XXXXXX")
+	trap 'rm -rf "$work"' RETURN
+	printf 'module ebpfnet.local/coredns-build\n\ngo 1.24.0\n\nrequire github.com/coredns/coredns %s\n' "$coredns_version" >"$work/go.mod"
+	{
+		echo "// Command coredns is CoreDNS with the plugins of the lab's Corefile."
+		echo "package main"
+		echo
+		echo "import ("
+		echo '	"github.com/coredns/coredns/coremain"'
+		echo
+		local p
+		for p in cache errors health kubernetes loadbalance log metrics ready; do
+			echo "	_ \"github.com/coredns/coredns/plugin/$p\""
+		done
+		echo ")"
+		echo
+		echo "func main() { coremain.Run() }"
+	} >"$work/main.go"
+	echo "build-k8s: building CoreDNS $coredns_version"
+	(cd "$work" && go build -trimpath -ldflags "-s -w" -o coredns .)
+	mkdir -p "${coredns_bin%/coredns}"
+	mv "$work/coredns" "$coredns_bin"
+	echo "build-k8s: built CoreDNS $coredns_version"
+}
+
 build_loopback() {
 	local version
 	version=$(go list -m -f '{{.Version}}' github.com/containernetworking/plugins@latest)
@@ -116,4 +148,5 @@ if ! have_all_k8s; then
 	echo "build-k8s: building Kubernetes $k8s_version from source ($(missing_k8s | tr '\n' ' ')), about 12 minutes on 2 idle cores, once: cached in $cache"
 	build_k8s
 fi
+[[ -x $coredns_bin ]] || build_coredns
 have_loopback || build_loopback

@@ -31,7 +31,8 @@ type image struct {
 	files      []imageFile
 }
 
-// BuildImages writes the pause (PauseImage) and echo (EchoImage, exe as /ebpfnet) images as
+// BuildImages writes the pause (PauseImage), echo (EchoImage, exe as /ebpfnet) and cluster DNS
+// (CoreDNSImage, from the cached CoreDNS binary) images as
 // docker archives `ctr images import` loads, into dir, reusing archives already built from the
 // same content, and returns their paths. exe must be statically linked (CGO_ENABLED=0).
 func BuildImages(dir, exe string) ([]string, error) {
@@ -50,7 +51,12 @@ func BuildImages(dir, exe string) ([]string, error) {
 	if err := buildPause(pause); err != nil {
 		return nil, err
 	}
+	dns, err := coreDNSImage()
+	if err != nil {
+		return nil, err
+	}
 	images := []image{
+		dns,
 		{ref: PauseImage, entrypoint: []string{"/pause"}, files: []imageFile{{name: "pause", src: pause, mode: 0o755}}},
 		{ref: EchoImage, entrypoint: []string{"/ebpfnet"}, files: []imageFile{
 			{name: "ebpfnet", src: exe, mode: 0o755},

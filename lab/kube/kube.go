@@ -71,6 +71,9 @@ func CheckBinaries() error {
 			missing = append(missing, b)
 		}
 	}
+	if _, err := os.Stat(CoreDNSBinary()); err != nil {
+		missing = append(missing, "coredns")
+	}
 	if CNIPluginsDir() == "" {
 		missing = append(missing, "loopback CNI plugin")
 	}

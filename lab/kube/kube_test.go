@@ -93,7 +93,7 @@ func TestClusterRunsHostNetworkPod(t *testing.T) {
 	start = time.Now()
 	node, err := StartNode(ctx, cp, NodeConfig{
 		Name: "node1", Dir: filepath.Join(base, "node1"), Netns: nodeNS.Path, IP: nodeIP,
-		CNIBinDir: CNIPluginsDir(), CNIConfDir: confDir, Images: images,
+		ClusterDNS: netip.MustParseAddr("10.96.0.10"), CNIBinDir: CNIPluginsDir(), CNIConfDir: confDir, Images: images,
 	})
 	if err != nil {
 		t.Fatal(err)

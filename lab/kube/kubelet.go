@@ -7,7 +7,7 @@ import (
 
 // kubeletConfig is the node's KubeletConfiguration: this host's cgroup v1 accepted, the node's
 // own cgroup root, no swap check, no image garbage collection nor disk eviction (images are
-// imported, never pulled back), no iptables, and no port but 10250 on the node's address.
+// imported, never pulled back), the cluster DNS for pods, no iptables, and no port but 10250 on the node's address.
 func kubeletConfig(n *Node, oomScoreAdj int) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -34,6 +34,8 @@ failCgroupV1: false
 failSwapOn: false
 oomScoreAdj: %d
 resolvConf: %s
+clusterDomain: %s
+clusterDNS: [%s]
 podLogsDir: %s
 volumePluginDir: %s
 imageGCHighThresholdPercent: 100
@@ -50,7 +52,7 @@ serializeImagePulls: false
 registerNode: true
 `, n.IP, n.pkiFile("kubelet-server.crt"), n.pkiFile("kubelet-server.key"), n.caFile,
 		n.ContainerdSocket, n.CgroupRoot, oomScoreAdj,
-		filepath.Join(n.Dir, "resolv.conf"), filepath.Join(n.Dir, "pod-logs"),
+		filepath.Join(n.Dir, "resolv.conf"), ClusterDomain, n.ClusterDNS, filepath.Join(n.Dir, "pod-logs"),
 		filepath.Join(n.Dir, "kubelet", "volume-plugins"))
 }
 

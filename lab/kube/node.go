@@ -16,6 +16,7 @@ type NodeConfig struct {
 	Dir        string     // the node's state, certificates, logs and pid files all live under it
 	Netns      string     // the node's network namespace path
 	IP         netip.Addr // the node's InternalIP; kubelet serves on it
+	ClusterDNS netip.Addr // the kube-dns Service's cluster IP, each pod's nameserver
 	CNIBinDir  string     // where containerd finds the CNI plugins (ebpfnet-cni, loopback)
 	CNIConfDir string     // the conflist directory containerd reads
 	Images     []string   // image archives (BuildImages) imported into containerd before kubelet starts
@@ -27,6 +28,7 @@ type Node struct {
 	Dir              string     // as configured, absolute
 	Netns            string     // as configured
 	IP               netip.Addr // as configured
+	ClusterDNS       netip.Addr // as configured
 	CNIBinDir        string     // as configured
 	CNIConfDir       string     // as configured
 	ContainerdSocket string     // containerd's gRPC socket (CRI endpoint)
@@ -43,12 +45,15 @@ func StartNode(ctx context.Context, cp *ControlPlane, cfg NodeConfig) (*Node, er
 	if err := CheckBinaries(); err != nil {
 		return nil, err
 	}
+	if !cfg.ClusterDNS.IsValid() {
+		return nil, fmt.Errorf("node %s: no cluster DNS address", cfg.Name)
+	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
 	n := &Node{
-		Name: cfg.Name, Dir: dir, Netns: cfg.Netns, IP: cfg.IP,
+		Name: cfg.Name, Dir: dir, Netns: cfg.Netns, IP: cfg.IP, ClusterDNS: cfg.ClusterDNS,
 		CNIBinDir: cfg.CNIBinDir, CNIConfDir: cfg.CNIConfDir,
 		ContainerdSocket: filepath.Join(dir, "containerd.sock"),
 		CgroupRoot:       cgroupRootName(dir, cfg.Name),

@@ -48,6 +48,9 @@ type class struct {
 	create      func(ctx context.Context, key string, val []byte) error
 	del         func(ctx context.Context, key string) error
 	lister      func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) // live, for Sync
+	// tombs holds, by informer key, the resource version at which the cache saw an object
+	// deleted: for Sync, an object listed live and missing from the cache may be gone since.
+	tombs sync.Map
 }
 
 func (c *class) overlaps(prefix string) bool {

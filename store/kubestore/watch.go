@@ -31,8 +31,9 @@ func (k *KV) handler(c *class) cache.ResourceEventHandler {
 		k.watches.Notify(store.Event{Key: key, Value: val, Deleted: deleted})
 	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(obj any) { send(obj, false) },
+		AddFunc: func(obj any) { c.alive(obj); send(obj, false) },
 		UpdateFunc: func(old, obj any) {
+			c.alive(obj)
 			// Kubelet rewrites pod and node status all the time; only what ebpfnet reads counts.
 			ok, ov, oOK := c.encode(old)
 			nk, nv, nOK := c.encode(obj)
@@ -41,8 +42,44 @@ func (k *KV) handler(c *class) cache.ResourceEventHandler {
 			}
 			send(obj, false)
 		},
-		DeleteFunc: func(obj any) { send(obj, true) },
+		DeleteFunc: func(obj any) { c.buried(obj); send(obj, true) },
 	}
+}
+
+// alive forgets an object's tombstone: it exists (again).
+func (c *class) alive(obj any) {
+	if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+		c.tombs.Delete(key)
+	}
+}
+
+// buried records at which version the cache saw an object deleted: the deletion's own version,
+// or, when the informer only found it gone on a fresh list, that list's.
+func (c *class) buried(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		return
+	}
+	var rv uint64
+	if _, unknown := obj.(cache.DeletedFinalStateUnknown); unknown {
+		c.mu.RLock()
+		rv, _ = strconv.ParseUint(c.informer.LastSyncResourceVersion(), 10, 64)
+		c.mu.RUnlock()
+	} else {
+		rv = version(obj)
+	}
+	c.tombs.Store(key, rv)
+}
+
+// pruneTombs drops the tombstones no list at or after listRV can need: of objects deleted
+// before it and not in it.
+func (c *class) pruneTombs(live map[string]uint64, listRV uint64) {
+	c.tombs.Range(func(k, v any) bool {
+		if _, listed := live[k.(string)]; !listed && v.(uint64) < listRV {
+			c.tombs.Delete(k)
+		}
+		return true
+	})
 }
 
 // Watch reports changes under prefix. Its first, empty-keyed event comes once every informer
@@ -74,6 +111,7 @@ func (k *KV) syncClass(ctx context.Context, c *class) error {
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", c.name(), err)
 	}
+	c.pruneTombs(live, rv)
 	restarted := false
 	deadline := time.Now().Add(syncGrace)
 	for {
@@ -125,10 +163,15 @@ func cacheBehind(c *class, live map[string]uint64, listRV uint64) string {
 			return key + " (deleted)"
 		}
 	}
-	for key := range live {
-		if !seen[key] {
-			return key
+	for key, want := range live {
+		if seen[key] {
+			continue
 		}
+		// Deleted since the list, at or after the version listed: the cache is ahead.
+		if t, ok := c.tombs.Load(key); ok && t.(uint64) >= want {
+			continue
+		}
+		return key
 	}
 	return ""
 }
