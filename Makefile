@@ -13,7 +13,7 @@ SOAK_TIME ?= 10m
 FUZZ_PACKETS ?= 1000000
 FUZZ_TIME    ?= 60s
 
-.PHONY: help deps deps-kubernetes generate check-generate lint build image test fuzz soak bench bench-record demo clean
+.PHONY: help deps deps-kubernetes deps-e2e conformance generate check-generate lint build image test fuzz soak bench bench-record demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,8 +21,11 @@ help: ## list the targets
 deps: ## install the Debian packages the build, demo and tests need (only those missing)
 	@scripts/install-deps.sh
 
-deps-kubernetes: deps ## build Kubernetes v1.34.4 and the loopback CNI plugin from source into /var/cache/ebpfnet (once, ~12 min)
+deps-kubernetes: deps ## build Kubernetes v1.34.4, CoreDNS and the loopback CNI plugin from source into /var/cache/ebpfnet (once, ~15 min)
 	@lab/kube/build.sh
+
+deps-e2e: deps-kubernetes ## build the upstream e2e suite (e2e.test) and agnhost v1.34.4 from source (once, ~20 min)
+	@lab/kube/build.sh e2e
 
 generate: deps ## compile the BPF C with clang-19, regenerate the Go bindings and docs/cli.md
 	$(GO) generate ./bpf/
@@ -81,6 +84,9 @@ bench: deps deps-kubernetes build ## compare ebpfnet with kernel baselines (ever
 bench-record: ## copy the last make bench (bin/bench/) into the committed bench/results/
 	@test -s $(BIN)/bench/results.json || { echo "no $(BIN)/bench/results.json: run make bench first"; exit 1; }
 	cp $(BIN)/bench/results.json $(BIN)/bench/results.md $(BIN)/bench/ratios.svg bench/results/
+
+conformance: deps deps-e2e build ## run Kubernetes' sig-network e2e suites in vxlan and native labs (CONFORMANCE_ARGS: -modes, -suites, -only); writes bin/conformance/
+	$(BIN)/ebpfnet-conformance -out $(BIN)/conformance $(CONFORMANCE_ARGS)
 
 demo: deps build ## bring up a small cluster in namespaces and show it working
 	scripts/demo.sh

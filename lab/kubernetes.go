@@ -57,6 +57,17 @@ func (s *State) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 	return out, nil
 }
 
+// ImportImages loads image archives into every node's containerd, where kubelet finds them by
+// name (no registry is reached).
+func (s *State) ImportImages(ctx context.Context, archives []string) error {
+	for _, n := range s.Nodes {
+		if err := kube.ImportImages(ctx, filepath.Join(s.kubeNodeDir(n.Name), "containerd.sock"), archives); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	return nil
+}
+
 // kubeControlPlane starts the API server, controller manager and scheduler on the underlay,
 // storing in the lab's etcd, and builds the images every node imports.
 func (b *builder) kubeControlPlane(ctx context.Context) error {

@@ -40,5 +40,8 @@ func missingBuilt() bool {
 			return true
 		}
 	}
+	if _, err := os.Stat(CoreDNSBinary()); err != nil {
+		return true
+	}
 	return CNIPluginsDir() == ""
 }

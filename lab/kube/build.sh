@@ -3,7 +3,16 @@
 # baseline), CoreDNS (the lab's cluster DNS) and the loopback CNI plugin, from source, into ${EBPFNET_CACHE:-/var/cache/ebpfnet},
 # only those missing. Idempotent and instant when present. Run by `make deps-kubernetes` and,
 # embedded in the binary (lab/kube/build.go), by `ebpfnet lab up --kubernetes`.
+# `build.sh e2e` builds, besides, the upstream end-to-end suite (e2e.test) and agnhost, the image
+# its tests run, at the same version: `make conformance` runs them.
 set -euo pipefail
+
+want_e2e=false
+case ${1:-} in
+"") ;;
+e2e) want_e2e=true ;;
+*) echo "build-k8s: unknown argument ${1} (none, or e2e)" >&2; exit 2 ;;
+esac
 
 k8s_version=${EBPFNET_K8S_VERSION:-v1.34.4} # kube.Version (lab/kube/kube.go); a test keeps the two equal
 cache=${EBPFNET_CACHE:-/var/cache/ebpfnet}
@@ -11,6 +20,7 @@ k8s_bin=$cache/kubernetes/$k8s_version/bin
 coredns_version=v1.12.4 # kube.CoreDNSVersion (lab/kube/coredns.go); a test keeps the two equal
 coredns_bin=$cache/coredns/$coredns_version/bin/coredns
 cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+e2e_bin=$cache/kubernetes/$k8s_version/e2e
 
 # missing_k8s prints the binaries not in the cache, one a line.
 missing_k8s() {
@@ -30,7 +40,13 @@ have_loopback() {
 	compgen -G "$cache/cni-plugins/v*/bin/loopback" >/dev/null
 }
 
-if have_all_k8s && have_loopback && [[ -x $coredns_bin ]]; then
+# have_all succeeds when everything asked for is in the cache.
+have_all() {
+	have_all_k8s && have_loopback && [[ -x $coredns_bin ]] || return 1
+	! $want_e2e || [[ -x $e2e_bin/e2e.test && -x $e2e_bin/agnhost ]]
+}
+
+if have_all; then
 	exit 0
 fi
 command -v go >/dev/null || { echo "build-k8s: go is not installed" >&2; exit 1; }
@@ -38,23 +54,21 @@ mkdir -p "$cache"
 # One build at a time: a second caller waits, then finds everything built.
 exec 9>"$cache/.build.lock"
 flock 9
-if have_all_k8s && have_loopback && [[ -x $coredns_bin ]]; then
+if have_all; then
 	exit 0
 fi
 # Two cores and no swap: at most two packages compiled or linked at once keeps memory in check.
 export GOFLAGS="-mod=mod -buildvcs=false -p=2" CGO_ENABLED=0 GOTOOLCHAIN=local
 
-# build_k8s builds the binaries missing from the cache, and only those.
-build_k8s() {
-	local missing
-	mapfile -t missing < <(missing_k8s)
+# wrapper_module writes, into the directory $1, a module that requires k8s.io/kubernetes at
+# k8s_version with every staging module replaced by its published version (kubernetes' own
+# go.mod replaces them with ./staging, which a dependency cannot), and sets ldflags to stamp
+# the version as a release build does.
+wrapper_module() {
+	local work=$1
 	local minor=${k8s_version#v1.}
 	minor=${minor%%.*}
 	local staging_version=v0.${k8s_version#v1.}
-	local work
-	work=$(mktemp -d "$cache/kubernetes/.build-$k8s_version.XXXXXX")
-	trap 'rm -rf "$work"' RETURN
-
 	local gomod
 	gomod=$(go mod download -json "k8s.io/kubernetes@$k8s_version" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
 	[[ -f $gomod ]] || { echo "build-k8s: no go.mod for k8s.io/kubernetes@$k8s_version" >&2; return 1; }
@@ -77,12 +91,22 @@ build_k8s() {
 		done
 	} >"$work/go.mod"
 
-	local ldflags="-s -w"
+	ldflags="-s -w"
 	local pkg
 	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 		ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	done
+}
+
+# build_k8s builds the binaries missing from the cache, and only those.
+build_k8s() {
+	local missing
+	mapfile -t missing < <(missing_k8s)
+	local work ldflags
+	work=$(mktemp -d "$cache/kubernetes/.build-$k8s_version.XXXXXX")
+	trap 'rm -rf "$work"' RETURN
+	wrapper_module "$work"
 
 	mkdir -p "$work/bin" "$k8s_bin"
 	local c i=0
@@ -94,6 +118,22 @@ build_k8s() {
 		mv "$work/bin/$c" "$k8s_bin/$c"
 		echo "build-k8s: built $c $k8s_version"
 	done
+}
+
+# build_e2e builds the upstream e2e suite, as a test binary, and agnhost into e2e_bin.
+build_e2e() {
+	local work ldflags
+	work=$(mktemp -d "$cache/kubernetes/.build-e2e-$k8s_version.XXXXXX")
+	trap 'rm -rf "$work"' RETURN
+	wrapper_module "$work"
+	mkdir -p "$work/bin" "$e2e_bin"
+	echo "build-k8s: [1/2] building e2e.test $k8s_version (the largest: about 15 minutes on 2 idle cores)"
+	(cd "$work" && go test -c -trimpath -ldflags "$ldflags" -o bin/e2e.test k8s.io/kubernetes/test/e2e)
+	echo "build-k8s: [2/2] building agnhost $k8s_version"
+	(cd "$work" && go build -trimpath -ldflags "$ldflags" -o bin/agnhost k8s.io/kubernetes/test/images/agnhost)
+	mv "$work/bin/agnhost" "$e2e_bin/agnhost"
+	mv "$work/bin/e2e.test" "$e2e_bin/e2e.test"
+	echo "build-k8s: built e2e.test and agnhost $k8s_version"
 }
 
 # build_coredns builds CoreDNS from its Go module: CoreDNS's own coremain with only the plugins
@@ -150,3 +190,6 @@ if ! have_all_k8s; then
 fi
 [[ -x $coredns_bin ]] || build_coredns
 have_loopback || build_loopback
+if $want_e2e && ! [[ -x $e2e_bin/e2e.test && -x $e2e_bin/agnhost ]]; then
+	build_e2e
+fi

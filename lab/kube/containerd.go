@@ -77,9 +77,18 @@ func (n *Node) ctr(ctx context.Context, args ...string) ([]byte, error) {
 
 // importImages loads image archives into containerd, where the CRI finds them by name.
 func (n *Node) importImages(ctx context.Context, archives []string) error {
+	if err := ImportImages(ctx, n.ContainerdSocket, archives); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// ImportImages loads image archives into the containerd at socket, in the CRI's namespace.
+func ImportImages(ctx context.Context, socket string, archives []string) error {
 	for _, a := range archives {
-		if _, err := n.ctr(ctx, "images", "import", a); err != nil {
-			return fmt.Errorf("import %s on %s: %w", a, n.Name, err)
+		out, err := exec.CommandContext(ctx, "ctr", "--address", socket, "--namespace", containerdNamespace, "images", "import", a).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("import %s: %w: %s", a, err, strings.TrimSpace(string(out)))
 		}
 	}
 	return nil

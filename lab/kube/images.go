@@ -20,7 +20,8 @@ import (
 // imageFile is one file or directory of an image's single layer.
 type imageFile struct {
 	name string // path inside the image, without the leading slash
-	src  string // host file to copy; "" makes a directory
+	src  string // host file to copy; "" makes a directory (or, with link, a symbolic link)
+	link string // the target of a symbolic link
 	mode int64
 }
 
@@ -39,18 +40,11 @@ func BuildImages(dir, exe string) ([]string, error) {
 	if err := checkStatic(exe); err != nil {
 		return nil, err
 	}
-	if err := ensureDir(dir); err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp(dir, ".pause-")
+	pause, done, err := pauseIn(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(tmp)
-	pause := filepath.Join(tmp, "pause")
-	if err := buildPause(pause); err != nil {
-		return nil, err
-	}
+	defer done()
 	dns, err := coreDNSImage()
 	if err != nil {
 		return nil, err
@@ -72,6 +66,25 @@ func BuildImages(dir, exe string) ([]string, error) {
 		paths = append(paths, p)
 	}
 	return paths, nil
+}
+
+// pauseIn makes dir and builds the pause program in a temporary directory inside it; done
+// removes that directory.
+func pauseIn(dir string) (pause string, done func(), err error) {
+	if err := ensureDir(dir); err != nil {
+		return "", nil, err
+	}
+	tmp, err := os.MkdirTemp(dir, ".pause-")
+	if err != nil {
+		return "", nil, err
+	}
+	done = func() { os.RemoveAll(tmp) }
+	pause = filepath.Join(tmp, "pause")
+	if err := buildPause(pause); err != nil {
+		done()
+		return "", nil, err
+	}
+	return pause, done, nil
 }
 
 // checkStatic fails when exe is dynamically linked: a scratch image has no libc.
@@ -143,6 +156,13 @@ func layerTar(files []imageFile) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
+		if f.link != "" {
+			h := &tar.Header{Typeflag: tar.TypeSymlink, Name: f.name, Linkname: f.link, Mode: 0o777, ModTime: time.Unix(0, 0)}
+			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if f.src == "" {
 			h := &tar.Header{Typeflag: tar.TypeDir, Name: f.name + "/", Mode: f.mode, ModTime: time.Unix(0, 0)}
 			if err := tw.WriteHeader(h); err != nil {

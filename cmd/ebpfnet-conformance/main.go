@@ -1,0 +1,61 @@
+// Command conformance runs Kubernetes' sig-network e2e suites against ebpfnet in kubernetes
+// labs (make conformance): it writes JUnit reports and summary.json and prints a table.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/ebpfnet/ebpfnet/conformance"
+	"github.com/ebpfnet/ebpfnet/lab"
+)
+
+func main() {
+	modes := flag.String("modes", "vxlan,native", "lab modes to run in, comma-separated")
+	suites := flag.String("suites", "netpol,services,dns", "suites to run, comma-separated")
+	only := flag.String("only", "", "run only the suites' tests whose name also matches this regular expression")
+	out := flag.String("out", "bin/conformance", "directory for the reports and summary.json")
+	exe := flag.String("ebpfnet", "bin/ebpfnet", "the ebpfnet binary (ebpfnet-cni beside it)")
+	name := flag.String("lab", "conf", "prefix of the labs' names")
+	flag.Parse()
+	if err := run(*modes, *suites, *only, *out, *exe, *name); err != nil {
+		fmt.Fprintln(os.Stderr, "conformance:", err)
+		os.Exit(1)
+	}
+}
+
+func run(modes, suites, only, out, exe, name string) error {
+	// The labs link the binaries into each node's CNI directory: the paths must be absolute.
+	exe, err := filepath.Abs(exe)
+	if err != nil {
+		return err
+	}
+	cfg := conformance.Config{Modes: strings.Split(modes, ","), Only: only, Out: out, LabName: name,
+		Lab: lab.Options{Exe: exe}, Log: os.Stdout}
+	for _, s := range strings.Split(suites, ",") {
+		suite, err := conformance.SuiteByName(s)
+		if err != nil {
+			return err
+		}
+		cfg.Suites = append(cfg.Suites, suite)
+	}
+	for _, m := range cfg.Modes {
+		if m != "vxlan" && m != "native" {
+			return fmt.Errorf("mode %q: vxlan or native", m)
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sum, err := conformance.Run(ctx, cfg)
+	fmt.Print(sum.Table())
+	return err
+}

@@ -1,0 +1,190 @@
+package conformance
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
+)
+
+// Config says what to run.
+type Config struct {
+	Modes  []string // lab modes: vxlan, native
+	Suites []Suite
+	// Only narrows every suite to its tests whose name also matches this (after the suite's
+	// focus): the short subset `make test` runs. Empty: every test of the suites.
+	Only    string
+	Out     string      // reports, logs and summary.json go here
+	Lab     lab.Options // the ebpfnet and ebpfnet-cni binaries
+	LabName string      // prefix of the labs' names
+	Log     io.Writer   // progress, and e2e.test's output
+}
+
+// Summary is summary.json.
+type Summary struct {
+	Suites []Count `json:"suites"`
+}
+
+// Run brings up a 3-node kubernetes lab per mode, runs each suite's tests with e2e.test in it
+// and writes Out/summary.json. It fails when a selected test failed or could not run.
+func Run(ctx context.Context, cfg Config) (Summary, error) {
+	ex, err := Exclusions()
+	if err != nil {
+		return Summary{}, err
+	}
+	e2e := filepath.Join(kube.E2EDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		return Summary{}, fmt.Errorf("%w: run lab/kube/build.sh e2e (make conformance does)", err)
+	}
+	refs, err := imageRefs(ctx, e2e)
+	if err != nil {
+		return Summary{}, err
+	}
+	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, "images"), refs)
+	if err != nil {
+		return Summary{}, err
+	}
+	var sum Summary
+	var failed []string
+	for _, mode := range cfg.Modes {
+		counts, err := runMode(ctx, cfg, mode, e2e, images, ex)
+		sum.Suites = append(sum.Suites, counts...)
+		if err != nil {
+			return sum, err
+		}
+		for _, c := range counts {
+			if c.Failed > 0 {
+				failed = append(failed, fmt.Sprintf("%s/%s: %d failed", mode, c.Name, c.Failed))
+			}
+		}
+	}
+	b, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return sum, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Out, "summary.json"), append(b, '\n'), 0o644); err != nil {
+		return sum, err
+	}
+	if len(failed) > 0 {
+		return sum, fmt.Errorf("conformance: %s", strings.Join(failed, "; "))
+	}
+	return sum, nil
+}
+
+// runMode runs every suite in one lab of the mode.
+func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string, ex []Exclusion) ([]Count, error) {
+	name := cfg.LabName + mode[:2]
+	spec := &lab.Spec{Mode: mode, Kubernetes: true, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
+	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, 3 nodes) up\n", name, mode)
+	st, err := lab.Up(ctx, name, spec, cfg.Lab)
+	if err != nil {
+		return nil, fmt.Errorf("%s lab: %w", mode, err)
+	}
+	defer func() {
+		if err := lab.Down(name); err != nil {
+			slog.Warn("lab down", "lab", name, "err", err)
+		}
+	}()
+	if err := st.ImportImages(ctx, images); err != nil {
+		return nil, err
+	}
+	cp, err := st.ControlPlane()
+	if err != nil {
+		return nil, err
+	}
+	var counts []Count
+	for _, s := range cfg.Suites {
+		if cfg.Only != "" {
+			s.Focus += ".*" + cfg.Only
+		}
+		dir := filepath.Join(cfg.Out, mode, s.Name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return counts, err
+		}
+		report := filepath.Join(dir, "junit.xml")
+		fmt.Fprintf(cfg.Log, "conformance: %s %s: e2e.test --ginkgo.focus=%q (log: %s)\n", mode, s.Name, s.Focus, filepath.Join(dir, "e2e.log"))
+		start := time.Now()
+		runErr := runE2E(ctx, st, cp.Kubeconfig, e2e, s, ex, report, filepath.Join(dir, "e2e.log"))
+		c, err := countJUnit(report, s, ex)
+		if err != nil {
+			// No report: e2e.test did not get as far as its tests.
+			return counts, fmt.Errorf("%s %s: %w (e2e.test: %v)", mode, s.Name, err, runErr)
+		}
+		c.Mode, c.Seconds = mode, time.Since(start).Round(time.Second).Seconds()
+		counts = append(counts, c)
+		fmt.Fprintf(cfg.Log, "conformance: %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
+			mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
+		if c.Passed+c.Failed == 0 {
+			return counts, fmt.Errorf("%s %s: no test ran (e2e.test: %v)", mode, s.Name, runErr)
+		}
+	}
+	return counts, nil
+}
+
+// runE2E runs e2e.test on the lab's underlay, where the API server is, as the admin.
+func runE2E(ctx context.Context, st *lab.State, kubeconfig, e2e string, s Suite, ex []Exclusion, report, logPath string) error {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := []string{"--net=" + st.Underlay, "--", e2e,
+		"--kubeconfig=" + kubeconfig,
+		"--provider=skeleton",
+		"--kubectl-path=" + filepath.Join(kube.BinDir(), "kubectl"),
+		"--num-nodes=3",
+		"--dns-domain=" + kube.ClusterDomain,
+		"--ginkgo.focus=" + s.Focus,
+		"--ginkgo.junit-report=" + report,
+		"--ginkgo.timeout=6h",
+		"--ginkgo.no-color",
+	}
+	if len(ex) > 0 {
+		args = append(args, "--ginkgo.skip="+skipRegexp(ex))
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = filepath.Dir(report)
+	return cmd.Run()
+}
+
+// imageRefs asks e2e.test which images its tests use (--list-images), so the images built
+// here are tagged as this build of the suite expects.
+func imageRefs(ctx context.Context, e2e string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, e2e, "--list-images").Output()
+	if err != nil {
+		return nil, fmt.Errorf("e2e.test --list-images: %w", err)
+	}
+	var refs []string
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		if ref := strings.TrimSpace(sc.Text()); ref != "" {
+			refs = append(refs, ref)
+		}
+	}
+	return refs, nil
+}
+
+// Table is the summary as a text table.
+func (s Summary) Table() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-8s %-9s %7s %7s %8s %9s %8s\n", "mode", "suite", "passed", "failed", "skipped", "excluded", "time")
+	for _, c := range s.Suites {
+		fmt.Fprintf(&b, "%-8s %-9s %7d %7d %8d %9d %8s\n", c.Mode, c.Name, c.Passed, c.Failed, c.Skipped, c.Excluded,
+			(time.Duration(c.Seconds) * time.Second).String())
+		for _, f := range c.Failures {
+			fmt.Fprintf(&b, "  FAIL %s\n", f)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,93 @@
+package kube
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// E2EDir is where `build.sh e2e` puts the upstream e2e suite (e2e.test) and agnhost.
+func E2EDir() string { return filepath.Join(CacheDir(), "kubernetes", Version, "e2e") }
+
+// E2E image names, as e2e.test --list-images prints them, by what follows the registry.
+const (
+	e2eAgnhost   = "/e2e-test-images/agnhost:"
+	e2eDNSUtils  = "/e2e-test-images/jessie-dnsutils:"
+	e2eBusybox   = "/e2e-test-images/busybox:"
+	e2ePauseName = "/pause:"
+)
+
+// Host programs the upstream images carry and the tests run in them (`sh -c`, curl, nc, dig):
+// this host's, with their libraries, and a static busybox for the shell and the small tools.
+const (
+	hostBusybox = "/bin/busybox" // Debian's busybox-static
+	hostCurl    = "/usr/bin/curl"
+	hostDig     = "/usr/bin/dig" // Debian's bind9-dnsutils
+)
+
+// BuildE2EImages writes, into dir, the images among refs (e2e.test --list-images) that the
+// sig-network suites run and no registry gives this machine, under the names the suite asks
+// for: agnhost (from E2EDir, with a shell, curl, nc and dig as upstream's has them),
+// jessie-dnsutils (a shell and dig), busybox, and pause (the lab's). It returns their
+// archives, for ImportImages on every node.
+func BuildE2EImages(dir string, refs []string) ([]string, error) {
+	agnhost := filepath.Join(E2EDir(), "agnhost")
+	if err := checkStatic(agnhost); err != nil {
+		return nil, fmt.Errorf("%w: run lab/kube/build.sh e2e (make conformance does)", err)
+	}
+	pause, done, err := pauseIn(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	tools := func(programs ...string) ([]imageFile, error) {
+		files, err := hostPrograms(append([]string{hostBusybox}, programs...)...)
+		if err != nil {
+			return nil, err
+		}
+		applets, err := busyboxApplets(hostBusybox, files)
+		if err != nil {
+			return nil, err
+		}
+		return append(append(files, applets...), imageFile{name: "tmp", mode: 0o1777}), nil
+	}
+	var images []image
+	for _, ref := range refs {
+		var files []imageFile
+		var entry []string
+		switch {
+		case strings.Contains(ref, e2eAgnhost):
+			if files, err = tools(hostCurl, hostDig); err != nil {
+				return nil, err
+			}
+			files, entry = append(files, imageFile{name: "agnhost", src: agnhost, mode: 0o755}), []string{"/agnhost"}
+		case strings.Contains(ref, e2eDNSUtils):
+			if files, err = tools(hostDig); err != nil {
+				return nil, err
+			}
+			entry = []string{"/bin/sh"}
+		case strings.Contains(ref, e2eBusybox):
+			if files, err = tools(); err != nil {
+				return nil, err
+			}
+			entry = []string{"/bin/sh"}
+		case strings.Contains(ref, e2ePauseName):
+			files, entry = []imageFile{{name: "pause", src: pause, mode: 0o755}}, []string{"/pause"}
+		default:
+			continue
+		}
+		images = append(images, image{ref: ref, entrypoint: entry, files: files})
+	}
+	if len(images) < 2 {
+		return nil, fmt.Errorf("e2e images: found no agnhost or pause among %d images e2e.test named", len(refs))
+	}
+	var paths []string
+	for _, img := range images {
+		p, err := writeImage(dir, img)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.ref, err)
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
+}

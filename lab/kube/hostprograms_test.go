@@ -1,0 +1,86 @@
+package kube
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+)
+
+// The tools the upstream suites run in their pods work from their image alone: the layer is
+// unpacked into an empty directory and each tool runs chrooted there, so a library ldd missed
+// or a link gone wrong fails here, not in a pod.
+func TestE2EToolsRunInTheirImage(t *testing.T) {
+	nstest.RequireRoot(t)
+	files, err := hostPrograms(hostBusybox, hostCurl, hostDig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applets, err := busyboxApplets(hostBusybox, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := layerTar(append(files, applets...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	untar(t, layer, root)
+	for _, cmd := range [][]string{
+		{"/bin/sh", "-c", "echo shell ok"},
+		{"/usr/bin/curl", "--version"},
+		{"/usr/bin/dig", "-v"},
+		{"/bin/nc", "--help"},
+		{"/bin/seq", "1", "2"},
+	} {
+		out, err := exec.Command("chroot", append([]string{root}, cmd...)...).CombinedOutput()
+		// busybox's nc --help exits 1 after its usage; what counts is that it ran.
+		if err != nil && !strings.Contains(string(out), "Usage") && !strings.Contains(string(out), "BusyBox") {
+			t.Errorf("%s in the image: %v: %s", strings.Join(cmd, " "), err, out)
+		}
+	}
+	// Without its libraries curl does not run: the check above can fail.
+	os.Remove(filepath.Join(root, "lib64", "ld-linux-x86-64.so.2"))
+	if out, err := exec.Command("chroot", root, "/usr/bin/curl", "--version").CombinedOutput(); err == nil {
+		t.Errorf("curl ran without its dynamic loader: %s", out)
+	}
+}
+
+// untar unpacks a layer as containerd would: parents made, links kept.
+func untar(t *testing.T, layer []byte, root string) {
+	t.Helper()
+	tr := tar.NewReader(bytes.NewReader(layer))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, h.Name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode))
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, p)
+		default:
+			var data []byte
+			if data, err = io.ReadAll(tr); err == nil {
+				err = os.WriteFile(p, data, os.FileMode(h.Mode))
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
