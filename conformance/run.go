@@ -24,7 +24,7 @@ type Config struct {
 	// Only narrows every suite to its tests whose name also matches this (after the suite's
 	// focus): the short subset `make test` runs. Empty: every test of the suites.
 	Only    string
-	Out     string      // reports, logs and summary.json go here
+	Out     string      // reports, logs and summary.json go here (an absolute path)
 	Lab     lab.Options // the ebpfnet and ebpfnet-cni binaries
 	LabName string      // prefix of the labs' names
 	Log     io.Writer   // progress, and e2e.test's output
@@ -85,6 +85,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string, ex []Exclusion) ([]Count, error) {
 	name := cfg.LabName + mode[:2]
 	spec := &lab.Spec{Mode: mode, Kubernetes: true, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
+	if err := spec.Validate(); err != nil { // fills in the defaults
+		return nil, err
+	}
 	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, 3 nodes) up\n", name, mode)
 	st, err := lab.Up(ctx, name, spec, cfg.Lab)
 	if err != nil {
@@ -148,6 +151,7 @@ func runE2E(ctx context.Context, st *lab.State, kubeconfig, e2e string, s Suite,
 		"--ginkgo.junit-report=" + report,
 		"--ginkgo.timeout=6h",
 		"--ginkgo.no-color",
+		"--ginkgo.succinct",
 	}
 	if len(ex) > 0 {
 		args = append(args, "--ginkgo.skip="+skipRegexp(ex))

@@ -31,9 +31,13 @@ func main() {
 }
 
 func run(modes, suites, only, out, exe, name string) error {
-	// The labs link the binaries into each node's CNI directory: the paths must be absolute.
+	// The labs link the binaries into each node's CNI directory, and e2e.test runs in its
+	// report's directory: the paths must be absolute.
 	exe, err := filepath.Abs(exe)
 	if err != nil {
+		return err
+	}
+	if out, err = filepath.Abs(out); err != nil {
 		return err
 	}
 	cfg := conformance.Config{Modes: strings.Split(modes, ","), Only: only, Out: out, LabName: name,
