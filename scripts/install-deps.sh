@@ -8,12 +8,12 @@ set -euo pipefail
 # kube-proxy (iptables mode) runs iptables, iptables-save and iptables-restore, the nft or the legacy
 # ones of the iptables package; it clears conntrack entries over netlink, with no conntrack tool.
 # bird2 is the BGP router of labs with racks (lab/router*.go): the lab runs its own bird and birdc.
-# busybox-static, curl and bind9-dnsutils go into the images of the upstream e2e suites
-# (lab/kube/e2eimages.go: a shell, curl, nc and dig, as upstream's agnhost image has them).
+# busybox-static, curl, netcat-openbsd and bind9-dnsutils go into the images of the upstream e2e
+# suites (lab/kube/e2eimages.go: a shell, curl, nc and dig, as upstream's agnhost image has them).
 packages=(
 	clang-19 llvm-19 clang-format-19 libbpf-dev linux-libc-dev bpftool
 	iproute2 iptables iputils-ping iperf3 sockperf tcpdump ethtool procps prometheus
-	containerd runc bird2 busybox-static curl bind9-dnsutils
+	containerd runc bird2 busybox-static curl netcat-openbsd bind9-dnsutils
 )
 
 # One dpkg-query for all of them: this runs before every make target.

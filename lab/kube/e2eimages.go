@@ -23,6 +23,9 @@ const (
 	hostBusybox = "/bin/busybox" // Debian's busybox-static
 	hostCurl    = "/usr/bin/curl"
 	hostDig     = "/usr/bin/dig" // Debian's bind9-dnsutils
+	// hostNetcat is OpenBSD's netcat, as upstream's agnhost has it: the tests run `nc -v -t -w 2`
+	// and `nc -z`, which busybox's small nc refuses. The image calls it nc.
+	hostNetcat = "/bin/nc.openbsd"
 )
 
 // BuildE2EImages writes, into dir, the images among refs (e2e.test --list-images) that the
@@ -45,6 +48,11 @@ func BuildE2EImages(dir string, refs []string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		for _, f := range files {
+			if "/"+f.name == hostNetcat {
+				files = append(files, imageFile{name: "bin/nc", link: filepath.Base(hostNetcat)})
+			}
+		}
 		applets, err := busyboxApplets(hostBusybox, files)
 		if err != nil {
 			return nil, err
@@ -57,7 +65,7 @@ func BuildE2EImages(dir string, refs []string) ([]string, error) {
 		var entry []string
 		switch {
 		case strings.Contains(ref, e2eAgnhost):
-			if files, err = tools(hostCurl, hostDig); err != nil {
+			if files, err = tools(hostCurl, hostDig, hostNetcat); err != nil {
 				return nil, err
 			}
 			files, entry = append(files, imageFile{name: "agnhost", src: agnhost, mode: 0o755}), []string{"/agnhost"}
