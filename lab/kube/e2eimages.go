@@ -26,7 +26,16 @@ const (
 	// hostNetcat is OpenBSD's netcat, as upstream's agnhost has it: the tests run `nc -v -t -w 2`
 	// and `nc -z`, which busybox's small nc refuses. The image calls it nc.
 	hostNetcat = "/bin/nc.openbsd"
+	// hostShell is the image's /bin/sh: busybox's own shell runs its applets before anything in
+	// PATH (so its nc, whatever /bin/nc is), dash looks in PATH.
+	hostShell = "/bin/dash"
 )
+
+// toolsPath is the PATH of the images with tools.
+const toolsPath = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+
+// toolNames are the names the images give some host programs.
+var toolNames = map[string]string{hostNetcat: "bin/nc", hostShell: "bin/sh"}
 
 // BuildE2EImages writes, into dir, the images among refs (e2e.test --list-images) that the
 // sig-network suites run and no registry gives this machine, under the names the suite asks
@@ -44,13 +53,13 @@ func BuildE2EImages(dir string, refs []string) ([]string, error) {
 	}
 	defer done()
 	tools := func(programs ...string) ([]imageFile, error) {
-		files, err := hostPrograms(append([]string{hostBusybox}, programs...)...)
+		files, err := hostPrograms(append([]string{hostBusybox, hostShell}, programs...)...)
 		if err != nil {
 			return nil, err
 		}
 		for _, f := range files {
-			if "/"+f.name == hostNetcat {
-				files = append(files, imageFile{name: "bin/nc", link: filepath.Base(hostNetcat)})
+			if name, ok := toolNames["/"+f.name]; ok {
+				files = append(files, imageFile{name: name, link: filepath.Base(f.name)})
 			}
 		}
 		applets, err := busyboxApplets(hostBusybox, files)
@@ -84,7 +93,11 @@ func BuildE2EImages(dir string, refs []string) ([]string, error) {
 		default:
 			continue
 		}
-		images = append(images, image{ref: ref, entrypoint: entry, files: files})
+		img := image{ref: ref, entrypoint: entry, files: files}
+		if len(files) > 1 {
+			img.path = toolsPath
+		}
+		images = append(images, img)
 	}
 	if len(images) < 2 {
 		return nil, fmt.Errorf("e2e images: found no agnhost or pause among %d images e2e.test named", len(refs))

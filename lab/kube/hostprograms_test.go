@@ -18,11 +18,15 @@ import (
 // or a link gone wrong fails here, not in a pod.
 func TestE2EToolsRunInTheirImage(t *testing.T) {
 	nstest.RequireRoot(t)
-	files, err := hostPrograms(hostBusybox, hostCurl, hostDig, hostNetcat)
+	files, err := hostPrograms(hostBusybox, hostShell, hostCurl, hostDig, hostNetcat)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files = append(files, imageFile{name: "bin/nc", link: "nc.openbsd"})
+	for _, f := range files {
+		if name, ok := toolNames["/"+f.name]; ok {
+			files = append(files, imageFile{name: name, link: filepath.Base(f.name)})
+		}
+	}
 	applets, err := busyboxApplets(hostBusybox, files)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +44,9 @@ func TestE2EToolsRunInTheirImage(t *testing.T) {
 		{"/bin/sh", "-c", "nc -h 2>&1 | grep -q OpenBSD && nc -z -w 1 -v 127.0.0.1 1 2>&1 | grep -q refused"},
 		{"/bin/seq", "1", "2"},
 	} {
-		out, err := exec.Command("chroot", append([]string{root}, cmd...)...).CombinedOutput()
+		c := exec.Command("chroot", append([]string{root}, cmd...)...)
+		c.Env = []string{"PATH=" + toolsPath}
+		out, err := c.CombinedOutput()
 		if err != nil {
 			t.Errorf("%s in the image: %v: %s", strings.Join(cmd, " "), err, out)
 		}

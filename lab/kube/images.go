@@ -3,6 +3,7 @@ package kube
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
@@ -30,6 +31,7 @@ type image struct {
 	ref        string // normalized name, as the CRI looks it up
 	entrypoint []string
 	files      []imageFile
+	path       string // the containers' PATH; "" is /
 }
 
 // BuildImages writes the pause (PauseImage), echo (EchoImage, exe as /ebpfnet) and cluster DNS
@@ -113,7 +115,7 @@ func writeImage(dir string, img image) (string, error) {
 		"architecture": runtime.GOARCH,
 		"os":           "linux",
 		"created":      time.Unix(0, 0).UTC(),
-		"config":       map[string]any{"Entrypoint": img.entrypoint, "Env": []string{"PATH=/"}},
+		"config":       map[string]any{"Entrypoint": img.entrypoint, "Env": []string{"PATH=" + cmp.Or(img.path, "/")}},
 		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + hex.EncodeToString(layerSum[:])}},
 	})
 	if err != nil {
