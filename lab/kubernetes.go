@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
@@ -105,7 +106,23 @@ func (b *builder) kubeNode(ctx context.Context, n *Node) error {
 		CNIBinDir: binDir, CNIConfDir: confDir, Images: b.images}); err != nil {
 		return fmt.Errorf("kubelet and containerd: %w", err)
 	}
-	return b.startNodeAgent(ctx, n, agent.StoreConfig{Type: "kubernetes", Kubeconfig: b.cp.Kubeconfig})
+	if err := b.startNodeAgent(ctx, n, agent.StoreConfig{Type: "kubernetes", Kubeconfig: b.cp.Kubeconfig}); err != nil {
+		return err
+	}
+	// The control plane reaches pods as a node of a real cluster does, for the API server's
+	// proxy to pods and Services (kubectl proxy, the e2e suites' reads of a pod's files): the
+	// node's pod CIDR through the node, which takes plain packets for its pods in every mode.
+	// (With racks the underlay is one segment of several: the router routes pods by BGP.)
+	if b.st.Router != nil {
+		return nil
+	}
+	err := inNetns(b.st.Underlay, func(h *netlink.Handle) error {
+		return h.RouteReplace(&netlink.Route{Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice()})
+	})
+	if err != nil {
+		return fmt.Errorf("route %s via %s on the underlay: %w", n.PodCIDR, n.IP, err)
+	}
+	return nil
 }
 
 // labPod is the Pod object of a lab pod: the echo server on its ports, or a pause container.
