@@ -102,13 +102,5 @@ func BuildE2EImages(dir string, refs []string) ([]string, error) {
 	if len(images) < 2 {
 		return nil, fmt.Errorf("e2e images: found no agnhost or pause among %d images e2e.test named", len(refs))
 	}
-	var paths []string
-	for _, img := range images {
-		p, err := writeImage(dir, img)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", img.ref, err)
-		}
-		paths = append(paths, p)
-	}
-	return paths, nil
+	return writeImages(dir, images)
 }

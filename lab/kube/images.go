@@ -59,15 +59,7 @@ func BuildImages(dir, exe string) ([]string, error) {
 			{name: "tmp", mode: 0o1777}, // for `lab serve --ready /tmp/ready`
 		}},
 	}
-	var paths []string
-	for _, img := range images {
-		p, err := writeImage(dir, img)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", img.ref, err)
-		}
-		paths = append(paths, p)
-	}
-	return paths, nil
+	return writeImages(dir, images)
 }
 
 // pauseIn makes dir and builds the pause program in a temporary directory inside it; done
@@ -102,6 +94,19 @@ func checkStatic(exe string) error {
 		}
 	}
 	return nil
+}
+
+// writeImages writes each image's archive into dir and returns their paths.
+func writeImages(dir string, images []image) ([]string, error) {
+	var paths []string
+	for _, img := range images {
+		p, err := writeImage(dir, img)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.ref, err)
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }
 
 // writeImage writes img's archive as dir/<name>-<content hash>.tar unless that exists.
