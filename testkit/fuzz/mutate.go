@@ -171,15 +171,20 @@ func mutFlip(g *Gen, b []byte, _ layout) []byte {
 	return b
 }
 
-func mutTTL(g *Gen, b []byte, at layout) []byte {
-	ttl := []byte{0, 1, 2, 255}[g.rng.IntN(4)]
+// setL3Byte sets the IP header's byte at off4 (IPv4) or off6 (IPv6), when the packet has it.
+func setL3Byte(b []byte, at layout, off4, off6 int, v byte) []byte {
 	switch {
-	case at.family == 4 && has(b, at.l3+9):
-		b[at.l3+8] = ttl
-	case at.family == 6 && has(b, at.l3+8):
-		b[at.l3+7] = ttl
+	case at.family == 4 && has(b, at.l3+off4+1):
+		b[at.l3+off4] = v
+	case at.family == 6 && has(b, at.l3+off6+1):
+		b[at.l3+off6] = v
 	}
 	return b
+}
+
+// mutTTL sets the IPv4 TTL or the IPv6 hop limit.
+func mutTTL(g *Gen, b []byte, at layout) []byte {
+	return setL3Byte(b, at, 8, 7, []byte{0, 1, 2, 255}[g.rng.IntN(4)])
 }
 
 func mutVersion(g *Gen, b []byte, at layout) []byte {
@@ -192,13 +197,7 @@ func mutVersion(g *Gen, b []byte, at layout) []byte {
 func mutProtocol(g *Gen, b []byte, at layout) []byte {
 	proto := []byte{packet.ProtoHopOpts, packet.ProtoICMP, packet.ProtoIPIP, packet.ProtoTCP, packet.ProtoUDP, packet.ProtoRouting, packet.ProtoFrag6,
 		packet.ProtoICMP6, packet.ProtoNoNext, packet.ProtoDstOpts, packet.ProtoSCTP, byte(g.rng.Uint32())}[g.rng.IntN(12)]
-	switch {
-	case at.family == 4 && has(b, at.l3+10):
-		b[at.l3+9] = proto
-	case at.family == 6 && has(b, at.l3+7):
-		b[at.l3+6] = proto
-	}
-	return b
+	return setL3Byte(b, at, 9, 6, proto)
 }
 
 func mutEthertype(g *Gen, b []byte, _ layout) []byte {
