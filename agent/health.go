@@ -38,7 +38,7 @@ func (n *nodeHooks) list() []nodeHook {
 	return append([]nodeHook(nil), n.hooks...)
 }
 
-// attach attaches hook on ifname and records it for the liveness check.
+// attachNodeHook attaches hook on ifname and records it for the liveness check.
 func (a *Agent) attachNodeHook(ifname string, h loader.Hook) error {
 	if _, err := a.dp.Attach(ifname, h); err != nil {
 		return err

@@ -127,7 +127,7 @@ build_e2e() {
 	trap 'rm -rf "$work"' RETURN
 	wrapper_module "$work"
 	mkdir -p "$work/bin" "$e2e_bin"
-	echo "build-k8s: [1/2] building e2e.test $k8s_version (the largest: about 15 minutes on 2 idle cores)"
+	echo "build-k8s: [1/2] building e2e.test $k8s_version (the largest; minutes, more with an empty Go build cache)"
 	(cd "$work" && go test -c -trimpath -ldflags "$ldflags" -o bin/e2e.test k8s.io/kubernetes/test/e2e)
 	echo "build-k8s: [2/2] building agnhost $k8s_version"
 	(cd "$work" && go build -trimpath -ldflags "$ldflags" -o bin/agnhost k8s.io/kubernetes/test/images/agnhost)
