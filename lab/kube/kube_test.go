@@ -61,7 +61,6 @@ func TestClusterRunsHostNetworkPod(t *testing.T) {
 	etcdURL := startEtcd(t, underlay.Path)
 
 	base := t.TempDir()
-	shimsBefore := listDir(t, "/run/containerd/s")
 	t.Cleanup(func() {
 		if err := Teardown(base); err != nil {
 			t.Error(err)
@@ -117,13 +116,14 @@ func TestClusterRunsHostNetworkPod(t *testing.T) {
 	waitEcho(t, ctx, nodeNS.Path, netip.AddrPortFrom(nodeIP, 80))
 	t.Logf("pod answering TCP %v after kubectl apply", time.Since(start).Round(time.Millisecond))
 	checkOOMScores(t, node)
+	shims := shimSockets(t, node.Dir)
 
 	start = time.Now()
 	if err := Teardown(base); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("Teardown took %v", time.Since(start).Round(time.Millisecond))
-	checkNothingLeft(t, base, node.CgroupRoot, shimsBefore)
+	checkNothingLeft(t, base, node.CgroupRoot, shims)
 }
 
 // dumpLogsOnFailure logs the end of every component's log when the test has failed, before
@@ -348,7 +348,7 @@ func containerdConfigInUse(t *testing.T, n *Node) (string, string) {
 }
 
 // checkNothingLeft asserts that no process, mount, cgroup, shim socket or file of base remains.
-func checkNothingLeft(t *testing.T, base, cgroupRoot string, shimsBefore []string) {
+func checkNothingLeft(t *testing.T, base, cgroupRoot string, shims []string) {
 	t.Helper()
 	if pids := processesUnder(base); len(pids) > 0 {
 		t.Errorf("processes left: %v", pids)
@@ -371,24 +371,42 @@ func checkNothingLeft(t *testing.T, base, cgroupRoot string, shimsBefore []strin
 	if _, err := os.Stat(devicePluginSocket); err == nil && len(kubeletsOnHost()) == 0 {
 		t.Errorf("%s left behind", devicePluginSocket)
 	}
-	for _, s := range listDir(t, "/run/containerd/s") {
-		if !slices.Contains(shimsBefore, s) {
-			t.Errorf("shim socket left: /run/containerd/s/%s", s)
+	for _, s := range shims {
+		if _, err := os.Stat(s); !os.IsNotExist(err) {
+			t.Errorf("shim socket left: %s (%v)", s, err)
 		}
 	}
 }
 
-func listDir(t *testing.T, dir string) []string {
+// shimSockets returns the sockets of the shims the node's containerd runs, from the address
+// file each shim writes into its task bundle. The sockets live in the host-wide
+// /run/containerd/s beside those of other containerds, so the test names its own. Each must
+// exist now: a check that they are gone later means nothing otherwise.
+func shimSockets(t *testing.T, nodeDir string) []string {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil && !os.IsNotExist(err) {
+	files, err := filepath.Glob(filepath.Join(nodeDir, "containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "address"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
+	var sockets []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "unix://")
+		if !ok {
+			t.Fatalf("%s: %q is not a unix:// address", f, b)
+		}
+		if _, err := os.Stat(s); err != nil {
+			t.Fatalf("shim socket of a running pod: %v", err)
+		}
+		sockets = append(sockets, s)
 	}
-	return names
+	if len(sockets) == 0 {
+		t.Fatalf("no shim address under %s while a pod runs", nodeDir)
+	}
+	return sockets
 }
 
 func TestBuildImagesRefusesDynamicBinary(t *testing.T) {
