@@ -60,7 +60,7 @@ unit: ## the tests that need no root, with -race, in a few minutes (no make deps
 # (about twice as long: bpf 42 s -> 87 s, store 4 s -> 7 s), meanwhile.
 NO_RACE_PKGS := /(test|fuzz)(/|$$)
 TESTOUT      := grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN'
-test: deps deps-kubernetes lint build ## run every test (needs root: namespaces, BPF); fails if any test skipped
+test: deps deps-e2e lint build ## run every test (needs root: namespaces, BPF; a few upstream e2e tests too); fails if any test skipped
 	@mkdir -p $(BIN)
 	pkgs=$$($(GO) list ./...); \
 	  $(GO) test -count=1 -timeout 30m -v -race $$(grep -vE '$(NO_RACE_PKGS)' <<<"$$pkgs") >$(TESTLOG).race 2>&1 & \

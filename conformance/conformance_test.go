@@ -33,7 +33,7 @@ func TestCountJUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	netpol, _ := SuiteByName("netpol")
-	c, err := countJUnit(path, netpol, ex)
+	c, err := countJUnit(path, netpol, netpol.Focus(""), ex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestCountJUnit(t *testing.T) {
 		t.Errorf("failures %q", c.Failures)
 	}
 	services, _ := SuiteByName("services")
-	if c, err := countJUnit(path, services, ex); err != nil || c.Passed+c.Failed+c.Skipped+c.Excluded != 1 {
+	if c, err := countJUnit(path, services, services.Focus(""), ex); err != nil || c.Passed+c.Failed+c.Skipped+c.Excluded != 1 {
 		t.Errorf("services: %+v %v; want the one Services [Conformance] test, skipped", c, err)
 	}
 }
@@ -72,5 +72,30 @@ func TestExclusions(t *testing.T) {
 	}
 	if !skip.MatchString("[It] [sig-network] Netpol [Feature:SCTPConnectivity] [LinuxOnly] NetworkPolicy between server and client using SCTP should support a 'default-deny-ingress' policy") {
 		t.Error("the SCTP connectivity tests are not excluded")
+	}
+}
+
+// Focus with only selects the named test of its own suite and nothing else.
+func TestFocusOnly(t *testing.T) {
+	services, _ := SuiteByName("services")
+	netpol, _ := SuiteByName("netpol")
+	const multiport = "[It] [sig-network] Services should serve multiport endpoints from pods [Conformance] [sig-network, Conformance]"
+	for _, c := range []struct {
+		suite Suite
+		only  string
+		name  string
+		want  bool
+	}{
+		{services, "", multiport, true},
+		{services, "should serve multiport endpoints from pods ", multiport, true},
+		{services, "should serve a basic endpoint from pods ", multiport, false},
+		{services, "should serve multiport endpoints from pods ", "[It] [sig-network] Services should serve multiport endpoints from pods [sig-network]", false},
+		{netpol, "should serve multiport endpoints from pods ", multiport, false},
+		{netpol, "client should enforce policy based on Ports ", "[It] [sig-network] Netpol NetworkPolicy between server and client should enforce policy based on Ports [Feature:NetworkPolicy]", true},
+		{netpol, "client should enforce policy based on Ports ", "[It] [sig-network] Netpol [LinuxOnly] NetworkPolicy between server and client using UDP should enforce policy based on Ports [Feature:NetworkPolicy]", false},
+	} {
+		if got := regexp.MustCompile(c.suite.Focus(c.only)).MatchString(c.name); got != c.want {
+			t.Errorf("%s.Focus(%q) matches %q: %v, want %v", c.suite.Name, c.only, c.name, got, c.want)
+		}
 	}
 }

@@ -19,10 +19,10 @@ import (
 
 // Config says what to run.
 type Config struct {
-	Modes  []string // lab modes: vxlan, native
+	Modes  []string // lab modes: vxlan, native (Run's; RunIn runs in the lab it is given)
 	Suites []Suite
-	// Only narrows every suite to its tests whose name also matches this (after the suite's
-	// focus): the short subset `make test` runs. Empty: every test of the suites.
+	// Only narrows every suite to its tests whose name matches this between the suite's
+	// prefix and tag (Suite.Focus): the short subset `make test` runs. Empty: every test.
 	Only    string
 	Out     string      // reports, logs and summary.json go here (an absolute path)
 	Lab     lab.Options // the ebpfnet and ebpfnet-cni binaries
@@ -38,35 +38,15 @@ type Summary struct {
 // Run brings up a 3-node kubernetes lab per mode, runs each suite's tests with e2e.test in it
 // and writes Out/summary.json. It fails when a selected test failed or could not run.
 func Run(ctx context.Context, cfg Config) (Summary, error) {
-	ex, err := Exclusions()
-	if err != nil {
-		return Summary{}, err
-	}
-	e2e := filepath.Join(kube.E2EDir(), "e2e.test")
-	if _, err := os.Stat(e2e); err != nil {
-		return Summary{}, fmt.Errorf("%w: run lab/kube/build.sh e2e (make conformance does)", err)
-	}
-	refs, err := imageRefs(ctx, e2e)
-	if err != nil {
-		return Summary{}, err
-	}
-	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, "images"), refs)
-	if err != nil {
-		return Summary{}, err
-	}
 	var sum Summary
 	var failed []string
 	for _, mode := range cfg.Modes {
-		counts, err := runMode(ctx, cfg, mode, e2e, images, ex)
+		counts, err := runMode(ctx, cfg, mode)
 		sum.Suites = append(sum.Suites, counts...)
 		if err != nil {
 			return sum, err
 		}
-		for _, c := range counts {
-			if c.Failed > 0 {
-				failed = append(failed, fmt.Sprintf("%s/%s: %d failed", mode, c.Name, c.Failed))
-			}
-		}
+		failed = append(failed, failures(mode, counts)...)
 	}
 	b, err := json.MarshalIndent(sum, "", "  ")
 	if err != nil {
@@ -81,8 +61,19 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	return sum, nil
 }
 
-// runMode runs every suite in one lab of the mode.
-func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string, ex []Exclusion) ([]Count, error) {
+// failures names the suites of counts with failed tests.
+func failures(mode string, counts []Count) []string {
+	var failed []string
+	for _, c := range counts {
+		if c.Failed > 0 {
+			failed = append(failed, fmt.Sprintf("%s/%s: %d failed", mode, c.Name, c.Failed))
+		}
+	}
+	return failed
+}
+
+// runMode runs every suite in a new 3-node lab of the mode.
+func runMode(ctx context.Context, cfg Config, mode string) ([]Count, error) {
 	name := cfg.LabName + mode[:2]
 	spec := &lab.Spec{Mode: mode, Kubernetes: true, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
 	if err := spec.Validate(); err != nil { // fills in the defaults
@@ -98,6 +89,30 @@ func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string,
 			slog.Warn("lab down", "lab", name, "err", err)
 		}
 	}()
+	return RunIn(ctx, st, cfg)
+}
+
+// RunIn runs cfg's suites (not its Modes: the lab has one) with e2e.test in the kubernetes
+// lab st, after importing the images they use into its nodes, and returns their counts. Its
+// reports go under cfg.Out/<mode>/<suite>. Failed tests are counted, not an error; a suite
+// that ran no test is one.
+func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
+	ex, err := Exclusions()
+	if err != nil {
+		return nil, err
+	}
+	e2e := filepath.Join(kube.E2EDir(), "e2e.test")
+	if _, err := os.Stat(e2e); err != nil {
+		return nil, fmt.Errorf("%w: run lab/kube/build.sh e2e (make conformance does)", err)
+	}
+	refs, err := imageRefs(ctx, e2e)
+	if err != nil {
+		return nil, err
+	}
+	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, st.Mode, "images"), refs)
+	if err != nil {
+		return nil, err
+	}
 	if err := st.ImportImages(ctx, images); err != nil {
 		return nil, err
 	}
@@ -105,20 +120,19 @@ func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string,
 	if err != nil {
 		return nil, err
 	}
+	mode := st.Mode
 	var counts []Count
 	for _, s := range cfg.Suites {
-		if cfg.Only != "" {
-			s.Focus += ".*" + cfg.Only
-		}
+		focus := s.Focus(cfg.Only)
 		dir := filepath.Join(cfg.Out, mode, s.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return counts, err
 		}
 		report := filepath.Join(dir, "junit.xml")
-		fmt.Fprintf(cfg.Log, "conformance: %s %s: e2e.test --ginkgo.focus=%q (log: %s)\n", mode, s.Name, s.Focus, filepath.Join(dir, "e2e.log"))
+		fmt.Fprintf(cfg.Log, "conformance: %s %s: e2e.test --ginkgo.focus=%q (log: %s)\n", mode, s.Name, focus, filepath.Join(dir, "e2e.log"))
 		start := time.Now()
-		runErr := runE2E(ctx, st, cp.Kubeconfig, e2e, s, ex, report, filepath.Join(dir, "e2e.log"))
-		c, err := countJUnit(report, s, ex)
+		runErr := runE2E(ctx, st, cp.Kubeconfig, e2e, focus, ex, report, filepath.Join(dir, "e2e.log"))
+		c, err := countJUnit(report, s, focus, ex)
 		if err != nil {
 			// No report: e2e.test did not get as far as its tests.
 			return counts, fmt.Errorf("%s %s: %w (e2e.test: %v)", mode, s.Name, err, runErr)
@@ -135,7 +149,7 @@ func runMode(ctx context.Context, cfg Config, mode, e2e string, images []string,
 }
 
 // runE2E runs e2e.test on the lab's underlay, where the API server is, as the admin.
-func runE2E(ctx context.Context, st *lab.State, kubeconfig, e2e string, s Suite, ex []Exclusion, report, logPath string) error {
+func runE2E(ctx context.Context, st *lab.State, kubeconfig, e2e, focus string, ex []Exclusion, report, logPath string) error {
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
@@ -145,9 +159,9 @@ func runE2E(ctx context.Context, st *lab.State, kubeconfig, e2e string, s Suite,
 		"--kubeconfig=" + kubeconfig,
 		"--provider=skeleton",
 		"--kubectl-path=" + filepath.Join(kube.BinDir(), "kubectl"),
-		"--num-nodes=3",
+		fmt.Sprintf("--num-nodes=%d", len(st.Nodes)),
 		"--dns-domain=" + kube.ClusterDomain,
-		"--ginkgo.focus=" + s.Focus,
+		"--ginkgo.focus=" + focus,
 		"--ginkgo.junit-report=" + report,
 		"--ginkgo.timeout=6h",
 		"--ginkgo.no-color",

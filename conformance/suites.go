@@ -12,17 +12,34 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Suite is one upstream suite: the tests its focus selects, less the exclusions.
+// Suite is one upstream suite: the tests its focus selects, less the exclusions. A test's full
+// name is its prefix, what it does, then its tags: "[sig-network] Services should serve a
+// basic endpoint from pods [Conformance]".
 type Suite struct {
-	Name  string
-	Focus string // a regular expression over the test's full name, as ginkgo's --focus
+	Name   string
+	Prefix string // a regular expression the test's full name starts with
+	Tag    string // one its name ends with; "": any
 }
 
 // Suites are the suites `make conformance` runs.
 var Suites = []Suite{
-	{Name: "netpol", Focus: `\[sig-network\] Netpol `},
-	{Name: "services", Focus: `\[sig-network\] Services .*\[Conformance\]`},
-	{Name: "dns", Focus: `\[sig-network\] DNS .*\[Conformance\]`},
+	{Name: "netpol", Prefix: `\[sig-network\] Netpol `},
+	{Name: "services", Prefix: `\[sig-network\] Services `, Tag: `\[Conformance\]`},
+	{Name: "dns", Prefix: `\[sig-network\] DNS `, Tag: `\[Conformance\]`},
+}
+
+// Focus is the suite's regular expression over test names (ginkgo's --focus); with only, just
+// its tests whose name matches only between the prefix and the tag (say, "should serve a basic
+// endpoint from pods" in Services).
+func (s Suite) Focus(only string) string {
+	f := s.Prefix
+	if only != "" {
+		f += ".*" + only
+	}
+	if s.Tag != "" {
+		f += ".*" + s.Tag
+	}
+	return f
 }
 
 // SuiteByName finds a suite.

@@ -39,7 +39,8 @@ func standardLab(t *testing.T, mode string) *lab.Spec {
 // scheduler; containerd and kubelet per node; ebpfnet's agent on the kubernetes store), checks
 // that kubelet made every pod and all pairs reach each other, that pods resolve Services by name
 // through the cluster DNS and reach the API server, plays every NetworkPolicy case
-// through kubectl on it, and checks that `lab down` leaves nothing.
+// through kubectl on it, runs a few of Kubernetes' own e2e tests, and checks that `lab down`
+// leaves nothing.
 func TestKubernetesLab(t *testing.T) {
 	for _, mode := range []string{"vxlan", "native"} {
 		t.Run(mode, func(t *testing.T) {
@@ -89,6 +90,7 @@ func TestKubernetesLab(t *testing.T) {
 				t.Run("services without kube-proxy", func(t *testing.T) { checkKubeServices(t, st) })
 				t.Run("agent restart and API server outage", func(t *testing.T) { checkAgentRestartAndAPIOutage(t, st) })
 			}
+			t.Run("upstream e2e subset", func(t *testing.T) { checkUpstreamSubset(t, st) })
 			leftovers := kubeLabFootprint(st)
 			out, code = ebpfnet(t, "lab", "down", "--name", name)
 			downed = true

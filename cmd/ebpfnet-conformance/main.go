@@ -19,7 +19,7 @@ import (
 func main() {
 	modes := flag.String("modes", "vxlan,native", "lab modes to run in, comma-separated")
 	suites := flag.String("suites", "netpol,services,dns", "suites to run, comma-separated")
-	only := flag.String("only", "", "run only the suites' tests whose name also matches this regular expression")
+	only := flag.String("only", "", "run only the suites' tests whose name matches this regular expression after the suite's prefix (\"[sig-network] Services \")")
 	out := flag.String("out", "bin/conformance", "directory for the reports and summary.json")
 	exe := flag.String("ebpfnet", "bin/ebpfnet", "the ebpfnet binary (ebpfnet-cni beside it)")
 	name := flag.String("lab", "conf", "prefix of the labs' names")

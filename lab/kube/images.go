@@ -21,8 +21,9 @@ import (
 // imageFile is one file or directory of an image's single layer.
 type imageFile struct {
 	name string // path inside the image, without the leading slash
-	src  string // host file to copy; "" makes a directory (or, with link, a symbolic link)
+	src  string // host file to copy; "" makes a directory (or, with link or data, a link or a file)
 	link string // the target of a symbolic link
+	data []byte // the contents of a file written from memory
 	mode int64
 }
 
@@ -166,6 +167,12 @@ func layerTar(files []imageFile) ([]byte, error) {
 		if f.link != "" {
 			h := &tar.Header{Typeflag: tar.TypeSymlink, Name: f.name, Linkname: f.link, Mode: 0o777, ModTime: time.Unix(0, 0)}
 			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if f.data != nil {
+			if err := addFile(tw, f.name, f.mode, f.data); err != nil {
 				return nil, err
 			}
 			continue
