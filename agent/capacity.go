@@ -196,7 +196,7 @@ func withObjects(req agentapi.ObjectsRequest) func(*policy.Input) {
 		for i := range in.Pods {
 			p := &in.Pods[i]
 			if m, ok := req.Pods[p.Namespace+"/"+p.Name]; ok {
-				p.Labels, p.Ports = m.Labels, namedPorts(podMeta(m))
+				p.Labels, p.Ports = m.Labels, namedPorts(m)
 			}
 		}
 	}

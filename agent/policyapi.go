@@ -13,7 +13,6 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/policy"
-	"github.com/ebpfnet/ebpfnet/store"
 )
 
 // The policy API: NetworkPolicies in and out of the store, labels and declared objects, and
@@ -106,7 +105,7 @@ func (a *Agent) policyRoutes(mux *http.ServeMux) {
 			}
 			for key, m := range req.Pods {
 				ns, name, _ := strings.Cut(key, "/")
-				if err := a.cluster.PutPod(ctx, ns, name, podMeta(m)); err != nil {
+				if err := a.cluster.PutPod(ctx, ns, name, m); err != nil {
 					return err
 				}
 			}
@@ -275,13 +274,4 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (agentapi.PodPolicy, 
 		return res, nil
 	}
 	return agentapi.PodPolicy{}, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: fmt.Sprintf("no pod %s on node %s", pod, a.node.Name)}
-}
-
-// podMeta is a pod declared through the API as the store holds it.
-func podMeta(m agentapi.PodMeta) store.PodMeta {
-	pm := store.PodMeta{Labels: m.Labels}
-	for _, p := range m.Ports {
-		pm.Ports = append(pm.Ports, store.PodPort(p))
-	}
-	return pm
 }

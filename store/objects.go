@@ -12,6 +12,8 @@ import (
 	"time"
 
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/ebpfnet/ebpfnet/agentapi"
 )
 
 // Key prefixes of the objects people write (policies, namespaces, pods) and of what agents
@@ -26,18 +28,12 @@ const (
 	GenerationKey    = Prefix + "generation"
 )
 
-// PodMeta is what the API server would know of a pod: labels and declared ports.
-type PodMeta struct {
-	Labels map[string]string `json:"labels,omitempty"`
-	Ports  []PodPort         `json:"ports,omitempty"`
-}
+// PodMeta is what the API server would know of a pod: labels and declared ports. The agent's
+// API carries the same (agentapi, which the lean CNI plugin links, so it is declared there).
+type PodMeta = agentapi.PodMeta
 
 // PodPort is a declared container port.
-type PodPort struct {
-	Name     string `json:"name,omitempty"`
-	Port     int    `json:"port"`
-	Protocol string `json:"protocol,omitempty"`
-}
+type PodPort = agentapi.PodPort
 
 // PutPolicy stores a NetworkPolicy.
 func (c *Cluster) PutPolicy(ctx context.Context, np *networkingv1.NetworkPolicy) error {
