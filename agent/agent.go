@@ -127,7 +127,9 @@ func Run(ctx context.Context, cfg Config) error {
 	a.ready.Store(false)
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(shutdown)
+	if err := srv.Shutdown(shutdown); err != nil {
+		a.log.Warn("agent api: connections still open at shutdown", "err", err)
+	}
 	wg.Wait()
 	a.log.Info("agent stopped; the datapath keeps running from its pins", "pinDir", s.PinDir)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -69,7 +70,7 @@ func limitBody(h http.Handler, limit int64) http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("Connection", "close")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
-			json.NewEncoder(w).Encode(tooLarge(limit))
+			writeJSON(w, tooLarge(limit))
 			return
 		}
 		r.Body = &boundedBody{ReadCloser: r.Body, left: limit, limit: limit}
@@ -87,9 +88,11 @@ const (
 // drainBody sends the answer on its way, then reads what is left of the request's body, at
 // most drainBytes for at most drainTime; past either the server closes the connection.
 func drainBody(rc *http.ResponseController, body io.Reader) {
-	rc.Flush()
-	rc.SetReadDeadline(time.Now().Add(drainTime))
-	io.CopyN(io.Discard, body, drainBytes)
+	// The answer is written: what fails now is a client gone or too slow, and the server
+	// closes that connection.
+	_ = rc.Flush()
+	_ = rc.SetReadDeadline(time.Now().Add(drainTime))
+	_, _ = io.CopyN(io.Discard, body, drainBytes)
 }
 
 func tooLarge(limit int64) *agentapi.APIError {
@@ -208,8 +211,15 @@ func reply(w http.ResponseWriter, v any, err error) {
 			ae = &agentapi.APIError{Code: agentapi.CodeInternal, Message: err.Error()}
 		}
 		w.WriteHeader(http.StatusBadRequest)
-		json.NewEncoder(w).Encode(ae)
+		writeJSON(w, ae)
 		return
 	}
-	json.NewEncoder(w).Encode(v)
+	writeJSON(w, v)
+}
+
+// writeJSON writes an answer's body; a client that went away before reading it is only logged.
+func writeJSON(w io.Writer, v any) {
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		slog.Debug("agent api: answer not written", "err", err)
+	}
 }

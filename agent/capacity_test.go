@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -177,12 +178,12 @@ func TestCheckChange(t *testing.T) {
 func TestRefuseCounts(t *testing.T) {
 	a, _ := capacityAgent(t)
 	err := a.refuse("test", &MapFullError{Map: maps.EndpointsName, Need: 17, Capacity: 16})
-	ae, ok := err.(*agentapi.APIError)
-	if !ok || ae.Code != agentapi.CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
+	var ae *agentapi.APIError
+	if !errors.As(err, &ae) || ae.Code != agentapi.CodeTryAgainLater || ae.Message != "endpoints map full: the change needs 17 entries, the map holds 16 (mapSizes.endpoints)" {
 		t.Fatalf("refusal %#v", err)
 	}
 	other := fmt.Errorf("store down")
-	if a.refuse("test", other) != other {
+	if a.refuse("test", other) != other { //nolint:errorlint // the very error, not one wrapping it
 		t.Fatal("an error that is not a full map changed")
 	}
 	reg := prometheus.NewRegistry() // the agent's own would read the datapath, which is not here

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -93,9 +94,11 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 		MTU: a.PodMTU(), EndpointID: endpointID(ip, a.node.PodCIDR)}
 	defer func() {
 		if err != nil {
-			podnet.Unplumb(pod, a.dp)
-			a.ipam.Release(ctx, owner(req))
-			a.cluster.DeleteEndpoint(ctx, a.node.Name, owner(req))
+			undo := errors.Join(podnet.Unplumb(pod, a.dp), a.ipam.Release(ctx, owner(req)),
+				a.cluster.DeleteEndpoint(ctx, a.node.Name, owner(req)))
+			if undo != nil {
+				slog.Warn("cni add: undoing a failed add", "container", req.ContainerID, "err", undo)
+			}
 		}
 	}()
 	plumbed, err := podnet.PlumbNetns(pod, ns, a.dp)
@@ -174,7 +177,7 @@ func (a *Agent) cniCheck(ctx context.Context, req agentapi.AttachRequest) error 
 	}
 	m, ok, err := a.dp.Endpoints().Lookup(ep.IP)
 	if err != nil || !ok {
-		return fmt.Errorf("no datapath entry for %s (%v)", ep.IP, err)
+		return fmt.Errorf("no datapath entry for %s (%w)", ep.IP, err)
 	}
 	if m.Ifindex != uint32(host.Attrs().Index) || m.MAC.String() != ep.MAC {
 		return fmt.Errorf("datapath entry for %s points at ifindex %d MAC %s, want %d %s", ep.IP, m.Ifindex, m.MAC, host.Attrs().Index, ep.MAC)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bpf"
@@ -96,9 +95,7 @@ func (a *Agent) readEvents(ctx context.Context) {
 }
 
 func (a *Agent) toMonitorEvent(ev bpf.DatapathEvent) agentapi.MonitorEvent {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	age := time.Duration(int64(ts.Sec)*1e9 + int64(ts.Nsec) - int64(ev.Ts))
+	age := time.Duration(int64(maps.MonotonicNow()) - int64(ev.Ts))
 	addr := func(b [16]uint8) netip.Addr {
 		if ev.Family == 2 {
 			return netip.AddrFrom4([4]byte(b[:4]))

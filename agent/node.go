@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -65,7 +66,9 @@ func (a *Agent) vxlanDevice(mtu int) (int, error) {
 		if l, err = netlink.LinkByName(VXLANDevice); err != nil {
 			return 0, err
 		}
-		os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", VXLANDevice, "disable_ipv6"), []byte("1"), 0o644)
+		if err := disableIPv6(VXLANDevice); err != nil {
+			return 0, err
+		}
 	} else if err != nil {
 		return 0, fmt.Errorf("look up %s: %w", VXLANDevice, err)
 	} else if v, ok := l.(*netlink.Vxlan); !ok || !v.FlowBased || v.Port != a.cfg.VXLANPort {
@@ -90,7 +93,9 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 			return nil, fmt.Errorf("add %s: %w", HostDevice, err)
 		}
 		for _, name := range []string{HostDevice, hostPeer} {
-			os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", name, "disable_ipv6"), []byte("1"), 0o644)
+			if err := disableIPv6(name); err != nil {
+				return nil, err
+			}
 		}
 		if l, err = netlink.LinkByName(HostDevice); err != nil {
 			return nil, err
@@ -128,4 +133,21 @@ func (a *Agent) PodMTU() int {
 		mtu = l.Attrs().MTU
 	}
 	return mtu - a.cfg.mode.Overhead()
+}
+
+// disableIPv6 turns IPv6 off on a device the agent made, so that the kernel sends no IPv6 of
+// its own (address detection, router solicitations) through it. A kernel without IPv6 has
+// nothing to turn off.
+func disableIPv6(dev string) error {
+	err := os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", dev, "disable_ipv6"), []byte("1"), 0o644)
+	if err != nil && !(errors.Is(err, fs.ErrNotExist) && noIPv6()) {
+		return fmt.Errorf("disable IPv6 on %s: %w", dev, err)
+	}
+	return nil
+}
+
+// noIPv6 says the kernel has no IPv6 (booted with ipv6.disable=1, or built without it).
+func noIPv6() bool {
+	_, err := os.Stat("/proc/sys/net/ipv6")
+	return errors.Is(err, fs.ErrNotExist)
 }

@@ -57,9 +57,10 @@ const (
 func refuse(c net.Conn, why string) {
 	defer c.Close()
 	body, _ := json.Marshal(&agentapi.APIError{Code: agentapi.CodeInvalidEnv, Message: why})
-	c.SetDeadline(time.Now().Add(refuseReadTime))
+	// Best effort: a peer that does not read or stops sending only loses the explanation.
+	_ = c.SetDeadline(time.Now().Add(refuseReadTime))
 	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-	io.CopyN(io.Discard, c, refuseReadBytes)
+	_, _ = io.CopyN(io.Discard, c, refuseReadBytes)
 }
 
 // peerCred returns the credentials of the process at the other end of a unix connection.

@@ -25,9 +25,9 @@ func TestAPISocketServesOnlyRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "{}") })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "{}") })}
+	go func() { _ = srv.Serve(ln) }() // ErrServerClosed once the test shuts it down
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	// Open every file mode on the way to the socket: only the peer check is left.
 	for p := path; p != "/"; p = filepath.Dir(p) {
 		fi, err := os.Stat(p)

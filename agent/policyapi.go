@@ -239,7 +239,7 @@ func (a *Agent) podPolicy(ctx context.Context, pod string) (agentapi.PodPolicy, 
 		}
 		m, ok, err := a.dp.Endpoints().Lookup(e.IP)
 		if err != nil || !ok {
-			return agentapi.PodPolicy{}, fmt.Errorf("no datapath entry for %s (%v)", pod, err)
+			return agentapi.PodPolicy{}, fmt.Errorf("no datapath entry for %s (%w)", pod, err)
 		}
 		res := agentapi.PodPolicy{Node: a.node.Name, Endpoint: m.ID, Identity: m.Identity, IngressEnforced: m.IngressEnforced,
 			EgressEnforced: m.EgressEnforced, Entries: []agentapi.PolicyShown{}}

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -48,7 +47,7 @@ func replyDeleted(w http.ResponseWriter, err error) {
 	if errors.As(err, &nf) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusNotFound)
-		json.NewEncoder(w).Encode(&agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: err.Error()})
+		writeJSON(w, &agentapi.APIError{Code: agentapi.CodeInvalidConfig, Message: err.Error()})
 		return
 	}
 	reply(w, struct{}{}, err)

@@ -222,13 +222,3 @@ func sameFrontend(a, b maps.Frontend) bool {
 	return a.ServiceID == b.ServiceID && a.Affinity == b.Affinity && a.NodePort == b.NodePort &&
 		a.ExternalLocal == b.ExternalLocal && slices.Equal(a.Backends, b.Backends)
 }
-
-// frontends is what the services map holds, for the API.
-func (r *serviceReconciler) frontends() ([]maps.Frontend, map[uint32]maps.Backend, error) {
-	fronts, err := r.maps.List()
-	if err != nil {
-		return nil, nil, err
-	}
-	bes, err := r.maps.Backends()
-	return fronts, bes, err
-}

@@ -22,9 +22,9 @@ func TestClientRefusesOversizedBodies(t *testing.T) {
 	var requests atomic.Int32
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
-		w.Write([]byte("[]"))
+		_, _ = w.Write([]byte("[]"))
 	})}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // ErrServerClosed once the test closes it
 	t.Cleanup(func() { srv.Close() })
 	c := NewClient(sock)
 	ctx := context.Background()

@@ -308,7 +308,7 @@ func measureLeave(ctx context.Context, st *lab.State, name string, cidr netip.Pr
 			}
 			select {
 			case <-ctx.Done():
-				gone <- fmt.Errorf("%s still routed (last answers' errors: %v): %w", cidr, err, ctx.Err())
+				gone <- fmt.Errorf("%s still routed (last answers' errors: %w): %w", cidr, err, ctx.Err())
 				return
 			case <-tick.C:
 			}
@@ -316,7 +316,7 @@ func measureLeave(ctx context.Context, st *lab.State, name string, cidr netip.Pr
 	}()
 	if err := st.RemoveNode(ctx, name); err != nil {
 		cancel()
-		<-gone
+		<-gone //nolint:errcheck // the watcher's error is the cancellation; RemoveNode's is the one to report
 		return err
 	}
 	removed := time.Now()

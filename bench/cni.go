@@ -104,7 +104,7 @@ func MeasureCNI(n int) (CNICost, error) {
 		return CNICost{}, err
 	}
 	name := fmt.Sprintf("bc%d", time.Now().UnixNano()%10000)
-	defer lab.Down(name)
+	defer downLab(name)
 	st, err := lab.Up(context.Background(), name, spec, lab.Options{Exe: filepath.Join(dir, "ebpfnet")})
 	if err != nil {
 		return CNICost{}, err
@@ -118,7 +118,7 @@ func MeasureCNI(n int) (CNICost, error) {
 		start := time.Now()
 		out, err := c.CombinedOutput()
 		if err != nil {
-			return 0, fmt.Errorf("CNI %s %s: %v: %s", cmd, id, err, out)
+			return 0, fmt.Errorf("CNI %s %s: %w: %s", cmd, id, err, out)
 		}
 		return time.Since(start), nil
 	}
@@ -130,7 +130,11 @@ func MeasureCNI(n int) (CNICost, error) {
 		if err != nil {
 			return CNICost{}, err
 		}
-		defer namespace.Delete(nsName)
+		defer func() {
+			if err := namespace.Delete(nsName); err != nil {
+				slog.Warn("cni bench: pod namespace left", "netns", nsName, "err", err)
+			}
+		}()
 		d, err := run("ADD", nsName, path)
 		if err != nil {
 			return CNICost{}, err

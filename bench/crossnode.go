@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -57,7 +58,7 @@ func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, 
 			return nodes, ips, err
 		}
 		if l, err := h.LinkByName(port); err != nil || h.LinkSetMaster(l, br) != nil {
-			return nodes, ips, fmt.Errorf("plug %s into the underlay: %v", port, err)
+			return nodes, ips, fmt.Errorf("plug %s into the underlay: %w", port, err)
 		}
 		if err := addAddr(nodes[i], eth0, ips[i].String()+"/24"); err != nil {
 			return nodes, ips, err
@@ -190,4 +191,11 @@ func buildLab(prefix, mode string) (t *Topology, err error) {
 	s, _ := st.Pod("b/s")
 	t.Client, t.Server, t.ServerIP = nsName(c.Netns), nsName(s.Netns), s.IP
 	return t, nil
+}
+
+// downLab takes down a lab a measurement brought up; a failure is logged, the measurement kept.
+func downLab(name string) {
+	if err := lab.Down(name); err != nil {
+		slog.Warn("lab down", "lab", name, "err", err)
+	}
 }

@@ -550,11 +550,11 @@ func (t *Topology) startKubeProxy(cp *kube.ControlPlane, node string, backend IP
 		return nil, fmt.Errorf("start kube-proxy: %w", err)
 	}
 	go func() {
-		cmd.Wait()
+		_ = cmd.Wait() // it ends killed, below: its status says nothing
 		close(kp.done)
 	}()
 	t.undo = append(t.undo, func() error {
-		cmd.Process.Kill()
+		_ = cmd.Process.Kill() // fails only if it is gone already
 		<-kp.done
 		return nil
 	})
@@ -631,7 +631,7 @@ func (kp *kubeProxy) waitMetrics(ctx context.Context, ok func(map[string]float64
 		case <-kp.done:
 			return nil, fmt.Errorf("kube-proxy exited: %s", tail(kp.log, 5))
 		case <-ctx.Done():
-			return nil, fmt.Errorf("kube-proxy's metrics: %w (%v)", ctx.Err(), err)
+			return nil, fmt.Errorf("kube-proxy's metrics: %w (%w)", ctx.Err(), err)
 		case <-time.After(20 * time.Millisecond): // polling, bounded by ctx
 		}
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -54,7 +55,7 @@ func MeasureKubernetes(rounds, pods int) (KubeCost, error) {
 		return KubeCost{}, err
 	}
 	name := fmt.Sprintf("bk%d", time.Now().UnixNano()%10000)
-	defer lab.Down(name)
+	defer downLab(name)
 	ctx := context.Background()
 	st, err := lab.Up(ctx, name, spec, lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")})
 	if err != nil {
@@ -136,7 +137,10 @@ func waitEnforcing(ctx context.Context, st *lab.State, done func([]agentapi.Poli
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("policy not enforced on every node after 30s (%v)", err)
+			if err != nil {
+				return fmt.Errorf("policy not enforced on every node after 30s: %w", err)
+			}
+			return errors.New("policy not enforced on every node after 30s")
 		}
 		time.Sleep(2 * time.Millisecond) // polling the nodes' reports, bounded above
 	}

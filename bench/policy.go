@@ -195,7 +195,7 @@ func MeasureApply(rounds int) (p50, max float64, err error) {
 		return 0, 0, err
 	}
 	name := fmt.Sprintf("bp%d", time.Now().UnixNano()%10000)
-	defer lab.Down(name)
+	defer downLab(name)
 	st, err := lab.Up(context.Background(), name, spec, lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")})
 	if err != nil {
 		return 0, 0, err
@@ -231,7 +231,7 @@ func iptablesRules(ns string, n int) error {
 	cmd := exec.Command("ip", "netns", "exec", ns, "iptables-restore")
 	cmd.Stdin = strings.NewReader(b.String())
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore: %v: %s", err, out)
+		return fmt.Errorf("iptables-restore: %w: %s", err, out)
 	}
 	return nil
 }
@@ -273,7 +273,7 @@ func loadRules(prefix string, t *Topology, n int) error {
 	}
 	srv, ok, err := m.eps.Lookup(t.ServerIP)
 	if err != nil || !ok {
-		return fmt.Errorf("server endpoint: %v", err)
+		return fmt.Errorf("server endpoint: %w", err)
 	}
 	for _, port := range []uint16{iperfPort, sockperfPort} {
 		if err := m.pol.Put(maps.PolicyEntry{Endpoint: srv.ID, Peer: maps.IdentityAny, Direction: maps.Ingress, Protocol: 6, Port: port, PortBits: 16}); err != nil {

@@ -40,9 +40,12 @@ type Report struct {
 
 // NewReport stamps the machine it runs on.
 func NewReport(cfg Config) *Report {
+	kernel := "unknown"
 	var u unix.Utsname
-	unix.Uname(&u)
-	return &Report{Date: time.Now().UTC(), Kernel: unix.ByteSliceToString(u.Release[:]), CPU: cpuModel(),
+	if unix.Uname(&u) == nil {
+		kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	return &Report{Date: time.Now().UTC(), Kernel: kernel, CPU: cpuModel(),
 		CPUs: runtime.NumCPU(), Config: cfg}
 }
 

@@ -31,8 +31,9 @@ type Topology struct {
 func (t *Topology) Close() error {
 	for _, p := range t.procs {
 		if p.Process != nil {
-			p.Process.Kill()
-			p.Wait()
+			// Killed: neither an exit already past nor the signal's status is news.
+			_ = p.Process.Kill()
+			_ = p.Wait()
 		}
 	}
 	var errs []error

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -135,17 +136,25 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 		c, err := countJUnit(report, s, focus, ex)
 		if err != nil {
 			// No report: e2e.test did not get as far as its tests.
-			return counts, fmt.Errorf("%s %s: %w (e2e.test: %v)", mode, s.Name, err, runErr)
+			return counts, fmt.Errorf("%s %s: %w (e2e.test: %w)", mode, s.Name, err, e2eResult(runErr))
 		}
 		c.Mode, c.Seconds = mode, time.Since(start).Round(time.Second).Seconds()
 		counts = append(counts, c)
 		fmt.Fprintf(cfg.Log, "conformance: %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
 			mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
 		if c.Passed+c.Failed == 0 {
-			return counts, fmt.Errorf("%s %s: no test ran (e2e.test: %v)", mode, s.Name, runErr)
+			return counts, fmt.Errorf("%s %s: no test ran (e2e.test: %w)", mode, s.Name, e2eResult(runErr))
 		}
 	}
 	return counts, nil
+}
+
+// e2eResult is how e2e.test ended, as an error to wrap: exited 0 is one too.
+func e2eResult(err error) error {
+	if err == nil {
+		return errors.New("exited 0")
+	}
+	return err
 }
 
 // runE2E runs e2e.test on the lab's underlay, where the API server is, as the admin.

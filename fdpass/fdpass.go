@@ -48,8 +48,11 @@ func Dial(ctx context.Context, path string, f *os.File) (net.Conn, error) {
 // send writes the frame with f's descriptor attached.
 func send(ctx context.Context, c *net.UnixConn, f *os.File) error {
 	if dl, ok := ctx.Deadline(); ok {
-		c.SetWriteDeadline(dl)
-		defer c.SetWriteDeadline(time.Time{})
+		if err := c.SetWriteDeadline(dl); err != nil {
+			return fmt.Errorf("pass %s: %w", f.Name(), err)
+		}
+		defer c.SetWriteDeadline(time.Time{}) //nolint:errcheck // the write's own error is the one to report
+
 	}
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -142,14 +145,14 @@ func (c *Conn) readFrame() ([]byte, error) {
 		n += m
 		if rerr != nil {
 			closeAll(fds)
-			return nil, fmt.Errorf("%w: %v", ErrBadFrame, rerr)
+			return nil, fmt.Errorf("%w: %w", ErrBadFrame, rerr)
 		}
 	}
 	switch {
 	case !bytes.Equal(buf[:len(frame)], []byte(frame)):
 		err = fmt.Errorf("%w: unknown header %q", ErrBadFrame, buf[:len(frame)])
 	case ferr != nil:
-		err = fmt.Errorf("%w: %v", ErrBadFrame, ferr)
+		err = fmt.Errorf("%w: %w", ErrBadFrame, ferr)
 	case flags&unix.MSG_CTRUNC != 0 || len(fds) != 1:
 		err = fmt.Errorf("%w: it carries %d descriptors, want 1", ErrBadFrame, len(fds))
 	}

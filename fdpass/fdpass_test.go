@@ -26,12 +26,12 @@ func serve(t *testing.T, take bool) string {
 	}
 	srv := &http.Server{ConnContext: ConnContext, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !take {
-			io.WriteString(w, "ignored")
+			_, _ = io.WriteString(w, "ignored")
 			return
 		}
 		fd := FDFrom(r.Context())
 		if fd < 0 {
-			io.WriteString(w, "none")
+			_, _ = io.WriteString(w, "none")
 			return
 		}
 		defer unix.Close(fd)
@@ -42,7 +42,7 @@ func serve(t *testing.T, take bool) string {
 		}
 		fmt.Fprint(w, st.Ino)
 	})}
-	go srv.Serve(NewListener(ln))
+	go func() { _ = srv.Serve(NewListener(ln)) }() // ErrServerClosed once the test closes it
 	t.Cleanup(func() { srv.Close() })
 	return sock
 }

@@ -63,8 +63,7 @@ func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {
 			continue
 		}
 		if err := p.kv.Put(ctx, p.ownerKey(owner), []byte(ip.String()), 0); err != nil {
-			p.kv.Delete(ctx, p.ipKey(ip))
-			return netip.Addr{}, err
+			return netip.Addr{}, errors.Join(err, p.kv.Delete(ctx, p.ipKey(ip)))
 		}
 		return ip, nil
 	}

@@ -107,20 +107,24 @@ func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) {
-			return fmt.Errorf("%w: %v", ErrUnreachable, err)
+			return fmt.Errorf("%w: %w", ErrUnreachable, err)
 		}
 		return err
 	}
 	defer c.Close()
 	deadline := time.Now().Add(ProbeTimeout)
-	c.SetDeadline(deadline)
+	if err := c.SetDeadline(deadline); err != nil {
+		return err
+	}
 	got := make([]byte, len(payload))
 	if protocol == "UDP" {
 		// Datagrams may be lost; ask three times within the timeout.
 		for try := 0; try < 3; try++ {
-			c.SetReadDeadline(time.Now().Add(ProbeTimeout / 3))
+			if err := c.SetReadDeadline(time.Now().Add(ProbeTimeout / 3)); err != nil {
+				return err
+			}
 			if _, err := c.Write(payload); err != nil {
-				return fmt.Errorf("%w: %v", ErrUnreachable, err)
+				return fmt.Errorf("%w: %w", ErrUnreachable, err)
 			}
 			if n, err := c.Read(got); err == nil && bytes.Equal(got[:n], payload) {
 				return nil
@@ -129,7 +133,7 @@ func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
 		return fmt.Errorf("%w: no echo from %s", ErrUnreachable, addr)
 	}
 	if _, err := c.Write(payload); err != nil {
-		return fmt.Errorf("%w: %v", ErrUnreachable, err)
+		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, payload) {
 		return fmt.Errorf("%w: no echo from %s", ErrUnreachable, addr)

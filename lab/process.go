@@ -34,7 +34,7 @@ func spawn(netns, logFile, exe string, args ...string) (int, error) {
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %s %s: %w", filepath.Base(exe), args[0], err)
 	}
-	go cmd.Wait() // reap it if it dies while this process still runs
+	go cmd.Wait() //nolint:errcheck // reaps it if it dies while this process still runs; its log says why
 	return cmd.Process.Pid, nil
 }
 
@@ -43,7 +43,7 @@ func stop(pid int, lab string) {
 	if pid <= 0 || !isLabProcess(pid, lab) {
 		return
 	}
-	syscall.Kill(pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL) // gone meanwhile is fine: the wait below checks
 	deadline := time.Now().Add(5 * time.Second)
 	for isLabProcess(pid, lab) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // waiting for the kernel to reap the process
@@ -78,14 +78,17 @@ func runCNI(ctx context.Context, plugin string, node *Node, command string, p *P
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI %s: %v: %s%s", command, err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
+		return netip.Addr{}, fmt.Errorf("CNI %s: %w: %s%s", command, err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
 	}
 	if command != "ADD" {
 		return netip.Addr{}, nil
 	}
 	var res types100.Result
-	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
-		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: %v", out, err)
+	if err := json.Unmarshal(out, &res); err != nil {
+		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: %w", out, err)
+	}
+	if len(res.IPs) == 0 {
+		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: no IP", out)
 	}
 	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
 	return ip, nil

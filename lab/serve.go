@@ -79,10 +79,10 @@ func EchoTCP(ln net.Listener) {
 			if err == nil && string(first) == WhoRequest {
 				local, _ := netip.ParseAddrPort(c.LocalAddr().String())
 				fmt.Fprintf(c, "%s %s\n", local.Addr(), c.RemoteAddr())
-			} else {
-				c.Write(first[:n])
+			} else if _, err := c.Write(first[:n]); err != nil {
+				return
 			}
-			io.Copy(c, c)
+			_, _ = io.Copy(c, c) // echoes until the peer closes or resets: nothing to report either way
 		}()
 	}
 }
@@ -101,10 +101,10 @@ func EchoUDP(pc net.PacketConn) {
 			continue
 		}
 		if string(buf[:n]) == WhoRequest {
-			pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", self, from)), from)
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", self, from)), from) // UDP: the asker asks again
 			continue
 		}
-		pc.WriteTo(buf[:n], from)
+		_, _ = pc.WriteTo(buf[:n], from)
 	}
 }
 

@@ -24,7 +24,9 @@ func AskWho(netnsPath string, addr netip.AddrPort, protocol string) (Who, error)
 	defer c.Close()
 	var line string
 	for try := 0; try < 3; try++ { // UDP: a datagram may be lost
-		c.SetDeadline(time.Now().Add(ProbeTimeout / 3))
+		if err = c.SetDeadline(time.Now().Add(ProbeTimeout / 3)); err != nil {
+			return Who{}, err
+		}
 		if _, err = c.Write([]byte(WhoRequest)); err != nil {
 			return Who{}, err
 		}

@@ -158,7 +158,7 @@ func TestTCXCountsEveryPacket(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
 	pinDir := nstest.PinDir(t)
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	loadAndAttach(t, pinDir, p.a, "v0")
 	tx := p.udpFlow(t)
 
@@ -174,7 +174,7 @@ func TestLinksOutliveLoaderAndUninstallRemovesThem(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
 	pinDir := nstest.PinDir(t)
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{pinDir, p.a.Path, "v0"}, " "))
@@ -210,7 +210,7 @@ func TestReplaceUnderLoadLosesNothing(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
 	pinDir := nstest.PinDir(t)
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	first := loadAndAttach(t, pinDir, p.a, "v0")
 	firstInfo, _ := first.ToPod.Info()
 	firstID, _ := firstInfo.ID()
@@ -302,7 +302,7 @@ func TestConntrackOfAnOlderLayoutIsMigrated(t *testing.T) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	const size = 1024
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 32, MaxEntries: size})
 	if err != nil {
@@ -373,7 +373,7 @@ func TestResizedMapIsCopiedOrRefused(t *testing.T) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	d, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 64}})
 	if err != nil {
 		t.Fatal(err)
@@ -426,7 +426,7 @@ func TestAttachNamesMissingInterface(t *testing.T) {
 	t.Parallel()
 	ns := nstest.New(t, "ldr-x")
 	pinDir := nstest.PinDir(t)
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	dp, err := loader.Load(loader.Config{PinDir: pinDir})
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +460,7 @@ func TestOlderConfigMapIsReplaced(t *testing.T) {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { loader.Uninstall(pinDir) })
+	uninstallAtCleanup(t, pinDir)
 	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "config", Type: ebpf.Array, KeySize: 4, ValueSize: 28, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -486,4 +486,13 @@ func TestOlderConfigMapIsReplaced(t *testing.T) {
 	if info, _ := pinned.Info(); info.ValueSize == 28 {
 		t.Fatalf("the config pin still holds the old layout")
 	}
+}
+
+// uninstallAtCleanup removes the datapath pinned under pinDir when the test ends.
+func uninstallAtCleanup(t *testing.T, pinDir string) {
+	t.Cleanup(func() {
+		if err := loader.Uninstall(pinDir); err != nil {
+			t.Error(err)
+		}
+	})
 }

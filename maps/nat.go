@@ -78,7 +78,7 @@ func (n *NAT) GC() (removed, left int, err error) {
 		return 0, 0, err
 	}
 	live := map[bpf.DatapathCtKey]bool{}
-	now := monotonicNow()
+	now := MonotonicNow()
 	for _, t := range all {
 		live[t.key] = t.Expires > now
 	}

@@ -225,9 +225,11 @@ type Conntrack struct{ m *ebpf.Map }
 // NewConntrack wraps the conntrack map.
 func NewConntrack(m *ebpf.Map) *Conntrack { return &Conntrack{m: m} }
 
-func monotonicNow() uint64 {
+// MonotonicNow is the clock bpf_ktime_get_ns reads, in ns. clock_gettime(CLOCK_MONOTONIC)
+// fails only for a bad pointer or clock id, neither possible here.
+func MonotonicNow() uint64 {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Sec)*1e9 + uint64(ts.Nsec)
 }
 
@@ -238,7 +240,7 @@ func (c *Conntrack) List() ([]Flow, error) {
 		v   bpf.DatapathCtEntry
 		out []Flow
 	)
-	now := monotonicNow()
+	now := MonotonicNow()
 	it := c.m.Iterate()
 	for it.Next(&k, &v) {
 		addr := func(b [16]uint8) netip.Addr {
@@ -269,7 +271,7 @@ func (c *Conntrack) GC() (removed, left int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	now := monotonicNow()
+	now := MonotonicNow()
 	for _, f := range flows {
 		if f.Expires > now {
 			left++

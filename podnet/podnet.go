@@ -79,9 +79,8 @@ func (p *Pod) validate() error {
 
 // handles opens netlink in the node and pod namespaces.
 type handles struct {
-	node, pod     *netlink.Handle
-	podNs         netns.NsHandle
-	closeNodeFunc func()
+	node, pod *netlink.Handle
+	podNs     netns.NsHandle
 }
 
 // open opens netlink in the node's namespace and in podNs, which it takes over.

@@ -152,7 +152,10 @@ func (c *Cluster) Identity(ctx context.Context, labelKey string) (uint32, error)
 		if ok, err := c.KV.Create(ctx, key, []byte(strconv.FormatUint(next, 10))); err != nil {
 			return 0, err
 		} else if !ok {
-			c.KV.Delete(ctx, idKey) // another node gave this label set an identity first
+			// Another node gave this label set an identity first: give the number back.
+			if err := c.KV.Delete(ctx, idKey); err != nil {
+				return 0, err
+			}
 			continue
 		}
 		return uint32(next), nil

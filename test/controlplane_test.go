@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,7 +34,7 @@ func plugin(t *testing.T, node *lab.Node, env []string, stdin string) (stdout st
 	cmd.Env = env
 	cmd.Stdin = bytes.NewBufferString(stdin)
 	out, err := cmd.Output()
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		return string(out), ee.ExitCode()
 	}
 	if err != nil {
@@ -293,7 +294,9 @@ func TestAgentKillKeepsTrafficAndRestartCleansStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Delete pod c while no agent runs: its server, then its namespace (and with it the veth).
-	syscall.Kill(c.ServerPID, syscall.SIGKILL)
+	if err := syscall.Kill(c.ServerPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, 5*time.Second, "c's server to die", func() (bool, string) { return !nstest.ProcessAlive(c.ServerPID), "alive" })
 	if err := namespace.Delete(filepath.Base(c.Netns)); err != nil {
 		t.Fatal(err)

@@ -140,7 +140,7 @@ func checkUnderlay(t *testing.T, st *lab.State, mode string) {
 		"ipip":   "ip proto 4",
 		"native": fmt.Sprintf("ip src %s and ip dst %s and tcp port 80", src.IP, dst.IP),
 	}
-	probe := func() { st.Probe(src.Key(), dst.Key(), 80, "TCP") }
+	probe := func() { _ = st.Probe(src.Key(), dst.Key(), 80, "TCP") } // only its packets count: the capture looks for them
 	if !seen(t, node.Netns, filters[mode], probe) {
 		t.Fatalf("%s mode: no %q packets on node1's eth0", mode, filters[mode])
 	}
@@ -197,7 +197,7 @@ func seen(t *testing.T, netns, filter string, traffic func()) bool {
 	cmd, r := startTcpdump(t, ctx, netns, filter, filepath.Join(t.TempDir(), "cap.pcap"), "-c", "1")
 	done := make(chan error, 1)
 	go func() {
-		io.ReadAll(r)
+		_, _ = io.ReadAll(r) // drains the pipe until the process exits; Wait reports how
 		done <- cmd.Wait()
 	}()
 	for {

@@ -59,7 +59,7 @@ func startDaemon(t *testing.T, node *nstest.NS, dir, pin string) (*exec.Cmd, *ag
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // killed: its status says nothing
 	c := agentapi.NewClient(socket)
 	eventually(t, 20*time.Second, "agent ready", func() (bool, string) {
 		st, err := c.Status(context.Background())
@@ -81,7 +81,7 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir, pin := t.TempDir(), nstest.PinDir(t)
-	t.Cleanup(func() { exec.Command(ebpfnetBin, "--pin-dir", pin, "datapath", "uninstall").Run() })
+	t.Cleanup(func() { datapathUninstall(t, pin) })
 	cmd, c := startDaemon(t, node, dir, pin)
 
 	sock, _ := os.Stat(filepath.Join(dir, "run", "agent.sock"))
@@ -95,7 +95,11 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Del(context.Background(), req) })
+	t.Cleanup(func() {
+		if err := c.Del(context.Background(), req); err != nil {
+			t.Error(err)
+		}
+	})
 	pod.Do(t, func() error { // the pod reaches its node
 		conn, err := net.DialTimeout("tcp4", "10.252.0.1:1", time.Second)
 		if err == nil {
@@ -107,7 +111,9 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 		return nil
 	})
 
-	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("agent did not exit cleanly on SIGTERM: %v", err)
 	}
@@ -121,5 +127,13 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 	again, err := c.Add(context.Background(), req)
 	if err != nil || again.IP != res.IP {
 		t.Fatalf("ADD after restart gave %v (%v), want the lease %v kept", again.IP, err, res.IP)
+	}
+}
+
+// datapathUninstall runs `ebpfnet datapath uninstall` on the pins under pin, at a test's end.
+func datapathUninstall(t *testing.T, pin string) {
+	t.Helper()
+	if out, err := exec.Command(ebpfnetBin, "--pin-dir", pin, "datapath", "uninstall").CombinedOutput(); err != nil {
+		t.Errorf("datapath uninstall: %v: %s", err, out)
 	}
 }

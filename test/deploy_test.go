@@ -62,7 +62,11 @@ func TestDeployRoleSuffices(t *testing.T) {
 	if out, err := kubectlAPI(t, "apply", "-f", "../deploy/crds.yaml", "-f", "../deploy/ebpfnet.yaml"); err != nil {
 		t.Fatalf("apply deploy/: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { kubectlAPI(t, "delete", "--ignore-not-found", "-f", "../deploy/ebpfnet.yaml") })
+	t.Cleanup(func() {
+		if out, err := kubectlAPI(t, "delete", "--ignore-not-found", "-f", "../deploy/ebpfnet.yaml"); err != nil {
+			t.Errorf("kubectl delete: %v: %s", err, out)
+		}
+	})
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:kube-system:ebpfnet"}
 	kv := openKubeStore(t, cfg)
 	c := &store.Cluster{KV: kv}

@@ -50,7 +50,7 @@ func startSoloAgent(t *testing.T, prefix string, extra ...string) *soloAgent {
 		t.Fatal(err)
 	}
 	dir, pin := t.TempDir(), nstest.PinDir(t)
-	t.Cleanup(func() { exec.Command(ebpfnetBin, "--pin-dir", pin, "datapath", "uninstall").Run() })
+	t.Cleanup(func() { datapathUninstall(t, pin) })
 	socket := filepath.Join(dir, "run", "agent.sock")
 	args := append([]string{"--net=" + node.Path, "--", ebpfnetBin, "--pin-dir", pin, "daemon", "--socket", socket,
 		"--store", "local", "--store-path", filepath.Join(dir, "store.db"), "--underlay", "eth0",
@@ -66,7 +66,7 @@ func startSoloAgent(t *testing.T, prefix string, extra ...string) *soloAgent {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // killed: its status says nothing
 	a := &soloAgent{ns: node, pid: cmd.Process.Pid, log: log, client: agentapi.NewClient(socket),
 		node: lab.Node{Name: "solo", IP: netip.MustParseAddr("10.252.0.1"), Netns: node.Path, PinDir: pin, Socket: socket}}
 	eventually(t, 30*time.Second, "agent ready", func() (bool, string) {
@@ -168,7 +168,7 @@ func runPlugin(t *testing.T, netnsPath string, env []string, stdin []byte) (stri
 	if ctx.Err() != nil {
 		t.Fatalf("the plugin did not answer in 20s (env %q)", env)
 	}
-	if ee, ok := err.(*exec.ExitError); ok {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		return string(out), ee.ExitCode()
 	}
 	if err != nil {

@@ -129,7 +129,7 @@ func checkPortForward(t *testing.T, st *lab.State) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cancel(); cmd.Wait() }()
+	defer func() { cancel(); _ = cmd.Wait() }() // killed by cancel: its status says nothing
 	// "Forwarding from 127.0.0.1:PORT -> 80"
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	m := regexp.MustCompile(`Forwarding from (127\.0\.0\.1:\d+) -> 80`).FindStringSubmatch(line)

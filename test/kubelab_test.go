@@ -50,7 +50,7 @@ func TestKubernetesLab(t *testing.T) {
 			downed := false
 			t.Cleanup(func() {
 				if !downed {
-					lab.Down(name)
+					downLab(t, name)
 				}
 			})
 			out, code := ebpfnet(t, "lab", "up", "--name", name, "-f", writeSpec(t, standardLab(t, mode)))
@@ -398,5 +398,13 @@ func kubeLabFootprint(st *lab.State) func() string {
 			left = append(left, "dir "+dir)
 		}
 		return strings.Join(left, "; ")
+	}
+}
+
+// downLab takes a lab down at a test's end; a failure is the test's.
+func downLab(t *testing.T, name string) {
+	t.Helper()
+	if err := lab.Down(name); err != nil {
+		t.Errorf("lab down %s: %v", name, err)
 	}
 }

@@ -71,7 +71,7 @@ func startAPIServer() error {
 	}
 	// A non-loopback address: the apiserver advertises it in the kubernetes Service.
 	if out, err := exec.Command("nsenter", "--net="+path, "--", "ip", "addr", "add", "10.78.0.1/32", "dev", "lo").CombinedOutput(); err != nil {
-		return fmt.Errorf("address: %v: %s", err, out)
+		return fmt.Errorf("address: %w: %s", err, out)
 	}
 	if apiServer.dir, err = os.MkdirTemp("", "ebpfnet-kapi"); err != nil {
 		return err
@@ -111,17 +111,21 @@ func startAPIServer() error {
 // stopAPIServer removes the shared API server, if one was started.
 func stopAPIServer() {
 	if apiServer.dir != "" {
-		kube.Teardown(filepath.Join(apiServer.dir, "cp"))
+		if err := kube.Teardown(filepath.Join(apiServer.dir, "cp")); err != nil {
+			fmt.Fprintln(os.Stderr, "shared API server teardown:", err)
+		}
 	}
 	if apiServer.etcd != nil && apiServer.etcd.Process != nil {
 		apiServer.etcd.Process.Kill()
-		apiServer.etcd.Wait()
+		_ = apiServer.etcd.Wait() // killed: its status says nothing
 	}
 	if apiServer.dir != "" {
 		os.RemoveAll(apiServer.dir)
 	}
 	if apiServer.ns != "" {
-		namespace.Delete(apiServer.ns)
+		if err := namespace.Delete(apiServer.ns); err != nil {
+			fmt.Fprintln(os.Stderr, "shared API server namespace:", err)
+		}
 	}
 }
 
@@ -331,7 +335,11 @@ func TestKubernetesStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { api.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			if err := api.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+				t.Error(err)
+			}
+		})
 		if err := c1.Sync(ctx); err != nil {
 			t.Fatal(err)
 		}

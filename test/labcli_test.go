@@ -62,7 +62,7 @@ func TestLabDownLeavesNothing(t *testing.T) {
 	file := writeLabFile(t, smallLab)
 	for _, killFirst := range []bool{false, true} {
 		name := "dn" + nstest.Suffix(4)
-		t.Cleanup(func() { lab.Down(name) })
+		t.Cleanup(func() { downLab(t, name) })
 		if out, code := ebpfnet(t, "lab", "up", "-f", file, "--name", name); code != 0 {
 			t.Fatalf("lab up: %s", out)
 		}
@@ -78,7 +78,9 @@ func TestLabDownLeavesNothing(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, p := range st.Pods {
-				syscall.Kill(p.ServerPID, syscall.SIGKILL)
+				if err := syscall.Kill(p.ServerPID, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 		for i := 0; i < 2; i++ {
@@ -112,7 +114,7 @@ func TestMalformedLabFileChangesNothing(t *testing.T) {
 		name := "bad" + nstest.Suffix(4)
 		out, code := ebpfnet(t, "lab", "up", "-f", writeLabFile(t, c.body), "--name", name)
 		if code == 0 {
-			lab.Down(name)
+			downLab(t, name)
 			t.Errorf("%s: lab up succeeded", c.name)
 			continue
 		}

@@ -110,7 +110,7 @@ func startMonitor(t *testing.T, ctx context.Context, labName, kind string) <-cha
 	if err := mon.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() })
+	t.Cleanup(func() { _ = mon.Process.Kill(); _ = mon.Wait() }) // killed: its status says nothing
 	if line, _ := bufio.NewReader(stderr).ReadString('\n'); !strings.Contains(line, "monitoring "+kind+" events on 2 node") {
 		t.Fatalf("monitor did not start: %q", line)
 	}

@@ -61,7 +61,9 @@ spec:
 	restarted := false
 	t.Cleanup(func() {
 		if !restarted {
-			st.StartEtcd(context.Background(), labOpts())
+			if err := st.StartEtcd(context.Background(), labOpts()); err != nil {
+				t.Error(err)
+			}
 		}
 	})
 	if err := st.StopEtcd(); err != nil {
@@ -92,7 +94,9 @@ spec:
 		}
 	}
 	// A pod goes away while the store is down: its server, then its namespace and veth.
-	syscall.Kill(c.ServerPID, syscall.SIGKILL)
+	if err := syscall.Kill(c.ServerPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, 5*time.Second, "c's server to die", func() (bool, string) { return !nstest.ProcessAlive(c.ServerPID), "alive" })
 	if err := namespace.Delete(filepath.Base(c.Netns)); err != nil {
 		t.Fatal(err)

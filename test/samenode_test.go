@@ -202,7 +202,9 @@ func TestSpoofedSourceIsDroppedAndCounted(t *testing.T) {
 	if err := traffic.UDPEcho(a.ns, netip.AddrPortFrom(b.spec.IP, 8081), []byte("own")); err != nil {
 		t.Fatal(err)
 	}
-	rx.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if err := rx.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
 	if n, _, err := rx.ReadFrom(make([]byte, 64)); err == nil {
 		t.Fatalf("a spoofed packet (%d bytes) reached pod b", n)
 	}

@@ -555,7 +555,9 @@ func openWho(t *testing.T, netns string, addr netip.AddrPort) *heldConn {
 	t.Cleanup(func() { c.Close() })
 	h := &heldConn{Conn: c, rd: bufio.NewReader(c)}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	c.Write([]byte(lab.WhoRequest))
+	if _, err := c.Write([]byte(lab.WhoRequest)); err != nil {
+		t.Fatal(err)
+	}
 	line, err := h.rd.ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
@@ -570,7 +572,9 @@ func openWho(t *testing.T, netns string, addr netip.AddrPort) *heldConn {
 func (h *heldConn) stillEchoes(t *testing.T) {
 	t.Helper()
 	h.SetDeadline(time.Now().Add(5 * time.Second))
-	h.Write([]byte("still here\n"))
+	if _, err := h.Write([]byte("still here\n")); err != nil {
+		t.Fatalf("held connection: %v", err)
+	}
 	if got, err := h.rd.ReadString('\n'); err != nil || got != "still here\n" {
 		t.Fatalf("the established connection to %s: %q, %v", h.server, got, err)
 	}

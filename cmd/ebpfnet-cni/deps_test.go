@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -18,7 +19,7 @@ func deps(t *testing.T, pkg string) []string {
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	out, err := exec.Command(goBin, "list", "-deps", pkg).Output()
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			t.Fatalf("go list -deps %s: %v: %s", pkg, err, ee.Stderr)
 		}
 		t.Fatalf("go list -deps %s: %v", pkg, err)

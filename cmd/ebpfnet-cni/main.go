@@ -41,7 +41,8 @@ func boundStdin() error {
 		return err
 	}
 	go func() {
-		w.Write(data)
+		// A failed write shows as a short configuration, which the plugin then refuses.
+		_, _ = w.Write(data)
 		w.Close()
 	}()
 	os.Stdin = r

@@ -54,9 +54,13 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "lab %q is up: %d nodes, %d pods, mode %s\n\n", st.Name, len(st.Nodes), len(st.Pods), st.Mode)
-			printNodes(out, g, st)
+			if err := printNodes(out, g, st); err != nil {
+				return err
+			}
 			fmt.Fprintln(out)
-			printPods(out, g, st)
+			if err := printPods(out, g, st); err != nil {
+				return err
+			}
 			printRouter(out, st)
 			fmt.Fprintf(out, "\nnext: ebpfnet lab matrix --name %s --port P --protocol TCP; ebpfnet lab down --name %s\n", st.Name, st.Name)
 			return nil

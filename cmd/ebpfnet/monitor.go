@@ -38,7 +38,7 @@ func newMonitorCmd(g *globals) *cobra.Command {
 				mu.Lock()
 				defer mu.Unlock()
 				if g.output == "json" {
-					enc.Encode(ev)
+					_ = enc.Encode(ev) // a closed stdout ends the command (SIGPIPE)
 					return
 				}
 				fmt.Fprintf(out, "%s %s %s %s %s %s -> %s (identity %d -> %d)\n", ev.Time.Format("15:04:05.000"), ev.Node,
@@ -57,7 +57,7 @@ func newMonitorCmd(g *globals) *cobra.Command {
 				return nil
 			case err := <-errc:
 				if cmd.Context().Err() != nil {
-					return nil
+					return nil //nolint:nilerr // ctrl-c: the stream's error is the cancellation
 				}
 				if err == nil {
 					err = errors.New("an agent closed the stream")

@@ -3,7 +3,9 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,7 +71,9 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 	}
 	defer client.close()
 	log := filepath.Join(cp.Dir, "kube-apiserver.log")
-	os.Rename(log, log+".1")
+	if err := os.Rename(log, log+".1"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("keep the last API server log: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	var procs []*proc

@@ -4,11 +4,11 @@ package kube
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -50,9 +50,9 @@ func versionOf(loopback string) string { return filepath.Base(filepath.Dir(filep
 func compareVersions(a, b string) int {
 	pa, pb := strings.Split(strings.TrimPrefix(a, "v"), "."), strings.Split(strings.TrimPrefix(b, "v"), ".")
 	for i := 0; i < len(pa) && i < len(pb); i++ {
-		var na, nb int
-		fmt.Sscan(pa[i], &na)
-		fmt.Sscan(pb[i], &nb)
+		// A component that is not a number counts as 0.
+		na, _ := strconv.Atoi(pa[i])
+		nb, _ := strconv.Atoi(pb[i])
 		if na != nb {
 			return na - nb
 		}

@@ -230,7 +230,7 @@ func waitPodRunning(t *testing.T, ctx context.Context, cp *ControlPlane, ns, nam
 			}
 		}
 		if err := getJSON(ctx, cp, "/api/v1/namespaces/"+ns+"/pods/"+name, &pod); err != nil {
-			return false, err.Error(), nil
+			return false, err.Error(), nil //nolint:nilerr // not made yet: waitFor tries again
 		}
 		return pod.Status.Phase == "Running", fmt.Sprintf("%+v", pod.Status), nil
 	})
@@ -260,7 +260,7 @@ func waitEcho(t *testing.T, ctx context.Context, netns string, addr netip.AddrPo
 			return err
 		})
 		if err != nil {
-			return false, err.Error(), nil
+			return false, err.Error(), nil //nolint:nilerr // not answering yet: waitFor tries again
 		}
 		return reply == "ping\n", "reply " + strconv.Quote(reply), nil
 	})
@@ -316,8 +316,8 @@ func negativeOOMScoreRefused(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	defer func() {
-		child.Process.Kill()
-		child.Wait()
+		_ = child.Process.Kill()
+		_ = child.Wait() // killed: its status says nothing
 	}()
 	return os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", child.Process.Pid), []byte("-1"), 0) != nil
 }

@@ -126,7 +126,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 			return false, "", err
 		}
 		if out, err := n.ctr(ctx, "version"); err != nil {
-			return false, string(out), nil
+			return false, fmt.Sprintf("%v: %s", err, out), nil // not up yet: waitFor tries again
 		}
 		return true, "", nil
 	})

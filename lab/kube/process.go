@@ -33,7 +33,7 @@ func spawn(netns, dir, name string, env []string, exe string, args ...string) (*
 	}
 	p := &proc{name: name, log: logf.Name(), done: make(chan struct{})}
 	go func() {
-		cmd.Wait() // reaps it if it dies while this process still runs
+		_ = cmd.Wait() // reaps it if it dies while this process still runs; its log says why
 		close(p.done)
 	}()
 	if err := os.WriteFile(filepath.Join(dir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {

@@ -3,6 +3,7 @@ package kubestore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -26,7 +27,7 @@ func installCRDs(ctx context.Context, dyn dynamic.Interface) error {
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(deploy.CRDs), 4096)
 	for {
 		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err == io.EOF {
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
 			return nil
 		} else if err != nil {
 			return fmt.Errorf("embedded CRDs: %w", err)

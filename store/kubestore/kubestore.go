@@ -66,7 +66,10 @@ func OpenConfig(ctx context.Context, cfg *rest.Config) (*KV, error) {
 	runCtx, stop := context.WithCancel(context.Background())
 	k := &KV{core: core, dyn: dyn, cancel: stop, synced: make(chan struct{})}
 	k.runCtx = runCtx
-	k.classes = k.newClasses(runCtx)
+	if k.classes, err = k.newClasses(runCtx); err != nil {
+		stop()
+		return nil, err
+	}
 	if err := k.waitSynced(ctx); err != nil {
 		stop()
 		return nil, err

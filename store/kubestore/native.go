@@ -40,13 +40,16 @@ func stripManaged(obj any) (any, error) {
 }
 
 // newClasses builds one class per kind of key, the records last (they take what is left).
-func (k *KV) newClasses(ctx context.Context) []*class {
+func (k *KV) newClasses(ctx context.Context) ([]*class, error) {
 	classes := []*class{k.nodeClass(), k.podClass(), k.namespaceClass(), k.policyClass(), k.serviceClass(),
 		k.endpointSliceClass(), k.identityClass(), k.recordClass()}
 	for _, c := range classes {
-		c.start(ctx, ctx, k.handler(c)) // the first informers: waitSynced waits for them
+		// The first informers replace none, so start does not wait: waitSynced waits for them.
+		if err := c.start(ctx, ctx, k.handler(c)); err != nil {
+			return nil, err
+		}
 	}
-	return classes
+	return classes, nil
 }
 
 // typed makes informers of one kind, each from a factory of its own, so that a class can

@@ -60,7 +60,7 @@ func (c *class) overlaps(prefix string) bool {
 func (k *KV) dynamicInformer(gvr schema.GroupVersionResource) func() cache.SharedIndexInformer {
 	return func() cache.SharedIndexInformer {
 		inf := dynamicinformer.NewFilteredDynamicInformer(k.dyn, gvr, "", 0, cache.Indexers{}, nil).Informer()
-		inf.SetTransform(stripManaged)
+		_ = inf.SetTransform(stripManaged) // fails only on a started informer; this one is new
 		return inf
 	}
 }
@@ -70,7 +70,9 @@ func (k *KV) dynamicInformer(gvr schema.GroupVersionResource) func() cache.Share
 // an empty cache; the old one is then stopped.
 func (c *class) start(runCtx, waitCtx context.Context, h cache.ResourceEventHandler) error {
 	inf := c.newInformer()
-	inf.AddEventHandler(h)
+	if _, err := inf.AddEventHandler(h); err != nil {
+		return fmt.Errorf("%s informer: %w", c.prefix, err)
+	}
 	run, stop := context.WithCancel(runCtx)
 	go inf.Run(run.Done())
 	c.mu.RLock()

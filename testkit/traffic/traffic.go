@@ -105,7 +105,7 @@ func UDPEcho(ns *nstest.NS, addr netip.AddrPort, payload []byte) error {
 func Ping(ns *nstest.NS, ip netip.Addr, count int) error {
 	out, err := ns.Command("ping", "-n", "-q", "-c", fmt.Sprint(count), "-i", "0.05", "-W", "2", ip.String()).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("ping %s from %s: %v: %s", ip, ns.Name, err, bytes.TrimSpace(out))
+		return fmt.Errorf("ping %s from %s: %w: %s", ip, ns.Name, err, bytes.TrimSpace(out))
 	}
 	if !bytes.Contains(out, []byte(fmt.Sprintf("%d received", count))) {
 		return fmt.Errorf("ping %s from %s lost replies: %s", ip, ns.Name, bytes.TrimSpace(out))
