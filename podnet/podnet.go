@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -55,6 +56,12 @@ func HostIfName(containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
 	return "eb" + hex.EncodeToString(sum[:])[:12]
 }
+
+// hostIfNameRE matches the names HostIfName gives.
+var hostIfNameRE = regexp.MustCompile(`^eb[0-9a-f]{12}$`)
+
+// IsHostIfName says whether name is one HostIfName gives: the node side of a pod's veth.
+func IsHostIfName(name string) bool { return hostIfNameRE.MatchString(name) }
 
 func (p *Pod) validate() error {
 	switch {

@@ -39,7 +39,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.pinDir, "pin-dir", maps.DefaultPinDir, "where the datapath's maps and links are pinned")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", `output format: "table" or "json"`)
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newDaemonCmd(g), newDatapathCmd(g), newMetricsCmd(g), newEndpointCmd(g), newNodeCmd(g), newPolicyCmd(g), newServiceCmd(g), newPrefilterCmd(g), newMonitorCmd(g), newCTCmd(g), newNATCmd(g), newBGPCmd(g), newIdentityCmd(g), newLabCmd(g), newEtcdCmd(), newCNICmd(), newImageCmd(), newGenDocsCmd())
+	root.AddCommand(newDaemonCmd(g), newDatapathCmd(g), newMetricsCmd(g), newEndpointCmd(g), newNodeCmd(g), newPolicyCmd(g), newServiceCmd(g), newPrefilterCmd(g), newMonitorCmd(g), newCTCmd(g), newNATCmd(g), newBGPCmd(g), newIdentityCmd(g), newLabCmd(g), newEtcdCmd(), newCNICmd(), newImageCmd(), newUninstallCmd(g), newGenDocsCmd())
 	return root
 }
 
