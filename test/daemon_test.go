@@ -95,11 +95,8 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := c.Del(context.Background(), req); err != nil {
-			t.Error(err)
-		}
-	})
+	// No DEL at cleanup: the agent is gone by then, and the pod's and the node's namespaces
+	// go with their veths. The test ends with a DEL to the restarted agent instead.
 	pod.Do(t, func() error { // the pod reaches its node
 		conn, err := net.DialTimeout("tcp4", "10.252.0.1:1", time.Second)
 		if err == nil {
@@ -127,6 +124,9 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 	again, err := c.Add(context.Background(), req)
 	if err != nil || again.IP != res.IP {
 		t.Fatalf("ADD after restart gave %v (%v), want the lease %v kept", again.IP, err, res.IP)
+	}
+	if err := c.Del(context.Background(), req); err != nil {
+		t.Fatalf("DEL after restart: %v", err)
 	}
 }
 
