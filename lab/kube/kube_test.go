@@ -378,33 +378,20 @@ func checkNothingLeft(t *testing.T, base, cgroupRoot string, shims []string) {
 	}
 }
 
-// shimSockets returns the sockets of the shims the node's containerd runs, from the address
-// file each shim writes into its task bundle. The sockets live in the host-wide
-// /run/containerd/s beside those of other containerds, so the test names its own. Each must
-// exist now: a check that they are gone later means nothing otherwise.
+// shimSockets returns the sockets of the shims the node's containerd runs, as Teardown finds
+// them (nodeState). They live in the host-wide /run/containerd/s beside those of other
+// containerds, so the test names its own. Each must exist now: a check that they are gone
+// later means nothing otherwise.
 func shimSockets(t *testing.T, nodeDir string) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(nodeDir, "containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "address"))
-	if err != nil {
-		t.Fatal(err)
+	_, sockets := nodeState(nodeDir)
+	if len(sockets) == 0 {
+		t.Fatalf("no shim address under %s while a pod runs", nodeDir)
 	}
-	var sockets []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "unix://")
-		if !ok {
-			t.Fatalf("%s: %q is not a unix:// address", f, b)
-		}
+	for _, s := range sockets {
 		if _, err := os.Stat(s); err != nil {
 			t.Fatalf("shim socket of a running pod: %v", err)
 		}
-		sockets = append(sockets, s)
-	}
-	if len(sockets) == 0 {
-		t.Fatalf("no shim address under %s while a pod runs", nodeDir)
 	}
 	return sockets
 }
