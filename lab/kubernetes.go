@@ -6,17 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/store"
@@ -70,7 +67,7 @@ func (s *State) ImportImages(ctx context.Context, archives []string) error {
 }
 
 // kubeControlPlane starts the API server, controller manager and scheduler on the underlay,
-// storing in the lab's etcd, and builds the images every node imports.
+// storing in the lab's etcd, and builds the images every node imports: the agent's among them.
 func (b *builder) kubeControlPlane(ctx context.Context) error {
 	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{Dir: b.st.controlPlaneDir(), Netns: b.st.Underlay,
 		EtcdURL: b.st.EtcdURL, AdvertiseIP: etcdIP, ServiceCIDR: ServiceCIDR, ClusterCIDR: b.st.ClusterCIDR})
@@ -78,49 +75,30 @@ func (b *builder) kubeControlPlane(ctx context.Context) error {
 		return fmt.Errorf("kubernetes control plane: %w", err)
 	}
 	b.cp = cp
-	b.images, err = kube.BuildImages(filepath.Join(KubeDir(b.st.Name), "images"), b.opts.Exe)
-	return err
+	dir := filepath.Join(KubeDir(b.st.Name), "images")
+	if b.images, err = kube.BuildImages(dir, b.opts.Exe); err != nil {
+		return err
+	}
+	agentImage, err := kube.BuildAgentImage(dir, LabAgentImage, b.opts.Exe, b.opts.CNIPlugin)
+	if err != nil {
+		return err
+	}
+	b.images, b.agentImage = append(b.images, agentImage), LabAgentImage
+	return nil
 }
 
-// kubeNode runs the node's containerd and kubelet, with ebpfnet as their CNI plugin, and then
-// its agent with the Kubernetes API as its store.
+// LabAgentImage is the name a kubernetes lab gives the agent's image it builds from its
+// ebpfnet and ebpfnet-cni.
+const LabAgentImage = "docker.io/ebpfnet/ebpfnet:lab"
+
+// kubeNode gives the node its own mount namespace and runs its containerd and kubelet there,
+// with the loopback plugin in its /opt/cni/bin; ebpfnet comes later, as a DaemonSet
+// (kubeAgents), and installs its plugin and conflist beside it.
 func (b *builder) kubeNode(ctx context.Context, n *Node) error {
-	dir := b.st.kubeNodeDir(n.Name)
-	binDir, confDir := filepath.Join(dir, "cni-bin"), b.st.KubeCNIConfDir(n.Name)
-	for _, d := range []string{binDir, confDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
-	}
-	for _, p := range []struct{ src, name string }{{b.opts.CNIPlugin, "ebpfnet-cni"}, {filepath.Join(kube.CNIPluginsDir(), "loopback"), "loopback"}} {
-		if err := os.Symlink(p.src, filepath.Join(binDir, p.name)); err != nil && !os.IsExist(err) {
-			return err
-		}
-	}
-	// containerd 1.6 takes results up to CNI 1.0.0.
-	conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "ebpfnet", "plugins": [{"type": "ebpfnet-cni", "socket": %q}]}`, n.Socket)
-	if err := os.WriteFile(filepath.Join(confDir, "10-ebpfnet.conflist"), []byte(conf), 0o644); err != nil {
-		return err
-	}
-	if _, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: dir, Netns: n.Netns, IP: n.IP, ClusterDNS: ClusterDNSIP,
-		CNIBinDir: binDir, CNIConfDir: confDir, Images: b.images}); err != nil {
-		return fmt.Errorf("kubelet and containerd: %w", err)
-	}
-	if err := b.startNodeAgent(ctx, n, agent.StoreConfig{Type: "kubernetes", Kubeconfig: b.cp.Kubeconfig}); err != nil {
-		return err
-	}
-	// The control plane reaches pods as a node of a real cluster does, for the API server's
-	// proxy to pods and Services (kubectl proxy, the e2e suites' reads of a pod's files): the
-	// node's pod CIDR through the node, which takes plain packets for its pods in every mode.
-	// (With racks the underlay is one segment of several: the router routes pods by BGP.)
-	if b.st.Router != nil {
-		return nil
-	}
-	err := inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-		return h.RouteReplace(&netlink.Route{Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice()})
-	})
+	_, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: b.st.kubeNodeDir(n.Name), Netns: n.Netns,
+		IP: n.IP, ClusterDNS: ClusterDNSIP, CNIPlugins: []string{filepath.Join(kube.CNIPluginsDir(), "loopback")}, Images: b.images})
 	if err != nil {
-		return fmt.Errorf("route %s via %s on the underlay: %w", n.PodCIDR, n.IP, err)
+		return fmt.Errorf("kubelet and containerd: %w", err)
 	}
 	return nil
 }
@@ -211,7 +189,9 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 	}
 	for i := range s.Pods {
 		if e, ok := found[s.Pods[i].Key()]; ok {
-			s.Pods[i].IP, s.Pods[i].Netns, s.Pods[i].ContainerID, s.Pods[i].EndpointID = e.IP, e.Netns, e.ContainerID, e.ID
+			// The agent knows the pod's namespace by its path on the node.
+			netns := s.NodeHostPath(s.Pods[i].Node, e.Netns)
+			s.Pods[i].IP, s.Pods[i].Netns, s.Pods[i].ContainerID, s.Pods[i].EndpointID = e.IP, netns, e.ContainerID, e.ID
 		}
 	}
 	if err := s.save(); err != nil {

@@ -12,10 +12,15 @@ import (
 )
 
 // StopAgent kills a node's agent (SIGKILL); the node's datapath keeps running from its pins.
+// In a kubernetes lab the node's kubelet is paused until StartAgent, as it would start the
+// agent's container again.
 func (s *State) StopAgent(node string) error {
 	n, err := s.Node(node)
 	if err != nil {
 		return err
+	}
+	if s.Kubernetes {
+		return s.stopKubeAgent(n)
 	}
 	stop(n.AgentPID, s.Name)
 	n.AgentPID = 0
@@ -30,6 +35,9 @@ func (s *State) StartAgent(ctx context.Context, node string, opts Options) error
 	n, err := s.Node(node)
 	if err != nil {
 		return err
+	}
+	if s.Kubernetes {
+		return s.startKubeAgent(ctx, n)
 	}
 	b := &builder{st: s, opts: opts}
 	if err := b.startAgent(ctx, n, filepath.Join(filepath.Dir(n.Socket), "agent.yaml")); err != nil {

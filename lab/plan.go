@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"path/filepath"
 
+	"github.com/ebpfnet/ebpfnet/agentapi"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
@@ -35,6 +38,11 @@ func plan(name string, spec *Spec) (*State, error) {
 		node, err := st.placeNode(n)
 		if err != nil {
 			return nil, err
+		}
+		if st.Kubernetes {
+			// The DaemonSet's agent pins and serves at the usual paths, in the node's own mounts.
+			dir := st.kubeNodeDir(n.Name)
+			node.PinDir, node.Socket = kube.NodeHostPath(dir, maps.DefaultPinDir), kube.NodeHostPath(dir, agentapi.DefaultSocket)
 		}
 		st.Nodes = append(st.Nodes, node)
 	}

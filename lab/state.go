@@ -12,8 +12,9 @@ import (
 	"github.com/ebpfnet/ebpfnet/maps"
 )
 
-// StateRoot holds one directory per lab: its state file, server logs and ready files.
-var StateRoot = "/run/ebpfnet/labs"
+// StateRoot holds one directory per lab: its state file, server logs and ready files. It is not
+// under /run/ebpfnet, which a kubernetes lab's nodes each have of their own.
+var StateRoot = "/run/ebpfnet-lab"
 
 // PinRoot holds one directory per lab, with one pin dir per node.
 var PinRoot = "/sys/fs/bpf/ebpfnet-lab"

@@ -101,6 +101,11 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 			return nil, fmt.Errorf("node %s: %w", st.Nodes[i].Name, err)
 		}
 	}
+	if st.Kubernetes {
+		if err := b.kubeAgents(ctx); err != nil {
+			return nil, fmt.Errorf("ebpfnet's DaemonSet: %w", err)
+		}
+	}
 	if err := b.converged(ctx); err != nil {
 		return nil, err
 	}
@@ -145,10 +150,11 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 
 // builder carries what making one lab needs across its steps.
 type builder struct {
-	st     *State
-	opts   Options
-	cp     *kube.ControlPlane // a kubernetes lab's control plane
-	images []string           // a kubernetes lab's image archives
+	st         *State
+	opts       Options
+	cp         *kube.ControlPlane // a kubernetes lab's control plane
+	images     []string           // a kubernetes lab's image archives
+	agentImage string             // the agent's image among them, by name
 }
 
 // inNetns runs fn with a netlink handle (and the thread) inside the namespace at path.

@@ -148,6 +148,11 @@ func startStream(t *testing.T, from, to *lab.Pod) *stream {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Echoes wait in the socket while this process is descheduled on a loaded machine: room for
+	// seconds of them, so that an echo lost is one the network lost.
+	if err := forceReadBuffer(uc.(*net.UDPConn), 4<<20); err != nil {
+		t.Fatal(err)
+	}
 	s.wg.Add(3)
 	go func() { // TCP: write a chunk, read it back, again and again
 		defer s.wg.Done()
@@ -373,4 +378,19 @@ func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 		}
 		return found == present, fmt.Sprint(routes)
 	})
+}
+
+// forceReadBuffer sets c's receive buffer to n bytes, past net.core.rmem_max (SO_RCVBUFFORCE).
+func forceReadBuffer(c *net.UDPConn, n int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, n)
+	}); err != nil {
+		return err
+	}
+	return serr
 }

@@ -36,8 +36,9 @@ func standardLab(t *testing.T, mode string) *lab.Spec {
 }
 
 // TestKubernetesLab brings up a real Kubernetes per mode (API server, controller manager,
-// scheduler; containerd and kubelet per node; ebpfnet's agent on the kubernetes store), checks
-// that kubelet made every pod and all pairs reach each other, that pods resolve Services by name
+// scheduler; containerd and kubelet per node; ebpfnet's DaemonSet from deploy/), checks
+// that kubelet made every pod and ebpfnet's agents and all pairs reach each other, takes the
+// agents through a rollout, a kill and an upgrade under traffic and finally removes them (vxlan), that pods resolve Services by name
 // through the cluster DNS and reach the API server, plays every NetworkPolicy case
 // through kubectl on it, runs a few of Kubernetes' own e2e tests, and checks that `lab down`
 // leaves nothing.
@@ -62,6 +63,7 @@ func TestKubernetesLab(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Run("pods are kubelet's", func(t *testing.T) { checkKubeletPods(t, st) })
+			t.Run("agents are the DaemonSet's", func(t *testing.T) { checkAgentsAreTheDaemonSet(t, st) })
 			t.Run("all pairs reachable", func(t *testing.T) {
 				for _, proto := range []string{"TCP", "UDP"} {
 					m, err := st.Matrix(80, proto)
@@ -85,12 +87,16 @@ func TestKubernetesLab(t *testing.T) {
 			if mode == "vxlan" {
 				t.Run("deployment scaled 0-30-0", func(t *testing.T) { checkDeploymentScale(t, st) })
 				t.Run("containerd drives ebpfnet-cni at each cniVersion", func(t *testing.T) { checkContainerdCNIVersions(t, st) })
+				t.Run("DaemonSet rollout, kill and upgrade under traffic", func(t *testing.T) { checkDaemonSetLifecycle(t, st) })
 			}
 			if mode == "native" {
 				t.Run("services without kube-proxy", func(t *testing.T) { checkKubeServices(t, st) })
 				t.Run("agent restart and API server outage", func(t *testing.T) { checkAgentRestartAndAPIOutage(t, st) })
 			}
 			t.Run("upstream e2e subset", func(t *testing.T) { checkUpstreamSubset(t, st) })
+			if mode == "vxlan" {
+				t.Run("kubectl delete and uninstall", func(t *testing.T) { checkDeleteAndUninstall(t, st) })
+			}
 			leftovers := kubeLabFootprint(st)
 			out, code = ebpfnet(t, "lab", "down", "--name", name)
 			downed = true

@@ -106,7 +106,8 @@ func checkDeploymentScale(t *testing.T, st *lab.State) {
 	})
 }
 
-// endpointsIn lists the endpoints of namespace ns on every node, by "ns/pod".
+// endpointsIn lists the endpoints of namespace ns on every node, by "ns/pod", with their
+// network namespaces as the host sees them.
 func endpointsIn(t *testing.T, st *lab.State, ns string) map[string]store.Endpoint {
 	t.Helper()
 	out := map[string]store.Endpoint{}
@@ -117,6 +118,7 @@ func endpointsIn(t *testing.T, st *lab.State, ns string) map[string]store.Endpoi
 		}
 		for _, e := range eps {
 			if e.Namespace == ns {
+				e.Netns = st.NodeHostPath(e.Node, e.Netns) // the agent's is the node's view
 				out[e.Namespace+"/"+e.Pod] = e
 			}
 		}

@@ -23,7 +23,7 @@ func newImageCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := kube.BuildAgentImage(out, exe, filepath.Join(filepath.Dir(exe), "ebpfnet-cni"))
+			p, err := kube.BuildAgentImage(out, "", exe, filepath.Join(filepath.Dir(exe), "ebpfnet-cni"))
 			if err != nil {
 				return err
 			}

@@ -24,7 +24,8 @@ func NegativeOOMScoreRefused() bool {
 }
 
 // containerdConfig is a containerd 1.6 (config version 2) configuration whose every path is
-// under the node's dir: several containerds on one host never meet. restrictOOM makes the CRI
+// under the node's dir or one of the node's own (mountns.go): several containerds on one host
+// never meet. Pods' namespaces go where a real node's do, /var/run/netns. restrictOOM makes the CRI
 // clamp oom_score_adj to containerd's own (0) instead of asking runc for a negative one.
 func containerdConfig(n *Node, restrictOOM bool) string {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
@@ -45,7 +46,6 @@ func containerdConfig(n *Node, restrictOOM bool) string {
 		`  sandbox_image = ` + q(PauseImage),
 		`  disable_apparmor = true`,
 		`  restrict_oom_score_adj = ` + fmt.Sprint(restrictOOM),
-		`  netns_mounts_under_state_dir = true`,
 		`  stream_server_address = "127.0.0.1"`,
 		`  stream_server_port = "0"`,
 		`  enable_cdi = false`,
@@ -58,8 +58,8 @@ func containerdConfig(n *Node, restrictOOM bool) string {
 		`        SystemdCgroup = false`,
 		`        Root = ` + q(filepath.Join(n.Dir, "runc")),
 		`  [plugins."io.containerd.grpc.v1.cri".cni]`,
-		`    bin_dir = ` + q(n.CNIBinDir),
-		`    conf_dir = ` + q(n.CNIConfDir),
+		`    bin_dir = ` + q(NodeCNIBin),
+		`    conf_dir = ` + q(NodeCNIConf),
 		`    max_conf_num = 1`,
 		``,
 	}, "\n")

@@ -128,7 +128,7 @@ func LoadControlPlane(dir, netns string) (*ControlPlane, error) {
 
 // start spawns one component and adds it to procs.
 func (cp *ControlPlane) start(procs *[]*proc, name string, args []string) error {
-	p, err := spawn(cp.Netns, cp.Dir, name, nil, bin(name), args...)
+	p, err := spawn(namespaces{net: cp.Netns}, cp.Dir, name, nil, bin(name), args...)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ const Version = "v1.34.4"
 var Binaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
 
 // hostTools are the Debian programs a node needs.
-var hostTools = []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter"}
+var hostTools = []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "findmnt"}
 
 // CacheDir is where built binaries live, outside the repository: $EBPFNET_CACHE or /var/cache/ebpfnet.
 func CacheDir() string {

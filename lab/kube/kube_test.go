@@ -82,7 +82,8 @@ func TestClusterRunsHostNetworkPod(t *testing.T) {
 	}
 	t.Logf("StartControlPlane took %v", time.Since(start).Round(time.Millisecond))
 
-	confDir := filepath.Join(base, "cni-conf")
+	nodeDir := filepath.Join(base, "node1")
+	confDir := NodeHostPath(nodeDir, NodeCNIConf)
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +92,8 @@ func TestClusterRunsHostNetworkPod(t *testing.T) {
 	}
 	start = time.Now()
 	node, err := StartNode(ctx, cp, NodeConfig{
-		Name: "node1", Dir: filepath.Join(base, "node1"), Netns: nodeNS.Path, IP: nodeIP,
-		ClusterDNS: netip.MustParseAddr("10.96.0.10"), CNIBinDir: CNIPluginsDir(), CNIConfDir: confDir, Images: images,
+		Name: "node1", Dir: nodeDir, Netns: nodeNS.Path, IP: nodeIP,
+		ClusterDNS: netip.MustParseAddr("10.96.0.10"), CNIPlugins: []string{filepath.Join(CNIPluginsDir(), "loopback")}, Images: images,
 	})
 	if err != nil {
 		t.Fatal(err)

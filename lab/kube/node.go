@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 )
 
@@ -17,8 +18,7 @@ type NodeConfig struct {
 	Netns      string     // the node's network namespace path
 	IP         netip.Addr // the node's InternalIP; kubelet serves on it
 	ClusterDNS netip.Addr // the kube-dns Service's cluster IP, each pod's nameserver
-	CNIBinDir  string     // where containerd finds the CNI plugins (ebpfnet-cni, loopback)
-	CNIConfDir string     // the conflist directory containerd reads
+	CNIPlugins []string   // plugins linked into the node's /opt/cni/bin before containerd starts (loopback)
 	Images     []string   // image archives (BuildImages) imported into containerd before kubelet starts
 }
 
@@ -29,8 +29,7 @@ type Node struct {
 	Netns            string     // as configured
 	IP               netip.Addr // as configured
 	ClusterDNS       netip.Addr // as configured
-	CNIBinDir        string     // as configured
-	CNIConfDir       string     // as configured
+	MountNS          string     // the node's mount namespace (mountns.go), where containerd and kubelet run
 	ContainerdSocket string     // containerd's gRPC socket (CRI endpoint)
 	CgroupRoot       string     // the kubelet's cgroupRoot, the parent of every pod cgroup
 	RestrictOOM      bool       // whether containerd clamps the CRI's negative oom_score_adj
@@ -38,8 +37,9 @@ type Node struct {
 	caFile           string
 }
 
-// StartNode starts containerd (with cfg.Images imported) and kubelet in cfg.Netns and returns
-// once the Node object is registered; it stays NotReady until a CNI config exists in CNIConfDir.
+// StartNode gives the node its mount namespace (mountns.go), starts containerd (with cfg.Images
+// imported) and kubelet there and in cfg.Netns, and returns once the Node object is registered;
+// it stays NotReady until a CNI config exists in the node's /etc/cni/net.d.
 // Whatever it returns, Teardown(cfg.Dir) removes what it started.
 func StartNode(ctx context.Context, cp *ControlPlane, cfg NodeConfig) (*Node, error) {
 	if err := CheckBinaries(); err != nil {
@@ -54,14 +54,14 @@ func StartNode(ctx context.Context, cp *ControlPlane, cfg NodeConfig) (*Node, er
 	}
 	n := &Node{
 		Name: cfg.Name, Dir: dir, Netns: cfg.Netns, IP: cfg.IP, ClusterDNS: cfg.ClusterDNS,
-		CNIBinDir: cfg.CNIBinDir, CNIConfDir: cfg.CNIConfDir,
+		MountNS:          filepath.Join(dir, mountNSFile),
 		ContainerdSocket: filepath.Join(dir, "containerd.sock"),
 		CgroupRoot:       cgroupRootName(dir, cfg.Name),
 		RestrictOOM:      NegativeOOMScoreRefused(),
 		pki:              filepath.Join(dir, "pki"),
 		caFile:           cp.CAFile,
 	}
-	for _, d := range []string{n.pki, filepath.Join(dir, "pod-logs"), cfg.CNIConfDir} {
+	for _, d := range []string{n.pki, filepath.Join(dir, "pod-logs")} {
 		if err := ensureDir(d); err != nil {
 			return nil, err
 		}
@@ -78,6 +78,14 @@ func StartNode(ctx context.Context, cp *ControlPlane, cfg NodeConfig) (*Node, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
+	if err := makeMountNS(ctx, dir); err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.CNIPlugins {
+		if err := os.Symlink(p, NodeHostPath(dir, filepath.Join(NodeCNIBin, filepath.Base(p)))); err != nil && !os.IsExist(err) {
+			return nil, err
+		}
+	}
 	if err := n.startContainerd(ctx); err != nil {
 		return nil, err
 	}
@@ -92,6 +100,12 @@ func StartNode(ctx context.Context, cp *ControlPlane, cfg NodeConfig) (*Node, er
 }
 
 func (n *Node) pkiFile(name string) string { return filepath.Join(n.pki, name) }
+
+// namespaces are the node's network and mount namespaces.
+func (n *Node) namespaces() namespaces { return namespaces{net: n.Netns, mnt: n.MountNS} }
+
+// HostPath is where the host sees the node's path (NodeHostPath).
+func (n *Node) HostPath(path string) string { return NodeHostPath(n.Dir, path) }
 
 // writePKI issues the kubelet's client (system:node:<name>) and serving certificates from the
 // cluster CA and writes its kubeconfig.
@@ -117,7 +131,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	if err := writeFile(conf, containerdConfig(n, n.RestrictOOM)); err != nil {
 		return err
 	}
-	p, err := spawn(n.Netns, n.Dir, "containerd", nil, "containerd", "--config", conf)
+	p, err := spawn(n.namespaces(), n.Dir, "containerd", nil, "containerd", "--config", conf)
 	if err != nil {
 		return err
 	}
@@ -144,7 +158,7 @@ func (n *Node) startKubelet(ctx context.Context, cp *ControlPlane) error {
 	if err := writeFile(filepath.Join(n.Dir, "kubelet.yaml"), kubeletConfig(n, oom)); err != nil {
 		return err
 	}
-	p, err := spawn(n.Netns, n.Dir, "kubelet", nil, bin("kubelet"), kubeletArgs(n)...)
+	p, err := spawn(n.namespaces(), n.Dir, "kubelet", nil, bin("kubelet"), kubeletArgs(n)...)
 	if err != nil {
 		return err
 	}

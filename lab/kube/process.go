@@ -11,20 +11,35 @@ import (
 	"syscall"
 )
 
-// spawn starts a long-lived process in the network namespace netns ("" = this one), in its own
-// session so it outlives the caller, logging to dir/<name>.log and recording its pid in
-// dir/<name>.pid. nsenter switches only the network namespace: `ip netns exec` would remount
-// /sys, and kubelet would then find no cgroups.
-func spawn(netns, dir, name string, env []string, exe string, args ...string) (*proc, error) {
+// namespaces names the network and mount namespaces a process enters ("" = this process's).
+type namespaces struct{ net, mnt string }
+
+// enter is the nsenter command that runs exe with args in ns: nsenter switches only what it
+// is told, where `ip netns exec` would remount /sys, and kubelet would then find no cgroups.
+func (ns namespaces) enter(exe string, args ...string) (string, []string) {
+	var flags []string
+	if ns.net != "" {
+		flags = append(flags, "--net="+ns.net)
+	}
+	if ns.mnt != "" {
+		flags = append(flags, "--mount="+ns.mnt)
+	}
+	if len(flags) == 0 {
+		return exe, args
+	}
+	return "nsenter", append(append(flags, "--", exe), args...)
+}
+
+// spawn starts a long-lived process in the namespaces ns, in its own session so it outlives
+// the caller, logging to dir/<name>.log and recording its pid in dir/<name>.pid.
+func spawn(ns namespaces, dir, name string, env []string, exe string, args ...string) (*proc, error) {
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, args...)
-	if netns != "" {
-		cmd = exec.Command("nsenter", append([]string{"--net=" + netns, "--", exe}, args...)...)
-	}
+	name0, args0 := ns.enter(exe, args...)
+	cmd := exec.Command(name0, args0...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -101,4 +116,17 @@ func logTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ") + " (see " + path + ")"
+}
+
+// KubeletPID is the process of the kubelet StartNode started for the node at dir.
+func KubeletPID(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "kubelet.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("kubelet of %s: %w", dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !OwnedBy(pid, dir) {
+		return 0, fmt.Errorf("kubelet of %s: no kubelet runs as pid %q", dir, strings.TrimSpace(string(b)))
+	}
+	return pid, nil
 }
