@@ -56,12 +56,18 @@ func NodeHostPath(dir, path string) string {
 // own directories. Arguments: the node's dir.
 const nodeSetup = `set -e
 d=$1
+# on MOUNTPOINT CMD...: runs CMD... MOUNTPOINT, unless the mount is gone meanwhile (another lab
+# removed a namespace of its own, and the removal reached this copy before it was private).
+on() {
+	m=$1; shift
+	"$@" "$m" 2>/dev/null || ! findmnt -rn -M "$m" >/dev/null || "$@" "$m"
+}
 findmnt -rn -o TARGET,PROPAGATION | while read -r m p; do
-	case "$p" in shared*) [ "$m" = "$d/netns" ] || mount --make-private "$(printf '%b' "$m")" ;; esac
+	case "$p" in shared*) [ "$m" = "$d/netns" ] || on "$(printf '%b' "$m")" mount --make-private ;; esac
 done
 findmnt -rn -o TARGET,FSTYPE | sort -r | while read -r m t; do
 	m=$(printf '%b' "$m")
-	case "$t" in nsfs|bpf) [ "$m" = "$d/bpffs" ] || umount -l "$m" ;; esac
+	case "$t" in nsfs|bpf) [ "$m" = "$d/bpffs" ] || on "$m" umount -l ;; esac
 done
 umount -R -l /run/netns 2>/dev/null || true
 mount --bind "$d/bpffs" /sys/fs/bpf
