@@ -59,14 +59,12 @@ unit: ## the tests that need no root, with -race, in a few minutes (no make deps
 # are waits on them), fuzz/ is CPU-bound model checking; every other package runs with -race
 # (about twice as long: bpf 42 s -> 87 s, store 4 s -> 7 s), meanwhile.
 NO_RACE_PKGS := /(test|fuzz)(/|$$)
-# test/'s lab tests mostly wait (on kubelet, rollouts, probes): three run at once on 2 cores.
-TEST_PARALLEL ?= 3
 TESTOUT      := grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN'
 test: deps deps-e2e lint build ## run every test (needs root: namespaces, BPF; a few upstream e2e tests too); fails if any test skipped
 	@mkdir -p $(BIN)
 	pkgs=$$($(GO) list ./...); \
 	  $(GO) test -count=1 -timeout 30m -v -race $$(grep -vE '$(NO_RACE_PKGS)' <<<"$$pkgs") >$(TESTLOG).race 2>&1 & \
-	  $(GO) test -count=1 -timeout 30m -v -parallel $(TEST_PARALLEL) $$(grep -E '$(NO_RACE_PKGS)' <<<"$$pkgs") 2>&1 | tee $(TESTLOG) | $(TESTOUT) || true; \
+	  $(GO) test -count=1 -timeout 30m -v $$(grep -E '$(NO_RACE_PKGS)' <<<"$$pkgs") 2>&1 | tee $(TESTLOG) | $(TESTOUT) || true; \
 	  wait; <$(TESTLOG).race $(TESTOUT) || true; cat $(TESTLOG).race >>$(TESTLOG)
 	@scripts/check-test-log.sh $(TESTLOG)
 

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -97,15 +98,18 @@ func TestDaemonLocalStoreSurvivesRestart(t *testing.T) {
 	}
 	// No DEL at cleanup: the agent is gone by then, and the pod's and the node's namespaces
 	// go with their veths. The test ends with a DEL to the restarted agent instead.
-	pod.Do(t, func() error { // the pod reaches its node
-		conn, err := net.DialTimeout("tcp4", "10.252.0.1:1", time.Second)
-		if err == nil {
-			conn.Close()
-		}
-		if err != nil && !strings.Contains(err.Error(), "refused") {
-			return err
-		}
-		return nil
+	// The pod reaches its node: the node refuses port 1 (on a loaded machine the first try can
+	// time out while the node's neighbour entry for the pod settles).
+	eventually(t, 20*time.Second, "the pod reaches its node", func() (bool, string) {
+		var err error
+		pod.Do(t, func() error {
+			var conn net.Conn
+			if conn, err = net.DialTimeout("tcp4", "10.252.0.1:1", time.Second); err == nil {
+				conn.Close()
+			}
+			return nil
+		})
+		return err == nil || strings.Contains(err.Error(), "refused"), fmt.Sprint(err)
 	})
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
