@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -127,20 +128,27 @@ func kernelRoutes(t *testing.T, n *lab.Node) string {
 func allPodPairs(t *testing.T, st *lab.State, port int, protos ...string) {
 	t.Helper()
 	for _, proto := range protos {
-		m, err := st.Matrix(port, proto)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for from, row := range m {
-			for to, ok := range row {
-				if !ok && from != to {
-					t.Errorf("%s: %s does not reach %s", proto, from, to)
+		// Sessions come up and routes get installed a moment apart on a loaded machine: wait
+		// until every pair answers, and name those that never do.
+		eventually(t, 30*time.Second, proto+" between all pods", func() (bool, string) {
+			m, err := st.Matrix(port, proto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m) != len(st.Pods) {
+				t.Fatalf("matrix has %d rows, want %d", len(m), len(st.Pods))
+			}
+			var wrong []string
+			for from, row := range m {
+				for to, ok := range row {
+					if !ok && from != to {
+						wrong = append(wrong, from+" does not reach "+to)
+					}
 				}
 			}
-		}
-		if len(m) != len(st.Pods) {
-			t.Fatalf("matrix has %d rows, want %d", len(m), len(st.Pods))
-		}
+			sort.Strings(wrong)
+			return len(wrong) == 0, strings.Join(wrong, "; ")
+		})
 	}
 }
 

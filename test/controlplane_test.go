@@ -10,8 +10,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -128,15 +131,20 @@ func TestCNIAddDelCyclesLeakNothing(t *testing.T) {
 type stream struct {
 	tcpBytes          atomic.Int64
 	udpSent, udpEchos atomic.Int64
-	errs              chan error
-	stop              context.CancelFunc
-	wg                sync.WaitGroup
+	// netns are the two pods' namespaces and rcvbufErrs their UDP receive-buffer drops at the
+	// start: a datagram a socket had no room for was not lost by the network.
+	netns      [2]string
+	rcvbufErrs int64
+	errs       chan error
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 func startStream(t *testing.T, from, to *lab.Pod) *stream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &stream{errs: make(chan error, 4), stop: cancel}
+	s := &stream{errs: make(chan error, 4), stop: cancel, netns: [2]string{from.Netns, to.Netns}}
+	s.rcvbufErrs = s.socketDrops(t)
 	var tc, uc net.Conn
 	err := namespace.Do(from.Netns, func() (err error) {
 		if tc, err = net.DialTimeout("tcp4", netip.AddrPortFrom(to.IP, 80).String(), 2*time.Second); err != nil {
@@ -215,9 +223,56 @@ func (s *stream) finish(t *testing.T) {
 		t.Fatalf("a stream broke: %v", err)
 	default:
 	}
-	if sent, got := s.udpSent.Load(), s.udpEchos.Load(); sent == 0 || got != sent {
-		t.Errorf("UDP: %d datagrams sent, %d echoed", sent, got)
+	sent, got := s.udpSent.Load(), s.udpEchos.Load()
+	drops := s.socketDrops(t) - s.rcvbufErrs
+	if sent == 0 || sent-got > drops {
+		t.Errorf("UDP: %d datagrams sent, %d echoed, %d dropped by a full socket buffer", sent, got, drops)
+	} else if got != sent {
+		t.Logf("UDP: %d datagrams sent, %d echoed: %d dropped by a full socket buffer (a descheduled reader), none by the network", sent, got, drops)
 	}
+}
+
+// socketDrops counts the UDP datagrams the stream's two pods dropped for want of room in a
+// socket's receive buffer (Udp RcvbufErrors of each namespace).
+func (s *stream) socketDrops(t *testing.T) int64 {
+	t.Helper()
+	var total int64
+	for _, ns := range s.netns {
+		err := namespace.Do(ns, func() error {
+			b, err := os.ReadFile("/proc/thread-self/net/snmp")
+			if err != nil {
+				return err
+			}
+			n, err := snmpField(string(b), "Udp:", "RcvbufErrors")
+			total += n
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return total
+}
+
+// snmpField reads one counter of /proc/net/snmp: a header line and a value line per protocol.
+func snmpField(snmp, proto, field string) (int64, error) {
+	var names []string
+	for _, l := range strings.Split(snmp, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != proto {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i := range names {
+			if names[i] == field && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no %s %s in /proc/net/snmp", proto, field)
 }
 
 // progress waits until the TCP stream moved on by at least n bytes from now.
