@@ -373,9 +373,11 @@ func cniVersionLifecycle(t *testing.T, node *lab.Node, peer *lab.Pod, v string) 
 		}
 	})
 	checkResult(t, v, out, pod.Path)
-	if err := labProbe(pod.Path, peer, 80, "TCP"); err != nil {
-		t.Fatalf("the pod does not reach x/b: %v", err)
-	}
+	// The other node learns of the pod through the store: on a loaded machine a moment later.
+	eventually(t, 20*time.Second, "the pod reaches x/b", func() (bool, string) {
+		err := labProbe(pod.Path, peer, 80, "TCP")
+		return err == nil, fmt.Sprint(err)
+	})
 	old := v == "0.3.1"
 	out, err = cnitool(t, node, conf, "check", name, pod.Path)
 	if (err != nil) != old || (old && !strings.Contains(out, "does not support the CHECK command")) {
