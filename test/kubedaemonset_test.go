@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/deploy"
 	"github.com/ebpfnet/ebpfnet/lab"
@@ -137,9 +138,10 @@ func (w *policyWatch) check(t *testing.T, during string) {
 // checkDaemonSetLifecycle: while a held TCP connection and a UDP echo stream cross each pair of
 // nodes, and a policy denies x/a->z/c, the agents go through what a cluster puts them through:
 // `kubectl rollout restart`, a SIGKILL that kubelet answers by starting the agent again, and an
-// upgrade by rollout to another image whose ConfigMap changes the conntrack map's capacity (a
-// layout the new agents carry every flow into). No echo is lost, every held connection still
-// answers, the policy holds throughout, and `kubectl rollout status` completes each time.
+// a rollout to main's build, whose conntrack map has another layout, and the upgrade back to
+// this build with the map's capacity halved too (each carries every flow into the new layout).
+// No echo is lost, every held connection still answers, the policy holds throughout, and
+// `kubectl rollout status` completes each time.
 func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 	ctx := context.Background()
 	kubectl(t, st, daemonSetPolicy, "apply", "-f", "-")
@@ -212,29 +214,29 @@ func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 			t.Errorf("restart counts %q: want each agent restarted once by kubelet", restarts)
 		}
 	})
-	step("image upgrade with a layout change", func(t *testing.T) {
-		const image = "docker.io/ebpfnet/ebpfnet:upgrade"
-		archive, err := kube.BuildAgentImage(t.TempDir(), image, ebpfnetBin, filepath.Join(binDir, "ebpfnet-cni"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.ImportImages(ctx, []string{archive}); err != nil {
-			t.Fatal(err)
-		}
-		n1 := must(st.Node("node1"))
-		old := conntrackCapacity(t, n1)
-		st.MapSizes.Conntrack = old / 2
-		if err := st.ApplyAgents(ctx, image); err != nil {
-			t.Fatal(err)
-		}
-		images := kubectl(t, st, "", "get", "pods", "-n", lab.AgentNamespace, "-l", "app.kubernetes.io/name="+lab.AgentDaemonSet,
-			"-o", "jsonpath={.items[*].spec.containers[0].image}")
-		if strings.Count(images, image) != len(st.Nodes) {
-			t.Errorf("agents run %q after the upgrade, want %s on every node", images, image)
-		}
+	// The lab came up with this build's datapath, whose conntrack has one LRU list per CPU. A
+	// rollout to main's build carries the flows into its layout (one list shared by every CPU),
+	// and the upgrade back to this build, with the capacity halved as well, carries them again.
+	n1 := must(st.Node("node1"))
+	capacity := conntrackLayout(t, n1).MaxEntries
+	step("rollout to main's build (conntrack of one shared LRU list)", func(t *testing.T) {
+		const image = "docker.io/ebpfnet/ebpfnet:main"
+		exe := buildAt(t, deployUpgradeFrom)
+		rollTo(t, st, image, exe, filepath.Join(filepath.Dir(exe), "ebpfnet-cni"))
 		for _, n := range st.Nodes {
-			if got := conntrackCapacity(t, &n); got != old/2 {
-				t.Errorf("%s's conntrack holds %d entries after the upgrade, want %d", n.Name, got, old/2)
+			if got := conntrackLayout(t, &n); got.Flags&unix.BPF_F_NO_COMMON_LRU != 0 || got.MaxEntries != capacity {
+				t.Errorf("%s's conntrack has flags %#x and %d entries under main's build, want one shared LRU list (no BPF_F_NO_COMMON_LRU) and %d",
+					n.Name, got.Flags, got.MaxEntries, capacity)
+			}
+		}
+	})
+	step("image upgrade with a layout change", func(t *testing.T) {
+		st.MapSizes.Conntrack = capacity / 2
+		rollTo(t, st, "docker.io/ebpfnet/ebpfnet:upgrade", ebpfnetBin, filepath.Join(binDir, "ebpfnet-cni"))
+		for _, n := range st.Nodes {
+			if got := conntrackLayout(t, &n); got.Flags&unix.BPF_F_NO_COMMON_LRU == 0 || got.MaxEntries != capacity/2 {
+				t.Errorf("%s's conntrack has flags %#x and %d entries after the upgrade, want BPF_F_NO_COMMON_LRU and %d",
+					n.Name, got.Flags, got.MaxEntries, capacity/2)
 			}
 		}
 	})
@@ -260,14 +262,45 @@ func agentPIDs(t *testing.T, st *lab.State) map[string]int {
 }
 
 // conntrackCapacity is the node's pinned conntrack map's max entries.
-func conntrackCapacity(t *testing.T, n *lab.Node) uint32 {
+// deployUpgradeFrom is main's commit before conntrack and nat took one LRU list per CPU: the
+// DaemonSet's layout change goes from its build to this one's.
+const deployUpgradeFrom = "9539297a0fa05e2a783309ded7cfe69925ef3afd"
+
+// rollTo builds an image of image's name from exe and cni, imports it into every node and rolls
+// the DaemonSet to it; each agent then runs it.
+func rollTo(t *testing.T, st *lab.State, image, exe, cni string) {
+	t.Helper()
+	ctx := context.Background()
+	archive, err := kube.BuildAgentImage(t.TempDir(), image, exe, cni)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ImportImages(ctx, []string{archive}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.ApplyAgents(ctx, image); err != nil {
+		t.Fatal(err)
+	}
+	images := kubectl(t, st, "", "get", "pods", "-n", lab.AgentNamespace, "-l", "app.kubernetes.io/name="+lab.AgentDaemonSet,
+		"-o", "jsonpath={.items[*].spec.containers[0].image}")
+	if strings.Count(images, image) != len(st.Nodes) {
+		t.Errorf("agents run %q after the rollout, want %s on every node", images, image)
+	}
+}
+
+// conntrackLayout is node n's pinned conntrack map as the kernel describes it.
+func conntrackLayout(t *testing.T, n *lab.Node) *ebpf.MapInfo {
 	t.Helper()
 	m, err := ebpf.LoadPinnedMap(maps.PinPath(n.PinDir, maps.ConntrackName), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	return m.MaxEntries()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
 
 // checkDeleteAndUninstall: `kubectl delete` of the DaemonSet's manifest stops every agent and
