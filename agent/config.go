@@ -13,6 +13,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // Config is the agent's configuration file; flags override its fields.
@@ -78,6 +79,9 @@ func ReadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if err := yamlguard.Check(data); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	var c Config
 	if err := yaml.UnmarshalStrict(data, &c); err != nil {

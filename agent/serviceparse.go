@@ -14,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // ParseServices reads one or more YAML (or JSON) documents of Services and EndpointSlices
@@ -28,6 +30,9 @@ func ParseServices(data []byte) (ServiceObjects, error) {
 			break
 		}
 		if err != nil {
+			return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
+		}
+		if err := yamlguard.Check(b); err != nil {
 			return ServiceObjects{}, fmt.Errorf("document %d: %w", doc, err)
 		}
 		head, err := typeOf(b)

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -64,8 +65,9 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 // source address reached it.
 const WhoRequest = "WHO?\n"
 
-// EchoTCP accepts on ln and echoes every connection until ln closes; a connection that
-// begins with WhoRequest is told who answered instead.
+// EchoTCP accepts on ln and echoes every connection until ln closes, each read as it comes; a
+// connection whose first read begins with WhoRequest is told who answered instead (its
+// writer sends it whole, in one write).
 func EchoTCP(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -74,12 +76,15 @@ func EchoTCP(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			first := make([]byte, len(WhoRequest))
-			n, err := io.ReadFull(c, first)
-			if err == nil && string(first) == WhoRequest {
+			first := make([]byte, 32<<10)
+			n, err := c.Read(first)
+			rest := first[:n]
+			if bytes.HasPrefix(rest, []byte(WhoRequest)) {
 				local, _ := netip.ParseAddrPort(c.LocalAddr().String())
 				fmt.Fprintf(c, "%s %s\n", local.Addr(), c.RemoteAddr())
-			} else if _, err := c.Write(first[:n]); err != nil {
+				rest = rest[len(WhoRequest):]
+			}
+			if _, werr := c.Write(rest); werr != nil || err != nil {
 				return
 			}
 			_, _ = io.Copy(c, c) // echoes until the peer closes or resets: nothing to report either way

@@ -18,6 +18,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/store"
+	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // Spec is a lab file: the format of ../shared/netpol's `lab:` blocks.
@@ -138,6 +139,9 @@ func ReadSpec(path string) (*Spec, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read lab file: %w", err)
+	}
+	if err := yamlguard.Check(data); err != nil {
+		return nil, fmt.Errorf("lab file %s: %w", path, err)
 	}
 	var probe map[string]any
 	if err := yaml.Unmarshal(data, &probe); err != nil {

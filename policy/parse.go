@@ -15,15 +15,17 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // Parse reads one or more YAML (or JSON) documents of NetworkPolicies. Every document is
 // checked before any is returned: one error refuses them all, naming the field. A document
-// over MaxDocumentBytes, or whose aliases would expand it past that, is refused unparsed.
+// over yamlguard.MaxDocumentBytes, or whose aliases would expand it past that, is refused unparsed.
 func Parse(data []byte) ([]*networkingv1.NetworkPolicy, error) {
 	var out []*networkingv1.NetworkPolicy
 	for i, doc := range splitDocs(data) {
-		if err := checkDocument(doc); err != nil {
+		if err := yamlguard.Check(doc); err != nil {
 			return nil, fmt.Errorf("document %d: %w", i+1, err)
 		}
 		np := &networkingv1.NetworkPolicy{}

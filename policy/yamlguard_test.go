@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/ebpfnet/ebpfnet/policy"
+	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 const head = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n"
@@ -61,7 +62,7 @@ func TestParseRefusesHostileYAML(t *testing.T) {
 		{"billion laughs", billionLaughs(), "document 1: its aliases expand it past the 1 MiB"},
 		{"a long string repeated by aliases", longLaughs(64<<10, 4000), "document 1: its aliases expand it past the 1 MiB"},
 		{"an alias loop", head + "  annotations: &a {b: [*a]}\nspec: {podSelector: {}}\n", "document 1: an alias refers to a node that contains it"},
-		{"a document over 1 MiB", head + "  annotations:\n    a: \"" + strings.Repeat("x", policy.MaxDocumentBytes) + "\"\nspec: {podSelector: {}}\n",
+		{"a document over 1 MiB", head + "  annotations:\n    a: \"" + strings.Repeat("x", yamlguard.MaxDocumentBytes) + "\"\nspec: {podSelector: {}}\n",
 			"document 1: 1.0 MiB is over the 1 MiB a document may have"},
 		{"a bomb after a good document", good + "---\n" + longLaughs(64<<10, 4000), "document 2: its aliases expand it"},
 	}

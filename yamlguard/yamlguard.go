@@ -1,4 +1,7 @@
-package policy
+// Package yamlguard refuses a YAML document before any decoder is given it: one too big, or
+// one whose aliases would expand it past that size. Every reader of YAML people hand ebpfnet
+// (policies, Service files, the agent's config, lab files) checks each document with it.
+package yamlguard
 
 import (
 	"bytes"
@@ -17,15 +20,15 @@ const MaxDocumentBytes = 1 << 20
 // errAliasLoop says an anchor's value holds an alias of itself.
 var errAliasLoop = errors.New("an alias refers to a node that contains it")
 
-// checkDocument refuses a document the YAML decoder should not be given: one over
+// Check refuses a document the YAML decoder should not be given: one over
 // MaxDocumentBytes, or one whose aliases would expand it past that size, which is how a YAML
 // "billion laughs" turns a few hundred bytes into gigabytes (the decoder in use refuses deep
 // alias trees, but not a long string repeated by aliases). A document without '*' has no
 // alias and is not parsed here; one with aliases is parsed once into nodes, which keep
 // aliases as pointers, and measured without expanding anything.
-func checkDocument(doc []byte) error {
+func Check(doc []byte) error {
 	if len(doc) > MaxDocumentBytes {
-		return fmt.Errorf("%s is over the %s a document may have", size(int64(len(doc))), size(MaxDocumentBytes))
+		return fmt.Errorf("%s is over the %s a document may have", Size(int64(len(doc))), Size(MaxDocumentBytes))
 	}
 	if bytes.IndexByte(doc, '*') < 0 {
 		return nil
@@ -40,7 +43,7 @@ func checkDocument(doc []byte) error {
 		return err
 	}
 	if n > MaxDocumentBytes {
-		return fmt.Errorf("its aliases expand it past the %s a document may have (a YAML alias bomb?)", size(MaxDocumentBytes))
+		return fmt.Errorf("its aliases expand it past the %s a document may have (a YAML alias bomb?)", Size(MaxDocumentBytes))
 	}
 	return nil
 }
@@ -87,8 +90,8 @@ func (m *measure) expanded(n *yaml3.Node) (int64, error) {
 	return total, nil
 }
 
-// size writes a byte count as people read it.
-func size(n int64) string {
+// Size writes a byte count as people read it.
+func Size(n int64) string {
 	switch {
 	case n >= 1<<20 && n%(1<<20) == 0:
 		return fmt.Sprintf("%d MiB", n>>20)
