@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -491,6 +492,75 @@ func TestFlowMapsOfAnOddSizeAreNotMigratedAgain(t *testing.T) {
 	defer d.Close()
 	if m := d.Migrating(); m != "" {
 		t.Errorf("a second load with the same sizes migrates %s", m)
+	}
+}
+
+// An upgrade whose second link cannot take the new program puts the first link's old program
+// back and drops the migrations: the old datapath keeps forwarding on its own maps, the old
+// pins untouched, and the error names the link that failed.
+func TestUpgradeRollsBackWhenALinkSwitchFails(t *testing.T) {
+	t.Parallel()
+	p := newPair(t)
+	pinDir := nstest.PinDir(t)
+	uninstallAtCleanup(t, pinDir)
+	old, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 64}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	p.a.Do(t, func() error {
+		_, err := old.Attach("v0", loader.HookToPod)
+		return err
+	})
+	// A link the new to-pod program cannot go into: the old prefilter's XDP link, pinned under
+	// a to-pod name that sorts after v0's, so v0 is switched first.
+	p.b.Do(t, func() error {
+		_, err := old.Attach("v1", loader.HookPrefilter)
+		return err
+	})
+	bad := filepath.Join(loader.LinksDir(pinDir), string(loader.HookToPod)+"@w1")
+	if err := os.Rename(loader.LinkPinPath(pinDir, "v1", loader.HookPrefilter), bad); err != nil {
+		t.Fatal(err)
+	}
+	running := func() ebpf.ProgramID {
+		progs := attachedPrograms(t, p.a, p.aLink.Attrs().Index, ebpf.AttachTCXEgress)
+		if len(progs) != 1 {
+			t.Fatalf("%d programs on v0 egress, want 1", len(progs))
+		}
+		return progs[0].ID
+	}
+	before := running()
+	routes, _ := loadPinnedInfo(t, maps.PinPath(pinDir, maps.RoutesName))
+	routesID, _ := routes.ID()
+
+	next, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Routes: 128}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	if next.Migrating() != maps.RoutesName {
+		t.Fatalf("migrating %q, want routes", next.Migrating())
+	}
+	nextInfo, _ := next.ToPod.Info()
+	nextID, _ := nextInfo.ID()
+	n, err := next.Upgrade()
+	if err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("upgrade switched %d links, error %v: want it to fail naming %s", n, err, bad)
+	}
+	t.Logf("upgrade refused: %v", err)
+	// The check can tell the programs apart: the new one is another program.
+	if after := running(); after != before || after == nextID {
+		t.Errorf("v0 runs program %d after the failed upgrade, want the old %d back (the new one is %d)", after, before, nextID)
+	}
+	info, _ := loadPinnedInfo(t, maps.PinPath(pinDir, maps.RoutesName))
+	if id, _ := info.ID(); id != routesID || info.MaxEntries != 64 {
+		t.Errorf("routes pin holds map %d of %d entries, want the old map %d of 64", id, info.MaxEntries, routesID)
+	}
+	tx := p.udpFlow(t)
+	const packets = 100
+	send(t, tx, packets)
+	if got := delivered(t, pinDir); got != packets {
+		t.Errorf("the old datapath delivered %d of %d packets after the failed upgrade", got, packets)
 	}
 }
 
