@@ -247,11 +247,10 @@ const (
 	// MaxEventsBytes bounds the drop ring buffer.
 	MaxEventsBytes = 1 << 30
 	// MinFlowEntriesPerCPU bounds the LRU maps whose entries flows live on (conntrack, nat)
-	// from below. When they had one LRU list for every CPU, the kernel kept up to 128 entries
-	// per CPU aside, freed and moved them 128 at a time, and when none on its lists was
-	// unreferenced evicted one in use: test/fullmaps_test.go saw a busy TCP flow evicted at 256
-	// and 512 entries per CPU and kept at 1024 and 2048. They now keep one list per CPU, each
-	// an equal share; the floor stays until smaller sizes are measured again.
+	// from below. The kernel keeps up to 128 of an LRU map's entries per CPU aside, frees and
+	// moves them 128 at a time, and when none on its lists is unreferenced evicts one in use:
+	// a small map under a flood of short flows loses the busy ones. test/fullmaps_test.go saw
+	// a busy TCP flow evicted at 256 and 512 entries per CPU and kept at 1024 and 2048.
 	MinFlowEntriesPerCPU = 2048
 )
 

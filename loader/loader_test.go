@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
@@ -365,133 +363,6 @@ func TestConntrackOfAnOlderLayoutIsMigrated(t *testing.T) {
 	flows, err := d.Conntrack().List()
 	if err != nil || len(flows) != 201 || flows[0].Age != -1 {
 		t.Fatalf("conntrack through the new datapath: %d flows, %v", len(flows), err)
-	}
-}
-
-// A conntrack map whose LRU list all CPUs shared (before BPF_F_NO_COMMON_LRU), holding more
-// flows than one CPU's share of the new map, is carried whole into a map of one list per CPU.
-func TestConntrackOfOneSharedLRUIsCarriedWhole(t *testing.T) {
-	t.Parallel()
-	if cpus, err := ebpf.PossibleCPU(); err != nil || cpus < 2 {
-		t.Fatalf("%d possible CPUs (%v): the test needs 2 or more, so that one CPU's share is less than the map", cpus, err)
-	}
-	pinDir := nstest.PinDir(t)
-	if err := os.MkdirAll(pinDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	uninstallAtCleanup(t, pinDir)
-	const size, flows = 1024, 900
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "conntrack", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 40, MaxEntries: size})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	path := maps.PinPath(pinDir, maps.ConntrackName)
-	if err := old.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-	entry := func(i int) (k, v [40]byte) {
-		k[0], k[1], k[2], k[36], k[37] = 10, byte(i>>8), byte(i), 17, 2 // saddr 10.i.i., UDP, family
-		binary.LittleEndian.PutUint64(v[0:], uint64(1000+i))
-		binary.LittleEndian.PutUint64(v[8:], uint64(i))
-		return
-	}
-	for i := range flows {
-		k, v := entry(i)
-		if err := old.Put(k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	count := func(m *ebpf.Map) int {
-		var k, v [40]byte
-		n := 0
-		for it := m.Iterate(); it.Next(&k, &v); {
-			n++
-		}
-		return n
-	}
-	if n := count(old); n != flows {
-		t.Fatalf("the old map holds %d flows, want %d", n, flows)
-	}
-	// The load and upgrade run on CPU 0 alone: were the flows not spread, they would all go
-	// to CPU 0's list, which holds half the map.
-	var d *loader.Datapath
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread, bound to CPU 0, ends with this goroutine
-		var cpu0 unix.CPUSet
-		cpu0.Set(0)
-		if err := unix.SchedSetaffinity(0, &cpu0); err != nil {
-			done <- err
-			return
-		}
-		if d, err = loader.Load(loader.Config{PinDir: pinDir, Sizes: maps.Sizes{Conntrack: size}}); err != nil {
-			done <- fmt.Errorf("load over a conntrack of one shared LRU list: %w", err)
-			return
-		}
-		if d.Migrating() != maps.ConntrackName {
-			done <- fmt.Errorf("migrating %q, want conntrack", d.Migrating())
-			return
-		}
-		_, err := d.Upgrade()
-		done <- err
-	}()
-	err = <-done
-	if d != nil {
-		defer d.Close()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, pinned := loadPinnedInfo(t, path)
-	if info.Flags&unix.BPF_F_NO_COMMON_LRU == 0 || info.MaxEntries != size {
-		t.Fatalf("after Upgrade the pin has flags %#x and %d entries, want BPF_F_NO_COMMON_LRU and %d", info.Flags, info.MaxEntries, size)
-	}
-	if n := count(pinned); n != flows {
-		t.Errorf("the new map holds %d of the %d flows", n, flows)
-	}
-	for i := range flows {
-		k, v := entry(i)
-		var got [40]byte
-		if err := pinned.Lookup(k, &got); err != nil {
-			t.Fatalf("flow %d: %v", i, err)
-		}
-		if got != v {
-			t.Fatalf("flow %d carried as %x, want %x", i, got, v)
-		}
-	}
-}
-
-// conntrack and nat of a size that is no multiple of the CPUs (the kernel rounds the lists of a
-// map of one LRU list per CPU) are pinned at the size the agent asks for, so the next load finds
-// nothing to migrate.
-func TestFlowMapsOfAnOddSizeAreNotMigratedAgain(t *testing.T) {
-	t.Parallel()
-	cpus, err := ebpf.PossibleCPU()
-	if err != nil || cpus < 2 {
-		t.Fatalf("%d possible CPUs (%v): the test needs 2 or more, so that an odd size is no multiple of them", cpus, err)
-	}
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	sizes := maps.Sizes{Conntrack: 4097, NAT: 4099}
-	d, err := loader.Load(loader.Config{PinDir: pinDir, Sizes: sizes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Close()
-	for name, asked := range map[string]uint32{maps.ConntrackName: sizes.Conntrack, maps.NATName: sizes.NAT} {
-		info, _ := loadPinnedInfo(t, maps.PinPath(pinDir, name))
-		if info.MaxEntries < asked || info.MaxEntries%uint32(cpus) != 0 {
-			t.Errorf("%s holds %d entries, want %d rounded up to a multiple of %d CPUs", name, info.MaxEntries, asked, cpus)
-		}
-	}
-	d, err = loader.Load(loader.Config{PinDir: pinDir, Sizes: sizes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if m := d.Migrating(); m != "" {
-		t.Errorf("a second load with the same sizes migrates %s", m)
 	}
 }
 

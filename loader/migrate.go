@@ -1,16 +1,13 @@
 package loader
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/maps"
 )
@@ -107,89 +104,22 @@ func (m *migration) fill(missingOnly bool) error {
 	}
 	k, v := make([]byte, info.KeySize), make([]byte, info.ValueSize)
 	probe := make([]byte, m.new.ValueSize())
-	var entries []entry
 	it := m.old.Iterate()
 	for it.Next(&k, &v) {
 		nk, nv := m.convert(k, v)
 		if missingOnly && m.new.Lookup(nk, probe) == nil {
 			continue
 		}
-		entries = append(entries, entry{bytes.Clone(nk), bytes.Clone(nv)})
+		if err := m.new.Put(nk, nv); err != nil {
+			return fmt.Errorf("carry %s into its new layout: entry %d of %d: %w (is the new size, %d, too small?)",
+				m.name, m.copied+1, countKeys(m.old), err, m.new.MaxEntries())
+		}
+		m.copied++
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read pinned %s: %w", m.name, err)
 	}
-	put := putAll
-	if m.new.Flags()&unix.BPF_F_NO_COMMON_LRU != 0 {
-		put = putOnEveryCPU
-	}
-	n, err := put(m.new, entries)
-	m.copied += n
-	if err != nil {
-		return fmt.Errorf("carry %s into its new layout: entry %d of %d: %w (is the new size, %d, too small?)",
-			m.name, m.copied+1, countKeys(m.old), err, m.new.MaxEntries())
-	}
 	return nil
-}
-
-type entry struct{ key, value []byte }
-
-// putAll writes entries into m in order and returns how many it wrote.
-func putAll(m *ebpf.Map, entries []entry) (int, error) {
-	for i, e := range entries {
-		if err := m.Put(e.key, e.value); err != nil {
-			return i, err
-		}
-	}
-	return len(entries), nil
-}
-
-// putOnEveryCPU writes entries into an LRU map with one list per CPU (BPF_F_NO_COMMON_LRU). An
-// entry joins the list of the CPU that inserts it and each list holds only its share of the
-// map, so one CPU writing every entry would evict all but its share: each CPU this process
-// may run on writes an equal part, from a thread bound to it in turn.
-func putOnEveryCPU(m *ebpf.Map, entries []entry) (int, error) {
-	possible, err := ebpf.PossibleCPU()
-	if err != nil {
-		return 0, fmt.Errorf("count possible CPUs: %w", err)
-	}
-	written := 0
-	done := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread, bound to one CPU after another, ends with this goroutine.
-		runtime.LockOSThread()
-		// The CPUs the thread may be bound to: a cpuset can leave some out (EINVAL).
-		var cpus []int
-		for cpu := range possible {
-			var one unix.CPUSet
-			one.Set(cpu)
-			if unix.SchedSetaffinity(0, &one) == nil {
-				cpus = append(cpus, cpu)
-			}
-		}
-		if len(cpus) == 0 {
-			done <- fmt.Errorf("no CPU of %d takes this thread", possible)
-			return
-		}
-		for i, cpu := range cpus {
-			var one unix.CPUSet
-			one.Set(cpu)
-			if err := unix.SchedSetaffinity(0, &one); err != nil {
-				done <- fmt.Errorf("run on CPU %d: %w", cpu, err)
-				return
-			}
-			for j := i; j < len(entries); j += len(cpus) {
-				if err := m.Put(entries[j].key, entries[j].value); err != nil {
-					done <- err
-					return
-				}
-				written++
-			}
-		}
-		done <- nil
-	}()
-	err = <-done
-	return written, err
 }
 
 func countKeys(m *ebpf.Map) int {

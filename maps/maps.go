@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/bpf"
 )
@@ -87,28 +86,9 @@ func (s Sizes) Apply(spec *ebpf.CollectionSpec) error {
 		if !ok {
 			return fmt.Errorf("datapath has no map %q", name)
 		}
-		if m.Flags&unix.BPF_F_NO_COMMON_LRU != 0 {
-			var err error
-			if size, err = PerCPULRUSize(size); err != nil {
-				return fmt.Errorf("map %s: %w", name, err)
-			}
-		}
 		m.MaxEntries = size
 	}
 	return nil
-}
-
-// PerCPULRUSize is the capacity the kernel gives an LRU map with one list per CPU
-// (BPF_F_NO_COMMON_LRU) asked for size entries: rounded up to a multiple of the possible CPUs,
-// so that each list holds as many. Asking for it as is keeps the pinned map's size equal to
-// the one asked for, or every start would see a size change to migrate.
-func PerCPULRUSize(size uint32) (uint32, error) {
-	cpus, err := ebpf.PossibleCPU()
-	if err != nil {
-		return 0, fmt.Errorf("count possible CPUs: %w", err)
-	}
-	n := uint32(cpus)
-	return (size + n - 1) / n * n, nil
 }
 
 func or(v, def uint32) uint32 {

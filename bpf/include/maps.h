@@ -82,8 +82,6 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(max_entries, 1);
-	/* One LRU list per CPU: no lock shared between CPUs on a new flow. */
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
@@ -131,8 +129,6 @@ struct {
 	__type(key, struct ct_key);
 	__type(value, struct nat_entry);
 	__uint(max_entries, 1);
-	/* One LRU list per CPU, as conntrack. */
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nat SEC(".maps");
 
