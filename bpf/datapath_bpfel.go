@@ -44,13 +44,15 @@ type DatapathBackendInfo struct {
 }
 
 type DatapathCtEntry struct {
-	_       structs.HostLayout
-	Expires uint64
-	Packets uint64
-	Bytes   uint64
-	Flags   uint32
-	Pad     uint32
-	Created uint64
+	_            structs.HostLayout
+	Expires      uint64
+	Packets      uint64
+	Bytes        uint64
+	Flags        uint32
+	Pad          uint32
+	Created      uint64
+	ReplyPackets uint64
+	ReplyBytes   uint64
 }
 
 type DatapathCtFlags uint32

@@ -119,6 +119,29 @@ func TestPortBlocksCoverExactly(t *testing.T) {
 	}
 }
 
+// A flow's entry counts both directions in packets and bytes, and the replies apart: two
+// requests and one reply make 3 packets, 1 of them a reply with the reply's length.
+func TestConntrackCountsReplies(t *testing.T) {
+	dp := loadPolicy(t)
+	request := pod(polA, polB, macA, packet.ProtoTCP, packet.TCP(40001, 80))
+	reply := pod(polB, polA, macB, packet.ProtoTCP, packet.TCP(80, 40001))
+	for _, in := range [][]byte{request, reply, request} {
+		if got, _ := progtest.MustRun(t, dp.FromPod, in); got != tcRedirect {
+			t.Fatalf("verdict %d", got)
+		}
+	}
+	flows, err := dp.Conntrack().List()
+	if err != nil || len(flows) != 1 {
+		t.Fatalf("flows %+v (%v), want one", flows, err)
+	}
+	f := flows[0]
+	total := uint64(2*len(request) + len(reply))
+	if f.Packets != 3 || f.Bytes != total || f.ReplyPackets != 1 || f.ReplyBytes != uint64(len(reply)) {
+		t.Errorf("flow counts %d packets, %d bytes, replies %d packets, %d bytes; want 3, %d, 1, %d",
+			f.Packets, f.Bytes, f.ReplyPackets, f.ReplyBytes, total, len(reply))
+	}
+}
+
 // The agent's conntrack GC removes expired flows and keeps live ones.
 func TestConntrackGC(t *testing.T) {
 	dp := loadPolicy(t)

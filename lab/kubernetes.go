@@ -79,7 +79,7 @@ func (b *builder) kubeControlPlane(ctx context.Context) error {
 	if b.images, err = kube.BuildImages(dir, b.opts.Exe); err != nil {
 		return err
 	}
-	agentImage, err := kube.BuildAgentImage(dir, LabAgentImage, b.opts.Exe, b.opts.CNIPlugin)
+	agentImage, err := kube.BuildAgentImage(dir, LabAgentImage, b.opts.AgentExe, b.opts.AgentCNI)
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,7 @@ func (b *builder) kubeControlPlane(ctx context.Context) error {
 }
 
 // LabAgentImage is the name a kubernetes lab gives the agent's image it builds from its
-// ebpfnet and ebpfnet-cni.
+// ebpfnet and ebpfnet-cni (Options.AgentExe and AgentCNI).
 const LabAgentImage = "docker.io/ebpfnet/ebpfnet:lab"
 
 // kubeNode gives the node its own mount namespace and runs its containerd and kubelet there,

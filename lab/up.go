@@ -36,6 +36,10 @@ type Options struct {
 	Exe string
 	// CNIPlugin is the ebpfnet-cni binary; empty means ebpfnet-cni beside Exe.
 	CNIPlugin string
+	// AgentExe and AgentCNI are what a kubernetes lab's agent image holds (the DaemonSet's
+	// agent, and the plugin its init container installs); empty means Exe and CNIPlugin. A
+	// lab can so start on another build of the agent, to be upgraded by a rollout.
+	AgentExe, AgentCNI string
 }
 
 func (o *Options) fill() error {
@@ -49,7 +53,13 @@ func (o *Options) fill() error {
 	if o.CNIPlugin == "" {
 		o.CNIPlugin = filepath.Join(filepath.Dir(o.Exe), "ebpfnet-cni")
 	}
-	for _, f := range []string{o.Exe, o.CNIPlugin} {
+	if o.AgentExe == "" {
+		o.AgentExe = o.Exe
+	}
+	if o.AgentCNI == "" {
+		o.AgentCNI = o.CNIPlugin
+	}
+	for _, f := range []string{o.Exe, o.CNIPlugin, o.AgentExe, o.AgentCNI} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("lab needs %s: %w (make build)", f, err)
 		}

@@ -347,17 +347,17 @@ func TestConntrackOfAnOlderLayoutIsMigrated(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, pinned := loadPinnedInfo(t, path)
-	if info.ValueSize != 40 {
-		t.Fatalf("after Upgrade the pin holds value size %d, want 40", info.ValueSize)
+	if info.ValueSize != 56 {
+		t.Fatalf("after Upgrade the pin holds value size %d, want 56", info.ValueSize)
 	}
 	for i := range 201 {
 		k, v := entry(i)
-		var got [40]byte
+		var got [56]byte
 		if err := pinned.Lookup(k, &got); err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
-		if !bytes.Equal(got[:32], v[:]) || !bytes.Equal(got[32:], make([]byte, 8)) {
-			t.Fatalf("entry %d carried as %x, want %x and a zero created", i, got, v)
+		if !bytes.Equal(got[:32], v[:]) || !bytes.Equal(got[32:], make([]byte, 24)) {
+			t.Fatalf("entry %d carried as %x, want %x, a zero created and zero reply counts", i, got, v)
 		}
 	}
 	flows, err := d.Conntrack().List()

@@ -14,10 +14,12 @@ type Layout struct {
 // Layouts lists, per map, every layout the datapath has had that an upgrade can carry entries
 // from, oldest first; the last is the current one. A map not listed has had one layout.
 var Layouts = map[string][]Layout{
-	// conntrack: version 2 added created (the first packet's time) after flags and pad.
+	// conntrack: version 2 added created (the first packet's time) after flags and pad;
+	// version 3 added the reply direction's packets and bytes.
 	ConntrackName: {
 		{KeySize: 40, ValueSize: 32, Next: appendZeros(8)},
-		{KeySize: 40, ValueSize: 40},
+		{KeySize: 40, ValueSize: 40, Next: appendZeros(16)},
+		{KeySize: 40, ValueSize: 56},
 	},
 }
 

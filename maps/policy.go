@@ -205,14 +205,17 @@ func PortBlocks(from, to uint16) [][2]uint16 {
 
 // Flow is one conntrack entry.
 type Flow struct {
-	Src, Dst  netip.AddrPort
-	Protocol  uint8
-	Expires   uint64 // CLOCK_MONOTONIC ns
-	Packets   uint64
-	Bytes     uint64
-	ReplySeen bool
-	Closing   bool
-	ExpiresIn int64 // seconds left, negative when expired
+	Src, Dst netip.AddrPort
+	Protocol uint8
+	Expires  uint64 // CLOCK_MONOTONIC ns
+	// Packets and Bytes count both directions; ReplyPackets and ReplyBytes those of replies
+	// (counted since the datapath's layout 3: a flow carried over from an older one counts
+	// its replies from the upgrade on).
+	Packets, Bytes           uint64
+	ReplyPackets, ReplyBytes uint64
+	ReplySeen                bool
+	Closing                  bool
+	ExpiresIn                int64 // seconds left, negative when expired
 	// Age is the seconds since the flow's first packet; -1 when unknown (a flow carried
 	// over from a datapath whose layout did not record it).
 	Age int64
@@ -251,6 +254,7 @@ func (c *Conntrack) List() ([]Flow, error) {
 		}
 		f := Flow{Src: netip.AddrPortFrom(addr(k.Saddr), ntohs(k.Sport)), Dst: netip.AddrPortFrom(addr(k.Daddr), ntohs(k.Dport)),
 			Protocol: k.Protocol, Expires: v.Expires, Packets: v.Packets, Bytes: v.Bytes,
+			ReplyPackets: v.ReplyPackets, ReplyBytes: v.ReplyBytes,
 			ReplySeen: v.Flags&uint32(bpf.DatapathCtFlagsCT_F_REPLY_SEEN) != 0,
 			Closing:   v.Flags&uint32(bpf.DatapathCtFlagsCT_F_CLOSING) != 0,
 			ExpiresIn: (int64(v.Expires) - int64(now)) / 1e9, Age: -1, key: k}

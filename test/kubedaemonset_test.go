@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/deploy"
 	"github.com/ebpfnet/ebpfnet/lab"
@@ -137,10 +136,10 @@ func (w *policyWatch) check(t *testing.T, during string) {
 
 // checkDaemonSetLifecycle: while a held TCP connection and a UDP echo stream cross each pair of
 // nodes, and a policy denies x/a->z/c, the agents go through what a cluster puts them through:
-// `kubectl rollout restart`, a SIGKILL that kubelet answers by starting the agent again, and an
-// a rollout to main's build, whose conntrack map has another layout, and the upgrade back to
-// this build with the map's capacity halved too (each carries every flow into the new layout).
-// No echo is lost, every held connection still answers, the policy holds throughout, and
+// an image upgrade from main's build (the lab's start) to this one, whose conntrack map has
+// another layout and, by the ConfigMap, half the capacity (every flow carried into the new
+// map); `kubectl rollout restart`; and a SIGKILL that kubelet answers by starting the agent
+// again. No echo is lost, every held connection still answers, the policy holds throughout, and
 // `kubectl rollout status` completes each time.
 func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 	ctx := context.Background()
@@ -190,6 +189,27 @@ func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 		})
 	}
 
+	// The lab came up on main's build, whose conntrack values are 40 bytes (layout 2): the
+	// upgrade to this build carries every flow into layout 3 (56 bytes, replies counted apart)
+	// and halves the map's capacity in the ConfigMap too.
+	n1 := must(st.Node("node1"))
+	capacity := conntrackLayout(t, n1).MaxEntries
+	step("image upgrade from main's build with a layout change", func(t *testing.T) {
+		for _, n := range st.Nodes {
+			if got := conntrackLayout(t, &n); got.ValueSize != 40 || got.MaxEntries != capacity {
+				t.Fatalf("%s's conntrack holds %d-byte values and %d entries before the upgrade, want main's 40 and %d",
+					n.Name, got.ValueSize, got.MaxEntries, capacity)
+			}
+		}
+		st.MapSizes.Conntrack = capacity / 2
+		rollTo(t, st, "docker.io/ebpfnet/ebpfnet:upgrade", ebpfnetBin, filepath.Join(binDir, "ebpfnet-cni"))
+		for _, n := range st.Nodes {
+			if got := conntrackLayout(t, &n); got.ValueSize != 56 || got.MaxEntries != capacity/2 {
+				t.Errorf("%s's conntrack holds %d-byte values and %d entries after the upgrade, want 56 and %d",
+					n.Name, got.ValueSize, got.MaxEntries, capacity/2)
+			}
+		}
+	})
 	step("rollout restart", func(t *testing.T) {
 		before := agentPIDs(t, st)
 		kubectl(t, st, "", "rollout", "restart", "-n", lab.AgentNamespace, "ds/"+lab.AgentDaemonSet)
@@ -214,32 +234,6 @@ func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 			t.Errorf("restart counts %q: want each agent restarted once by kubelet", restarts)
 		}
 	})
-	// The lab came up with this build's datapath, whose conntrack has one LRU list per CPU. A
-	// rollout to main's build carries the flows into its layout (one list shared by every CPU),
-	// and the upgrade back to this build, with the capacity halved as well, carries them again.
-	n1 := must(st.Node("node1"))
-	capacity := conntrackLayout(t, n1).MaxEntries
-	step("rollout to main's build (conntrack of one shared LRU list)", func(t *testing.T) {
-		const image = "docker.io/ebpfnet/ebpfnet:main"
-		exe := buildAt(t, deployUpgradeFrom)
-		rollTo(t, st, image, exe, filepath.Join(filepath.Dir(exe), "ebpfnet-cni"))
-		for _, n := range st.Nodes {
-			if got := conntrackLayout(t, &n); got.Flags&unix.BPF_F_NO_COMMON_LRU != 0 || got.MaxEntries != capacity {
-				t.Errorf("%s's conntrack has flags %#x and %d entries under main's build, want one shared LRU list (no BPF_F_NO_COMMON_LRU) and %d",
-					n.Name, got.Flags, got.MaxEntries, capacity)
-			}
-		}
-	})
-	step("image upgrade with a layout change", func(t *testing.T) {
-		st.MapSizes.Conntrack = capacity / 2
-		rollTo(t, st, "docker.io/ebpfnet/ebpfnet:upgrade", ebpfnetBin, filepath.Join(binDir, "ebpfnet-cni"))
-		for _, n := range st.Nodes {
-			if got := conntrackLayout(t, &n); got.Flags&unix.BPF_F_NO_COMMON_LRU == 0 || got.MaxEntries != capacity/2 {
-				t.Errorf("%s's conntrack has flags %#x and %d entries after the upgrade, want BPF_F_NO_COMMON_LRU and %d",
-					n.Name, got.Flags, got.MaxEntries, capacity/2)
-			}
-		}
-	})
 	for i, s := range streams {
 		s.finish(t)
 		t.Logf("stream %d: TCP %d KiB echoed on one held connection, UDP %d of %d datagrams echoed",
@@ -262,8 +256,8 @@ func agentPIDs(t *testing.T, st *lab.State) map[string]int {
 }
 
 // conntrackCapacity is the node's pinned conntrack map's max entries.
-// deployUpgradeFrom is main's commit before conntrack and nat took one LRU list per CPU: the
-// DaemonSet's layout change goes from its build to this one's.
+// deployUpgradeFrom is main's commit before the conntrack map's layout 3 (reply packets and
+// bytes): the kubernetes lab's DaemonSet starts on its build and is upgraded to this one.
 const deployUpgradeFrom = "9539297a0fa05e2a783309ded7cfe69925ef3afd"
 
 // rollTo builds an image of image's name from exe and cni, imports it into every node and rolls

@@ -141,8 +141,8 @@ spec:
 		s.progress(t, 64<<10, "after upgrading "+n.Name)
 		s.udpProgress(t, 100, "after upgrading "+n.Name)
 		flows, size := pinnedEntries(t, &n, maps.ConntrackName)
-		if size != 40 {
-			t.Fatalf("%s's conntrack after the upgrade has value size %d, want 40", n.Name, size)
+		if size != 56 {
+			t.Fatalf("%s's conntrack after the upgrade has value size %d, want 56", n.Name, size)
 		}
 		var lost []string
 		for k := range flowsBefore {

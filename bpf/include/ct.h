@@ -84,6 +84,10 @@ static __always_inline void ct_touch(struct ct_entry *e, struct packet *pkt, __u
 	e->expires = now + ct_timeout(pkt, flags);
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, pkt->len);
+	if (reply) {
+		__sync_fetch_and_add(&e->reply_packets, 1);
+		__sync_fetch_and_add(&e->reply_bytes, pkt->len);
+	}
 }
 
 /* ct_related looks up the flow an IPv4 ICMP error (unreachable, time exceeded, parameter

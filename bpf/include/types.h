@@ -116,7 +116,7 @@ struct ct_key {
 	__u16 pad;
 };
 
-/* Value of the conntrack map. */
+/* Value of the conntrack map: packets and bytes count both directions. */
 struct ct_entry {
 	__u64 expires; /* bpf_ktime_get_ns() after which the entry is dead */
 	__u64 packets;
@@ -124,6 +124,8 @@ struct ct_entry {
 	__u32 flags; /* enum ct_flags */
 	__u32 pad;
 	__u64 created; /* bpf_ktime_get_ns() of the first packet; 0: unknown (an older layout) */
+	__u64 reply_packets; /* of packets and bytes, those of the reply direction (since layout 3) */
+	__u64 reply_bytes;
 };
 
 /* A drop, as the monitor streams it. */

@@ -44,9 +44,9 @@ func newCTCmd(g *globals) *cobra.Command {
 					age = fmt.Sprintf("%ds", f.Age)
 				}
 				rows = append(rows, []string{protoName[f.Protocol], f.Src.String(), f.Dst.String(), state,
-					fmt.Sprint(f.Packets), fmt.Sprint(f.Bytes), age, fmt.Sprintf("%ds", f.ExpiresIn)})
+					fmt.Sprint(f.Packets), fmt.Sprint(f.Bytes), fmt.Sprint(f.ReplyPackets), fmt.Sprint(f.ReplyBytes), age, fmt.Sprintf("%ds", f.ExpiresIn)})
 			}
-			return printOut(cmd.OutOrStdout(), g, flows, []string{"PROTO", "SOURCE", "DESTINATION", "STATE", "PACKETS", "BYTES", "AGE", "EXPIRES IN"}, rows)
+			return printOut(cmd.OutOrStdout(), g, flows, []string{"PROTO", "SOURCE", "DESTINATION", "STATE", "PACKETS", "BYTES", "REPLY PACKETS", "REPLY BYTES", "AGE", "EXPIRES IN"}, rows)
 		},
 	})
 	return cmd

@@ -200,7 +200,7 @@ func flowString(e *model.CTEntry) string {
 	if e == nil {
 		return "none"
 	}
-	return fmt.Sprintf("{flags %#x, %d packets, %d bytes}", e.Flags, e.Packets, e.Bytes)
+	return fmt.Sprintf("{flags %#x, %d packets, %d bytes, of them replies: %d packets, %d bytes}", e.Flags, e.Packets, e.Bytes, e.ReplyPackets, e.ReplyBytes)
 }
 
 // worldPackets is how many packets one world sees before the next is installed.

@@ -335,7 +335,7 @@ func (h *Harness) Flow(k model.CTKey) (*model.CTEntry, error) {
 		}
 		return nil, err
 	}
-	return &model.CTEntry{Flags: v.Flags, Packets: v.Packets, Bytes: v.Bytes}, nil
+	return &model.CTEntry{Flags: v.Flags, Packets: v.Packets, Bytes: v.Bytes, ReplyPackets: v.ReplyPackets, ReplyBytes: v.ReplyBytes}, nil
 }
 
 // Flows is the number of entries in conntrack.

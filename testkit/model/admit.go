@@ -212,6 +212,10 @@ func touch(e *CTEntry, p *packet, reply bool) {
 	}
 	e.Packets++
 	e.Bytes += uint64(p.len)
+	if reply {
+		e.ReplyPackets++
+		e.ReplyBytes += uint64(p.len)
+	}
 }
 
 // CTRelated looks up the flow an IPv4 ICMP error quotes (ct_related in ct.h): the quoted

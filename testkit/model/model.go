@@ -134,8 +134,10 @@ type CTKey struct {
 // CTEntry is what the model expects of a conntrack value.
 type CTEntry struct {
 	Flags   uint32 // enum ct_flags
-	Packets uint64
+	Packets uint64 // both directions
 	Bytes   uint64
+	// ReplyPackets and ReplyBytes: the reply direction's share of Packets and Bytes.
+	ReplyPackets, ReplyBytes uint64
 }
 
 // Outcome is what one program does with one packet.
