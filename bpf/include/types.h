@@ -124,7 +124,7 @@ struct ct_entry {
 	__u32 flags; /* enum ct_flags */
 	__u32 pad;
 	__u64 created; /* bpf_ktime_get_ns() of the first packet; 0: unknown (an older layout) */
-	__u64 reply_packets; /* of packets and bytes, those of the reply direction (since layout 3) */
+	__u64 reply_packets; /* the reply direction's share of packets and bytes (layout 3) */
 	__u64 reply_bytes;
 };
 
