@@ -43,11 +43,10 @@ func stop(pid int, lab string) {
 	if pid <= 0 || !isLabProcess(pid, lab) {
 		return
 	}
-	_ = syscall.Kill(pid, syscall.SIGKILL) // gone meanwhile is fine: the wait below checks
-	deadline := time.Now().Add(5 * time.Second)
-	for isLabProcess(pid, lab) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // waiting for the kernel to reap the process
-	}
+	// Until it is gone or a zombie: an exiting process loses its command line before it closes
+	// its files, so an agent's socket can still take connections after isLabProcess says no.
+	// Gone meanwhile is fine, and one still exiting past the bound shows in what comes next.
+	_ = killAndWait(pid)
 }
 
 // isLabProcess checks /proc so that a recycled pid is never killed by mistake: every lab

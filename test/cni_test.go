@@ -150,9 +150,11 @@ func TestCNIToolLifecycle(t *testing.T) {
 	if !node1.PodCIDR.Contains(mustAddr(t, res.IPs[0].Address.IP)) {
 		t.Fatalf("address %s is not in node1's pod CIDR %s", res.IPs[0].Address.IP, node1.PodCIDR)
 	}
-	if err := labProbe(fresh.Path, b, 80, "TCP"); err != nil {
-		t.Fatalf("the new pod does not reach x/b on node2: %v", err)
-	}
+	// node2 learns of the new pod through the store: the reply finds its way once it has.
+	eventually(t, 20*time.Second, "the new pod reaches x/b on node2", func() (bool, string) {
+		err := labProbe(fresh.Path, b, 80, "TCP")
+		return err == nil, fmt.Sprint(err)
+	})
 	if out, err := cnitool(t, node1, conf, "check", "ebpfnet", fresh.Path); err != nil {
 		t.Fatalf("cnitool check: %v\n%s", err, out)
 	}
@@ -306,9 +308,11 @@ func TestCNIAgentDoesNotSeeRuntimeMounts(t *testing.T) {
 	if !node1.PodCIDR.Contains(mustAddr(t, res.IPs[0].Address.IP)) {
 		t.Fatalf("address %s is not in node1's pod CIDR %s", res.IPs[0].Address.IP, node1.PodCIDR)
 	}
-	if err := labProbe(podPath, b, 80, "TCP"); err != nil {
-		t.Fatalf("the pod does not reach x/b on node2: %v", err)
-	}
+	// node2 learns of the pod through the store: the reply finds its way once it has.
+	eventually(t, 20*time.Second, "the pod reaches x/b on node2", func() (bool, string) {
+		err := labProbe(podPath, b, 80, "TCP")
+		return err == nil, fmt.Sprint(err)
+	})
 	if out, err := rt.cnitool(t, node1, conf, "check", "ebpfnet-mnt", rt.Path); err != nil {
 		t.Fatalf("CHECK: %v\n%s", err, out)
 	}
