@@ -30,14 +30,14 @@ func Down(name string) error {
 		errs = append(errs, kube.Teardown(KubeDir(name)))
 	}
 	for _, p := range st.Pods {
-		stop(p.ServerPID, name)
+		_ = stop(p.ServerPID, name) // teardown goes on; what is left shows in what comes next
 	}
 	for _, n := range st.Nodes {
-		stop(n.AgentPID, name)
+		_ = stop(n.AgentPID, name) // teardown goes on; what is left shows in what comes next
 	}
-	stop(st.EtcdPID, name)
+	_ = stop(st.EtcdPID, name) // teardown goes on; what is left shows in what comes next
 	if st.Router != nil {
-		stop(st.Router.PID, name)
+		_ = stop(st.Router.PID, name) // teardown goes on; what is left shows in what comes next
 		errs = append(errs, namespace.Delete(filepath.Base(st.Router.Netns)))
 	}
 	for _, p := range st.Pods {

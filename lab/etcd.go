@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -34,7 +35,9 @@ func (s *State) StopEtcd() error {
 	if s.Kubernetes {
 		return errors.New("a kubernetes lab keeps its state in the API server, not the lab's etcd")
 	}
-	stop(s.EtcdPID, s.Name)
+	if err := stop(s.EtcdPID, s.Name); err != nil {
+		return fmt.Errorf("stop etcd: %w", err)
+	}
 	s.EtcdPID = 0
 	return s.save()
 }

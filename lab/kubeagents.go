@@ -262,7 +262,7 @@ func (s *State) stopKubeAgent(n *Node) error {
 	if err != nil {
 		return err
 	}
-	if err := killAndWait(pid); err != nil {
+	if err := killAndWait(pid, stopTimeout); err != nil {
 		return fmt.Errorf("agent of %s: %w", n.Name, err)
 	}
 	n.AgentPID = 0
@@ -270,11 +270,11 @@ func (s *State) stopKubeAgent(n *Node) error {
 }
 
 // killAndWait SIGKILLs pid and waits until it is gone (or a zombie).
-func killAndWait(pid int) error {
+func killAndWait(pid int, timeout time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return err
 	}
-	return waitFor(context.Background(), 10*time.Second, fmt.Sprintf("pid %d to exit", pid), func() (bool, string) {
+	return waitFor(context.Background(), timeout, fmt.Sprintf("pid %d to exit", pid), func() (bool, string) {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		return err != nil || bytes.Contains(stat, []byte(") Z ")), "still running"
 	})
@@ -307,7 +307,7 @@ func (s *State) KillAgent(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	if err := killAndWait(pid); err != nil {
+	if err := killAndWait(pid, stopTimeout); err != nil {
 		return fmt.Errorf("agent of %s: %w", node, err)
 	}
 	err = waitFor(ctx, agentReadyTimeout, "kubelet to restart the agent of "+node, func() (bool, string) {

@@ -113,16 +113,15 @@ func (s *State) RemoveNode(ctx context.Context, name string) error {
 	if err := s.unplug(node); err != nil {
 		return fmt.Errorf("node %s: unplug from the underlay: %w", name, err)
 	}
-	stop(node.AgentPID, s.Name)
 	var errs []error
+	errs = append(errs, stop(node.AgentPID, s.Name))
 	var pods []Pod
 	for _, p := range s.Pods {
 		if p.Node != name {
 			pods = append(pods, p)
 			continue
 		}
-		stop(p.ServerPID, s.Name)
-		errs = append(errs, namespace.Delete(filepath.Base(p.Netns)))
+		errs = append(errs, stop(p.ServerPID, s.Name), namespace.Delete(filepath.Base(p.Netns)))
 	}
 	if err := agentapi.NewClient(other.Socket).DeleteNode(ctx, name); err != nil {
 		return fmt.Errorf("node %s: delete from the store: %w", name, err)

@@ -22,7 +22,9 @@ func (s *State) StopAgent(node string) error {
 	if s.Kubernetes {
 		return s.stopKubeAgent(n)
 	}
-	stop(n.AgentPID, s.Name)
+	if err := stop(n.AgentPID, s.Name); err != nil {
+		return fmt.Errorf("stop the agent of %s: %w", node, err)
+	}
 	n.AgentPID = 0
 	return s.save()
 }

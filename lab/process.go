@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -38,16 +40,26 @@ func spawn(netns, logFile, exe string, args ...string) (int, error) {
 	return cmd.Process.Pid, nil
 }
 
-// stop kills a lab process if pid is still one of this lab's, and waits for it to go.
-func stop(pid int, lab string) {
+// stop kills a lab process if pid is still one of this lab's, and waits until it is gone or a
+// zombie: an exiting process loses its command line before it closes its files (an agent's
+// socket still takes connections meanwhile), and a thread waiting for the kernel's network
+// lock, which a busy machine can hold for seconds, holds up the whole exit.
+func stop(pid int, lab string) error {
 	if pid <= 0 || !isLabProcess(pid, lab) {
-		return
+		return nil
 	}
-	// Until it is gone or a zombie: an exiting process loses its command line before it closes
-	// its files, so an agent's socket can still take connections after isLabProcess says no.
-	// Gone meanwhile is fine, and one still exiting past the bound shows in what comes next.
-	_ = killAndWait(pid)
+	start := time.Now()
+	if err := killAndWait(pid, stopTimeout); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		slog.Warn("a killed lab process took long to exit", "pid", pid, "took", took.Round(time.Millisecond))
+	}
+	return nil
 }
+
+// stopTimeout bounds how long stop waits for a killed process to exit.
+const stopTimeout = time.Minute
 
 // isLabProcess checks /proc so that a recycled pid is never killed by mistake: every lab
 // process names a file under the lab's directory on its command line.
