@@ -37,6 +37,10 @@ func (p *IPAM) ownerKey(owner string) string {
 }
 
 // Allocate returns owner's address, the one it already holds if any.
+//
+// Every step leaves what a crash may interrupt findable from the owner: the owner's key is
+// written before the address is claimed, and Release reads both the owner's key and the
+// addresses held in its name. A lease is therefore never orphaned by an agent killed mid-ADD.
 func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -47,6 +51,22 @@ func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, err
 	}
+	// An address claimed in owner's name whose owner key a crash kept from being written.
+	for k, v := range used {
+		if string(v) != owner {
+			continue
+		}
+		ip, err := netip.ParseAddr(strings.TrimPrefix(k, store.Prefix+"ipam/"+p.node+"/ips/"))
+		if err != nil {
+			continue
+		}
+		if held, err := p.heldBy(ctx, ip, owner); err != nil || held {
+			if err == nil {
+				err = p.kv.Put(ctx, p.ownerKey(owner), []byte(ip.String()), 0)
+			}
+			return ip, err
+		}
+	}
 	// .0 is the network, .1 is kept for a gateway, the last is broadcast.
 	for ip := p.cidr.Addr().Next().Next(); p.cidr.Contains(ip); ip = ip.Next() {
 		if !p.cidr.Contains(ip.Next()) {
@@ -55,58 +75,123 @@ func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {
 		if _, taken := used[p.ipKey(ip)]; taken {
 			continue
 		}
-		ok, err := p.kv.Create(ctx, p.ipKey(ip), []byte(owner))
-		if err != nil {
+		// The intent first: a crash after it leaves an owner key that Release follows.
+		if err := p.kv.Put(ctx, p.ownerKey(owner), []byte(ip.String()), 0); err != nil {
 			return netip.Addr{}, err
 		}
-		if !ok {
-			continue
+		ok, err := p.kv.Create(ctx, p.ipKey(ip), []byte(owner))
+		if err != nil {
+			return netip.Addr{}, errors.Join(err, p.kv.Delete(ctx, p.ownerKey(owner)))
 		}
-		if err := p.kv.Put(ctx, p.ownerKey(owner), []byte(ip.String()), 0); err != nil {
-			return netip.Addr{}, errors.Join(err, p.kv.Delete(ctx, p.ipKey(ip)))
+		if ok {
+			return ip, nil
 		}
-		return ip, nil
+	}
+	if err := p.kv.Delete(ctx, p.ownerKey(owner)); err != nil {
+		return netip.Addr{}, err
 	}
 	return netip.Addr{}, fmt.Errorf("pod CIDR %s of node %s: %w", p.cidr, p.node, ErrExhausted)
 }
 
+// lookup returns the address owner's key names if owner holds it. An owner key that names an
+// address nobody holds (a crash between the intent and the claim) claims it now; one that names
+// an address someone else holds is stale and ignored.
 func (p *IPAM) lookup(ctx context.Context, owner string) (netip.Addr, bool, error) {
 	v, ok, err := p.kv.Get(ctx, p.ownerKey(owner))
 	if err != nil || !ok {
 		return netip.Addr{}, false, err
 	}
 	ip, err := netip.ParseAddr(string(v))
-	return ip, err == nil, err
+	if err != nil {
+		return netip.Addr{}, false, fmt.Errorf("lease of %s: %w", owner, err)
+	}
+	if held, err := p.heldBy(ctx, ip, owner); err != nil || held {
+		return ip, held, err
+	}
+	if !p.cidr.Contains(ip) {
+		return netip.Addr{}, false, nil
+	}
+	claimed, err := p.kv.Create(ctx, p.ipKey(ip), []byte(owner))
+	return ip, claimed, err
 }
 
-// Release frees owner's address; releasing what is not held is not an error.
+// heldBy reads, from the store itself, whether ip is leased to owner.
+func (p *IPAM) heldBy(ctx context.Context, ip netip.Addr, owner string) (bool, error) {
+	v, ok, err := p.kv.Get(ctx, p.ipKey(ip))
+	return ok && string(v) == owner, err
+}
+
+// Release frees owner's address; releasing what is not held is not an error. It frees every
+// address held in owner's name, whether or not owner's key names it, and never one held by
+// another owner.
 func (p *IPAM) Release(ctx context.Context, owner string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	ip, ok, err := p.lookup(ctx, owner)
-	if err != nil || !ok {
+	candidates := map[netip.Addr]bool{}
+	if v, ok, err := p.kv.Get(ctx, p.ownerKey(owner)); err != nil {
+		return err
+	} else if ok {
+		if ip, err := netip.ParseAddr(string(v)); err == nil {
+			candidates[ip] = true
+		}
+	}
+	prefix := store.Prefix + "ipam/" + p.node + "/ips/"
+	used, err := p.kv.List(ctx, prefix)
+	if err != nil {
 		return err
 	}
-	if err := p.kv.Delete(ctx, p.ipKey(ip)); err != nil {
-		return err
+	for k, v := range used {
+		if ip, err := netip.ParseAddr(strings.TrimPrefix(k, prefix)); err == nil && string(v) == owner {
+			candidates[ip] = true
+		}
+	}
+	for ip := range candidates {
+		held, err := p.heldBy(ctx, ip, owner)
+		if err != nil {
+			return err
+		}
+		if !held {
+			continue
+		}
+		if err := p.kv.Delete(ctx, p.ipKey(ip)); err != nil {
+			return err
+		}
 	}
 	return p.kv.Delete(ctx, p.ownerKey(owner))
 }
 
-// Leases returns owner -> address for every lease of the node.
+// Leases returns owner -> address for every lease of the node: each address held and, for an
+// owner holding none, the address its key names (a claim a crash interrupted), so that a
+// collector releasing the owners it does not know leaves nothing behind.
 func (p *IPAM) Leases(ctx context.Context) (map[string]netip.Addr, error) {
-	prefix := store.Prefix + "ipam/" + p.node + "/owners/"
-	kvs, err := p.kv.List(ctx, prefix)
+	ips := store.Prefix + "ipam/" + p.node + "/ips/"
+	held, err := p.kv.List(ctx, ips)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]netip.Addr{}
-	for k, v := range kvs {
+	for k, v := range held {
+		ip, err := netip.ParseAddr(strings.TrimPrefix(k, ips))
+		if err != nil {
+			return nil, fmt.Errorf("lease %s: %w", k, err)
+		}
+		out[string(v)] = ip
+	}
+	owners := store.Prefix + "ipam/" + p.node + "/owners/"
+	named, err := p.kv.List(ctx, owners)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range named {
+		owner := strings.TrimPrefix(k, owners)
+		if _, ok := out[owner]; ok {
+			continue
+		}
 		ip, err := netip.ParseAddr(string(v))
 		if err != nil {
 			return nil, fmt.Errorf("lease %s: %w", k, err)
 		}
-		out[strings.TrimPrefix(k, prefix)] = ip
+		out[owner] = ip
 	}
 	return out, nil
 }

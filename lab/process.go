@@ -42,8 +42,8 @@ func spawn(netns, logFile, exe string, args ...string) (int, error) {
 
 // stop kills a lab process if pid is still one of this lab's, and waits until it is gone or a
 // zombie: an exiting process loses its command line before it closes its files (an agent's
-// socket still takes connections meanwhile), and a thread waiting for the kernel's network
-// lock, which a busy machine can hold for seconds, holds up the whole exit.
+// socket still takes connections meanwhile), and on a busy machine an exit can take seconds
+// (one thread blocked in the kernel holds up the whole exit; which wait it was is not known).
 func stop(pid int, lab string) error {
 	if pid <= 0 || !isLabProcess(pid, lab) {
 		return nil
