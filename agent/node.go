@@ -39,6 +39,7 @@ func (a *Agent) setupNode(underlay netlink.Link) error {
 			return err
 		}
 		cfg.TunnelIfindex = uint32(idx)
+		cfg.VXLANPort = uint16(a.cfg.VXLANPort)
 	}
 	a.nodeCfg = cfg
 	if err := a.dp.SetNodeConfig(cfg); err != nil {

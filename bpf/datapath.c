@@ -142,7 +142,8 @@ static __always_inline __u32 tunnel_identity(struct __sk_buff *skb)
 	return key.tunnel_id;
 }
 
-/* from_overlay: tc ingress of the VXLAN device; pod traffic from other nodes, decapsulated. */
+/* from_overlay: tc ingress of the VXLAN device; pod traffic from other nodes that the kernel
+ * decapsulated (a node config without a VXLAN port, reassembled fragments). */
 SEC("tc")
 int from_overlay(struct __sk_buff *skb)
 {
@@ -157,19 +158,20 @@ int from_overlay(struct __sk_buff *skb)
 	return finish(skb, &pkt, reason, DIR_FROM_OVERLAY);
 }
 
-/* from_underlay: tc ingress of the underlay device; native and IP-in-IP pod traffic. */
+/* from_underlay: tc ingress of the underlay device; native, VXLAN and IP-in-IP pod traffic. */
 SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
+	__u8 direction = DIR_FROM_UNDERLAY;
 	struct packet pkt = {};
 	int reason;
 
 	reason = parse_skb(skb, &pkt);
 	if (reason == CONTINUE)
-		reason = receive_underlay(skb, &pkt);
+		reason = receive_underlay(skb, &pkt, &direction);
 	else
 		reason = REASON_FORWARD_HOST; /* the node's own traffic is not ours to judge */
-	return finish(skb, &pkt, reason, DIR_FROM_UNDERLAY);
+	return finish(skb, &pkt, reason, direction);
 }
 
 /* xdp_prefilter: XDP on the underlay device; drops denied sources before the stack. */

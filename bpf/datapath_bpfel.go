@@ -206,7 +206,7 @@ type DatapathNodeConfig struct {
 	HostMac         [6]uint8
 	NatPortMin      uint16
 	NatPortMax      uint16
-	Pad2            uint16
+	VxlanPort       uint16
 }
 
 type DatapathPolicyDirection uint32
@@ -320,6 +320,7 @@ const (
 	DatapathMapConntrack              = "conntrack"
 	DatapathMapEndpoints              = "endpoints"
 	DatapathMapEvents                 = "events"
+	DatapathMapFibScratch             = "fib_scratch"
 	DatapathMapIpcache                = "ipcache"
 	DatapathMapMetrics                = "metrics"
 	DatapathMapNat                    = "nat"
@@ -409,6 +410,7 @@ type DatapathMapSpecs struct {
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	FibScratch   *ebpf.MapSpec `ebpf:"fib_scratch"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Metrics      *ebpf.MapSpec `ebpf:"metrics"`
 	Nat          *ebpf.MapSpec `ebpf:"nat"`
@@ -464,6 +466,7 @@ type DatapathMaps struct {
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	Events       *ebpf.Map `ebpf:"events"`
+	FibScratch   *ebpf.Map `ebpf:"fib_scratch"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Metrics      *ebpf.Map `ebpf:"metrics"`
 	Nat          *ebpf.Map `ebpf:"nat"`
@@ -483,6 +486,7 @@ func (m *DatapathMaps) Close() error {
 		m.Conntrack,
 		m.Endpoints,
 		m.Events,
+		m.FibScratch,
 		m.Ipcache,
 		m.Metrics,
 		m.Nat,

@@ -146,6 +146,9 @@ type NodeConfig struct {
 	// ports from NATPorts.
 	Masquerade bool
 	NATPorts   PortRange
+	// VXLANPort is VXLAN's UDP port: the datapath adds and strips VXLAN headers itself. With
+	// 0 it leaves VXLAN to the device at TunnelIfindex.
+	VXLANPort uint16
 }
 
 // PortRange is an inclusive range of ports.
@@ -154,7 +157,8 @@ type PortRange struct{ Min, Max uint16 }
 // SetConfig writes the config map's one entry.
 func SetConfig(m *ebpf.Map, c NodeConfig) error {
 	v := bpf.DatapathNodeConfig{UnderlayIfindex: c.UnderlayIfindex, TunnelIfindex: c.TunnelIfindex, Mode: uint8(c.Mode),
-		HostIfindex: c.HostIfindex, NatPortMin: c.NATPorts.Min, NatPortMax: c.NATPorts.Max}
+		HostIfindex: c.HostIfindex, NatPortMin: c.NATPorts.Min, NatPortMax: c.NATPorts.Max,
+		VxlanPort: htons(c.VXLANPort)}
 	if c.MonitorVerdicts {
 		v.MonitorVerdicts = 1
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -83,7 +85,36 @@ func TestCrossNodeModes(t *testing.T) {
 				}
 			})
 			t.Run("underlay encapsulation", func(t *testing.T) { checkUnderlay(t, st, mode) })
-			t.Run("100MB transfer", func(t *testing.T) { transfer(t, st, "x/p11", "x/p31", 100<<20) })
+			t.Run("100MB transfer", func(t *testing.T) {
+				if mode != "vxlan" {
+					transfer(t, st, "x/p11", "x/p31", 100<<20)
+					return
+				}
+				// VXLAN is BPF's both ways: the kernel's VXLAN device on either node sees
+				// none of it, while the underlay devices carry it all.
+				n1, _ := st.Node("node1")
+				n3, _ := st.Node("node3")
+				before := map[string][2]uint64{}
+				for _, n := range []*lab.Node{n1, n3} {
+					for _, dev := range []string{"ebpfnet_vxlan", lab.UnderlayIf} {
+						before[n.Name+"/"+dev] = linkPackets(t, n.Netns, dev)
+					}
+				}
+				transfer(t, st, "x/p11", "x/p31", 100<<20)
+				for _, n := range []*lab.Node{n1, n3} {
+					u, v := n.Name+"/"+lab.UnderlayIf, n.Name+"/ebpfnet_vxlan"
+					under, dev := linkPackets(t, n.Netns, lab.UnderlayIf), linkPackets(t, n.Netns, "ebpfnet_vxlan")
+					du := [2]uint64{under[0] - before[u][0], under[1] - before[u][1]}
+					dv := [2]uint64{dev[0] - before[v][0], dev[1] - before[v][1]}
+					t.Logf("%s: %s rx %d tx %d packets; ebpfnet_vxlan rx %d tx %d", n.Name, lab.UnderlayIf, du[0], du[1], dv[0], dv[1])
+					if du[0] < 1000 || du[1] < 1000 {
+						t.Errorf("%s: %s counted rx %d tx %d packets for 100 MB each way: the counters do not see the traffic", n.Name, lab.UnderlayIf, du[0], du[1])
+					}
+					if dv != [2]uint64{} {
+						t.Errorf("%s: ebpfnet_vxlan counted rx %d tx %d packets: the kernel's VXLAN device is in the path", n.Name, dv[0], dv[1])
+					}
+				}
+			})
 			t.Run("counted by BPF", func(t *testing.T) {
 				node, _ := st.Node("node1")
 				c := nodeCounters(t, node)
@@ -143,6 +174,36 @@ func checkUnderlay(t *testing.T, st *lab.State, mode string) {
 	probe := func() { _ = st.Probe(src.Key(), dst.Key(), 80, "TCP") } // only its packets count: the capture looks for them
 	if !seen(t, node.Netns, filters[mode], probe) {
 		t.Fatalf("%s mode: no %q packets on node1's eth0", mode, filters[mode])
+	}
+	if mode == "vxlan" {
+		// tcpdump decodes what BPF wrote as VXLAN, down to the probe's own TCP inside.
+		n1, _ := st.Node("node1")
+		var id uint64
+		if out, code := ebpfnet(t, "--pin-dir", n1.PinDir, "endpoint", "list", "-o", "json"); code == 0 {
+			var eps []struct {
+				IP       string
+				Identity uint64
+			}
+			if err := jsonUnmarshal(out, &eps); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range eps {
+				if e.IP == src.IP.String() {
+					id = e.Identity
+				}
+			}
+		}
+		if id == 0 {
+			t.Fatalf("no identity for %s in node1's endpoint map", src.IP)
+		}
+		pcap := filepath.Join(t.TempDir(), "vxlan.pcap")
+		decoded := decodeCapture(t, node.Netns, pcap, fmt.Sprintf("udp dst port %d", st.VXLANPort), probe, "-T", "vxlan")
+		want := []string{"VXLAN, flags [I] (0x08), vni " + fmt.Sprint(id), src.IP.String() + ".", " > " + dst.IP.String() + ".80:"}
+		for _, w := range want {
+			if !strings.Contains(decoded, w) {
+				t.Fatalf("tcpdump -T vxlan does not show %q:\n%s", w, decoded)
+			}
+		}
 	}
 	if mode == "native" {
 		// Natively routed traffic must not be encapsulated.
@@ -279,4 +340,45 @@ func transfer(t *testing.T, st *lab.State, from, to string, size int) {
 	if string(sent.Sum(nil)) != string(got.Sum(nil)) {
 		t.Fatal("the bytes that came back differ from those sent")
 	}
+}
+
+// decodeCapture runs traffic once under tcpdump on netns's eth0 with filter and returns
+// tcpdump's decoding of what it caught, with decode's options.
+func decodeCapture(t *testing.T, netns, pcap, filter string, traffic func(), decode ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd, r := startTcpdump(t, ctx, netns, filter, pcap)
+	traffic()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	rest, _ := io.ReadAll(r)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcpdump on %s: %v: %s", filepath.Base(netns), err, rest)
+	}
+	out, err := exec.Command("tcpdump", append(append([]string{"-n", "-r", pcap}, decode...), filter)...).Output()
+	if err != nil {
+		t.Fatalf("tcpdump -r %s: %v", pcap, err)
+	}
+	return string(out)
+}
+
+// linkPackets is dev's received and sent packet counts in netns.
+func linkPackets(t *testing.T, netns, dev string) [2]uint64 {
+	t.Helper()
+	var out [2]uint64
+	err := namespace.Do(netns, func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		s := l.Attrs().Statistics
+		out = [2]uint64{s.RxPackets, s.TxPackets}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s in %s: %v", dev, filepath.Base(netns), err)
+	}
+	return out
 }

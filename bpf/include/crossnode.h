@@ -7,6 +7,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
+#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -22,41 +23,94 @@
 #define IP_DF 0x4000
 #define IPIP_HLEN 20
 #define TUNNEL_TTL 64
+#define VXLAN_HLEN 8
+#define VXLAN_F_VNI 0x08000000 /* RFC 7348's I flag: the VNI is valid */
+/* What VXLAN puts before the inner IP header: outer IP, UDP, VXLAN, inner Ethernet. */
+#define VXLAN_ENCAP_LEN (IPIP_HLEN + sizeof(struct udphdr) + VXLAN_HLEN + ETH_HLEN)
+#define VXLAN_ADJ_ROOM_FLAGS                                                                       \
+	(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |                              \
+	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH |                                                             \
+	 (((__u64)ETH_HLEN & BPF_ADJ_ROOM_ENCAP_L2_MASK) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT))
+
+/* vxlan_headers is what VXLAN adds in front of the inner Ethernet header. */
+struct vxlan_headers {
+	struct iphdr ip;
+	struct udphdr udp;
+	__be32 flags;
+	__be32 vni; /* the VNI in the upper 24 bits */
+};
+
+/* tunnel_mac is the inner Ethernet address of a node's VXLAN side: 0e:00 and its IPv4
+ * address. A kernel VXLAN endpoint given this address takes our frames as its own. */
+static __always_inline void tunnel_mac(__u8 mac[ETH_ALEN], const __u8 *ip)
+{
+	mac[0] = 0x0e;
+	mac[1] = 0;
+	__builtin_memcpy(&mac[2], ip, 4);
+}
+
+/* route_underlay looks the outer destination up in the kernel's FIB as the node sending and
+ * redirects out of the underlay; the packet's MACs are the caller's to write from fib, and a
+ * missing neighbour is left to bpf_redirect_neigh. */
+static __always_inline int route_underlay(struct __sk_buff *skb, struct node_config *cfg,
+					  struct route_scratch *r, __be32 saddr, __be32 daddr)
+{
+	long ret;
+
+	__builtin_memset(r, 0, sizeof(*r));
+	r->fib.family = AF_INET;
+	r->fib.ipv4_src = saddr;
+	r->fib.ipv4_dst = daddr;
+	r->fib.ifindex = cfg->underlay_ifindex;
+	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
+	 * underlay device, which the agent turns on. */
+	ret = bpf_fib_lookup(skb, &r->fib, sizeof(r->fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS)
+		return CONTINUE;
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		r->nh.nh_family = AF_INET;
+		r->nh.ipv4_nh = r->fib.ipv4_dst;
+		if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
+			return REASON_DROP_REDIRECT_FAILED;
+		return REASON_FORWARD_UNDERLAY;
+	}
+	return REASON_DROP_NO_ROUTE;
+}
+
+/* route_scratch_get is this CPU's route_scratch. */
+static __always_inline struct route_scratch *route_scratch_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&fib_scratch, &zero);
+}
 
 /* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay with the kernel's
  * FIB and neighbour table, without the node's forwarding path. */
 static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct node_config *cfg,
 						 __be32 saddr, __be32 daddr)
 {
-	struct bpf_fib_lookup fib = {};
-	long ret;
+	struct route_scratch *r = route_scratch_get();
+	int reason;
 
-	fib.family = AF_INET;
-	fib.ipv4_src = saddr;
-	fib.ipv4_dst = daddr;
-	fib.ifindex = cfg->underlay_ifindex;
-	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
-	 * underlay device, which the agent turns on. */
-	ret = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (set_macs(skb, fib.dmac, fib.smac))
-			return REASON_DROP_MALFORMED;
-		if (bpf_redirect(fib.ifindex, 0) != TC_ACT_REDIRECT)
-			return REASON_DROP_REDIRECT_FAILED;
-		return CONTINUE;
-	}
-	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
-
-		if (bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0) != TC_ACT_REDIRECT)
-			return REASON_DROP_REDIRECT_FAILED;
-		return CONTINUE;
-	}
-	return REASON_DROP_NO_ROUTE;
+	if (!r)
+		return REASON_DROP_NO_ROUTE;
+	reason = route_underlay(skb, cfg, r, saddr, daddr);
+	if (reason == REASON_FORWARD_UNDERLAY)
+		return CONTINUE; /* bpf_redirect_neigh resolves the MACs */
+	if (reason != CONTINUE)
+		return reason;
+	if (set_macs(skb, r->fib.dmac, r->fib.smac))
+		return REASON_DROP_MALFORMED;
+	if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return CONTINUE;
 }
 
-static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config *cfg,
-				      struct route_info *rt, __u32 identity)
+/* send_vxlan_device hands the packet to the kernel's VXLAN device with a tunnel key: the way
+ * when the node config names no VXLAN port, or when BPF cannot add the headers (UDP GSO). */
+static __always_inline int send_vxlan_device(struct __sk_buff *skb, struct node_config *cfg,
+					     struct route_info *rt, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
 
@@ -69,6 +123,93 @@ static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config 
 	if (bpf_redirect(cfg->tunnel_ifindex, 0) != TC_ACT_REDIRECT)
 		return REASON_DROP_REDIRECT_FAILED;
 	return REASON_FORWARD_TUNNEL;
+}
+
+/* vxlan_source_port spreads flows over the underlay's paths and queues, as the kernel does:
+ * from the inner flow's hash, within the ephemeral range. */
+static __always_inline __be16 vxlan_source_port(struct __sk_buff *skb)
+{
+	return bpf_htons(0xc000 | (bpf_get_hash_recalc(skb) & 0x3fff));
+}
+
+/* vxlan_encap encapsulates in RFC 7348 VXLAN itself, the sender's identity in the VNI, and
+ * routes the result out of the underlay: no VXLAN device on the way. It answers CONTINUE when
+ * BPF cannot add the headers (UDP GSO), for the device to. A global function: the verifier
+ * checks it once, not again inside every path that reaches it. */
+__attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u32 identity)
+{
+	struct node_config *cfg = node_config();
+	struct route_scratch *r = route_scratch_get();
+	__u32 inner = skb->len - ETH_HLEN;
+	struct vxlan_headers *h;
+	struct ethhdr *eth;
+	void *data, *end;
+	int reason;
+
+	if (!cfg || !r)
+		return REASON_DROP_NO_ROUTE;
+	/* Routed first, so that a packet with no way out is dropped as it came. */
+	reason = route_underlay(skb, cfg, r, *(__be32 *)cfg->node_ip, remote);
+	if (reason != CONTINUE && reason != REASON_FORWARD_UNDERLAY)
+		return reason;
+	/* The encap flags mark GSO packets as UDP-tunnelled, so segmentation repeats the outer
+	 * headers. */
+	if (bpf_skb_adjust_room(skb, VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC, VXLAN_ADJ_ROOM_FLAGS))
+		return CONTINUE;
+	/* Written in place, not from the stack: the callers' stacks leave this function little
+	 * room. */
+	if (bpf_skb_pull_data(skb, ETH_HLEN + VXLAN_ENCAP_LEN))
+		return REASON_DROP_ENCAP_FAILED;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + VXLAN_ENCAP_LEN > end)
+		return REASON_DROP_ENCAP_FAILED;
+	h = data + ETH_HLEN;
+	eth = data + ETH_HLEN + sizeof(*h);
+	h->ip.version = 4;
+	h->ip.ihl = 5;
+	h->ip.tos = 0;
+	h->ip.tot_len = bpf_htons(inner + VXLAN_ENCAP_LEN);
+	h->ip.id = 0;
+	h->ip.frag_off = bpf_htons(IP_DF);
+	h->ip.ttl = TUNNEL_TTL;
+	h->ip.protocol = IPPROTO_UDP;
+	h->ip.check = 0;
+	h->ip.saddr = *(__be32 *)cfg->node_ip;
+	h->ip.daddr = remote;
+	h->ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h->ip, sizeof(h->ip), 0));
+	h->udp.source = vxlan_source_port(skb);
+	h->udp.dest = cfg->vxlan_port;
+	h->udp.len = bpf_htons(inner + VXLAN_ENCAP_LEN - IPIP_HLEN);
+	/* No UDP checksum, as RFC 7348 allows over IPv4: the inner packet carries its own. */
+	h->udp.check = 0;
+	h->flags = bpf_htonl(VXLAN_F_VNI);
+	h->vni = bpf_htonl((identity & 0xffffff) << 8);
+	tunnel_mac(eth->h_dest, (__u8 *)&h->ip.daddr);
+	tunnel_mac(eth->h_source, (__u8 *)&h->ip.saddr);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	if (reason == REASON_FORWARD_UNDERLAY)
+		return REASON_FORWARD_TUNNEL; /* bpf_redirect_neigh resolves the outer MACs */
+	__builtin_memcpy(((struct ethhdr *)data)->h_dest, r->fib.dmac, ETH_ALEN);
+	__builtin_memcpy(((struct ethhdr *)data)->h_source, r->fib.smac, ETH_ALEN);
+	if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return REASON_FORWARD_TUNNEL;
+}
+
+/* send_vxlan sends to another node in VXLAN: encapsulated here when the node config names
+ * VXLAN's port, by the device otherwise. */
+static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config *cfg,
+				      struct route_info *rt, __u32 identity)
+{
+	int reason;
+
+	if (cfg->vxlan_port) {
+		reason = vxlan_encap(skb, *(__u32 *)rt->node_ip, identity);
+		if (reason != CONTINUE)
+			return reason;
+	}
+	return send_vxlan_device(skb, cfg, rt, identity);
 }
 
 static __always_inline int send_native(struct __sk_buff *skb, struct node_config *cfg,
@@ -203,28 +344,78 @@ static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *
 	return forward_remote(skb, pkt, IDENTITY_REMOTE_NODE, 1);
 }
 
-/* receive_underlay handles what arrives on the underlay: IP-in-IP for this node is
- * decapsulated and handled as tunnelled; native pod traffic, NodePort clients and replies of
- * translated flows are handled by receive_remote. */
-static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt)
+/* decap_vxlan strips the headers of a VXLAN packet for this node; hint becomes the sender's
+ * identity from the VNI. What is not IPv4 inside (or not flagged as RFC 7348 says) is left
+ * to the VXLAN device. */
+static __always_inline int decap_vxlan(struct __sk_buff *skb, struct packet *pkt, __u32 *hint)
 {
-	struct node_config *cfg;
+	struct {
+		__be32 flags;
+		__be32 vni;
+		struct ethhdr inner;
+	} __attribute__((packed)) h;
+	__u32 outer = pkt->l4_off - pkt->l3_off + sizeof(struct udphdr) + sizeof(h);
+
+	if (bpf_skb_load_bytes(skb, pkt->l4_off + sizeof(struct udphdr), &h, sizeof(h)))
+		return REASON_FORWARD_HOST;
+	if (!(h.flags & bpf_htonl(VXLAN_F_VNI)) || h.inner.h_proto != bpf_htons(ETH_P_IP))
+		return REASON_FORWARD_HOST;
+	/* Outer IP, UDP, VXLAN and the inner Ethernet go; the outer Ethernet stays, already
+	 * IPv4's. */
+	if (bpf_skb_adjust_room(skb, -(__s32)outer, BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4))
+		return REASON_DROP_ENCAP_FAILED;
+	*hint = bpf_ntohl(h.vni) >> 8;
+	return CONTINUE;
+}
+
+/* decap_underlay strips the tunnel headers of VXLAN and IP-in-IP for this node and parses
+ * what was inside; tunneled says it did. A fragment cannot be decapsulated on its own: the
+ * node's stack reassembles it (and hands VXLAN to the VXLAN device). */
+static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *pkt, __u32 *hint,
+					  __u8 *direction, int *tunneled)
+{
+	struct node_config *cfg = node_config();
+	int reason;
+
+	if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip || pkt->fragment)
+		return pkt->l4_proto == IPPROTO_IPIP ? REASON_FORWARD_HOST : CONTINUE;
+	if (pkt->l4_proto == IPPROTO_UDP && cfg->vxlan_port && pkt->dport == cfg->vxlan_port) {
+		reason = decap_vxlan(skb, pkt, hint);
+		*direction = DIR_FROM_OVERLAY;
+	} else if (pkt->l4_proto == IPPROTO_IPIP) {
+		/* The whole outer header goes, options too. */
+		reason = bpf_skb_adjust_room(skb, -(__s32)(pkt->l4_off - pkt->l3_off),
+					     BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4)
+				 ? REASON_DROP_ENCAP_FAILED
+				 : CONTINUE;
+	} else {
+		return CONTINUE;
+	}
+	if (reason != CONTINUE) {
+		*direction = DIR_FROM_UNDERLAY;
+		return reason;
+	}
+	__builtin_memset(pkt, 0, sizeof(*pkt));
+	if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
+		return REASON_DROP_MALFORMED;
+	*tunneled = 1;
+	return CONTINUE;
+}
+
+/* receive_underlay handles what arrives on the underlay: VXLAN and IP-in-IP for this node are
+ * decapsulated and handled as tunnelled; native pod traffic, NodePort clients and replies of
+ * translated flows are handled by receive_remote. direction becomes DIR_FROM_OVERLAY for
+ * what came in VXLAN, as if through the VXLAN device. */
+static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt,
+					    __u8 *direction)
+{
+	int tunneled = 0, reason;
+	__u32 hint = 0;
 
 	if (pkt->family != AF_INET)
 		return REASON_FORWARD_HOST;
-	if (pkt->l4_proto == IPPROTO_IPIP) {
-		cfg = node_config();
-		/* A fragment cannot be decapsulated on its own: the node's stack reassembles it. */
-		if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip || pkt->fragment)
-			return REASON_FORWARD_HOST;
-		/* The whole outer header goes, options too. */
-		if (bpf_skb_adjust_room(skb, -(__s32)(pkt->l4_off - pkt->l3_off), BPF_ADJ_ROOM_MAC,
-					ADJ_ROOM_DECAP_L3_IPV4))
-			return REASON_DROP_ENCAP_FAILED;
-		__builtin_memset(pkt, 0, sizeof(*pkt));
-		if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
-			return REASON_DROP_MALFORMED;
-		return receive_remote(skb, pkt, 0, DIR_FROM_UNDERLAY, 1);
-	}
-	return receive_remote(skb, pkt, 0, DIR_FROM_UNDERLAY, 0);
+	reason = decap_underlay(skb, pkt, &hint, direction, &tunneled);
+	if (reason != CONTINUE)
+		return reason;
+	return receive_remote(skb, pkt, hint, *direction, tunneled);
 }

@@ -157,3 +157,18 @@ struct {
 	__type(value, struct nat_scratch);
 	__uint(max_entries, 1);
 } nat_scratch SEC(".maps");
+
+/* route_scratch is what routing a packet out of the underlay needs besides the packet. */
+struct route_scratch {
+	struct bpf_fib_lookup fib;
+	struct bpf_redir_neigh nh;
+};
+
+/* fib_scratch: one route_scratch per CPU, kept off the stack of the tunnel paths. Sized, not
+ * typed: bpf2go cannot mirror the kernel structs' anonymous unions. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__uint(value_size, sizeof(struct route_scratch));
+	__uint(max_entries, 1);
+} fib_scratch SEC(".maps");

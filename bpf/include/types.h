@@ -76,7 +76,7 @@ struct node_config {
 	__u8 host_mac[6]; /* its MAC, destination of what is handed to the node's stack */
 	__u16 nat_port_min; /* source ports the node's address lends to translated flows */
 	__u16 nat_port_max;
-	__u16 pad2;
+	__be16 vxlan_port; /* VXLAN's UDP port, encapsulated here in BPF; 0: by the VXLAN device */
 };
 
 /* Value of the ipcache: who an address is, for policy. */
