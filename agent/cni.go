@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -63,8 +65,33 @@ func usablePodNetns(fd int) error {
 	return nil
 }
 
+// addPhases are the phases of a CNI ADD that ebpfnet_cni_add_phase_seconds times.
+var addPhases = []string{"pod", "queue", "room", "ipam", "plumb", "record"}
+
+const addPhaseHelp = "pod (waiting for the Pod from the API server), queue (for the CNI operations ahead), " +
+	"room (the map capacity check), ipam (the address lease), " +
+	"plumb (veth, addresses, routes, BPF hooks), record (the endpoint in the store)"
+
+// phaseTimer observes the time since its last mark under a phase of ebpfnet_cni_add_phase_seconds.
+type phaseTimer struct {
+	h    *prometheus.HistogramVec
+	last time.Time
+}
+
+func (p *phaseTimer) mark(phase string) {
+	now := time.Now()
+	if p.h != nil {
+		p.h.WithLabelValues(phase).Observe(now.Sub(p.last).Seconds())
+	}
+	p.last = now
+}
+
 // cniAdd gives a pod its interface, address and endpoint; on any failure it undoes all of it.
 func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res agentapi.AttachResult, err error) {
+	timer := &phaseTimer{last: time.Now()}
+	if a.metrics != nil {
+		timer.h = a.metrics.cniAddPhases
+	}
 	ns, err := podNetns(ctx, req)
 	if err != nil {
 		return res, err
@@ -78,11 +105,14 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 	if err := a.cluster.WaitPod(ctx, req.Namespace, req.Pod); err != nil {
 		return res, &agentapi.APIError{Code: agentapi.CodeTryAgainLater, Message: err.Error()}
 	}
+	timer.mark("pod")
 	a.cniMu.Lock()
 	defer a.cniMu.Unlock()
+	timer.mark("queue")
 	if err := a.roomFor(ctx, req); err != nil {
 		return res, err
 	}
+	timer.mark("room")
 	ip, err := a.ipam.Allocate(ctx, owner(req))
 	if err != nil {
 		if errors.Is(err, ipam.ErrExhausted) {
@@ -90,6 +120,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 		}
 		return res, err
 	}
+	timer.mark("ipam")
 	pod := podnet.Pod{Netns: req.Netns, ContainerID: req.ContainerID, IfName: req.IfName, IP: ip,
 		MTU: a.PodMTU(), EndpointID: endpointID(ip, a.node.PodCIDR)}
 	defer func() {
@@ -105,12 +136,14 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 	if err != nil {
 		return res, err
 	}
+	timer.mark("plumb")
 	ep := store.Endpoint{ContainerID: req.ContainerID, IfName: req.IfName, Node: a.node.Name, Namespace: req.Namespace,
 		Pod: req.Pod, IP: ip, MAC: plumbed.PodMAC.String(), HostIf: plumbed.HostIf, Netns: req.Netns,
 		Labels: req.Labels, ID: pod.EndpointID, MTU: pod.MTU}
 	if err := a.cluster.PutEndpoint(ctx, ep); err != nil {
 		return res, fmt.Errorf("record endpoint: %w", err)
 	}
+	timer.mark("record")
 	return agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, MAC: ep.MAC, HostIf: plumbed.HostIf,
 		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}, nil
 }

@@ -35,6 +35,8 @@ type agentMetrics struct {
 	// map; held is what this node holds back now (ebpfnet_bpf_map_full).
 	mapRefusals *prometheus.CounterVec
 	held        holdBack
+	// cniAddPhases: where a CNI ADD's time goes, by phase (see addPhases).
+	cniAddPhases *prometheus.HistogramVec
 }
 
 // checkedMaps are the maps a change is refused for: what ebpfnet_bpf_map_full and
@@ -60,6 +62,13 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 		m.mapRefusals.WithLabelValues(name)
 	}
 	m.reg.MustRegister(m.mapRefusals)
+	m.cniAddPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ebpfnet_cni_add_phase_seconds",
+		Help:    "Time each phase of a CNI ADD took in the agent: " + addPhaseHelp + ".",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"phase"})
+	for _, p := range addPhases {
+		m.cniAddPhases.WithLabelValues(p)
+	}
+	m.reg.MustRegister(m.cniAddPhases)
 	m.reg.MustRegister(m.reconcile, m.policyDelay, m.ctGCRuns, m.ctGCRemoved, m.reconcileError, m.identitiesCollected, &datapathCollector{a: a})
 	if a.cfg.bgp != nil {
 		m.registerBGP(a)

@@ -3,13 +3,21 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
@@ -19,11 +27,16 @@ import (
 // CNICost is how fast the CNI plugin attaches pods, measured end to end: the runtime's exec of
 // ebpfnet-cni, the agent's IPAM, plumbing and datapath work, the result on stdout.
 type CNICost struct {
-	Pods       int     `json:"pods"`
+	Pods int `json:"pods"`
+	// Parallel is how many ADDs (and DELs) ran at a time.
+	Parallel   int     `json:"parallel"`
 	AddP50ms   float64 `json:"addP50ms"`
 	AddP99ms   float64 `json:"addP99ms"`
 	DelP50ms   float64 `json:"delP50ms"`
 	PodsPerSec float64 `json:"podsPerSecond"`
+	// PhasesMeanMs is the agent's share of an ADD, by phase of ebpfnet_cni_add_phase_seconds:
+	// the mean over the run's ADDs.
+	PhasesMeanMs map[string]float64 `json:"phasesMeanMs,omitempty"`
 	// Exec is the floor under each of those: one exec answering VERSION, beside the
 	// containernetworking loopback plugin's (nil when no loopback plugin is built).
 	Exec *ExecCost `json:"exec,omitempty"`
@@ -88,8 +101,8 @@ func measureExecCost(path string) (*ExecCost, error) {
 		LoopbackVersion: filepath.Base(filepath.Dir(dir)), Ratio: m[0] / m[1]}, nil
 }
 
-// MeasureCNI adds n pods one after another to a one-node lab, then deletes them.
-func MeasureCNI(n int) (CNICost, error) {
+// MeasureCNI adds n pods to a one-node lab, parallel at a time, then deletes them.
+func MeasureCNI(n, parallel int) (CNICost, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return CNICost{}, err
@@ -122,12 +135,11 @@ func MeasureCNI(n int) (CNICost, error) {
 		}
 		return time.Since(start), nil
 	}
-	var adds, dels []float64
-	begin := time.Now()
-	for i := 0; i < n; i++ {
+	// The pods' namespaces first: making them is the runtime's work, not the plugin's.
+	paths := make([]string, n)
+	for i := range n {
 		nsName := fmt.Sprintf("%s.p%d", name, i)
-		path, err := namespace.Create(nsName)
-		if err != nil {
+		if paths[i], err = namespace.Create(nsName); err != nil {
 			return CNICost{}, err
 		}
 		defer func() {
@@ -135,22 +147,80 @@ func MeasureCNI(n int) (CNICost, error) {
 				slog.Warn("cni bench: pod namespace left", "netns", nsName, "err", err)
 			}
 		}()
-		d, err := run("ADD", nsName, path)
-		if err != nil {
-			return CNICost{}, err
-		}
-		adds = append(adds, float64(d.Microseconds())/1000)
 	}
-	total := time.Since(begin)
-	for i := 0; i < n; i++ {
-		nsName := fmt.Sprintf("%s.p%d", name, i)
-		d, err := run("DEL", nsName, namespace.Path(nsName))
-		if err != nil {
-			return CNICost{}, err
+	// parallel callers at a time, as a runtime starting a Deployment's pods.
+	each := func(cmd string) ([]float64, time.Duration, error) {
+		times := make([]float64, n)
+		errs := make([]error, n)
+		next := make(chan int)
+		var wg sync.WaitGroup
+		begin := time.Now()
+		for range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					d, err := run(cmd, fmt.Sprintf("%s.p%d", name, i), paths[i])
+					times[i], errs[i] = float64(d.Microseconds())/1000, err
+				}
+			}()
 		}
-		dels = append(dels, float64(d.Microseconds())/1000)
+		for i := range n {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+		return times, time.Since(begin), errors.Join(errs...)
+	}
+	adds, total, err := each("ADD")
+	if err != nil {
+		return CNICost{}, err
+	}
+	dels, _, err := each("DEL")
+	if err != nil {
+		return CNICost{}, err
+	}
+	phases, err := addPhases(node)
+	if err != nil {
+		return CNICost{}, err
 	}
 	sort.Float64s(adds)
-	return CNICost{Pods: n, AddP50ms: median(adds), AddP99ms: adds[(len(adds)*99)/100], DelP50ms: median(dels),
-		PodsPerSec: float64(n) / total.Seconds(), Exec: execCost}, nil
+	return CNICost{Pods: n, Parallel: parallel, AddP50ms: median(adds), AddP99ms: adds[(len(adds)*99)/100], DelP50ms: median(dels),
+		PodsPerSec: float64(n) / total.Seconds(), PhasesMeanMs: phases, Exec: execCost}, nil
+}
+
+// addPhases scrapes a lab node's agent for the mean time of each phase of its CNI ADDs.
+func addPhases(n lab.Node) (map[string]float64, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = namespace.Do(n.Netns, func() error {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}}
+	resp, err := client.Get("http://" + netip.AddrPortFrom(n.IP, lab.MetricsPort).String() + "/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
+	}
+	f, ok := families["ebpfnet_cni_add_phase_seconds"]
+	if !ok {
+		return nil, fmt.Errorf("scrape %s: no ebpfnet_cni_add_phase_seconds", n.Name)
+	}
+	out := map[string]float64{}
+	for _, m := range f.GetMetric() {
+		h := m.GetHistogram()
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "phase" && h.GetSampleCount() > 0 {
+				out[l.GetValue()] = 1000 * h.GetSampleSum() / float64(h.GetSampleCount())
+			}
+		}
+	}
+	return out, nil
 }

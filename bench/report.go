@@ -110,9 +110,18 @@ func (r *Report) Markdown() string {
 			c.EmptyNs, c.Description, c.FromPodNs, c.OverheadNs)
 	}
 	if c := r.CNI; c != nil {
-		fmt.Fprintf(&b, "## CNI (%d pods added one after another, then deleted; exec of ebpfnet-cni included)\n\n", c.Pods)
+		fmt.Fprintf(&b, "## CNI (%d pods added %d at a time, then deleted; exec of ebpfnet-cni included)\n\n", c.Pods, c.Parallel)
 		fmt.Fprintf(&b, "| ADD p50 | ADD p99 | DEL p50 | pods/s |\n|---:|---:|---:|---:|\n| %.1f ms | %.1f ms | %.1f ms | %.1f |\n\n",
 			c.AddP50ms, c.AddP99ms, c.DelP50ms, c.PodsPerSec)
+		if len(c.PhasesMeanMs) > 0 {
+			fmt.Fprintf(&b, "The agent's share, mean per ADD (ebpfnet_cni_add_phase_seconds):")
+			sep := " "
+			for _, p := range []string{"pod", "queue", "room", "ipam", "plumb", "record"} {
+				fmt.Fprintf(&b, "%s%s %.1f ms", sep, p, c.PhasesMeanMs[p])
+				sep = ", "
+			}
+			fmt.Fprintf(&b, "\n\n")
+		}
 		if e := c.Exec; e != nil {
 			fmt.Fprintf(&b, "One exec answering VERSION (median of %d, in turn): ebpfnet-cni %.1f ms, containernetworking loopback %s %.1f ms, ratio %.2f\n\n",
 				e.Runs, e.EbpfnetP50ms, e.LoopbackVersion, e.LoopbackP50ms, e.Ratio)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
 // scrape fetches a lab node's /metrics from inside its namespace.
@@ -100,8 +101,11 @@ func lookup(t *testing.T, expo []byte, name string, labels map[string]string) (f
 			}
 		}
 		if match {
-			if m.Counter != nil {
+			switch {
+			case m.Counter != nil:
 				return m.Counter.GetValue(), true
+			case m.Histogram != nil: // its count of observations
+				return float64(m.Histogram.GetSampleCount()), true
 			}
 			return m.Gauge.GetValue(), true
 		}
@@ -161,7 +165,20 @@ func TestPrometheusMetrics(t *testing.T) {
 	if sample(t, after2, "ebpfnet_policies", nil) != 1 || sample(t, after2, "ebpfnet_bpf_map_pressure", map[string]string{"map": "endpoints"}) <= 0 {
 		t.Errorf("agent state gauges missing: policies=%v", sample(t, after2, "ebpfnet_policies", nil))
 	}
-	for _, expo := range [][]byte{after1, after2} {
+	// One CNI ADD is one observation of each of its phases.
+	ns := nstest.New(t, "pm")
+	conf := cniConf(node1.Socket, "")
+	if out, code := plugin(t, node1, cniEnv("ADD", "pm-add", ns.Path), conf); code != 0 {
+		t.Fatalf("ADD: %s", out)
+	}
+	t.Cleanup(func() { plugin(t, node1, cniEnv("DEL", "pm-add", ns.Path), conf) })
+	added := scrape(t, node1)
+	for _, phase := range []string{"pod", "queue", "room", "ipam", "plumb", "record"} {
+		if got := counterDelta(t, after1, added, "ebpfnet_cni_add_phase_seconds", map[string]string{"phase": phase}); got != 1 {
+			t.Errorf("ebpfnet_cni_add_phase_seconds{phase=%q} observed %v times for one ADD", phase, got)
+		}
+	}
+	for _, expo := range [][]byte{after1, after2, added} {
 		cmd := exec.Command("promtool", "check", "metrics")
 		cmd.Stdin = bytes.NewReader(expo)
 		if out, err := cmd.CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {

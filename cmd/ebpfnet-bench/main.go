@@ -37,7 +37,8 @@ func run(ctx context.Context) error {
 	kubeProxy := flag.String("kube-proxy-services", "1000,10000", "services suite: Service counts for kube-proxy (iptables mode) and ebpfnet among as many Services (empty skips)")
 	kubeProxyIPT := flag.String("kube-proxy-iptables", "nft", "services suite: kube-proxy's iptables backend, nft or legacy")
 	policyFigures := flag.Bool("policy-figures", true, "measure policy scale, compile and apply times")
-	cniPods := flag.Int("cni-pods", 200, "pods to add and delete for the CNI figures (0 skips them)")
+	cniPods := flag.Int("cni-pods", 100, "pods to add and delete for the CNI figures (0 skips them)")
+	cniParallel := flag.Int("cni-parallel", 10, "CNI figures: ADDs (and DELs) at a time")
 	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
 	bgpJoins := flag.Int("bgp-joins", 5, "bgp suite: nodes to join to a two-rack lab and remove again, timing route convergence (0 skips them)")
 	flag.Parse()
@@ -60,7 +61,7 @@ func run(ctx context.Context) error {
 		report.Policy = pc
 	}
 	if *cniPods > 0 {
-		c, err := bench.MeasureCNI(*cniPods)
+		c, err := bench.MeasureCNI(*cniPods, *cniParallel)
 		if err != nil {
 			return err
 		}
