@@ -269,15 +269,34 @@ func (s *State) stopKubeAgent(n *Node) error {
 	return s.save()
 }
 
-// killAndWait SIGKILLs pid and waits until it is gone (or a zombie).
+// killAndWait SIGKILLs pid and waits until it has exited: gone, or a zombie all of whose
+// threads have exited.
 func killAndWait(pid int, timeout time.Duration) error {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return err
 	}
 	return waitFor(context.Background(), timeout, fmt.Sprintf("pid %d to exit", pid), func() (bool, string) {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		return err != nil || bytes.Contains(stat, []byte(") Z ")), "still running"
+		live := liveThreads(pid)
+		return live == 0, fmt.Sprintf("%d threads still running", live)
 	})
+}
+
+// liveThreads counts pid's threads that have not exited. A killed process's first thread can
+// be a zombie while others still run (one blocked in the kernel, say): they hold the
+// process's files, its listening sockets among them, until the last of them exits.
+func liveThreads(pid int) int {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0 // gone
+	}
+	live := 0
+	for _, t := range tasks {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err == nil && !bytes.Contains(stat, []byte(") Z ")) && !bytes.Contains(stat, []byte(") X ")) {
+			live++
+		}
+	}
+	return live
 }
 
 // startKubeAgent resumes node n's kubelet, which starts the agent's container again, and waits

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,6 +24,18 @@ func (s *State) StopAgent(node string) error {
 		return s.stopKubeAgent(n)
 	}
 	if err := stop(n.AgentPID, s.Name); err != nil {
+		return fmt.Errorf("stop the agent of %s: %w", node, err)
+	}
+	// The socket is what the next agent checks: nobody may answer on it any more.
+	err = waitFor(context.Background(), stopTimeout, "the stopped agent's socket to close", func() (bool, string) {
+		c, err := net.Dial("unix", n.Socket)
+		if err != nil {
+			return true, ""
+		}
+		c.Close()
+		return false, "it still answers"
+	})
+	if err != nil {
 		return fmt.Errorf("stop the agent of %s: %w", node, err)
 	}
 	n.AgentPID = 0

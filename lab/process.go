@@ -40,10 +40,10 @@ func spawn(netns, logFile, exe string, args ...string) (int, error) {
 	return cmd.Process.Pid, nil
 }
 
-// stop kills a lab process if pid is still one of this lab's, and waits until it is gone or a
-// zombie: an exiting process loses its command line before it closes its files (an agent's
-// socket still takes connections meanwhile), and on a busy machine an exit can take seconds
-// (one thread blocked in the kernel holds up the whole exit; which wait it was is not known).
+// stop kills a lab process if pid is still one of this lab's, and waits until every thread of
+// it has exited: an exiting process loses its command line, and its first thread can be a
+// zombie, before its files are closed (an agent's socket still takes connections meanwhile);
+// on a busy machine a thread blocked in the kernel holds the exit up for seconds.
 func stop(pid int, lab string) error {
 	if pid <= 0 || !isLabProcess(pid, lab) {
 		return nil

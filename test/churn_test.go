@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -13,11 +12,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/store"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
@@ -45,25 +42,12 @@ const churnStall = 2 * time.Minute
 // churnCallers is how many CNI callers run at once.
 const churnCallers = 100
 
-// etcdCount counts the keys under prefix in a lab's etcd, dialled from the underlay namespace.
+// etcdCount counts the keys under prefix in a lab's etcd.
 func etcdCount(t *testing.T, st *lab.State, prefix string) int {
 	t.Helper()
-	dial := func(ctx context.Context, addr string) (c net.Conn, err error) {
-		err = namespace.Do(st.Underlay, func() error {
-			c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{st.EtcdURL}, DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := c.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	r, err := labEtcd(t, st).Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}

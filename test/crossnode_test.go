@@ -197,8 +197,8 @@ func checkUnderlay(t *testing.T, st *lab.State, mode string) {
 			t.Fatalf("no identity for %s in node1's endpoint map", src.IP)
 		}
 		pcap := filepath.Join(t.TempDir(), "vxlan.pcap")
-		decoded := decodeCapture(t, node.Netns, pcap, fmt.Sprintf("udp dst port %d", st.VXLANPort), probe, "-T", "vxlan")
 		want := []string{"VXLAN, flags [I] (0x08), vni " + fmt.Sprint(id), src.IP.String() + ".", " > " + dst.IP.String() + ".80:"}
+		decoded := decodeCapture(t, node.Netns, pcap, fmt.Sprintf("udp dst port %d", st.VXLANPort), probe, want, "-T", "vxlan")
 		for _, w := range want {
 			if !strings.Contains(decoded, w) {
 				t.Fatalf("tcpdump -T vxlan does not show %q:\n%s", w, decoded)
@@ -275,18 +275,8 @@ func seen(t *testing.T, netns, filter string, traffic func()) bool {
 // of filters. tcpdump must exit cleanly, or the test fails: a capture that did not run counts 0.
 func capture(t *testing.T, netns string, traffic func(), filters ...string) []int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	pcap := filepath.Join(t.TempDir(), "cap.pcap")
-	cmd, r := startTcpdump(t, ctx, netns, "("+strings.Join(filters, ") or (")+")", pcap)
-	traffic()
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	rest, _ := io.ReadAll(r)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tcpdump on %s: %v: %s", filepath.Base(netns), err, rest)
-	}
+	captureTo(t, netns, pcap, "("+strings.Join(filters, ") or (")+")", traffic)
 	counts := make([]int, len(filters))
 	for i, f := range filters {
 		out, err := exec.Command("tcpdump", "-n", "-r", pcap, f).Output()
@@ -296,6 +286,23 @@ func capture(t *testing.T, netns string, traffic func(), filters ...string) []in
 		counts[i] = strings.Count(string(out), "\n")
 	}
 	return counts
+}
+
+// captureTo writes what crosses netns's eth0 matching filter into pcap while traffic runs once.
+// tcpdump must exit cleanly, or the test fails.
+func captureTo(t *testing.T, netns, pcap, filter string, traffic func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd, r := startTcpdump(t, ctx, netns, filter, pcap)
+	traffic()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	rest, _ := io.ReadAll(r)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcpdump on %s: %v: %s", filepath.Base(netns), err, rest)
+	}
 }
 
 // transfer sends size bytes from one pod to another's echo server and checks every byte
@@ -343,13 +350,28 @@ func transfer(t *testing.T, st *lab.State, from, to string, size int) {
 }
 
 // decodeCapture runs traffic once under tcpdump on netns's eth0 with filter and returns
-// tcpdump's decoding of what it caught, with decode's options.
-func decodeCapture(t *testing.T, netns, pcap, filter string, traffic func(), decode ...string) string {
+// tcpdump's decoding (with decode's options) of what it caught, once that shows every string
+// of want: tcpdump, stopped, drops what it has not read yet, so the capture runs until the
+// packets looked for are in the file; past 20 s the test fails.
+func decodeCapture(t *testing.T, netns, pcap, filter string, traffic func(), want []string, decode ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd, r := startTcpdump(t, ctx, netns, filter, pcap)
+	read := func() string {
+		out, _ := exec.Command("tcpdump", append(append([]string{"-n", "-r", pcap}, decode...), filter)...).Output()
+		return string(out)
+	}
 	traffic()
+	eventually(t, 20*time.Second, "the capture to show "+strings.Join(want, ", "), func() (bool, string) {
+		got := read()
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				return false, fmt.Sprintf("no %q in\n%s", w, got)
+			}
+		}
+		return true, ""
+	})
 	if err := cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatalf("tcpdump: %v", err)
 	}

@@ -122,14 +122,13 @@ func TestVXLANInteropWithTheKernel(t *testing.T) {
 	})
 	// Both ways were VXLAN on the wire, and ebpfnet's carried the pod's identity.
 	pcap := filepath.Join(t.TempDir(), "interop.pcap")
+	want := []string{kvIP.String() + ".", "vni 42", kernelHost.String() + ".", pod.IP.String() + ".80 > " + kernelHost.String()}
 	decoded := decodeCapture(t, node1.Netns, pcap, fmt.Sprintf("udp port %d", st.VXLANPort), func() {
 		if got, err := echo(); got != "over the kernel's vxlan" {
 			t.Errorf("echo under capture: %q, %v", got, err)
 		}
-	}, "-T", "vxlan")
-	for _, w := range []string{
-		kvIP.String() + ".", "vni 42", kernelHost.String() + ".", pod.IP.String() + ".80 > " + kernelHost.String(),
-	} {
+	}, want, "-T", "vxlan")
+	for _, w := range want {
 		if !strings.Contains(decoded, w) {
 			t.Fatalf("capture on node1 does not show %q:\n%s", w, decoded)
 		}
