@@ -13,6 +13,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 )
 
 // A body up to the limit is read whole; one byte more fails the read with the limit's error,
@@ -65,12 +66,7 @@ func TestLimitBody(t *testing.T) {
 // (this agent has none).
 func TestAPIRefusesHugeAndHostilePolicies(t *testing.T) {
 	api := limitBody((&Agent{}).routes(), agentapi.MaxRequestBytes)
-	laughs := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    l0: &l0 \"lol\"\n"
-	for i := 1; i < 10; i++ {
-		laughs += fmt.Sprintf("    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
-	}
-	long := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  labels:\n    a: &a \"" +
-		strings.Repeat("x", 64<<10) + "\"\n  annotations:\n    b: [" + strings.TrimSuffix(strings.Repeat("*a,", 4000), ",") + "]\n"
+	laughs, long := yamlbomb.LaughsInAnnotations(), yamlbomb.LabelledInAnnotations(64<<10, 4000)
 	cases := []struct {
 		name   string
 		body   func() io.Reader

@@ -5,13 +5,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 )
 
 // aliasBomb is a YAML document of about 100 KiB whose aliases expand one long string past the
 // 1 MiB any document may have.
-func aliasBomb(prefix string) string {
-	return prefix + "x: &a \"" + strings.Repeat("x", 100<<10) + "\"\ny: [" + strings.TrimSuffix(strings.Repeat("*a,", 20), ",") + "]\n"
-}
+func aliasBomb(prefix string) string { return prefix + yamlbomb.Repeated(100<<10, 20) }
 
 // The agent's config and Service files are checked by the YAML guard before they are decoded:
 // an alias bomb is refused with the guard's reason, naming the file or the document.

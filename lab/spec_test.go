@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 )
 
 // labFile is a lab with two namespaces and a pod serving port 80, to which each case adds its
@@ -255,7 +256,7 @@ func TestSpecMapSizes(t *testing.T) {
 // A lab file is checked by the YAML guard before it is decoded: an alias bomb is refused with
 // the guard's reason and the file's name.
 func TestSpecRefusesAliasBomb(t *testing.T) {
-	bomb := labFile + "x: &a \"" + strings.Repeat("x", 100<<10) + "\"\ny: [" + strings.TrimSuffix(strings.Repeat("*a,", 20), ",") + "]\n"
+	bomb := labFile + yamlbomb.Repeated(100<<10, 20)
 	_, err := readSpec(t, bomb)
 	if err == nil || !strings.Contains(err.Error(), "its aliases expand it past the 1 MiB a document may have") || !strings.Contains(err.Error(), "lab file ") {
 		t.Errorf("an alias bomb: %v, want the lab file refused for its aliases", err)

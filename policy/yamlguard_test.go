@@ -2,26 +2,20 @@ package policy_test
 
 import (
 	"bytes"
-	"fmt"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/ebpfnet/ebpfnet/policy"
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 const head = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n"
 
-// billionLaughs is the classic alias bomb: ten aliases of ten aliases, nine levels deep,
-// 10^9 strings from about 500 bytes.
+// billionLaughs is the classic alias bomb in a policy's annotations.
 func billionLaughs() string {
-	var b strings.Builder
-	b.WriteString(head + "  annotations:\n    l0: &l0 \"lol\"\n")
-	for i := 1; i < 10; i++ {
-		fmt.Fprintf(&b, "    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
-	}
-	return b.String() + "spec: {podSelector: {}}\n"
+	return head + "  annotations:\n" + yamlbomb.Laughs("    ") + "spec: {podSelector: {}}\n"
 }
 
 // longLaughs repeats one long string through aliases: few aliases (under the YAML decoder's

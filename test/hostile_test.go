@@ -26,6 +26,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 )
 
 // soloAgent is `ebpfnet daemon` alone in a node namespace of its own, with the local store:
@@ -300,12 +301,7 @@ func postPolicies(t *testing.T, socket string, body io.Reader, length int64) (in
 func TestHostilePolicies(t *testing.T) {
 	t.Parallel()
 	a := startSoloAgent(t, "hpol")
-	laughs := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  annotations:\n    l0: &l0 \"lol\"\n"
-	for i := 1; i < 10; i++ {
-		laughs += fmt.Sprintf("    l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
-	}
-	long := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: p\n  labels:\n    a: &a \"" +
-		strings.Repeat("x", 64<<10) + "\"\n  annotations:\n    b: [" + strings.TrimSuffix(strings.Repeat("*a,", 4000), ",") + "]\n"
+	laughs, long := yamlbomb.LaughsInAnnotations(), yamlbomb.LabelledInAnnotations(64<<10, 4000)
 	cases := []struct {
 		name   string
 		body   func() io.Reader

@@ -1,18 +1,16 @@
 package yamlguard_test
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/ebpfnet/ebpfnet/testkit/yamlbomb"
 	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // bomb is a document of about 100 KiB whose aliases repeat one long string past
 // MaxDocumentBytes.
-func bomb(prefix string) string {
-	return prefix + "a: &a \"" + strings.Repeat("x", 100<<10) + "\"\nb: [" + strings.TrimSuffix(strings.Repeat("*a,", 20), ",") + "]\n"
-}
+func bomb(prefix string) string { return prefix + yamlbomb.Repeated(100<<10, 20) }
 
 func TestCheck(t *testing.T) {
 	for _, c := range []struct {
@@ -21,7 +19,7 @@ func TestCheck(t *testing.T) {
 		{"no alias", "a: 1\nb: [x, y]\n", ""},
 		{"aliases within the bound", "a: &a \"" + strings.Repeat("x", 10<<10) + "\"\nb: [*a, *a, *a]\n", ""},
 		{"aliases past the bound", bomb(""), "its aliases expand it past the 1 MiB a document may have"},
-		{"ten levels of ten aliases", billionLaughs(), "its aliases expand it past the 1 MiB"},
+		{"ten levels of ten aliases", yamlbomb.Laughs(""), "its aliases expand it past the 1 MiB"},
 		{"a document over the bound", "a: \"" + strings.Repeat("x", yamlguard.MaxDocumentBytes) + "\"\n", "1.0 MiB is over the 1 MiB a document may have"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -34,13 +32,4 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
-}
-
-func billionLaughs() string {
-	var b strings.Builder
-	b.WriteString("l0: &l0 \"lol\"\n")
-	for i := 1; i < 10; i++ {
-		fmt.Fprintf(&b, "l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 10), ","))
-	}
-	return b.String()
 }

@@ -148,10 +148,6 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 
 	if (!cfg || !r)
 		return REASON_DROP_NO_ROUTE;
-	/* Routed first, so that a packet with no way out is dropped as it came. */
-	reason = route_underlay(skb, cfg, r, *(__be32 *)cfg->node_ip, remote);
-	if (reason != CONTINUE && reason != REASON_FORWARD_UNDERLAY)
-		return reason;
 	/* The encap flags mark GSO packets as UDP-tunnelled, so segmentation repeats the outer
 	 * headers. */
 	if (bpf_skb_adjust_room(skb, VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC, VXLAN_ADJ_ROOM_FLAGS))
@@ -188,8 +184,16 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 	tunnel_mac(eth->h_dest, (__u8 *)&h->ip.daddr);
 	tunnel_mac(eth->h_source, (__u8 *)&h->ip.saddr);
 	eth->h_proto = bpf_htons(ETH_P_IP);
+	/* Routed as it will leave, outer header and all, as IP-in-IP is. */
+	reason = route_underlay(skb, cfg, r, *(__be32 *)cfg->node_ip, remote);
 	if (reason == REASON_FORWARD_UNDERLAY)
 		return REASON_FORWARD_TUNNEL; /* bpf_redirect_neigh resolves the outer MACs */
+	if (reason != CONTINUE)
+		return reason;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN > end)
+		return REASON_DROP_ENCAP_FAILED;
 	__builtin_memcpy(((struct ethhdr *)data)->h_dest, r->fib.dmac, ETH_ALEN);
 	__builtin_memcpy(((struct ethhdr *)data)->h_source, r->fib.smac, ETH_ALEN);
 	if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)

@@ -31,6 +31,10 @@ type Stats struct {
 	Disagreements int
 	Reasons       map[model.Hook]map[maps.Reason]int
 	Conntrack     map[model.Conntrack]int
+	// VXLANIn counts, by reason, what from_underlay decapsulated from VXLAN; VXLANOut what
+	// was encapsulated in VXLAN by BPF.
+	VXLANIn  map[maps.Reason]int
+	VXLANOut int
 }
 
 func (s *Stats) add(o Stats) {
@@ -45,6 +49,17 @@ func (s *Stats) add(o Stats) {
 			s.count(h, r, n)
 		}
 	}
+	for r, n := range o.VXLANIn {
+		s.countVXLAN(r, n)
+	}
+	s.VXLANOut += o.VXLANOut
+}
+
+func (s *Stats) countVXLAN(r maps.Reason, n int) {
+	if s.VXLANIn == nil {
+		s.VXLANIn = map[maps.Reason]int{}
+	}
+	s.VXLANIn[r] += n
 }
 
 func (s *Stats) count(h model.Hook, r maps.Reason, n int) {
@@ -80,6 +95,12 @@ func (s Stats) Coverage() string {
 		flows = append(flows, fmt.Sprintf("%s %d", v, s.Conntrack[v]))
 	}
 	lines = append(lines, "conntrack: "+strings.Join(flows, ", "))
+	var vxlan []string
+	for r, n := range s.VXLANIn {
+		vxlan = append(vxlan, fmt.Sprintf("%s %d", maps.ReasonName(r), n))
+	}
+	sort.Strings(vxlan)
+	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")))
 	return strings.Join(lines, "\n")
 }
 
@@ -124,16 +145,27 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	c.last = o.Reason
 	c.count(p.Hook, o.Reason, 1)
 	c.countFlow(o.Conntrack, 1)
+	if p.Hook == model.FromUnderlay && o.Direction == maps.DirFromOverlay {
+		c.countVXLAN(o.Reason, 1)
+	}
+	if len(o.Unknown) > 0 {
+		c.VXLANOut++
+	}
 	var what []string
 	if want := model.Verdict(o.Reason); res.Verdict != want {
 		what = append(what, fmt.Sprintf("verdict %d, model %d", res.Verdict, want))
 	}
-	got, err := c.h.Counted(o.Reason, p.Hook.Direction())
+	got, err := c.h.Counted(o.Reason, o.Direction)
 	if err != nil {
 		return nil, err
 	}
 	if got != o.Reason {
 		what = append(what, fmt.Sprintf("counted under %s, model %s", maps.ReasonName(got), maps.ReasonName(o.Reason)))
+	}
+	for _, u := range o.Unknown { // what the model cannot know is the datapath's to say
+		if u[1] <= len(res.Out) && u[1] <= len(o.Out) {
+			copy(o.Out[u[0]:u[1]], res.Out[u[0]:u[1]])
+		}
 	}
 	if !maps.IsDrop(o.Reason) && got == o.Reason && !bytes.Equal(res.Out, o.Out) {
 		what = append(what, fmt.Sprintf("left as\n%x\nmodel\n%x", res.Out, o.Out))

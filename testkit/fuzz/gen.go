@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/testkit/model"
 	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
@@ -177,6 +178,9 @@ func (g *Gen) fresh(h model.Hook) sent {
 		copy(frame[6:12], g.pick4MAC())
 	}
 	if h == model.FromUnderlay && !v6 && g.rng.IntN(3) > 0 {
+		if g.w.Node.VXLANPort != 0 && g.rng.IntN(2) == 0 {
+			return sent{Packet{h, nil}, layout{}}.withFrame(g.vxlan(frame, at))
+		}
 		return sent{Packet{h, nil}, layout{}}.withFrame(g.ipip(frame, at))
 	}
 	return sent{Packet{h, frame}, at}
@@ -374,6 +378,55 @@ func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 	}
 	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: packet.ProtoIPIP, inner: &in}
 }
+
+// vxlan wraps an IPv4 frame in VXLAN, mostly from a peer node to this one's VXLAN port with
+// the I flag, a pod identity as the VNI and IPv4 inside.
+func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
+	src := g.pick(peerIP, strangerIP, netip.MustParseAddr("203.0.113.9"))
+	dst := nodeIP
+	if g.rng.IntN(8) == 0 {
+		dst = g.pick(peerIP, netip.MustParseAddr("10.250.0.9"))
+	}
+	port := uint16(vxlanPort)
+	if g.rng.IntN(8) == 0 {
+		port = g.pick16(4789, 8473, 53)
+	}
+	hdr := make([]byte, 8+8+14)
+	binary.BigEndian.PutUint16(hdr[0:], uint16(32768+g.rng.IntN(32768)))
+	binary.BigEndian.PutUint16(hdr[2:], port)
+	binary.BigEndian.PutUint16(hdr[4:], uint16(len(hdr)+len(frame)-14))
+	if g.rng.IntN(8) > 0 {
+		hdr[8] = 0x08
+	} else {
+		hdr[8] = byte(g.rng.Uint32())
+	}
+	vnis := []uint32{0, idPodA, idPodB, idPodC, idRemote, maps.IdentityWorld, g.rng.Uint32() & 0xffffff}
+	binary.BigEndian.PutUint32(hdr[12:], vnis[g.rng.IntN(len(vnis))]<<8)
+	copy(hdr[16:22], frame[0:6])
+	copy(hdr[22:28], frame[6:12])
+	innerType := uint16(packet.EtherIPv4)
+	if g.rng.IntN(10) == 0 {
+		innerType = g.pick16(packet.EtherIPv6, packet.EtherARP)
+	}
+	binary.BigEndian.PutUint16(hdr[28:], innerType)
+	outer := g.ipv4Header(src, dst, packet.ProtoUDP, len(hdr)+len(frame)-14)
+	if g.rng.IntN(3) > 0 {
+		// Mostly well-formed: no fragment bits, TTL to spare.
+		outer[6], outer[7], outer[8] = 0x40, 0, 64
+		outer[10], outer[11] = 0, 0
+		binary.BigEndian.PutUint16(outer[10:], packet.Checksum(outer))
+	}
+	b := append(append(append(append([]byte(nil), frame[:14]...), outer...), hdr...), frame[14:]...)
+	in := inner
+	shift := len(outer) + len(hdr)
+	in.l3 += shift
+	if in.l4 != 0 {
+		in.l4 += shift
+	}
+	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: packet.ProtoUDP, inner: &in}
+}
+
+func (g *Gen) pick16(v ...uint16) uint16 { return v[g.rng.IntN(len(v))] }
 
 func (g *Gen) arp(h model.Hook) sent {
 	p := pods[g.rng.IntN(len(pods))]

@@ -102,7 +102,14 @@ func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 	}
 	switch rt.Mode {
 	case maps.ModeVXLAN:
-		return maps.ReasonForwardTunnel // the tunnel key is not visible to a test run
+		if r.m.w.Node.VXLANPort == 0 {
+			return maps.ReasonForwardTunnel // the device's: its tunnel key is not visible to a test run
+		}
+		r.encapVXLAN(rt.NodeIP, identity)
+		if reason := r.viaUnderlay(rt.NodeIP); reason != next {
+			return reason
+		}
+		return maps.ReasonForwardTunnel
 	case maps.ModeNative:
 		if reason := r.viaUnderlay(p.daddr); reason != next {
 			return reason
@@ -131,6 +138,43 @@ func (r *run) encapIPIP(nodeIP netip.Addr) {
 	copy(outer[16:20], dst[:])
 	binary.BigEndian.PutUint16(outer[10:], checksum(outer))
 	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(outer, r.out[ethHeaderLen:]...)...)
+}
+
+// encapVXLAN is vxlan_encap: behind the MAC header go an outer IPv4 header from the node to
+// nodeIP, UDP to the VXLAN port (no checksum), VXLAN with the I flag and identity as the VNI,
+// and an inner Ethernet header between the two nodes' tunnel MACs.
+func (r *run) encapVXLAN(nodeIP netip.Addr, identity uint32) {
+	inner := len(r.out) - ethHeaderLen
+	h := make([]byte, ipv4HeaderLen+udpHeaderLen+vxlanHeaderLen+ethHeaderLen)
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[2:], uint16(inner+len(h)))
+	binary.BigEndian.PutUint16(h[6:], 0x4000) // DF
+	h[8] = tunnelTTL
+	h[9] = wire.ProtoUDP
+	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
+	copy(h[12:16], src[:])
+	copy(h[16:20], dst[:])
+	binary.BigEndian.PutUint16(h[10:], checksum(h[:ipv4HeaderLen]))
+	udp := h[ipv4HeaderLen:]
+	binary.BigEndian.PutUint16(udp[0:], 0xc000) // unknown: the flow hash picks it
+	binary.BigEndian.PutUint16(udp[2:], r.m.w.Node.VXLANPort)
+	binary.BigEndian.PutUint16(udp[4:], uint16(inner+len(h)-ipv4HeaderLen))
+	vx := udp[udpHeaderLen:]
+	vx[0] = 0x08
+	binary.BigEndian.PutUint32(vx[4:], (identity&0xffffff)<<8)
+	eth := vx[vxlanHeaderLen:]
+	copy(eth[0:6], tunnelMAC(nodeIP))
+	copy(eth[6:12], tunnelMAC(r.m.w.Node.NodeIP))
+	binary.BigEndian.PutUint16(eth[12:], wire.EtherIPv4)
+	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(h, r.out[ethHeaderLen:]...)...)
+	port := ethHeaderLen + ipv4HeaderLen
+	r.unknown = append(r.unknown, [2]int{port, port + 2})
+}
+
+// tunnelMAC is a node's inner Ethernet address in VXLAN: 0e:00 and its IPv4 address.
+func tunnelMAC(ip netip.Addr) net.HardwareAddr {
+	a := ip.As4()
+	return net.HardwareAddr{0x0e, 0, a[0], a[1], a[2], a[3]}
 }
 
 // checksum is the Internet checksum of b.

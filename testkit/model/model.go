@@ -10,6 +10,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -154,6 +155,12 @@ type Outcome struct {
 	Quoted *CTKey
 	// Conntrack is what conntrack knew of the packet.
 	Conntrack Conntrack
+	// Direction is where the datapath counts the packet: its hook's, but from_overlay for
+	// VXLAN that from_underlay decapsulated.
+	Direction maps.Direction
+	// Unknown are byte ranges [from, to) of Out that the model cannot know: VXLAN's UDP
+	// source port, which comes from the kernel's flow hash.
+	Unknown [][2]int
 }
 
 // Model holds a world and the conntrack table the packets run so far have built.
@@ -199,7 +206,7 @@ func keyOf(ip netip.Addr) epKey {
 
 // Run puts frame through program h, updating conntrack as the datapath would.
 func (m *Model) Run(h Hook, frame []byte) Outcome {
-	r := &run{m: m, out: append([]byte(nil), frame...)}
+	r := &run{m: m, out: append([]byte(nil), frame...), dir: h.Direction()}
 	switch h {
 	case FromPod:
 		r.reason = r.fromPod()
@@ -213,7 +220,7 @@ func (m *Model) Run(h Hook, frame []byte) Outcome {
 		panic(fmt.Sprintf("model: unknown hook %d", h))
 	}
 	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
-		Conntrack: r.ct}
+		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown}
 }
 
 // run is one packet's way through one program.
@@ -225,6 +232,8 @@ type run struct {
 	created bool
 	quoted  *CTKey
 	ct      Conntrack
+	dir     maps.Direction
+	unknown [][2]int
 }
 
 // next is the model's CONTINUE: a helper that has no verdict yet.
@@ -285,18 +294,24 @@ func (r *run) fromOverlay() maps.Reason {
 	return r.receiveRemote(&p, 0, true)
 }
 
-// from_underlay: tc ingress of the underlay device: native pod traffic and IP-in-IP.
+// from_underlay: tc ingress of the underlay device: native pod traffic, VXLAN (when the node
+// config names its port) and IP-in-IP.
 func (r *run) fromUnderlay() maps.Reason {
 	p, reason := parse(r.out)
 	if reason != next || p.family != afInet {
 		return maps.ReasonForwardHost
 	}
+	node := r.m.w.Node
+	// A fragment of a tunnelled packet cannot be decapsulated on its own: the node's stack
+	// reassembles it (or not).
+	forUs := p.daddr == node.NodeIP && !p.fragment
+	if forUs && p.l4Proto == wire.ProtoUDP && node.VXLANPort != 0 && p.dport == node.VXLANPort {
+		return r.decapVXLAN(&p)
+	}
 	if p.l4Proto != wire.ProtoIPIP {
 		return r.receiveRemote(&p, 0, false)
 	}
-	// A fragment of an IP-in-IP packet cannot be decapsulated on its own: the node's stack
-	// reassembles it (or not).
-	if p.daddr != r.m.w.Node.NodeIP || p.fragment {
+	if !forUs {
 		return maps.ReasonForwardHost
 	}
 	hlen := p.l4Off - p.l3Off
@@ -310,4 +325,30 @@ func (r *run) fromUnderlay() maps.Reason {
 		return maps.ReasonMalformed
 	}
 	return r.receiveRemote(&inner, 0, true)
+}
+
+// decapVXLAN is decap_vxlan: the outer IPv4, UDP and VXLAN headers and the inner Ethernet
+// header go, the VNI becomes the sender's identity, and the inner packet counts as arriving
+// from the overlay. Not flagged by RFC 7348's I bit, or not IPv4 inside, it is the device's.
+func (r *run) decapVXLAN(p *packet) maps.Reason {
+	hdr := p.l4Off + udpHeaderLen
+	if len(r.out) < hdr+vxlanHeaderLen+ethHeaderLen {
+		return maps.ReasonForwardHost
+	}
+	flags, vni := r.out[hdr], binary.BigEndian.Uint32(r.out[hdr+4:])>>8
+	if flags&0x08 == 0 || be16(r.out[hdr+vxlanHeaderLen+12:]) != wire.EtherIPv4 {
+		return maps.ReasonForwardHost
+	}
+	outer := hdr + vxlanHeaderLen + ethHeaderLen - p.l3Off
+	// bpf_skb_adjust_room refuses to leave less than an IPv4 header behind the MAC header.
+	if len(r.out)-p.l3Off-outer < ipv4HeaderLen {
+		return maps.ReasonEncapFailed
+	}
+	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+outer:]...)
+	r.dir = maps.DirFromOverlay
+	inner, reason := parse(r.out)
+	if reason != next || inner.family != afInet {
+		return maps.ReasonMalformed
+	}
+	return r.receiveRemote(&inner, vni, true)
 }

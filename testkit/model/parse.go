@@ -14,9 +14,11 @@ const (
 	afInet  = 2
 	afInet6 = 10
 
-	ethHeaderLen  = 14
-	ipv4HeaderLen = 20
-	ipv6HeaderLen = 40
+	ethHeaderLen   = 14
+	ipv4HeaderLen  = 20
+	udpHeaderLen   = 8
+	vxlanHeaderLen = 8
+	ipv6HeaderLen  = 40
 	// maxIPv6Ext is how many extension headers the parser walks before it takes what
 	// follows for L4 (MAX_IPV6_EXT).
 	maxIPv6Ext = 4
