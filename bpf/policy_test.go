@@ -142,6 +142,33 @@ func TestConntrackCountsReplies(t *testing.T) {
 	}
 }
 
+// A new connection (SYN without ACK) on the tuple of a closing one is judged by policy as
+// new: after the rule that allowed the first is gone, the second is denied, while the first's
+// last packets still pass.
+func TestConntrackClosedTupleReusedIsNew(t *testing.T) {
+	dp := loadPolicy(t)
+	const syn, ack, fin = 0x02, 0x10, 0x01
+	seg := func(flags byte) []byte { return pod(polA, polB, macA, packet.ProtoTCP, tcpSeg(40002, 80, flags)) }
+	rule := maps.PolicyEntry{Endpoint: 12, Peer: idA, Direction: maps.Ingress, Protocol: packet.ProtoTCP, Port: 80, PortBits: 16}
+	runFromPod(t, dp, []fromPodCase{
+		{name: "the first connection's SYN is allowed", in: seg(syn), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "it closes", in: seg(fin | ack), want: tcRedirect, reason: maps.ReasonForwardLocal},
+	})
+	must(t, dp.Policy().Delete(rule))
+	runFromPod(t, dp, []fromPodCase{
+		{name: "the closing connection's last ACK still passes", in: seg(ack), want: tcRedirect, reason: maps.ReasonForwardLocal},
+		{name: "a new SYN on the same tuple is judged anew, and denied", in: seg(syn), want: tcShot, reason: maps.ReasonPolicyIngress},
+	})
+	must(t, dp.Policy().Put(rule))
+	runFromPod(t, dp, []fromPodCase{
+		{name: "allowed again, it is a new flow", in: seg(syn), want: tcRedirect, reason: maps.ReasonForwardLocal},
+	})
+	flows, err := dp.Conntrack().List()
+	if err != nil || len(flows) != 1 || flows[0].Packets != 1 {
+		t.Fatalf("flows %+v (%v), want the new flow alone, 1 packet", flows, err)
+	}
+}
+
 // The agent's conntrack GC removes expired flows and keeps live ones.
 func TestConntrackGC(t *testing.T) {
 	dp := loadPolicy(t)

@@ -343,9 +343,11 @@ func checkBogusAnnouncements(t *testing.T, st *lab.State) {
 		}
 		return len(rs) == 2, fmt.Sprintf("%d routes", len(rs))
 	})
-	if err := st.Probe("x/p1", "x/p2", 80, "TCP"); err != nil {
-		t.Fatalf("node1 to node2 after the hijack was withdrawn: %v", err)
-	}
+	// The kernel route is back; the datapath's route and the neighbour follow it.
+	eventually(t, 20*time.Second, "node1 to reach node2 after the hijack was withdrawn", func() (bool, string) {
+		err := st.Probe("x/p1", "x/p2", 80, "TCP")
+		return err == nil, fmt.Sprint(err)
+	})
 }
 
 func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {

@@ -126,6 +126,17 @@ static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 	return bpf_map_lookup_elem(&conntrack, &k) ? CT_RELATED : CT_NEW;
 }
 
+/* ct_live says whether e still stands for pkt's flow: unexpired, and not a closing TCP
+ * connection whose tuple a new one (SYN without ACK) takes over. That one is new, and policy
+ * judges it as such: a client reusing the port of a closed connection gets no pass from it. */
+static __always_inline int ct_live(struct ct_entry *e, struct packet *pkt, __u64 now)
+{
+	if (!e || e->expires <= now)
+		return 0;
+	return !(pkt->l4_proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
+		 (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);
+}
+
 /* ct_lookup says whether pkt belongs to a flow already allowed, and counts it there. */
 static __always_inline int ct_lookup(struct __sk_buff *skb, struct packet *pkt)
 {
@@ -135,13 +146,13 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, struct packet *pkt)
 
 	ct_key_of(pkt, &k, 0);
 	e = bpf_map_lookup_elem(&conntrack, &k);
-	if (e && e->expires > now) {
+	if (ct_live(e, pkt, now)) {
 		ct_touch(e, pkt, now, 0);
 		return CT_ESTABLISHED;
 	}
 	ct_key_of(pkt, &k, 1);
 	e = bpf_map_lookup_elem(&conntrack, &k);
-	if (e && e->expires > now) {
+	if (ct_live(e, pkt, now)) {
 		ct_touch(e, pkt, now, 1);
 		return CT_REPLY;
 	}

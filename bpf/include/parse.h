@@ -69,7 +69,9 @@ struct packet {
 };
 
 #define TCP_FIN 0x01
+#define TCP_SYN 0x02
 #define TCP_RST 0x04
+#define TCP_ACK 0x10
 
 /* csum_fold folds a 32-bit checksum sum into the 16-bit Internet checksum. */
 static __always_inline __u16 csum_fold(__s64 sum)

@@ -192,15 +192,21 @@ func ctKeyOf(p *packet, reverse bool) CTKey {
 func (r *run) ctLookup(p *packet) Conntrack {
 	k := ctKeyOf(p, false)
 	r.key = &k
-	if e := r.m.CT[k]; e != nil {
+	if e := r.m.CT[k]; live(e, p) {
 		touch(e, p, false)
 		return CTEstablished
 	}
-	if e := r.m.CT[ctKeyOf(p, true)]; e != nil {
+	if e := r.m.CT[ctKeyOf(p, true)]; live(e, p) {
 		touch(e, p, true)
 		return CTReply
 	}
 	return r.CTRelated(p)
+}
+
+// live is ct_live: an entry stands for the packet's flow unless it is a closing TCP
+// connection and the packet opens a new one on its tuple (SYN without ACK).
+func live(e *CTEntry, p *packet) bool {
+	return e != nil && !(p.l4Proto == wire.ProtoTCP && e.Flags&CTClosing != 0 && p.tcpFlags&(tcpSYN|tcpACK) == tcpSYN)
 }
 
 func touch(e *CTEntry, p *packet, reply bool) {

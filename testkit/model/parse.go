@@ -24,7 +24,9 @@ const (
 	maxIPv6Ext = 4
 
 	tcpFIN = 0x01
+	tcpSYN = 0x02
 	tcpRST = 0x04
+	tcpACK = 0x10
 )
 
 // packet is what parsing learned about a frame (struct packet in parse.h).
