@@ -128,16 +128,22 @@ func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 // encapIPIP puts an outer IPv4 header from the node to nodeIP behind the MAC header.
 func (r *run) encapIPIP(nodeIP netip.Addr) {
 	outer := make([]byte, ipv4HeaderLen)
-	outer[0] = 0x45
-	binary.BigEndian.PutUint16(outer[2:], uint16(len(r.out)-ethHeaderLen+ipv4HeaderLen))
-	binary.BigEndian.PutUint16(outer[6:], 0x4000) // DF
-	outer[8] = tunnelTTL
-	outer[9] = wire.ProtoIPIP
-	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
-	copy(outer[12:16], src[:])
-	copy(outer[16:20], dst[:])
-	binary.BigEndian.PutUint16(outer[10:], checksum(outer))
+	r.outerIPv4(outer, nodeIP, wire.ProtoIPIP, len(r.out)-ethHeaderLen+ipv4HeaderLen)
 	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(outer, r.out[ethHeaderLen:]...)...)
+}
+
+// outerIPv4 writes into h a tunnel's outer IPv4 header, from the node to nodeIP: DF, the
+// tunnel TTL, proto, total length and checksum.
+func (r *run) outerIPv4(h []byte, nodeIP netip.Addr, proto uint8, total int) {
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[2:], uint16(total))
+	binary.BigEndian.PutUint16(h[6:], 0x4000) // DF
+	h[8] = tunnelTTL
+	h[9] = proto
+	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
+	copy(h[12:16], src[:])
+	copy(h[16:20], dst[:])
+	binary.BigEndian.PutUint16(h[10:], checksum(h[:ipv4HeaderLen]))
 }
 
 // encapVXLAN is vxlan_encap: behind the MAC header go an outer IPv4 header from the node to
@@ -146,15 +152,7 @@ func (r *run) encapIPIP(nodeIP netip.Addr) {
 func (r *run) encapVXLAN(nodeIP netip.Addr, identity uint32) {
 	inner := len(r.out) - ethHeaderLen
 	h := make([]byte, ipv4HeaderLen+udpHeaderLen+vxlanHeaderLen+ethHeaderLen)
-	h[0] = 0x45
-	binary.BigEndian.PutUint16(h[2:], uint16(inner+len(h)))
-	binary.BigEndian.PutUint16(h[6:], 0x4000) // DF
-	h[8] = tunnelTTL
-	h[9] = wire.ProtoUDP
-	src, dst := r.m.w.Node.NodeIP.As4(), nodeIP.As4()
-	copy(h[12:16], src[:])
-	copy(h[16:20], dst[:])
-	binary.BigEndian.PutUint16(h[10:], checksum(h[:ipv4HeaderLen]))
+	r.outerIPv4(h, nodeIP, wire.ProtoUDP, inner+len(h))
 	udp := h[ipv4HeaderLen:]
 	binary.BigEndian.PutUint16(udp[0:], 0xc000) // unknown: the flow hash picks it
 	binary.BigEndian.PutUint16(udp[2:], r.m.w.Node.VXLANPort)
