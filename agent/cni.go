@@ -65,8 +65,8 @@ func usablePodNetns(fd int) error {
 	return nil
 }
 
-// addPhases are the phases of a CNI ADD that ebpfnet_cni_add_phase_seconds times.
-var addPhases = []string{"pod", "queue", "room", "ipam", "plumb", "record"}
+// AddPhases are the phases of a CNI ADD that ebpfnet_cni_add_phase_seconds times, in order.
+var AddPhases = []string{"pod", "queue", "room", "ipam", "plumb", "record"}
 
 const addPhaseHelp = "pod (waiting for the Pod from the API server), queue (for the CNI operations ahead), " +
 	"room (the map capacity check), ipam (the address lease), " +

@@ -35,7 +35,7 @@ type agentMetrics struct {
 	// map; held is what this node holds back now (ebpfnet_bpf_map_full).
 	mapRefusals *prometheus.CounterVec
 	held        holdBack
-	// cniAddPhases: where a CNI ADD's time goes, by phase (see addPhases).
+	// cniAddPhases: where a CNI ADD's time goes, by phase (see AddPhases).
 	cniAddPhases *prometheus.HistogramVec
 }
 
@@ -65,7 +65,7 @@ func newAgentMetrics(a *Agent) *agentMetrics {
 	m.cniAddPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ebpfnet_cni_add_phase_seconds",
 		Help:    "Time each phase of a CNI ADD took in the agent: " + addPhaseHelp + ".",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"phase"})
-	for _, p := range addPhases {
+	for _, p := range AddPhases {
 		m.cniAddPhases.WithLabelValues(p)
 	}
 	m.reg.MustRegister(m.cniAddPhases)

@@ -16,6 +16,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/ebpfnet/ebpfnet/agent"
 )
 
 // Report is everything one `make bench` measured.
@@ -116,7 +118,7 @@ func (r *Report) Markdown() string {
 		if len(c.PhasesMeanMs) > 0 {
 			fmt.Fprintf(&b, "The agent's share, mean per ADD (ebpfnet_cni_add_phase_seconds):")
 			sep := " "
-			for _, p := range []string{"pod", "queue", "room", "ipam", "plumb", "record"} {
+			for _, p := range agent.AddPhases {
 				fmt.Fprintf(&b, "%s%s %.1f ms", sep, p, c.PhasesMeanMs[p])
 				sep = ", "
 			}

@@ -29,9 +29,8 @@ func New(kv store.KV, node string, cidr netip.Prefix) *IPAM {
 	return &IPAM{kv: kv, node: node, cidr: cidr.Masked()}
 }
 
-func (p *IPAM) ipKey(ip netip.Addr) string {
-	return store.Prefix + "ipam/" + p.node + "/ips/" + ip.String()
-}
+func (p *IPAM) ipsPrefix() string          { return store.Prefix + "ipam/" + p.node + "/ips/" }
+func (p *IPAM) ipKey(ip netip.Addr) string { return p.ipsPrefix() + ip.String() }
 func (p *IPAM) ownerKey(owner string) string {
 	return store.Prefix + "ipam/" + p.node + "/owners/" + owner
 }
@@ -47,19 +46,12 @@ func (p *IPAM) Allocate(ctx context.Context, owner string) (netip.Addr, error) {
 	if ip, ok, err := p.lookup(ctx, owner); err != nil || ok {
 		return ip, err
 	}
-	used, err := p.kv.List(ctx, store.Prefix+"ipam/"+p.node+"/ips/")
+	used, err := p.kv.List(ctx, p.ipsPrefix())
 	if err != nil {
 		return netip.Addr{}, err
 	}
 	// An address claimed in owner's name whose owner key a crash kept from being written.
-	for k, v := range used {
-		if string(v) != owner {
-			continue
-		}
-		ip, err := netip.ParseAddr(strings.TrimPrefix(k, store.Prefix+"ipam/"+p.node+"/ips/"))
-		if err != nil {
-			continue
-		}
+	for _, ip := range p.heldIn(used, owner) {
 		if held, err := p.heldBy(ctx, ip, owner); err != nil || held {
 			if err == nil {
 				err = p.kv.Put(ctx, p.ownerKey(owner), []byte(ip.String()), 0)
@@ -115,6 +107,17 @@ func (p *IPAM) lookup(ctx context.Context, owner string) (netip.Addr, bool, erro
 	return ip, claimed, err
 }
 
+// heldIn lists the addresses used (a List of ipsPrefix) shows leased to owner.
+func (p *IPAM) heldIn(used map[string][]byte, owner string) []netip.Addr {
+	var out []netip.Addr
+	for k, v := range used {
+		if ip, err := netip.ParseAddr(strings.TrimPrefix(k, p.ipsPrefix())); err == nil && string(v) == owner {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
 // heldBy reads, from the store itself, whether ip is leased to owner.
 func (p *IPAM) heldBy(ctx context.Context, ip netip.Addr, owner string) (bool, error) {
 	v, ok, err := p.kv.Get(ctx, p.ipKey(ip))
@@ -135,15 +138,12 @@ func (p *IPAM) Release(ctx context.Context, owner string) error {
 			candidates[ip] = true
 		}
 	}
-	prefix := store.Prefix + "ipam/" + p.node + "/ips/"
-	used, err := p.kv.List(ctx, prefix)
+	used, err := p.kv.List(ctx, p.ipsPrefix())
 	if err != nil {
 		return err
 	}
-	for k, v := range used {
-		if ip, err := netip.ParseAddr(strings.TrimPrefix(k, prefix)); err == nil && string(v) == owner {
-			candidates[ip] = true
-		}
+	for _, ip := range p.heldIn(used, owner) {
+		candidates[ip] = true
 	}
 	for ip := range candidates {
 		held, err := p.heldBy(ctx, ip, owner)
@@ -164,7 +164,7 @@ func (p *IPAM) Release(ctx context.Context, owner string) error {
 // owner holding none, the address its key names (a claim a crash interrupted), so that a
 // collector releasing the owners it does not know leaves nothing behind.
 func (p *IPAM) Leases(ctx context.Context) (map[string]netip.Addr, error) {
-	ips := store.Prefix + "ipam/" + p.node + "/ips/"
+	ips := p.ipsPrefix()
 	held, err := p.kv.List(ctx, ips)
 	if err != nil {
 		return nil, err

@@ -49,34 +49,6 @@ static __always_inline void tunnel_mac(__u8 mac[ETH_ALEN], const __u8 *ip)
 	__builtin_memcpy(&mac[2], ip, 4);
 }
 
-/* route_underlay looks the outer destination up in the kernel's FIB as the node sending and
- * redirects out of the underlay; the packet's MACs are the caller's to write from fib, and a
- * missing neighbour is left to bpf_redirect_neigh. */
-static __always_inline int route_underlay(struct __sk_buff *skb, struct node_config *cfg,
-					  struct route_scratch *r, __be32 saddr, __be32 daddr)
-{
-	long ret;
-
-	__builtin_memset(r, 0, sizeof(*r));
-	r->fib.family = AF_INET;
-	r->fib.ipv4_src = saddr;
-	r->fib.ipv4_dst = daddr;
-	r->fib.ifindex = cfg->underlay_ifindex;
-	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
-	 * underlay device, which the agent turns on. */
-	ret = bpf_fib_lookup(skb, &r->fib, sizeof(r->fib), BPF_FIB_LOOKUP_OUTPUT);
-	if (ret == BPF_FIB_LKUP_RET_SUCCESS)
-		return CONTINUE;
-	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		r->nh.nh_family = AF_INET;
-		r->nh.ipv4_nh = r->fib.ipv4_dst;
-		if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
-			return REASON_DROP_REDIRECT_FAILED;
-		return REASON_FORWARD_UNDERLAY;
-	}
-	return REASON_DROP_NO_ROUTE;
-}
-
 /* route_scratch_get is this CPU's route_scratch. */
 static __always_inline struct route_scratch *route_scratch_get(void)
 {
@@ -86,25 +58,40 @@ static __always_inline struct route_scratch *route_scratch_get(void)
 }
 
 /* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay with the kernel's
- * FIB and neighbour table, without the node's forwarding path. */
+ * FIB and neighbour table, without the node's forwarding path. Its parameters and the MACs it
+ * writes live in a per-CPU map, not on the stack: the tunnel paths' callers leave little room. */
 static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct node_config *cfg,
 						 __be32 saddr, __be32 daddr)
 {
 	struct route_scratch *r = route_scratch_get();
-	int reason;
+	long ret;
 
 	if (!r)
 		return REASON_DROP_NO_ROUTE;
-	reason = route_underlay(skb, cfg, r, saddr, daddr);
-	if (reason == REASON_FORWARD_UNDERLAY)
-		return CONTINUE; /* bpf_redirect_neigh resolves the MACs */
-	if (reason != CONTINUE)
-		return reason;
-	if (set_macs(skb, r->fib.dmac, r->fib.smac))
-		return REASON_DROP_MALFORMED;
-	if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)
-		return REASON_DROP_REDIRECT_FAILED;
-	return CONTINUE;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->fib.family = AF_INET;
+	r->fib.ipv4_src = saddr;
+	r->fib.ipv4_dst = daddr;
+	r->fib.ifindex = cfg->underlay_ifindex;
+	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
+	 * underlay device, which the agent turns on. */
+	ret = bpf_fib_lookup(skb, &r->fib, sizeof(r->fib), BPF_FIB_LOOKUP_OUTPUT);
+	if (ret == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, r->fib.dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, r->fib.smac, ETH_ALEN, 0))
+			return REASON_DROP_MALFORMED;
+		if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)
+			return REASON_DROP_REDIRECT_FAILED;
+		return CONTINUE;
+	}
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		r->nh.nh_family = AF_INET;
+		r->nh.ipv4_nh = r->fib.ipv4_dst;
+		if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
+			return REASON_DROP_REDIRECT_FAILED;
+		return CONTINUE;
+	}
+	return REASON_DROP_NO_ROUTE;
 }
 
 /* send_vxlan_device hands the packet to the kernel's VXLAN device with a tunnel key: the way
@@ -139,14 +126,13 @@ static __always_inline __be16 vxlan_source_port(struct __sk_buff *skb)
 __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u32 identity)
 {
 	struct node_config *cfg = node_config();
-	struct route_scratch *r = route_scratch_get();
 	__u32 inner = skb->len - ETH_HLEN;
 	struct vxlan_headers *h;
 	struct ethhdr *eth;
 	void *data, *end;
 	int reason;
 
-	if (!cfg || !r)
+	if (!cfg)
 		return REASON_DROP_NO_ROUTE;
 	/* The encap flags mark GSO packets as UDP-tunnelled, so segmentation repeats the outer
 	 * headers. */
@@ -185,20 +171,8 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 	tunnel_mac(eth->h_source, (__u8 *)&h->ip.saddr);
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	/* Routed as it will leave, outer header and all, as IP-in-IP is. */
-	reason = route_underlay(skb, cfg, r, *(__be32 *)cfg->node_ip, remote);
-	if (reason == REASON_FORWARD_UNDERLAY)
-		return REASON_FORWARD_TUNNEL; /* bpf_redirect_neigh resolves the outer MACs */
-	if (reason != CONTINUE)
-		return reason;
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	if (data + ETH_HLEN > end)
-		return REASON_DROP_ENCAP_FAILED;
-	__builtin_memcpy(((struct ethhdr *)data)->h_dest, r->fib.dmac, ETH_ALEN);
-	__builtin_memcpy(((struct ethhdr *)data)->h_source, r->fib.smac, ETH_ALEN);
-	if (bpf_redirect(r->fib.ifindex, 0) != TC_ACT_REDIRECT)
-		return REASON_DROP_REDIRECT_FAILED;
-	return REASON_FORWARD_TUNNEL;
+	reason = redirect_via_underlay(skb, cfg, *(__be32 *)cfg->node_ip, remote);
+	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
 }
 
 /* send_vxlan sends to another node in VXLAN: encapsulated here when the node config names
@@ -385,7 +359,8 @@ static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *
 		return pkt->l4_proto == IPPROTO_IPIP ? REASON_FORWARD_HOST : CONTINUE;
 	if (pkt->l4_proto == IPPROTO_UDP && cfg->vxlan_port && pkt->dport == cfg->vxlan_port) {
 		reason = decap_vxlan(skb, pkt, hint);
-		*direction = DIR_FROM_OVERLAY;
+		if (reason == CONTINUE)
+			*direction = DIR_FROM_OVERLAY;
 	} else if (pkt->l4_proto == IPPROTO_IPIP) {
 		/* The whole outer header goes, options too. */
 		reason = bpf_skb_adjust_room(skb, -(__s32)(pkt->l4_off - pkt->l3_off),
@@ -395,10 +370,8 @@ static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *
 	} else {
 		return CONTINUE;
 	}
-	if (reason != CONTINUE) {
-		*direction = DIR_FROM_UNDERLAY;
+	if (reason != CONTINUE)
 		return reason;
-	}
 	__builtin_memset(pkt, 0, sizeof(*pkt));
 	if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
 		return REASON_DROP_MALFORMED;
