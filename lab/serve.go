@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Serve answers on every port (TCP: accept and echo; UDP: echo), writes readyFile once all
@@ -44,6 +45,12 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 				return err
 			}
 			closers = append(closers, pc)
+			// Datagrams wait in the socket while this process is descheduled (a busy node, a
+			// BestEffort pod): room for seconds of a stream, so that what a test finds missing
+			// is what the network lost.
+			if err := GrowReadBuffer(pc.(*net.UDPConn), EchoReadBuffer); err != nil {
+				slog.Warn("UDP receive buffer", "port", port, "err", err)
+			}
 			go EchoUDP(pc)
 		case "SCTP":
 			// This kernel has no SCTP sockets; SCTP rules are covered by BPF unit tests.
@@ -90,6 +97,29 @@ func EchoTCP(ln net.Listener) {
 			_, _ = io.Copy(c, c) // echoes until the peer closes or resets: nothing to report either way
 		}()
 	}
+}
+
+// EchoReadBuffer is the receive buffer of the lab's UDP sockets: 4 MiB, some 5,000 small
+// datagrams.
+const EchoReadBuffer = 4 << 20
+
+// GrowReadBuffer sets c's receive buffer to n bytes: past net.core.rmem_max where the process
+// may (SO_RCVBUFFORCE needs CAP_NET_ADMIN), else as far as rmem_max allows.
+func GrowReadBuffer(c *net.UDPConn, n int) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, n)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return c.SetReadBuffer(n)
+	}
+	return nil
 }
 
 // EchoUDP echoes every datagram on pc until pc closes; WhoRequest is answered with who

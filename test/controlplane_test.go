@@ -131,6 +131,9 @@ func TestCNIAddDelCyclesLeakNothing(t *testing.T) {
 type stream struct {
 	tcpBytes          atomic.Int64
 	udpSent, udpEchos atomic.Int64
+	// echoed marks each datagram's sequence number as its echo comes back.
+	mu     sync.Mutex
+	echoed []bool
 	// netns are the two pods' namespaces and rcvbufErrs their UDP receive-buffer drops at the
 	// start: a datagram a socket had no room for was not lost by the network.
 	netns      [2]string
@@ -158,7 +161,7 @@ func startStream(t *testing.T, from, to *lab.Pod) *stream {
 	}
 	// Echoes wait in the socket while this process is descheduled on a loaded machine: room for
 	// seconds of them, so that an echo lost is one the network lost.
-	if err := forceReadBuffer(uc.(*net.UDPConn), 4<<20); err != nil {
+	if err := lab.GrowReadBuffer(uc.(*net.UDPConn), lab.EchoReadBuffer); err != nil {
 		t.Fatal(err)
 	}
 	s.wg.Add(3)
@@ -200,16 +203,47 @@ func startStream(t *testing.T, from, to *lab.Pod) *stream {
 		buf := make([]byte, 64)
 		for {
 			uc.SetReadDeadline(time.Now().Add(time.Second))
-			if _, err := uc.Read(buf); err != nil {
+			n, err := uc.Read(buf)
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
 				continue
 			}
+			if n == 8 {
+				s.markEchoed(binary.BigEndian.Uint64(buf))
+			}
 			s.udpEchos.Add(1)
 		}
 	}()
 	return s
+}
+
+func (s *stream) markEchoed(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq >= 1<<32 {
+		return // not one of ours
+	}
+	for uint64(len(s.echoed)) <= seq {
+		s.echoed = append(s.echoed, false)
+	}
+	s.echoed[seq] = true
+}
+
+// lostSince counts the datagrams from sequence number from on whose echo never came back
+// although an echo of a datagram sent at least 50 ms (25 datagrams) later did: lost, not in
+// flight. upTo is the last sequence number it judged.
+func (s *stream) lostSince(from int64) (lost, upTo int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	upTo = int64(len(s.echoed)) - 1 - 25
+	for seq := from; seq <= upTo; seq++ {
+		if !s.echoed[seq] {
+			lost++
+		}
+	}
+	return lost, upTo
 }
 
 // finish stops the streams and fails the test if either broke or a UDP datagram went
@@ -433,19 +467,4 @@ func waitRoute(t *testing.T, node *lab.Node, cidr netip.Prefix, present bool) {
 		}
 		return found == present, fmt.Sprint(routes)
 	})
-}
-
-// forceReadBuffer sets c's receive buffer to n bytes, past net.core.rmem_max (SO_RCVBUFFORCE).
-func forceReadBuffer(c *net.UDPConn, n int) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, n)
-	}); err != nil {
-		return err
-	}
-	return serr
 }

@@ -167,30 +167,32 @@ func checkDaemonSetLifecycle(t *testing.T, st *lab.State) {
 	step := func(name string, do func(t *testing.T)) {
 		t.Run(name, func(t *testing.T) {
 			w := watchPolicy(st, [2]string{"y/a", "z/c"}, [2]string{"x/a", "z/c"})
-			var unanswered, drops []int64
+			var from, drops []int64
 			for _, s := range streams {
 				drops = append(drops, s.socketDrops(t))
-				unanswered = append(unanswered, s.udpSent.Load()-s.udpEchos.Load())
+				from = append(from, s.udpSent.Load())
 			}
-			before := nodeMetrics(t, st)
+			before, kernelBefore := nodeMetrics(t, st), readKernelCounters(t, st)
 			do(t)
 			lost := false
 			for i, s := range streams {
 				s.progress(t, 16<<10, "after "+name)
 				s.udpProgress(t, 50, "after "+name)
-				// What went unanswered and no pod's full socket buffer dropped was lost on the
-				// way, datagrams in flight (a few, at one every 2 ms) aside.
-				n := s.udpSent.Load() - s.udpEchos.Load() - unanswered[i]
+				// Every datagram sent since the step began whose echo is missing while later
+				// ones came back, less what a pod's full socket buffer dropped, was lost on the
+				// way.
+				n, upTo := s.lostSince(from[i])
 				full := s.socketDrops(t) - drops[i]
-				t.Logf("stream %d: %d more datagrams unanswered than before %s: %d dropped by a full socket buffer, %d in flight or lost on the way",
-					i+1, n, name, full, max(n-full, 0))
-				if n-full > 3 {
+				t.Logf("stream %d: datagrams %d to %d: %d unanswered, %d of them dropped by a full socket buffer",
+					i+1, from[i], upTo, n, min(full, n))
+				if n > full {
 					t.Errorf("stream %d lost %d datagrams on the way during %s", i+1, n-full, name)
 					lost = true
 				}
 			}
 			if lost {
 				t.Logf("datapath counters before %s:\n%s\nafter:\n%s", name, before, nodeMetrics(t, st))
+				t.Logf("kernel drop counters that moved during %s:\n%s", name, readKernelCounters(t, st).since(kernelBefore))
 			}
 			w.check(t, name)
 		})
