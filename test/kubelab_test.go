@@ -345,16 +345,27 @@ func playKubeStep(t *testing.T, st *lab.State, where string, step caseStep, pods
 			proto = "TCP"
 		}
 		m := probeAmong(st, pods, e.Port, proto)
-		var wrong []string
+		var wrong, retried []string
 		for _, from := range pods {
 			for _, to := range pods {
 				if from == to {
 					continue
 				}
-				if want := !blocked(e.Blocked, from, to); m[from][to] != want {
+				want := !blocked(e.Blocked, from, to)
+				// A pair that should connect and did not is asked again, up to three times, as
+				// the upstream suite's probes are: one lost SYN fails a one-second probe on a
+				// loaded machine. A blocked pair that connected fails at once.
+				for try := 0; want && !m[from][to] && try < 3; try++ {
+					m[from][to] = st.Probe(from, to, e.Port, proto) == nil
+					retried = append(retried, from+"->"+to)
+				}
+				if m[from][to] != want {
 					wrong = append(wrong, fmt.Sprintf("%s->%s reachable=%v want %v", from, to, m[from][to], want))
 				}
 			}
+		}
+		if len(retried) > 0 {
+			t.Logf("%s, %s/%d: asked again: %s", where, proto, e.Port, strings.Join(retried, ", "))
 		}
 		if len(wrong) > 0 {
 			t.Errorf("%s, %s/%d: %d pairs wrong: %s", where, proto, e.Port, len(wrong), strings.Join(wrong, "; "))
