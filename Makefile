@@ -13,7 +13,7 @@ SOAK_TIME ?= 10m
 FUZZ_PACKETS ?= 1000000
 FUZZ_TIME    ?= 60s
 
-.PHONY: help deps deps-kubernetes deps-e2e conformance generate check-generate lint build image test fuzz soak bench bench-record demo clean
+.PHONY: help deps deps-kubernetes deps-e2e deps-cilium conformance generate check-generate lint build image test fuzz soak bench bench-record demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,6 +26,9 @@ deps-kubernetes: deps ## build Kubernetes v1.34.4, CoreDNS and the loopback CNI 
 
 deps-e2e: deps-kubernetes ## build the upstream e2e suite (e2e.test) and agnhost v1.34.4 from source (once; 286 s here with a warm Go build cache)
 	@lab/kube/build.sh e2e
+
+deps-cilium: deps-kubernetes ## build Cilium v1.20.2 (cilium-agent, cilium-cni, its BPF sources and CRDs) from its Go module into /var/cache/ebpfnet, for `lab up --cni cilium` (once, ~8 min on 2 idle cores)
+	@lab/peers/build-cilium.sh
 
 generate: deps ## compile the BPF C with clang-19, regenerate the Go bindings and docs/cli.md
 	$(GO) generate ./bpf/
@@ -60,7 +63,7 @@ unit: ## the tests that need no root, with -race, in a few minutes (no make deps
 # (about twice as long: bpf 42 s -> 87 s, store 4 s -> 7 s), meanwhile.
 NO_RACE_PKGS := /(test|fuzz)(/|$$)
 TESTOUT      := grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|PASS|panic|fatal error|signal: |exit status)|_test.go' | grep -v '^=== RUN'
-test: deps deps-e2e lint build ## run every test (needs root: namespaces, BPF; a few upstream e2e tests too); fails if any test skipped
+test: deps deps-e2e deps-cilium lint build ## run every test (needs root: namespaces, BPF; a few upstream e2e tests too); fails if any test skipped
 	@mkdir -p $(BIN)
 	pkgs=$$($(GO) list ./...); \
 	  $(GO) test -count=1 -timeout 30m -v -race $$(grep -vE '$(NO_RACE_PKGS)' <<<"$$pkgs") >$(TESTLOG).race 2>&1 & \

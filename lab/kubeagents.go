@@ -136,6 +136,12 @@ func (b *builder) kubeAgents(ctx context.Context) error {
 	if err := b.st.ApplyAgents(ctx, b.agentImage); err != nil {
 		return err
 	}
+	return b.podCIDRsOnUnderlay()
+}
+
+// podCIDRsOnUnderlay routes each node's pod CIDR through the node on the underlay, and saves
+// the state.
+func (b *builder) podCIDRsOnUnderlay() error {
 	for i := range b.st.Nodes {
 		n := &b.st.Nodes[i]
 		if b.st.Router != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/lab/peers"
 	"github.com/ebpfnet/ebpfnet/store"
 )
 
@@ -95,8 +96,12 @@ const LabAgentImage = "docker.io/ebpfnet/ebpfnet:lab"
 // with the loopback plugin in its /opt/cni/bin; ebpfnet comes later, as a DaemonSet
 // (kubeAgents), and installs its plugin and conflist beside it.
 func (b *builder) kubeNode(ctx context.Context, n *Node) error {
+	plugins := []string{filepath.Join(kube.CNIPluginsDir(), "loopback")}
+	if b.st.CNI == CNICilium {
+		plugins = append(plugins, peers.CiliumCNI())
+	}
 	_, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: b.st.kubeNodeDir(n.Name), Netns: n.Netns,
-		IP: n.IP, ClusterDNS: ClusterDNSIP, CNIPlugins: []string{filepath.Join(kube.CNIPluginsDir(), "loopback")}, Images: b.images})
+		IP: n.IP, ClusterDNS: ClusterDNSIP, CNIPlugins: plugins, Images: b.images})
 	if err != nil {
 		return fmt.Errorf("kubelet and containerd: %w", err)
 	}
@@ -166,6 +171,9 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 	for _, p := range pods {
 		want[p.Key()] = true
 	}
+	if s.CNI == CNICilium {
+		return s.waitCiliumPods(ctx, pods, timeout)
+	}
 	found := map[string]store.Endpoint{}
 	err := waitFor(ctx, timeout, "pods to run", func() (bool, string) {
 		for _, n := range s.Nodes {
@@ -197,6 +205,12 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 	if err := s.save(); err != nil {
 		return err
 	}
+	return s.waitServingAndReady(ctx, pods, timeout)
+}
+
+// waitServingAndReady waits until each pod answers on its ports from its node, and then until
+// the API server shows it Running and Ready.
+func (s *State) waitServingAndReady(ctx context.Context, pods []Pod, timeout time.Duration) error {
 	for _, p := range pods {
 		p, _ := s.Pod(p.Key())
 		node, err := s.Node(p.Node)
@@ -369,6 +383,11 @@ func (s *State) kubeServices(ctx context.Context, specs []ServiceSpec) ([]corev1
 	for _, sp := range specs {
 		want := s.selectedPods(sp)
 		err := waitFor(ctx, time.Minute, "service "+sp.Key()+" and its endpoints", func() (bool, string) {
+			if s.CNI == CNICilium {
+				// No ebpfnet agent: what the API server holds is what Cilium's agents watch.
+				ready, err := s.readyEndpoints(ctx, sp.Namespace, sp.Name)
+				return err == nil && ready >= want, fmt.Sprintf("%d of %d endpoints ready (%v)", ready, want, err)
+			}
 			views, err := s.Client().Services(ctx)
 			if err != nil {
 				return false, err.Error()
@@ -410,4 +429,14 @@ func (s *State) kubeServices(ctx context.Context, specs []ServiceSpec) ([]corev1
 		}
 	}
 	return stored, nil
+}
+
+// readyEndpoints counts the ready endpoints of Service ns/name's EndpointSlices.
+func (s *State) readyEndpoints(ctx context.Context, ns, name string) (int, error) {
+	out, err := s.Kubectl(ctx, "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name="+name,
+		"-o", `jsonpath={range .items[*].endpoints[*]}{.conditions.ready}{"\n"}{end}`)
+	if err != nil {
+		return 0, err
+	}
+	return strings.Count(string(out), "true"), nil
 }

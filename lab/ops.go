@@ -197,6 +197,9 @@ func (s *State) ApplyServices(ctx context.Context, specs []ServiceSpec) ([]corev
 	if err != nil {
 		return nil, err
 	}
+	if s.CNI == CNICilium {
+		return stored, nil // no ebpfnet agent to wait for
+	}
 	if err := s.Client().Sync(ctx); err != nil {
 		return nil, fmt.Errorf("program the services on every node: %w", err)
 	}

@@ -21,7 +21,7 @@ func plan(name string, spec *Spec) (*State, error) {
 	}
 	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR, VXLANPort: spec.VXLANPort,
 		Underlay: namespace.Path(name + "-underlay"),
-		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes,
+		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes, CNI: spec.CNI,
 		Masquerade: spec.Masquerade, NoMasqueradeCIDRs: append([]string(nil), spec.NoMasqueradeCIDRs...),
 		MapSizes: spec.MapSizes}
 	if spec.BGP != nil {

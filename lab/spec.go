@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
+	"github.com/ebpfnet/ebpfnet/lab/peers"
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/store"
 	"github.com/ebpfnet/ebpfnet/yamlguard"
@@ -27,7 +29,10 @@ type Spec struct {
 	ClusterCIDR string `json:"clusterCIDR,omitempty"`
 	VXLANPort   int    `json:"vxlanPort,omitempty"`
 	// Kubernetes makes a real Kubernetes of the lab: pods become Pod objects run by kubelet.
-	Kubernetes bool        `json:"kubernetes,omitempty"`
+	Kubernetes bool `json:"kubernetes,omitempty"`
+	// CNI is what networks a kubernetes lab's pods: ebpfnet (the default), or cilium, the peer
+	// ebpfnet is measured against (lab/peers), in mode vxlan or native.
+	CNI        string      `json:"cni,omitempty"`
 	Nodes      []NodeSpec  `json:"nodes"`
 	Namespaces []Namespace `json:"namespaces"`
 	Pods       []PodSpec   `json:"pods"`
@@ -210,6 +215,22 @@ func (s *Spec) Validate() error {
 	}
 	if svc := netip.MustParsePrefix(ServiceCIDR); cluster.Overlaps(svc) {
 		return fmt.Errorf("clusterCIDR: %s overlaps the lab's service CIDR %s", cluster, svc)
+	}
+	switch s.CNI {
+	case "", CNIEbpfnet:
+		s.CNI = CNIEbpfnet
+	case CNICilium:
+		if !s.Kubernetes {
+			return errors.New("cni: cilium runs only in a kubernetes lab (kubernetes: true)")
+		}
+		if !slices.Contains(peers.CiliumModes, s.Mode) {
+			return fmt.Errorf("cni: cilium runs in mode %s, not %q", strings.Join(peers.CiliumModes, " or "), s.Mode)
+		}
+		if s.BGP != nil || s.MapSizes != (maps.Sizes{}) {
+			return errors.New("cni: cilium: bgp and mapSizes are ebpfnet's settings")
+		}
+	default:
+		return fmt.Errorf("cni: %q is not ebpfnet or cilium", s.CNI)
 	}
 	if s.VXLANPort == 0 {
 		s.VXLANPort = DefaultVXLANPort

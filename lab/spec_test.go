@@ -262,3 +262,32 @@ func TestSpecRefusesAliasBomb(t *testing.T) {
 		t.Errorf("an alias bomb: %v, want the lab file refused for its aliases", err)
 	}
 }
+
+// cni: ebpfnet by default; cilium, the peer, only in a kubernetes lab and in Cilium's modes.
+func TestSpecCNI(t *testing.T) {
+	const nodes = "nodes: [{name: n1}, {name: n2}]\n"
+	s, err := readSpec(t, "mode: vxlan\n"+nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CNI != CNIEbpfnet {
+		t.Errorf("cni %q by default, want ebpfnet", s.CNI)
+	}
+	for _, mode := range []string{"vxlan", "native"} {
+		if _, err := readSpec(t, "mode: "+mode+"\nkubernetes: true\ncni: cilium\n"+nodes); err != nil {
+			t.Errorf("cilium in mode %s: %v", mode, err)
+		}
+	}
+	for _, tc := range []struct{ name, file, want string }{
+		{"not kubernetes", "mode: vxlan\ncni: cilium\n" + nodes, "cni: cilium runs only in a kubernetes lab (kubernetes: true)"},
+		{"ipip", "mode: ipip\nkubernetes: true\ncni: cilium\n" + nodes, `cni: cilium runs in mode vxlan or native, not "ipip"`},
+		{"map sizes", "mode: vxlan\nkubernetes: true\ncni: cilium\nmapSizes: {conntrack: 4096}\n" + nodes, "cni: cilium: bgp and mapSizes are ebpfnet's settings"},
+		{"unknown", "mode: vxlan\nkubernetes: true\ncni: calico\n" + nodes, `cni: "calico" is not ebpfnet or cilium`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := readSpec(t, tc.file); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -40,7 +40,9 @@ type State struct {
 	EtcdURL     string `json:"etcdURL"`
 	EtcdPID     int    `json:"etcdPID,omitempty"`
 	// Kubernetes says the lab runs a real Kubernetes: API server, kubelets, containerd.
-	Kubernetes bool        `json:"kubernetes,omitempty"`
+	Kubernetes bool `json:"kubernetes,omitempty"`
+	// CNI networks the pods: CNIEbpfnet, or CNICilium (a peer, for comparison).
+	CNI        string      `json:"cni,omitempty"`
 	Nodes      []Node      `json:"nodes"`
 	Namespaces []Namespace `json:"namespaces"`
 	Pods       []Pod       `json:"pods"`

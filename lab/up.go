@@ -111,6 +111,20 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 			return nil, fmt.Errorf("node %s: %w", st.Nodes[i].Name, err)
 		}
 	}
+	if st.CNI == CNICilium {
+		// The peer: no ebpfnet agent to converge or program; Cilium's agents are ready once
+		// they wrote their CNI config, the pods once the API server shows them Ready.
+		if err := b.ciliumAgents(ctx); err != nil {
+			return nil, fmt.Errorf("cilium: %w", err)
+		}
+		if err := b.kubePods(ctx); err != nil {
+			return nil, err
+		}
+		if _, err := st.ApplyServices(ctx, spec.Services); err != nil {
+			return nil, err
+		}
+		return st, st.save()
+	}
 	if st.Kubernetes {
 		if err := b.kubeAgents(ctx); err != nil {
 			return nil, fmt.Errorf("ebpfnet's DaemonSet: %w", err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -77,21 +78,7 @@ func TestKubernetesLab(t *testing.T) {
 			}
 			t.Run("pods are kubelet's", func(t *testing.T) { checkKubeletPods(t, st) })
 			t.Run("agents are the DaemonSet's", func(t *testing.T) { checkAgentsAreTheDaemonSet(t, st) })
-			t.Run("all pairs reachable", func(t *testing.T) {
-				for _, proto := range []string{"TCP", "UDP"} {
-					m, err := st.Matrix(80, proto)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for _, from := range m.Keys() {
-						for _, to := range m.Keys() {
-							if from != to && !m[from][to] {
-								t.Errorf("%s %s->%s unreachable\n%s", proto, from, to, m)
-							}
-						}
-					}
-				}
-			})
+			t.Run("all pairs reachable", func(t *testing.T) { checkAllPairs(t, st) })
 			if t.Failed() {
 				return
 			}
@@ -216,8 +203,30 @@ func playCasesOnKube(t *testing.T, st *lab.State) {
 		t.Run(name, func(t *testing.T) {
 			pods := casePods(t, st, c)
 			resetKubeLab(t, st, orig)
+			gap := ciliumGaps[name]
+			if st.CNI != lab.CNICilium {
+				gap = ""
+			}
+			differed := false
 			for i, step := range c.Steps {
-				playKubeStep(t, st, fmt.Sprintf("step %d", i+1), step, pods)
+				where := fmt.Sprintf("step %d", i+1)
+				// A known difference is seen in 20 s; a step that should hold gets a minute.
+				patience := time.Minute
+				if gap != "" {
+					patience = 20 * time.Second
+				}
+				wrong := playKubeStep(t, st, where, step, pods, patience)
+				switch {
+				case len(wrong) == 0:
+				case gap != "":
+					differed = true
+					t.Logf("%s: Cilium's known difference (%s): %s", where, gap, strings.Join(wrong, "; "))
+				default:
+					t.Errorf("%s: %d pairs wrong: %s", where, len(wrong), strings.Join(wrong, "; "))
+				}
+			}
+			if gap != "" && !differed {
+				t.Errorf("listed as Cilium's known difference (%s), yet every step held: take it off ciliumGaps", gap)
 			}
 		})
 	}
@@ -294,6 +303,22 @@ func resetKubeLab(t *testing.T, st *lab.State, orig map[string]map[string]string
 			kubectl(t, st, "", append(args, changes...)...)
 		}
 	}
+	if st.CNI == lab.CNICilium {
+		// No policy wait: every pair connects again (TCP/80, which every lab pod serves)
+		// before the next case, so that no step is judged on the last case's policies.
+		reset := caseStep{Expect: []expectation{{Port: 80, Protocol: "TCP"}}}
+		pods := make([]string, 0, len(st.Pods))
+		for _, p := range st.Pods {
+			pods = append(pods, p.Key())
+		}
+		deadline := time.Now().Add(time.Minute)
+		for wrong := wrongPairs(t, st, "reset", reset, pods, false); len(wrong) > 0; wrong = wrongPairs(t, st, "reset", reset, pods, false) {
+			if time.Now().After(deadline) {
+				t.Fatalf("a minute after every policy went: %s", strings.Join(wrong, "; "))
+			}
+		}
+		return
+	}
 	policyWait(t, st)
 }
 
@@ -305,7 +330,18 @@ func withMetadataName(l map[string]string, ns string) map[string]string {
 	return out
 }
 
-func playKubeStep(t *testing.T, st *lab.State, where string, step caseStep, pods []string) {
+// ciliumGaps are the shared cases Cilium fails by design, each with its upstream issue: Cilium
+// matches ipBlock only against addresses outside the cluster, never a pod's (Kubernetes leaves
+// that to the implementation; ebpfnet matches pods too).
+var ciliumGaps = map[string]string{
+	"egress-ipblock-except": "ipBlock does not select pod IPs, https://github.com/cilium/cilium/issues/9209",
+	"ingress-ipblock":       "ipBlock does not select pod IPs, https://github.com/cilium/cilium/issues/9209",
+}
+
+// playKubeStep makes the step's changes through kubectl, waits until they are in force, and
+// returns the pairs of pods whose reachability is not as the step expects. In a Cilium lab,
+// which has no policy wait, "in force" is the step's expectations holding within patience.
+func playKubeStep(t *testing.T, st *lab.State, where string, step caseStep, pods []string, patience time.Duration) []string {
 	t.Helper()
 	if len(step.Apply) > 0 {
 		var docs []string
@@ -338,39 +374,60 @@ func playKubeStep(t *testing.T, st *lab.State, where string, step caseStep, pods
 		}
 		kubectl(t, st, "", args...)
 	}
+	if st.CNI == lab.CNICilium {
+		// Cilium has no `policy wait` of ebpfnet's: its steps are probed until they hold, as
+		// the upstream suite probes, within patience, and the time it took is told.
+		start := time.Now()
+		var wrong []string
+		for {
+			wrong = wrongPairs(t, st, where, step, pods, false)
+			if len(wrong) == 0 || time.Since(start) > patience {
+				break
+			}
+		}
+		if len(wrong) == 0 {
+			t.Logf("%s: every pair as expected %s after the change", where, time.Since(start).Round(10*time.Millisecond))
+		}
+		return wrong
+	}
 	policyWait(t, st)
+	return wrongPairs(t, st, where, step, pods, true)
+}
+
+// wrongPairs probes every pair of pods at each of the step's expectations and lists those that
+// are not as expected. With retry, a pair that should connect and did not is asked again, up
+// to three times, as the upstream suite's probes are: one lost SYN fails a one-second probe on
+// a loaded machine. A blocked pair that connected is wrong at once.
+func wrongPairs(t *testing.T, st *lab.State, where string, step caseStep, pods []string, retry bool) []string {
+	t.Helper()
+	var wrong []string
 	for _, e := range step.Expect {
 		proto := e.Protocol
 		if proto == "" {
 			proto = "TCP"
 		}
 		m := probeAmong(st, pods, e.Port, proto)
-		var wrong, retried []string
+		var retried []string
 		for _, from := range pods {
 			for _, to := range pods {
 				if from == to {
 					continue
 				}
 				want := !blocked(e.Blocked, from, to)
-				// A pair that should connect and did not is asked again, up to three times, as
-				// the upstream suite's probes are: one lost SYN fails a one-second probe on a
-				// loaded machine. A blocked pair that connected fails at once.
-				for try := 0; want && !m[from][to] && try < 3; try++ {
+				for try := 0; retry && want && !m[from][to] && try < 3; try++ {
 					m[from][to] = st.Probe(from, to, e.Port, proto) == nil
 					retried = append(retried, from+"->"+to)
 				}
 				if m[from][to] != want {
-					wrong = append(wrong, fmt.Sprintf("%s->%s reachable=%v want %v", from, to, m[from][to], want))
+					wrong = append(wrong, fmt.Sprintf("%s/%d %s->%s reachable=%v want %v", proto, e.Port, from, to, m[from][to], want))
 				}
 			}
 		}
 		if len(retried) > 0 {
 			t.Logf("%s, %s/%d: asked again: %s", where, proto, e.Port, strings.Join(retried, ", "))
 		}
-		if len(wrong) > 0 {
-			t.Errorf("%s, %s/%d: %d pairs wrong: %s", where, proto, e.Port, len(wrong), strings.Join(wrong, "; "))
-		}
 	}
+	return wrong
 }
 
 // probeAmong probes every ordered pair of pods, in parallel.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/lab/peers"
 )
 
 func newLabCmd(g *globals) *cobra.Command {
@@ -27,8 +28,9 @@ func newLabCmd(g *globals) *cobra.Command {
 func newLabUpCmd(g *globals, name *string) *cobra.Command {
 	var file string
 	var kubernetes bool
+	var cni string
 	cmd := &cobra.Command{
-		Use:   "up -f LAB.yaml [--kubernetes]",
+		Use:   "up -f LAB.yaml [--kubernetes] [--cni cilium]",
 		Short: "build the lab and return when every pod serves its ports",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -42,9 +44,20 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			spec.Kubernetes = spec.Kubernetes || kubernetes
+			spec.Kubernetes = spec.Kubernetes || kubernetes || cni == lab.CNICilium
+			if cni != "" {
+				spec.CNI = cni
+			}
+			if err := spec.Validate(); err != nil {
+				return usageError{err}
+			}
 			if spec.Kubernetes {
 				if err := kube.EnsureBinaries(cmd.Context(), cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+			}
+			if spec.CNI == lab.CNICilium {
+				if err := peers.EnsureCilium(cmd.Context(), cmd.ErrOrStderr()); err != nil {
 					return err
 				}
 			}
@@ -68,6 +81,7 @@ func newLabUpCmd(g *globals, name *string) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "lab file (or a NetworkPolicy case file with a lab: block)")
 	cmd.Flags().BoolVar(&kubernetes, "kubernetes", false, "run a real Kubernetes (as kubernetes: true in the file)")
+	cmd.Flags().StringVar(&cni, "cni", "", "what networks the pods (as cni: in the file): ebpfnet, or cilium, the peer it is measured against, built from source once (implies --kubernetes)")
 	return cmd
 }
 

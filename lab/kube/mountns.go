@@ -21,11 +21,14 @@ const (
 	NodeCNIConf = "/etc/cni/net.d" // the conflist containerd reads: "cni-conf"
 	NodeCNIBin  = "/opt/cni/bin"   // the CNI plugins containerd runs: "cni-bin"
 	NodeNetns   = "/run/netns"     // the pods' network namespaces containerd makes: "netns"
+	// NodeCiliumRun is a peer's state (lab/peers): cilium-agent's socket and state: "cilium-run".
+	NodeCiliumRun = "/run/cilium"
 )
 
 // nodeMounts maps each node path to its directory in the node's dir.
 var nodeMounts = []struct{ node, dir string }{
 	{NodeBPFFS, "bpffs"}, {NodeRunDir, "run"}, {NodeCNIConf, "cni-conf"}, {NodeCNIBin, "cni-bin"}, {NodeNetns, "netns"},
+	{NodeCiliumRun, "cilium-run"},
 }
 
 // mountNSFile, in a node's dir, holds the node's mount namespace (a bind mount of it).
@@ -76,6 +79,7 @@ mount --bind "$d/run" /run/ebpfnet
 mount --bind "$d/cni-conf" /etc/cni/net.d
 mount --bind "$d/cni-bin" /opt/cni/bin
 mount --bind "$d/netns" /run/netns
+mount --bind "$d/cilium-run" /run/cilium
 `
 
 // makeMountNS gives the node at dir its mount namespace, held by dir/mnt.ns: a bpffs of its

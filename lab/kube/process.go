@@ -130,3 +130,22 @@ func KubeletPID(dir string) (int, error) {
 	}
 	return pid, nil
 }
+
+// StartDaemon runs exe as a long-lived daemon of the node at dir (a peer CNI's agent, which a
+// cluster would run as a host-network DaemonSet pod) in the node's network namespace netns and
+// its mount namespace, logging to dir/<name>.log. Its command line must name a path under dir,
+// so that Teardown(dir) finds and stops it.
+func StartDaemon(dir, netns, name string, env []string, exe string, args ...string) (int, error) {
+	p, err := spawn(namespaces{net: netns, mnt: filepath.Join(dir, mountNSFile)}, dir, name, env, exe, args...)
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, name+".pid"))
+	if err != nil {
+		return 0, err
+	}
+	if err := p.alive(); err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}

@@ -1,0 +1,140 @@
+package test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ebpfnet/ebpfnet/lab"
+	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/testkit/nstest"
+)
+
+// Acceptance (issue 25, the peer in the lab): `lab up --cni cilium` brings up the standard
+// kubernetes lab with Cilium, built from source, in ebpfnet's place: every pod Running and
+// Ready with the address Cilium's IPAM gave it (a CiliumEndpoint of each), every pair
+// reachable, the shared NetworkPolicy cases played through kubectl hold, and `lab down` leaves
+// nothing. The peers benchmark measures both CNIs on this lab.
+func TestCiliumLab(t *testing.T) {
+	t.Parallel()
+	nstest.RequireRoot(t)
+	name := "kci" + nstest.Suffix(4)
+	downed := false
+	t.Cleanup(func() {
+		if !downed {
+			downLab(t, name)
+		}
+	})
+	if out, code := ebpfnet(t, "lab", "up", "--name", name, "--cni", "cilium", "-f", writeSpec(t, standardLab(t, "vxlan"))); code != 0 {
+		t.Fatalf("lab up --cni cilium: exit %d: %s", code, out)
+	}
+	st, err := lab.Load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("pods are Cilium's", func(t *testing.T) { checkCiliumPods(t, st) })
+	t.Run("all pairs reachable", func(t *testing.T) { checkAllPairs(t, st) })
+	if t.Failed() {
+		return
+	}
+	t.Run("networkpolicy cases through kubectl", func(t *testing.T) { playCasesOnKube(t, st) })
+	leftovers := kubeLabFootprint(st)
+	out, code := ebpfnet(t, "lab", "down", "--name", name)
+	downed = true
+	if code != 0 {
+		t.Fatalf("lab down: exit %d: %s", code, out)
+	}
+	if left := leftovers(); left != "" {
+		t.Fatalf("lab down left: %s", left)
+	}
+}
+
+// checkCiliumPods: every lab pod is Running and Ready on its node with the address the lab
+// recorded, Cilium holds an endpoint with that address for it, and no ebpfnet agent runs or
+// pins anything on any node.
+func checkCiliumPods(t *testing.T, st *lab.State) {
+	var pods struct {
+		Items []struct {
+			Metadata struct{ Namespace, Name string }
+			Spec     struct{ NodeName string }
+			Status   struct {
+				Phase, PodIP string
+				Conditions   []struct{ Type, Status string }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(kubectl(t, st, "", "get", "pods", "-A", "-o", "json")), &pods); err != nil {
+		t.Fatal(err)
+	}
+	var endpoints struct {
+		Items []struct {
+			Metadata struct{ Namespace, Name string }
+			Status   struct {
+				State      string
+				Networking struct{ Addressing []struct{ IPv4 string } }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(kubectl(t, st, "", "get", "ciliumendpoints", "-A", "-o", "json")), &endpoints); err != nil {
+		t.Fatal(err)
+	}
+	ciliumIP := map[string]string{}
+	for _, e := range endpoints.Items {
+		if len(e.Status.Networking.Addressing) > 0 && e.Status.State == "ready" {
+			ciliumIP[e.Metadata.Namespace+"/"+e.Metadata.Name] = e.Status.Networking.Addressing[0].IPv4
+		}
+	}
+	seen := 0
+	for _, it := range pods.Items {
+		key := it.Metadata.Namespace + "/" + it.Metadata.Name
+		p, err := st.Pod(key)
+		if err != nil {
+			continue
+		}
+		seen++
+		ready := false
+		for _, c := range it.Status.Conditions {
+			ready = ready || c.Type == "Ready" && c.Status == "True"
+		}
+		if it.Status.Phase != "Running" || !ready || it.Spec.NodeName != p.Node || it.Status.PodIP != p.IP.String() {
+			t.Errorf("%s: phase %s ready %v node %s ip %s; want Running and Ready on %s with %s", key, it.Status.Phase, ready,
+				it.Spec.NodeName, it.Status.PodIP, p.Node, p.IP)
+		}
+		if ciliumIP[key] != p.IP.String() {
+			t.Errorf("%s: Cilium's ready endpoint has address %q, the pod %s", key, ciliumIP[key], p.IP)
+		}
+	}
+	if seen != len(st.Pods) {
+		t.Errorf("the API server holds %d of the lab's %d pods", seen, len(st.Pods))
+	}
+	for _, n := range st.Nodes {
+		if pids := agentProcesses(t, n); len(pids) > 0 {
+			t.Errorf("%s runs ebpfnet agents %v in a Cilium lab", n.Name, pids)
+		}
+		bpffs := st.NodeHostPath(n.Name, kube.NodeBPFFS)
+		if _, err := os.Stat(filepath.Join(bpffs, "ebpfnet")); !os.IsNotExist(err) {
+			t.Errorf("%s: ebpfnet pins in a Cilium lab (%v)", n.Name, err)
+		}
+		if _, err := os.Stat(filepath.Join(bpffs, "tc", "globals")); err != nil {
+			t.Errorf("%s: Cilium pinned nothing in the node's bpffs: %v", n.Name, err)
+		}
+	}
+}
+
+// checkAllPairs: every pod reaches every other on port 80, TCP and UDP.
+func checkAllPairs(t *testing.T, st *lab.State) {
+	for _, proto := range []string{"TCP", "UDP"} {
+		m, err := st.Matrix(80, proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, from := range m.Keys() {
+			for _, to := range m.Keys() {
+				if from != to && !m[from][to] {
+					t.Errorf("%s %s->%s unreachable\n%s", proto, from, to, m)
+				}
+			}
+		}
+	}
+}
