@@ -27,7 +27,7 @@ deps-kubernetes: deps ## build Kubernetes v1.34.4, CoreDNS and the loopback CNI 
 deps-e2e: deps-kubernetes ## build the upstream e2e suite (e2e.test) and agnhost v1.34.4 from source (once; 286 s here with a warm Go build cache)
 	@lab/kube/build.sh e2e
 
-deps-cilium: deps-kubernetes ## build Cilium v1.20.2 (cilium-agent, cilium-cni, its BPF sources and CRDs) from its Go module into /var/cache/ebpfnet, for `lab up --cni cilium` (once, ~8 min on 2 idle cores)
+deps-cilium: deps ## build Cilium v1.20.2 (cilium-agent, cilium-cni, its BPF sources and CRDs) from its Go module into /var/cache/ebpfnet, for `lab up --cni cilium` (once, ~8 min on 2 idle cores)
 	@lab/peers/build-cilium.sh
 
 generate: deps ## compile the BPF C with clang-19, regenerate the Go bindings and docs/cli.md

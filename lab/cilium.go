@@ -15,6 +15,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab/peers"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/netlinksafe"
+	"github.com/ebpfnet/ebpfnet/store"
 )
 
 // The CNIs a kubernetes lab runs (the lab file's cni): ebpfnet by its DaemonSet, or Cilium,
@@ -56,7 +57,7 @@ func (s *State) ciliumPodCIDRs() error {
 			continue
 		}
 		for taken[next] || overlapsAny(next, taken) {
-			next = nextPrefix(next)
+			next = store.NextPrefix(next)
 		}
 		if !cluster.Contains(next.Addr()) {
 			return fmt.Errorf("cluster CIDR %s has no /%d left for node %s", cluster, ciliumPodCIDRBits, n.Name)
@@ -73,14 +74,6 @@ func overlapsAny(p netip.Prefix, set map[netip.Prefix]bool) bool {
 		}
 	}
 	return false
-}
-
-// nextPrefix is the prefix of p's size right after p.
-func nextPrefix(p netip.Prefix) netip.Prefix {
-	a := p.Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v += 1 << (32 - p.Bits())
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Bits())
 }
 
 // ciliumAgents runs Cilium where a kubernetes lab would deploy ebpfnet: every Node gets its

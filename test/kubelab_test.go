@@ -102,15 +102,8 @@ func TestKubernetesLab(t *testing.T) {
 			if mode == "vxlan" {
 				t.Run("kubectl delete and uninstall", func(t *testing.T) { checkDeleteAndUninstall(t, st) })
 			}
-			leftovers := kubeLabFootprint(st)
-			out, code := ebpfnet(t, "lab", "down", "--name", name)
 			downed = true
-			if code != 0 {
-				t.Fatalf("lab down: exit %d: %s", code, out)
-			}
-			if left := leftovers(); left != "" {
-				t.Fatalf("lab down left: %s", left)
-			}
+			downKubeLabLeavingNothing(t, st)
 		})
 	}
 }
@@ -456,6 +449,19 @@ func probeAmong(st *lab.State, pods []string, port int, proto string) map[string
 	}
 	wg.Wait()
 	return m
+}
+
+// downKubeLabLeavingNothing runs `lab down` and fails the test if the lab left a process,
+// mount or pod network namespace behind.
+func downKubeLabLeavingNothing(t *testing.T, st *lab.State) {
+	t.Helper()
+	leftovers := kubeLabFootprint(st)
+	if out, code := ebpfnet(t, "lab", "down", "--name", st.Name); code != 0 {
+		t.Fatalf("lab down: exit %d: %s", code, out)
+	}
+	if left := leftovers(); left != "" {
+		t.Fatalf("lab down left: %s", left)
+	}
 }
 
 // kubeLabFootprint notes what a kubernetes lab holds on the host and returns a check, for after

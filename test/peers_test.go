@@ -39,15 +39,8 @@ func TestCiliumLab(t *testing.T) {
 		return
 	}
 	t.Run("networkpolicy cases through kubectl", func(t *testing.T) { playCasesOnKube(t, st) })
-	leftovers := kubeLabFootprint(st)
-	out, code := ebpfnet(t, "lab", "down", "--name", name)
 	downed = true
-	if code != 0 {
-		t.Fatalf("lab down: exit %d: %s", code, out)
-	}
-	if left := leftovers(); left != "" {
-		t.Fatalf("lab down left: %s", left)
-	}
+	downKubeLabLeavingNothing(t, st)
 }
 
 // checkCiliumPods: every lab pod is Running and Ready on its node with the address the lab

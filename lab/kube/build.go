@@ -23,14 +23,20 @@ func EnsureBinaries(ctx context.Context, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(out, "building Kubernetes %s from source (once, cached in %s): about 12 minutes on 2 idle cores\n", Version, CacheDir())
-	cmd := exec.CommandContext(ctx, "bash", "-s")
-	cmd.Stdin = bytes.NewReader(buildScript)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Env = append(os.Environ(), "EBPFNET_CACHE="+CacheDir(), "EBPFNET_K8S_VERSION="+Version)
-	if err := cmd.Run(); err != nil {
+	if err := RunScript(ctx, buildScript, out, "EBPFNET_CACHE="+CacheDir(), "EBPFNET_K8S_VERSION="+Version); err != nil {
 		return fmt.Errorf("build Kubernetes %s: %w", Version, err)
 	}
 	return nil
+}
+
+// RunScript runs an embedded bash script with env added to this process's environment,
+// showing its output on out: how the lab's build scripts run when a binary is missing.
+func RunScript(ctx context.Context, script []byte, out io.Writer, env ...string) error {
+	cmd := exec.CommandContext(ctx, "bash", "-s")
+	cmd.Stdin = bytes.NewReader(script)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = append(os.Environ(), env...)
+	return cmd.Run()
 }
 
 // missingBuilt tells whether a binary the build makes is not in the cache.

@@ -3,16 +3,16 @@
 package peers
 
 import (
-	"bytes"
 	"context"
 	_ "embed"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
+
+	"github.com/ebpfnet/ebpfnet/lab/kube"
 )
 
 // CiliumVersion is the Cilium the lab builds and runs (build-cilium.sh says it again; a test
@@ -25,19 +25,10 @@ const CiliumVersion = "v1.20.2"
 //go:embed build-cilium.sh
 var buildScript []byte
 
-// cacheDir is where built binaries are kept across runs: EBPFNET_CACHE, else /var/cache/ebpfnet
-// (the Kubernetes binaries' cache too).
-func cacheDir() string {
-	if d := os.Getenv("EBPFNET_CACHE"); d != "" {
-		return d
-	}
-	return "/var/cache/ebpfnet"
-}
-
 // CiliumDir holds the build of CiliumVersion: bin/ (cilium-agent, cilium-cni, and clang, the
 // project's clang-19 under the name the agent runs), bpf/ (the sources the agent compiles) and
 // crds/ (the CustomResourceDefinitions its operator would install).
-func CiliumDir() string { return filepath.Join(cacheDir(), "cilium", CiliumVersion) }
+func CiliumDir() string { return filepath.Join(kube.CacheDir(), "cilium", CiliumVersion) }
 
 // CiliumAgent and CiliumCNI are the built binaries.
 func CiliumAgent() string { return filepath.Join(CiliumDir(), "bin", "cilium-agent") }
@@ -61,11 +52,7 @@ func EnsureCilium(ctx context.Context, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(out, "building Cilium %s from source (once, cached in %s): about 8 minutes on 2 idle cores\n", CiliumVersion, CiliumDir())
-	cmd := exec.CommandContext(ctx, "bash", "-s")
-	cmd.Stdin = bytes.NewReader(buildScript)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Env = append(os.Environ(), "EBPFNET_CACHE="+cacheDir(), "EBPFNET_CILIUM_VERSION="+CiliumVersion)
-	if err := cmd.Run(); err != nil {
+	if err := kube.RunScript(ctx, buildScript, out, "EBPFNET_CACHE="+kube.CacheDir(), "EBPFNET_CILIUM_VERSION="+CiliumVersion); err != nil {
 		return fmt.Errorf("build Cilium %s: %w", CiliumVersion, err)
 	}
 	return nil
