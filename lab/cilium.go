@@ -56,7 +56,7 @@ func (s *State) ciliumPodCIDRs() error {
 		if n.PodCIDR.IsValid() {
 			continue
 		}
-		for taken[next] || overlapsAny(next, taken) {
+		for overlapsAny(next, taken) {
 			next = store.NextPrefix(next)
 		}
 		if !cluster.Contains(next.Addr()) {
@@ -130,7 +130,7 @@ func (b *builder) ciliumAgents(ctx context.Context) error {
 		if err := os.WriteFile(own, kubeconfig, 0o600); err != nil {
 			return err
 		}
-		args, err := peers.CiliumArgs(peers.CiliumNode{Name: n.Name, Mode: st.Mode, ClusterCIDR: cluster,
+		args, err := peers.CiliumArgs(peers.CiliumNode{Mode: st.Mode, ClusterCIDR: cluster,
 			VXLANPort: st.VXLANPort, Device: UnderlayIf, Kubeconfig: own})
 		if err != nil {
 			return err

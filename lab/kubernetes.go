@@ -80,6 +80,9 @@ func (b *builder) kubeControlPlane(ctx context.Context) error {
 	if b.images, err = kube.BuildImages(dir, b.opts.Exe); err != nil {
 		return err
 	}
+	if b.st.CNI == CNICilium {
+		return nil // no ebpfnet agent runs: its image is neither built nor imported
+	}
 	agentImage, err := kube.BuildAgentImage(dir, LabAgentImage, b.opts.AgentExe, b.opts.AgentCNI)
 	if err != nil {
 		return err
@@ -167,12 +170,12 @@ func (b *builder) kubePods(ctx context.Context) error {
 // namespace (from its node's agent), waits until it answers on its ports, and then until the
 // API server shows it Running and Ready.
 func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Duration) error {
+	if s.CNI == CNICilium {
+		return s.waitCiliumPods(ctx, pods, timeout)
+	}
 	want := map[string]bool{}
 	for _, p := range pods {
 		want[p.Key()] = true
-	}
-	if s.CNI == CNICilium {
-		return s.waitCiliumPods(ctx, pods, timeout)
 	}
 	found := map[string]store.Endpoint{}
 	err := waitFor(ctx, timeout, "pods to run", func() (bool, string) {

@@ -112,26 +112,20 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 		}
 	}
 	if st.CNI == CNICilium {
-		// The peer: no ebpfnet agent to converge or program; Cilium's agents are ready once
-		// they wrote their CNI config, the pods once the API server shows them Ready.
+		// The peer: Cilium's agents are ready once they wrote their CNI config; there is no
+		// ebpfnet agent to converge or program.
 		if err := b.ciliumAgents(ctx); err != nil {
 			return nil, fmt.Errorf("cilium: %w", err)
 		}
-		if err := b.kubePods(ctx); err != nil {
+	} else {
+		if st.Kubernetes {
+			if err := b.kubeAgents(ctx); err != nil {
+				return nil, fmt.Errorf("ebpfnet's DaemonSet: %w", err)
+			}
+		}
+		if err := b.converged(ctx); err != nil {
 			return nil, err
 		}
-		if _, err := st.ApplyServices(ctx, spec.Services); err != nil {
-			return nil, err
-		}
-		return st, st.save()
-	}
-	if st.Kubernetes {
-		if err := b.kubeAgents(ctx); err != nil {
-			return nil, fmt.Errorf("ebpfnet's DaemonSet: %w", err)
-		}
-	}
-	if err := b.converged(ctx); err != nil {
-		return nil, err
 	}
 	if st.Kubernetes {
 		if err := b.kubePods(ctx); err != nil {
@@ -140,8 +134,10 @@ func Up(ctx context.Context, name string, spec *Spec, opts Options) (st *State, 
 		if _, err := st.ApplyServices(ctx, spec.Services); err != nil {
 			return nil, err
 		}
-		if err := st.Client().Sync(ctx); err != nil {
-			return nil, fmt.Errorf("program the lab on every node: %w", err)
+		if st.CNI != CNICilium {
+			if err := st.Client().Sync(ctx); err != nil {
+				return nil, fmt.Errorf("program the lab on every node: %w", err)
+			}
 		}
 		return st, st.save()
 	}

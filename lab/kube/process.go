@@ -46,7 +46,7 @@ func spawn(ns namespaces, dir, name string, env []string, exe string, args ...st
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, log: logf.Name(), done: make(chan struct{})}
+	p := &proc{name: name, pid: cmd.Process.Pid, log: logf.Name(), done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait() // reaps it if it dies while this process still runs; its log says why
 		close(p.done)
@@ -60,6 +60,7 @@ func spawn(ns namespaces, dir, name string, env []string, exe string, args ...st
 // proc is a process spawn started.
 type proc struct {
 	name string
+	pid  int
 	log  string
 	done chan struct{} // closed once it has exited
 }
@@ -140,12 +141,5 @@ func StartDaemon(dir, netns, name string, env []string, exe string, args ...stri
 	if err != nil {
 		return 0, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, name+".pid"))
-	if err != nil {
-		return 0, err
-	}
-	if err := p.alive(); err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
+	return p.pid, p.alive()
 }

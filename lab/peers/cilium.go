@@ -60,7 +60,6 @@ func EnsureCilium(ctx context.Context, out io.Writer) error {
 
 // CiliumNode is what one node's cilium-agent is told.
 type CiliumNode struct {
-	Name        string
 	Mode        string       // "vxlan" (Cilium's tunnel mode) or "native" (native routing)
 	ClusterCIDR netip.Prefix // the pods' addresses, routed natively in native mode
 	VXLANPort   int          // the tunnel's UDP port
@@ -70,17 +69,6 @@ type CiliumNode struct {
 
 // CiliumModes are the lab modes Cilium runs in; IP-in-IP is not one of Cilium's.
 var CiliumModes = []string{"vxlan", "native"}
-
-// NotEnabled lists what Cilium's tuning guide recommends that the lab leaves off, and why:
-// docs/peers.md repeats it.
-var NotEnabled = map[string]string{
-	"socket LB (bpf-lb-sock)": "the lab's nodes share one kernel and one cgroup hierarchy: one node's cgroup programs would translate every node's sockets",
-	"netkit devices":          "this kernel has no netkit",
-	"bandwidth manager":       "this kernel has no sch_fq",
-	"L7 proxy (Envoy)":        "no Envoy is built; ebpfnet has no L7 policy either",
-	"health checking":         "cilium-health is not built: the lab probes every pair itself",
-	"Hubble":                  "observability, not forwarding; off by default",
-}
 
 // CiliumArgs is the command line of node's cilium-agent, as Cilium's tuning guide recommends
 // where this kernel allows: kube-proxy replacement, BPF host routing, BPF masquerading, the

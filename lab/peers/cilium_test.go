@@ -31,7 +31,7 @@ func TestCiliumArgsFollowTheMode(t *testing.T) {
 		{"vxlan", []string{"--routing-mode=tunnel", "--tunnel-protocol=vxlan", "--tunnel-port=8472"}},
 		{"native", []string{"--routing-mode=native", "--ipv4-native-routing-cidr=10.244.0.0/16", "--auto-direct-node-routes=true"}},
 	} {
-		args, err := CiliumArgs(CiliumNode{Name: "node1", Mode: c.mode, ClusterCIDR: cluster, VXLANPort: 8472, Device: "eth0", Kubeconfig: "/k"})
+		args, err := CiliumArgs(CiliumNode{Mode: c.mode, ClusterCIDR: cluster, VXLANPort: 8472, Device: "eth0", Kubeconfig: "/k"})
 		if err != nil {
 			t.Fatalf("%s: %v", c.mode, err)
 		}
