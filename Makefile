@@ -13,7 +13,7 @@ SOAK_TIME ?= 10m
 FUZZ_PACKETS ?= 1000000
 FUZZ_TIME    ?= 60s
 
-.PHONY: help deps deps-kubernetes deps-e2e deps-cilium conformance generate check-generate lint build image test fuzz soak bench bench-record demo clean
+.PHONY: help deps deps-kubernetes deps-e2e deps-cilium conformance conformance-cilium generate check-generate lint build image test fuzz soak bench bench-record demo clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,7 +81,7 @@ soak: deps build ## 100 CNI callers ADD/DEL for SOAK_TIME (10m) while the agent 
 image: build ## build the agent's container image (deploy/ebpfnet.yaml) as a docker archive in bin/image
 	$(BIN)/ebpfnet image build --out $(BIN)/image
 
-bench: deps deps-kubernetes build ## compare ebpfnet with kernel baselines (every suite); writes bin/bench/
+bench: deps deps-kubernetes deps-cilium build ## compare ebpfnet with kernel baselines and with Cilium (every suite, the peers suite first); writes bin/bench/
 	$(BIN)/ebpfnet-bench -out $(BIN)/bench
 
 bench-record: ## copy the last make bench (bin/bench/) into the committed bench/results/
@@ -90,6 +90,9 @@ bench-record: ## copy the last make bench (bin/bench/) into the committed bench/
 
 conformance: deps deps-e2e build ## run Kubernetes' sig-network e2e suites in vxlan and native labs (CONFORMANCE_ARGS: -modes, -suites, -only); writes bin/conformance/
 	$(BIN)/ebpfnet-conformance -out $(BIN)/conformance $(CONFORMANCE_ARGS)
+
+conformance-cilium: deps deps-e2e deps-cilium build ## the same suites with Cilium as the labs' CNI, for the counts side by side; writes bin/conformance-cilium/
+	$(BIN)/ebpfnet-conformance -cni cilium -out $(BIN)/conformance-cilium $(CONFORMANCE_ARGS)
 
 demo: deps build ## bring up a small cluster in namespaces and show it working
 	scripts/demo.sh

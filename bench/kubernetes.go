@@ -152,16 +152,7 @@ func measurePodReady(ctx context.Context, st *lab.State, api kubernetes.Interfac
 	if _, err := api.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}, metav1.CreateOptions{}); err != nil {
 		return 0, 0, 0, err
 	}
-	replicas := int32(n)
-	zero := int64(0)
-	no := false
-	labels := map[string]string{"app": "bench"}
-	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "bench"},
-		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: &zero, AutomountServiceAccountToken: &no, EnableServiceLinks: &no,
-					Containers: []corev1.Container{{Name: "echo", Image: kube.EchoImage, ImagePullPolicy: corev1.PullNever,
-						Command: []string{"/ebpfnet", "lab", "serve", "--ports", "80/TCP", "--ready", "/tmp/ready"}}}}}}}
+	d := echoDeployment("echo", "bench", int32(n), nil)
 	start := time.Now()
 	if _, err := api.AppsV1().Deployments("bench").Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		return 0, 0, 0, err
@@ -213,4 +204,19 @@ func measurePodReady(ctx context.Context, st *lab.State, api kubernetes.Interfac
 		return 0, 0, 0, err
 	}
 	return median(took), took[p99i-1], took[len(took)-1], nil
+}
+
+// echoDeployment is a Deployment of replicas pods serving `lab serve` on port 80/TCP, on
+// nodes matching nodeSelector (nil: any).
+func echoDeployment(name, namespace string, replicas int32, nodeSelector map[string]string) *appsv1.Deployment {
+	zero := int64(0)
+	no := false
+	labels := map[string]string{"app": name}
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: &zero, AutomountServiceAccountToken: &no, EnableServiceLinks: &no,
+					NodeSelector: nodeSelector,
+					Containers: []corev1.Container{{Name: "echo", Image: kube.EchoImage, ImagePullPolicy: corev1.PullNever,
+						Command: []string{"/ebpfnet", "lab", "serve", "--ports", "80/TCP", "--ready", "/tmp/ready"}}}}}}}
 }

@@ -73,10 +73,21 @@ func waitListening(nsPath string, addr netip.AddrPort) error {
 
 // throughput runs one iperf3 TCP stream for d and returns what the receiver got, in Gbit/s.
 func (t *Topology) throughput(d time.Duration) (float64, error) {
-	out, err := exec.Command("ip", "netns", "exec", t.Client, "iperf3", "-c", t.target().String(),
-		"-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J").Output()
+	return iperf3(t.Name, exec.Command("ip", "netns", "exec", t.Client, "iperf3", "-c", t.target().String(),
+		"-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J"))
+}
+
+// iperfStream is throughput from the namespace at nsPath (a pod's, say) to dst.
+func iperfStream(nsPath string, dst netip.AddrPort, d time.Duration) (float64, error) {
+	return iperf3(dst.String(), exec.Command("nsenter", "--net="+nsPath, "--", "iperf3", "-c", dst.Addr().String(),
+		"-p", fmt.Sprint(dst.Port()), "-t", fmt.Sprint(int(d.Seconds())), "-O", "1", "-J"))
+}
+
+// iperf3 runs an iperf3 client asking for JSON (-J) and returns the receiver's Gbit/s.
+func iperf3(over string, cmd *exec.Cmd) (float64, error) {
+	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("iperf3 over %s: %w: %s", t.Name, err, out)
+		return 0, fmt.Errorf("iperf3 over %s: %w: %s", over, err, out)
 	}
 	var res struct {
 		End struct {
@@ -90,7 +101,7 @@ func (t *Topology) throughput(d time.Duration) (float64, error) {
 		return 0, fmt.Errorf("parse iperf3 output: %w", err)
 	}
 	if res.Error != "" {
-		return 0, fmt.Errorf("iperf3 over %s: %s", t.Name, res.Error)
+		return 0, fmt.Errorf("iperf3 over %s: %s", over, res.Error)
 	}
 	return res.End.SumReceived.BitsPerSecond / 1e9, nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 // Report is everything one `make bench` measured.
 type Report struct {
 	Date     time.Time   `json:"date"`
+	Commit   string      `json:"commit"` // the ebpfnet-bench build's, "+dirty" when modified
 	Kernel   string      `json:"kernel"`
 	CPU      string      `json:"cpu"`
 	CPUs     int         `json:"cpus"`
@@ -38,6 +40,8 @@ type Report struct {
 	KubeProxy []KubeProxyProgram `json:"kubeProxy,omitempty"`
 	// BGP is how fast routes follow nodes joining and leaving a two-rack BGP lab.
 	BGP *BGPConvergence `json:"bgpConvergence,omitempty"`
+	// Peers is ebpfnet beside Cilium, each the CNI of the same kubernetes lab.
+	Peers *PeersCost `json:"peers,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -47,8 +51,32 @@ func NewReport(cfg Config) *Report {
 	if unix.Uname(&u) == nil {
 		kernel = unix.ByteSliceToString(u.Release[:])
 	}
-	return &Report{Date: time.Now().UTC(), Kernel: kernel, CPU: cpuModel(),
+	return &Report{Date: time.Now().UTC(), Commit: buildCommit(), Kernel: kernel, CPU: cpuModel(),
 		CPUs: runtime.NumCPU(), Config: cfg}
+}
+
+// buildCommit is the commit this binary was built from, as Go stamps it.
+func buildCommit() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	commit, dirty := "unknown", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			commit = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if len(commit) > 12 {
+		commit = commit[:12]
+	}
+	if dirty {
+		commit += "+dirty"
+	}
+	return commit
 }
 
 func cpuModel() string {
@@ -92,8 +120,11 @@ func (r *Report) Write(dir string, w io.Writer) error {
 // Markdown renders the tables with ratios against each suite's baseline and limit.
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# ebpfnet benchmark\n\n%s · kernel %s · %s (%d CPUs) · %d rounds, interleaved; medians\n\n",
-		r.Date.Format("2006-01-02 15:04 UTC"), r.Kernel, r.CPU, r.CPUs, r.Config.Rounds)
+	fmt.Fprintf(&b, "# ebpfnet benchmark\n\n%s · commit %s · kernel %s · %s (%d CPUs) · %d rounds, interleaved; medians\n\n",
+		r.Date.Format("2006-01-02 15:04 UTC"), r.Commit, r.Kernel, r.CPU, r.CPUs, r.Config.Rounds)
+	if p := r.Peers; p != nil {
+		p.markdown(&b)
+	}
 	for _, s := range r.Suites {
 		base, lim := s.Get(s.Baseline), s.Get(s.Limit)
 		fmt.Fprintf(&b, "## %s\n\n", s.Name)

@@ -12,6 +12,7 @@ import (
 // out; Skipped ones skipped themselves at run time (a missing provider feature, say).
 type Count struct {
 	Name     string   `json:"name"`
+	CNI      string   `json:"cni"` // lab.CNIEbpfnet, or lab.CNICilium: the peer's counts
 	Mode     string   `json:"mode"`
 	Passed   int      `json:"passed"`
 	Failed   int      `json:"failed"`

@@ -20,7 +20,9 @@ import (
 
 // Config says what to run.
 type Config struct {
-	Modes  []string // lab modes: vxlan, native (Run's; RunIn runs in the lab it is given)
+	Modes []string // lab modes: vxlan, native (Run's; RunIn runs in the lab it is given)
+	// CNI networks Run's labs: lab.CNIEbpfnet (empty: the same) or lab.CNICilium, the peer.
+	CNI    string
 	Suites []Suite
 	// Only narrows every suite to its tests whose name matches this between the suite's
 	// prefix and tag (Suite.Focus): the short subset `make test` runs. Empty: every test.
@@ -76,11 +78,14 @@ func failures(mode string, counts []Count) []string {
 // runMode runs every suite in a new 3-node lab of the mode.
 func runMode(ctx context.Context, cfg Config, mode string) ([]Count, error) {
 	name := cfg.LabName + mode[:2]
-	spec := &lab.Spec{Mode: mode, Kubernetes: true, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
+	if cfg.CNI == lab.CNICilium {
+		name = cfg.LabName + "c" + mode[:2]
+	}
+	spec := &lab.Spec{Mode: mode, Kubernetes: true, CNI: cfg.CNI, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
 	if err := spec.Validate(); err != nil { // fills in the defaults
 		return nil, err
 	}
-	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, 3 nodes) up\n", name, mode)
+	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, %s, 3 nodes) up\n", name, spec.CNI, mode)
 	st, err := lab.Up(ctx, name, spec, cfg.Lab)
 	if err != nil {
 		return nil, fmt.Errorf("%s lab: %w", mode, err)
@@ -95,7 +100,7 @@ func runMode(ctx context.Context, cfg Config, mode string) ([]Count, error) {
 
 // RunIn runs cfg's suites (not its Modes: the lab has one) with e2e.test in the kubernetes
 // lab st, after importing the images they use into its nodes, and returns their counts. Its
-// reports go under cfg.Out/<mode>/<suite>. Failed tests are counted, not an error; a suite
+// reports go under cfg.Out/<mode>/<suite> (cfg.Out/cilium-<mode>/<suite> in a Cilium lab). Failed tests are counted, not an error; a suite
 // that ran no test is one.
 func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	ex, err := Exclusions()
@@ -110,7 +115,11 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	if err != nil {
 		return nil, err
 	}
-	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, st.Mode, "images"), refs)
+	runDir := st.Mode
+	if st.CNI == lab.CNICilium {
+		runDir = lab.CNICilium + "-" + st.Mode
+	}
+	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, runDir, "images"), refs)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +134,7 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	var counts []Count
 	for _, s := range cfg.Suites {
 		focus := s.Focus(cfg.Only)
-		dir := filepath.Join(cfg.Out, mode, s.Name)
+		dir := filepath.Join(cfg.Out, runDir, s.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return counts, err
 		}
@@ -138,10 +147,13 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 			// No report: e2e.test did not get as far as its tests.
 			return counts, fmt.Errorf("%s %s: %w (e2e.test: %w)", mode, s.Name, err, e2eResult(runErr))
 		}
-		c.Mode, c.Seconds = mode, time.Since(start).Round(time.Second).Seconds()
+		c.CNI, c.Mode, c.Seconds = st.CNI, mode, time.Since(start).Round(time.Second).Seconds()
+		if c.CNI == "" {
+			c.CNI = lab.CNIEbpfnet
+		}
 		counts = append(counts, c)
-		fmt.Fprintf(cfg.Log, "conformance: %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
-			mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
+		fmt.Fprintf(cfg.Log, "conformance: %s %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
+			c.CNI, mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
 		if c.Passed+c.Failed == 0 {
 			return counts, fmt.Errorf("%s %s: no test ran (e2e.test: %w)", mode, s.Name, e2eResult(runErr))
 		}
@@ -205,9 +217,9 @@ func imageRefs(ctx context.Context, e2e string) ([]string, error) {
 // Table is the summary as a text table.
 func (s Summary) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-8s %-9s %7s %7s %8s %9s %8s\n", "mode", "suite", "passed", "failed", "skipped", "excluded", "time")
+	fmt.Fprintf(&b, "%-8s %-8s %-9s %7s %7s %8s %9s %8s\n", "cni", "mode", "suite", "passed", "failed", "skipped", "excluded", "time")
 	for _, c := range s.Suites {
-		fmt.Fprintf(&b, "%-8s %-9s %7d %7d %8d %9d %8s\n", c.Mode, c.Name, c.Passed, c.Failed, c.Skipped, c.Excluded,
+		fmt.Fprintf(&b, "%-8s %-8s %-9s %7d %7d %8d %9d %8s\n", c.CNI, c.Mode, c.Name, c.Passed, c.Failed, c.Skipped, c.Excluded,
 			(time.Duration(c.Seconds) * time.Second).String())
 		for _, f := range c.Failures {
 			fmt.Fprintf(&b, "  FAIL %s\n", f)

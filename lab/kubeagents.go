@@ -230,6 +230,22 @@ func (s *State) agentPods(ctx context.Context) string {
 	return strings.Join(pods, " | ")
 }
 
+// AgentPID is the process of the agent that networks node's pods: ebpfnet's (the DaemonSet's
+// pod in a kubernetes lab), or cilium-agent in a Cilium lab.
+func (s *State) AgentPID(node string) (int, error) {
+	for i := range s.Nodes {
+		n := &s.Nodes[i]
+		if n.Name != node {
+			continue
+		}
+		if s.Kubernetes && s.CNI != CNICilium {
+			return s.kubeAgentPID(n)
+		}
+		return n.AgentPID, nil
+	}
+	return 0, fmt.Errorf("no node %q in lab %s", node, s.Name)
+}
+
 // kubeAgentPID finds the process of node n's agent: `/ebpfnet daemon` in the node's network
 // namespace (a host-network pod), seen from the host.
 func (s *State) kubeAgentPID(n *Node) (int, error) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,10 @@ func run(ctx context.Context) error {
 	cniPods := flag.Int("cni-pods", 100, "pods to add and delete for the CNI figures (0 skips them)")
 	cniParallel := flag.Int("cni-parallel", 10, "CNI figures: ADDs (and DELs) at a time")
 	kubePods := flag.Int("kube-pods", 30, "pods of the kubernetes lab's Deployment (0 skips the kubernetes figures)")
+	peerModes := flag.String("peers", "native,vxlan", "peers suite: modes of the ebpfnet and Cilium lab pairs, the last also with the figures that do not depend on the mode (empty skips the suite; make deps-cilium builds Cilium)")
+	peerRounds := flag.Int("peer-rounds", 7, "peers suite: rounds, interleaved between ebpfnet and Cilium")
+	peerRules := flag.Int("peer-rules", 1000, "peers suite: NetworkPolicy rules in force for the rules figures (0 skips them)")
+	peerPods := flag.Int("peer-pods", 100, "peers suite: pods added to one node for the CNI ADD and memory figures (0 skips them)")
 	bgpJoins := flag.Int("bgp-joins", 5, "bgp suite: nodes to join to a two-rack lab and remove again, timing route convergence (0 skips them)")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
@@ -80,6 +85,22 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("service update figures: %w", err)
 		}
 		report.ServiceUpdate = &u
+	}
+	if modes := splitList(*peerModes); len(modes) > 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		p, err := bench.MeasurePeers(ctx, filepath.Join(filepath.Dir(exe), "ebpfnet"), bench.PeersConfig{Rounds: *peerRounds,
+			Throughput: *tput, Requests: *lat, Modes: modes, Rules: *peerRules, Pods: *peerPods, Parallel: *cniParallel})
+		report.Peers = p
+		if err != nil {
+			// What was measured is kept: a peers run is long.
+			if werr := report.Write(*out, os.Stdout); werr != nil {
+				slog.Warn("write the partial report", "err", werr)
+			}
+			return err
+		}
 	}
 	for _, name := range splitList(*suites) {
 		if ctx.Err() != nil {

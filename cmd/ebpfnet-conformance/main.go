@@ -23,14 +23,15 @@ func main() {
 	out := flag.String("out", "bin/conformance", "directory for the reports and summary.json")
 	exe := flag.String("ebpfnet", "bin/ebpfnet", "the ebpfnet binary (ebpfnet-cni beside it)")
 	name := flag.String("lab", "conf", "prefix of the labs' names")
+	cni := flag.String("cni", lab.CNIEbpfnet, "what networks the labs' pods: ebpfnet, or cilium (the peer; make deps-cilium builds it)")
 	flag.Parse()
-	if err := run(*modes, *suites, *only, *out, *exe, *name); err != nil {
+	if err := run(*modes, *suites, *only, *out, *exe, *name, *cni); err != nil {
 		fmt.Fprintln(os.Stderr, "conformance:", err)
 		os.Exit(1)
 	}
 }
 
-func run(modes, suites, only, out, exe, name string) error {
+func run(modes, suites, only, out, exe, name, cni string) error {
 	// The labs link the binaries into each node's CNI directory, and e2e.test runs in its
 	// report's directory: the paths must be absolute.
 	exe, err := filepath.Abs(exe)
@@ -40,7 +41,10 @@ func run(modes, suites, only, out, exe, name string) error {
 	if out, err = filepath.Abs(out); err != nil {
 		return err
 	}
-	cfg := conformance.Config{Modes: strings.Split(modes, ","), Only: only, Out: out, LabName: name,
+	if cni != lab.CNIEbpfnet && cni != lab.CNICilium {
+		return fmt.Errorf("-cni %q: ebpfnet or cilium", cni)
+	}
+	cfg := conformance.Config{Modes: strings.Split(modes, ","), CNI: cni, Only: only, Out: out, LabName: name,
 		Lab: lab.Options{Exe: exe}, Log: os.Stdout}
 	for _, s := range strings.Split(suites, ",") {
 		suite, err := conformance.SuiteByName(s)
