@@ -313,12 +313,15 @@ func interleave(ctx context.Context, labs [2]*peerLab, mode string, rounds int, 
 		for i, m := range ms {
 			for k := range labs {
 				if err := ctx.Err(); err != nil {
-					return nil, err
+					return figs, err
 				}
 				l := labs[(k+r)%2]
 				v, err := m.run(l)
 				if err != nil {
-					return nil, fmt.Errorf("%s, %s, round %d: %w", l.cni, m.name, r+1, err)
+					for i := range figs {
+						figs[i] = finish(figs[i])
+					}
+					return figs, fmt.Errorf("%s, %s, round %d: %w", l.cni, m.name, r+1, err)
 				}
 				add(&figs[i], l.cni, v)
 				slog.Info("peers: measured", "mode", mode, "round", r+1, "figure", m.name, "cni", l.cni, m.unit, round2(v))

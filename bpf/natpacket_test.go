@@ -17,6 +17,7 @@ import (
 // TCP flags the tests send.
 const (
 	tcpSYN = 0x02
+	tcpRST = 0x04
 	tcpACK = 0x10
 )
 

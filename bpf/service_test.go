@@ -520,6 +520,62 @@ func TestServiceBackendGone(t *testing.T) {
 	n.wantNAT(t, servicePair(packet.ProtoTCP, client, vip, client, left, remaining, false))
 }
 
+// A client reaches a backend directly from the port it reached it through a Service before
+// (TCP_CRR does, within seconds): once that connection is closed, the new one's replies are
+// not rewritten to the Service's address; while it is open, it keeps its own.
+func TestServicePortReusedDirectly(t *testing.T) {
+	t.Parallel()
+	n := loadSvcNode(t)
+	vip, client, backend := netip.AddrPortFrom(clusterIP, 80), netip.AddrPortFrom(ipLocal, 40000), netip.AddrPortFrom(be1, 8080)
+	n.frontend(t, maps.Frontend{Addr: vip, Protocol: packet.ProtoTCP, ServiceID: 1, Backends: []uint32{beID1}}, 0)
+	open := []step{
+		{name: "SYN through the Service", at: fromPod, in: tcp(client, vip, tcpSYN), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, backend))}},
+		{name: "its SYN-ACK from the Service", at: fromPod, in: tcp(backend, client, tcpSYN|tcpACK), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(vip, client))}},
+	}
+	direct := []step{
+		{name: "SYN to the backend from the same port", at: fromPod, in: tcp(client, backend, tcpSYN), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, backend))}},
+	}
+	t.Run("open", func(t *testing.T) {
+		n.run(t, append(open, direct...))
+		n.wantNAT(t, servicePair(packet.ProtoTCP, client, vip, client, backend, beID1, false))
+	})
+	t.Run("closed", func(t *testing.T) {
+		n.run(t, []step{{name: "the client resets the Service connection", at: fromPod, in: tcp(client, vip, tcpRST|tcpACK),
+			reason: maps.ReasonForwardLocal, checks: []outCheck{leaves(tcpFlow(client, backend))}}})
+		n.run(t, append(direct, step{name: "the direct SYN-ACK keeps the backend's address", at: fromPod,
+			in: tcp(backend, client, tcpSYN|tcpACK), reason: maps.ReasonForwardLocal, checks: []outCheck{leaves(tcpFlow(backend, client))}}))
+		n.wantNAT(t)
+	})
+}
+
+// A connection opened on the tuple of a closed one through a Service chooses its backend
+// again, as a new connection does: the one the closed connection had may no longer be a slot.
+func TestServiceClosedTupleChoosesAgain(t *testing.T) {
+	t.Parallel()
+	n := loadSvcNode(t)
+	vip, client := netip.AddrPortFrom(clusterIP, 80), netip.AddrPortFrom(ipLocal, 40000)
+	first, second := netip.AddrPortFrom(be1, 8080), netip.AddrPortFrom(be2, 8080)
+	n.frontend(t, maps.Frontend{Addr: vip, Protocol: packet.ProtoTCP, ServiceID: 3, Backends: []uint32{beID1}}, 0)
+	n.run(t, []step{
+		{name: "SYN to the first backend", at: fromPod, in: tcp(client, vip, tcpSYN), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, first))}},
+		{name: "reset", at: fromPod, in: tcp(client, vip, tcpRST|tcpACK), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, first))}},
+	})
+	// The first backend stays (not terminating, still a backend), but is no slot any more.
+	n.frontend(t, maps.Frontend{Addr: vip, Protocol: packet.ProtoTCP, ServiceID: 3, Backends: []uint32{beID2}}, 1)
+	n.run(t, []step{
+		{name: "a packet of the closed connection still follows it", at: fromPod, in: tcp(client, vip, tcpACK), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, first))}},
+		{name: "a new SYN on its tuple goes to the slot's backend", at: fromPod, in: tcp(client, vip, tcpSYN), reason: maps.ReasonForwardLocal,
+			checks: []outCheck{leaves(tcpFlow(client, second))}},
+	})
+	n.wantNAT(t, servicePair(packet.ProtoTCP, client, vip, client, second, beID2, false))
+}
+
 // A pod's flow leaving the cluster takes the node's address, its replies come back.
 func TestMasquerade(t *testing.T) {
 	t.Parallel()

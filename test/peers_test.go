@@ -2,12 +2,22 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/testkit/nstest"
 )
 
@@ -35,6 +45,7 @@ func TestCiliumLab(t *testing.T) {
 	}
 	t.Run("pods are Cilium's", func(t *testing.T) { checkCiliumPods(t, st) })
 	t.Run("all pairs reachable", func(t *testing.T) { checkAllPairs(t, st) })
+	t.Run("sockets of no lab are not Cilium's", func(t *testing.T) { checkOutsideSocketsUntouched(t, st) })
 	if t.Failed() {
 		return
 	}
@@ -129,5 +140,70 @@ func checkAllPairs(t *testing.T, st *lab.State) {
 				}
 			}
 		}
+	}
+}
+
+// checkOutsideSocketsUntouched: Cilium attaches its socket programs to the cgroup root, which
+// every process on this machine shares. A socket in a namespace of no lab that connects to
+// what the lab serves as kube-dns's cluster IP must still reach its own listener there, not be
+// sent to the lab's DNS pods (with Cilium's socket LB for every namespace, it was: "network is
+// unreachable", and ebpfnet's labs beside it had their Services answered by Cilium's).
+func checkOutsideSocketsUntouched(t *testing.T, st *lab.State) {
+	vip, err := netip.ParseAddr(strings.TrimSpace(kubectl(t, st, "", "get", "service", "kube-dns", "-n", "kube-system", "-o", "jsonpath={.spec.clusterIP}")))
+	if err != nil {
+		t.Fatalf("kube-dns's cluster IP: %v", err)
+	}
+	name := "sock" + nstest.Suffix(4)
+	path, err := namespace.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := namespace.Delete(name); err != nil {
+			t.Error(err)
+		}
+	})
+	target := netip.AddrPortFrom(vip, 53)
+	err = namespace.Do(path, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		// The address is this namespace's own, as 127.0.0.0/8 is: its listener takes it.
+		route := &netlink.Route{Type: unix.RTN_LOCAL, Table: unix.RT_TABLE_LOCAL, Scope: netlink.SCOPE_HOST,
+			LinkIndex: lo.Attrs().Index, Dst: &net.IPNet{IP: vip.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+		if err := netlink.RouteAdd(route); err != nil {
+			return fmt.Errorf("route %s to lo: %w", vip, err)
+		}
+		ln, err := net.Listen("tcp", target.String())
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		go lab.EchoTCP(ln)
+		c, err := net.DialTimeout("tcp", target.String(), 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("connect to %s from a namespace of no lab: %w", target, err)
+		}
+		defer c.Close()
+		if got := c.RemoteAddr().String(); got != target.String() {
+			return fmt.Errorf("connected to %s, want %s (the namespace's own listener)", got, target)
+		}
+		if _, err := c.Write([]byte(lab.WhoRequest)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		answer := make([]byte, 128)
+		n, err := io.ReadAtLeast(c, answer, 1)
+		if err != nil {
+			return err
+		}
+		if server, _, _ := strings.Cut(string(answer[:n]), " "); server != vip.String() {
+			return fmt.Errorf("answered by %q, want this namespace's listener at %s", answer[:n], vip)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }

@@ -89,7 +89,10 @@ func CiliumArgs(n CiliumNode) ([]string, error) {
 		"--enable-host-legacy-routing=false",
 		"--enable-bpf-masquerade=true",
 		"--enable-ipv4-masquerade=true",
-		"--bpf-lb-sock=false",
+		// kube-proxy-replacement turns socket LB on whatever --bpf-lb-sock says; its programs
+		// attach to the one cgroup root every process here shares. Host-only keeps them to
+		// sockets of the agent's own network namespace (the node's); pods get per-packet LB.
+		"--bpf-lb-sock-hostns-only=true",
 		"--enable-l7-proxy=false",
 		"--enable-health-checking=false",
 		"--enable-endpoint-health-checking=false",
