@@ -2,10 +2,12 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -55,20 +57,33 @@ func NewReport(cfg Config) *Report {
 		CPUs: runtime.NumCPU(), Config: cfg}
 }
 
-// buildCommit is the commit this binary was built from, as Go stamps it.
+// buildCommit is the commit this binary was built from, as Go stamps it, or else (GOFLAGS
+// may say -buildvcs=false) the checkout it sits in (bin/ of a clone); "+dirty" when modified.
 func buildCommit() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	commit, dirty := "unknown", false
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			commit = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
+	commit, dirty := "", false
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
 		}
+	}
+	if commit == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "unknown"
+		}
+		dir := filepath.Dir(exe)
+		out, err := exec.Command("git", "-C", dir, "rev-parse", "HEAD").Output()
+		if err != nil {
+			return "unknown"
+		}
+		commit = strings.TrimSpace(string(out))
+		status, err := exec.Command("git", "-C", dir, "status", "--porcelain", "--untracked-files=no").Output()
+		dirty = err != nil || len(bytes.TrimSpace(status)) > 0
 	}
 	if len(commit) > 12 {
 		commit = commit[:12]
