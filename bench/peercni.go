@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 )
@@ -67,8 +68,7 @@ func measurePeerCNI(ctx context.Context, l *peerLab, pods, parallel int) (peerCN
 		return c, err
 	}
 	defer l.api.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) //nolint:errcheck // the lab goes down next
-	deps := l.api.AppsV1().Deployments(ns)
-	d, err := deps.Create(ctx, echoDeployment("cni", ns, 0, map[string]string{"kubernetes.io/hostname": peerCNINode}), metav1.CreateOptions{})
+	d, err := l.api.AppsV1().Deployments(ns).Create(ctx, echoDeployment("cni", ns, 0, map[string]string{"kubernetes.io/hostname": peerCNINode}), metav1.CreateOptions{})
 	if err != nil {
 		return c, err
 	}
@@ -98,13 +98,9 @@ func measurePeerCNI(ctx context.Context, l *peerLab, pods, parallel int) (peerCN
 // scaleAndWait sets the Deployment's replicas and waits until as many of its pods are ready
 // and no other is left.
 func scaleAndWait(ctx context.Context, l *peerLab, ns, name string, n int32) error {
-	deps := l.api.AppsV1().Deployments(ns)
-	scale, err := deps.GetScale(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	scale.Spec.Replicas = n
-	if _, err := deps.UpdateScale(ctx, name, scale, metav1.UpdateOptions{}); err != nil {
+	// A merge patch carries no resourceVersion: the controller's status writes do not conflict.
+	patch := fmt.Appendf(nil, `{"spec":{"replicas":%d}}`, n)
+	if _, err := l.api.AppsV1().Deployments(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(5 * time.Minute)
