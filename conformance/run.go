@@ -130,7 +130,10 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	if err != nil {
 		return nil, err
 	}
-	mode := st.Mode
+	mode, cni := st.Mode, st.CNI
+	if cni == "" {
+		cni = lab.CNIEbpfnet
+	}
 	var counts []Count
 	for _, s := range cfg.Suites {
 		focus := s.Focus(cfg.Only)
@@ -139,7 +142,7 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 			return counts, err
 		}
 		report := filepath.Join(dir, "junit.xml")
-		fmt.Fprintf(cfg.Log, "conformance: %s %s: e2e.test --ginkgo.focus=%q (log: %s)\n", mode, s.Name, focus, filepath.Join(dir, "e2e.log"))
+		fmt.Fprintf(cfg.Log, "conformance: %s %s %s: e2e.test --ginkgo.focus=%q (log: %s)\n", cni, mode, s.Name, focus, filepath.Join(dir, "e2e.log"))
 		start := time.Now()
 		runErr := runE2E(ctx, st, cp.Kubeconfig, e2e, focus, ex, report, filepath.Join(dir, "e2e.log"))
 		c, err := countJUnit(report, s, focus, ex)
@@ -147,10 +150,7 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 			// No report: e2e.test did not get as far as its tests.
 			return counts, fmt.Errorf("%s %s: %w (e2e.test: %w)", mode, s.Name, err, e2eResult(runErr))
 		}
-		c.CNI, c.Mode, c.Seconds = st.CNI, mode, time.Since(start).Round(time.Second).Seconds()
-		if c.CNI == "" {
-			c.CNI = lab.CNIEbpfnet
-		}
+		c.CNI, c.Mode, c.Seconds = cni, mode, time.Since(start).Round(time.Second).Seconds()
 		counts = append(counts, c)
 		fmt.Fprintf(cfg.Log, "conformance: %s %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
 			c.CNI, mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
