@@ -42,7 +42,7 @@ func rulesPolicyObject(n int) *networkingv1.NetworkPolicy {
 	}
 	rules := []networkingv1.NetworkPolicyIngressRule{{
 		From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
-		Ports: []networkingv1.NetworkPolicyPort{port(peerPort), port(peerIperfPort)},
+		Ports: []networkingv1.NetworkPolicyPort{port(peerPort), port(iperfPort)},
 	}}
 	for i := 1; i < n; i++ {
 		cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 123, byte(i >> 8), byte(i)}), 32)
@@ -65,7 +65,7 @@ func applyRules(ctx context.Context, l *peerLab, n int) error {
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		blocked := !connects(l.pod("e").Netns, l.addr("b", peerPort)) && !connects(l.pod("e").Netns, l.addr("c", peerPort))
-		allowed := connects(l.pod("a").Netns, l.addr("b", peerPort)) && connects(l.pod("a").Netns, l.addr("c", peerIperfPort)) &&
+		allowed := connects(l.pod("a").Netns, l.addr("b", peerPort)) && connects(l.pod("a").Netns, l.addr("c", iperfPort)) &&
 			connects(l.pod("d").Netns, l.addr("c", peerPort))
 		if blocked && allowed {
 			return nil

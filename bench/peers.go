@@ -75,8 +75,6 @@ const (
 	peerClusterIP = "10.96.0.80"
 )
 
-var peerIperfPort = iperfPort
-
 func peersSpec(mode, cni string) *lab.Spec {
 	tcp := []lab.Port{{Port: peerPort, Protocol: "TCP"}}
 	pod := func(name, node, role string) lab.PodSpec {
@@ -143,13 +141,13 @@ func upPeerLab(ctx context.Context, exe, mode, cni string) (*peerLab, error) {
 	}
 	for _, server := range []string{"b", "c"} {
 		p := l.pod(server)
-		c := exec.Command("nsenter", "--net="+p.Netns, "--", "iperf3", "-s", "-B", p.IP.String(), "-p", fmt.Sprint(peerIperfPort))
+		c := exec.Command("nsenter", "--net="+p.Netns, "--", "iperf3", "-s", "-B", p.IP.String(), "-p", fmt.Sprint(iperfPort))
 		if err := c.Start(); err != nil {
 			l.close()
 			return nil, fmt.Errorf("iperf3 in %s: %w", p.Key(), err)
 		}
 		l.iperf = append(l.iperf, c)
-		if err := waitListening(p.Netns, netip.AddrPortFrom(p.IP, uint16(peerIperfPort))); err != nil {
+		if err := waitListening(p.Netns, netip.AddrPortFrom(p.IP, uint16(iperfPort))); err != nil {
 			l.close()
 			return nil, err
 		}
@@ -268,7 +266,7 @@ func measurePeerMode(ctx context.Context, exe, mode string, all bool, cfg PeersC
 func pathMeasures(cfg PeersConfig, suffix string) []peerMeasure {
 	stream := func(server string) func(*peerLab) (float64, error) {
 		return func(l *peerLab) (float64, error) {
-			return iperfStream(l.pod("a").Netns, l.addr(server, peerIperfPort), cfg.Throughput)
+			return iperfStream(l.pod("a").Netns, l.addr(server, iperfPort), cfg.Throughput)
 		}
 	}
 	rr := func(dst func(*peerLab) netip.AddrPort, connect bool) func(*peerLab) (float64, error) {

@@ -126,6 +126,12 @@ static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 	return bpf_map_lookup_elem(&conntrack, &k) ? CT_RELATED : CT_NEW;
 }
 
+/* syn_only says whether pkt opens a TCP connection: SYN without ACK. */
+static __always_inline int syn_only(struct packet *pkt)
+{
+	return pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+}
+
 /* ct_live says whether e still stands for pkt's flow: unexpired, and not a closing TCP
  * connection whose tuple a new one (SYN without ACK) takes over. That one is new, and policy
  * judges it as such: a client reusing the port of a closed connection gets no pass from it. */
@@ -133,8 +139,7 @@ static __always_inline int ct_live(struct ct_entry *e, struct packet *pkt, __u64
 {
 	if (!e || e->expires <= now)
 		return 0;
-	return !(pkt->l4_proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
-		 (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);
+	return !((e->flags & CT_F_CLOSING) && syn_only(pkt));
 }
 
 /* ct_lookup says whether pkt belongs to a flow already allowed, and counts it there. */

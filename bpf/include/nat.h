@@ -186,20 +186,52 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *pkt
 			     e->dport);
 }
 
-/* nat_delete_pair forgets a flow's two entries: the one at key and its reply's. */
+/* nat_partner is the key of the other direction's entry of the flow whose entry at key is e:
+ * the reverse of e's translation. */
+static __always_inline void nat_partner(const struct ct_key *key, const struct nat_entry *e,
+					struct ct_key *p)
+{
+	__builtin_memset(p, 0, sizeof(*p));
+	__builtin_memcpy(p->saddr, e->daddr, ADDR_LEN);
+	__builtin_memcpy(p->daddr, e->saddr, ADDR_LEN);
+	p->sport = e->dport;
+	p->dport = e->sport;
+	p->protocol = key->protocol;
+	p->family = key->family;
+}
+
+/* nat_delete_pair forgets a flow's two entries: the one at key and its partner's. */
 static __always_inline void nat_delete_pair(const struct ct_key *key, const struct nat_entry *e)
 {
-	struct ct_key to = {}, reply;
+	struct ct_key partner;
 
-	__builtin_memcpy(to.saddr, e->saddr, ADDR_LEN);
-	__builtin_memcpy(to.daddr, e->daddr, ADDR_LEN);
-	to.sport = e->sport;
-	to.dport = e->dport;
-	to.protocol = key->protocol;
-	to.family = key->family;
-	reverse_of(&to, &reply);
-	bpf_map_delete_elem(&nat, &reply);
+	nat_partner(key, e, &partner);
+	bpf_map_delete_elem(&nat, &partner);
 	bpf_map_delete_elem(&nat, key);
+}
+
+/* nat_forget_closed_reply: a new connection whose replies would meet the reply entry of an
+ * earlier translated flow (a client reaching a backend directly from the port it reached it
+ * through a Service before) takes that tuple when the earlier flow is closed or expired: its
+ * two entries go, or the new flow's replies would come back from the Service's address.
+ * While the earlier flow is open (a port in use twice), it keeps its replies. */
+static __always_inline void nat_forget_closed_reply(struct packet *pkt, const struct ct_key *orig)
+{
+	struct nat_scratch *sc;
+	struct nat_entry *r, *f;
+
+	if (!syn_only(pkt) || !(sc = scratch()))
+		return;
+	reverse_of(orig, &sc->reply);
+	r = bpf_map_lookup_elem(&nat, &sc->reply);
+	if (!r || !(r->flags & NAT_F_REPLY))
+		return;
+	nat_partner(&sc->reply, r, &sc->tuple);
+	f = bpf_map_lookup_elem(&nat, &sc->tuple);
+	if (f && !(f->flags & NAT_F_CLOSING) && f->expires > bpf_ktime_get_ns())
+		return;
+	bpf_map_delete_elem(&nat, &sc->tuple);
+	bpf_map_delete_elem(&nat, &sc->reply);
 }
 
 /* node_port_in_use says whether the node's own stack has a socket that a packet from the

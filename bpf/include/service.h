@@ -118,43 +118,6 @@ static __always_inline int service_begin(struct __sk_buff *skb, struct packet *p
 	return nat_translate_source(skb, pkt, cfg, &x->orig, x->flags);
 }
 
-/* syn_only says whether pkt opens a TCP connection: SYN without ACK. */
-static __always_inline int syn_only(struct packet *pkt)
-{
-	return pkt->l4_proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-}
-
-/* nat_forget_closed_reply: a new connection whose replies would meet the reply entry of an
- * earlier translated flow (a client reaching a backend directly from the port it reached it
- * through a Service before) takes that tuple when the earlier flow is closed or expired: its
- * two entries go, or the new flow's replies would come back from the Service's address.
- * While the earlier flow is open (a port in use twice), it keeps its replies. */
-static __always_inline void nat_forget_closed_reply(struct packet *pkt, const struct ct_key *orig)
-{
-	struct nat_scratch *sc = scratch();
-	struct nat_entry *r, *f;
-
-	if (!sc || !syn_only(pkt))
-		return;
-	reverse_of(orig, &sc->reply);
-	r = bpf_map_lookup_elem(&nat, &sc->reply);
-	if (!r || !(r->flags & NAT_F_REPLY))
-		return;
-	/* The flow it answers arrived as the reverse of what its replies become. */
-	__builtin_memset(&sc->tuple, 0, sizeof(sc->tuple));
-	__builtin_memcpy(sc->tuple.saddr, r->daddr, ADDR_LEN);
-	__builtin_memcpy(sc->tuple.daddr, r->saddr, ADDR_LEN);
-	sc->tuple.sport = r->dport;
-	sc->tuple.dport = r->sport;
-	sc->tuple.protocol = orig->protocol;
-	sc->tuple.family = orig->family;
-	f = bpf_map_lookup_elem(&nat, &sc->tuple);
-	if (f && !(f->flags & NAT_F_CLOSING) && f->expires > bpf_ktime_get_ns())
-		return;
-	bpf_map_delete_elem(&nat, &sc->tuple);
-	bpf_map_delete_elem(&nat, &sc->reply);
-}
-
 /* nat_begin is the NAT stage: a packet of a known translated flow is rewritten (a
  * masqueraded one only after policy), and the first packet to a Service frontend gets its
  * backend. Policy then judges what the packet has become. A connection opened on the tuple
