@@ -43,3 +43,16 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	t.Helper()
 	nstest.Eventually(t, timeout, what, cond)
 }
+
+// probeAgain asks a pair that should connect and did not up to three more times, as the
+// upstream suite's probes do: one lost SYN fails a one-second probe on a loaded machine. It
+// returns nil once one answers, or the last probe's error.
+func probeAgain(netns string, addr netip.AddrPort, proto string) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		if err = lab.ProbeFrom(netns, addr, proto); err == nil {
+			return nil
+		}
+	}
+	return err
+}
