@@ -126,6 +126,25 @@ type DatapathEvent struct {
 	DstIdentity uint32
 }
 
+type DatapathFragKey struct {
+	_        structs.HostLayout
+	Saddr    [16]uint8
+	Daddr    [16]uint8
+	Id       uint32
+	Protocol uint8
+	Family   uint8
+	Pad      uint16
+}
+
+type DatapathFragL4 struct {
+	_        structs.HostLayout
+	Sport    uint16
+	Dport    uint16
+	IcmpId   uint16
+	IcmpType uint8
+	Pad      uint8
+}
+
 type DatapathIdentityReserved uint32
 
 const (
@@ -321,6 +340,7 @@ const (
 	DatapathMapEndpoints              = "endpoints"
 	DatapathMapEvents                 = "events"
 	DatapathMapFibScratch             = "fib_scratch"
+	DatapathMapFragments              = "fragments"
 	DatapathMapIpcache                = "ipcache"
 	DatapathMapMetrics                = "metrics"
 	DatapathMapNat                    = "nat"
@@ -411,6 +431,7 @@ type DatapathMapSpecs struct {
 	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FibScratch   *ebpf.MapSpec `ebpf:"fib_scratch"`
+	Fragments    *ebpf.MapSpec `ebpf:"fragments"`
 	Ipcache      *ebpf.MapSpec `ebpf:"ipcache"`
 	Metrics      *ebpf.MapSpec `ebpf:"metrics"`
 	Nat          *ebpf.MapSpec `ebpf:"nat"`
@@ -467,6 +488,7 @@ type DatapathMaps struct {
 	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	Events       *ebpf.Map `ebpf:"events"`
 	FibScratch   *ebpf.Map `ebpf:"fib_scratch"`
+	Fragments    *ebpf.Map `ebpf:"fragments"`
 	Ipcache      *ebpf.Map `ebpf:"ipcache"`
 	Metrics      *ebpf.Map `ebpf:"metrics"`
 	Nat          *ebpf.Map `ebpf:"nat"`
@@ -487,6 +509,7 @@ func (m *DatapathMaps) Close() error {
 		m.Endpoints,
 		m.Events,
 		m.FibScratch,
+		m.Fragments,
 		m.Ipcache,
 		m.Metrics,
 		m.Nat,

@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -267,6 +268,16 @@ func TestServices(t *testing.T) {
 				}
 			})
 
+			t.Run("datagrams larger than the MTU through the ClusterIP", func(t *testing.T) {
+				// Both ways they travel as fragments, and only the first carries the ports
+				// the translation is keyed by; each flow is a socket of its own, so both
+				// backends (this node's and the other's) answer some.
+				addr := serviceAddr(t, st, "s/web", 8053, "UDP")
+				if err := largeUDPEchoes(a.Netns, addr, 20); err != nil {
+					t.Error(err)
+				}
+			})
+
 			t.Run("backends churn", func(t *testing.T) { checkBackendChurn(t, st) })
 
 			t.Run("masquerade", func(t *testing.T) {
@@ -294,6 +305,9 @@ func TestServices(t *testing.T) {
 				}
 				if !found {
 					t.Errorf("nat list shows no masquerade of %s to %s:7001: %s", a.IP, outside, out)
+				}
+				if err := largeUDPEchoes(a.Netns, netip.AddrPortFrom(outside, 7001), 5); err != nil {
+					t.Errorf("masqueraded: %v", err)
 				}
 				if err := pingFrom(a.Netns, outside); err != nil {
 					t.Errorf("ping outside: %v", err)
@@ -398,6 +412,64 @@ func TestMasqueradeManyFlows(t *testing.T) {
 }
 
 // pingFrom sends one echo request from the namespace at netns and waits for the reply.
+// largeUDPEchoes sends flows datagrams of 4,000 bytes from netns to the echo server at addr,
+// each from a socket of its own, and checks that each comes back whole. 4,000 bytes is more
+// than the namespace's MTU (checked), so each travels as fragments both ways. A datagram may
+// be lost: each is asked up to three times.
+func largeUDPEchoes(netns string, addr netip.AddrPort, flows int) error {
+	const size = 4000
+	return namespace.Do(netns, func() error {
+		mtu, err := largestMTU()
+		if err != nil {
+			return err
+		}
+		if mtu >= size {
+			return fmt.Errorf("%s: the MTU is %d: a datagram of %d bytes would not be fragmented", netns, mtu, size)
+		}
+		msg := make([]byte, size)
+		got := make([]byte, size+1)
+		for i := range flows {
+			for j := range msg {
+				msg[j] = byte(i + j*7)
+			}
+			c, err := net.Dial("udp4", addr.String())
+			if err != nil {
+				return err
+			}
+			var n int
+			for try := 0; try < 3; try++ {
+				if _, err = c.Write(msg); err != nil {
+					break
+				}
+				_ = c.SetReadDeadline(time.Now().Add(time.Second))
+				if n, err = c.Read(got); err == nil {
+					break
+				}
+			}
+			c.Close()
+			if err != nil {
+				return fmt.Errorf("datagram %d of %d bytes to %s (from %s): no echo: %w", i+1, size, addr, c.LocalAddr(), err)
+			}
+			if !bytes.Equal(got[:n], msg) {
+				return fmt.Errorf("datagram %d of %d bytes to %s: echo of %d bytes differs", i+1, size, addr, n)
+			}
+		}
+		return nil
+	})
+}
+
+// largestMTU is the largest MTU of the namespace's interfaces but loopback.
+func largestMTU() (int, error) {
+	ifs, err := net.Interfaces()
+	mtu := 0
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 && i.MTU > mtu {
+			mtu = i.MTU
+		}
+	}
+	return mtu, err
+}
+
 func pingFrom(netns string, to netip.Addr) error {
 	return namespace.Do(netns, func() error {
 		c, err := net.Dial("ip4:icmp", to.String())

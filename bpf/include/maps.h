@@ -142,6 +142,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } no_masquerade SEC(".maps");
 
+/* fragments: datagram -> its first fragment's ports, so later fragments (which carry no L4
+ * header) get the first one's policy, conntrack and translation. Not pinned: an upgrade only
+ * forgets the datagrams in flight. LRU: a datagram whose later fragments never come ages out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_l4);
+	__uint(max_entries, 8192);
+} fragments SEC(".maps");
+
 /* Per-CPU room for the NAT stage's larger temporaries, which do not fit on the 512-byte BPF
  * stack beside policy's and forwarding's. */
 struct nat_scratch {

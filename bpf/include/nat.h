@@ -49,11 +49,11 @@ static __always_inline struct nat_scratch *scratch(void)
 	return bpf_map_lookup_elem(&nat_scratch, &zero);
 }
 
-/* nat_applies: IPv4 TCP, UDP and ICMP echo with their L4 header are translated; the rest
- * passes as it is. */
+/* nat_applies: IPv4 TCP, UDP and ICMP echo with their L4 header, or later fragments that
+ * know their first's, are translated; the rest passes as it is. */
 static __always_inline int nat_applies(struct packet *pkt)
 {
-	if (pkt->family != AF_INET || !pkt->l4_off)
+	if (pkt->family != AF_INET || (!pkt->l4_off && !pkt->frag_l4))
 		return 0;
 	return pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP || is_icmp_echo(pkt);
 }
@@ -178,10 +178,34 @@ static __always_inline int rewrite_tuple(struct __sk_buff *skb, struct packet *p
 	return CONTINUE;
 }
 
+/* rewrite_addresses gives a later fragment the addresses of its entry: its ports, and the
+ * L4 checksum over them, are in the first fragment, rewritten there. */
+static __always_inline int rewrite_addresses(struct __sk_buff *skb, struct packet *pkt,
+					     const struct nat_entry *e)
+{
+	__be32 saddr = *(__be32 *)e->saddr, daddr = *(__be32 *)e->daddr;
+	__u32 csum = pkt->l3_off + offsetof(struct iphdr, check);
+
+	if (bpf_l3_csum_replace(skb, csum, pkt->saddr.v4, saddr, 4) ||
+	    bpf_l3_csum_replace(skb, csum, pkt->daddr.v4, daddr, 4) ||
+	    bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, saddr), &saddr, 4, 0) ||
+	    bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, daddr), &daddr, 4, 0))
+		return REASON_DROP_MALFORMED;
+	pkt->saddr.v4 = saddr;
+	pkt->daddr.v4 = daddr;
+	pkt->sport = e->sport;
+	pkt->dport = e->dport;
+	if (pkt->l4_proto == IPPROTO_ICMP)
+		pkt->icmp_id = e->sport;
+	return CONTINUE;
+}
+
 /* nat_rewrite makes the packet's tuple the entry's. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *pkt,
 				       const struct nat_entry *e)
 {
+	if (pkt->frag_l4)
+		return rewrite_addresses(skb, pkt, e);
 	return rewrite_tuple(skb, pkt, *(__be32 *)e->saddr, *(__be32 *)e->daddr, e->sport,
 			     e->dport);
 }
@@ -239,17 +263,26 @@ static __always_inline void nat_forget_closed_reply(struct packet *pkt, const st
 static __always_inline int node_port_in_use(struct __sk_buff *skb, const struct ct_key *t,
 					    __be16 port)
 {
-	struct bpf_sock_tuple st = {};
+	/* The IPv4 part of struct bpf_sock_tuple, all an IPv4 lookup reads: the whole union
+	 * would not fit the stack of the port search's callback beside from_pod's. */
+	struct {
+		__be32 saddr;
+		__be32 daddr;
+		__be16 sport;
+		__be16 dport;
+	} st = {};
 	struct bpf_sock *sk;
 
-	st.ipv4.saddr = *(__be32 *)t->daddr;
-	st.ipv4.daddr = *(__be32 *)t->saddr;
-	st.ipv4.sport = t->dport;
-	st.ipv4.dport = port;
+	st.saddr = *(__be32 *)t->daddr;
+	st.daddr = *(__be32 *)t->saddr;
+	st.sport = t->dport;
+	st.dport = port;
 	if (t->protocol == IPPROTO_TCP)
-		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_skc_lookup_tcp(skb, (struct bpf_sock_tuple *)&st, sizeof(st),
+					BPF_F_CURRENT_NETNS, 0);
 	else if (t->protocol == IPPROTO_UDP)
-		sk = bpf_sk_lookup_udp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_sk_lookup_udp(skb, (struct bpf_sock_tuple *)&st, sizeof(st),
+				       BPF_F_CURRENT_NETNS, 0);
 	else
 		return 0;
 	if (!sk)
@@ -258,33 +291,55 @@ static __always_inline int node_port_in_use(struct __sk_buff *skb, const struct 
 	return 1;
 }
 
-/* nat_take_port picks a free source port for tuple t (whose source is the node's address):
- * it writes the reply entry `back` under the reply key of t with that port, which is what
- * makes the port taken, and leaves the port in t. */
-static __always_inline int nat_take_port(struct __sk_buff *skb, struct node_config *cfg,
-					 struct ct_key *t, struct nat_entry *back)
+/* A source port search: what nat_try_port needs besides the nat scratch, whose tuple and
+ * entry it works on. */
+struct port_search {
+	struct __sk_buff *skb;
+	__u32 base; /* where the search starts in the range */
+	__u16 min; /* the range: min, and span ports from it */
+	__u32 span;
+	int found;
+};
+
+/* nat_try_port is one try of the search, a bpf_loop callback: the verifier checks its body
+ * until its state converges, not once per try as an unrolled loop (32 tries of map writes and
+ * socket lookups in every path was most of from_pod's verification). */
+static long nat_try_port(__u64 i, void *ctx)
 {
-	__u32 span = (__u32)cfg->nat_port_max - cfg->nat_port_min + 1;
-	__u32 base = bpf_get_prandom_u32();
+	struct port_search *s = ctx;
 	struct nat_scratch *sc = scratch();
-	struct ct_key *reply;
+	struct ct_key *t;
+	__be16 port;
 
-	if (!sc || cfg->nat_port_max < cfg->nat_port_min)
+	if (!sc)
+		return 1;
+	t = &sc->tuple;
+	port = bpf_htons(s->min + (s->base + (__u32)i) % s->span);
+	t->sport = port;
+	if (t->protocol == IPPROTO_ICMP)
+		t->dport = port; /* echo: the identifier is both "ports" */
+	else if (node_port_in_use(s->skb, t, port))
+		return 0;
+	reverse_of(t, &sc->reply);
+	if (bpf_map_update_elem(&nat, &sc->reply, &sc->entry, BPF_NOEXIST))
+		return 0;
+	s->found = 1;
+	return 1;
+}
+
+/* nat_take_port picks a free source port for the nat scratch's tuple (whose source is the
+ * node's address): it writes the scratch's entry, the reply entry, under the reply key of the
+ * tuple with that port, which is what makes the port taken, and leaves the port in the tuple. */
+static __always_inline int nat_take_port(struct __sk_buff *skb, struct node_config *cfg)
+{
+	struct port_search s = {.skb = skb, .min = cfg->nat_port_min};
+
+	if (cfg->nat_port_max < cfg->nat_port_min)
 		return REASON_DROP_NAT_NO_PORT;
-	reply = &sc->reply;
-	for (int i = 0; i < NAT_TRIES; i++) {
-		__be16 port = bpf_htons(cfg->nat_port_min + (base + i) % span);
-
-		t->sport = port;
-		if (t->protocol == IPPROTO_ICMP)
-			t->dport = port; /* echo: the identifier is both "ports" */
-		else if (node_port_in_use(skb, t, port))
-			continue;
-		reverse_of(t, reply);
-		if (!bpf_map_update_elem(&nat, reply, back, BPF_NOEXIST))
-			return CONTINUE;
-	}
-	return REASON_DROP_NAT_NO_PORT;
+	s.base = bpf_get_prandom_u32();
+	s.span = (__u32)cfg->nat_port_max - cfg->nat_port_min + 1;
+	bpf_loop(NAT_TRIES, nat_try_port, &s, 0);
+	return s.found ? CONTINUE : REASON_DROP_NAT_NO_PORT;
 }
 
 /* nat_translate_source takes a port of the node's address for the flow now in pkt (orig is
@@ -312,7 +367,7 @@ static __always_inline int nat_translate_source(struct __sk_buff *skb, struct pa
 	back->expires = bpf_ktime_get_ns() + nat_timeout(pkt, 0);
 	tuple_of(pkt, t);
 	__builtin_memcpy(t->saddr, cfg->node_ip, 4);
-	reason = nat_take_port(skb, cfg, t, back);
+	reason = nat_take_port(skb, cfg);
 	if (reason != CONTINUE)
 		return reason;
 	return rewrite_tuple(skb, pkt, *(__be32 *)cfg->node_ip, pkt->daddr.v4, t->sport,
@@ -401,7 +456,8 @@ static __always_inline int nat_masquerade(struct __sk_buff *skb, struct packet *
 	struct nat_scratch *sc;
 	int reason;
 
-	if (x->state != XL_NONE || pkt->ct_reply || !masquerades(pkt, cfg))
+	/* A later fragment follows its first's translation; it never starts one. */
+	if (x->state != XL_NONE || pkt->ct_reply || pkt->frag_l4 || !masquerades(pkt, cfg))
 		return CONTINUE;
 	tuple_of(pkt, &x->orig);
 	reason = nat_translate_source(skb, pkt, cfg, &x->orig, NAT_F_MASQUERADE);

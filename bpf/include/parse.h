@@ -13,6 +13,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "consts.h"
+#include "maps.h"
 #include "types.h"
 
 #ifndef IPPROTO_SCTP
@@ -54,6 +55,8 @@ struct packet {
 	__u32 l4_off; /* 0 when there is no L4 header to read (later fragments) */
 	__u8 ttl;
 	__u8 fragment; /* 1 when part of a fragmented datagram */
+	__u8 frag_l4; /* a later fragment whose ports (or ICMP echo) came from its first */
+	__be32 frag_id; /* the datagram's identification, when fragment */
 	__be16 sport;
 	__be16 dport;
 	union addr saddr;
@@ -158,6 +161,7 @@ static __always_inline int parse_ipv4(void *data, void *data_end, struct packet 
 	pkt->daddr.v4 = ip->daddr;
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		pkt->fragment = 1;
+		pkt->frag_id = ip->id;
 		/* Only the first fragment carries the L4 header. */
 		if (ip->frag_off & bpf_htons(IP_OFFSET))
 			return CONTINUE;
@@ -198,6 +202,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, struct packet 
 			return REASON_DROP_MALFORMED;
 		if (next == IPPROTO_FRAGMENT) {
 			pkt->fragment = 1;
+			pkt->frag_id = *(__be32 *)(ext + 4);
 			/* Fragment offset is the top 13 bits of bytes 2-3; non-zero means no L4
 			 * here. */
 			if (bpf_ntohs(*(__be16 *)(ext + 2)) & 0xfff8) {
@@ -258,9 +263,45 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *pkt)
 	}
 }
 
-/* parse_skb parses with direct access; only when the headers run past the linear part of a
+/* track_fragment remembers a first fragment's ports under its datagram, and gives them to the
+ * datagram's later fragments, which then meet policy, conntrack and NAT as their first did.
+ * A later fragment whose first was not seen keeps port 0. */
+static __always_inline void track_fragment(struct packet *pkt)
+{
+	struct frag_key key = {.family = pkt->family, .protocol = pkt->l4_proto};
+	struct frag_l4 *known, l4 = {};
+
+	if (!pkt->fragment || !pkt->family)
+		return;
+	key.id = pkt->frag_id;
+	if (pkt->family == AF_INET) {
+		__builtin_memcpy(key.saddr, &pkt->saddr.v4, 4);
+		__builtin_memcpy(key.daddr, &pkt->daddr.v4, 4);
+	} else {
+		__builtin_memcpy(key.saddr, pkt->saddr.v6, 16);
+		__builtin_memcpy(key.daddr, pkt->daddr.v6, 16);
+	}
+	if (pkt->l4_off) {
+		l4.sport = pkt->sport;
+		l4.dport = pkt->dport;
+		l4.icmp_id = pkt->icmp_id;
+		l4.icmp_type = pkt->icmp_type;
+		bpf_map_update_elem(&fragments, &key, &l4, BPF_ANY);
+		return;
+	}
+	known = bpf_map_lookup_elem(&fragments, &key);
+	if (!known)
+		return;
+	pkt->sport = known->sport;
+	pkt->dport = known->dport;
+	pkt->icmp_id = known->icmp_id;
+	pkt->icmp_type = known->icmp_type;
+	pkt->frag_l4 = 1;
+}
+
+/* parse_linear parses with direct access; only when the headers run past the linear part of a
  * non-linear skb does it pull them in and look again, so ordinary GSO packets are not copied. */
-static __always_inline int parse_skb(struct __sk_buff *skb, struct packet *pkt)
+static __always_inline int parse_linear(struct __sk_buff *skb, struct packet *pkt)
 {
 	int reason = parse(skb, pkt);
 	__u32 want;
@@ -272,4 +313,14 @@ static __always_inline int parse_skb(struct __sk_buff *skb, struct packet *pkt)
 		return REASON_DROP_MALFORMED;
 	__builtin_memset(pkt, 0, sizeof(*pkt));
 	return parse(skb, pkt);
+}
+
+/* parse_skb parses a packet and ties a fragment to its datagram's first fragment. */
+static __always_inline int parse_skb(struct __sk_buff *skb, struct packet *pkt)
+{
+	int reason = parse_linear(skb, pkt);
+
+	if (reason == CONTINUE)
+		track_fragment(pkt);
+	return reason;
 }

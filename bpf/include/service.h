@@ -139,6 +139,9 @@ static __always_inline int nat_begin(struct __sk_buff *skb, struct packet *pkt,
 		nat_delete_pair(&x->orig, e);
 		e = NULL;
 	}
+	/* A later fragment follows its first's translation; it never chooses a backend. */
+	if (!e && pkt->frag_l4)
+		return CONTINUE;
 	if (!e)
 		nat_forget_closed_reply(pkt, &x->orig);
 	if (e) {

@@ -188,6 +188,25 @@ struct affinity_value {
 	__u32 pad;
 };
 
+/* Key of the fragments map: one fragmented datagram, as its IP header names it. */
+struct frag_key {
+	__u8 saddr[ADDR_LEN];
+	__u8 daddr[ADDR_LEN];
+	__be32 id; /* IPv4's 16-bit identification (in the low-addressed bytes), IPv6's 32 */
+	__u8 protocol;
+	__u8 family;
+	__u16 pad;
+};
+
+/* Value of the fragments map: what the first fragment's L4 header said, for the later ones. */
+struct frag_l4 {
+	__be16 sport;
+	__be16 dport;
+	__be16 icmp_id;
+	__u8 icmp_type;
+	__u8 pad;
+};
+
 /* Value of the nat map, keyed by struct ct_key: what a packet of that tuple becomes. */
 struct nat_entry {
 	__u8 saddr[ADDR_LEN];

@@ -35,6 +35,8 @@ type Stats struct {
 	// was encapsulated in VXLAN by BPF.
 	VXLANIn  map[maps.Reason]int
 	VXLANOut int
+	// LaterFragments counts later fragments that took their first fragment's ports.
+	LaterFragments int
 }
 
 func (s *Stats) add(o Stats) {
@@ -53,6 +55,7 @@ func (s *Stats) add(o Stats) {
 		s.countVXLAN(r, n)
 	}
 	s.VXLANOut += o.VXLANOut
+	s.LaterFragments += o.LaterFragments
 }
 
 func (s *Stats) countVXLAN(r maps.Reason, n int) {
@@ -100,7 +103,8 @@ func (s Stats) Coverage() string {
 		vxlan = append(vxlan, fmt.Sprintf("%s %d", maps.ReasonName(r), n))
 	}
 	sort.Strings(vxlan)
-	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")))
+	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")),
+		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments))
 	return strings.Join(lines, "\n")
 }
 
@@ -150,6 +154,9 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	}
 	if len(o.Unknown) > 0 {
 		c.VXLANOut++
+	}
+	if o.LaterFragment {
+		c.LaterFragments++
 	}
 	var what []string
 	if want := model.Verdict(o.Reason); res.Verdict != want {

@@ -48,8 +48,8 @@ func NewGen(seed uint64, w World) *Gen {
 	return &Gen{rng: rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15)), w: w}
 }
 
-// Next is a fresh packet, a repeat or reply of a recent one, an ICMP error about one, or
-// random bytes; about half are then mutated.
+// Next is a fresh packet, a repeat or reply of a recent one, an ICMP error about one, a later
+// fragment of one, or random bytes; about half are then mutated.
 func (g *Gen) Next() Packet {
 	var s sent
 	switch r := g.rng.IntN(100); {
@@ -60,7 +60,9 @@ func (g *Gen) Next() Packet {
 		s = g.reply(g.recent[g.rng.IntN(len(g.recent))])
 	case r < 30 && len(g.recent) > 0:
 		s = g.icmpError(g.recent[g.rng.IntN(len(g.recent))])
-	case r < 34:
+	case r < 36 && len(g.recent) > 0:
+		s = g.laterFragment()
+	case r < 40:
 		b := make([]byte, 14+g.rng.IntN(120))
 		for i := range b {
 			b[i] = byte(g.rng.Uint32())
@@ -285,6 +287,7 @@ func (g *Gen) ipv6Header(src, dst netip.Addr, proto uint8, payload int) ([]byte,
 					off = uint16(1 + g.rng.IntN(100))
 				}
 				binary.BigEndian.PutUint16(ext[2:], off<<3|uint16(g.rng.IntN(2)))
+				binary.BigEndian.PutUint32(ext[4:], g.rng.Uint32()) // identification
 			} else {
 				units := g.rng.IntN(3)
 				ext = make([]byte, 8*(units+1))

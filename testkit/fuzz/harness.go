@@ -219,8 +219,11 @@ func (h *Harness) uninstall(w World) error {
 	return nil
 }
 
-// ClearConntrack deletes every flow.
+// ClearConntrack deletes every flow and every fragmented datagram's first ports.
 func (h *Harness) ClearConntrack() error {
+	if err := clearFragments(h.dp.DatapathMaps.Fragments); err != nil {
+		return err
+	}
 	var (
 		k    bpf.DatapathCtKey
 		v    bpf.DatapathCtEntry
@@ -236,6 +239,28 @@ func (h *Harness) ClearConntrack() error {
 	for _, k := range keys {
 		if err := h.dp.DatapathMaps.Conntrack.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete flow: %w", err)
+		}
+	}
+	return nil
+}
+
+// clearFragments empties the fragments map.
+func clearFragments(m *ebpf.Map) error {
+	var (
+		k    bpf.DatapathFragKey
+		v    bpf.DatapathFragL4
+		keys []bpf.DatapathFragKey
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list fragments: %w", err)
+	}
+	for _, k := range keys {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete fragment: %w", err)
 		}
 	}
 	return nil

@@ -161,13 +161,17 @@ type Outcome struct {
 	// Unknown are byte ranges [from, to) of Out that the model cannot know: VXLAN's UDP
 	// source port, which comes from the kernel's flow hash.
 	Unknown [][2]int
+	// LaterFragment says the packet was a later fragment given its first's ports.
+	LaterFragment bool
 }
 
-// Model holds a world and the conntrack table the packets run so far have built.
+// Model holds a world and the conntrack and fragment tables the packets run so far have
+// built.
 type Model struct {
 	w         World
 	endpoints map[epKey]*maps.Endpoint
 	CT        map[CTKey]*CTEntry
+	frags     map[fragKey]fragL4
 }
 
 type epKey struct {
@@ -177,7 +181,8 @@ type epKey struct {
 
 // New returns a model of w with empty conntrack.
 func New(w World) *Model {
-	m := &Model{w: w, endpoints: map[epKey]*maps.Endpoint{}, CT: map[CTKey]*CTEntry{}}
+	m := &Model{w: w, endpoints: map[epKey]*maps.Endpoint{}, CT: map[CTKey]*CTEntry{},
+		frags: map[fragKey]fragL4{}}
 	for i := range w.Endpoints {
 		ep := &m.w.Endpoints[i]
 		m.endpoints[keyOf(ep.IP)] = ep
@@ -188,8 +193,11 @@ func New(w World) *Model {
 // World returns the world the model was made with.
 func (m *Model) World() World { return m.w }
 
-// ResetConntrack forgets every flow.
-func (m *Model) ResetConntrack() { clear(m.CT) }
+// ResetConntrack forgets every flow and every fragmented datagram.
+func (m *Model) ResetConntrack() {
+	clear(m.CT)
+	clear(m.frags)
+}
 
 // keyOf is the endpoint key of ip as maps.EndpointKey builds it.
 func keyOf(ip netip.Addr) epKey {
@@ -220,7 +228,7 @@ func (m *Model) Run(h Hook, frame []byte) Outcome {
 		panic(fmt.Sprintf("model: unknown hook %d", h))
 	}
 	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
-		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown}
+		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment}
 }
 
 // run is one packet's way through one program.
@@ -234,6 +242,8 @@ type run struct {
 	ct      Conntrack
 	dir     maps.Direction
 	unknown [][2]int
+	// laterFragment: a parse gave a later fragment its first's ports.
+	laterFragment bool
 }
 
 // next is the model's CONTINUE: a helper that has no verdict yet.
@@ -241,7 +251,7 @@ const next maps.Reason = 0
 
 // from_pod: tc ingress of a pod's host-side veth.
 func (r *run) fromPod() maps.Reason {
-	p, reason := parse(r.out)
+	p, reason := r.parse(r.out)
 	if reason != next {
 		return reason
 	}
@@ -267,7 +277,7 @@ func (r *run) fromPod() maps.Reason {
 
 // to_pod: tc egress of a pod's host-side veth; only policy is judged, never form.
 func (r *run) toPod() maps.Reason {
-	p, reason := parse(r.out)
+	p, reason := r.parse(r.out)
 	if reason != next || p.family == 0 {
 		return maps.ReasonDeliver
 	}
@@ -284,7 +294,7 @@ func (r *run) toPod() maps.Reason {
 // from_overlay: tc ingress of the VXLAN device. The test run carries no tunnel key, so the
 // VNI's identity hint is 0.
 func (r *run) fromOverlay() maps.Reason {
-	p, reason := parse(r.out)
+	p, reason := r.parse(r.out)
 	if reason != next {
 		return reason
 	}
@@ -297,7 +307,7 @@ func (r *run) fromOverlay() maps.Reason {
 // from_underlay: tc ingress of the underlay device: native pod traffic, VXLAN (when the node
 // config names its port) and IP-in-IP.
 func (r *run) fromUnderlay() maps.Reason {
-	p, reason := parse(r.out)
+	p, reason := r.parse(r.out)
 	if reason != next || p.family != afInet {
 		return maps.ReasonForwardHost
 	}
@@ -320,7 +330,7 @@ func (r *run) fromUnderlay() maps.Reason {
 		return maps.ReasonEncapFailed
 	}
 	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+hlen:]...)
-	inner, reason := parse(r.out)
+	inner, reason := r.parse(r.out)
 	if reason != next || inner.family != afInet {
 		return maps.ReasonMalformed
 	}
@@ -346,7 +356,7 @@ func (r *run) decapVXLAN(p *packet) maps.Reason {
 	}
 	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+outer:]...)
 	r.dir = maps.DirFromOverlay
-	inner, reason := parse(r.out)
+	inner, reason := r.parse(r.out)
 	if reason != next || inner.family != afInet {
 		return maps.ReasonMalformed
 	}

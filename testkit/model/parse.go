@@ -38,6 +38,7 @@ type packet struct {
 	l4Off        int // 0 when there is no L4 header to read (later fragments)
 	ttl          uint8
 	fragment     bool
+	fragID       uint32 // the datagram's identification, when fragment
 	sport, dport uint16
 	saddr, daddr netip.Addr
 	smac         [6]byte
@@ -90,6 +91,7 @@ func parseIPv4(b []byte, p *packet) maps.Reason {
 	p.daddr = netip.AddrFrom4([4]byte(ip[16:20]))
 	if frag := be16(ip[6:8]); frag&0x3fff != 0 {
 		p.fragment = true
+		p.fragID = uint32(be16(ip[4:6]))
 		if frag&0x1fff != 0 {
 			return next // only the first fragment carries the L4 header
 		}
@@ -133,6 +135,7 @@ func parseIPv6(b []byte, p *packet) maps.Reason {
 		ext := b[off:]
 		if nextHdr == wire.ProtoFrag6 {
 			p.fragment = true
+			p.fragID = binary.BigEndian.Uint32(ext[4:8])
 			if be16(ext[2:4])&0xfff8 != 0 {
 				p.l4Proto = ext[0] // a later fragment: no L4 header here
 				return next
@@ -196,4 +199,37 @@ func parseARP(b []byte, p *packet) maps.Reason {
 	copy(p.arpSHA[:], a[8:14])
 	p.arpSIP = netip.AddrFrom4([4]byte(a[14:18]))
 	return next
+}
+
+// fragKey names a fragmented datagram (struct frag_key).
+type fragKey struct {
+	family, proto uint8
+	id            uint32
+	saddr, daddr  netip.Addr
+}
+
+// fragL4 is what a first fragment's L4 header said (struct frag_l4).
+type fragL4 struct {
+	sport, dport uint16
+	icmpID       uint16
+	icmpType     uint8
+}
+
+// parse is parse_skb: parse, then a first fragment's ports are remembered under its datagram
+// and a later fragment takes them (track_fragment).
+func (r *run) parse(b []byte) (packet, maps.Reason) {
+	p, reason := parse(b)
+	if reason != next || !p.fragment || p.family == 0 {
+		return p, reason
+	}
+	k := fragKey{family: p.family, proto: p.l4Proto, id: p.fragID, saddr: p.saddr, daddr: p.daddr}
+	if p.l4Off != 0 {
+		r.m.frags[k] = fragL4{sport: p.sport, dport: p.dport, icmpID: p.icmpID, icmpType: p.icmpType}
+		return p, reason
+	}
+	if f, ok := r.m.frags[k]; ok {
+		p.sport, p.dport, p.icmpID, p.icmpType = f.sport, f.dport, f.icmpID, f.icmpType
+		r.laterFragment = true
+	}
+	return p, reason
 }

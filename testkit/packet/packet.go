@@ -51,6 +51,7 @@ type IPv4 struct {
 	Proto     uint8
 	TTL       uint8
 	Options   []byte // multiple of 4 bytes
+	ID        uint16 // identification: the datagram a fragment belongs to
 	MoreFrags bool
 	FragOff   uint16 // in 8-byte units
 }
@@ -61,6 +62,7 @@ func (h IPv4) Marshal(payload []byte) []byte {
 	b := make([]byte, hl, hl+len(payload))
 	b[0] = 0x40 | byte(hl/4)
 	binary.BigEndian.PutUint16(b[2:4], uint16(hl+len(payload)))
+	binary.BigEndian.PutUint16(b[4:6], h.ID)
 	frag := h.FragOff & 0x1fff
 	if h.MoreFrags {
 		frag |= 0x2000
