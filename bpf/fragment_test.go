@@ -3,6 +3,7 @@ package bpf_test
 import (
 	"bytes"
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -67,6 +68,19 @@ func addrs(proto uint8, src, dst netip.Addr) flow {
 	return flow{proto, netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)}
 }
 
+// sendFragments sends a datagram's first and later fragment through one program: both are
+// counted under reason and sent to mac, the first leaves as want, the later with want's
+// addresses, and the two, reassembled, make a datagram of want with a right checksum.
+func (n *svcNode) sendFragments(t *testing.T, at hook, first, later []byte, reason maps.Reason, mac net.HardwareAddr, want flow) {
+	t.Helper()
+	outFirst := n.send(t, step{at: at, in: first, reason: reason, checks: []outCheck{leaves(want), sentTo(mac)}})
+	outLater := n.send(t, step{at: at, in: later, reason: reason,
+		checks: []outCheck{leaves(addrs(want.proto, want.src.Addr(), want.dst.Addr())), sentTo(mac)}})
+	if got := reassembled(t, outFirst, outLater); got != want {
+		t.Errorf("the datagram arrived as %s, want %s", got, want)
+	}
+}
+
 // A UDP datagram in two fragments to a ClusterIP reaches the backend whole, and the backend's
 // fragmented answer comes back whole from the ClusterIP; no fragment makes entries of its own.
 func TestServiceFragments(t *testing.T) {
@@ -78,20 +92,8 @@ func TestServiceFragments(t *testing.T) {
 	qFirst, qLater := fragmentsOf(udp(client, vip, bytes.Repeat([]byte("q"), 64)), 0x4242, 32)
 	aFirst, aLater := fragmentsOf(udp(backend, client, bytes.Repeat([]byte("a"), 96)), 0x4343, 48)
 
-	outFirst := n.send(t, step{at: fromPod, in: qFirst, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(udpFlow(client, backend)), sentTo(beMAC2)}})
-	outLater := n.send(t, step{at: fromPod, in: qLater, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(addrs(packet.ProtoUDP, ipLocal, be2)), sentTo(beMAC2)}})
-	if got := reassembled(t, outFirst, outLater); got != udpFlow(client, backend) {
-		t.Errorf("the query reached the backend as %s, want %s", got, udpFlow(client, backend))
-	}
-	outFirst = n.send(t, step{at: fromPod, in: aFirst, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(udpFlow(vip, client)), sentTo(macA)}})
-	outLater = n.send(t, step{at: fromPod, in: aLater, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(addrs(packet.ProtoUDP, clusterIP, ipLocal)), sentTo(macA)}})
-	if got := reassembled(t, outFirst, outLater); got != udpFlow(vip, client) {
-		t.Errorf("the answer reached the client as %s, want %s", got, udpFlow(vip, client))
-	}
+	n.sendFragments(t, fromPod, qFirst, qLater, maps.ReasonForwardLocal, beMAC2, udpFlow(client, backend))
+	n.sendFragments(t, fromPod, aFirst, aLater, maps.ReasonForwardLocal, macA, udpFlow(vip, client))
 	n.wantNAT(t, servicePair(packet.ProtoUDP, client, vip, client, backend, beID2, false))
 }
 
@@ -110,13 +112,7 @@ func TestMasqueradeFragments(t *testing.T) {
 		t.Errorf("the datagram left as %s, want %s", got, udpFlow(node, remote))
 	}
 	first, later = fragmentsOf(udp(remote, node, bytes.Repeat([]byte("r"), 80)), 0x5252, 48)
-	outFirst = n.send(t, step{at: fromUnderlay, in: first, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(udpFlow(remote, pod)), sentTo(macA)}})
-	outLater = n.send(t, step{at: fromUnderlay, in: later, reason: maps.ReasonForwardLocal,
-		checks: []outCheck{leaves(addrs(packet.ProtoUDP, world, ipLocal)), sentTo(macA)}})
-	if got := reassembled(t, outFirst, outLater); got != udpFlow(remote, pod) {
-		t.Errorf("the answer reached the pod as %s, want %s", got, udpFlow(remote, pod))
-	}
+	n.sendFragments(t, fromUnderlay, first, later, maps.ReasonForwardLocal, macA, udpFlow(remote, pod))
 
 	// An echo's identifier is in its first fragment only.
 	const id = 0x2222
