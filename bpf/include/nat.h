@@ -65,16 +65,23 @@ static __always_inline void tuple_of(struct packet *pkt, struct ct_key *k)
 	ct_key_of(pkt, k, 0);
 }
 
+/* reversed fills r with the key of the other direction of saddr:sport -> daddr:dport. */
+static __always_inline void reversed(struct ct_key *r, const __u8 *saddr, const __u8 *daddr,
+				     __be16 sport, __be16 dport, __u8 protocol, __u8 family)
+{
+	__builtin_memset(r, 0, sizeof(*r));
+	__builtin_memcpy(r->saddr, daddr, ADDR_LEN);
+	__builtin_memcpy(r->daddr, saddr, ADDR_LEN);
+	r->sport = dport;
+	r->dport = sport;
+	r->protocol = protocol;
+	r->family = family;
+}
+
 /* reverse_of is the key a reply of tuple t carries. */
 static __always_inline void reverse_of(const struct ct_key *t, struct ct_key *r)
 {
-	__builtin_memset(r, 0, sizeof(*r));
-	__builtin_memcpy(r->saddr, t->daddr, ADDR_LEN);
-	__builtin_memcpy(r->daddr, t->saddr, ADDR_LEN);
-	r->sport = t->dport;
-	r->dport = t->sport;
-	r->protocol = t->protocol;
-	r->family = t->family;
+	reversed(r, t->saddr, t->daddr, t->sport, t->dport, t->protocol, t->family);
 }
 
 /* entry_of fills the translation part of a nat entry with tuple t. */
@@ -112,6 +119,15 @@ static __always_inline void nat_touch(struct nat_entry *e, struct packet *pkt)
 	__sync_fetch_and_add(&e->packets, 1);
 }
 
+/* rewrite_ip_addr replaces one IPv4 address in the IP header and fixes the header's checksum. */
+static __always_inline int rewrite_ip_addr(struct __sk_buff *skb, struct packet *pkt, __u32 off,
+					   __be32 from, __be32 to)
+{
+	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), from, to, 4))
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, 4, 0);
+}
+
 /* rewrite_addr replaces one IPv4 address of the packet, fixing the IP and (for TCP and UDP,
  * whose checksum covers the addresses) the L4 checksum. */
 static __always_inline int rewrite_addr(struct __sk_buff *skb, struct packet *pkt, __u32 off,
@@ -127,9 +143,7 @@ static __always_inline int rewrite_addr(struct __sk_buff *skb, struct packet *pk
 	    bpf_l4_csum_replace(skb, pkt->l4_off + offsetof(struct udphdr, check), from, to,
 				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4))
 		return -1;
-	if (bpf_l3_csum_replace(skb, pkt->l3_off + offsetof(struct iphdr, check), from, to, 4))
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &to, 4, 0);
+	return rewrite_ip_addr(skb, pkt, off, from, to);
 }
 
 /* rewrite_port replaces a TCP or UDP port, or the ICMP echo identifier, at off. */
@@ -184,12 +198,13 @@ static __always_inline int rewrite_addresses(struct __sk_buff *skb, struct packe
 					     const struct nat_entry *e)
 {
 	__be32 saddr = *(__be32 *)e->saddr, daddr = *(__be32 *)e->daddr;
-	__u32 csum = pkt->l3_off + offsetof(struct iphdr, check);
 
-	if (bpf_l3_csum_replace(skb, csum, pkt->saddr.v4, saddr, 4) ||
-	    bpf_l3_csum_replace(skb, csum, pkt->daddr.v4, daddr, 4) ||
-	    bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, saddr), &saddr, 4, 0) ||
-	    bpf_skb_store_bytes(skb, pkt->l3_off + offsetof(struct iphdr, daddr), &daddr, 4, 0))
+	if ((saddr != pkt->saddr.v4 &&
+	     rewrite_ip_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, saddr), pkt->saddr.v4,
+			     saddr)) ||
+	    (daddr != pkt->daddr.v4 &&
+	     rewrite_ip_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, daddr), pkt->daddr.v4,
+			     daddr)))
 		return REASON_DROP_MALFORMED;
 	pkt->saddr.v4 = saddr;
 	pkt->daddr.v4 = daddr;
@@ -215,13 +230,7 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *pkt
 static __always_inline void nat_partner(const struct ct_key *key, const struct nat_entry *e,
 					struct ct_key *p)
 {
-	__builtin_memset(p, 0, sizeof(*p));
-	__builtin_memcpy(p->saddr, e->daddr, ADDR_LEN);
-	__builtin_memcpy(p->daddr, e->saddr, ADDR_LEN);
-	p->sport = e->dport;
-	p->dport = e->sport;
-	p->protocol = key->protocol;
-	p->family = key->family;
+	reversed(p, e->saddr, e->daddr, e->sport, e->dport, key->protocol, key->family);
 }
 
 /* nat_delete_pair forgets a flow's two entries: the one at key and its partner's. */

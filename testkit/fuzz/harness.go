@@ -221,46 +221,26 @@ func (h *Harness) uninstall(w World) error {
 
 // ClearConntrack deletes every flow and every fragmented datagram's first ports.
 func (h *Harness) ClearConntrack() error {
-	if err := clearFragments(h.dp.DatapathMaps.Fragments); err != nil {
+	if err := clearMap(h.dp.DatapathMaps.Fragments, "fragments"); err != nil {
 		return err
 	}
-	var (
-		k    bpf.DatapathCtKey
-		v    bpf.DatapathCtEntry
-		keys []bpf.DatapathCtKey
-	)
-	it := h.dp.DatapathMaps.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		keys = append(keys, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("list conntrack: %w", err)
-	}
-	for _, k := range keys {
-		if err := h.dp.DatapathMaps.Conntrack.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete flow: %w", err)
-		}
-	}
-	return nil
+	return clearMap(h.dp.DatapathMaps.Conntrack, "conntrack")
 }
 
-// clearFragments empties the fragments map.
-func clearFragments(m *ebpf.Map) error {
-	var (
-		k    bpf.DatapathFragKey
-		v    bpf.DatapathFragL4
-		keys []bpf.DatapathFragKey
-	)
+// clearMap deletes every entry of a hash map (named what in errors).
+func clearMap(m *ebpf.Map, what string) error {
+	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	var keys [][]byte
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		keys = append(keys, k)
+		keys = append(keys, append([]byte(nil), k...))
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("list fragments: %w", err)
+		return fmt.Errorf("list %s: %w", what, err)
 	}
 	for _, k := range keys {
-		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete fragment: %w", err)
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", what, err)
 		}
 	}
 	return nil
