@@ -183,7 +183,11 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("pod CIDR: %w", err)
 	}
-	a.node = store.Node{Name: s.NodeName, IP: nodeIP, PodCIDR: podCIDR}
+	podCIDRv6, err := a.podCIDRv6(ctx, s)
+	if err != nil {
+		return fmt.Errorf("pod CIDR (IPv6): %w", err)
+	}
+	a.node = store.Node{Name: s.NodeName, IP: nodeIP, PodCIDR: podCIDR, PodCIDRv6: podCIDRv6}
 	a.ipam = ipam.New(a.kv, s.NodeName, podCIDR)
 	// Adopt what is pinned: maps are reused, every pinned link switches to the new programs.
 	if a.dp, err = loader.Load(loader.Config{PinDir: s.PinDir, Sizes: s.MapSizes}); err != nil {
@@ -229,6 +233,26 @@ func (a *Agent) close() {
 	if a.kv != nil {
 		a.kv.Close()
 	}
+}
+
+// podCIDRv6 is this node's IPv6 pod CIDR: none in an IPv4-only cluster, else the configured
+// one, the one the store already holds for the node, or a /64 allocated from the cluster's.
+func (a *Agent) podCIDRv6(ctx context.Context, s *settled) (netip.Prefix, error) {
+	if !s.clusterV6.IsValid() {
+		return netip.Prefix{}, nil
+	}
+	p := s.podCIDRv6
+	if !p.IsValid() {
+		if n, ok, err := a.cluster.Node(ctx, s.NodeName); err != nil {
+			return p, fmt.Errorf("read node %s: %w", s.NodeName, err)
+		} else if ok && n.PodCIDRv6.IsValid() {
+			p = n.PodCIDRv6
+		}
+	}
+	if p.IsValid() {
+		return p, a.cluster.ClaimPodCIDR(ctx, s.NodeName, p)
+	}
+	return a.cluster.AllocatePodCIDR(ctx, s.NodeName, s.clusterV6, PodCIDRv6Bits)
 }
 
 func firstIPv4(l netlink.Link) (netip.Addr, error) {

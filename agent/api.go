@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -139,7 +140,8 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 
 func (a *Agent) status(ctx context.Context) agentapi.Status {
 	st := agentapi.Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
-		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
+		PodCIDRv6: prefixOrEmpty(a.node.PodCIDRv6),
+		Mode:      a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
 	// The store answers quickly or not at all: a status must not wait on a store that went away.
 	sctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
 	defer cancel()
@@ -222,4 +224,12 @@ func writeJSON(w io.Writer, v any) {
 	if err := json.NewEncoder(w).Encode(v); err != nil {
 		slog.Debug("agent api: answer not written", "err", err)
 	}
+}
+
+// prefixOrEmpty is p as text, or "" for the zero prefix.
+func prefixOrEmpty(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
 }

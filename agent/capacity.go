@@ -279,12 +279,16 @@ func (a *Agent) roomFor(ctx context.Context, req agentapi.AttachRequest) error {
 		return err
 	}
 	caps := a.capacity()
-	if n := countEntries(a.dp.DatapathMaps.Endpoints); n+1 > caps.endpoints {
-		return a.refuse("CNI ADD", &MapFullError{Map: maps.EndpointsName, Need: n + 1, Capacity: caps.endpoints})
-	}
-	// Its address is not known yet: the pod CIDR's network address and endpoint id 0 stand in,
-	// which no pod gets.
+	// Its address is not known yet: the pod CIDRs' network addresses and endpoint id 0 stand
+	// in, which no pod gets.
 	pod := store.Endpoint{Namespace: req.Namespace, Pod: req.Pod, Labels: req.Labels, Node: a.node.Name, IP: a.node.PodCIDR.Addr()}
+	if a.node.PodCIDRv6.IsValid() {
+		pod.IPv6 = a.node.PodCIDRv6.Addr()
+	}
+	need := len(pod.Addrs()) // an endpoints entry per address
+	if n := countEntries(a.dp.DatapathMaps.Endpoints); n+need > caps.endpoints {
+		return a.refuse("CNI ADD", &MapFullError{Map: maps.EndpointsName, Need: n + need, Capacity: caps.endpoints})
+	}
 	if err := a.checkChange(ctx, caps, false, nil, pod); err != nil {
 		return a.refuse("CNI ADD", err)
 	}

@@ -122,7 +122,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 	}
 	timer.mark("ipam")
 	pod := podnet.Pod{Netns: req.Netns, ContainerID: req.ContainerID, IfName: req.IfName, IP: ip,
-		MTU: a.PodMTU(), EndpointID: endpointID(ip, a.node.PodCIDR)}
+		IPv6: ipam.Paired(ip, a.node.PodCIDR, a.node.PodCIDRv6), MTU: a.PodMTU(), EndpointID: endpointID(ip, a.node.PodCIDR)}
 	defer func() {
 		if err != nil {
 			undo := errors.Join(podnet.Unplumb(pod, a.dp), a.ipam.Release(ctx, owner(req)),
@@ -138,13 +138,13 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 	}
 	timer.mark("plumb")
 	ep := store.Endpoint{ContainerID: req.ContainerID, IfName: req.IfName, Node: a.node.Name, Namespace: req.Namespace,
-		Pod: req.Pod, IP: ip, MAC: plumbed.PodMAC.String(), HostIf: plumbed.HostIf, Netns: req.Netns,
+		Pod: req.Pod, IP: ip, IPv6: pod.IPv6, MAC: plumbed.PodMAC.String(), HostIf: plumbed.HostIf, Netns: req.Netns,
 		Labels: req.Labels, ID: pod.EndpointID, MTU: pod.MTU}
 	if err := a.cluster.PutEndpoint(ctx, ep); err != nil {
 		return res, fmt.Errorf("record endpoint: %w", err)
 	}
 	timer.mark("record")
-	return agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, MAC: ep.MAC, HostIf: plumbed.HostIf,
+	return agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, IPv6: pod.IPv6, GatewayV6: podnet.GatewayIPv6, MAC: ep.MAC, HostIf: plumbed.HostIf,
 		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}, nil
 }
 
@@ -215,11 +215,12 @@ func (a *Agent) cniCheck(ctx context.Context, req agentapi.AttachRequest) error 
 	if m.Ifindex != uint32(host.Attrs().Index) || m.MAC.String() != ep.MAC {
 		return fmt.Errorf("datapath entry for %s points at ifindex %d MAC %s, want %d %s", ep.IP, m.Ifindex, m.MAC, host.Attrs().Index, ep.MAC)
 	}
-	return checkPod(ns, req.IfName, ep.IP, ep.MAC)
+	return checkPod(ns, req.IfName, ep)
 }
 
-// checkPod looks inside the pod: the interface, its /32, its MAC and the default route.
-func checkPod(ns netns.NsHandle, ifName string, ip netip.Addr, mac string) error {
+// checkPod looks inside the pod: the interface, its MAC, and for each of the endpoint's
+// addresses the address and the default route.
+func checkPod(ns netns.NsHandle, ifName string, ep store.Endpoint) error {
 	nh, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in pod netns: %w", err)
@@ -230,33 +231,48 @@ func checkPod(ns netns.NsHandle, ifName string, ip netip.Addr, mac string) error
 	if err != nil {
 		return fmt.Errorf("pod interface %s: %w", ifName, err)
 	}
-	if l.Attrs().HardwareAddr.String() != mac {
-		return fmt.Errorf("pod interface %s has MAC %s, want %s", ifName, l.Attrs().HardwareAddr, mac)
+	if l.Attrs().HardwareAddr.String() != ep.MAC {
+		return fmt.Errorf("pod interface %s has MAC %s, want %s", ifName, l.Attrs().HardwareAddr, ep.MAC)
 	}
-	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+	for _, ip := range ep.Addrs() {
+		if err := checkPodAddr(h, l, ip); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPodAddr checks that the pod's interface l holds ip alone (/32, /128) and that the pod
+// routes that family through the gateway.
+func checkPodAddr(h netlinksafe.Handle, l netlink.Link, ip netip.Addr) error {
+	family, gw, dflt := netlink.FAMILY_V4, podnet.GatewayIP, "0.0.0.0/0"
+	if ip.Is6() {
+		family, gw, dflt = netlink.FAMILY_V6, podnet.GatewayIPv6, "::/0"
+	}
+	addrs, err := h.AddrList(l, family)
 	if err != nil {
 		return err
 	}
 	found := false
 	for _, ad := range addrs {
 		ones, _ := ad.Mask.Size()
-		if ad.IP.Equal(ip.AsSlice()) && ones == 32 {
+		if ad.IP.Equal(ip.AsSlice()) && ones == ip.BitLen() {
 			found = true
 		}
 	}
 	if !found {
-		return fmt.Errorf("pod interface %s lacks %s/32", ifName, ip)
+		return fmt.Errorf("pod interface %s lacks %s/%d", l.Attrs().Name, ip, ip.BitLen())
 	}
-	routes, err := h.RouteList(l, netlink.FAMILY_V4)
+	routes, err := h.RouteList(l, family)
 	if err != nil {
 		return err
 	}
 	for _, r := range routes {
-		if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.Equal(net.IP(podnet.GatewayIP.AsSlice())) {
+		if (r.Dst == nil || r.Dst.String() == dflt) && r.Gw.Equal(net.IP(gw.AsSlice())) {
 			return nil
 		}
 	}
-	return fmt.Errorf("pod has no default route via %s", podnet.GatewayIP)
+	return fmt.Errorf("pod has no default route via %s", gw)
 }
 
 // cniGC removes every attachment of this node that is not in req.Valid.

@@ -9,28 +9,34 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/store"
 	"github.com/ebpfnet/ebpfnet/yamlguard"
 )
 
 // Config is the agent's configuration file; flags override its fields.
 type Config struct {
-	NodeName          string      `json:"nodeName"`
-	UnderlayInterface string      `json:"underlayInterface"`
-	NodeIP            string      `json:"nodeIP,omitempty"`
-	PodCIDR           string      `json:"podCIDR,omitempty"`
-	PodCIDRBits       int         `json:"podCIDRBits,omitempty"`
-	ClusterCIDR       string      `json:"clusterCIDR"`
-	Mode              string      `json:"mode"`
-	VXLANPort         int         `json:"vxlanPort,omitempty"`
-	Store             StoreConfig `json:"store"`
-	PinDir            string      `json:"pinDir,omitempty"`
-	Socket            string      `json:"socket,omitempty"`
-	MetricsAddress    string      `json:"metricsAddress,omitempty"`
-	MapSizes          maps.Sizes  `json:"mapSizes,omitempty"`
+	NodeName          string `json:"nodeName"`
+	UnderlayInterface string `json:"underlayInterface"`
+	NodeIP            string `json:"nodeIP,omitempty"`
+	PodCIDR           string `json:"podCIDR,omitempty"`
+	PodCIDRBits       int    `json:"podCIDRBits,omitempty"`
+	ClusterCIDR       string `json:"clusterCIDR"`
+	// ClusterCIDRv6 makes the cluster dual stack: each node takes a /64 of it (or PodCIDRv6),
+	// and each pod an IPv6 address beside its IPv4 one.
+	ClusterCIDRv6  string      `json:"clusterCIDRv6,omitempty"`
+	PodCIDRv6      string      `json:"podCIDRv6,omitempty"`
+	Mode           string      `json:"mode"`
+	VXLANPort      int         `json:"vxlanPort,omitempty"`
+	Store          StoreConfig `json:"store"`
+	PinDir         string      `json:"pinDir,omitempty"`
+	Socket         string      `json:"socket,omitempty"`
+	MetricsAddress string      `json:"metricsAddress,omitempty"`
+	MapSizes       maps.Sizes  `json:"mapSizes,omitempty"`
 	// NodeLeaseTTL > 0 makes the node's registration expire that long after the agent stops
 	// renewing it (etcd only). Zero keeps nodes until `ebpfnet node delete`.
 	NodeLeaseTTL string `json:"nodeLeaseTTL,omitempty"`
@@ -40,6 +46,9 @@ type Config struct {
 	// ServiceCIDR is where ClusterIPs come from (default 10.96.0.0/12): the node routes it to
 	// the datapath, and Services applied without a clusterIP get one from it.
 	ServiceCIDR string `json:"serviceCIDR,omitempty"`
+	// ServiceCIDRv6 is where IPv6 ClusterIPs come from in a dual-stack cluster (default
+	// fd00:10:96::/112 when clusterCIDRv6 is set).
+	ServiceCIDRv6 string `json:"serviceCIDRv6,omitempty"`
 	// Masquerade gives pod traffic to destinations outside the cluster the node's address
 	// (default true).
 	Masquerade *bool `json:"masquerade,omitempty"`
@@ -71,6 +80,7 @@ const (
 	// DefaultIdentityGCGrace is how long an unused identity is kept.
 	DefaultIdentityGCGrace = 5 * time.Minute
 	DefaultServiceCIDR     = "10.96.0.0/12"
+	DefaultServiceCIDRv6   = "fd00:10:96::/112"
 	DefaultMasqueradePorts = "20000-29999"
 )
 
@@ -94,14 +104,18 @@ func ReadConfig(path string) (*Config, error) {
 // settled is a validated config with parsed values.
 type settled struct {
 	Config
-	mode     maps.Mode
-	nodeIP   netip.Addr
-	podCIDR  netip.Prefix
-	cluster  netip.Prefix
-	leaseTTL time.Duration
+	mode    maps.Mode
+	nodeIP  netip.Addr
+	podCIDR netip.Prefix
+	cluster netip.Prefix
+	// podCIDRv6 and clusterV6 are zero in an IPv4-only cluster.
+	podCIDRv6 netip.Prefix
+	clusterV6 netip.Prefix
+	leaseTTL  time.Duration
 	// identityGCGrace is IdentityGCGrace parsed.
 	identityGCGrace time.Duration
 	serviceCIDR     netip.Prefix
+	serviceCIDRv6   netip.Prefix // zero unless the cluster is dual stack
 	masquerade      bool
 	noMasquerade    []netip.Prefix
 	natPorts        maps.PortRange
@@ -144,6 +158,9 @@ func (c Config) validate() (*settled, error) {
 		if !s.cluster.Contains(s.podCIDR.Addr()) || s.podCIDR.Bits() < s.cluster.Bits() {
 			return nil, fmt.Errorf("podCIDR: %s is not inside clusterCIDR %s", s.podCIDR, s.cluster)
 		}
+	}
+	if err := s.validateIPv6(); err != nil {
+		return nil, err
 	}
 	if s.VXLANPort == 0 {
 		s.VXLANPort = DefaultVXLANPort
@@ -202,6 +219,35 @@ func (c Config) validate() (*settled, error) {
 	return s, nil
 }
 
+// PodCIDRv6Bits is the size of every node's IPv6 pod CIDR, as Kubernetes' default
+// (--node-cidr-mask-size-ipv6).
+const PodCIDRv6Bits = 64
+
+// validateIPv6 settles the dual-stack fields.
+func (s *settled) validateIPv6() error {
+	var err error
+	if s.ClusterCIDRv6 == "" {
+		if s.PodCIDRv6 != "" {
+			return errors.New("podCIDRv6: needs clusterCIDRv6")
+		}
+		return nil
+	}
+	if s.clusterV6, err = netip.ParsePrefix(s.ClusterCIDRv6); err != nil || !s.clusterV6.Addr().Is6() || s.clusterV6.Addr().Is4In6() ||
+		s.clusterV6.Masked() != s.clusterV6 || s.clusterV6.Bits() > PodCIDRv6Bits {
+		return fmt.Errorf("clusterCIDRv6: %q is not an IPv6 network of /%d or larger", s.ClusterCIDRv6, PodCIDRv6Bits)
+	}
+	if s.PodCIDRv6 != "" {
+		if s.podCIDRv6, err = netip.ParsePrefix(s.PodCIDRv6); err != nil || s.podCIDRv6.Masked() != s.podCIDRv6 || !s.podCIDRv6.Addr().Is6() ||
+			s.podCIDRv6.Bits() != PodCIDRv6Bits {
+			return fmt.Errorf("podCIDRv6: %q is not an IPv6 /%d network", s.PodCIDRv6, PodCIDRv6Bits)
+		}
+		if !s.clusterV6.Contains(s.podCIDRv6.Addr()) {
+			return fmt.Errorf("podCIDRv6: %s is not inside clusterCIDRv6 %s", s.podCIDRv6, s.clusterV6)
+		}
+	}
+	return nil
+}
+
 // validateServices settles the Service and masquerading fields.
 func (s *settled) validateServices() error {
 	var err error
@@ -214,6 +260,9 @@ func (s *settled) validateServices() error {
 	}
 	if s.serviceCIDR.Overlaps(s.cluster) {
 		return fmt.Errorf("serviceCIDR: %s overlaps clusterCIDR %s", s.serviceCIDR, s.cluster)
+	}
+	if err := s.validateServiceCIDRv6(); err != nil {
+		return err
 	}
 	s.masquerade = s.Masquerade == nil || *s.Masquerade
 	for _, c := range s.NoMasqueradeCIDRs {
@@ -236,6 +285,38 @@ func (s *settled) validateServices() error {
 	}
 	s.natPorts = maps.PortRange{Min: uint16(lo), Max: uint16(hi)}
 	return nil
+}
+
+// validateServiceCIDRv6 settles serviceCIDRv6: only in a dual-stack cluster, an IPv6 network
+// the service IP allocator takes, apart from the pods'.
+func (s *settled) validateServiceCIDRv6() error {
+	cidr := s.ServiceCIDRv6
+	if !s.clusterV6.IsValid() {
+		if cidr != "" {
+			return errors.New("serviceCIDRv6: needs clusterCIDRv6")
+		}
+		return nil
+	}
+	if cidr == "" {
+		cidr = DefaultServiceCIDRv6
+	}
+	var err error
+	if s.serviceCIDRv6, err = netip.ParsePrefix(cidr); err != nil || !s.serviceCIDRv6.Addr().Is6() || s.serviceCIDRv6.Addr().Is4In6() ||
+		s.serviceCIDRv6.Masked() != s.serviceCIDRv6 || s.serviceCIDRv6.Bits() < store.MinServiceCIDRv6Bits || s.serviceCIDRv6.Bits() > 120 {
+		return fmt.Errorf("serviceCIDRv6: %q is not an IPv6 network of /%d to /120", cidr, store.MinServiceCIDRv6Bits)
+	}
+	if s.serviceCIDRv6.Overlaps(s.clusterV6) {
+		return fmt.Errorf("serviceCIDRv6: %s overlaps clusterCIDRv6 %s", s.serviceCIDRv6, s.clusterV6)
+	}
+	return nil
+}
+
+// serviceCIDRFor is where cluster IPs of family come from; invalid for IPv6 in an IPv4 cluster.
+func (s *settled) serviceCIDRFor(family corev1.IPFamily) netip.Prefix {
+	if family == corev1.IPv6Protocol {
+		return s.serviceCIDRv6
+	}
+	return s.serviceCIDR
 }
 
 // Bounds of mapSizes. MaxMapEntries is what one map may hold: beyond it the preallocated LRU maps

@@ -70,6 +70,9 @@ func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.
 	pods := map[netip.Addr]string{}
 	for _, p := range in.Pods {
 		pods[p.IP] = p.Namespace + "/" + p.Name
+		if p.IPv6.IsValid() {
+			pods[p.IPv6] = p.Namespace + "/" + p.Name
+		}
 	}
 	a.mon.setPods(pods)
 	return out, &in, nil
@@ -99,7 +102,7 @@ func (a *Agent) clusterInput(ctx context.Context, nodes []store.Node, extra ...s
 		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
 	}
 	for _, e := range append(eps, extra...) {
-		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, Node: e.Node, EndpointID: e.ID}
+		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, IPv6: e.IPv6, Node: e.Node, EndpointID: e.ID}
 		if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
 			p.Labels, p.Ports = m.Labels, namedPorts(m)
 		}

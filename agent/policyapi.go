@@ -213,7 +213,7 @@ func Explain(ctx context.Context, c *agentapi.Client, r agentapi.ExplainRequest)
 func endpointOf(in *policy.Input, s string) (policy.Endpoint, error) {
 	if ip, err := netip.ParseAddr(s); err == nil {
 		for i := range in.Pods {
-			if in.Pods[i].IP == ip {
+			if in.Pods[i].IP == ip || in.Pods[i].IPv6 == ip {
 				return policy.Endpoint{Pod: &in.Pods[i], IP: ip}, nil
 			}
 		}

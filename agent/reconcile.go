@@ -181,22 +181,25 @@ func (r *endpointReconciler) reconcile(ctx context.Context, p *pass) error {
 			errs = append(errs, a.forget(ctx, e))
 			continue
 		}
-		wanted[e.IP] = true
 		mac, _ := net.ParseMAC(e.MAC)
+		// Policy names an endpoint by its IPv4 address; its IPv6 one is the same endpoint.
 		pe := enf[e.IP]
-		want := maps.Endpoint{IP: e.IP, Ifindex: uint32(host.Attrs().Index), ID: e.ID, Local: true,
-			MAC: mac, NodeMAC: host.Attrs().HardwareAddr, Identity: pe.Identity,
-			IngressEnforced: pe.Ingress, EgressEnforced: pe.Egress}
-		have, ok, err := a.dp.Endpoints().Lookup(e.IP)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if keep {
-			want.Identity, want.IngressEnforced, want.EgressEnforced = have.Identity, have.IngressEnforced, have.EgressEnforced
-		}
-		if !ok || !sameEndpoint(have, want) {
-			errs = append(errs, a.dp.Endpoints().Upsert(want))
+		for _, ip := range e.Addrs() {
+			wanted[ip] = true
+			want := maps.Endpoint{IP: ip, Ifindex: uint32(host.Attrs().Index), ID: e.ID, Local: true,
+				MAC: mac, NodeMAC: host.Attrs().HardwareAddr, Identity: pe.Identity,
+				IngressEnforced: pe.Ingress, EgressEnforced: pe.Egress}
+			have, ok, err := a.dp.Endpoints().Lookup(ip)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if keep {
+				want.Identity, want.IngressEnforced, want.EgressEnforced = have.Identity, have.IngressEnforced, have.EgressEnforced
+			}
+			if !ok || !sameEndpoint(have, want) {
+				errs = append(errs, a.dp.Endpoints().Upsert(want))
+			}
 		}
 	}
 	inMap, err := a.dp.Endpoints().List()
@@ -220,7 +223,7 @@ func sameEndpoint(a, b maps.Endpoint) bool {
 
 // forget removes every trace of an endpoint: plumbing, hooks, map entry, lease, record.
 func (a *Agent) forget(ctx context.Context, e store.Endpoint) error {
-	pod := podnet.Pod{Netns: e.Netns, ContainerID: e.ContainerID, IfName: e.IfName, IP: e.IP}
+	pod := podnet.Pod{Netns: e.Netns, ContainerID: e.ContainerID, IfName: e.IfName, IP: e.IP, IPv6: e.IPv6}
 	return errors.Join(
 		podnet.Unplumb(pod, a.dp),
 		a.ipam.Release(ctx, e.Owner()),

@@ -40,6 +40,9 @@ func (s storeRoutes) remoteRoutes(_ context.Context, nodes []store.Node) ([]remo
 	for _, n := range nodes {
 		if n.Name != s.self {
 			out = append(out, remoteRoute{Prefix: n.PodCIDR, Node: n, Via: n.IP})
+			if n.PodCIDRv6.IsValid() {
+				out = append(out, remoteRoute{Prefix: n.PodCIDRv6, Node: n, Via: n.IP})
+			}
 		}
 	}
 	return out, true, nil
@@ -72,6 +75,11 @@ func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute
 		ids[n.Name] = uint32(i + 1)
 	}
 	want[rr.node.PodCIDR] = maps.Route{Prefix: rr.node.PodCIDR, NodeIP: rr.node.IP, NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
+	if c := rr.cfg.clusterV6; c.IsValid() {
+		// IPv6 pod CIDRs are reached over the IPv4 underlay: their owners' IPv4 addresses.
+		want[c] = maps.Route{Prefix: c, Flags: maps.RouteUnreachable}
+		want[rr.node.PodCIDRv6] = maps.Route{Prefix: rr.node.PodCIDRv6, NodeIP: rr.node.IP, NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
+	}
 	for _, r := range remote {
 		want[r.Prefix] = maps.Route{Prefix: r.Prefix, NodeIP: r.Node.IP, NodeID: ids[r.Node.Name], Mode: rr.cfg.mode}
 	}
@@ -123,6 +131,9 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	want := map[string]netlink.Route{rr.cfg.serviceCIDR.String(): viaHost(rr.cfg.serviceCIDR)}
 	if rr.cfg.mode == maps.ModeNative {
 		for _, r := range remote {
+			if r.Prefix.Addr().Is6() {
+				continue // the datapath routes IPv6 pod traffic itself, to the owner's MAC
+			}
 			gw, err := gateway(r.Via)
 			if err != nil {
 				rr.log.Warn("no way to a pod CIDR's next hop", "prefix", r.Prefix, "nextHop", r.Via, "err", err)

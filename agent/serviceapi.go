@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,7 +86,12 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 			return ServiceObjects{}, invalid(fmt.Sprintf("service %s: given twice", key))
 		}
 		seen[key] = true
-		if err := checkClusterIP(s, a.cfg.serviceCIDR); err != nil {
+		if !a.apiServerAllocates() {
+			if err := settleFamilies(s, a.cfg.serviceCIDRv6.IsValid()); err != nil {
+				return ServiceObjects{}, invalid(fmt.Sprintf("service %s: %v", key, err))
+			}
+		}
+		if err := checkClusterIPs(s, a.cfg); err != nil {
 			return ServiceObjects{}, invalid(err.Error())
 		}
 	}
@@ -145,7 +151,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 		for i := range svcs {
 			held[i] = claims.Held(names[i])
 		}
-		if err := allocateServices(ctx, claims, a.cfg.serviceCIDR, svcs); err != nil {
+		if err := allocateServices(ctx, claims, a.cfg, svcs); err != nil {
 			undo(nil)
 			return ServiceObjects{}, invalid(err.Error())
 		}
@@ -268,20 +274,23 @@ func kubectlSlices(key string) string {
 }
 
 // allocateServices claims the cluster IPs and node ports svcs name and allocates those they
-// leave empty, in cidr and the node port range: in order, as if one service after another.
-func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cidr netip.Prefix, svcs []corev1.Service) error {
-	type field struct{ svc, port int } // port -1: spec.clusterIP
+// leave empty, in the service CIDR of each family (settleFamilies chose them) and the node
+// port range: in order, as if one service after another.
+func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cfg *settled, svcs []corev1.Service) error {
+	type field struct{ svc, port int } // port -1-k: spec.clusterIPs[k]
 	var wants []store.ClaimWant
 	var fields []field
 	for i := range svcs {
 		s := &svcs[i]
 		owner := s.Namespace + "/" + s.Name
 		if needsClusterIP(s) {
-			w := store.ClaimWant{Owner: owner, CIDR: cidr}
-			if s.Spec.ClusterIP != "" {
-				w.IP, _ = netip.ParseAddr(s.Spec.ClusterIP) // ValidateService checked it
+			for k, fam := range s.Spec.IPFamilies {
+				w := store.ClaimWant{Owner: owner, CIDR: cfg.serviceCIDRFor(fam)}
+				if k < len(s.Spec.ClusterIPs) {
+					w.IP, _ = netip.ParseAddr(s.Spec.ClusterIPs[k]) // ValidateService checked it
+				}
+				wants, fields = append(wants, w), append(fields, field{i, -1 - k})
 			}
-			wants, fields = append(wants, w), append(fields, field{i, -1})
 		}
 		if !needsNodePorts(s) {
 			continue
@@ -292,7 +301,7 @@ func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cidr n
 		}
 	}
 	if k, err := claims.ClaimAll(ctx, wants); err != nil {
-		s, f := &svcs[fields[k].svc], "spec.clusterIP"
+		s, f := &svcs[fields[k].svc], clusterIPField(-1-fields[k].port)
 		if fields[k].port >= 0 {
 			f = fmt.Sprintf("spec.ports[%d].nodePort", fields[k].port)
 		}
@@ -304,10 +313,55 @@ func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cidr n
 			s.Spec.Ports[fields[k].port].NodePort = int32(w.NodePort.Port)
 			continue
 		}
-		single := corev1.IPFamilyPolicySingleStack
-		s.Spec.ClusterIP, s.Spec.ClusterIPs = w.IP.String(), []string{w.IP.String()}
-		s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv4Protocol}, &single
+		if c := -1 - fields[k].port; c == 0 {
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = w.IP.String(), []string{w.IP.String()}
+		} else {
+			s.Spec.ClusterIPs = append(s.Spec.ClusterIPs[:c], w.IP.String())
+		}
 	}
+	return nil
+}
+
+// settleFamilies decides a service's families as the API server does, where no API server
+// does: the ones it names (or its cluster IPs' families; IPv4 when it names none), one more
+// for PreferDualStack in a dual-stack cluster, both for RequireDualStack, which needs one.
+func settleFamilies(s *corev1.Service, dual bool) error {
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	policy := corev1.IPFamilyPolicySingleStack
+	if s.Spec.IPFamilyPolicy != nil {
+		policy = *s.Spec.IPFamilyPolicy
+	}
+	if len(s.Spec.ClusterIPs) == 0 && s.Spec.ClusterIP != "" && s.Spec.ClusterIP != corev1.ClusterIPNone {
+		s.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
+	}
+	fams := slices.Clone(s.Spec.IPFamilies)
+	for i, c := range s.Spec.ClusterIPs {
+		if ip, err := netip.ParseAddr(c); err == nil && i >= len(fams) {
+			fams = append(fams, familyOf(ip))
+		}
+	}
+	if len(fams) == 0 {
+		fams = []corev1.IPFamily{corev1.IPv4Protocol}
+	}
+	if len(fams) == 1 && (policy == corev1.IPFamilyPolicyRequireDualStack || policy == corev1.IPFamilyPolicyPreferDualStack && dual) {
+		other := corev1.IPv6Protocol
+		if fams[0] == corev1.IPv6Protocol {
+			other = corev1.IPv4Protocol
+		}
+		fams = append(fams, other)
+	}
+	for i, f := range fams {
+		if f == corev1.IPv6Protocol && !dual {
+			what := fmt.Sprintf("spec.ipFamilies[%d]: IPv6", i)
+			if policy == corev1.IPFamilyPolicyRequireDualStack {
+				what = "spec.ipFamilyPolicy: RequireDualStack"
+			}
+			return fmt.Errorf("%s, but the cluster has IPv4 services only (no clusterCIDRv6)", what)
+		}
+	}
+	s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = fams, &policy
 	return nil
 }
 
@@ -361,21 +415,40 @@ func keepAllocated(s, old *corev1.Service) error {
 	return nil
 }
 
-// checkClusterIP refuses a given cluster IP outside the service CIDR, or its network or
-// broadcast address.
-func checkClusterIP(s *corev1.Service, cidr netip.Prefix) error {
+// clusterIPField names a service's k-th cluster IP as an error does: the first is spec.clusterIP.
+func clusterIPField(k int) string {
+	if k == 0 {
+		return "spec.clusterIP"
+	}
+	return fmt.Sprintf("spec.clusterIPs[%d]", k)
+}
+
+// checkClusterIPs refuses a given cluster IP outside its family's service CIDR, or that CIDR's
+// network or broadcast address.
+func checkClusterIPs(s *corev1.Service, cfg *settled) error {
 	if !needsClusterIP(s) || s.Spec.ClusterIP == "" {
 		return nil
 	}
-	ip, err := netip.ParseAddr(s.Spec.ClusterIP)
-	if err != nil {
-		return fmt.Errorf("service %s/%s: spec.clusterIP: %q is not an IPv4 address", s.Namespace, s.Name, s.Spec.ClusterIP)
+	ips := s.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{s.Spec.ClusterIP}
 	}
-	if !cidr.Contains(ip) {
-		return fmt.Errorf("service %s/%s: spec.clusterIP: %s is not in the service CIDR %s", s.Namespace, s.Name, ip, cidr)
-	}
-	if ip == cidr.Masked().Addr() || (cidr.Bits() < 31 && !cidr.Contains(ip.Next())) {
-		return fmt.Errorf("service %s/%s: spec.clusterIP: %s is the service CIDR's network or broadcast address", s.Namespace, s.Name, ip)
+	for i, c := range ips {
+		f := clusterIPField(i)
+		ip, err := netip.ParseAddr(c)
+		if err != nil {
+			return fmt.Errorf("service %s/%s: %s: %q is not an IP address", s.Namespace, s.Name, f, c)
+		}
+		cidr := cfg.serviceCIDRFor(familyOf(ip))
+		if !cidr.IsValid() {
+			return fmt.Errorf("service %s/%s: %s: %s is IPv6, but the cluster has IPv4 services only (no clusterCIDRv6)", s.Namespace, s.Name, f, ip)
+		}
+		if !cidr.Contains(ip) {
+			return fmt.Errorf("service %s/%s: %s: %s is not in the service CIDR %s", s.Namespace, s.Name, f, ip, cidr)
+		}
+		if ip == cidr.Masked().Addr() || (cidr.Bits() < cidr.Addr().BitLen()-1 && !cidr.Contains(ip.Next())) {
+			return fmt.Errorf("service %s/%s: %s: %s is the service CIDR's network or broadcast address", s.Namespace, s.Name, f, ip)
+		}
 	}
 	return nil
 }
@@ -431,14 +504,21 @@ func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) agentapi.Serv
 		typ = string(corev1.ServiceTypeClusterIP)
 	}
 	v := agentapi.ServiceView{Namespace: s.Namespace, Name: s.Name, Type: typ, Ports: portViews(s.Ports), Frontends: []string{}, Backends: []agentapi.BackendView{}}
-	switch {
-	case s.ClusterIP.IsValid():
-		v.ClusterIP = s.ClusterIP.String()
-		for _, p := range s.Ports {
-			v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(s.ClusterIP, uint16(p.Port)), p.Protocol))
-		}
-	case o.Spec.ClusterIP == corev1.ClusterIPNone:
+	if o.Spec.ClusterIP == corev1.ClusterIPNone {
 		v.ClusterIP = corev1.ClusterIPNone
+	}
+	for _, cip := range []netip.Addr{s.ClusterIP, s.ClusterIPv6} {
+		if !cip.IsValid() {
+			continue
+		}
+		if cip.Is4() {
+			v.ClusterIP = cip.String()
+		} else {
+			v.ClusterIPv6 = cip.String()
+		}
+		for _, p := range s.Ports {
+			v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(cip, uint16(p.Port)), p.Protocol))
+		}
 	}
 	if s.NodePort && nodeIP.IsValid() {
 		for _, p := range s.Ports {

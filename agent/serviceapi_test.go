@@ -155,7 +155,26 @@ func TestValidateService(t *testing.T) {
 			p := corev1.ServiceInternalTrafficPolicy("Near")
 			s.Spec.InternalTrafficPolicy = &p
 		}, "spec.internalTrafficPolicy"},
-		{"cluster IP", func(s *corev1.Service) { s.Spec.ClusterIP = "fd00::1" }, "spec.clusterIP"},
+		{"cluster IP", func(s *corev1.Service) { s.Spec.ClusterIP = "10.96.0.256" }, "spec.clusterIP"},
+		{"IPv6 cluster IP", func(s *corev1.Service) { s.Spec.ClusterIP = "fd00:10:96::a" }, ""},
+		{"clusterIPs not led by clusterIP", func(s *corev1.Service) {
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.10", []string{"fd00:10:96::a", "10.96.0.10"}
+		}, "spec.clusterIPs: [fd00:10:96::a 10.96.0.10] must start with spec.clusterIP"},
+		{"two IPv4 cluster IPs", func(s *corev1.Service) {
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.10", []string{"10.96.0.10", "10.96.0.11"}
+		}, "two addresses of one family"},
+		{"dual stack without a policy", func(s *corev1.Service) {
+			s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+		}, "spec.ipFamilyPolicy: two families need"},
+		{"dual stack, single-stack policy", func(s *corev1.Service) {
+			s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}, ptr(corev1.IPFamilyPolicySingleStack)
+		}, "spec.ipFamilyPolicy: SingleStack, but two"},
+		{"unknown family", func(s *corev1.Service) { s.Spec.IPFamilies = []corev1.IPFamily{"IPv5"} }, `spec.ipFamilies[0]: "IPv5"`},
+		{"families out of the cluster IPs' order", func(s *corev1.Service) {
+			s.Spec.ClusterIP, s.Spec.ClusterIPs = "10.96.0.10", []string{"10.96.0.10", "fd00:10:96::a"}
+			s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}, ptr(corev1.IPFamilyPolicyRequireDualStack)
+		}, "spec.ipFamilies[0]: IPv6, but spec.clusterIPs[0] is IPv4"},
+		{"unknown policy", func(s *corev1.Service) { s.Spec.IPFamilyPolicy = ptr(corev1.IPFamilyPolicy("Both")) }, `spec.ipFamilyPolicy: "Both"`},
 		{"headless node port", func(s *corev1.Service) { s.Spec.Type, s.Spec.ClusterIP = corev1.ServiceTypeNodePort, "None" }, "spec.clusterIP: None"},
 		{"bad target port name", func(s *corev1.Service) { s.Spec.Ports[0].TargetPort = intstr.FromString("no_such") }, "spec.ports[0].targetPort"},
 		{"bad selector", func(s *corev1.Service) { s.Spec.Selector = map[string]string{"app": "a b"} }, "spec.selector"},
@@ -360,7 +379,8 @@ func TestValidateEndpointSlice(t *testing.T) {
 		{"no service label", func(es *discoveryv1.EndpointSlice) { es.Labels = nil }, "metadata.labels: kubernetes.io/service-name is required"},
 		{"bad service label", func(es *discoveryv1.EndpointSlice) { es.Labels[discoveryv1.LabelServiceName] = "9db" }, "metadata.labels[kubernetes.io/service-name]"},
 		{"no address type", func(es *discoveryv1.EndpointSlice) { es.AddressType = "" }, "addressType: required"},
-		{"IPv6", func(es *discoveryv1.EndpointSlice) { es.AddressType = discoveryv1.AddressTypeIPv6 }, `addressType: "IPv6"`},
+		{"IPv6 slice of IPv4 addresses", func(es *discoveryv1.EndpointSlice) { es.AddressType = discoveryv1.AddressTypeIPv6 }, `endpoints[0].addresses[0]: "10.1.0.1" is not an IPv6 address`},
+		{"FQDN", func(es *discoveryv1.EndpointSlice) { es.AddressType = discoveryv1.AddressTypeFQDN }, `addressType: "FQDN" is not served`},
 		{"no address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[1].Addresses = nil }, "endpoints[1].addresses: at least one"},
 		{"IPv6 address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[2].Addresses = []string{"fd00::1"} }, `endpoints[2].addresses[0]: "fd00::1" is not an IPv4 address`},
 		{"bad address", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Addresses = []string{"10.1.0.256"} }, "endpoints[0].addresses[0]"},

@@ -66,14 +66,14 @@ func serviceID(ns, name string) uint32 {
 	return h.Sum32()
 }
 
-// eligible lists the backends a frontend chooses from for port: the ready ones (only this
-// node's when local), or, when none is ready, the serving ones that are terminating, as
-// kube-proxy does.
-func (r *serviceReconciler) eligible(s store.Service, port store.ServicePort, local bool) []netip.AddrPort {
+// eligible lists the backends a frontend of the family of frontend chooses from for port: the
+// ready ones (only this node's when local), or, when none is ready, the serving ones that are
+// terminating, as kube-proxy does.
+func (r *serviceReconciler) eligible(s store.Service, frontend netip.Addr, port store.ServicePort, local bool) []netip.AddrPort {
 	var ready, terminating []netip.AddrPort
 	for _, b := range s.Backends {
 		target, ok := b.Ports[port.Name]
-		if !ok || target < 1 || target > 65535 || !b.IP.Is4() || (local && !r.isLocal(b)) {
+		if !ok || target < 1 || target > 65535 || b.IP.Is6() != frontend.Is6() || (local && !r.isLocal(b)) {
 			continue
 		}
 		addr := netip.AddrPortFrom(b.IP, uint16(target))
@@ -91,7 +91,12 @@ func (r *serviceReconciler) eligible(s store.Service, port store.ServicePort, lo
 }
 
 func (r *serviceReconciler) isLocal(b store.Backend) bool {
-	return b.Node == r.node.Name || r.node.PodCIDR.Contains(b.IP)
+	return b.Node == r.node.Name || r.inPodCIDR(b.IP)
+}
+
+// inPodCIDR says whether ip is in one of this node's pod CIDRs.
+func (r *serviceReconciler) inPodCIDR(ip netip.Addr) bool {
+	return r.node.PodCIDR.Contains(ip) || r.node.PodCIDRv6.Contains(ip)
 }
 
 // wantFrontend is a frontend with its backends by address (ids come later).
@@ -106,13 +111,13 @@ func (r *serviceReconciler) desired(svcs []store.Service) (map[frontendKey]wantF
 	bes := map[netip.AddrPort]maps.Backend{}
 	use := func(addrs []netip.AddrPort) []netip.AddrPort {
 		for _, a := range addrs {
-			bes[a] = maps.Backend{Addr: a, Local: r.node.PodCIDR.Contains(a.Addr())}
+			bes[a] = maps.Backend{Addr: a, Local: r.inPodCIDR(a.Addr())}
 		}
 		return addrs
 	}
 	for _, s := range svcs {
-		if !s.ClusterIP.Is4() {
-			continue
+		if !s.ClusterIP.IsValid() && !s.ClusterIPv6.IsValid() {
+			continue // headless
 		}
 		id := serviceID(s.Namespace, s.Name)
 		for _, p := range s.Ports {
@@ -120,24 +125,31 @@ func (r *serviceReconciler) desired(svcs []store.Service) (map[frontendKey]wantF
 			if !ok || p.Port < 1 || p.Port > 65535 {
 				continue
 			}
-			f := maps.Frontend{Addr: netip.AddrPortFrom(s.ClusterIP, uint16(p.Port)), Protocol: proto, ServiceID: id,
-				Affinity: s.ClientIPAffinity}
-			fronts[frontendKey{f.Addr, proto}] = wantFrontend{f, use(r.eligible(s, p, s.InternalLocal))}
-			if s.NodePort && p.NodePort > 0 && r.node.IP.Is4() {
+			// A frontend per cluster IP, each choosing among the backends of its family.
+			for _, cip := range []netip.Addr{s.ClusterIP, s.ClusterIPv6} {
+				if !cip.IsValid() {
+					continue
+				}
+				f := maps.Frontend{Addr: netip.AddrPortFrom(cip, uint16(p.Port)), Protocol: proto, ServiceID: id,
+					Affinity: s.ClientIPAffinity}
+				fronts[frontendKey{f.Addr, proto}] = wantFrontend{f, use(r.eligible(s, cip, p, s.InternalLocal))}
+			}
+			// The node's address is IPv4: its node ports lead to the IPv4 backends.
+			if s.NodePort && p.NodePort > 0 && r.node.IP.Is4() && s.ClusterIP.IsValid() {
 				n := maps.Frontend{Addr: netip.AddrPortFrom(r.node.IP, uint16(p.NodePort)), Protocol: proto, ServiceID: id,
 					Affinity: s.ClientIPAffinity, NodePort: true, ExternalLocal: s.ExternalLocal}
-				fronts[frontendKey{n.Addr, proto}] = wantFrontend{n, use(r.eligible(s, p, s.ExternalLocal))}
+				fronts[frontendKey{n.Addr, proto}] = wantFrontend{n, use(r.eligible(s, r.node.IP, p, s.ExternalLocal))}
 			}
 		}
 		// A terminating backend keeps its established flows: it stays in the backends map.
 		for _, b := range s.Backends {
-			if !b.Terminating || !b.IP.Is4() {
+			if !b.Terminating || !b.IP.IsValid() {
 				continue
 			}
 			for _, target := range b.Ports {
 				a := netip.AddrPortFrom(b.IP, uint16(target))
 				if _, ok := bes[a]; !ok {
-					bes[a] = maps.Backend{Addr: a, Local: r.node.PodCIDR.Contains(b.IP), Terminating: true}
+					bes[a] = maps.Backend{Addr: a, Local: r.inPodCIDR(b.IP), Terminating: true}
 				}
 			}
 		}

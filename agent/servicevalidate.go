@@ -70,6 +70,68 @@ func NormalizeService(s *corev1.Service) {
 	}
 }
 
+// validateFamilies checks the dual-stack fields as the API server does: clusterIPs agree with
+// clusterIP and have one address per family, ipFamilies name each family at most once, in the
+// order of clusterIPs, and ipFamilyPolicy allows as many as there are.
+func validateFamilies(spec *corev1.ServiceSpec) error {
+	if len(spec.ClusterIPs) > 0 && spec.ClusterIPs[0] != spec.ClusterIP {
+		return fmt.Errorf("spec.clusterIPs: %v must start with spec.clusterIP %q", spec.ClusterIPs, spec.ClusterIP)
+	}
+	if len(spec.ClusterIPs) > 2 {
+		return fmt.Errorf("spec.clusterIPs: %v: at most one address per family", spec.ClusterIPs)
+	}
+	var ipFamilies []corev1.IPFamily
+	for i, s := range spec.ClusterIPs {
+		if s == corev1.ClusterIPNone && i == 0 && len(spec.ClusterIPs) == 1 {
+			break
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Is4In6() {
+			return fmt.Errorf("spec.clusterIPs[%d]: %q is not an IPv4 or IPv6 address", i, s)
+		}
+		ipFamilies = append(ipFamilies, familyOf(ip))
+	}
+	if len(ipFamilies) == 2 && ipFamilies[0] == ipFamilies[1] {
+		return fmt.Errorf("spec.clusterIPs: %v: two addresses of one family", spec.ClusterIPs)
+	}
+	if len(spec.IPFamilies) > 2 {
+		return fmt.Errorf("spec.ipFamilies: %v: at most two", spec.IPFamilies)
+	}
+	for i, f := range spec.IPFamilies {
+		if f != corev1.IPv4Protocol && f != corev1.IPv6Protocol {
+			return fmt.Errorf("spec.ipFamilies[%d]: %q must be IPv4 or IPv6", i, f)
+		}
+		if i == 1 && f == spec.IPFamilies[0] {
+			return fmt.Errorf("spec.ipFamilies: %v names %s twice", spec.IPFamilies, f)
+		}
+		if i < len(ipFamilies) && ipFamilies[i] != f {
+			return fmt.Errorf("spec.ipFamilies[%d]: %s, but spec.clusterIPs[%d] is %s", i, f, i, ipFamilies[i])
+		}
+	}
+	if p := spec.IPFamilyPolicy; p != nil {
+		switch *p {
+		case corev1.IPFamilyPolicySingleStack:
+			if len(spec.IPFamilies) > 1 || len(ipFamilies) > 1 {
+				return errors.New("spec.ipFamilyPolicy: SingleStack, but two families are given")
+			}
+		case corev1.IPFamilyPolicyPreferDualStack, corev1.IPFamilyPolicyRequireDualStack:
+		default:
+			return fmt.Errorf("spec.ipFamilyPolicy: %q must be SingleStack, PreferDualStack or RequireDualStack", *p)
+		}
+	} else if len(spec.IPFamilies) > 1 || len(ipFamilies) > 1 {
+		return errors.New("spec.ipFamilyPolicy: two families need PreferDualStack or RequireDualStack")
+	}
+	return nil
+}
+
+// familyOf is ip's family, as a Service names it.
+func familyOf(ip netip.Addr) corev1.IPFamily {
+	if ip.Is4() {
+		return corev1.IPv4Protocol
+	}
+	return corev1.IPv6Protocol
+}
+
 // ValidateService applies the API server's rules for what ebpfnet serves, in one line naming
 // the service and the field. LoadBalancer services are served as NodePort ones.
 func ValidateService(s *corev1.Service) error {
@@ -121,15 +183,12 @@ func validateService(s *corev1.Service) error {
 			return fmt.Errorf("spec.clusterIP: None (headless) is not allowed for type %s", typ)
 		}
 	default:
-		if ip, err := netip.ParseAddr(spec.ClusterIP); err != nil || !ip.Is4() {
-			return fmt.Errorf("spec.clusterIP: %q is not an IPv4 address or None", spec.ClusterIP)
+		if ip, err := netip.ParseAddr(spec.ClusterIP); err != nil || ip.Is4In6() {
+			return fmt.Errorf("spec.clusterIP: %q is not an IPv4 or IPv6 address, or None", spec.ClusterIP)
 		}
 	}
-	if len(spec.ClusterIPs) > 1 {
-		return fmt.Errorf("spec.clusterIPs: dual-stack services are not supported (IPv4 only)")
-	}
-	if len(spec.ClusterIPs) == 1 && spec.ClusterIPs[0] != spec.ClusterIP {
-		return fmt.Errorf("spec.clusterIPs: %v must agree with spec.clusterIP %q", spec.ClusterIPs, spec.ClusterIP)
+	if err := validateFamilies(spec); err != nil {
+		return err
 	}
 	if errs := metav1validation.ValidateLabels(spec.Selector, field.NewPath("spec", "selector")); len(errs) > 0 {
 		return errors.New(errs[0].Error())
@@ -290,20 +349,21 @@ func validateEndpointSlice(es *discoveryv1.EndpointSlice) error {
 		return fmt.Errorf("metadata.labels[%s]: %q is not a service name: %s", discoveryv1.LabelServiceName, svc, errs[0])
 	}
 	switch es.AddressType {
-	case discoveryv1.AddressTypeIPv4:
+	case discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6:
 	case "":
-		return errors.New("addressType: required, and must be IPv4")
+		return errors.New("addressType: required, and must be IPv4 or IPv6")
 	default:
-		return fmt.Errorf("addressType: %q is not served: must be IPv4", es.AddressType)
+		return fmt.Errorf("addressType: %q is not served: must be IPv4 or IPv6", es.AddressType)
 	}
+	v6 := es.AddressType == discoveryv1.AddressTypeIPv6
 	for i, ep := range es.Endpoints {
 		f := fmt.Sprintf("endpoints[%d]", i)
 		if len(ep.Addresses) == 0 {
 			return fmt.Errorf("%s.addresses: at least one address is required", f)
 		}
 		for j, a := range ep.Addresses {
-			if ip, err := netip.ParseAddr(a); err != nil || !ip.Is4() {
-				return fmt.Errorf("%s.addresses[%d]: %q is not an IPv4 address", f, j, a)
+			if ip, err := netip.ParseAddr(a); err != nil || ip.Is4In6() || ip.Is6() != v6 {
+				return fmt.Errorf("%s.addresses[%d]: %q is not an %s address", f, j, a, es.AddressType)
 			}
 		}
 		if ep.NodeName != nil {

@@ -26,10 +26,13 @@ type AttachRequest struct {
 type AttachResult struct {
 	IP      netip.Addr `json:"ip"`
 	Gateway netip.Addr `json:"gateway"`
-	MAC     string     `json:"mac"`
-	HostIf  string     `json:"hostIf"`
-	HostMAC string     `json:"hostMAC"`
-	MTU     int        `json:"mtu"`
+	// IPv6 and GatewayV6 are the pod's IPv6 address and next hop in a dual-stack cluster.
+	IPv6      netip.Addr `json:"ipv6,omitzero"`
+	GatewayV6 netip.Addr `json:"gatewayV6,omitzero"`
+	MAC       string     `json:"mac"`
+	HostIf    string     `json:"hostIf"`
+	HostMAC   string     `json:"hostMAC"`
+	MTU       int        `json:"mtu"`
 }
 
 // GCRequest lists the attachments that must stay.

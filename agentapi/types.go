@@ -35,9 +35,11 @@ type Status struct {
 	Node    string `json:"node"`
 	NodeIP  string `json:"nodeIP"`
 	PodCIDR string `json:"podCIDR"`
-	Mode    string `json:"mode"`
-	PinDir  string `json:"pinDir"`
-	PodMTU  int    `json:"podMTU"`
+	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack cluster, else empty.
+	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
+	Mode      string `json:"mode"`
+	PinDir    string `json:"pinDir"`
+	PodMTU    int    `json:"podMTU"`
 	// PrefilterMode is the XDP mode the prefilter runs in ("native" or "generic"), or "".
 	PrefilterMode string `json:"prefilterMode,omitempty"`
 }
@@ -154,8 +156,10 @@ type ServiceView struct {
 	Name      string `json:"name"`
 	Type      string `json:"type"`
 	// ClusterIP is the cluster IP, "None" for a headless service, "" for ExternalName.
-	ClusterIP string        `json:"clusterIP"`
-	Ports     []ServicePort `json:"ports"`
+	ClusterIP string `json:"clusterIP"`
+	// ClusterIPv6 is a dual-stack service's IPv6 cluster IP.
+	ClusterIPv6 string        `json:"clusterIPv6,omitempty"`
+	Ports       []ServicePort `json:"ports"`
 	// Frontends are the addresses the service answers on: "10.96.0.10:80/TCP", and with node
 	// ports "NODEIP:30080/TCP" (this node's address; every node opens them).
 	Frontends []string      `json:"frontends"`

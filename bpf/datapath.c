@@ -88,8 +88,10 @@ int to_pod(struct __sk_buff *skb)
 	struct ct_key key;
 	int reason;
 
-	/* What the node's stack sends is not judged for form, only for policy. */
-	if (parse_skb(skb, &pkt) != CONTINUE || !pkt.family)
+	/* What the node's stack sends is not judged for form, only for policy; its neighbour
+	 * discovery and MLD, like ARP, not even for that. */
+	if (parse_skb(skb, &pkt) != CONTINUE || !pkt.family ||
+	    (pkt.family == AF_INET6 && is_ndp_or_mld(&pkt)))
 		return finish(skb, &pkt, REASON_DELIVER, DIR_TO_POD);
 	dst = lookup_endpoint(pkt.family, &pkt.daddr);
 	if (!dst || !(dst->flags & EP_F_LOCAL))
@@ -105,8 +107,18 @@ int to_pod(struct __sk_buff *skb)
 	return finish(skb, &pkt, reason == CONTINUE ? REASON_DELIVER : reason, DIR_TO_POD);
 }
 
+/* link_scope_dest says whether an IPv6 packet is for the link (link-local or multicast):
+ * the host device's own neighbour discovery and MLD, nobody's pod traffic. */
+static __always_inline int link_scope_dest(struct packet *pkt)
+{
+	return pkt->family == AF_INET6 &&
+	       (pkt->daddr.v6[0] == 0xff ||
+		(pkt->daddr.v6[0] == 0xfe && (pkt->daddr.v6[1] & 0xc0) == 0x80));
+}
+
 /* from_host: tc egress of the host device; the node's own traffic to Services and (VXLAN,
- * IP-in-IP) to pods on other nodes, which the node's routes send here. */
+ * IP-in-IP) to pods on other nodes, which the node's routes send here; IPv6 is never
+ * translated (Services are IPv4's in this release). */
 SEC("tc")
 int from_host(struct __sk_buff *skb)
 {
@@ -115,7 +127,7 @@ int from_host(struct __sk_buff *skb)
 	struct xlate x = {};
 	int reason;
 
-	if (parse_skb(skb, &pkt) != CONTINUE || pkt.family != AF_INET)
+	if (parse_skb(skb, &pkt) != CONTINUE || !pkt.family || link_scope_dest(&pkt))
 		return finish(skb, &pkt, REASON_FORWARD_HOST, DIR_FROM_HOST);
 	reason = nat_begin(skb, &pkt, node_config(), &x);
 	if (reason == CONTINUE)

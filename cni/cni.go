@@ -145,12 +145,18 @@ func result(args *skel.CmdArgs, res agentapi.AttachResult, ver string) *types100
 	if newer, _ := version.GreaterThanOrEqualTo(ver, "1.1.0"); newer {
 		pod.Mtu = res.MTU // mtu is a 1.1.0 field; the converters would carry it into 1.0.0
 	}
-	return &types100.Result{
+	out := &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
 		Interfaces: []*types100.Interface{{Name: res.HostIf, Mac: res.HostMAC}, pod},
 		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gateway: gw}},
 		Routes:     []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
 	}
+	if res.IPv6.IsValid() {
+		gw6 := net.IP(res.GatewayV6.AsSlice())
+		out.IPs = append(out.IPs, &types100.IPConfig{Interface: &podIdx, Address: net.IPNet{IP: res.IPv6.AsSlice(), Mask: net.CIDRMask(128, 128)}, Gateway: gw6})
+		out.Routes = append(out.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: gw6})
+	}
+	return out
 }
 
 // Del detaches the pod; what is already gone is not an error.

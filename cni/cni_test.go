@@ -62,6 +62,43 @@ func TestResultInEachVersion(t *testing.T) {
 	}
 }
 
+// A dual-stack pod's result has its two addresses, each with its family's gateway and default
+// route, in every version (0.3.x and 0.4.0 say each address's version).
+func TestDualStackResult(t *testing.T) {
+	args := &skel.CmdArgs{IfName: "eth0", Netns: "/run/netns/p"}
+	res := agentapi.AttachResult{IP: netip.MustParseAddr("10.244.0.2"), Gateway: netip.MustParseAddr("169.254.1.1"),
+		IPv6: netip.MustParseAddr("fd00:10:244::2"), GatewayV6: netip.MustParseAddr("fe80::1"),
+		MAC: "02:00:00:00:00:02", HostIf: "eb0123456789ab", HostMAC: "02:00:00:00:00:01", MTU: 1450}
+	for _, v := range Versions {
+		t.Run(v, func(t *testing.T) {
+			conv, err := result(args, res, v).GetAsVersion(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := json.Marshal(conv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raw struct {
+				IPs []struct {
+					Version, Address, Gateway string
+				}
+				Routes []struct{ Dst, GW string }
+			}
+			if err := json.Unmarshal(data, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if len(raw.IPs) != 2 || raw.IPs[0].Address != "10.244.0.2/32" || raw.IPs[1].Address != "fd00:10:244::2/128" ||
+				raw.IPs[1].Gateway != "fe80::1" || len(raw.Routes) != 2 || raw.Routes[1].Dst != "::/0" || raw.Routes[1].GW != "fe80::1" {
+				t.Fatalf("%s", data)
+			}
+			if old, _ := version.GreaterThanOrEqualTo("0.4.0", v); old && (raw.IPs[0].Version != "4" || raw.IPs[1].Version != "6") {
+				t.Fatalf("versions %q %q in %s", raw.IPs[0].Version, raw.IPs[1].Version, data)
+			}
+		})
+	}
+}
+
 // Malformed configuration is code 6, an unknown field or no cniVersion code 7.
 func TestParseConf(t *testing.T) {
 	cases := []struct {

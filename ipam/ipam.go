@@ -35,6 +35,23 @@ func (p *IPAM) ownerKey(owner string) string {
 	return store.Prefix + "ipam/" + p.node + "/owners/" + owner
 }
 
+// Paired is the IPv6 address of the pod that holds ip in a dual-stack node: the same offset
+// into cidr6 as ip's into cidr4. An IPv4 lease is therefore the IPv6 one as well: nothing
+// more to record, to lose on a restart or to leak.
+func Paired(ip netip.Addr, cidr4, cidr6 netip.Prefix) netip.Addr {
+	if !cidr6.IsValid() || !cidr4.Contains(ip) {
+		return netip.Addr{}
+	}
+	a, base := ip.As4(), cidr4.Masked().Addr().As4()
+	off := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) -
+		(uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]))
+	v6 := cidr6.Masked().Addr().As16()
+	for i := 15; i >= 12; i-- {
+		v6[i] |= byte(off >> (8 * (15 - i)))
+	}
+	return netip.AddrFrom16(v6)
+}
+
 // Allocate returns owner's address, the one it already holds if any.
 //
 // Every step leaves what a crash may interrupt findable from the owner: the owner's key is

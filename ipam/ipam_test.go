@@ -193,3 +193,27 @@ func TestIPAMIgnoresAStaleOwnerKey(t *testing.T) {
 		t.Fatalf("after releasing pod/eth0: %v left", left)
 	}
 }
+
+// A dual-stack pod's IPv6 address is its IPv4 address's offset into the node's IPv6 pod CIDR:
+// distinct IPv4 leases give distinct IPv6 addresses, and an IPv4-only node gives none.
+func TestPairedIPv6(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:10:244:3::/64")
+	for _, c := range []struct{ ip, want string }{
+		{"10.244.3.2", "fd00:10:244:3::2"},
+		{"10.244.3.254", "fd00:10:244:3::fe"},
+	} {
+		if got := ipam.Paired(netip.MustParseAddr(c.ip), v4, v6); got != netip.MustParseAddr(c.want) {
+			t.Errorf("Paired(%s) = %s, want %s", c.ip, got, c.want)
+		}
+	}
+	wide := netip.MustParsePrefix("10.240.0.0/12")
+	if got := ipam.Paired(netip.MustParseAddr("10.241.2.3"), wide, v6); got != netip.MustParseAddr("fd00:10:244:3::1:203") {
+		t.Errorf("Paired in a /12 = %s, want fd00:10:244:3::1:203", got)
+	}
+	if got := ipam.Paired(netip.MustParseAddr("10.244.3.2"), v4, netip.Prefix{}); got.IsValid() {
+		t.Errorf("an IPv4-only node paired %s", got)
+	}
+	if got := ipam.Paired(netip.MustParseAddr("10.9.9.9"), v4, v6); got.IsValid() {
+		t.Errorf("an address outside the pod CIDR paired %s", got)
+	}
+}

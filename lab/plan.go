@@ -19,7 +19,8 @@ func plan(name string, spec *Spec) (*State, error) {
 	if spec.BGP != nil && spec.Kubernetes {
 		return nil, errors.New("bgp: not in a kubernetes lab yet")
 	}
-	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR, VXLANPort: spec.VXLANPort,
+	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR,
+		ClusterCIDRv6: spec.ClusterCIDRv6, VXLANPort: spec.VXLANPort,
 		Underlay: namespace.Path(name + "-underlay"),
 		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes, CNI: spec.CNI,
 		Masquerade: spec.Masquerade, NoMasqueradeCIDRs: append([]string(nil), spec.NoMasqueradeCIDRs...),

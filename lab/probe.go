@@ -27,6 +27,41 @@ var ErrUnreachable = errors.New("unreachable")
 // UDP sends a datagram and waits for its echo. To is a pod, "ns/name", or a Service,
 // "svc/ns/name", probed at its cluster IP.
 func (s *State) Probe(from, to string, port int, protocol string) error {
+	return s.ProbeFamily(from, to, port, protocol, FamilyIPv4)
+}
+
+// Families are the address families the lab's pods have: IPv4, and IPv6 in a dual-stack lab.
+func (s *State) Families() []string {
+	if s.DualStack() {
+		return []string{FamilyIPv4, FamilyIPv6}
+	}
+	return []string{FamilyIPv4}
+}
+
+// CheckFamily refuses a family the lab's pods do not have, naming those they do.
+func (s *State) CheckFamily(family string) error {
+	for _, f := range s.Families() {
+		if strings.EqualFold(f, family) {
+			return nil
+		}
+	}
+	return fmt.Errorf("family %q: lab %s has %s", family, s.Name, strings.Join(s.Families(), " and "))
+}
+
+// Addr is the pod's address of family (IPv4 or IPv6, any case).
+func (p Pod) Addr(family string) (netip.Addr, error) {
+	ip := p.IP
+	if strings.EqualFold(family, FamilyIPv6) {
+		ip = p.IPv6
+	}
+	if !ip.IsValid() {
+		return ip, fmt.Errorf("pod %s has no %s address", p.Key(), family)
+	}
+	return ip, nil
+}
+
+// ProbeFamily is Probe to a pod's address of family (IPv4 or IPv6).
+func (s *State) ProbeFamily(from, to string, port int, protocol, family string) error {
 	src, err := s.Pod(from)
 	if err != nil {
 		return err
@@ -34,7 +69,7 @@ func (s *State) Probe(from, to string, port int, protocol string) error {
 	if key, ok := strings.CutPrefix(to, "svc/"); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		ip, err := s.ServiceIP(ctx, key, port, protocol)
+		ip, err := s.ServiceIPFamily(ctx, key, port, protocol, family)
 		if err != nil {
 			return err
 		}
@@ -44,12 +79,21 @@ func (s *State) Probe(from, to string, port int, protocol string) error {
 	if err != nil {
 		return err
 	}
-	return probe(src.Netns, netip.AddrPortFrom(dst.IP, uint16(port)), protocol)
+	ip, err := dst.Addr(family)
+	if err != nil {
+		return err
+	}
+	return probe(src.Netns, netip.AddrPortFrom(ip, uint16(port)), protocol)
 }
 
-// ServiceIP is the cluster IP of Service key ("ns/name"), as the store holds it (through the
-// agents: the same for every kind of lab), checking that it serves port/protocol.
+// ServiceIP is the (IPv4) cluster IP of Service key ("ns/name"), as the store holds it
+// (through the agents: the same for every kind of lab), checking that it serves port/protocol.
 func (s *State) ServiceIP(ctx context.Context, key string, port int, protocol string) (netip.Addr, error) {
+	return s.ServiceIPFamily(ctx, key, port, protocol, FamilyIPv4)
+}
+
+// ServiceIPFamily is ServiceIP of family (IPv4 or IPv6).
+func (s *State) ServiceIPFamily(ctx context.Context, key string, port int, protocol, family string) (netip.Addr, error) {
 	views, err := s.Client().Services(ctx)
 	if err != nil {
 		return netip.Addr{}, err
@@ -58,9 +102,13 @@ func (s *State) ServiceIP(ctx context.Context, key string, port int, protocol st
 		if v.Namespace+"/"+v.Name != key {
 			continue
 		}
-		ip, err := netip.ParseAddr(v.ClusterIP)
+		cip := v.ClusterIP
+		if strings.EqualFold(family, FamilyIPv6) {
+			cip = v.ClusterIPv6
+		}
+		ip, err := netip.ParseAddr(cip)
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("service %s has no cluster IP to probe (%q)", key, v.ClusterIP)
+			return netip.Addr{}, fmt.Errorf("service %s has no %s cluster IP to probe (%q)", key, family, cip)
 		}
 		var ports []string
 		for _, p := range v.Ports {
@@ -90,9 +138,9 @@ func dialIn(netnsPath string, addr netip.AddrPort, protocol string) (c net.Conn,
 	err = namespace.Do(netnsPath, func() (err error) {
 		switch protocol {
 		case "TCP":
-			c, err = net.DialTimeout("tcp4", addr.String(), ProbeTimeout)
+			c, err = net.DialTimeout("tcp", addr.String(), ProbeTimeout)
 		case "UDP":
-			c, err = net.Dial("udp4", addr.String())
+			c, err = net.Dial("udp", addr.String())
 		default:
 			err = fmt.Errorf("protocol %q cannot be probed (TCP or UDP)", protocol)
 		}
@@ -144,8 +192,16 @@ func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
 // Matrix is who reaches whom: Matrix[from][to].
 type Matrix map[string]map[string]bool
 
-// Matrix probes every pod from every other pod, in parallel.
+// Matrix probes every pod from every other pod, in parallel, at their IPv4 addresses.
 func (s *State) Matrix(port int, protocol string) (Matrix, error) {
+	return s.MatrixFamily(port, protocol, FamilyIPv4)
+}
+
+// MatrixFamily is Matrix at the pods' addresses of family (IPv4 or IPv6).
+func (s *State) MatrixFamily(port int, protocol, family string) (Matrix, error) {
+	if err := s.CheckFamily(family); err != nil {
+		return nil, err
+	}
 	m := Matrix{}
 	var (
 		mu       sync.Mutex
@@ -167,7 +223,8 @@ func (s *State) Matrix(port int, protocol string) (Matrix, error) {
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				err := probe(from.Netns, netip.AddrPortFrom(to.IP, uint16(port)), protocol)
+				ip, _ := to.Addr(family) // every pod has each of the lab's families
+				err := probe(from.Netns, netip.AddrPortFrom(ip, uint16(port)), protocol)
 				mu.Lock()
 				defer mu.Unlock()
 				m[from.Key()][to.Key()] = err == nil

@@ -76,8 +76,8 @@ func cniConf(node *Node, labels map[string]string) []byte {
 }
 
 // runCNI executes the plugin in the node's namespace with the CNI environment and returns the
-// pod's address for ADD.
-func runCNI(ctx context.Context, plugin string, node *Node, command string, p *Pod) (netip.Addr, error) {
+// pod's addresses for ADD.
+func runCNI(ctx context.Context, plugin string, node *Node, command string, p *Pod) ([]netip.Addr, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "nsenter", "--net="+node.Netns, "--", plugin)
@@ -89,18 +89,22 @@ func runCNI(ctx context.Context, plugin string, node *Node, command string, p *P
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI %s: %w: %s%s", command, err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("CNI %s: %w: %s%s", command, err, strings.TrimSpace(string(out)), strings.TrimSpace(stderr.String()))
 	}
 	if command != "ADD" {
-		return netip.Addr{}, nil
+		return nil, nil
 	}
 	var res types100.Result
 	if err := json.Unmarshal(out, &res); err != nil {
-		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: %w", out, err)
+		return nil, fmt.Errorf("CNI ADD result %q: %w", out, err)
 	}
 	if len(res.IPs) == 0 {
-		return netip.Addr{}, fmt.Errorf("CNI ADD result %q: no IP", out)
+		return nil, fmt.Errorf("CNI ADD result %q: no IP", out)
 	}
-	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
-	return ip, nil
+	var ips []netip.Addr
+	for _, c := range res.IPs {
+		ip, _ := netip.AddrFromSlice(c.Address.IP)
+		ips = append(ips, ip.Unmap())
+	}
+	return ips, nil
 }

@@ -30,17 +30,18 @@ func Serve(ctx context.Context, ports, readyFile string) error {
 		if !ok || err != nil || port < 1 || port > 65535 {
 			return fmt.Errorf("bad port %q (want PORT/PROTOCOL)", spec)
 		}
-		addr := fmt.Sprintf("0.0.0.0:%d", port)
+		// Both families: an IPv6 socket that takes IPv4 too, where the pod has IPv6.
+		addr := fmt.Sprintf(":%d", port)
 		switch proto {
 		case "TCP":
-			ln, err := net.Listen("tcp4", addr)
+			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return err
 			}
 			closers = append(closers, ln)
 			go EchoTCP(ln)
 		case "UDP":
-			pc, err := net.ListenPacket("udp4", addr)
+			pc, err := net.ListenPacket("udp", addr)
 			if err != nil {
 				return err
 			}

@@ -27,7 +27,11 @@ import (
 type Spec struct {
 	Mode        string `json:"mode"`
 	ClusterCIDR string `json:"clusterCIDR,omitempty"`
-	VXLANPort   int    `json:"vxlanPort,omitempty"`
+	// IPFamilies are the pods' address families: [IPv4] (the default) or [IPv4, IPv6], dual
+	// stack, where every pod has an address of each, the IPv6 one from ClusterCIDRv6.
+	IPFamilies    []string `json:"ipFamilies,omitempty"`
+	ClusterCIDRv6 string   `json:"clusterCIDRv6,omitempty"`
+	VXLANPort     int      `json:"vxlanPort,omitempty"`
 	// Kubernetes makes a real Kubernetes of the lab: pods become Pod objects run by kubelet.
 	Kubernetes bool `json:"kubernetes,omitempty"`
 	// CNI is what networks a kubernetes lab's pods: ebpfnet (the default), or cilium, the peer
@@ -98,6 +102,9 @@ type ServiceSpec struct {
 	InternalTrafficPolicy string            `json:"internalTrafficPolicy,omitempty"` // Cluster | Local
 	// ClusterIP is inside ServiceCIDR, None for a headless service, or empty: allocated.
 	ClusterIP string `json:"clusterIP,omitempty"`
+	// IPFamilyPolicy is SingleStack (the default), PreferDualStack or RequireDualStack: in a
+	// dual-stack lab the latter two give the service an IPv6 cluster IP too.
+	IPFamilyPolicy string `json:"ipFamilyPolicy,omitempty"`
 }
 
 // ServicePortSpec is one port of a ServiceSpec.
@@ -124,6 +131,10 @@ func (s ServiceSpec) Object() corev1.Service {
 		p := corev1.ServiceInternalTrafficPolicy(s.InternalTrafficPolicy)
 		svc.Spec.InternalTrafficPolicy = &p
 	}
+	if s.IPFamilyPolicy != "" {
+		p := corev1.IPFamilyPolicy(s.IPFamilyPolicy)
+		svc.Spec.IPFamilyPolicy = &p
+	}
 	for _, p := range s.Ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: p.Name, Port: int32(p.Port), TargetPort: p.TargetPort,
 			Protocol: corev1.Protocol(p.Protocol), NodePort: int32(p.NodePort)})
@@ -134,8 +145,10 @@ func (s ServiceSpec) Object() corev1.Service {
 // Defaults.
 const (
 	DefaultClusterCIDR = "10.244.0.0/16"
-	DefaultVXLANPort   = 8472
-	underlayMTU        = 1500
+	// DefaultClusterCIDRv6 is a dual-stack lab's IPv6 cluster CIDR: a /64 per node.
+	DefaultClusterCIDRv6 = "fd00:10:244::/56"
+	DefaultVXLANPort     = 8472
+	underlayMTU          = 1500
 )
 
 // ReadSpec reads a lab file, or the `lab:` block of a NetworkPolicy case file, strictly:
@@ -215,6 +228,9 @@ func (s *Spec) Validate() error {
 	}
 	if svc := netip.MustParsePrefix(ServiceCIDR); cluster.Overlaps(svc) {
 		return fmt.Errorf("clusterCIDR: %s overlaps the lab's service CIDR %s", cluster, svc)
+	}
+	if err := s.validateFamilies(); err != nil {
+		return err
 	}
 	switch s.CNI {
 	case "", CNIEbpfnet:
@@ -356,7 +372,7 @@ func (s *Spec) Validate() error {
 			served[key] = true
 		}
 	}
-	return validateServices(s.Services, namespaces)
+	return validateServices(s.Services, namespaces, len(s.IPFamilies) > 1)
 }
 
 var dns1035Label = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
@@ -364,7 +380,7 @@ var dns1035Label = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
 // validateServices checks the services as the API server would, filling defaults (type
 // ClusterIP, protocol TCP). A targetPort name no selected pod declares is fine: as in
 // Kubernetes, those pods do not serve that port.
-func validateServices(svcs []ServiceSpec, namespaces map[string]bool) error {
+func validateServices(svcs []ServiceSpec, namespaces map[string]bool, dual bool) error {
 	cidr := netip.MustParsePrefix(ServiceCIDR)
 	seen := map[string]bool{}
 	ips := map[string]string{}         // cluster IP -> service
@@ -407,6 +423,15 @@ func validateServices(svcs []ServiceSpec, namespaces map[string]bool) error {
 				return fmt.Errorf("%s.clusterIP: %s is %s's too", f, s.ClusterIP, other)
 			}
 			ips[s.ClusterIP] = s.Key()
+		}
+		switch s.IPFamilyPolicy {
+		case "", string(corev1.IPFamilyPolicySingleStack), string(corev1.IPFamilyPolicyPreferDualStack):
+		case string(corev1.IPFamilyPolicyRequireDualStack):
+			if !dual {
+				return fmt.Errorf("%s.ipFamilyPolicy: RequireDualStack, but the lab is IPv4 only (ipFamilies: [IPv4, IPv6])", f)
+			}
+		default:
+			return fmt.Errorf("%s.ipFamilyPolicy: %q must be SingleStack, PreferDualStack or RequireDualStack", f, s.IPFamilyPolicy)
 		}
 		switch s.SessionAffinity {
 		case "", "None", "ClientIP":
@@ -517,3 +542,43 @@ func validLabels(labels map[string]string) error {
 	}
 	return nil
 }
+
+// Address families of a lab's pods.
+const (
+	FamilyIPv4 = "IPv4"
+	FamilyIPv6 = "IPv6"
+)
+
+// validateFamilies settles ipFamilies and clusterCIDRv6.
+func (s *Spec) validateFamilies() error {
+	switch {
+	case len(s.IPFamilies) == 0 || slices.Equal(s.IPFamilies, []string{FamilyIPv4}):
+		s.IPFamilies = []string{FamilyIPv4}
+		if s.ClusterCIDRv6 != "" {
+			return errors.New("clusterCIDRv6: set, but ipFamilies has no IPv6 (ipFamilies: [IPv4, IPv6])")
+		}
+		return nil
+	case slices.Equal(s.IPFamilies, []string{FamilyIPv4, FamilyIPv6}):
+	case slices.Equal(s.IPFamilies, []string{FamilyIPv6}):
+		return errors.New("ipFamilies: IPv6-only labs are not supported yet (use [IPv4, IPv6])")
+	default:
+		return fmt.Errorf("ipFamilies: %q must be [IPv4] or [IPv4, IPv6]", s.IPFamilies)
+	}
+	switch {
+	case s.Kubernetes:
+		return errors.New("ipFamilies: dual stack runs in lab namespaces only, not yet in a kubernetes lab")
+	case s.BGP != nil:
+		return errors.New("ipFamilies: dual stack routes from the store only, not yet over BGP")
+	}
+	if s.ClusterCIDRv6 == "" {
+		s.ClusterCIDRv6 = DefaultClusterCIDRv6
+	}
+	p, err := netip.ParsePrefix(s.ClusterCIDRv6)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p || p.Bits() > agent.PodCIDRv6Bits {
+		return fmt.Errorf("clusterCIDRv6: %q is not an IPv6 network of /%d or larger", s.ClusterCIDRv6, agent.PodCIDRv6Bits)
+	}
+	return nil
+}
+
+// DualStack says whether the lab's pods have IPv6 addresses too.
+func (s *State) DualStack() bool { return s.ClusterCIDRv6 != "" }

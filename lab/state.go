@@ -35,10 +35,12 @@ type State struct {
 	Name        string `json:"name"`
 	Mode        string `json:"mode"`
 	ClusterCIDR string `json:"clusterCIDR"`
-	VXLANPort   int    `json:"vxlanPort"`
-	Underlay    string `json:"underlayNetns"`
-	EtcdURL     string `json:"etcdURL"`
-	EtcdPID     int    `json:"etcdPID,omitempty"`
+	// ClusterCIDRv6 is set in a dual-stack lab.
+	ClusterCIDRv6 string `json:"clusterCIDRv6,omitempty"`
+	VXLANPort     int    `json:"vxlanPort"`
+	Underlay      string `json:"underlayNetns"`
+	EtcdURL       string `json:"etcdURL"`
+	EtcdPID       int    `json:"etcdPID,omitempty"`
 	// Kubernetes says the lab runs a real Kubernetes: API server, kubelets, containerd.
 	Kubernetes bool `json:"kubernetes,omitempty"`
 	// CNI networks the pods: CNIEbpfnet, or CNICilium (a peer, for comparison).
@@ -64,13 +66,15 @@ type State struct {
 
 // Node is a node as made.
 type Node struct {
-	Name     string       `json:"name"`
-	IP       netip.Addr   `json:"ip"`
-	PodCIDR  netip.Prefix `json:"podCIDR"`
-	Netns    string       `json:"netns"`
-	PinDir   string       `json:"pinDir"`
-	Socket   string       `json:"socket"`
-	AgentPID int          `json:"agentPID,omitempty"`
+	Name    string       `json:"name"`
+	IP      netip.Addr   `json:"ip"`
+	PodCIDR netip.Prefix `json:"podCIDR"`
+	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack lab.
+	PodCIDRv6 netip.Prefix `json:"podCIDRv6,omitzero"`
+	Netns     string       `json:"netns"`
+	PinDir    string       `json:"pinDir"`
+	Socket    string       `json:"socket"`
+	AgentPID  int          `json:"agentPID,omitempty"`
 	// wantCIDR is the pod CIDR the lab file asked for, if any.
 	WantCIDR string `json:"wantPodCIDR,omitempty"`
 	// Rack is the node's rack, if the lab has racks.
@@ -79,10 +83,12 @@ type Node struct {
 
 // Pod is a pod as made.
 type Pod struct {
-	Namespace   string            `json:"namespace"`
-	Name        string            `json:"name"`
-	Node        string            `json:"node"`
-	IP          netip.Addr        `json:"ip"`
+	Namespace string     `json:"namespace"`
+	Name      string     `json:"name"`
+	Node      string     `json:"node"`
+	IP        netip.Addr `json:"ip"`
+	// IPv6 is the pod's IPv6 address in a dual-stack lab.
+	IPv6        netip.Addr        `json:"ipv6,omitzero"`
 	Labels      map[string]string `json:"labels"`
 	Ports       []Port            `json:"ports"`
 	Netns       string            `json:"netns"`

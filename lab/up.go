@@ -251,7 +251,7 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 
 // agentConfig is node n's agent config, with its store: every lab agent's is made here.
 func (s *State) agentConfig(n *Node, st agent.StoreConfig) agent.Config {
-	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR,
+	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR, ClusterCIDRv6: s.ClusterCIDRv6,
 		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
 		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
@@ -303,7 +303,10 @@ func (b *builder) startAgent(ctx context.Context, n *Node, cfgFile string) error
 	if err != nil {
 		return err
 	}
-	n.PodCIDR, err = netip.ParsePrefix(st.PodCIDR)
+	if n.PodCIDR, err = netip.ParsePrefix(st.PodCIDR); err != nil || st.PodCIDRv6 == "" {
+		return err
+	}
+	n.PodCIDRv6, err = netip.ParsePrefix(st.PodCIDRv6)
 	return err
 }
 
@@ -323,8 +326,10 @@ func (b *builder) converged(ctx context.Context) error {
 				have[r.Prefix] = true
 			}
 			for _, other := range b.st.Nodes {
-				if !have[other.PodCIDR] {
-					return false, "missing " + other.PodCIDR.String()
+				for _, p := range []netip.Prefix{other.PodCIDR, other.PodCIDRv6} {
+					if p.IsValid() && !have[p] {
+						return false, "missing " + p.String()
+					}
 				}
 			}
 			return true, ""
@@ -461,11 +466,20 @@ func (b *builder) pod(ctx context.Context, p *Pod) error {
 	if err != nil {
 		return err
 	}
-	res, err := runCNI(ctx, b.opts.CNIPlugin, node, "ADD", p)
+	ips, err := runCNI(ctx, b.opts.CNIPlugin, node, "ADD", p)
 	if err != nil {
 		return err
 	}
-	p.IP = res
+	for _, ip := range ips {
+		if ip.Is4() {
+			p.IP = ip
+		} else {
+			p.IPv6 = ip
+		}
+	}
+	if !p.IP.IsValid() || p.IPv6.IsValid() != b.st.DualStack() {
+		return fmt.Errorf("pod %s: CNI ADD gave %v, want an IPv4 address%s", p.Key(), ips, map[bool]string{true: " and an IPv6 one"}[b.st.DualStack()])
+	}
 	return nil
 }
 

@@ -28,6 +28,9 @@ import (
 // with a permanent neighbour entry in the pod, so it never needs an address anywhere.
 var GatewayIP = netip.MustParseAddr("169.254.1.1")
 
+// GatewayIPv6 is GatewayIP's IPv6 counterpart, a link-local address in the pod's neighbour table.
+var GatewayIPv6 = netip.MustParseAddr("fe80::1")
+
 // Pod says what to plumb.
 type Pod struct {
 	// NodeNetns is the node's network namespace path; empty means the caller's.
@@ -38,9 +41,11 @@ type Pod struct {
 	ContainerID string
 	IfName      string
 	IP          netip.Addr
-	MTU         int
-	EndpointID  uint32
-	Identity    uint32
+	// IPv6 is the pod's IPv6 address in a dual-stack cluster; zero leaves the pod IPv4 only.
+	IPv6       netip.Addr
+	MTU        int
+	EndpointID uint32
+	Identity   uint32
 }
 
 // Result is what the plumbing made.
@@ -71,6 +76,8 @@ func (p *Pod) validate() error {
 		return errors.New("container id is empty")
 	case !p.IP.Is4():
 		return fmt.Errorf("pod ip %q is not an IPv4 address", p.IP)
+	case p.IPv6.IsValid() && (!p.IPv6.Is6() || p.IPv6.Is4In6()):
+		return fmt.Errorf("pod ipv6 %q is not an IPv6 address", p.IPv6)
 	}
 	if p.IfName == "" {
 		p.IfName = "eth0"
@@ -184,9 +191,11 @@ func PlumbNetns(p Pod, ns netns.NsHandle, dp *loader.Datapath) (res Result, err 
 		return res, nil
 	}
 	// The endpoint goes in before the hooks, so the pod's first packet is not taken for spoofed.
-	if err := dp.Endpoints().Upsert(maps.Endpoint{IP: p.IP, Ifindex: uint32(res.HostIfindex), ID: p.EndpointID,
-		Identity: p.Identity, Local: true, MAC: res.PodMAC, NodeMAC: res.HostMAC}); err != nil {
-		return Result{}, err
+	for _, ip := range p.addrs() {
+		if err := dp.Endpoints().Upsert(maps.Endpoint{IP: ip, Ifindex: uint32(res.HostIfindex), ID: p.EndpointID,
+			Identity: p.Identity, Local: true, MAC: res.PodMAC, NodeMAC: res.HostMAC}); err != nil {
+			return Result{}, err
+		}
 	}
 	err = namespace.Do(p.NodeNetns, func() error {
 		for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
@@ -231,8 +240,16 @@ func ensureVeth(h *handles, hostIf string, p Pod) (netlink.Link, netlink.Link, b
 	return host, podLink, made, nil
 }
 
+// addrs are the pod's addresses: its IPv4 one, and its IPv6 one in a dual-stack cluster.
+func (p Pod) addrs() []netip.Addr {
+	if p.IPv6.IsValid() {
+		return []netip.Addr{p.IP, p.IPv6}
+	}
+	return []netip.Addr{p.IP}
+}
+
 func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := namespace.DoHandle(h.podNs, func() error { return disableIPv6(p.IfName) }); err != nil {
+	if err := namespace.DoHandle(h.podNs, func() error { return setIPv6(p.IfName, p.IPv6.IsValid()) }); err != nil {
 		return err
 	}
 	nl := h.pod
@@ -253,24 +270,53 @@ func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) e
 	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: gw, Dst: defaultRoute}); err != nil {
 		return fmt.Errorf("add default route in pod: %w", err)
 	}
+	if p.IPv6.IsValid() {
+		return configurePodIPv6(nl, p, l, hostMAC)
+	}
 	return nil
 }
 
-var defaultRoute = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+// configurePodIPv6 gives the pod its IPv6 address (no duplicate detection: the address is the
+// pod's alone) and a default route via GatewayIPv6, the node's veth MAC in a permanent entry.
+func configurePodIPv6(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
+	idx := l.Attrs().Index
+	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IPv6), Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("add %s to pod: %w", p.IPv6, err)
+	}
+	gw := GatewayIPv6.AsSlice()
+	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
+		return fmt.Errorf("add IPv6 gateway neighbour in pod: %w", err)
+	}
+	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: gw, Dst: defaultRouteV6}); err != nil {
+		return fmt.Errorf("add IPv6 default route in pod: %w", err)
+	}
+	return nil
+}
+
+var (
+	defaultRoute   = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	defaultRouteV6 = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+)
 
 func configureNode(nl *netlink.Handle, p Pod, host netlink.Link, podMAC net.HardwareAddr) error {
-	if err := namespace.Do(p.NodeNetns, func() error { return disableIPv6(host.Attrs().Name) }); err != nil {
+	if err := namespace.Do(p.NodeNetns, func() error { return setIPv6(host.Attrs().Name, p.IPv6.IsValid()) }); err != nil {
 		return err
 	}
 	if err := nl.LinkSetUp(host); err != nil {
 		return fmt.Errorf("bring up %s: %w", host.Attrs().Name, err)
 	}
 	idx := host.Attrs().Index
-	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, State: netlink.NUD_PERMANENT, IP: p.IP.AsSlice(), HardwareAddr: podMAC}); err != nil {
-		return fmt.Errorf("add pod neighbour on node: %w", err)
-	}
-	if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostRoute(p.IP), Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("add route to pod on node: %w", err)
+	for _, ip := range p.addrs() {
+		family := unix.AF_INET
+		if ip.Is6() {
+			family = unix.AF_INET6
+		}
+		if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: family, State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: podMAC}); err != nil {
+			return fmt.Errorf("add pod neighbour %s on node: %w", ip, err)
+		}
+		if err := nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostRoute(ip), Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("add route to pod %s on node: %w", ip, err)
+		}
 	}
 	return nil
 }
@@ -279,11 +325,21 @@ func hostRoute(ip netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
 }
 
-// disableIPv6 keeps an IPv4-only interface from sending router solicitations and DAD.
-func disableIPv6(ifname string) error {
-	path := filepath.Join("/proc/sys/net/ipv6/conf", ifname, "disable_ipv6")
-	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("disable ipv6 on %s: %w", ifname, err)
+// setIPv6 turns IPv6 off on an IPv4-only interface (no router solicitations, no DAD), or on
+// for a dual-stack one, where the routes are static: no router advertisements are taken.
+func setIPv6(ifname string, on bool) error {
+	dir := filepath.Join("/proc/sys/net/ipv6/conf", ifname)
+	settings := [][2]string{{"disable_ipv6", "1"}}
+	if on {
+		settings = [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"disable_ipv6", "0"}}
+	}
+	for _, kv := range settings {
+		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]), 0o644); err != nil {
+			if !on && errors.Is(err, os.ErrNotExist) {
+				return nil // a kernel without IPv6: nothing to turn off
+			}
+			return fmt.Errorf("set %s on %s: %w", kv[0], ifname, err)
+		}
 	}
 	return nil
 }
@@ -318,8 +374,10 @@ func nodeHandle(path string) (*netlink.Handle, error) {
 
 func unplumb(p Pod, h *handles, hostIf string, dp *loader.Datapath) error {
 	var errs []error
-	if dp != nil && p.IP.IsValid() {
-		errs = append(errs, dp.Endpoints().Delete(p.IP))
+	for _, ip := range []netip.Addr{p.IP, p.IPv6} {
+		if dp != nil && ip.IsValid() {
+			errs = append(errs, dp.Endpoints().Delete(ip))
+		}
 	}
 	for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
 		if dp != nil {

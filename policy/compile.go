@@ -20,6 +20,7 @@ type Pod struct {
 	Name       string
 	Labels     map[string]string
 	IP         netip.Addr
+	IPv6       netip.Addr // zero unless the cluster is dual stack
 	Node       string
 	Ports      []NamedPort
 	EndpointID uint32
@@ -210,7 +211,7 @@ func (c *compiler) longestCIDR(ip netip.Addr) uint32 {
 	return id
 }
 
-// ipcache: pods and nodes by /32 with their identities, every policy CIDR with its own. An
+// ipcache: pods and nodes by /32 (/128) with their identities, every policy CIDR with its own. An
 // address's longest match is then either itself or the tightest policy CIDR around it.
 func (c *compiler) ipcache() {
 	entries := map[netip.Prefix]maps.IPCacheEntry{}
@@ -230,6 +231,9 @@ func (c *compiler) ipcache() {
 	}
 	for i := range c.in.Pods {
 		host(c.in.Pods[i].IP, c.podID[&c.in.Pods[i]])
+		if v6 := c.in.Pods[i].IPv6; v6.IsValid() {
+			host(v6, c.podID[&c.in.Pods[i]]) // one identity for both families
+		}
 	}
 	for _, e := range entries {
 		c.out.IPCache = append(c.out.IPCache, e)

@@ -15,22 +15,34 @@ type Node struct {
 	Name    string       `json:"name"`
 	IP      netip.Addr   `json:"ip"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
+	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack cluster; zero in an IPv4 one.
+	PodCIDRv6 netip.Prefix `json:"podCIDRv6,omitzero"`
 }
 
 // Endpoint is a pod attachment as registered in the store.
 type Endpoint struct {
-	ContainerID string            `json:"containerID"`
-	IfName      string            `json:"ifName"`
-	Node        string            `json:"node"`
-	Namespace   string            `json:"namespace"`
-	Pod         string            `json:"pod"`
-	IP          netip.Addr        `json:"ip"`
-	MAC         string            `json:"mac"`
-	HostIf      string            `json:"hostIf"`
-	Netns       string            `json:"netns"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	ID          uint32            `json:"id"`
-	MTU         int               `json:"mtu"`
+	ContainerID string     `json:"containerID"`
+	IfName      string     `json:"ifName"`
+	Node        string     `json:"node"`
+	Namespace   string     `json:"namespace"`
+	Pod         string     `json:"pod"`
+	IP          netip.Addr `json:"ip"`
+	// IPv6 is the pod's IPv6 address in a dual-stack cluster; zero in an IPv4 one.
+	IPv6   netip.Addr        `json:"ipv6,omitzero"`
+	MAC    string            `json:"mac"`
+	HostIf string            `json:"hostIf"`
+	Netns  string            `json:"netns"`
+	Labels map[string]string `json:"labels,omitempty"`
+	ID     uint32            `json:"id"`
+	MTU    int               `json:"mtu"`
+}
+
+// Addrs are the endpoint's addresses: IPv4, then IPv6 in a dual-stack cluster.
+func (e Endpoint) Addrs() []netip.Addr {
+	if e.IPv6.IsValid() {
+		return []netip.Addr{e.IP, e.IPv6}
+	}
+	return []netip.Addr{e.IP}
 }
 
 // Owner names an attachment the way IPAM and CNI GC do: "containerID/ifName".
@@ -158,8 +170,10 @@ func (c *Cluster) AllocatePodCIDR(ctx context.Context, node string, cluster neti
 		return netip.Prefix{}, err
 	}
 	for k, v := range claims {
-		if string(v) == node {
-			return netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(k, podCIDRPrefix), "_", "/"))
+		p, err := netip.ParsePrefix(strings.ReplaceAll(strings.TrimPrefix(k, podCIDRPrefix), "_", "/"))
+		// A dual-stack node holds one CIDR of each family: the one of cluster's is its answer.
+		if string(v) == node && err == nil && cluster.Contains(p.Addr()) {
+			return p, nil
 		}
 	}
 	for p := netip.PrefixFrom(cluster.Masked().Addr(), bits); cluster.Contains(p.Addr()); p = NextPrefix(p) {
@@ -190,10 +204,26 @@ func (c *Cluster) ClaimPodCIDR(ctx context.Context, node string, p netip.Prefix)
 	return nil
 }
 
-// NextPrefix is the prefix of the same size right after p.
+// NextPrefix is the prefix of the same size right after p, in either family (past the
+// family's last prefix it is no longer in the family, so no cluster CIDR contains it).
 func NextPrefix(p netip.Prefix) netip.Prefix {
-	a := p.Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v += 1 << (32 - p.Bits())
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), p.Bits())
+	a := p.Addr().As16()
+	bit := p.Addr().BitLen() - p.Bits() // the prefix's lowest bit, counted from the right
+	// Add 1 at that bit, carrying to the left.
+	for i := 15 - bit/8; i >= 0; i-- {
+		inc := byte(1)
+		if i == 15-bit/8 {
+			inc = 1 << (bit % 8)
+		}
+		old := a[i]
+		a[i] += inc
+		if a[i] > old {
+			break
+		}
+	}
+	addr := netip.AddrFrom16(a)
+	if p.Addr().Is4() {
+		addr = addr.Unmap()
+	}
+	return netip.PrefixFrom(addr, p.Bits())
 }

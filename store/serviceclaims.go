@@ -535,15 +535,19 @@ func (s *ServiceClaimSet) lower(w *ClaimWant) {
 }
 
 func checkServiceCIDR(cidr netip.Prefix) error {
-	if !cidr.Addr().Is4() || cidr.Bits() > 30 {
-		return fmt.Errorf("service CIDR %s: want an IPv4 network of /30 or larger", cidr)
+	if cidr.Addr().Is4() && cidr.Bits() <= 30 || cidr.Addr().Is6() && !cidr.Addr().Is4In6() && cidr.Bits() >= MinServiceCIDRv6Bits && cidr.Bits() <= 126 {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("service CIDR %s: want an IPv4 network of /30 or larger, or an IPv6 one of /%d to /126", cidr, MinServiceCIDRv6Bits)
 }
 
+// MinServiceCIDRv6Bits bounds an IPv6 service CIDR, as the API server's
+// --service-cluster-ip-range does (at most 2^24 addresses).
+const MinServiceCIDRv6Bits = 104
+
 func checkServiceIP(ip netip.Addr) error {
-	if !ip.Is4() {
-		return fmt.Errorf("service IP %s is not an IPv4 address", ip)
+	if !ip.IsValid() || ip.Is4In6() {
+		return fmt.Errorf("service IP %s is not an IPv4 or IPv6 address", ip)
 	}
 	return nil
 }

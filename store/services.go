@@ -43,6 +43,8 @@ type Service struct {
 	Name      string `json:"name"`
 	// ClusterIP is invalid for headless services (clusterIP None), which the datapath skips.
 	ClusterIP netip.Addr `json:"clusterIP"`
+	// ClusterIPv6 is a dual-stack (or IPv6) service's IPv6 cluster IP, else invalid.
+	ClusterIPv6 netip.Addr `json:"clusterIPv6,omitzero"`
 	// NodePort: type NodePort or LoadBalancer: Ports[i].NodePort are open on every node.
 	NodePort bool          `json:"nodePort,omitempty"`
 	Ports    []ServicePort `json:"ports"`
@@ -239,7 +241,7 @@ func serviceOf(o *corev1.Service) Service {
 		ExternalLocal: o.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal: o.Spec.InternalTrafficPolicy != nil && *o.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
 		Ports:         []ServicePort{}}
-	s.ClusterIP = clusterIPv4(o)
+	s.ClusterIP, s.ClusterIPv6 = clusterIPOf(o, false), clusterIPOf(o, true)
 	if o.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 		s.ClientIPAffinity = DefaultClientIPTimeout
 		if cfg := o.Spec.SessionAffinityConfig; cfg != nil && cfg.ClientIP != nil && cfg.ClientIP.TimeoutSeconds != nil && *cfg.ClientIP.TimeoutSeconds > 0 {
@@ -256,15 +258,15 @@ func serviceOf(o *corev1.Service) Service {
 	return s
 }
 
-// clusterIPv4 is the Service's IPv4 cluster IP: invalid when headless, not yet allocated, or
-// IPv6 only.
-func clusterIPv4(o *corev1.Service) netip.Addr {
+// clusterIPOf is the Service's IPv4 (v6 false) or IPv6 cluster IP: invalid when headless,
+// not yet allocated, or not of the Service's families.
+func clusterIPOf(o *corev1.Service, v6 bool) netip.Addr {
 	ips := o.Spec.ClusterIPs
 	if len(ips) == 0 {
 		ips = []string{o.Spec.ClusterIP}
 	}
 	for _, s := range ips {
-		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+		if ip, err := netip.ParseAddr(s); err == nil && !ip.Is4In6() && ip.Is6() == v6 {
 			return ip
 		}
 	}
@@ -303,8 +305,9 @@ func (c *Cluster) endpointSlices(ctx context.Context) (map[string][]*discoveryv1
 	return out, nil
 }
 
-// backendsFromSlices reads the backends of a service from its EndpointSlices: IPv4 slices
-// only, each endpoint's first IPv4 address, each slice's ports for its own endpoints. An
+// backendsFromSlices reads the backends of a service from its EndpointSlices: IPv4 and IPv6
+// slices, each endpoint's first address of its slice's type, each slice's ports for its own
+// endpoints. An
 // address in several slices (the controller moving it) takes the first slice's conditions
 // and every slice's ports.
 func backendsFromSlices(ports []ServicePort, slices []*discoveryv1.EndpointSlice) []Backend {
@@ -314,7 +317,7 @@ func backendsFromSlices(ports []ServicePort, slices []*discoveryv1.EndpointSlice
 	}
 	byIP := map[netip.Addr]*Backend{}
 	for _, es := range slices {
-		if es.AddressType != discoveryv1.AddressTypeIPv4 {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
 			continue
 		}
 		target := map[string]int{}
@@ -328,7 +331,7 @@ func backendsFromSlices(ports []ServicePort, slices []*discoveryv1.EndpointSlice
 			}
 		}
 		for _, ep := range es.Endpoints {
-			ip, ok := firstIPv4(ep.Addresses)
+			ip, ok := firstOf(ep.Addresses, es.AddressType == discoveryv1.AddressTypeIPv6)
 			if !ok {
 				continue
 			}
@@ -356,9 +359,10 @@ func backendsFromSlices(ports []ServicePort, slices []*discoveryv1.EndpointSlice
 	return sortedBackends(byIP)
 }
 
-func firstIPv4(addrs []string) (netip.Addr, bool) {
+// firstOf is the first IPv4 (v6 false) or IPv6 address of addrs.
+func firstOf(addrs []string, v6 bool) (netip.Addr, bool) {
 	for _, a := range addrs {
-		if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+		if ip, err := netip.ParseAddr(a); err == nil && !ip.Is4In6() && ip.Is6() == v6 {
 			return ip, true
 		}
 	}
@@ -378,6 +382,7 @@ func sortedBackends(byIP map[netip.Addr]*Backend) []Backend {
 type podBackend struct {
 	namespace string
 	ip        netip.Addr
+	ipv6      netip.Addr // in a dual-stack cluster
 	node      string
 	labels    map[string]string
 	ports     []PodPort
@@ -401,10 +406,10 @@ func (c *Cluster) podBackends(ctx context.Context) (map[string][]podBackend, err
 			return nil, err
 		}
 		for _, e := range eps {
-			if !e.IP.Is4() || e.Pod == "" {
+			if !e.IP.IsValid() || e.Pod == "" {
 				continue
 			}
-			pb := podBackend{namespace: e.Namespace, ip: e.IP, node: e.Node, labels: e.Labels}
+			pb := podBackend{namespace: e.Namespace, ip: e.IP, ipv6: e.IPv6, node: e.Node, labels: e.Labels}
 			if m, ok := metas[e.Namespace+"/"+e.Pod]; ok {
 				pb.labels, pb.ports = m.Labels, m.Ports
 			}
@@ -415,22 +420,41 @@ func (c *Cluster) podBackends(ctx context.Context) (map[string][]podBackend, err
 }
 
 // backendsFromPods is what Kubernetes' endpoint controller would make of the pods (of its
-// namespace) o selects.
+// namespace) o selects: a backend per pod address of each of the service's families.
 func backendsFromPods(o *corev1.Service, ports []ServicePort, pods []podBackend) []Backend {
 	byIP := map[netip.Addr]*Backend{}
+	v4, v6 := servesFamily(o, corev1.IPv4Protocol), servesFamily(o, corev1.IPv6Protocol)
 	for _, p := range pods {
 		if p.namespace != o.Namespace || !selects(o.Spec.Selector, p.labels) {
 			continue
 		}
-		b := &Backend{IP: p.ip, Node: p.node, Ports: map[string]int{}, Ready: true, Serving: true}
-		for i, sp := range o.Spec.Ports {
-			if port, ok := targetPort(sp.TargetPort, ports[i], p.ports); ok {
-				b.Ports[sp.Name] = port
+		for _, ip := range []netip.Addr{p.ip, p.ipv6} {
+			if !ip.IsValid() || ip.Is4() && !v4 || ip.Is6() && !v6 {
+				continue
 			}
+			b := &Backend{IP: ip, Node: p.node, Ports: map[string]int{}, Ready: true, Serving: true}
+			for i, sp := range o.Spec.Ports {
+				if port, ok := targetPort(sp.TargetPort, ports[i], p.ports); ok {
+					b.Ports[sp.Name] = port
+				}
+			}
+			byIP[ip] = b
 		}
-		byIP[p.ip] = b
 	}
 	return sortedBackends(byIP)
+}
+
+// servesFamily says whether o's families include f; a service that names none is IPv4.
+func servesFamily(o *corev1.Service, f corev1.IPFamily) bool {
+	if len(o.Spec.IPFamilies) == 0 {
+		return f == corev1.IPv4Protocol
+	}
+	for _, g := range o.Spec.IPFamilies {
+		if g == f {
+			return true
+		}
+	}
+	return false
 }
 
 // selects says whether every key=value of a (non-empty) selector is among labels.
@@ -495,12 +519,14 @@ func (c *Cluster) AllocateServiceIP(ctx context.Context, cidr netip.Prefix, owne
 	return s.AllocateIP(ctx, cidr, owner)
 }
 
-// lastAddr is the broadcast address of an IPv4 prefix.
+// lastAddr is the last address of a prefix (IPv4's broadcast address).
 func lastAddr(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v |= 1<<(32-p.Bits()) - 1
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	a := p.Masked().Addr().AsSlice()
+	for bit := p.Bits(); bit < len(a)*8; bit++ {
+		a[bit/8] |= 0x80 >> (bit % 8)
+	}
+	ip, _ := netip.AddrFromSlice(a)
+	return ip
 }
 
 // ClaimServiceIP records that owner uses ip (given in its spec), refusing one another service
@@ -569,7 +595,7 @@ func (c *Cluster) ReleaseService(ctx context.Context, owner string) error {
 	return c.ReleaseClaims(ctx, owner, claims)
 }
 
-// ClaimsOf is what svc uses: its IPv4 cluster IPs and its node ports.
+// ClaimsOf is what svc uses: its cluster IPs (of both families) and its node ports.
 func ClaimsOf(svc *corev1.Service) ServiceClaims {
 	var out ServiceClaims
 	ips := svc.Spec.ClusterIPs
@@ -577,7 +603,7 @@ func ClaimsOf(svc *corev1.Service) ServiceClaims {
 		ips = []string{svc.Spec.ClusterIP}
 	}
 	for _, s := range ips {
-		if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+		if ip, err := netip.ParseAddr(s); err == nil && checkServiceIP(ip) == nil {
 			out.IPs = append(out.IPs, ip)
 		}
 	}

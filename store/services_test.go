@@ -158,6 +158,8 @@ func TestServices(t *testing.T) {
 				{IP: netip.MustParseAddr("10.244.0.3"), Node: "n2", Ports: map[string]int{"http": 8080, "metrics": 9100}, Serving: true, Terminating: true},
 				{IP: netip.MustParseAddr("10.244.0.4"), Ports: map[string]int{"http": 8080, "metrics": 9100}},
 				{IP: netip.MustParseAddr("10.244.1.2"), Node: "n2", Ports: map[string]int{"http": 8081}, Ready: true, Serving: true},
+				// An IPv6 slice's endpoint: the datapath gives it to the service's IPv6 frontends.
+				{IP: netip.MustParseAddr("fd00::5"), Node: "n1", Ports: map[string]int{"http": 8080}, Ready: true, Serving: true},
 			}}},
 	}, {
 		name:    "backends derived from pods, named target ports",
@@ -223,7 +225,7 @@ func TestServices(t *testing.T) {
 				Ports: []store.ServicePort{{Name: "http", Protocol: "TCP", Port: 80}}, Backends: []store.Backend{}},
 			{Namespace: "s", Name: "lb", ClusterIP: netip.MustParseAddr("10.96.0.10"), NodePort: true, ExternalLocal: true, InternalLocal: true,
 				Ports: []store.ServicePort{{Name: "http", Protocol: "TCP", Port: 80, NodePort: 30080}}, Backends: []store.Backend{}},
-			{Namespace: "s", Name: "np", ClusterIP: netip.MustParseAddr("10.96.0.11"), NodePort: true,
+			{Namespace: "s", Name: "np", ClusterIP: netip.MustParseAddr("10.96.0.11"), ClusterIPv6: netip.MustParseAddr("fd00::10"), NodePort: true,
 				Ports: []store.ServicePort{{Name: "http", Protocol: "TCP", Port: 80, NodePort: 30053}}, Backends: []store.Backend{}},
 		},
 	}}

@@ -151,6 +151,30 @@ func TestPodCIDRsAreNeverHandedOutTwice(t *testing.T) {
 	}
 }
 
+// A dual-stack node holds a pod CIDR of each family: asking for one family never answers with
+// the other, and IPv6 CIDRs come out of their cluster CIDR one after another, never twice.
+func TestDualStackPodCIDRs(t *testing.T) {
+	for name, open := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := &store.Cluster{KV: open(t)}
+			ctx := context.Background()
+			v4, v6 := netip.MustParsePrefix("10.244.0.0/23"), netip.MustParsePrefix("fd00:10:244:fe::/63")
+			want := map[string][2]string{"a": {"10.244.0.0/24", "fd00:10:244:fe::/64"}, "b": {"10.244.1.0/24", "fd00:10:244:ff::/64"}}
+			for _, n := range []string{"a", "b", "a", "b"} { // the second round asks again
+				p4, err4 := c.AllocatePodCIDR(ctx, n, v4, 24)
+				p6, err6 := c.AllocatePodCIDR(ctx, n, v6, 64)
+				if err4 != nil || err6 != nil || p4.String() != want[n][0] || p6.String() != want[n][1] {
+					t.Fatalf("node %s got %s (%v) and %s (%v), want %v", n, p4, err4, p6, err6, want[n])
+				}
+			}
+			if p, err := c.AllocatePodCIDR(ctx, "c", v6, 64); err == nil {
+				t.Fatalf("a third /64 (%s) came out of a /63", p)
+			}
+		})
+	}
+}
+
 func TestWatchSeesChanges(t *testing.T) {
 	for name, open := range backends(t) {
 		t.Run(name, func(t *testing.T) {

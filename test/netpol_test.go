@@ -130,16 +130,34 @@ var placeholder = regexp.MustCompile(`\$\{(IP|CIDR4):([^}]+)\}`)
 
 // substitute replaces ${IP:ns/pod} and ${CIDR4:ns/pod} in a policy by what the lab gave.
 func substitute(t *testing.T, st *lab.State, doc []byte) []byte {
+	return substituteFamily(t, st, doc, lab.FamilyIPv4)
+}
+
+// hostPlaceholder is ${IP:ns/pod}/32, a pod's address as a CIDR.
+var hostPlaceholder = regexp.MustCompile(`(\$\{IP:[^}]+\})/32`)
+
+// substituteFamily is substitute with the pods' addresses of family: for IPv6, ${IP:...} is the
+// pod's IPv6 address, ${IP:...}/32 its /128, and ${CIDR4:...} the /4 around its IPv6 address.
+func substituteFamily(t *testing.T, st *lab.State, doc []byte, family string) []byte {
+	hostBits := "/32"
+	if family == lab.FamilyIPv6 {
+		hostBits = "/128"
+	}
+	doc = hostPlaceholder.ReplaceAll(doc, []byte("${1}"+hostBits))
 	return placeholder.ReplaceAllFunc(doc, func(m []byte) []byte {
 		parts := placeholder.FindSubmatch(m)
 		p, err := st.Pod(string(parts[2]))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(parts[1]) == "IP" {
-			return []byte(p.IP.String())
+		ip, err := p.Addr(family)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return []byte(netip.PrefixFrom(p.IP, 4).Masked().String())
+		if string(parts[1]) == "IP" {
+			return []byte(ip.String())
+		}
+		return []byte(netip.PrefixFrom(ip, 4).Masked().String())
 	})
 }
 
@@ -214,6 +232,51 @@ func TestNetworkPolicyCases(t *testing.T) {
 	}
 }
 
+// TestNetworkPolicyCasesDualStack plays the shared cases ("shared-*", from
+// $EBPFNET_NETPOL_CASES) and the ipBlock ones in dual-stack labs, vxlan and native: each case
+// once with the pods' IPv4 addresses and once with their IPv6 ones, in its policies' ipBlocks
+// and in its probes. Both must give the case's matrix.
+func TestNetworkPolicyCasesDualStack(t *testing.T) {
+	cases := readCases(t)
+	groups := map[string][]string{}
+	for name, c := range cases {
+		if !strings.HasPrefix(name, "shared-") && !strings.Contains(name, "ipblock") {
+			continue
+		}
+		key, err := json.Marshal(c.Lab)
+		if err != nil {
+			t.Fatal(err)
+		}
+		groups[string(key)] = append(groups[string(key)], name)
+	}
+	if len(groups) == 0 {
+		t.Fatal("no shared or ipBlock case to play")
+	}
+	for _, names := range groups {
+		sort.Strings(names)
+		for _, mode := range []string{"vxlan", "native"} {
+			t.Run(mode+"/lab-of-"+names[0], func(t *testing.T) {
+				t.Parallel()
+				nstest.RequireRoot(t)
+				labSem <- struct{}{}
+				defer func() { <-labSem }()
+				spec := cases[names[0]].Lab
+				spec.Mode = mode
+				spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+				st := upLab(t, "n6", &spec)
+				for _, name := range names {
+					for _, family := range st.Families() {
+						t.Run(name+"/"+family, func(t *testing.T) {
+							defer resetLab(t, st, &spec)
+							playCaseFamily(t, cases[name], st, family)
+						})
+					}
+				}
+			})
+		}
+	}
+}
+
 // resetLab undoes what a case did to a shared lab: every policy deleted, every pod's and
 // namespace's labels back to the lab file's. Each call returns once every node programmed it.
 func resetLab(t *testing.T, st *lab.State, spec *lab.Spec) {
@@ -281,6 +344,11 @@ var labSem = make(chan struct{}, 6)
 
 // playCase plays a case's steps on a lab made from its file.
 func playCase(t *testing.T, c *netpolCase, st *lab.State) {
+	playCaseFamily(t, c, st, lab.FamilyIPv4)
+}
+
+// playCaseFamily is playCase with the pods' addresses of family, in policies and probes.
+func playCaseFamily(t *testing.T, c *netpolCase, st *lab.State, family string) {
 	ctx := context.Background()
 	for i, step := range c.Steps {
 		where := fmt.Sprintf("step %d", i+1)
@@ -291,7 +359,7 @@ func playCase(t *testing.T, c *netpolCase, st *lab.State) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				docs = append(docs, string(substitute(t, st, b)))
+				docs = append(docs, string(substituteFamily(t, st, b, family)))
 			}
 			if _, err := st.Client().ApplyPolicies(ctx, []byte(strings.Join(docs, "\n---\n"))); err != nil {
 				t.Fatalf("%s: apply: %v", where, err)
@@ -317,7 +385,7 @@ func playCase(t *testing.T, c *netpolCase, st *lab.State) {
 			if proto == "" {
 				proto = "TCP"
 			}
-			m, err := st.Matrix(e.Port, proto)
+			m, err := st.MatrixFamily(e.Port, proto, family)
 			if err != nil {
 				t.Fatalf("%s: matrix: %v", where, err)
 			}
@@ -334,7 +402,7 @@ func playCase(t *testing.T, c *netpolCase, st *lab.State) {
 				}
 			}
 			if len(wrong) > 0 {
-				t.Errorf("%s, %s/%d: %d pairs wrong: %s\n%s", where, proto, e.Port, len(wrong), strings.Join(wrong, "; "), m)
+				t.Errorf("%s, %s/%d over %s: %d pairs wrong: %s\n%s", where, proto, e.Port, family, len(wrong), strings.Join(wrong, "; "), m)
 			}
 		}
 	}

@@ -86,6 +86,20 @@ enum ct_flags {
 #define AF_INET 2
 #define AF_INET6 10
 
+/* ICMPv6 of the link (RFC 4861, 2710, 3810) and ICMPv6 errors (RFC 4443). */
+#define ICMP6_DEST_UNREACH 1
+#define ICMP6_PARAM_PROB 4 /* the last error type: 1-4 quote the packet they are about */
+#define ICMP6_MLD_QUERY 130
+#define ICMP6_NDP_RA 134
+#define ICMP6_NDP_NA 136
+#define ICMP6_NDP_REDIRECT 137
+#define ICMP6_MLD2_REPORT 143
+/* A Neighbor Advertisement before its options: ICMPv6 header, flags and target address. */
+#define NDP_NA_LEN 24
+#define NDP_OPT_TARGET_LLADDR 2
+/* How many options of a Neighbor Advertisement anti-spoofing reads. */
+#define NDP_MAX_OPTS 4
+
 /* Service flags (slot 0 of a frontend). */
 enum service_flags {
 	SVC_F_AFFINITY = 1 << 0, /* sessionAffinity ClientIP: a client keeps its backend */

@@ -18,8 +18,9 @@
 #include "policy.h"
 #include "service.h"
 
-/* The installed UAPI header predates this flag (kernel 6.3); the running kernel knows it. */
+/* The installed UAPI header predates these flags (kernel 6.3); the running kernel knows them. */
 #define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 #define IP_DF 0x4000
 #define IPIP_HLEN 20
 #define TUNNEL_TTL 64
@@ -84,7 +85,9 @@ static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct n
 			return REASON_DROP_REDIRECT_FAILED;
 		return CONTINUE;
 	}
-	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH) {
+	/* bpf_redirect_neigh resolves the next hop in the skb's own family: an IPv6 packet
+	 * cannot take an IPv4 one (the kernel would read it as an IPv6 address). */
+	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH && skb->protocol == bpf_htons(ETH_P_IP)) {
 		r->nh.nh_family = AF_INET;
 		r->nh.ipv4_nh = r->fib.ipv4_dst;
 		if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
@@ -120,15 +123,16 @@ static __always_inline __be16 vxlan_source_port(struct __sk_buff *skb)
 }
 
 /* vxlan_encap encapsulates in RFC 7348 VXLAN itself, the sender's identity in the VNI, and
- * routes the result out of the underlay: no VXLAN device on the way. It answers CONTINUE when
- * BPF cannot add the headers (UDP GSO), for the device to. A global function: the verifier
- * checks it once, not again inside every path that reaches it. */
+ * routes the result out of the underlay: no VXLAN device on the way. The inner frame keeps the
+ * packet's ethertype (IPv4 or IPv6); the outer is IPv4. It answers CONTINUE when BPF cannot
+ * add the headers (UDP GSO), for the device to. A global function: the verifier checks it
+ * once, not again inside every path that reaches it. */
 __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u32 identity)
 {
 	struct node_config *cfg = node_config();
 	__u32 inner = skb->len - ETH_HLEN;
+	struct ethhdr *outer, *eth;
 	struct vxlan_headers *h;
-	struct ethhdr *eth;
 	void *data, *end;
 	int reason;
 
@@ -146,6 +150,7 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 	end = (void *)(long)skb->data_end;
 	if (data + ETH_HLEN + VXLAN_ENCAP_LEN > end)
 		return REASON_DROP_ENCAP_FAILED;
+	outer = data;
 	h = data + ETH_HLEN;
 	eth = data + ETH_HLEN + sizeof(*h);
 	h->ip.version = 4;
@@ -169,7 +174,8 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 	h->vni = bpf_htonl((identity & 0xffffff) << 8);
 	tunnel_mac(eth->h_dest, (__u8 *)&h->ip.daddr);
 	tunnel_mac(eth->h_source, (__u8 *)&h->ip.saddr);
-	eth->h_proto = bpf_htons(ETH_P_IP);
+	eth->h_proto = outer->h_proto;
+	outer->h_proto = bpf_htons(ETH_P_IP);
 	/* Routed as it will leave, outer header and all, as IP-in-IP is. */
 	reason = redirect_via_underlay(skb, cfg, *(__be32 *)cfg->node_ip, remote);
 	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
@@ -190,17 +196,33 @@ static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config 
 	return send_vxlan_device(skb, cfg, rt, identity);
 }
 
-static __always_inline int send_native(struct __sk_buff *skb, struct node_config *cfg,
-				       struct packet *pkt)
+/* send_native routes a packet out of the underlay as it is, towards the IPv4 address daddr:
+ * its own destination, or (IPv6, which the underlay does not route) its node's address. */
+static __always_inline int send_native(struct __sk_buff *skb, struct node_config *cfg, __be32 saddr,
+				       __be32 daddr)
 {
-	int reason = redirect_via_underlay(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
+	int reason = redirect_via_underlay(skb, cfg, saddr, daddr);
 
 	return reason == CONTINUE ? REASON_FORWARD_UNDERLAY : reason;
 }
 
+/* send_native_to sends a packet for a pod on another node natively: IPv4 by its own
+ * address, IPv6 to the node's IPv4 address on the underlay (the same link, or a router that
+ * routes the pod CIDRs). */
+static __always_inline int send_native_to(struct __sk_buff *skb, struct node_config *cfg,
+					  struct route_info *rt, struct packet *pkt)
+{
+	if (pkt->family == AF_INET)
+		return send_native(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
+	return send_native(skb, cfg, *(__be32 *)cfg->node_ip, *(__be32 *)rt->node_ip);
+}
+
+/* send_ipip puts an outer IPv4 header in front: IPv4 in IPv4 (protocol 4), or IPv6 in IPv4
+ * (protocol 41, RFC 4213), which needs no sit device either. */
 static __always_inline int send_ipip(struct __sk_buff *skb, struct node_config *cfg,
 				     struct route_info *rt, struct packet *pkt)
 {
+	__be16 proto = bpf_htons(ETH_P_IP);
 	struct iphdr outer = {};
 	int reason;
 
@@ -209,14 +231,15 @@ static __always_inline int send_ipip(struct __sk_buff *skb, struct node_config *
 	outer.tot_len = bpf_htons(pkt->len - ETH_HLEN + IPIP_HLEN);
 	outer.frag_off = bpf_htons(IP_DF);
 	outer.ttl = TUNNEL_TTL;
-	outer.protocol = IPPROTO_IPIP;
+	outer.protocol = pkt->family == AF_INET6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
 	outer.saddr = *(__be32 *)cfg->node_ip;
 	outer.daddr = *(__be32 *)rt->node_ip;
 	outer.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&outer, sizeof(outer), 0));
 	/* ENCAP_L3_IPV4 marks GSO packets as IP-in-IP so segmentation repeats the outer header. */
 	if (bpf_skb_adjust_room(skb, IPIP_HLEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4))
 		return REASON_DROP_ENCAP_FAILED;
-	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0))
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &outer, sizeof(outer), 0) ||
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, 2, 0))
 		return REASON_DROP_ENCAP_FAILED;
 	reason = redirect_via_underlay(skb, cfg, outer.saddr, outer.daddr);
 	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
@@ -232,7 +255,7 @@ static __always_inline int send_outside(struct __sk_buff *skb, struct packet *pk
 
 	if (reason != CONTINUE)
 		return reason;
-	return send_native(skb, cfg, pkt);
+	return send_native(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
 }
 
 /* forward_remote sends a packet for a pod on another node the cluster's way; identity is the
@@ -252,7 +275,7 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 	}
 	if (rt->flags & (ROUTE_F_LOCAL | ROUTE_F_UNREACHABLE))
 		return REASON_DROP_UNKNOWN_DEST;
-	if (!cfg || pkt->family != AF_INET)
+	if (!cfg)
 		return REASON_DROP_NO_ROUTE;
 	reason = decrement_ttl(skb, pkt);
 	if (reason != CONTINUE)
@@ -261,7 +284,7 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 	case MODE_VXLAN:
 		return send_vxlan(skb, cfg, rt, identity);
 	case MODE_NATIVE:
-		return send_native(skb, cfg, pkt);
+		return send_native_to(skb, cfg, rt, pkt);
 	case MODE_IPIP:
 		return send_ipip(skb, cfg, rt, pkt);
 	}
@@ -322,9 +345,23 @@ static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *
 	return forward_remote(skb, pkt, IDENTITY_REMOTE_NODE, 1);
 }
 
+/* strip_outer removes len bytes behind the MAC header, which leaves an IPv4 or IPv6 packet
+ * (ethertype proto) there, and makes the Ethernet header that stays name it. */
+static __always_inline int strip_outer(struct __sk_buff *skb, __u32 len, __be16 proto)
+{
+	__u64 flags =
+		proto == bpf_htons(ETH_P_IPV6) ? ADJ_ROOM_DECAP_L3_IPV6 : ADJ_ROOM_DECAP_L3_IPV4;
+
+	if (bpf_skb_adjust_room(skb, -(__s32)len, BPF_ADJ_ROOM_MAC, flags))
+		return REASON_DROP_ENCAP_FAILED;
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &proto, 2, 0))
+		return REASON_DROP_ENCAP_FAILED;
+	return CONTINUE;
+}
+
 /* decap_vxlan strips the headers of a VXLAN packet for this node; hint becomes the sender's
- * identity from the VNI. What is not IPv4 inside (or not flagged as RFC 7348 says) is left
- * to the VXLAN device. */
+ * identity from the VNI. What is neither IPv4 nor IPv6 inside (or not flagged as RFC 7348
+ * says) is left to the VXLAN device. */
 static __always_inline int decap_vxlan(struct __sk_buff *skb, struct packet *pkt, __u32 *hint)
 {
 	struct {
@@ -333,17 +370,24 @@ static __always_inline int decap_vxlan(struct __sk_buff *skb, struct packet *pkt
 		struct ethhdr inner;
 	} __attribute__((packed)) h;
 	__u32 outer = pkt->l4_off - pkt->l3_off + sizeof(struct udphdr) + sizeof(h);
+	int reason;
 
 	if (bpf_skb_load_bytes(skb, pkt->l4_off + sizeof(struct udphdr), &h, sizeof(h)))
 		return REASON_FORWARD_HOST;
-	if (!(h.flags & bpf_htonl(VXLAN_F_VNI)) || h.inner.h_proto != bpf_htons(ETH_P_IP))
+	if (!(h.flags & bpf_htonl(VXLAN_F_VNI)) ||
+	    (h.inner.h_proto != bpf_htons(ETH_P_IP) && h.inner.h_proto != bpf_htons(ETH_P_IPV6)))
 		return REASON_FORWARD_HOST;
-	/* Outer IP, UDP, VXLAN and the inner Ethernet go; the outer Ethernet stays, already
-	 * IPv4's. */
-	if (bpf_skb_adjust_room(skb, -(__s32)outer, BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4))
-		return REASON_DROP_ENCAP_FAILED;
-	*hint = bpf_ntohl(h.vni) >> 8;
-	return CONTINUE;
+	/* Outer IP, UDP, VXLAN and the inner Ethernet go; the outer Ethernet stays. */
+	reason = strip_outer(skb, outer, h.inner.h_proto);
+	if (reason == CONTINUE)
+		*hint = bpf_ntohl(h.vni) >> 8;
+	return reason;
+}
+
+/* is_ipip says whether pkt is IP-in-IP: IPv4 (4) or IPv6 (41) in IPv4. */
+static __always_inline int is_ipip(struct packet *pkt)
+{
+	return pkt->l4_proto == IPPROTO_IPIP || pkt->l4_proto == IPPROTO_IPV6;
 }
 
 /* decap_underlay strips the tunnel headers of VXLAN and IP-in-IP for this node and parses
@@ -356,43 +400,45 @@ static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *
 	int reason;
 
 	if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip || pkt->fragment)
-		return pkt->l4_proto == IPPROTO_IPIP ? REASON_FORWARD_HOST : CONTINUE;
+		return is_ipip(pkt) ? REASON_FORWARD_HOST : CONTINUE;
 	if (pkt->l4_proto == IPPROTO_UDP && cfg->vxlan_port && pkt->dport == cfg->vxlan_port) {
 		reason = decap_vxlan(skb, pkt, hint);
 		if (reason == CONTINUE)
 			*direction = DIR_FROM_OVERLAY;
-	} else if (pkt->l4_proto == IPPROTO_IPIP) {
+	} else if (is_ipip(pkt)) {
 		/* The whole outer header goes, options too. */
-		reason = bpf_skb_adjust_room(skb, -(__s32)(pkt->l4_off - pkt->l3_off),
-					     BPF_ADJ_ROOM_MAC, ADJ_ROOM_DECAP_L3_IPV4)
-				 ? REASON_DROP_ENCAP_FAILED
-				 : CONTINUE;
+		reason = strip_outer(
+			skb, pkt->l4_off - pkt->l3_off,
+			bpf_htons(pkt->l4_proto == IPPROTO_IPV6 ? ETH_P_IPV6 : ETH_P_IP));
 	} else {
 		return CONTINUE;
 	}
 	if (reason != CONTINUE)
 		return reason;
 	__builtin_memset(pkt, 0, sizeof(*pkt));
-	if (parse_skb(skb, pkt) != CONTINUE || pkt->family != AF_INET)
+	if (parse_skb(skb, pkt) != CONTINUE || !pkt->family)
 		return REASON_DROP_MALFORMED;
 	*tunneled = 1;
 	return CONTINUE;
 }
 
-/* receive_underlay handles what arrives on the underlay: VXLAN and IP-in-IP for this node are
- * decapsulated and handled as tunnelled; native pod traffic, NodePort clients and replies of
- * translated flows are handled by receive_remote. direction becomes DIR_FROM_OVERLAY for
- * what came in VXLAN, as if through the VXLAN device. */
+/* receive_underlay handles what arrives on the underlay: VXLAN and IP-in-IP (6in4 too) for
+ * this node are decapsulated and handled as tunnelled; native pod traffic (IPv6 too, which
+ * other nodes send to this node's underlay MAC), NodePort clients and replies of translated
+ * flows are handled by receive_remote. direction becomes DIR_FROM_OVERLAY for what came in
+ * VXLAN, as if through the VXLAN device. */
 static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt,
 					    __u8 *direction)
 {
 	int tunneled = 0, reason;
 	__u32 hint = 0;
 
-	if (pkt->family != AF_INET)
+	if (pkt->family == AF_INET) {
+		reason = decap_underlay(skb, pkt, &hint, direction, &tunneled);
+		if (reason != CONTINUE)
+			return reason;
+	} else if (pkt->family != AF_INET6) {
 		return REASON_FORWARD_HOST;
-	reason = decap_underlay(skb, pkt, &hint, direction, &tunneled);
-	if (reason != CONTINUE)
-		return reason;
+	}
 	return receive_remote(skb, pkt, hint, *direction, tunneled);
 }

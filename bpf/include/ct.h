@@ -5,6 +5,7 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -90,11 +91,11 @@ static __always_inline void ct_touch(struct ct_entry *e, struct packet *pkt, __u
 	}
 }
 
-/* ct_related looks up the flow an IPv4 ICMP error (unreachable, time exceeded, parameter
+/* ct_related4 looks up the flow an IPv4 ICMP error (unreachable, time exceeded, parameter
  * problem) is about: the packet it quotes, which must have come from where the error goes (as
  * Linux conntrack asks), or anyone with a flow on the node could send errors past the ingress
  * policy of every pod here. */
-static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
+static __always_inline int ct_related4(struct __sk_buff *skb, struct packet *pkt)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -103,8 +104,6 @@ static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 	__u32 off = pkt->l4_off + 8;
 	__be16 *ports;
 
-	if (pkt->family != AF_INET || pkt->l4_proto != IPPROTO_ICMP || !pkt->l4_off)
-		return CT_NEW;
 	if (pkt->icmp_type != 3 && pkt->icmp_type != 11 && pkt->icmp_type != 12)
 		return CT_NEW;
 	/* Bound the offset so the verifier can follow it; real headers are far shorter. */
@@ -124,6 +123,55 @@ static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
 		k.dport = ports[1];
 	}
 	return bpf_map_lookup_elem(&conntrack, &k) ? CT_RELATED : CT_NEW;
+}
+
+/* ct_related6 is ct_related4 for ICMPv6 errors (unreachable, packet too big, time exceeded,
+ * parameter problem), which quote an IPv6 header; the quoted packet's extension headers are
+ * not walked (its ports are taken right after the fixed header). */
+static __always_inline int ct_related6(struct __sk_buff *skb, struct packet *pkt)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ct_key k = {.family = AF_INET6};
+	const __u32 *a, *b = (const __u32 *)pkt->daddr.v6;
+	__u32 off = pkt->l4_off + 8;
+	struct ipv6hdr *inner;
+	__be16 *ports;
+
+	if (pkt->icmp_type < ICMP6_DEST_UNREACH || pkt->icmp_type > ICMP6_PARAM_PROB)
+		return CT_NEW;
+	/* Bound the offset so the verifier can follow it; real headers are far shorter. */
+	if (off > 128)
+		return CT_NEW;
+	inner = data + off;
+	if ((void *)(inner + 1) > data_end)
+		return CT_NEW;
+	a = (const __u32 *)&inner->saddr;
+	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]))
+		return CT_NEW;
+	ports = (void *)(inner + 1);
+	if ((void *)(ports + 2) > data_end)
+		return CT_NEW;
+	k.protocol = inner->nexthdr;
+	__builtin_memcpy(k.saddr, &inner->saddr, 16);
+	__builtin_memcpy(k.daddr, &inner->daddr, 16);
+	if (k.protocol == IPPROTO_TCP || k.protocol == IPPROTO_UDP || k.protocol == IPPROTO_SCTP) {
+		k.sport = ports[0];
+		k.dport = ports[1];
+	}
+	return bpf_map_lookup_elem(&conntrack, &k) ? CT_RELATED : CT_NEW;
+}
+
+/* ct_related finds the flow an ICMP or ICMPv6 error is about, or says CT_NEW. */
+static __always_inline int ct_related(struct __sk_buff *skb, struct packet *pkt)
+{
+	if (!pkt->l4_off)
+		return CT_NEW;
+	if (pkt->family == AF_INET && pkt->l4_proto == IPPROTO_ICMP)
+		return ct_related4(skb, pkt);
+	if (pkt->family == AF_INET6 && pkt->l4_proto == IPPROTO_ICMPV6)
+		return ct_related6(skb, pkt);
+	return CT_NEW;
 }
 
 /* syn_only says whether pkt opens a TCP connection: SYN without ACK. */

@@ -23,6 +23,13 @@ static __always_inline int mac_equal(const __u8 *a, const __u8 *b)
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
 }
 
+/* mac_bytes_equal is mac_equal for an address at any alignment (stack reads must be aligned). */
+static __always_inline int mac_bytes_equal(const __u8 *a, const __u8 *b)
+{
+	return !((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) |
+		 (a[5] ^ b[5]));
+}
+
 /* addr_key fills a 16-byte map key address from a parsed address. */
 static __always_inline void addr_key(__u8 *dst, __u8 family, const union addr *ip)
 {
@@ -49,8 +56,77 @@ static __always_inline struct route_info *lookup_route(__u8 family, const union 
 	return bpf_map_lookup_elem(&routes, &key);
 }
 
-/* check_source drops what a pod sends in someone else's name (IP, MAC or ARP sender) and
- * hands back the sending endpoint. */
+/* link_scope_source says whether an IPv6 source is link-local (fe80::/10) or unspecified (::):
+ * no endpoint has it, so only the link's own protocols may use it. */
+static __always_inline int link_scope_source(const union addr *a)
+{
+	const __u32 *w = (const __u32 *)a->v6;
+
+	if (a->v6[0] == 0xfe && (a->v6[1] & 0xc0) == 0x80)
+		return 1;
+	return !(w[0] | w[1] | w[2] | w[3]);
+}
+
+/* is_ndp_or_mld says whether pkt is ICMPv6 of the link: MLD (130-132, 143) or neighbour
+ * discovery (133-137). RFC 6980: never fragmented. */
+static __always_inline int is_ndp_or_mld(struct packet *pkt)
+{
+	__u8 t = pkt->icmp_type;
+
+	if (pkt->l4_proto != IPPROTO_ICMPV6 || !pkt->l4_off || pkt->fragment)
+		return 0;
+	return (t >= ICMP6_MLD_QUERY && t <= ICMP6_NDP_REDIRECT) || t == ICMP6_MLD2_REPORT;
+}
+
+/* check_na drops a Neighbor Advertisement in someone else's name, as check_source does ARP:
+ * its target must be an address of the endpoint on this veth with the frame's MAC, and so
+ * must its target link-layer address option say. Its options are read up to NDP_MAX_OPTS; an
+ * advertisement with more is not let through. */
+static __always_inline int check_na(struct __sk_buff *skb, struct packet *pkt)
+{
+	struct endpoint_info *ep;
+	union addr target;
+	__u32 off, end;
+	__be16 plen;
+	__u8 opt[8];
+
+	if (bpf_skb_load_bytes(skb, pkt->l3_off + offsetof(struct ipv6hdr, payload_len), &plen, 2))
+		return REASON_DROP_MALFORMED;
+	end = plen ? pkt->l3_off + sizeof(struct ipv6hdr) + bpf_ntohs(plen) : skb->len;
+	off = pkt->l4_off + NDP_NA_LEN;
+	if (off > end || bpf_skb_load_bytes(skb, pkt->l4_off + 8, target.v6, 16))
+		return REASON_DROP_MALFORMED;
+	ep = lookup_endpoint(AF_INET6, &target);
+	if (!ep || ep->ifindex != skb->ifindex || !mac_equal(ep->mac, pkt->smac))
+		return REASON_DROP_SPOOFED_SOURCE;
+#pragma unroll
+	for (int i = 0; i < NDP_MAX_OPTS; i++) {
+		if (off >= end)
+			return REASON_FORWARD_HOST;
+		/* Every option is a multiple of 8 bytes, never 0 (RFC 4861 4.6). */
+		if (off + 8 > end || bpf_skb_load_bytes(skb, off, opt, 8) || !opt[1])
+			return REASON_DROP_MALFORMED;
+		if (opt[0] == NDP_OPT_TARGET_LLADDR && !mac_bytes_equal(opt + 2, ep->mac))
+			return REASON_DROP_SPOOFED_SOURCE;
+		off += opt[1] * 8;
+	}
+	return off >= end ? REASON_FORWARD_HOST : REASON_DROP_SPOOFED_SOURCE;
+}
+
+/* check_link drops what the node may not see of a pod's link traffic and hands the rest (MLD
+ * and neighbour discovery) to the node's stack, without policy, as ARP is. A pod is nobody's
+ * router: its Router Advertisements and Redirects are dropped (RA guard, RFC 6105). */
+static __always_inline int check_link(struct __sk_buff *skb, struct packet *pkt)
+{
+	if (!is_ndp_or_mld(pkt) || pkt->icmp_type == ICMP6_NDP_RA ||
+	    pkt->icmp_type == ICMP6_NDP_REDIRECT)
+		return REASON_DROP_SPOOFED_SOURCE;
+	return pkt->icmp_type == ICMP6_NDP_NA ? check_na(skb, pkt) : REASON_FORWARD_HOST;
+}
+
+/* check_source drops what a pod sends in someone else's name (IP, MAC, ARP sender or
+ * neighbour advertisement target) and hands back the sending endpoint. A link-local or
+ * unspecified IPv6 source may only do neighbour discovery and MLD with the node. */
 static __always_inline int check_source(struct __sk_buff *skb, struct packet *pkt,
 					struct endpoint_info **src)
 {
@@ -61,9 +137,8 @@ static __always_inline int check_source(struct __sk_buff *skb, struct packet *pk
 		ep = lookup_endpoint(AF_INET, &pkt->saddr);
 		break;
 	case AF_INET6:
-		/* Link-local sources only do neighbour discovery with the node. */
-		if (pkt->saddr.v6[0] == 0xfe && (pkt->saddr.v6[1] & 0xc0) == 0x80)
-			return REASON_FORWARD_HOST;
+		if (link_scope_source(&pkt->saddr))
+			return check_link(skb, pkt);
 		ep = lookup_endpoint(AF_INET6, &pkt->saddr);
 		break;
 	default: {
@@ -78,6 +153,8 @@ static __always_inline int check_source(struct __sk_buff *skb, struct packet *pk
 	}
 	if (!ep || ep->ifindex != skb->ifindex || !mac_equal(ep->mac, pkt->smac))
 		return REASON_DROP_SPOOFED_SOURCE;
+	if (pkt->family == AF_INET6 && is_ndp_or_mld(pkt))
+		return check_link(skb, pkt);
 	*src = ep;
 	return CONTINUE;
 }

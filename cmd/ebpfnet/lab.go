@@ -173,6 +173,8 @@ type labNode struct {
 	// underlay namespace, `lab probe underlay node/NAME`).
 	IP      string `json:"ip"`
 	PodCIDR string `json:"podCIDR"`
+	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack lab.
+	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
 	// Rack is the node's rack, "" in a lab without racks.
 	Rack   string `json:"rack"`
 	Netns  string `json:"netns"`
@@ -184,6 +186,7 @@ type labPod struct {
 	Name      string            `json:"name"`
 	Node      string            `json:"node"`
 	IP        string            `json:"ip"`
+	IPs       []string          `json:"ips"` // every address, IPv4 first
 	Labels    map[string]string `json:"labels"`
 	Ports     []lab.Port        `json:"ports"`
 	Netns     string            `json:"netns"`
@@ -193,12 +196,18 @@ func printNodes(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.S
 	out := []labNode{}
 	var rows [][]string
 	for _, n := range st.Nodes {
-		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), n.Rack, n.Netns, n.PinDir})
+		cidrs := []string{n.PodCIDR.String()}
+		v6 := ""
+		if n.PodCIDRv6.IsValid() {
+			v6 = n.PodCIDRv6.String()
+			cidrs = append(cidrs, v6)
+		}
+		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), v6, n.Rack, n.Netns, n.PinDir})
 		rack := n.Rack
 		if rack == "" {
 			rack = "-"
 		}
-		rows = append(rows, []string{n.Name, n.IP.String(), n.PodCIDR.String(), rack, n.Netns})
+		rows = append(rows, []string{n.Name, n.IP.String(), strings.Join(cidrs, ","), rack, n.Netns})
 	}
 	return printOut(w, g, out, []string{"NODE", "UNDERLAY IP", "POD CIDR", "RACK", "NETNS"}, rows)
 }
@@ -215,12 +224,16 @@ func printPods(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.St
 		if ports == nil {
 			ports = []lab.Port{}
 		}
-		out = append(out, labPod{p.Namespace, p.Name, p.Node, p.IP.String(), labels, ports, p.Netns})
+		ips := []string{p.IP.String()}
+		if p.IPv6.IsValid() {
+			ips = append(ips, p.IPv6.String())
+		}
+		out = append(out, labPod{p.Namespace, p.Name, p.Node, p.IP.String(), ips, labels, ports, p.Netns})
 		var ps []string
 		for _, pt := range p.Ports {
 			ps = append(ps, fmt.Sprintf("%d/%s", pt.Port, pt.Protocol))
 		}
-		rows = append(rows, []string{p.Key(), p.Node, p.IP.String(), formatLabels(labels), strings.Join(ps, ",")})
+		rows = append(rows, []string{p.Key(), p.Node, strings.Join(ips, ","), formatLabels(labels), strings.Join(ps, ",")})
 	}
 	return printOut(w, g, out, []string{"POD", "NODE", "IP", "LABELS", "PORTS"}, rows)
 }
@@ -238,11 +251,27 @@ func formatLabels(l map[string]string) string {
 type probeFlags struct {
 	port     int
 	protocol string
+	family   string
 }
 
 func (p *probeFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&p.port, "port", 0, "port to probe")
 	cmd.Flags().StringVar(&p.protocol, "protocol", "TCP", "TCP or UDP")
+	cmd.Flags().StringVar(&p.family, "family", "", "ipv4 or ipv6: the pods' addresses to probe (default: probe: ipv4; matrix: every family the lab has)")
+}
+
+// families are the address families to probe in st: --family, or def.
+func (p *probeFlags) families(st *lab.State, def []string) ([]string, error) {
+	if p.family == "" {
+		return def, nil
+	}
+	if err := st.CheckFamily(p.family); err != nil {
+		return nil, usageError{fmt.Errorf("--family: %w", err)}
+	}
+	if strings.EqualFold(p.family, lab.FamilyIPv6) {
+		return []string{lab.FamilyIPv6}, nil
+	}
+	return []string{lab.FamilyIPv4}, nil
 }
 
 func (p *probeFlags) check() error {
@@ -252,6 +281,9 @@ func (p *probeFlags) check() error {
 	}
 	if p.protocol != "TCP" && p.protocol != "UDP" {
 		return usageError{fmt.Errorf("--protocol %q must be TCP or UDP", p.protocol)}
+	}
+	if f := strings.ToLower(p.family); f != "" && f != "ipv4" && f != "ipv6" {
+		return usageError{fmt.Errorf("--family %q must be ipv4 or ipv6", p.family)}
 	}
 	return nil
 }
@@ -273,10 +305,14 @@ func newLabProbeCmd(name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			families, err := pf.families(st, []string{lab.FamilyIPv4})
+			if err != nil {
+				return err
+			}
 			if node, ok := strings.CutPrefix(args[1], "node/"); ok && args[0] == "underlay" {
 				err = st.ProbeNodePort(node, pf.port, pf.protocol)
 			} else {
-				err = st.Probe(args[0], args[1], pf.port, pf.protocol)
+				err = st.ProbeFamily(args[0], args[1], pf.port, pf.protocol, families[0])
 			}
 			if err == nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s %d/%s: reachable\n", args[0], args[1], pf.port, pf.protocol)
@@ -302,14 +338,29 @@ func newLabMatrixCmd(g *globals, name *string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := st.Matrix(pf.port, pf.protocol)
+			families, err := pf.families(st, st.Families())
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printOut(cmd.OutOrStdout(), g, m, nil, nil)
+			ms := map[string]lab.Matrix{}
+			for _, f := range families {
+				if ms[f], err = st.MatrixFamily(pf.port, pf.protocol, f); err != nil {
+					return err
+				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s/%d (. reachable, X blocked)\n%s", pf.protocol, pf.port, m)
+			if g.output == "json" {
+				if len(families) == 1 {
+					return printOut(cmd.OutOrStdout(), g, ms[families[0]], nil, nil)
+				}
+				return printOut(cmd.OutOrStdout(), g, ms, nil, nil) // {"IPv4": matrix, "IPv6": matrix}
+			}
+			for _, f := range families {
+				over := ""
+				if st.DualStack() {
+					over = " over " + f
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s/%d%s (. reachable, X blocked)\n%s", pf.protocol, pf.port, over, ms[f])
+			}
 			return nil
 		},
 	}

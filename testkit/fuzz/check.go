@@ -2,6 +2,7 @@ package fuzz
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/testkit/model"
+	"github.com/ebpfnet/ebpfnet/testkit/packet"
 )
 
 // Checker runs packets through the datapath and the model of one installed world and
@@ -37,6 +39,10 @@ type Stats struct {
 	VXLANOut int
 	// LaterFragments counts later fragments that took their first fragment's ports.
 	LaterFragments int
+	// IPv6 counts, by reason, the verdicts about IPv6 packets; IPv6In those that came out
+	// of a tunnel (VXLAN or 6in4) in from_underlay; NA those about Neighbor Advertisements
+	// that anti-spoofing looked into.
+	IPv6, IPv6In, NA map[maps.Reason]int
 }
 
 func (s *Stats) add(o Stats) {
@@ -56,6 +62,34 @@ func (s *Stats) add(o Stats) {
 	}
 	s.VXLANOut += o.VXLANOut
 	s.LaterFragments += o.LaterFragments
+	for r, n := range o.IPv6 {
+		s.IPv6 = countReason(s.IPv6, r, n)
+	}
+	for r, n := range o.IPv6In {
+		s.IPv6In = countReason(s.IPv6In, r, n)
+	}
+	for r, n := range o.NA {
+		s.NA = countReason(s.NA, r, n)
+	}
+}
+
+// countReason adds n under r to m, which it makes when nil.
+func countReason(m map[maps.Reason]int, r maps.Reason, n int) map[maps.Reason]int {
+	if m == nil {
+		m = map[maps.Reason]int{}
+	}
+	m[r] += n
+	return m
+}
+
+// reasonList is "reason n, ..." in order of the reasons' names.
+func reasonList(m map[maps.Reason]int) string {
+	var parts []string
+	for r, n := range m {
+		parts = append(parts, fmt.Sprintf("%s %d", maps.ReasonName(r), n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 func (s *Stats) countVXLAN(r maps.Reason, n int) {
@@ -104,7 +138,9 @@ func (s Stats) Coverage() string {
 	}
 	sort.Strings(vxlan)
 	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")),
-		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments))
+		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments),
+		"ipv6: "+reasonList(s.IPv6), "ipv6 out of a tunnel: "+reasonList(s.IPv6In),
+		"neighbor advertisements: "+reasonList(s.NA))
 	return strings.Join(lines, "\n")
 }
 
@@ -157,6 +193,15 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	}
 	if o.LaterFragment {
 		c.LaterFragments++
+	}
+	if o.IPv6 {
+		c.IPv6 = countReason(c.IPv6, o.Reason, 1)
+		if p.Hook == model.FromUnderlay && len(p.Frame) >= 14 && binary.BigEndian.Uint16(p.Frame[12:]) == packet.EtherIPv4 {
+			c.IPv6In = countReason(c.IPv6In, o.Reason, 1)
+		}
+	}
+	if o.NA {
+		c.NA = countReason(c.NA, o.Reason, 1)
 	}
 	var what []string
 	if want := model.Verdict(o.Reason); res.Verdict != want {

@@ -70,6 +70,23 @@ func TestDatapathMatchesModel(t *testing.T) {
 	if st.LaterFragments == 0 {
 		t.Error("no later fragment was given its first fragment's ports")
 	}
+	// IPv6 crossed the IPv4 underlay both ways, and neighbour discovery's anti-spoofing let
+	// through and dropped.
+	for _, want := range []struct {
+		what   string
+		counts map[maps.Reason]int
+		reason maps.Reason
+	}{
+		{"ipv6 tunnelled to another node", st.IPv6, maps.ReasonForwardTunnel},
+		{"ipv6 routed natively to another node", st.IPv6, maps.ReasonForwardUnder},
+		{"ipv6 out of a tunnel delivered to a pod", st.IPv6In, maps.ReasonForwardLocal},
+		{"neighbor advertisement let through", st.NA, maps.ReasonForwardHost},
+		{"neighbor advertisement dropped as spoofed", st.NA, maps.ReasonSpoofedSource},
+	} {
+		if want.counts[want.reason] == 0 {
+			t.Errorf("no %s", want.what)
+		}
+	}
 }
 
 // The fuzzing engine's frames go through a program of its choice in one of sixteen worlds,

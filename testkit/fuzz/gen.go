@@ -108,6 +108,9 @@ func (g *Gen) addr(v6 bool) netip.Addr {
 		case 0, 1, 2:
 			return pods[g.rng.IntN(len(pods))].ip6
 		case 3:
+			if g.rng.IntN(2) == 0 {
+				return remotes6[g.rng.IntN(len(remotes6))].pod
+			}
 			return g.pick(netip.MustParseAddr("fd00:244:0:1::5"), netip.MustParseAddr("fd00:244::99"),
 				netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1"),
 				netip.MustParseAddr("::ffff:10.244.0.10"), netip.IPv6Unspecified())
@@ -160,6 +163,9 @@ func (g *Gen) fresh(h model.Hook) sent {
 	if g.rng.IntN(20) == 0 {
 		return g.arp(h)
 	}
+	if (h == model.FromPod || h == model.ToPod) && g.rng.IntN(16) == 0 {
+		return g.ndp(h)
+	}
 	v6 := g.rng.IntN(4) == 0
 	src, dst := g.addr(v6), g.addr(v6)
 	if h == model.FromPod && g.rng.IntN(4) > 0 {
@@ -179,7 +185,7 @@ func (g *Gen) fresh(h model.Hook) sent {
 	if h != model.FromPod {
 		copy(frame[6:12], g.pick4MAC())
 	}
-	if h == model.FromUnderlay && !v6 && g.rng.IntN(3) > 0 {
+	if h == model.FromUnderlay && g.rng.IntN(3) > 0 {
 		if g.w.Node.VXLANPort != 0 && g.rng.IntN(2) == 0 {
 			return sent{Packet{h, nil}, layout{}}.withFrame(g.vxlan(frame, at))
 		}
@@ -359,14 +365,19 @@ func (g *Gen) l4() (uint8, []byte) {
 	return []uint8{47, 50, packet.ProtoNoNext, packet.ProtoIPIP, 255}[g.rng.IntN(5)], payload
 }
 
-// ipip wraps an IPv4 frame in an outer header, mostly from a peer node to this one.
+// ipip wraps an IPv4 (IP-in-IP) or IPv6 (6in4) frame in an outer header, mostly from a peer
+// node to this one, mostly naming the protocol inside.
 func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 	src := g.pick(peerIP, strangerIP, netip.MustParseAddr("203.0.113.9"))
 	dst := nodeIP
 	if g.rng.IntN(6) == 0 {
 		dst = g.pick(peerIP, netip.MustParseAddr("10.250.0.9"), pods[0].ip4)
 	}
-	outer := g.ipv4Header(src, dst, packet.ProtoIPIP, len(frame)-14)
+	proto := uint8(packet.ProtoIPIP)
+	if (inner.family == 6) != (g.rng.IntN(10) == 0) {
+		proto = packet.ProtoIPv6
+	}
+	outer := g.ipv4Header(src, dst, proto, len(frame)-14)
 	if g.rng.IntN(3) > 0 {
 		// Mostly well-formed: no fragment bits, TTL to spare.
 		outer[6], outer[7], outer[8] = 0x40, 0, 64
@@ -374,16 +385,17 @@ func (g *Gen) ipip(frame []byte, inner layout) ([]byte, layout) {
 		binary.BigEndian.PutUint16(outer[10:], packet.Checksum(outer))
 	}
 	b := append(append(append([]byte(nil), frame[:14]...), outer...), frame[14:]...)
+	binary.BigEndian.PutUint16(b[12:], packet.EtherIPv4)
 	in := inner
 	in.l3 += len(outer)
 	if in.l4 != 0 {
 		in.l4 += len(outer)
 	}
-	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: packet.ProtoIPIP, inner: &in}
+	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: proto, inner: &in}
 }
 
-// vxlan wraps an IPv4 frame in VXLAN, mostly from a peer node to this one's VXLAN port with
-// the I flag, a pod identity as the VNI and IPv4 inside.
+// vxlan wraps an IPv4 or IPv6 frame in VXLAN, mostly from a peer node to this one's VXLAN
+// port with the I flag, a pod identity as the VNI and the frame's own ethertype inside.
 func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 	src := g.pick(peerIP, strangerIP, netip.MustParseAddr("203.0.113.9"))
 	dst := nodeIP
@@ -407,9 +419,9 @@ func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 	binary.BigEndian.PutUint32(hdr[12:], vnis[g.rng.IntN(len(vnis))]<<8)
 	copy(hdr[16:22], frame[0:6])
 	copy(hdr[22:28], frame[6:12])
-	innerType := uint16(packet.EtherIPv4)
+	innerType := binary.BigEndian.Uint16(frame[12:])
 	if g.rng.IntN(10) == 0 {
-		innerType = g.pick16(packet.EtherIPv6, packet.EtherARP)
+		innerType = g.pick16(packet.EtherIPv4, packet.EtherIPv6, packet.EtherARP)
 	}
 	binary.BigEndian.PutUint16(hdr[28:], innerType)
 	outer := g.ipv4Header(src, dst, packet.ProtoUDP, len(hdr)+len(frame)-14)
@@ -420,6 +432,7 @@ func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 		binary.BigEndian.PutUint16(outer[10:], packet.Checksum(outer))
 	}
 	b := append(append(append(append([]byte(nil), frame[:14]...), outer...), hdr...), frame[14:]...)
+	binary.BigEndian.PutUint16(b[12:], packet.EtherIPv4)
 	in := inner
 	shift := len(outer) + len(hdr)
 	in.l3 += shift
@@ -430,6 +443,52 @@ func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 }
 
 func (g *Gen) pick16(v ...uint16) uint16 { return v[g.rng.IntN(len(v))] }
+
+// ndp is the link's own ICMPv6 from a pod (to a pod, for to_pod): neighbour discovery and
+// MLD (and now and then
+// echo) from a link-local, unspecified or global source, behind a hop-by-hop or fragment
+// header at times; Neighbor Advertisements of its own address or another's, with target
+// link-layer options of its own MAC or another's, of length 0, or more than are read.
+func (g *Gen) ndp(h model.Hook) sent {
+	p := pods[g.rng.IntN(len(pods))]
+	other := pods[g.rng.IntN(len(pods))]
+	src := g.pick(netip.MustParseAddr("fe80::a"), netip.MustParseAddr("fe80::2:b"), netip.IPv6Unspecified(), p.ip6, other.ip6)
+	dst := g.pick(netip.MustParseAddr("ff02::1"), netip.MustParseAddr("ff02::2"), netip.MustParseAddr("ff02::16"),
+		netip.MustParseAddr("ff02::1:ff00:a"), netip.MustParseAddr("fe80::1"), other.ip6)
+	typ := []uint8{packet.ICMP6NeighAdvert, packet.ICMP6NeighAdvert, packet.ICMP6NeighAdvert, packet.ICMP6NeighSolicit,
+		packet.ICMP6RouterSolicit, 134, 137, 130, 131, 132, packet.ICMP6MLDv2Report, 129, 138, 1}[g.rng.IntN(14)]
+	body := make([]byte, 4, 64)
+	if typ == packet.ICMP6NeighAdvert || typ == packet.ICMP6NeighSolicit || g.rng.IntN(4) == 0 {
+		target := g.pick(p.ip6, p.ip6, other.ip6, g.addr(true), netip.MustParseAddr("fe80::a"))
+		t := target.As16()
+		body = append(body, t[:]...)
+		for range g.rng.IntN(7) {
+			mac := []net.HardwareAddr{p.mac, p.mac, other.mac}[g.rng.IntN(3)]
+			opt := packet.NDOption([]uint8{packet.NDOptTargetLLAddr, packet.NDOptTargetLLAddr, packet.NDOptSourceLLAddr, 14}[g.rng.IntN(4)], mac)
+			if g.rng.IntN(12) == 0 {
+				opt[1] = byte(g.rng.IntN(3)) // 0, or a length the option's bytes do not have
+			}
+			body = append(body, opt...)
+		}
+	}
+	l4 := packet.ICMP6(typ, 0, body)
+	var exts []byte
+	next := uint8(packet.ProtoICMP6)
+	switch g.rng.IntN(8) {
+	case 0:
+		exts, next = []byte{packet.ProtoICMP6, 0, 5, 2, 0, 0, 1, 0}, packet.ProtoHopOpts // router alert, as MLD carries
+	case 1:
+		exts, next = []byte{packet.ProtoICMP6, 0, 0, byte(g.rng.IntN(2)), 0, 0, 0, 7}, packet.ProtoFrag6
+	}
+	hop := []uint8{255, 255, 1}[g.rng.IntN(3)]
+	ip := packet.IPv6{Src: src, Dst: dst, Next: next, HopLimit: hop}.Marshal(append(exts, l4...))
+	mac := p.mac
+	if g.rng.IntN(8) == 0 {
+		mac = other.mac
+	}
+	frame := packet.Eth(p.nodeMAC, mac, packet.EtherIPv6, ip)
+	return sent{Packet{h, frame}, layout{l3: 14, l4: 14 + 40 + len(exts), family: 6, proto: packet.ProtoICMP6}}
+}
 
 func (g *Gen) arp(h model.Hook) sent {
 	p := pods[g.rng.IntN(len(pods))]

@@ -196,7 +196,7 @@ func mutVersion(g *Gen, b []byte, at layout) []byte {
 
 func mutProtocol(g *Gen, b []byte, at layout) []byte {
 	proto := []byte{packet.ProtoHopOpts, packet.ProtoICMP, packet.ProtoIPIP, packet.ProtoTCP, packet.ProtoUDP, packet.ProtoRouting, packet.ProtoFrag6,
-		packet.ProtoICMP6, packet.ProtoNoNext, packet.ProtoDstOpts, packet.ProtoSCTP, byte(g.rng.Uint32())}[g.rng.IntN(12)]
+		packet.ProtoICMP6, packet.ProtoNoNext, packet.ProtoDstOpts, packet.ProtoSCTP, packet.ProtoIPv6, byte(g.rng.Uint32())}[g.rng.IntN(13)]
 	return setL3Byte(b, at, 9, 6, proto)
 }
 

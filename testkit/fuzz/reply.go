@@ -80,12 +80,16 @@ func (g *Gen) reply(s sent) sent {
 }
 
 // icmpError is an ICMP error (unreachable, time exceeded, parameter problem) about a recent
-// IPv4 packet, sent back towards its source.
+// IPv4 packet, or an ICMPv6 one (those and packet too big) about an IPv6 packet, sent back
+// towards its source.
 func (g *Gen) icmpError(s sent) sent {
 	at := s.at
 	b := s.Frame
 	if at.inner != nil {
 		at = *at.inner
+	}
+	if at.family == 6 {
+		return g.icmp6Error(b, at)
 	}
 	if at.family != 4 || len(b) < at.l3+20 {
 		return sent{}
@@ -167,4 +171,26 @@ func layoutOf(b []byte) layout {
 func (g *Gen) Reply(frame []byte) (Packet, bool) {
 	s := g.reply(sent{Packet: Packet{Frame: frame}, at: layoutOf(frame)})
 	return s.Packet, s.Frame != nil
+}
+
+// icmp6Error is an ICMPv6 error quoting the IPv6 packet of b at at.
+func (g *Gen) icmp6Error(b []byte, at layout) sent {
+	if len(b) < at.l3+40 {
+		return sent{}
+	}
+	quoted := b[at.l3:min(len(b), at.l3+40+8+g.rng.IntN(40))]
+	orig := b[at.l3:]
+	from, to := netip.AddrFrom16([16]byte(orig[24:40])), netip.AddrFrom16([16]byte(orig[8:24]))
+	if g.rng.IntN(3) == 0 {
+		from = g.pick(netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fe80::1"), pods[g.rng.IntN(len(pods))].ip6)
+	}
+	if g.rng.IntN(4) == 0 {
+		to = g.addr(true) // an error for someone the quoted packet did not come from
+	}
+	typ := []uint8{packet.ICMP6DestUnreach, packet.ICMP6PacketTooBig, packet.ICMP6TimeExceeded, 4, 5}[g.rng.IntN(5)]
+	body := binary.BigEndian.AppendUint32(nil, 1280)
+	l4 := packet.ICMP6(typ, 0, append(body, quoted...))
+	frame := packet.Eth(hostMAC, g.endpointMAC(from), packet.EtherIPv6,
+		packet.IPv6{Src: from, Dst: to, Next: packet.ProtoICMP6}.Marshal(l4))
+	return sent{Packet{g.hookFor(from), frame}, layout{l3: 14, l4: 14 + 40, family: 6, proto: packet.ProtoICMP6}}
 }

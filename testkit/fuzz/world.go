@@ -70,6 +70,17 @@ var remotes = []remote{
 	{netip.MustParsePrefix("fd00:244:0:1::/64"), peerIP, netip.MustParseAddr("fd00:244:0:1::5")},
 }
 
+// remotes6 are more IPv6 pod CIDRs, owned by nodes the underlay reaches each its own way (no
+// neighbour entry, unreachable, via the gateway, the node itself, the broadcast address):
+// IPv6 is sent to the owning node's IPv4 address.
+var remotes6 = []remote{
+	{netip.MustParsePrefix("fd00:244:0:2::/64"), strangerIP, netip.MustParseAddr("fd00:244:0:2::7")},
+	{netip.MustParsePrefix("fd00:244:0:3::/64"), lostIP, netip.MustParseAddr("fd00:244:0:3::9")},
+	{netip.MustParsePrefix("fd00:244:0:4::/64"), farIP, netip.MustParseAddr("fd00:244:0:4::4")},
+	{netip.MustParsePrefix("fd00:244:0:5::/64"), nodeIP, netip.MustParseAddr("fd00:244:0:5::5")},
+	{netip.MustParsePrefix("fd00:244:0:6::/64"), bcastIP, netip.MustParseAddr("fd00:244:0:6::6")},
+}
+
 // kernelRoutes are the routes the harness adds to the namespace; fib() adds what the
 // kernel derives from the underlay's address.
 var kernelRoutes = []model.FIBRoute{
@@ -177,6 +188,13 @@ func NewWorld(seed uint64) World {
 	}
 	w.IPCache = append(w.IPCache, ipcache(rng)...)
 	w.Policy = rules(rng, w.Endpoints)
+	// The IPv6 remotes from a stream of their own: the worlds of earlier seeds keep the rest.
+	rng6 := rand.New(rand.NewPCG(seed, 0x6a6))
+	for _, r := range remotes6 {
+		if rng6.IntN(8) > 0 {
+			w.Routes = append(w.Routes, maps.Route{Prefix: r.cidr, NodeIP: r.node, Mode: modes[rng6.IntN(len(modes))]})
+		}
+	}
 	return World{Seed: seed, World: w}
 }
 

@@ -224,12 +224,15 @@ func touch(e *CTEntry, p *packet, reply bool) {
 	}
 }
 
-// CTRelated looks up the flow an IPv4 ICMP error quotes (ct_related in ct.h): the quoted
+// CTRelated looks up the flow an ICMP error quotes (ct_related in ct.h): the quoted
 // header must be 20 bytes and its ports inside the frame, and the error must go back to the
 // quoted packet's source, as Linux conntrack asks (nf_conntrack_inet_error): else anyone
 // with a flow on the node could send errors past the policy of every pod there.
 func (r *run) CTRelated(p *packet) Conntrack {
 	b := r.out
+	if p.family == afInet6 && p.l4Proto == wire.ProtoICMP6 && p.l4Off != 0 {
+		return r.ctRelated6(p)
+	}
 	if p.family != afInet || p.l4Proto != wire.ProtoICMP || p.l4Off == 0 {
 		return CTNew
 	}
@@ -248,6 +251,35 @@ func (r *run) CTRelated(p *packet) Conntrack {
 	}
 	r.quoted = &k
 	if k.Src != addrKey(afInet, p.daddr).ip {
+		return CTNew
+	}
+	if r.m.CT[k] != nil {
+		return CTRelated
+	}
+	return CTNew
+}
+
+// ctRelated6 is ct_related6: an ICMPv6 error (types 1-4: unreachable, packet too big, time
+// exceeded, parameter problem) quotes a 40-byte IPv6 header whose next header is taken as
+// the protocol (extension headers are not walked) and whose ports follow it; the quoted
+// packet must have come from where the error goes.
+func (r *run) ctRelated6(p *packet) Conntrack {
+	b := r.out
+	if p.icmpType < 1 || p.icmpType > 4 {
+		return CTNew
+	}
+	off := p.l4Off + 8
+	if off > 128 || off+ipv6HeaderLen+4 > len(b) {
+		return CTNew
+	}
+	k := CTKey{Family: afInet6, Proto: b[off+6]}
+	copy(k.Src[:], b[off+8:off+24])
+	copy(k.Dst[:], b[off+24:off+40])
+	if k.Proto == wire.ProtoTCP || k.Proto == wire.ProtoUDP || k.Proto == wire.ProtoSCTP {
+		k.Sport, k.Dport = be16(b[off+40:]), be16(b[off+42:])
+	}
+	r.quoted = &k
+	if k.Src != addrKey(afInet6, p.daddr).ip {
 		return CTNew
 	}
 	if r.m.CT[k] != nil {

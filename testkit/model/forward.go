@@ -13,7 +13,9 @@ import (
 const tunnelTTL = 64
 
 // checkSource drops what a pod sends in someone else's name and returns the sender
-// (forward.h). ARP from its owner and IPv6 link-local sources go to the node's stack.
+// (forward.h). ARP from its owner goes to the node's stack; so do MLD and neighbour discovery
+// (a Neighbor Advertisement only of the sender's own address and MAC), the only IPv6 a
+// link-local or unspecified source may send.
 func (r *run) checkSource(p *packet) (*maps.Endpoint, maps.Reason) {
 	m := r.m
 	var ep *maps.Endpoint
@@ -21,8 +23,8 @@ func (r *run) checkSource(p *packet) (*maps.Endpoint, maps.Reason) {
 	case afInet:
 		ep = m.endpoint(afInet, p.saddr)
 	case afInet6:
-		if s := p.saddr.As16(); s[0] == 0xfe && s[1]&0xc0 == 0x80 {
-			return nil, maps.ReasonForwardHost
+		if linkScope(p.saddr) {
+			return nil, r.checkLink(p)
 		}
 		ep = m.endpoint(afInet6, p.saddr)
 	default:
@@ -35,7 +37,86 @@ func (r *run) checkSource(p *packet) (*maps.Endpoint, maps.Reason) {
 	if ep == nil || ep.Ifindex != m.w.Ifindex || !macIs(ep.MAC, p.smac) {
 		return nil, maps.ReasonSpoofedSource
 	}
+	if p.family == afInet6 && isNDPOrMLD(p) {
+		return nil, r.checkLink(p)
+	}
 	return ep, next
+}
+
+// linkScope says whether an IPv6 source is link-local (fe80::/10) or unspecified.
+func linkScope(a netip.Addr) bool {
+	s := a.As16()
+	return s[0] == 0xfe && s[1]&0xc0 == 0x80 || a == netip.IPv6Unspecified()
+}
+
+// ICMPv6 types of the link: MLD and neighbour discovery.
+const (
+	icmp6MLDQuery     = 130
+	icmp6RouterAdvert = 134
+	icmp6NDPRedirect  = 137
+	icmp6MLD2Report   = 143
+	icmp6NeighAdvert  = 136
+	// ndpNALen is a Neighbor Advertisement before its options; ndpMaxOpts how many options
+	// anti-spoofing reads; ndpOptTargetLLAddr the option naming the advertised MAC.
+	ndpNALen           = 24
+	ndpMaxOpts         = 4
+	ndpOptTargetLLAddr = 2
+)
+
+// isNDPOrMLD says whether p is unfragmented ICMPv6 of the link (MLD 130-132 and 143,
+// neighbour discovery 133-137).
+func isNDPOrMLD(p *packet) bool {
+	t := p.icmpType
+	return p.l4Proto == wire.ProtoICMP6 && p.l4Off != 0 && !p.fragment &&
+		(t >= icmp6MLDQuery && t <= icmp6NDPRedirect || t == icmp6MLD2Report)
+}
+
+// checkLink is check_link: the link's own ICMPv6 goes to the node, anything else is dropped,
+// and so are Router Advertisements and Redirects: a pod is nobody's router.
+func (r *run) checkLink(p *packet) maps.Reason {
+	if !isNDPOrMLD(p) || p.icmpType == icmp6RouterAdvert || p.icmpType == icmp6NDPRedirect {
+		return maps.ReasonSpoofedSource
+	}
+	if p.icmpType == icmp6NeighAdvert {
+		return r.checkNA(p)
+	}
+	return maps.ReasonForwardHost
+}
+
+// checkNA is check_na: the advertised target must be an endpoint on this veth with the
+// frame's MAC, and so must a target link-layer address option say; the options are read
+// up to ndpMaxOpts, inside the datagram, and one of length 0 is malformed.
+func (r *run) checkNA(p *packet) maps.Reason {
+	r.na = true
+	b := r.out
+	end := len(b)
+	if plen := int(be16(b[p.l3Off+4:])); plen != 0 {
+		end = p.l3Off + ipv6HeaderLen + plen
+	}
+	off := p.l4Off + ndpNALen
+	if off > end {
+		return maps.ReasonMalformed
+	}
+	ep := r.m.endpoint(afInet6, netip.AddrFrom16([16]byte(b[p.l4Off+8:p.l4Off+24])))
+	if ep == nil || ep.Ifindex != r.m.w.Ifindex || !macIs(ep.MAC, p.smac) {
+		return maps.ReasonSpoofedSource
+	}
+	for range ndpMaxOpts {
+		if off >= end {
+			return maps.ReasonForwardHost
+		}
+		if off+8 > end || b[off+1] == 0 {
+			return maps.ReasonMalformed
+		}
+		if b[off] == ndpOptTargetLLAddr && !macIs(ep.MAC, [6]byte(b[off+2:off+8])) {
+			return maps.ReasonSpoofedSource
+		}
+		off += int(b[off+1]) * 8
+	}
+	if off >= end {
+		return maps.ReasonForwardHost
+	}
+	return maps.ReasonSpoofedSource
 }
 
 func macIs(a net.HardwareAddr, b [6]byte) bool {
@@ -85,7 +166,8 @@ func (r *run) toEndpoint(ep *maps.Endpoint) maps.Reason {
 }
 
 // forwardRemote sends a packet for another node the cluster's way (crossnode.h): the
-// routes map names the node and the mode; outside the cluster is the node's business.
+// routes map names the node and the mode; outside the cluster is the node's business. IPv6
+// crosses the IPv4 underlay inside VXLAN, in 6in4, or natively to the node's IPv4 address.
 func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 	rt := r.m.route(p.family, p.daddr)
 	if rt == nil {
@@ -93,9 +175,6 @@ func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 	}
 	if rt.Flags&(maps.RouteLocal|maps.RouteUnreachable) != 0 {
 		return maps.ReasonUnknownDest
-	}
-	if p.family != afInet {
-		return maps.ReasonNoRoute
 	}
 	if reason := r.decrementTTL(p); reason != next {
 		return reason
@@ -106,18 +185,26 @@ func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 			return maps.ReasonForwardTunnel // the device's: its tunnel key is not visible to a test run
 		}
 		r.encapVXLAN(rt.NodeIP, identity)
-		if reason := r.viaUnderlay(rt.NodeIP); reason != next {
+		if reason := r.viaUnderlay(rt.NodeIP, false); reason != next {
 			return reason
 		}
 		return maps.ReasonForwardTunnel
 	case maps.ModeNative:
-		if reason := r.viaUnderlay(p.daddr); reason != next {
+		dst := p.daddr
+		if p.family == afInet6 {
+			dst = rt.NodeIP
+		}
+		if reason := r.viaUnderlay(dst, p.family == afInet6); reason != next {
 			return reason
 		}
 		return maps.ReasonForwardUnder
 	case maps.ModeIPIP:
-		r.encapIPIP(rt.NodeIP)
-		if reason := r.viaUnderlay(rt.NodeIP); reason != next {
+		proto := uint8(wire.ProtoIPIP)
+		if p.family == afInet6 {
+			proto = wire.ProtoIPv6
+		}
+		r.encapIPIP(rt.NodeIP, proto)
+		if reason := r.viaUnderlay(rt.NodeIP, false); reason != next {
 			return reason
 		}
 		return maps.ReasonForwardTunnel
@@ -125,11 +212,13 @@ func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
 	return maps.ReasonNoRoute
 }
 
-// encapIPIP puts an outer IPv4 header from the node to nodeIP behind the MAC header.
-func (r *run) encapIPIP(nodeIP netip.Addr) {
+// encapIPIP puts an outer IPv4 header of protocol proto (IP-in-IP or 6in4) from the node to
+// nodeIP behind the MAC header, which then names IPv4.
+func (r *run) encapIPIP(nodeIP netip.Addr, proto uint8) {
 	outer := make([]byte, ipv4HeaderLen)
-	r.outerIPv4(outer, nodeIP, wire.ProtoIPIP, len(r.out)-ethHeaderLen+ipv4HeaderLen)
+	r.outerIPv4(outer, nodeIP, proto, len(r.out)-ethHeaderLen+ipv4HeaderLen)
 	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(outer, r.out[ethHeaderLen:]...)...)
+	binary.BigEndian.PutUint16(r.out[12:], wire.EtherIPv4)
 }
 
 // outerIPv4 writes into h a tunnel's outer IPv4 header, from the node to nodeIP: DF, the
@@ -148,7 +237,8 @@ func (r *run) outerIPv4(h []byte, nodeIP netip.Addr, proto uint8, total int) {
 
 // encapVXLAN is vxlan_encap: behind the MAC header go an outer IPv4 header from the node to
 // nodeIP, UDP to the VXLAN port (no checksum), VXLAN with the I flag and identity as the VNI,
-// and an inner Ethernet header between the two nodes' tunnel MACs.
+// and an inner Ethernet header between the two nodes' tunnel MACs with the packet's own
+// ethertype; the outer Ethernet header names IPv4.
 func (r *run) encapVXLAN(nodeIP netip.Addr, identity uint32) {
 	inner := len(r.out) - ethHeaderLen
 	h := make([]byte, ipv4HeaderLen+udpHeaderLen+vxlanHeaderLen+ethHeaderLen)
@@ -163,8 +253,9 @@ func (r *run) encapVXLAN(nodeIP netip.Addr, identity uint32) {
 	eth := vx[vxlanHeaderLen:]
 	copy(eth[0:6], tunnelMAC(nodeIP))
 	copy(eth[6:12], tunnelMAC(r.m.w.Node.NodeIP))
-	binary.BigEndian.PutUint16(eth[12:], wire.EtherIPv4)
+	copy(eth[12:14], r.out[12:14])
 	r.out = append(r.out[:ethHeaderLen:ethHeaderLen], append(h, r.out[ethHeaderLen:]...)...)
+	binary.BigEndian.PutUint16(r.out[12:], wire.EtherIPv4)
 	port := ethHeaderLen + ipv4HeaderLen
 	r.unknown = append(r.unknown, [2]int{port, port + 2})
 }
@@ -190,10 +281,11 @@ func checksum(b []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// viaUnderlay is redirect_via_underlay: bpf_fib_lookup towards dst from the underlay device.
-// A known neighbour rewrites the MACs; an unknown one leaves them to bpf_redirect_neigh; no
-// unicast route, or a frame the device's MTU cannot carry, is no route.
-func (r *run) viaUnderlay(dst netip.Addr) maps.Reason {
+// viaUnderlay is redirect_via_underlay: bpf_fib_lookup towards the IPv4 address dst from the
+// underlay device. A known neighbour rewrites the MACs; an unknown one leaves them to
+// bpf_redirect_neigh, which an IPv6 packet (v6) cannot take: it resolves in the packet's
+// family. No unicast route, or a frame the device's MTU cannot carry, is no route.
+func (r *run) viaUnderlay(dst netip.Addr, v6 bool) maps.Reason {
 	var best *FIBRoute
 	for i := range r.m.w.FIB {
 		rt := &r.m.w.FIB[i]
@@ -210,6 +302,9 @@ func (r *run) viaUnderlay(dst netip.Addr) maps.Reason {
 	}
 	mac, ok := r.m.w.Neighbours[hop]
 	if !ok {
+		if v6 {
+			return maps.ReasonNoRoute
+		}
 		return next
 	}
 	// is_skb_forwardable: MTU plus the Ethernet header and a VLAN tag.

@@ -3,6 +3,9 @@
 // from_underlay, the packet as it leaves, and the conntrack entry it creates or touches. It is
 // the reference the fuzzer (package fuzz) holds the C programs in bpf/ to.
 //
+// IPv6 is modelled as for IPv4 (the underlay stays IPv4: IPv6 crosses it in VXLAN, in 6in4,
+// or natively to the owning node's IPv4 address), with neighbour discovery's anti-spoofing.
+//
 // Not modelled: Services and NAT (the world has no frontend and masquerading is off, so the
 // NAT stage never translates), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
 // metadata), conntrack expiry (the fuzzer clears conntrack long before an entry could expire),
@@ -163,6 +166,10 @@ type Outcome struct {
 	Unknown [][2]int
 	// LaterFragment says the packet was a later fragment given its first's ports.
 	LaterFragment bool
+	// IPv6 says the packet the verdict is about (the inner one of a tunnel) is IPv6; NA that
+	// it was a Neighbor Advertisement anti-spoofing looked into.
+	IPv6 bool
+	NA   bool
 }
 
 // Model holds a world and the conntrack and fragment tables the packets run so far have
@@ -228,7 +235,8 @@ func (m *Model) Run(h Hook, frame []byte) Outcome {
 		panic(fmt.Sprintf("model: unknown hook %d", h))
 	}
 	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
-		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment}
+		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment,
+		IPv6: r.family == afInet6, NA: r.na}
 }
 
 // run is one packet's way through one program.
@@ -244,6 +252,8 @@ type run struct {
 	unknown [][2]int
 	// laterFragment: a parse gave a later fragment its first's ports.
 	laterFragment bool
+	family        uint8 // of the last packet parsed
+	na            bool  // checkNA looked at it
 }
 
 // next is the model's CONTINUE: a helper that has no verdict yet.
@@ -275,10 +285,11 @@ func (r *run) fromPod() maps.Reason {
 	return r.forwardRemote(&p, src.Identity)
 }
 
-// to_pod: tc egress of a pod's host-side veth; only policy is judged, never form.
+// to_pod: tc egress of a pod's host-side veth; only policy is judged, never form, and not
+// even that for the node's neighbour discovery and MLD.
 func (r *run) toPod() maps.Reason {
 	p, reason := r.parse(r.out)
-	if reason != next || p.family == 0 {
+	if reason != next || p.family == 0 || p.family == afInet6 && isNDPOrMLD(&p) {
 		return maps.ReasonDeliver
 	}
 	dst := r.m.endpoint(p.family, p.daddr)
@@ -304,12 +315,15 @@ func (r *run) fromOverlay() maps.Reason {
 	return r.receiveRemote(&p, 0, true)
 }
 
-// from_underlay: tc ingress of the underlay device: native pod traffic, VXLAN (when the node
-// config names its port) and IP-in-IP.
+// from_underlay: tc ingress of the underlay device: native pod traffic (IPv4 and IPv6), VXLAN
+// (when the node config names its port) and IP-in-IP (IPv4 or IPv6 inside).
 func (r *run) fromUnderlay() maps.Reason {
 	p, reason := r.parse(r.out)
-	if reason != next || p.family != afInet {
+	if reason != next || p.family == 0 {
 		return maps.ReasonForwardHost
+	}
+	if p.family == afInet6 {
+		return r.receiveRemote(&p, 0, false)
 	}
 	node := r.m.w.Node
 	// A fragment of a tunnelled packet cannot be decapsulated on its own: the node's stack
@@ -318,46 +332,63 @@ func (r *run) fromUnderlay() maps.Reason {
 	if forUs && p.l4Proto == wire.ProtoUDP && node.VXLANPort != 0 && p.dport == node.VXLANPort {
 		return r.decapVXLAN(&p)
 	}
-	if p.l4Proto != wire.ProtoIPIP {
+	if p.l4Proto != wire.ProtoIPIP && p.l4Proto != wire.ProtoIPv6 {
 		return r.receiveRemote(&p, 0, false)
 	}
 	if !forUs {
 		return maps.ReasonForwardHost
 	}
-	hlen := p.l4Off - p.l3Off
-	// bpf_skb_adjust_room refuses to leave less than an IPv4 header behind the MAC header.
-	if len(r.out)-p.l3Off-hlen < ipv4HeaderLen {
-		return maps.ReasonEncapFailed
+	etherType := uint16(wire.EtherIPv4)
+	if p.l4Proto == wire.ProtoIPv6 {
+		etherType = wire.EtherIPv6
 	}
-	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+hlen:]...)
+	if reason := r.stripOuter(p.l3Off, p.l4Off-p.l3Off, etherType); reason != next {
+		return reason
+	}
 	inner, reason := r.parse(r.out)
-	if reason != next || inner.family != afInet {
+	if reason != next || inner.family == 0 {
 		return maps.ReasonMalformed
 	}
 	return r.receiveRemote(&inner, 0, true)
 }
 
+// stripOuter is strip_outer: n bytes go from l3 on, which must leave an IPv4 or IPv6 header's
+// worth (bpf_skb_adjust_room's minimum for the family it decapsulates to), and the Ethernet
+// header that stays names etherType.
+func (r *run) stripOuter(l3, n int, etherType uint16) maps.Reason {
+	min := ipv4HeaderLen
+	if etherType == wire.EtherIPv6 {
+		min = ipv6HeaderLen
+	}
+	if len(r.out)-l3-n < min {
+		return maps.ReasonEncapFailed
+	}
+	r.out = append(r.out[:l3:l3], r.out[l3+n:]...)
+	binary.BigEndian.PutUint16(r.out[12:], etherType)
+	return next
+}
+
 // decapVXLAN is decap_vxlan: the outer IPv4, UDP and VXLAN headers and the inner Ethernet
 // header go, the VNI becomes the sender's identity, and the inner packet counts as arriving
-// from the overlay. Not flagged by RFC 7348's I bit, or not IPv4 inside, it is the device's.
+// from the overlay. Not flagged by RFC 7348's I bit, or neither IPv4 nor IPv6 inside, it is
+// the device's.
 func (r *run) decapVXLAN(p *packet) maps.Reason {
 	hdr := p.l4Off + udpHeaderLen
 	if len(r.out) < hdr+vxlanHeaderLen+ethHeaderLen {
 		return maps.ReasonForwardHost
 	}
 	flags, vni := r.out[hdr], binary.BigEndian.Uint32(r.out[hdr+4:])>>8
-	if flags&0x08 == 0 || be16(r.out[hdr+vxlanHeaderLen+12:]) != wire.EtherIPv4 {
+	etherType := be16(r.out[hdr+vxlanHeaderLen+12:])
+	if flags&0x08 == 0 || etherType != wire.EtherIPv4 && etherType != wire.EtherIPv6 {
 		return maps.ReasonForwardHost
 	}
 	outer := hdr + vxlanHeaderLen + ethHeaderLen - p.l3Off
-	// bpf_skb_adjust_room refuses to leave less than an IPv4 header behind the MAC header.
-	if len(r.out)-p.l3Off-outer < ipv4HeaderLen {
-		return maps.ReasonEncapFailed
+	if reason := r.stripOuter(p.l3Off, outer, etherType); reason != next {
+		return reason
 	}
-	r.out = append(r.out[:p.l3Off:p.l3Off], r.out[p.l3Off+outer:]...)
 	r.dir = maps.DirFromOverlay
 	inner, reason := r.parse(r.out)
-	if reason != next || inner.family != afInet {
+	if reason != next || inner.family == 0 {
 		return maps.ReasonMalformed
 	}
 	return r.receiveRemote(&inner, vni, true)

@@ -219,6 +219,9 @@ type fragL4 struct {
 // and a later fragment takes them (track_fragment).
 func (r *run) parse(b []byte) (packet, maps.Reason) {
 	p, reason := parse(b)
+	if reason == next {
+		r.family = p.family
+	}
 	if reason != next || !p.fragment || p.family == 0 {
 		return p, reason
 	}

@@ -17,6 +17,7 @@ const (
 	ProtoHopOpts = 0
 	ProtoICMP    = 1
 	ProtoIPIP    = 4
+	ProtoIPv6    = 41 // IPv6 in IPv4 (6in4, RFC 4213)
 	ProtoTCP     = 6
 	ProtoUDP     = 17
 	ProtoRouting = 43
@@ -159,6 +160,63 @@ func ICMPEcho(typ uint8) []byte {
 	binary.BigEndian.PutUint16(b[6:], 1)
 	binary.BigEndian.PutUint16(b[2:], Checksum(b))
 	return b
+}
+
+// ICMPv6 message types the datapath tells apart (RFC 4443, 4861, 3810).
+const (
+	ICMP6DestUnreach   = 1
+	ICMP6PacketTooBig  = 2
+	ICMP6TimeExceeded  = 3
+	ICMP6EchoRequest   = 128
+	ICMP6EchoReply     = 129
+	ICMP6RouterSolicit = 133
+	ICMP6NeighSolicit  = 135
+	ICMP6NeighAdvert   = 136
+	ICMP6MLDv2Report   = 143
+)
+
+// Neighbour discovery option types (RFC 4861 4.6).
+const (
+	NDOptSourceLLAddr = 1
+	NDOptTargetLLAddr = 2
+)
+
+// ICMP6 returns an ICMPv6 message: type, code, a zero checksum (the datapath reads none) and
+// body.
+func ICMP6(typ, code uint8, body []byte) []byte {
+	return append([]byte{typ, code, 0, 0}, body...)
+}
+
+// NDOption returns a neighbour discovery option carrying data, padded to a multiple of 8.
+func NDOption(typ uint8, data []byte) []byte {
+	n := (2 + len(data) + 7) / 8 * 8
+	b := make([]byte, n)
+	b[0], b[1] = typ, byte(n/8)
+	copy(b[2:], data)
+	return b
+}
+
+// NeighAdvert returns a solicited, overriding Neighbor Advertisement for target, with opts.
+func NeighAdvert(target netip.Addr, opts ...[]byte) []byte {
+	body := make([]byte, 20)
+	body[0] = 0x60 // S and O
+	t := target.As16()
+	copy(body[4:], t[:])
+	for _, o := range opts {
+		body = append(body, o...)
+	}
+	return ICMP6(ICMP6NeighAdvert, 0, body)
+}
+
+// NeighSolicit returns a Neighbor Solicitation for target, with opts.
+func NeighSolicit(target netip.Addr, opts ...[]byte) []byte {
+	body := make([]byte, 20)
+	t := target.As16()
+	copy(body[4:], t[:])
+	for _, o := range opts {
+		body = append(body, o...)
+	}
+	return ICMP6(ICMP6NeighSolicit, 0, body)
 }
 
 // ARP returns an Ethernet/IPv4 ARP body.
