@@ -88,7 +88,7 @@ bench-record: ## copy the last make bench (bin/bench/) into the committed bench/
 	@test -s $(BIN)/bench/results.json || { echo "no $(BIN)/bench/results.json: run make bench first"; exit 1; }
 	cp $(BIN)/bench/results.json $(BIN)/bench/results.md $(BIN)/bench/ratios.svg bench/results/
 
-conformance: deps deps-e2e build ## run Kubernetes' sig-network e2e suites in vxlan and native labs (CONFORMANCE_ARGS: -modes, -suites, -only); writes bin/conformance/
+conformance: deps deps-e2e build ## run Kubernetes' sig-network e2e suites in vxlan and native labs (CONFORMANCE_ARGS: -modes, -suites, -only, -dual-stack); writes bin/conformance/
 	$(BIN)/ebpfnet-conformance -out $(BIN)/conformance $(CONFORMANCE_ARGS)
 
 conformance-cilium: deps deps-e2e deps-cilium build ## the same suites with Cilium as the labs' CNI, for the counts side by side; writes bin/conformance-cilium/

@@ -129,7 +129,9 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
 	}
 	want := map[string]netlink.Route{rr.cfg.serviceCIDR.String(): viaHost(rr.cfg.serviceCIDR)}
+	var errs []error
 	if rr.cfg.mode == maps.ModeNative {
+		errs = append(errs, rr.reconcileNeighbours(underlay, remote))
 		for _, r := range remote {
 			if r.Prefix.Addr().Is6() {
 				continue // the datapath routes IPv6 pod traffic itself, to the owner's MAC
@@ -147,9 +149,8 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	}
 	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
-		return fmt.Errorf("list kernel routes: %w", err)
+		return errors.Join(append(errs, fmt.Errorf("list kernel routes: %w", err))...)
 	}
-	var errs []error
 	for _, r := range have {
 		if r.Dst == nil {
 			continue
@@ -166,6 +167,48 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	for _, r := range want {
 		if err := netlink.RouteReplace(&r); err != nil {
 			errs = append(errs, fmt.Errorf("route %s: %w", r.Dst, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ntfExtManaged is NTF_EXT_MANAGED: the kernel keeps such a neighbour entry resolved.
+const ntfExtManaged = 1
+
+// reconcileNeighbours keeps a managed neighbour entry on the underlay for the next hop of every
+// remote IPv6 pod CIDR in native mode: the datapath sends IPv6 pod traffic to that IPv4 next
+// hop's MAC, and drops it while the kernel has not resolved one. Entries of next hops no
+// longer used go.
+func (rr *routeReconciler) reconcileNeighbours(underlay netlink.Link, remote []remoteRoute) error {
+	want := map[netip.Addr]bool{}
+	for _, r := range remote {
+		if !r.Prefix.Addr().Is6() {
+			continue
+		}
+		if gw, err := gateway(r.Via); err == nil {
+			want[gw] = true
+		}
+	}
+	have, err := netlinksafe.NeighList(underlay.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list neighbours: %w", err)
+	}
+	var errs []error
+	for _, n := range have {
+		ip, _ := netip.AddrFromSlice(n.IP.To4())
+		switch {
+		case n.FlagsExt&ntfExtManaged == 0:
+		case want[ip]:
+			delete(want, ip)
+		default:
+			errs = append(errs, netlink.NeighDel(&n))
+		}
+	}
+	for ip := range want {
+		n := &netlink.Neigh{LinkIndex: underlay.Attrs().Index, Family: netlink.FAMILY_V4, IP: ip.AsSlice(),
+			State: netlink.NUD_NONE, FlagsExt: ntfExtManaged}
+		if err := netlink.NeighSet(n); err != nil {
+			errs = append(errs, fmt.Errorf("managed neighbour %s: %w", ip, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -117,8 +117,7 @@ static __always_inline int link_scope_dest(struct packet *pkt)
 }
 
 /* from_host: tc egress of the host device; the node's own traffic to Services and (VXLAN,
- * IP-in-IP) to pods on other nodes, which the node's routes send here; IPv6 is never
- * translated (Services are IPv4's in this release). */
+ * IP-in-IP) to pods on other nodes, which the node's routes send here. */
 SEC("tc")
 int from_host(struct __sk_buff *skb)
 {

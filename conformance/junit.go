@@ -11,15 +11,16 @@ import (
 // Count is one suite's outcome in one mode. Excluded tests are the ones exclusions.yaml left
 // out; Skipped ones skipped themselves at run time (a missing provider feature, say).
 type Count struct {
-	Name     string   `json:"name"`
-	CNI      string   `json:"cni"` // lab.CNIEbpfnet, or lab.CNICilium: the peer's counts
-	Mode     string   `json:"mode"`
-	Passed   int      `json:"passed"`
-	Failed   int      `json:"failed"`
-	Skipped  int      `json:"skipped"`
-	Excluded int      `json:"excluded"`
-	Seconds  float64  `json:"seconds"`
-	Failures []string `json:"failures,omitempty"`
+	Name      string   `json:"name"`
+	CNI       string   `json:"cni"` // lab.CNIEbpfnet, or lab.CNICilium: the peer's counts
+	Mode      string   `json:"mode"`
+	DualStack bool     `json:"dualStack,omitempty"` // the lab's pods had an IPv6 address too
+	Passed    int      `json:"passed"`
+	Failed    int      `json:"failed"`
+	Skipped   int      `json:"skipped"`
+	Excluded  int      `json:"excluded"`
+	Seconds   float64  `json:"seconds"`
+	Failures  []string `json:"failures,omitempty"`
 }
 
 // junitCase is what is read of a ginkgo JUnit test case.

@@ -22,8 +22,11 @@ import (
 type Config struct {
 	Modes []string // lab modes: vxlan, native (Run's; RunIn runs in the lab it is given)
 	// CNI networks Run's labs: lab.CNIEbpfnet (empty: the same) or lab.CNICilium, the peer.
-	CNI    string
-	Suites []Suite
+	CNI string
+	// DualStack makes Run's labs dual stack (ipFamilies: [IPv4, IPv6]): every pod has an
+	// IPv6 address too, the API server a Service range of each family.
+	DualStack bool
+	Suites    []Suite
 	// Only narrows every suite to its tests whose name matches this between the suite's
 	// prefix and tag (Suite.Focus): the short subset `make test` runs. Empty: every test.
 	Only    string
@@ -82,10 +85,14 @@ func runMode(ctx context.Context, cfg Config, mode string) ([]Count, error) {
 		name = cfg.LabName + "c" + mode[:2]
 	}
 	spec := &lab.Spec{Mode: mode, Kubernetes: true, CNI: cfg.CNI, Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "node3"}}}
+	if cfg.DualStack {
+		name += "ds"
+		spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+	}
 	if err := spec.Validate(); err != nil { // fills in the defaults
 		return nil, err
 	}
-	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, %s, 3 nodes) up\n", name, spec.CNI, mode)
+	fmt.Fprintf(cfg.Log, "conformance: lab %s (%s, %s, %s, 3 nodes) up\n", name, spec.CNI, mode, strings.Join(spec.IPFamilies, "+"))
 	st, err := lab.Up(ctx, name, spec, cfg.Lab)
 	if err != nil {
 		return nil, fmt.Errorf("%s lab: %w", mode, err)
@@ -100,7 +107,8 @@ func runMode(ctx context.Context, cfg Config, mode string) ([]Count, error) {
 
 // RunIn runs cfg's suites (not its Modes: the lab has one) with e2e.test in the kubernetes
 // lab st, after importing the images they use into its nodes, and returns their counts. Its
-// reports go under cfg.Out/<mode>/<suite> (cfg.Out/cilium-<mode>/<suite> in a Cilium lab). Failed tests are counted, not an error; a suite
+// reports go under cfg.Out/<mode>/<suite> (cfg.Out/cilium-<mode>/<suite> in a Cilium lab,
+// cfg.Out/<mode>-dualstack/<suite> in a dual-stack one). Failed tests are counted, not an error; a suite
 // that ran no test is one.
 func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	ex, err := Exclusions()
@@ -118,6 +126,9 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 	runDir := st.Mode
 	if st.CNI == lab.CNICilium {
 		runDir = lab.CNICilium + "-" + st.Mode
+	}
+	if st.DualStack() {
+		runDir += "-dualstack"
 	}
 	images, err := kube.BuildE2EImages(filepath.Join(cfg.Out, runDir, "images"), refs)
 	if err != nil {
@@ -150,7 +161,7 @@ func RunIn(ctx context.Context, st *lab.State, cfg Config) ([]Count, error) {
 			// No report: e2e.test did not get as far as its tests.
 			return counts, fmt.Errorf("%s %s: %w (e2e.test: %w)", mode, s.Name, err, e2eResult(runErr))
 		}
-		c.CNI, c.Mode, c.Seconds = cni, mode, time.Since(start).Round(time.Second).Seconds()
+		c.CNI, c.Mode, c.DualStack, c.Seconds = cni, mode, st.DualStack(), time.Since(start).Round(time.Second).Seconds()
 		counts = append(counts, c)
 		fmt.Fprintf(cfg.Log, "conformance: %s %s %s: %d passed, %d failed, %d skipped, %d excluded in %s\n",
 			c.CNI, mode, s.Name, c.Passed, c.Failed, c.Skipped, c.Excluded, time.Since(start).Round(time.Second))
@@ -217,9 +228,13 @@ func imageRefs(ctx context.Context, e2e string) ([]string, error) {
 // Table is the summary as a text table.
 func (s Summary) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-8s %-8s %-9s %7s %7s %8s %9s %8s\n", "cni", "mode", "suite", "passed", "failed", "skipped", "excluded", "time")
+	fmt.Fprintf(&b, "%-8s %-9s %-9s %7s %7s %8s %9s %8s\n", "cni", "mode", "suite", "passed", "failed", "skipped", "excluded", "time")
 	for _, c := range s.Suites {
-		fmt.Fprintf(&b, "%-8s %-8s %-9s %7d %7d %8d %9d %8s\n", c.CNI, c.Mode, c.Name, c.Passed, c.Failed, c.Skipped, c.Excluded,
+		mode := c.Mode
+		if c.DualStack {
+			mode += "+v6" // a dual-stack lab's
+		}
+		fmt.Fprintf(&b, "%-8s %-9s %-9s %7d %7d %8d %9d %8s\n", c.CNI, mode, c.Name, c.Passed, c.Failed, c.Skipped, c.Excluded,
 			(time.Duration(c.Seconds) * time.Second).String())
 		for _, f := range c.Failures {
 			fmt.Fprintf(&b, "  FAIL %s\n", f)

@@ -21,6 +21,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/deploy"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
+	"github.com/ebpfnet/ebpfnet/store/kubestore"
 )
 
 // AgentNamespace and AgentDaemonSet name the DaemonSet deploy/ebpfnet.yaml makes.
@@ -34,13 +35,18 @@ const (
 const agentReadyTimeout = 3 * time.Minute
 
 // kubeAgentConfig is the agent configuration of a kubernetes lab, the ConfigMap's agent.yaml:
-// one for every node, as a DaemonSet has (the node's name comes from its pod).
+// one for every node, as a DaemonSet has (the node's name comes from its pod). A dual-stack
+// lab's has the API server's IPv6 Service range and the IPv6 cluster CIDR.
 func (s *State) kubeAgentConfig() agent.Config {
-	return agent.Config{UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR, Mode: s.Mode,
+	cfg := agent.Config{UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR, Mode: s.Mode,
 		VXLANPort: s.VXLANPort, MetricsAddress: "0.0.0.0:" + strconv.Itoa(MetricsPort),
 		Store:           agent.StoreConfig{Type: "kubernetes"},
 		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
 		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs, MapSizes: s.MapSizes}
+	if s.DualStack() {
+		cfg.ClusterCIDRv6, cfg.ServiceCIDRv6 = s.ClusterCIDRv6, ServiceCIDRv6
+	}
+	return cfg
 }
 
 // AgentManifest is deploy/ebpfnet.yaml with the overrides a cluster's operator makes, and no
@@ -129,6 +135,12 @@ func (b *builder) kubeAgents(ctx context.Context) error {
 		}
 		// What a cluster's IPAM (or its operator) does: ebpfnet takes spec.podCIDR when it is set.
 		patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, n.WantCIDR, n.WantCIDR)
+		if b.st.DualStack() {
+			// spec.podCIDRs is set once, with both families: the lab names the IPv4 one
+			// only, so it asks through the annotation ebpfnet takes when spec.podCIDR is unset,
+			// and the agent writes both to spec when it claims them.
+			patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, kubestore.PodCIDRAnnotation, n.WantCIDR)
+		}
 		if _, err := b.st.Kubectl(ctx, "patch", "node", n.Name, "--type", "merge", "-p", patch); err != nil {
 			return err
 		}
@@ -203,6 +215,11 @@ func (s *State) WaitAgents(ctx context.Context) error {
 		}
 		if n.PodCIDR, err = netip.ParsePrefix(st.PodCIDR); err != nil {
 			return fmt.Errorf("agent %s: pod CIDR %q: %w", n.Name, st.PodCIDR, err)
+		}
+		if s.DualStack() {
+			if n.PodCIDRv6, err = netip.ParsePrefix(st.PodCIDRv6); err != nil {
+				return fmt.Errorf("agent %s: IPv6 pod CIDR %q: %w", n.Name, st.PodCIDRv6, err)
+			}
 		}
 		if n.AgentPID, err = s.kubeAgentPID(n); err != nil {
 			return err

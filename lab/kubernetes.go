@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/lab/peers"
@@ -23,6 +24,10 @@ import (
 // ServiceCIDR is the lab's Service range: the kube-apiserver's --service-cluster-ip-range in a
 // kubernetes lab, and every lab agent's serviceCIDR.
 const ServiceCIDR = "10.96.0.0/16"
+
+// ServiceCIDRv6 is a dual-stack kubernetes lab's IPv6 Service range, the second of the
+// kube-apiserver's --service-cluster-ip-range: the agents' default serviceCIDRv6.
+const ServiceCIDRv6 = agent.DefaultServiceCIDRv6
 
 // ClusterDNSIP is the kube-dns Service's cluster IP in a kubernetes lab: every pod's nameserver.
 var ClusterDNSIP = netip.MustParseAddr("10.96.0.10")
@@ -70,8 +75,12 @@ func (s *State) ImportImages(ctx context.Context, archives []string) error {
 // kubeControlPlane starts the API server, controller manager and scheduler on the underlay,
 // storing in the lab's etcd, and builds the images every node imports: the agent's among them.
 func (b *builder) kubeControlPlane(ctx context.Context) error {
-	cp, err := kube.StartControlPlane(ctx, kube.ControlPlaneConfig{Dir: b.st.controlPlaneDir(), Netns: b.st.Underlay,
-		EtcdURL: b.st.EtcdURL, AdvertiseIP: etcdIP, ServiceCIDR: ServiceCIDR, ClusterCIDR: b.st.ClusterCIDR})
+	cfg := kube.ControlPlaneConfig{Dir: b.st.controlPlaneDir(), Netns: b.st.Underlay,
+		EtcdURL: b.st.EtcdURL, AdvertiseIP: etcdIP, ServiceCIDR: ServiceCIDR, ClusterCIDR: b.st.ClusterCIDR}
+	if b.st.DualStack() {
+		cfg.ServiceCIDRv6, cfg.ClusterCIDRv6 = ServiceCIDRv6, b.st.ClusterCIDRv6
+	}
+	cp, err := kube.StartControlPlane(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes control plane: %w", err)
 	}
@@ -203,6 +212,7 @@ func (s *State) waitKubePods(ctx context.Context, pods []Pod, timeout time.Durat
 			// The agent knows the pod's namespace by its path on the node.
 			netns := s.NodeHostPath(s.Pods[i].Node, e.Netns)
 			s.Pods[i].IP, s.Pods[i].Netns, s.Pods[i].ContainerID, s.Pods[i].EndpointID = e.IP, netns, e.ContainerID, e.ID
+			s.Pods[i].IPv6 = e.IPv6 // zero unless the lab is dual stack
 		}
 	}
 	if err := s.save(); err != nil {
@@ -239,8 +249,27 @@ type kubePod struct {
 	Status   struct {
 		Phase      string
 		PodIP      string
+		PodIPs     []struct{ IP string }
 		Conditions []struct{ Type, Status, Message string }
 	}
+}
+
+// ips is the pod's status.podIPs, as "IP1,IP2".
+func (p kubePod) ips() string {
+	var ips []string
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	return strings.Join(ips, ",")
+}
+
+// wantIPs is what status.podIPs of lab pod p holds once kubelet has its addresses: the IPv4
+// one, then the IPv6 one in a dual-stack lab.
+func wantIPs(p *Pod) string {
+	if p.IPv6.IsValid() {
+		return p.IP.String() + "," + p.IPv6.String()
+	}
+	return p.IP.String()
 }
 
 func (p kubePod) key() string { return p.Metadata.Namespace + "/" + p.Metadata.Name }
@@ -290,7 +319,7 @@ func (s *State) podPhases(ctx context.Context) string {
 }
 
 // waitKubePodsReady waits until the API server shows each pod Running and Ready with its
-// address in status.podIP, so that whoever asks the API server right after the lab step
+// address in status.podIP (and its addresses in status.podIPs), so that whoever asks the API server right after the lab step
 // returns sees the pods as they are. It fails naming a pod that is not, its phase and its
 // last event.
 func (s *State) waitKubePodsReady(ctx context.Context, pods []Pod, timeout time.Duration) error {
@@ -308,7 +337,7 @@ func (s *State) waitKubePodsReady(ctx context.Context, pods []Pod, timeout time.
 					return perr
 				}
 				k := got[p.Key()]
-				if !k.ready() || k.Status.PodIP != p.IP.String() {
+				if !k.ready() || k.Status.PodIP != p.IP.String() || k.ips() != wantIPs(p) {
 					late, seen = p, k
 					break
 				}
@@ -325,8 +354,8 @@ func (s *State) waitKubePodsReady(ctx context.Context, pods []Pod, timeout time.
 			if phase == "" {
 				phase = "absent"
 			}
-			return fmt.Errorf("timed out waiting for pod %s to be Running and Ready with IP %s: phase %s, Ready %s, podIP %q; last event: %s",
-				late.Key(), late.IP, phase, seen.readyCondition(), seen.Status.PodIP, s.lastEvent(ctx, late.Namespace, late.Name))
+			return fmt.Errorf("timed out waiting for pod %s to be Running and Ready with IPs %s: phase %s, Ready %s, podIPs %q; last event: %s",
+				late.Key(), wantIPs(late), phase, seen.readyCondition(), seen.ips(), s.lastEvent(ctx, late.Namespace, late.Name))
 		}
 		select {
 		case <-ctx.Done():

@@ -565,8 +565,8 @@ func (s *Spec) validateFamilies() error {
 		return fmt.Errorf("ipFamilies: %q must be [IPv4] or [IPv4, IPv6]", s.IPFamilies)
 	}
 	switch {
-	case s.Kubernetes:
-		return errors.New("ipFamilies: dual stack runs in lab namespaces only, not yet in a kubernetes lab")
+	case s.Kubernetes && s.CNI == CNICilium:
+		return errors.New("ipFamilies: a dual-stack kubernetes lab runs ebpfnet, not yet cilium")
 	case s.BGP != nil:
 		return errors.New("ipFamilies: dual stack routes from the store only, not yet over BGP")
 	}

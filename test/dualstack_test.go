@@ -33,15 +33,15 @@ func dualStackLab(mode string) *lab.Spec {
 	return s
 }
 
-// Acceptance (issue 20, first part): in vxlan and native mode a 3-node dual-stack lab gives every
+// Acceptance (issue 20, first part): in vxlan, native and ipip mode a 3-node dual-stack lab gives every
 // pod an address of each family, every pair reaches each other over both, IPv6 crosses the
 // underlay the mode's way, and a pod can neither send from an IPv6 address it does not own nor
 // answer neighbour discovery for one.
 func TestDualStack(t *testing.T) {
-	for _, mode := range []string{"vxlan", "native"} {
+	for _, mode := range []string{"vxlan", "native", "ipip"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			st := upLab(t, "d"+mode[:1], dualStackLab(mode))
+			st := upLab(t, "d"+mode[:2], dualStackLab(mode))
 			t.Run("addresses", func(t *testing.T) { checkDualStackAddresses(t, st) })
 			t.Run("all pairs in both families", func(t *testing.T) {
 				for _, family := range []string{lab.FamilyIPv4, lab.FamilyIPv6} {
@@ -72,6 +72,9 @@ func TestDualStack(t *testing.T) {
 				}
 			})
 			t.Run("IPv6 on the underlay", func(t *testing.T) { checkIPv6Underlay(t, st, mode) })
+			if mode == "native" {
+				t.Run("next hops kept resolved", func(t *testing.T) { checkManagedNeighbours(t, st) })
+			}
 			t.Run("dual-stack service", func(t *testing.T) { checkDualStackService(t, st) })
 			t.Run("spoofed IPv6 source", func(t *testing.T) { checkSpoofedIPv6(t, st) })
 			t.Run("forged neighbour advertisement", func(t *testing.T) { checkForgedNA(t, st) })
@@ -147,15 +150,18 @@ func checkDualStackAddresses(t *testing.T, st *lab.State) {
 
 // checkIPv6Underlay captures on node1's underlay while node1's pod talks to node2's pod over
 // IPv6: in VXLAN an IPv6 frame inside the VXLAN port's datagrams, in native mode the pods' own
-// IPv6 packets.
+// IPv6 packets, in ipip mode IPv6 inside IPv4 (protocol 41).
 func checkIPv6Underlay(t *testing.T, st *lab.State, mode string) {
 	src, _ := st.Pod("x/p11")
 	dst, _ := st.Pod("x/p21")
 	node, _ := st.Node("node1")
 	// UDP header 8, VXLAN header 8, then the inner Ethernet type at 12.
 	filter := fmt.Sprintf("udp port %d and udp[28:2] = 0x86dd", st.VXLANPort)
-	if mode == "native" {
+	switch mode {
+	case "native":
 		filter = fmt.Sprintf("ip6 and src host %s and dst host %s and tcp port 80", src.IPv6, dst.IPv6)
+	case "ipip":
+		filter = "ip proto 41" // 6in4
 	}
 	probe := func() { _ = st.ProbeFamily(src.Key(), dst.Key(), 80, "TCP", lab.FamilyIPv6) }
 	if !seen(t, node.Netns, filter, probe) {
@@ -322,4 +328,40 @@ func checkDualStackService(t *testing.T, st *lab.State) {
 			}
 		}
 	}
+}
+
+// checkManagedNeighbours: in native mode node1 keeps a managed neighbour entry for each other
+// node, the next hop of its IPv6 pod CIDR, and the kernel has resolved it: the datapath sends
+// IPv6 there by the entry's MAC and cannot resolve one itself.
+func checkManagedNeighbours(t *testing.T, st *lab.State) {
+	node, _ := st.Node("node1")
+	eventually(t, 10*time.Second, "managed, resolved neighbour entries for node2 and node3 on node1", func() (bool, string) {
+		var have []string
+		err := namespace.Do(node.Netns, func() error {
+			l, err := netlink.LinkByName(lab.UnderlayIf)
+			if err != nil {
+				return err
+			}
+			ns, err := netlinksafe.NeighList(l.Attrs().Index, netlink.FAMILY_V4)
+			for _, n := range ns {
+				if n.FlagsExt&1 != 0 && n.State&(netlink.NUD_REACHABLE|netlink.NUD_STALE|netlink.NUD_DELAY|netlink.NUD_PROBE) != 0 { // NTF_EXT_MANAGED, resolved
+					have = append(have, n.IP.String())
+				}
+			}
+			return err
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		found := 0
+		for _, name := range []string{"node2", "node3"} {
+			n, _ := st.Node(name)
+			for _, ip := range have {
+				if ip == n.IP.String() {
+					found++
+				}
+			}
+		}
+		return found == 2, fmt.Sprintf("managed and resolved: %v", have)
+	})
 }

@@ -371,6 +371,10 @@ func TestKubernetesStore(t *testing.T) {
 		}
 	})
 
+	t.Run("dual-stack nodes get both pod CIDRs recorded on the Node", func(t *testing.T) {
+		checkDualStackNodes(t, ctx, api, c1, c2)
+	})
+
 	t.Run("two agents racing for identities agree", func(t *testing.T) {
 		keys := []string{"ns=" + ns + ";pod:app=x", "ns=" + ns + ";pod:app=y", "ns=" + ns + ";pod:app=z"}
 		got := make([][]uint32, 2)
@@ -498,3 +502,75 @@ func hasService(svcs []*corev1.Service, ns, name string) bool {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// checkDualStackNodes: a dual-stack agent's PutNode sets an unset spec.podCIDRs to its IPv4 and
+// IPv6 pod CIDRs at once (the API server takes them once); where spec.podCIDRs already holds
+// the IPv4 one only, the IPv6 one goes to an annotation. Either way another agent reads both.
+func checkDualStackNodes(t *testing.T, ctx context.Context, api kubernetes.Interface, c1, c2 *store.Cluster) {
+	ip := netip.MustParseAddr("10.78.9.10")
+	cluster4, cluster6 := netip.MustParsePrefix("10.251.0.0/16"), netip.MustParsePrefix("fd00:77::/56")
+	for _, preset := range []bool{false, true} {
+		name := fmt.Sprintf("kvs-dual-%t-%s", preset, nstest.Suffix(4))
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}}}}
+		created, err := api.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := api.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+				t.Error(err)
+			}
+		})
+		v4, err := c1.AllocatePodCIDR(ctx, name, cluster4, 24)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v6, err := c1.AllocatePodCIDR(ctx, name, cluster6, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			latest, err := api.CoreV1().Nodes().Get(ctx, created.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if preset { // an operator (or an IPv4-only IPAM) set spec.podCIDRs first
+				latest.Spec.PodCIDR, latest.Spec.PodCIDRs = v4.String(), []string{v4.String()}
+				if latest, err = api.CoreV1().Nodes().Update(ctx, latest, metav1.UpdateOptions{}); err != nil {
+					return err
+				}
+			}
+			latest.Status = node.Status
+			_, err = api.CoreV1().Nodes().UpdateStatus(ctx, latest, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c1.PutNode(ctx, store.Node{Name: name, IP: ip, PodCIDR: v4, PodCIDRv6: v6}, 0); err != nil {
+			t.Fatalf("preset %t: %v", preset, err)
+		}
+		got, err := api.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{v4.String(), v6.String()}
+		if preset {
+			want = []string{v4.String()}
+			if a := got.Annotations[kubestore.PodCIDRv6Annotation]; a != v6.String() {
+				t.Errorf("node %s: annotation %s is %q, want %s", name, kubestore.PodCIDRv6Annotation, a, v6)
+			}
+		}
+		if got.Spec.PodCIDR != v4.String() || fmt.Sprint(got.Spec.PodCIDRs) != fmt.Sprint(want) {
+			t.Errorf("node %s: spec.podCIDR %q, podCIDRs %v; want %s and %v", name, got.Spec.PodCIDR, got.Spec.PodCIDRs, v4, want)
+		}
+		if err := c2.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n, ok, err := c2.Node(ctx, name)
+		if err != nil || !ok || n.PodCIDR != v4 || n.PodCIDRv6 != v6 || n.IP != ip {
+			t.Errorf("node %s as the other agent sees it: %+v %v %v; want pod CIDRs %s and %s", name, n, ok, err, v4, v6)
+		}
+	}
+}

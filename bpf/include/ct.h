@@ -101,15 +101,16 @@ static __always_inline int ct_related4(struct __sk_buff *skb, struct packet *pkt
 	void *data_end = (void *)(long)skb->data_end;
 	struct ct_key k = {.family = AF_INET};
 	struct iphdr *inner;
-	__u32 off = pkt->l4_off + 8;
+	__u32 l4 = pkt->l4_off;
 	__be16 *ports;
 
 	if (pkt->icmp_type != 3 && pkt->icmp_type != 11 && pkt->icmp_type != 12)
 		return CT_NEW;
-	/* Bound the offset so the verifier can follow it; real headers are far shorter. */
-	if (off > 128)
+	/* Bound the offset so the verifier can follow it; real headers are far shorter. The
+	 * bound is on the offset itself, not on a sum the compiler may widen and truncate. */
+	if (l4 > 120)
 		return CT_NEW;
-	inner = data + off;
+	inner = data + l4 + 8;
 	if ((void *)(inner + 1) > data_end || inner->ihl != 5 || inner->saddr != pkt->daddr.v4)
 		return CT_NEW;
 	ports = (void *)(inner + 1);
@@ -134,16 +135,17 @@ static __always_inline int ct_related6(struct __sk_buff *skb, struct packet *pkt
 	void *data_end = (void *)(long)skb->data_end;
 	struct ct_key k = {.family = AF_INET6};
 	const __u32 *a, *b = (const __u32 *)pkt->daddr.v6;
-	__u32 off = pkt->l4_off + 8;
+	__u32 l4 = pkt->l4_off;
 	struct ipv6hdr *inner;
 	__be16 *ports;
 
 	if (pkt->icmp_type < ICMP6_DEST_UNREACH || pkt->icmp_type > ICMP6_PARAM_PROB)
 		return CT_NEW;
-	/* Bound the offset so the verifier can follow it; real headers are far shorter. */
-	if (off > 128)
+	/* Bound the offset so the verifier can follow it; real headers are far shorter. The
+	 * bound is on the offset itself, not on a sum the compiler may widen and truncate. */
+	if (l4 > 120)
 		return CT_NEW;
-	inner = data + off;
+	inner = data + l4 + 8;
 	if ((void *)(inner + 1) > data_end)
 		return CT_NEW;
 	a = (const __u32 *)&inner->saddr;

@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -21,6 +22,10 @@
 #define NAT_TRIES 32
 /* The source a pod sees when it reaches itself through a Service (hairpin): 169.254.7.7. */
 #define HAIRPIN_ADDR bpf_htonl(0xa9fe0707)
+/* Its IPv6 counterpart, 100::7:7: in the discard-only prefix 100::/64 (RFC 6666), which no pod
+ * or node is given, and not link-scoped, so the pod sends its replies via its default route. */
+#define HAIRPIN_ADDR6_HI bpf_htonl(0x01000000)
+#define HAIRPIN_ADDR6_LO bpf_htonl(0x00070007)
 
 /* What the NAT stage did to a packet. */
 enum xlate_state {
@@ -49,13 +54,15 @@ static __always_inline struct nat_scratch *scratch(void)
 	return bpf_map_lookup_elem(&nat_scratch, &zero);
 }
 
-/* nat_applies: IPv4 TCP, UDP and ICMP echo with their L4 header, or later fragments that
- * know their first's, are translated; the rest passes as it is. */
+/* nat_applies: TCP and UDP (IPv4 and IPv6) and IPv4's ICMP echo with their L4 header, or
+ * later fragments that know their first's, are translated; the rest passes as it is. IPv6 is
+ * never masqueraded (nodes have no IPv6 address), so its echo has nothing to translate. */
 static __always_inline int nat_applies(struct packet *pkt)
 {
-	if (pkt->family != AF_INET || (!pkt->l4_off && !pkt->frag_l4))
+	if ((pkt->family != AF_INET && pkt->family != AF_INET6) || (!pkt->l4_off && !pkt->frag_l4))
 		return 0;
-	return pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP || is_icmp_echo(pkt);
+	return pkt->l4_proto == IPPROTO_TCP || pkt->l4_proto == IPPROTO_UDP ||
+	       (pkt->family == AF_INET && is_icmp_echo(pkt));
 }
 
 /* tuple_of is the flow key of the packet as it is now. */
@@ -129,12 +136,15 @@ static __always_inline int rewrite_ip_addr(struct __sk_buff *skb, struct packet 
 }
 
 /* rewrite_addr replaces one IPv4 address of the packet, fixing the IP and (for TCP and UDP,
- * whose checksum covers the addresses) the L4 checksum. */
+ * whose checksum covers the addresses) the L4 checksum, which a later fragment has not: it
+ * is in the first. */
 static __always_inline int rewrite_addr(struct __sk_buff *skb, struct packet *pkt, __u32 off,
 					__be32 from, __be32 to)
 {
 	if (from == to)
 		return 0;
+	if (pkt->frag_l4)
+		return rewrite_ip_addr(skb, pkt, off, from, to);
 	if (pkt->l4_proto == IPPROTO_TCP &&
 	    bpf_l4_csum_replace(skb, pkt->l4_off + offsetof(struct tcphdr, check), from, to,
 				BPF_F_PSEUDO_HDR | 4))
@@ -144,6 +154,54 @@ static __always_inline int rewrite_addr(struct __sk_buff *skb, struct packet *pk
 				BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4))
 		return -1;
 	return rewrite_ip_addr(skb, pkt, off, from, to);
+}
+
+/* addr6_equal compares two IPv6 addresses a word at a time. */
+static __always_inline int addr6_equal(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]));
+}
+
+/* rewrite_addr6 replaces one IPv6 address of the packet. IPv6 has no header checksum; TCP's
+ * and UDP's cover the address in the pseudo-header (a UDP checksum that comes out 0 is sent
+ * as 0xffff: 0 is illegal over IPv6). A later fragment's L4 checksum is in its first. */
+static __always_inline int rewrite_addr6(struct __sk_buff *skb, struct packet *pkt, __u32 off,
+					 const __u8 *from, const __u8 *to)
+{
+	__u32 csum_off = pkt->l4_off + offsetof(struct tcphdr, check);
+	__u64 flags = BPF_F_PSEUDO_HDR;
+	__s64 diff;
+
+	if (addr6_equal(from, to))
+		return 0;
+	if (pkt->l4_proto == IPPROTO_UDP) {
+		csum_off = pkt->l4_off + offsetof(struct udphdr, check);
+		flags |= BPF_F_MARK_MANGLED_0;
+	}
+	if (!pkt->frag_l4) {
+		diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, flags))
+			return -1;
+	}
+	/* RECOMPUTE_CSUM adds the address change to a CHECKSUM_COMPLETE skb's sum, which the
+	 * pseudo-header fix above takes back out (the kernel's BPF_F_IPV6 would need 6.16). */
+	return bpf_skb_store_bytes(skb, off, to, 16, BPF_F_RECOMPUTE_CSUM);
+}
+
+/* rewrite_addrs6 gives an IPv6 packet these addresses (16 bytes each) and keeps pkt in step. */
+static __always_inline int rewrite_addrs6(struct __sk_buff *skb, struct packet *pkt,
+					  const __u8 *saddr, const __u8 *daddr)
+{
+	if (rewrite_addr6(skb, pkt, pkt->l3_off + offsetof(struct ipv6hdr, saddr), pkt->saddr.v6,
+			  saddr) ||
+	    rewrite_addr6(skb, pkt, pkt->l3_off + offsetof(struct ipv6hdr, daddr), pkt->daddr.v6,
+			  daddr))
+		return -1;
+	__builtin_memcpy(pkt->saddr.v6, saddr, 16);
+	__builtin_memcpy(pkt->daddr.v6, daddr, 16);
+	return 0;
 }
 
 /* rewrite_port replaces a TCP or UDP port, or the ICMP echo identifier, at off. */
@@ -167,17 +225,38 @@ static __always_inline int rewrite_port(struct __sk_buff *skb, struct packet *pk
 }
 
 /* rewrite_tuple makes the packet's addresses and ports (the echo identifier for ICMP, given
- * as sport) these, and keeps pkt in step. */
-static __always_inline int rewrite_tuple(struct __sk_buff *skb, struct packet *pkt, __be32 saddr,
-					 __be32 daddr, __be16 sport, __be16 dport)
+ * as sport) these, and keeps pkt in step; ports holds sport in its low half, dport in its
+ * high. A later fragment gets the addresses only: its ports, and the L4 checksum over them,
+ * are in the first fragment, rewritten there. A global function, verified once for both
+ * families: inlined in every path that translates, IPv6 beside IPv4 took from_pod past the
+ * verifier's limit. Its pointers are never NULL; the check is the verifier's. */
+__attribute__((noinline)) int rewrite_tuple(struct __sk_buff *skb, struct packet *pkt,
+					    const union addr *saddr, const union addr *daddr,
+					    __u32 ports)
 {
-	if (rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, saddr), pkt->saddr.v4,
-			 saddr) ||
-	    rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, daddr), pkt->daddr.v4,
-			 daddr))
+	__be16 sport = ports & 0xffff, dport = ports >> 16;
+
+	if (!skb || !pkt || !saddr || !daddr)
 		return REASON_DROP_MALFORMED;
-	pkt->saddr.v4 = saddr;
-	pkt->daddr.v4 = daddr;
+	if (pkt->family == AF_INET6) {
+		if (rewrite_addrs6(skb, pkt, saddr->v6, daddr->v6))
+			return REASON_DROP_MALFORMED;
+	} else {
+		if (rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, saddr),
+				 pkt->saddr.v4, saddr->v4) ||
+		    rewrite_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, daddr),
+				 pkt->daddr.v4, daddr->v4))
+			return REASON_DROP_MALFORMED;
+		pkt->saddr.v4 = saddr->v4;
+		pkt->daddr.v4 = daddr->v4;
+	}
+	if (pkt->frag_l4) {
+		pkt->sport = sport;
+		pkt->dport = dport;
+		if (pkt->l4_proto == IPPROTO_ICMP)
+			pkt->icmp_id = sport;
+		return CONTINUE;
+	}
 	if (pkt->l4_proto == IPPROTO_ICMP) {
 		if (rewrite_port(skb, pkt, pkt->l4_off + 4, pkt->icmp_id, sport))
 			return REASON_DROP_MALFORMED;
@@ -192,37 +271,18 @@ static __always_inline int rewrite_tuple(struct __sk_buff *skb, struct packet *p
 	return CONTINUE;
 }
 
-/* rewrite_addresses gives a later fragment the addresses of its entry: its ports, and the
- * L4 checksum over them, are in the first fragment, rewritten there. */
-static __always_inline int rewrite_addresses(struct __sk_buff *skb, struct packet *pkt,
-					     const struct nat_entry *e)
+/* tuple_ports packs a source and destination port as rewrite_tuple takes them. */
+static __always_inline __u32 tuple_ports(__be16 sport, __be16 dport)
 {
-	__be32 saddr = *(__be32 *)e->saddr, daddr = *(__be32 *)e->daddr;
-
-	if ((saddr != pkt->saddr.v4 &&
-	     rewrite_ip_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, saddr), pkt->saddr.v4,
-			     saddr)) ||
-	    (daddr != pkt->daddr.v4 &&
-	     rewrite_ip_addr(skb, pkt, pkt->l3_off + offsetof(struct iphdr, daddr), pkt->daddr.v4,
-			     daddr)))
-		return REASON_DROP_MALFORMED;
-	pkt->saddr.v4 = saddr;
-	pkt->daddr.v4 = daddr;
-	pkt->sport = e->sport;
-	pkt->dport = e->dport;
-	if (pkt->l4_proto == IPPROTO_ICMP)
-		pkt->icmp_id = e->sport;
-	return CONTINUE;
+	return (__u32)sport | (__u32)dport << 16;
 }
 
 /* nat_rewrite makes the packet's tuple the entry's. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, struct packet *pkt,
 				       const struct nat_entry *e)
 {
-	if (pkt->frag_l4)
-		return rewrite_addresses(skb, pkt, e);
-	return rewrite_tuple(skb, pkt, *(__be32 *)e->saddr, *(__be32 *)e->daddr, e->sport,
-			     e->dport);
+	return rewrite_tuple(skb, pkt, (const union addr *)e->saddr, (const union addr *)e->daddr,
+			     tuple_ports(e->sport, e->dport));
 }
 
 /* nat_partner is the key of the other direction's entry of the flow whose entry at key is e:
@@ -379,8 +439,9 @@ static __always_inline int nat_translate_source(struct __sk_buff *skb, struct pa
 	reason = nat_take_port(skb, cfg);
 	if (reason != CONTINUE)
 		return reason;
-	return rewrite_tuple(skb, pkt, *(__be32 *)cfg->node_ip, pkt->daddr.v4, t->sport,
-			     pkt->l4_proto == IPPROTO_ICMP ? t->sport : pkt->dport);
+	return rewrite_tuple(
+		skb, pkt, (const union addr *)cfg->node_ip, &pkt->daddr,
+		tuple_ports(t->sport, pkt->l4_proto == IPPROTO_ICMP ? t->sport : pkt->dport));
 }
 
 /* nat_lookup finds the entry of a known translated flow, or NULL. */
@@ -447,7 +508,7 @@ static __always_inline int masquerades(struct packet *pkt, struct node_config *c
 {
 	struct lpm_key key = {.family = AF_INET, .prefixlen = LPM_PREFIX_BASE + 32};
 
-	if (!cfg || !cfg->masquerade || !nat_applies(pkt))
+	if (!cfg || !cfg->masquerade || pkt->family != AF_INET || !nat_applies(pkt))
 		return 0;
 	if (pkt->daddr.v4 == *(__be32 *)cfg->node_ip || pkt->saddr.v4 == *(__be32 *)cfg->node_ip ||
 	    lookup_route(AF_INET, &pkt->daddr))

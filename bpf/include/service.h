@@ -19,10 +19,10 @@ static __always_inline struct service_value *service_lookup(struct packet *pkt,
 	if (pkt->l4_proto != IPPROTO_TCP && pkt->l4_proto != IPPROTO_UDP)
 		return NULL;
 	__builtin_memset(key, 0, sizeof(*key));
-	__builtin_memcpy(key->ip, &pkt->daddr.v4, 4);
+	addr_key(key->ip, pkt->family, &pkt->daddr);
 	key->port = pkt->dport;
 	key->protocol = pkt->l4_proto;
-	key->family = AF_INET;
+	key->family = pkt->family;
 	return bpf_map_lookup_elem(&services, key);
 }
 
@@ -46,7 +46,7 @@ static __always_inline __u32 affinity_backend(struct service_value *svc, struct 
 static __always_inline struct backend_info *
 service_select(struct packet *pkt, struct service_key *key, struct service_value *svc, __u32 *id)
 {
-	struct affinity_key ak = {.family = AF_INET, .service_id = svc->service_id};
+	struct affinity_key ak = {.family = pkt->family, .service_id = svc->service_id};
 	struct affinity_value av = {};
 	struct service_value *slot;
 	__u64 now = bpf_ktime_get_ns();
@@ -54,7 +54,7 @@ service_select(struct packet *pkt, struct service_key *key, struct service_value
 
 	if (!count)
 		return NULL;
-	__builtin_memcpy(ak.client, &pkt->saddr.v4, 4);
+	addr_key(ak.client, pkt->family, &pkt->saddr);
 	*id = 0;
 	if (svc->flags & SVC_F_AFFINITY)
 		*id = affinity_backend(svc, &ak, now);
@@ -76,16 +76,34 @@ service_select(struct packet *pkt, struct service_key *key, struct service_value
 
 /* needs_source_nat says whether a Service flow now in pkt must take the node's address so its
  * replies come back here: a NodePort whose backend is elsewhere (externalTrafficPolicy
- * Cluster), or a backend outside the cluster under masquerading. */
+ * Cluster), or a backend outside the cluster under masquerading. Never IPv6: nodes have no
+ * IPv6 address. */
 static __always_inline int needs_source_nat(struct packet *pkt, struct node_config *cfg,
 					    struct service_value *svc, struct backend_info *be)
 {
-	if (pkt->saddr.v4 == *(__be32 *)cfg->node_ip)
+	if (pkt->family != AF_INET || pkt->saddr.v4 == *(__be32 *)cfg->node_ip)
 		return 0;
 	if ((svc->flags & SVC_F_NODEPORT) && !(svc->flags & SVC_F_EXTERNAL_LOCAL) &&
 	    !(be->flags & BACKEND_F_LOCAL))
 		return 1;
 	return masquerades(pkt, cfg);
+}
+
+/* hairpin_source is the source a Service flow takes: the client's own, or the hairpin address
+ * of its family when the client is the backend. */
+static __always_inline void hairpin_source(struct packet *pkt, struct backend_info *be,
+					   union addr *src)
+{
+	*src = pkt->saddr;
+	if (pkt->family == AF_INET6) {
+		if (!addr6_equal(be->ip, pkt->saddr.v6))
+			return;
+		__builtin_memset(src, 0, sizeof(*src));
+		*(__be32 *)&src->v6[0] = HAIRPIN_ADDR6_HI;
+		*(__be32 *)&src->v6[12] = HAIRPIN_ADDR6_LO;
+	} else if (*(__be32 *)be->ip == pkt->saddr.v4) {
+		src->v4 = HAIRPIN_ADDR;
+	}
 }
 
 /* service_begin translates the first packet of a flow to a Service frontend: destination to
@@ -96,21 +114,21 @@ static __always_inline int service_begin(struct __sk_buff *skb, struct packet *p
 					 struct service_value *svc, struct xlate *x)
 {
 	struct backend_info *be;
-	__be32 saddr = pkt->saddr.v4;
+	union addr saddr;
 	__u32 id = 0;
 	int reason;
 
 	if (!cfg)
 		return REASON_DROP_NO_ROUTE;
 	be = service_select(pkt, key, svc, &id);
-	if (!be)
+	if (!be || be->family != pkt->family)
 		return REASON_DROP_NO_BACKEND;
 	x->state = XL_NEW;
 	x->backend_id = id;
 	x->flags = NAT_F_SERVICE;
-	if (*(__be32 *)be->ip == saddr)
-		saddr = HAIRPIN_ADDR;
-	reason = rewrite_tuple(skb, pkt, saddr, *(__be32 *)be->ip, pkt->sport, be->port);
+	hairpin_source(pkt, be, &saddr);
+	reason = rewrite_tuple(skb, pkt, &saddr, (const union addr *)be->ip,
+			       tuple_ports(pkt->sport, be->port));
 	if (reason != CONTINUE || !needs_source_nat(pkt, cfg, svc, be))
 		return reason;
 	x->reserved = 1;

@@ -24,14 +24,15 @@ func main() {
 	exe := flag.String("ebpfnet", "bin/ebpfnet", "the ebpfnet binary (ebpfnet-cni beside it)")
 	name := flag.String("lab", "conf", "prefix of the labs' names")
 	cni := flag.String("cni", lab.CNIEbpfnet, "what networks the labs' pods: ebpfnet, or cilium (the peer; make deps-cilium builds it)")
+	dualStack := flag.Bool("dual-stack", false, "dual-stack labs (ipFamilies [IPv4, IPv6]): pods and the Service range in both families")
 	flag.Parse()
-	if err := run(*modes, *suites, *only, *out, *exe, *name, *cni); err != nil {
+	if err := run(*modes, *suites, *only, *out, *exe, *name, *cni, *dualStack); err != nil {
 		fmt.Fprintln(os.Stderr, "conformance:", err)
 		os.Exit(1)
 	}
 }
 
-func run(modes, suites, only, out, exe, name, cni string) error {
+func run(modes, suites, only, out, exe, name, cni string, dualStack bool) error {
 	// The labs link the binaries into each node's CNI directory, and e2e.test runs in its
 	// report's directory: the paths must be absolute.
 	exe, err := filepath.Abs(exe)
@@ -44,7 +45,10 @@ func run(modes, suites, only, out, exe, name, cni string) error {
 	if cni != lab.CNIEbpfnet && cni != lab.CNICilium {
 		return fmt.Errorf("-cni %q: ebpfnet or cilium", cni)
 	}
-	cfg := conformance.Config{Modes: strings.Split(modes, ","), CNI: cni, Only: only, Out: out, LabName: name,
+	if dualStack && cni == lab.CNICilium {
+		return fmt.Errorf("-dual-stack: the Cilium lab runs IPv4 only")
+	}
+	cfg := conformance.Config{Modes: strings.Split(modes, ","), CNI: cni, DualStack: dualStack, Only: only, Out: out, LabName: name,
 		Lab: lab.Options{Exe: exe}, Log: os.Stdout}
 	for _, s := range strings.Split(suites, ",") {
 		suite, err := conformance.SuiteByName(s)

@@ -24,6 +24,32 @@ type ControlPlaneConfig struct {
 	AdvertiseIP netip.Addr // the apiserver listens and advertises here, on port 6443
 	ServiceCIDR string     // e.g. 10.96.0.0/16
 	ClusterCIDR string     // pod addresses, e.g. 10.244.0.0/16 (node CIDRs are not allocated)
+	// ServiceCIDRv6 and ClusterCIDRv6 make the cluster dual stack (IPv4 first), e.g.
+	// fd00:10:96::/112 and fd00:10:244::/56; both or neither.
+	ServiceCIDRv6 string
+	ClusterCIDRv6 string
+}
+
+// serviceCIDRs is the --service-cluster-ip-range of the API server and the controller manager:
+// the IPv4 range, then the IPv6 one in a dual-stack cluster.
+func (cfg ControlPlaneConfig) serviceCIDRs() string {
+	return joinCIDRs(cfg.ServiceCIDR, cfg.ServiceCIDRv6)
+}
+
+// clusterCIDRs is the controller manager's --cluster-cidr, IPv4 first.
+func (cfg ControlPlaneConfig) clusterCIDRs() string {
+	return joinCIDRs(cfg.ClusterCIDR, cfg.ClusterCIDRv6)
+}
+
+// joinCIDRs is the CIDRs that are set, comma-separated.
+func joinCIDRs(cidrs ...string) string {
+	var set []string
+	for _, c := range cidrs {
+		if c != "" {
+			set = append(set, c)
+		}
+	}
+	return strings.Join(set, ",")
 }
 
 // ControlPlane is a running kube-apiserver, kube-controller-manager and kube-scheduler.
@@ -53,6 +79,10 @@ func StartControlPlane(ctx context.Context, cfg ControlPlaneConfig) (*ControlPla
 	}
 	if !cfg.AdvertiseIP.IsValid() {
 		return nil, fmt.Errorf("control plane: no advertise address")
+	}
+	if (cfg.ServiceCIDRv6 == "") != (cfg.ClusterCIDRv6 == "") {
+		return nil, fmt.Errorf("control plane: dual stack needs an IPv6 service CIDR and an IPv6 cluster CIDR, got %q and %q",
+			cfg.ServiceCIDRv6, cfg.ClusterCIDRv6)
 	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {

@@ -16,7 +16,7 @@ func (cp *ControlPlane) apiserverArgs(cfg ControlPlaneConfig) []string {
 		"--kubelet-client-key=" + cp.pkiFile("apiserver-kubelet-client.key"),
 		"--kubelet-certificate-authority=" + cp.CAFile,
 		"--kubelet-preferred-address-types=InternalIP",
-		"--service-cluster-ip-range=" + cfg.ServiceCIDR,
+		"--service-cluster-ip-range=" + cfg.serviceCIDRs(),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + cp.pkiFile("sa.pub"),
 		"--service-account-signing-key-file=" + cp.pkiFile("sa.key"),
@@ -29,7 +29,8 @@ func (cp *ControlPlane) apiserverArgs(cfg ControlPlaneConfig) []string {
 	}
 }
 
-// controllerManagerArgs are kube-controller-manager's flags: no node CIDR allocation (ebpfnet does it).
+// controllerManagerArgs are kube-controller-manager's flags: no node CIDR allocation (ebpfnet does
+// it, in each family of --cluster-cidr), so no --node-cidr-mask-size either.
 func (cp *ControlPlane) controllerManagerArgs(cfg ControlPlaneConfig) []string {
 	kc := cp.kubeconfigOf("controller-manager")
 	return []string{
@@ -39,8 +40,8 @@ func (cp *ControlPlane) controllerManagerArgs(cfg ControlPlaneConfig) []string {
 		"--bind-address=" + cfg.AdvertiseIP.String(),
 		"--leader-elect=false",
 		"--allocate-node-cidrs=false",
-		"--cluster-cidr=" + cfg.ClusterCIDR,
-		"--service-cluster-ip-range=" + cfg.ServiceCIDR,
+		"--cluster-cidr=" + cfg.clusterCIDRs(),
+		"--service-cluster-ip-range=" + cfg.serviceCIDRs(),
 		"--service-account-private-key-file=" + cp.pkiFile("sa.key"),
 		"--root-ca-file=" + cp.CAFile,
 		"--use-service-account-credentials=true", // its own role lacks what some controllers need

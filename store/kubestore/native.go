@@ -27,6 +27,9 @@ const (
 	UnderlayIPAnnotation = "ebpfnet.io/underlay-ip"
 	// PodCIDRAnnotation is the pod CIDR ebpfnet claimed for the node when spec.podCIDR was unset.
 	PodCIDRAnnotation = "ebpfnet.io/pod-cidr"
+	// PodCIDRv6Annotation is the node's IPv6 pod CIDR in a dual-stack cluster: what
+	// spec.podCIDRs could not take when it was set with an IPv4 CIDR only.
+	PodCIDRv6Annotation = "ebpfnet.io/pod-cidr-v6"
 )
 
 var listOne = metav1.ListOptions{Limit: 1}
@@ -88,6 +91,7 @@ func (k *KV) nodeClass() *class {
 }
 
 // nodeOf is a Node as ebpfnet sees it: usable once it has an underlay address and a pod CIDR.
+// Its pod CIDRs are spec.podCIDRs (one of each family), else the annotations the agent wrote.
 func nodeOf(n *corev1.Node) (store.Node, bool) {
 	out := store.Node{Name: n.Name}
 	ip := n.Annotations[UnderlayIPAnnotation]
@@ -101,18 +105,44 @@ func nodeOf(n *corev1.Node) (store.Node, bool) {
 			}
 		}
 	}
-	cidr := n.Spec.PodCIDR
-	if cidr == "" {
-		cidr = n.Annotations[PodCIDRAnnotation]
+	v4, v6 := specPodCIDRs(n)
+	if !v4.IsValid() {
+		v4, _ = netip.ParsePrefix(n.Annotations[PodCIDRAnnotation])
 	}
-	var err1, err2 error
-	out.IP, err1 = netip.ParseAddr(ip)
-	out.PodCIDR, err2 = netip.ParsePrefix(cidr)
-	return out, err1 == nil && err2 == nil
+	if !v6.IsValid() {
+		if p, err := netip.ParsePrefix(n.Annotations[PodCIDRv6Annotation]); err == nil && p.Addr().Is6() {
+			v6 = p
+		}
+	}
+	var err error
+	out.IP, err = netip.ParseAddr(ip)
+	out.PodCIDR, out.PodCIDRv6 = v4, v6
+	return out, err == nil && v4.IsValid() && v4.Addr().Is4()
 }
 
-// putNode records on the Node the underlay address and pod CIDR the agent uses, setting
-// spec.podCIDR when it is unset. It waits for kubelet to register the Node.
+// specPodCIDRs is the Node's spec.podCIDRs by family (spec.podCIDR is its first), each
+// invalid when absent.
+func specPodCIDRs(n *corev1.Node) (v4, v6 netip.Prefix) {
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		switch {
+		case err != nil:
+		case p.Addr().Is4() && !v4.IsValid():
+			v4 = p
+		case p.Addr().Is6() && !v6.IsValid():
+			v6 = p
+		}
+	}
+	return v4, v6
+}
+
+// putNode records on the Node the underlay address and pod CIDRs the agent uses, setting
+// spec.podCIDR and spec.podCIDRs (IPv4 first, then IPv6 in a dual-stack cluster) when they
+// are unset: the API server takes them once. It waits for kubelet to register the Node.
 func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 	var want store.Node
 	if err := json.Unmarshal(val, &want); err != nil {
@@ -136,15 +166,28 @@ func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 		case <-time.After(200 * time.Millisecond): // waiting for kubelet to register the Node
 		}
 	}
-	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{
-		UnderlayIPAnnotation: want.IP.String(), PodCIDRAnnotation: want.PodCIDR.String()}}}
-	switch n.Spec.PodCIDR {
-	case "":
-		patch["spec"] = map[string]any{"podCIDR": want.PodCIDR.String(), "podCIDRs": []string{want.PodCIDR.String()}}
-	case want.PodCIDR.String():
-	default:
-		return fmt.Errorf("node %s has spec.podCIDR %s, not %s", name, n.Spec.PodCIDR, want.PodCIDR)
+	annotations := map[string]any{UnderlayIPAnnotation: want.IP.String(), PodCIDRAnnotation: want.PodCIDR.String()}
+	if want.PodCIDRv6.IsValid() {
+		annotations[PodCIDRv6Annotation] = want.PodCIDRv6.String()
+	} else if _, ok := n.Annotations[PodCIDRv6Annotation]; ok {
+		annotations[PodCIDRv6Annotation] = nil // the cluster is IPv4 only now
 	}
+	patch := map[string]any{"metadata": map[string]any{"annotations": annotations}}
+	have4, have6 := specPodCIDRs(n)
+	switch {
+	case !have4.IsValid() && !have6.IsValid():
+		cidrs := []string{want.PodCIDR.String()}
+		if want.PodCIDRv6.IsValid() {
+			cidrs = append(cidrs, want.PodCIDRv6.String())
+		}
+		patch["spec"] = map[string]any{"podCIDR": cidrs[0], "podCIDRs": cidrs}
+	case have4 != want.PodCIDR:
+		return fmt.Errorf("node %s has spec.podCIDRs %v, not %s", name, n.Spec.PodCIDRs, want.PodCIDR)
+	case have6.IsValid() && want.PodCIDRv6.IsValid() && have6 != want.PodCIDRv6:
+		return fmt.Errorf("node %s has spec.podCIDRs %v, not %s", name, n.Spec.PodCIDRs, want.PodCIDRv6)
+	}
+	// A spec.podCIDRs of IPv4 only stays so (the API server refuses to change it): the
+	// annotation carries the IPv6 pod CIDR.
 	b, _ := json.Marshal(patch)
 	_, err := k.core.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, b, metav1.PatchOptions{})
 	return err

@@ -43,6 +43,9 @@ type Stats struct {
 	// of a tunnel (VXLAN or 6in4) in from_underlay; NA those about Neighbor Advertisements
 	// that anti-spoofing looked into.
 	IPv6, IPv6In, NA map[maps.Reason]int
+	// Services counts, by reason, the IPv6 packets the NAT stage translated: to a backend
+	// or back from one.
+	Services map[maps.Reason]int
 }
 
 func (s *Stats) add(o Stats) {
@@ -70,6 +73,9 @@ func (s *Stats) add(o Stats) {
 	}
 	for r, n := range o.NA {
 		s.NA = countReason(s.NA, r, n)
+	}
+	for r, n := range o.Services {
+		s.Services = countReason(s.Services, r, n)
 	}
 }
 
@@ -140,7 +146,7 @@ func (s Stats) Coverage() string {
 	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")),
 		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments),
 		"ipv6: "+reasonList(s.IPv6), "ipv6 out of a tunnel: "+reasonList(s.IPv6In),
-		"neighbor advertisements: "+reasonList(s.NA))
+		"neighbor advertisements: "+reasonList(s.NA), "ipv6 services translated: "+reasonList(s.Services))
 	return strings.Join(lines, "\n")
 }
 
@@ -203,6 +209,9 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	if o.NA {
 		c.NA = countReason(c.NA, o.Reason, 1)
 	}
+	if o.Translated && o.IPv6 {
+		c.Services = countReason(c.Services, o.Reason, 1)
+	}
 	var what []string
 	if want := model.Verdict(o.Reason); res.Verdict != want {
 		what = append(what, fmt.Sprintf("verdict %d, model %d", res.Verdict, want))
@@ -254,8 +263,9 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	return d, c.Reset()
 }
 
-// CheckFlowCount compares how many flows conntrack holds with the model's count: a flow the
-// datapath made under a key the model never looked at shows here.
+// CheckFlowCount compares how many flows conntrack holds, and how many translations the nat
+// map, with the model's counts: an entry the datapath made under a key the model never
+// looked at shows here.
 func (c *Checker) CheckFlowCount() error {
 	n, err := c.h.Flows()
 	if err != nil {
@@ -263,6 +273,12 @@ func (c *Checker) CheckFlowCount() error {
 	}
 	if n != len(c.m.CT) {
 		return fmt.Errorf("world %d: conntrack holds %d flows, model %d", c.w.Seed, n, len(c.m.CT))
+	}
+	if n, err = c.h.Translations(); err != nil {
+		return err
+	}
+	if n != c.m.Translations() {
+		return fmt.Errorf("world %d: the nat map holds %d entries, model %d", c.w.Seed, n, c.m.Translations())
 	}
 	return nil
 }

@@ -70,8 +70,8 @@ func TestDatapathMatchesModel(t *testing.T) {
 	if st.LaterFragments == 0 {
 		t.Error("no later fragment was given its first fragment's ports")
 	}
-	// IPv6 crossed the IPv4 underlay both ways, and neighbour discovery's anti-spoofing let
-	// through and dropped.
+	// IPv6 crossed the IPv4 underlay both ways, neighbour discovery's anti-spoofing let
+	// through and dropped, and IPv6 Services translated.
 	for _, want := range []struct {
 		what   string
 		counts map[maps.Reason]int
@@ -82,6 +82,10 @@ func TestDatapathMatchesModel(t *testing.T) {
 		{"ipv6 out of a tunnel delivered to a pod", st.IPv6In, maps.ReasonForwardLocal},
 		{"neighbor advertisement let through", st.NA, maps.ReasonForwardHost},
 		{"neighbor advertisement dropped as spoofed", st.NA, maps.ReasonSpoofedSource},
+		// IPv6 Service traffic was translated: to a backend or back from one, into a pod
+		// and to another node.
+		{"ipv6 service packet translated into a pod", st.Services, maps.ReasonForwardLocal},
+		{"ipv6 service packet translated to another node", st.Services, maps.ReasonForwardUnder},
 	} {
 		if want.counts[want.reason] == 0 {
 			t.Errorf("no %s", want.what)

@@ -36,6 +36,7 @@ type Gen struct {
 	rng    *rand.Rand
 	w      World
 	recent []sent
+	flows  []serviceFlow // recent flows to a Service, whose backends answer them
 }
 
 type sent struct {
@@ -62,7 +63,9 @@ func (g *Gen) Next() Packet {
 		s = g.icmpError(g.recent[g.rng.IntN(len(g.recent))])
 	case r < 36 && len(g.recent) > 0:
 		s = g.laterFragment()
-	case r < 40:
+	case r < 46 && len(g.w.Frontends) > 0:
+		s = g.service()
+	case r < 50:
 		b := make([]byte, 14+g.rng.IntN(120))
 		for i := range b {
 			b[i] = byte(g.rng.Uint32())

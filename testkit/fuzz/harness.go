@@ -35,7 +35,7 @@ type Harness struct {
 // NewHarness loads the datapath (once per process is enough: loading costs seconds of
 // verifier time) and makes its namespace.
 func NewHarness() (*Harness, error) {
-	dp, err := loader.Load(loader.Config{Unpinned: true, Sizes: maps.Sizes{Conntrack: 1 << 16, NAT: 1 << 10, Affinity: 1 << 10}})
+	dp, err := loader.Load(loader.Config{Unpinned: true, Sizes: maps.Sizes{Conntrack: 1 << 16, NAT: 1 << 14, Affinity: 1 << 10}})
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +191,16 @@ func (h *Harness) Install(w World) error {
 			return err
 		}
 	}
+	for _, b := range w.Backends {
+		if err := h.dp.Services().UpsertBackend(b); err != nil {
+			return err
+		}
+	}
+	for _, f := range w.Frontends {
+		if err := h.dp.Services().Upsert(f, 0); err != nil {
+			return err
+		}
+	}
 	h.world = &w
 	return h.ClearConntrack()
 }
@@ -216,13 +226,29 @@ func (h *Harness) uninstall(w World) error {
 			return err
 		}
 	}
+	for _, f := range w.Frontends {
+		if err := h.dp.Services().Delete(f.Addr, f.Protocol, len(f.Backends)); err != nil {
+			return err
+		}
+	}
+	for _, b := range w.Backends {
+		if err := h.dp.Services().DeleteBackend(b.ID); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// ClearConntrack deletes every flow and every fragmented datagram's first ports.
+// ClearConntrack deletes every flow, every fragmented datagram's first ports, every
+// translation and every client's affinity.
 func (h *Harness) ClearConntrack() error {
-	if err := clearMap(h.dp.DatapathMaps.Fragments, "fragments"); err != nil {
-		return err
+	for _, m := range []struct {
+		m    *ebpf.Map
+		what string
+	}{{h.dp.DatapathMaps.Fragments, "fragments"}, {h.dp.DatapathMaps.Nat, "nat"}, {h.dp.DatapathMaps.Affinity, "affinity"}} {
+		if err := clearMap(m.m, m.what); err != nil {
+			return err
+		}
 	}
 	return clearMap(h.dp.DatapathMaps.Conntrack, "conntrack")
 }
@@ -344,13 +370,16 @@ func (h *Harness) Flow(k model.CTKey) (*model.CTEntry, error) {
 }
 
 // Flows is the number of entries in conntrack.
-func (h *Harness) Flows() (int, error) {
-	var (
-		k bpf.DatapathCtKey
-		v bpf.DatapathCtEntry
-		n int
-	)
-	it := h.dp.DatapathMaps.Conntrack.Iterate()
+func (h *Harness) Flows() (int, error) { return count(h.dp.DatapathMaps.Conntrack) }
+
+// Translations is the number of entries in the nat map.
+func (h *Harness) Translations() (int, error) { return count(h.dp.DatapathMaps.Nat) }
+
+// count is the number of entries of a hash map.
+func count(m *ebpf.Map) (int, error) {
+	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	n := 0
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		n++
 	}

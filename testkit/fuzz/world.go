@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/ebpfnet/ebpfnet/maps"
 	"github.com/ebpfnet/ebpfnet/testkit/model"
@@ -195,7 +196,64 @@ func NewWorld(seed uint64) World {
 			w.Routes = append(w.Routes, maps.Route{Prefix: r.cidr, NodeIP: r.node, Mode: modes[rng6.IntN(len(modes))]})
 		}
 	}
+	w.Backends, w.Frontends = services(rand.New(rand.NewPCG(seed, 0x5e7)))
 	return World{Seed: seed, World: w}
+}
+
+// clusterIPs6 are the IPv6 ClusterIPs the worlds' Services take, and servicePorts their ports.
+var (
+	clusterIPs6  = []netip.Addr{netip.MustParseAddr("fd00:96::a"), netip.MustParseAddr("fd00:96::b")}
+	servicePorts = []uint16{53, 80, 8080}
+)
+
+// danglingBackend is a backend id no world's backends map holds.
+const danglingBackend = 99
+
+// services is a world's IPv6 Services: backends among the local pods (endpoints or not),
+// remote pods, outside the cluster, and one IPv4 address (of the wrong family), some
+// terminating; frontends on the ClusterIPs with no slot, or slots that all name one backend
+// (the datapath's pick among slots is random), some with ClientIP affinity.
+func services(rng *rand.Rand) ([]maps.Backend, []maps.Frontend) {
+	candidates := []netip.Addr{pods[0].ip4, netip.MustParseAddr("fd00:244:0:1::5"), netip.MustParseAddr("2001:db8::1")}
+	for _, p := range pods {
+		candidates = append(candidates, p.ip6)
+	}
+	for _, r := range remotes6 {
+		candidates = append(candidates, r.pod)
+	}
+	var (
+		backends  []maps.Backend
+		frontends []maps.Frontend
+	)
+	for i, a := range candidates {
+		if rng.IntN(3) == 0 {
+			continue
+		}
+		backends = append(backends, maps.Backend{ID: uint32(i + 1), Addr: netip.AddrPortFrom(a, ports[rng.IntN(len(ports))]),
+			Local: podCIDR6.Contains(a), Terminating: rng.IntN(6) == 0})
+	}
+	for _, ip := range clusterIPs6 {
+		for _, port := range servicePorts {
+			for _, proto := range []uint8{packet.ProtoTCP, packet.ProtoUDP} {
+				if rng.IntN(3) == 0 {
+					continue
+				}
+				f := maps.Frontend{Addr: netip.AddrPortFrom(ip, port), Protocol: proto, ServiceID: uint32(len(frontends) + 1)}
+				id := uint32(danglingBackend)
+				if len(backends) > 0 && rng.IntN(8) > 0 {
+					id = backends[rng.IntN(len(backends))].ID
+				}
+				for range rng.IntN(4) {
+					f.Backends = append(f.Backends, id)
+				}
+				if rng.IntN(3) == 0 {
+					f.Affinity = 3 * time.Hour
+				}
+				frontends = append(frontends, f)
+			}
+		}
+	}
+	return backends, frontends
 }
 
 // ipcache is a random part of what the agent writes for nodes, remote pods and policy CIDRs.

@@ -320,21 +320,34 @@ func (r *run) viaUnderlay(dst netip.Addr, v6 bool) maps.Reason {
 // traffic for anyone else is dropped.
 func (r *run) receiveRemote(p *packet, hint uint32, tunneled bool) maps.Reason {
 	m := r.m
+	var x xlate
+	if reason := r.natBegin(p, &x); reason != next {
+		return reason
+	}
 	if dst := m.endpoint(p.family, p.daddr); dst != nil && dst.Local {
-		if reason := r.admit(p, nil, dst, hint); reason != next {
-			return reason
+		if x.state != xlReply {
+			if reason := r.admit(p, nil, dst, hint); reason != next {
+				return reason
+			}
+			m.natCommit(p, &x)
 		}
 		return r.toEndpoint(dst)
 	}
 	if p.family == afInet && p.daddr == m.w.Node.NodeIP {
-		if !tunneled || m.w.Node.HostIfindex == 0 {
+		if !(tunneled || x.state == xlReply) || m.w.Node.HostIfindex == 0 {
 			return maps.ReasonForwardHost
 		}
 		r.setMACs(m.w.Node.HostMAC, m.w.Node.HostMAC)
 		return maps.ReasonForwardNode
 	}
-	if tunneled {
-		return maps.ReasonUnknownDest
+	if x.state == xlNone {
+		if tunneled {
+			return maps.ReasonUnknownDest
+		}
+		return maps.ReasonForwardHost
 	}
-	return maps.ReasonForwardHost
+	// Translated towards elsewhere: a Service's backend on another node, or a reply to a
+	// client outside the node.
+	m.natCommit(p, &x)
+	return r.forwardRemote(p, maps.IdentityRemoteNode)
 }

@@ -6,8 +6,9 @@
 // IPv6 is modelled as for IPv4 (the underlay stays IPv4: IPv6 crosses it in VXLAN, in 6in4,
 // or natively to the owning node's IPv4 address), with neighbour discovery's anti-spoofing.
 //
-// Not modelled: Services and NAT (the world has no frontend and masquerading is off, so the
-// NAT stage never translates), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
+// Services are modelled for IPv6 ClusterIP frontends whose slots name one backend (nat.go);
+// not modelled: IPv4 Services, NodePorts and masquerading (the worlds have none and
+// masquerading is off), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
 // metadata), conntrack expiry (the fuzzer clears conntrack long before an entry could expire),
 // monitor events and from_host.
 package model
@@ -125,6 +126,10 @@ type World struct {
 	UnderlayMTU int
 	// Ifindex is the device packets arrive on (skb->ifindex).
 	Ifindex uint32
+	// Frontends and Backends are the services and backends maps: IPv6 ClusterIPs, every
+	// slot of a frontend naming the same backend.
+	Frontends []maps.Frontend
+	Backends  []maps.Backend
 }
 
 // CTKey is a conntrack key: a flow in the direction of its first packet (struct ct_key).
@@ -166,6 +171,8 @@ type Outcome struct {
 	Unknown [][2]int
 	// LaterFragment says the packet was a later fragment given its first's ports.
 	LaterFragment bool
+	// Translated says the NAT stage rewrote the packet (a Service flow, either way).
+	Translated bool
 	// IPv6 says the packet the verdict is about (the inner one of a tunnel) is IPv6; NA that
 	// it was a Neighbor Advertisement anti-spoofing looked into.
 	IPv6 bool
@@ -179,6 +186,9 @@ type Model struct {
 	endpoints map[epKey]*maps.Endpoint
 	CT        map[CTKey]*CTEntry
 	frags     map[fragKey]fragL4
+	backends  map[uint32]*maps.Backend
+	nat       map[CTKey]*natEntry
+	affinity  map[affinityKey]uint32
 }
 
 type epKey struct {
@@ -189,10 +199,14 @@ type epKey struct {
 // New returns a model of w with empty conntrack.
 func New(w World) *Model {
 	m := &Model{w: w, endpoints: map[epKey]*maps.Endpoint{}, CT: map[CTKey]*CTEntry{},
-		frags: map[fragKey]fragL4{}}
+		frags: map[fragKey]fragL4{}, backends: map[uint32]*maps.Backend{}, nat: map[CTKey]*natEntry{},
+		affinity: map[affinityKey]uint32{}}
 	for i := range w.Endpoints {
 		ep := &m.w.Endpoints[i]
 		m.endpoints[keyOf(ep.IP)] = ep
+	}
+	for i := range w.Backends {
+		m.backends[w.Backends[i].ID] = &m.w.Backends[i]
 	}
 	return m
 }
@@ -200,11 +214,17 @@ func New(w World) *Model {
 // World returns the world the model was made with.
 func (m *Model) World() World { return m.w }
 
-// ResetConntrack forgets every flow and every fragmented datagram.
+// ResetConntrack forgets every flow, every fragmented datagram, every translation and every
+// client's affinity.
 func (m *Model) ResetConntrack() {
 	clear(m.CT)
 	clear(m.frags)
+	clear(m.nat)
+	clear(m.affinity)
 }
+
+// Translations is how many nat entries the flows so far have written.
+func (m *Model) Translations() int { return len(m.nat) }
 
 // keyOf is the endpoint key of ip as maps.EndpointKey builds it.
 func keyOf(ip netip.Addr) epKey {
@@ -235,7 +255,7 @@ func (m *Model) Run(h Hook, frame []byte) Outcome {
 		panic(fmt.Sprintf("model: unknown hook %d", h))
 	}
 	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
-		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment,
+		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment, Translated: r.translated,
 		IPv6: r.family == afInet6, NA: r.na}
 }
 
@@ -254,6 +274,7 @@ type run struct {
 	laterFragment bool
 	family        uint8 // of the last packet parsed
 	na            bool  // checkNA looked at it
+	translated    bool  // the NAT stage rewrote it
 }
 
 // next is the model's CONTINUE: a helper that has no verdict yet.
@@ -269,9 +290,16 @@ func (r *run) fromPod() maps.Reason {
 	if reason != next {
 		return reason
 	}
-	dst := r.m.endpoint(p.family, p.daddr)
-	if reason := r.admit(&p, src, dst, 0); reason != next {
+	var x xlate
+	if reason := r.natBegin(&p, &x); reason != next {
 		return reason
+	}
+	dst := r.m.endpoint(p.family, p.daddr)
+	if x.state != xlReply {
+		if reason := r.admit(&p, src, dst, 0); reason != next {
+			return reason
+		}
+		r.m.natCommit(&p, &x)
 	}
 	if dst != nil && dst.Local {
 		if reason := r.decrementTTL(&p); reason != next {
@@ -295,6 +323,18 @@ func (r *run) toPod() maps.Reason {
 	dst := r.m.endpoint(p.family, p.daddr)
 	if dst == nil || !dst.Local {
 		return maps.ReasonDeliver
+	}
+	// A reply from a Service backend on the node's own network: back to the frontend.
+	if natApplies(&p, r.laterFragment) {
+		if e := r.m.nat[ctKeyOf(&p, false)]; e != nil && e.flags&natReply != 0 {
+			e.flags |= natReplySeen
+			if p.l4Proto == wire.ProtoTCP && p.tcpFlags&(tcpFIN|tcpRST) != 0 {
+				e.flags |= natClosing
+			}
+			r.translated = true
+			r.rewrite(&p, e.to)
+			return maps.ReasonDeliver
+		}
 	}
 	if reason := r.admit(&p, nil, dst, 0); reason != next {
 		return reason
