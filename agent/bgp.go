@@ -15,15 +15,16 @@ import (
 )
 
 // bgpReconciler owns the embedded BGP speaker (routing: bgp): it keeps the neighbours (the
-// explicit peers and, with meshNodes, every other node), advertises the node's pod CIDR with
+// explicit peers and, with meshNodes, every other node), advertises the node's pod CIDRs with
 // the node's address as next hop, and is the route source that judges what neighbours
 // announce.
 type bgpReconciler struct {
-	cfg     *bgpSettings
-	log     *slog.Logger
-	cluster netip.Prefix
-	node    store.Node
-	speaker *bgp.Speaker
+	cfg *bgpSettings
+	log *slog.Logger
+	// clusters are the cluster CIDRs: IPv4's, and IPv6's in a dual-stack cluster.
+	clusters []netip.Prefix
+	node     store.Node
+	speaker  *bgp.Speaker
 	// restartedAt is set when the agent came back over a running datapath: until every
 	// neighbour sent its End-of-RIB (or the restart time passed), no learned route is removed.
 	restartedAt time.Time
@@ -45,7 +46,11 @@ type refusedKey struct {
 
 // newBGPReconciler starts the speaker; kick is called whenever routes or sessions change.
 func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restarting bool, m *agentMetrics, kick func(), log *slog.Logger) (*bgpReconciler, error) {
-	b := &bgpReconciler{log: log, cfg: cfg.bgp, cluster: cfg.cluster, node: node, seenRefused: map[refusedKey]bool{},
+	clusters := []netip.Prefix{cfg.cluster}
+	if cfg.clusterV6.IsValid() {
+		clusters = append(clusters, cfg.clusterV6)
+	}
+	b := &bgpReconciler{log: log, cfg: cfg.bgp, clusters: clusters, node: node, seenRefused: map[refusedKey]bool{},
 		refused: m.bgpRefused, installed: m.bgpInstalled}
 	routerID := cfg.bgp.routerID
 	if !routerID.IsValid() {
@@ -59,7 +64,7 @@ func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restar
 	}
 	var err error
 	b.speaker, err = bgp.Start(ctx, bgp.Config{ASN: cfg.bgp.ASN, RouterID: routerID, ListenPort: cfg.bgp.ListenPort,
-		HoldTime: cfg.bgp.holdTime, RestartTime: cfg.bgp.restartTime, Restarting: restarting}, kick)
+		HoldTime: cfg.bgp.holdTime, RestartTime: cfg.bgp.restartTime, Restarting: restarting, IPv6: cfg.clusterV6.IsValid()}, kick)
 	if err != nil {
 		return nil, err
 	}
@@ -94,14 +99,20 @@ func (b *bgpReconciler) remoteRoutes(ctx context.Context, nodes []store.Node) ([
 	if err := b.speaker.SetNeighbors(ctx, b.neighbors(nodes)); err != nil {
 		return nil, false, err
 	}
-	if err := b.speaker.Advertise([]netip.Prefix{b.node.PodCIDR}, b.node.IP); err != nil {
+	// A dual-stack node's IPv6 pod CIDR goes with its IPv4 address as the next hop too: the
+	// datapath sends IPv6 pod traffic to that address's MAC.
+	own := []netip.Prefix{b.node.PodCIDR}
+	if b.node.PodCIDRv6.IsValid() {
+		own = append(own, b.node.PodCIDRv6)
+	}
+	if err := b.speaker.Advertise(own, b.node.IP); err != nil {
 		return nil, false, err
 	}
 	paths, err := b.speaker.Paths()
 	if err != nil {
 		return nil, false, err
 	}
-	judged := judgePaths(paths, nodes, b.node, b.cluster, b.cfg.ASN)
+	judged := judgePaths(paths, nodes, b.node, b.clusters, b.cfg.ASN)
 	var out []remoteRoute
 	owners := map[string]store.Node{}
 	for _, n := range nodes {

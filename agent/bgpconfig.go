@@ -90,9 +90,6 @@ func (s *settled) validateRouting() error {
 	if s.BGP == nil {
 		return errors.New("bgp: routing is bgp but the bgp section is missing")
 	}
-	if s.clusterV6.IsValid() {
-		return errors.New("clusterCIDRv6: routing bgp advertises IPv4 pod CIDRs only, not yet IPv6 (use routing: store)")
-	}
 	b := &bgpSettings{BGPConfig: *s.BGP, holdTime: DefaultBGPHoldTime, restartTime: DefaultBGPRestartTime}
 	if b.ASN == 0 {
 		return errors.New("bgp.asn: must be set (1-4294967295)")

@@ -16,7 +16,7 @@ const (
 
 // Reasons a learned path is refused (the reason label of ebpfnet_bgp_routes_refused_total).
 const (
-	refuseOutsideCluster = "outside-cluster-cidr" // not inside the cluster CIDR
+	refuseOutsideCluster = "outside-cluster-cidr" // not inside the cluster CIDR of its family
 	refuseOwnCIDR        = "own-pod-cidr"         // overlaps this node's own pod CIDR
 	refuseNotNodeCIDR    = "not-a-node-pod-cidr"  // inside the cluster, but no node's pod CIDR exactly
 	refuseForeignOrigin  = "foreign-origin"       // originated outside the cluster's AS
@@ -39,12 +39,15 @@ type judgedPath struct {
 // other node's pod CIDR is accepted, and only if what it says of its origin fits that node:
 // pod CIDRs are originated by the cluster's nodes (in the cluster's AS) and by nobody else.
 // paths come best first per prefix; the first accepted one of each prefix is installed.
-func judgePaths(paths []bgp.Path, nodes []store.Node, self store.Node, cluster netip.Prefix, asn uint32) []judgedPath {
+// clusters are the cluster CIDRs, one per family the cluster has.
+func judgePaths(paths []bgp.Path, nodes []store.Node, self store.Node, clusters []netip.Prefix, asn uint32) []judgedPath {
 	owner := map[netip.Prefix]store.Node{}
 	byIP := map[netip.Addr]store.Node{}
 	for _, n := range nodes {
-		if n.Name != self.Name && n.PodCIDR.IsValid() {
-			owner[n.PodCIDR] = n
+		for _, p := range []netip.Prefix{n.PodCIDR, n.PodCIDRv6} {
+			if n.Name != self.Name && p.IsValid() {
+				owner[p] = n
+			}
 		}
 		byIP[n.IP] = n
 	}
@@ -52,7 +55,7 @@ func judgePaths(paths []bgp.Path, nodes []store.Node, self store.Node, cluster n
 	out := make([]judgedPath, 0, len(paths))
 	for _, p := range paths {
 		j := judgedPath{Path: p, Verdict: pathRefused}
-		n, reason := judgePath(p, owner, byIP, self, cluster, asn)
+		n, reason := judgePath(p, owner, byIP, self, clusters, asn)
 		switch {
 		case reason != "":
 			j.Reason = reason
@@ -69,11 +72,15 @@ func judgePaths(paths []bgp.Path, nodes []store.Node, self store.Node, cluster n
 
 // judgePath returns the prefix's owner, or why the path is refused.
 func judgePath(p bgp.Path, owner map[netip.Prefix]store.Node, byIP map[netip.Addr]store.Node, self store.Node,
-	cluster netip.Prefix, asn uint32) (store.Node, string) {
+	clusters []netip.Prefix, asn uint32) (store.Node, string) {
+	inCluster := false
+	for _, c := range clusters {
+		inCluster = inCluster || p.Prefix.Bits() >= c.Bits() && c.Contains(p.Prefix.Addr())
+	}
 	switch {
-	case !p.Prefix.Addr().Is4() || p.Prefix.Bits() < cluster.Bits() || !cluster.Contains(p.Prefix.Addr()):
+	case !inCluster:
 		return store.Node{}, refuseOutsideCluster
-	case p.Prefix.Overlaps(self.PodCIDR):
+	case p.Prefix.Overlaps(self.PodCIDR) || self.PodCIDRv6.IsValid() && p.Prefix.Overlaps(self.PodCIDRv6):
 		return store.Node{}, refuseOwnCIDR
 	case !p.NextHop.IsValid() || p.NextHop.IsUnspecified():
 		return store.Node{}, refuseNoNextHop

@@ -40,11 +40,42 @@ func TestJudgePaths(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
-			got := judgePaths([]bgp.Path{c.path}, nodes, self, cluster, asn)
+			got := judgePaths([]bgp.Path{c.path}, nodes, self, []netip.Prefix{cluster}, asn)
 			if len(got) != 1 || got[0].Verdict != c.verdict || got[0].Reason != c.why || got[0].Node != c.node {
 				t.Fatalf("got %+v, want verdict %s reason %q node %q", got, c.verdict, c.why, c.node)
 			}
 		})
+	}
+	// Dual stack: IPv6 pod CIDRs are judged against the IPv6 cluster CIDR, with the owner's
+	// IPv4 next hop.
+	nodes6 := append([]store.Node(nil), nodes...)
+	for i := range nodes6 {
+		nodes6[i].PodCIDRv6 = pfx("fd00:10:244:" + string(rune('0'+i)) + "::/64")
+	}
+	clusters := []netip.Prefix{cluster, pfx("fd00:10:244::/56")}
+	for _, c := range []struct {
+		name         string
+		path         bgp.Path
+		verdict, why string
+		node         string
+	}{
+		{"IPv6 from a mesh peer", bgp.Path{Prefix: pfx("fd00:10:244:1::/64"), NextHop: ip("10.250.1.2"), Peer: ip("10.250.1.2")}, pathInstalled, "", "n2"},
+		{"IPv6 through an eBGP router", bgp.Path{Prefix: pfx("fd00:10:244:2::/64"), NextHop: router, Peer: router, ASPath: []uint32{64500, 64512}}, pathInstalled, "", "n3"},
+		{"IPv6 of this node", bgp.Path{Prefix: pfx("fd00:10:244::/64"), NextHop: router, Peer: router, ASPath: []uint32{64500, 64512}}, pathRefused, refuseOwnCIDR, ""},
+		{"IPv6 outside the cluster", bgp.Path{Prefix: pfx("fd00:99::/64"), NextHop: router, Peer: router, ASPath: []uint32{64500, 64512}}, pathRefused, refuseOutsideCluster, ""},
+		{"IPv6 announced by the wrong node", bgp.Path{Prefix: pfx("fd00:10:244:2::/64"), NextHop: ip("10.250.1.2"), Peer: ip("10.250.1.2")}, pathRefused, refuseWrongNode, ""},
+	} {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			got := judgePaths([]bgp.Path{c.path}, nodes6, nodes6[0], clusters, asn)
+			if len(got) != 1 || got[0].Verdict != c.verdict || got[0].Reason != c.why || got[0].Node != c.node {
+				t.Fatalf("got %+v, want verdict %s reason %q node %q", got, c.verdict, c.why, c.node)
+			}
+		})
+	}
+	// An IPv4-only cluster refuses IPv6 pod CIDRs.
+	if got := judgePaths([]bgp.Path{{Prefix: pfx("fd00:10:244:1::/64"), NextHop: ip("10.250.1.2"), Peer: ip("10.250.1.2")}},
+		nodes6, nodes6[0], []netip.Prefix{cluster}, asn); got[0].Reason != refuseOutsideCluster {
+		t.Fatalf("an IPv4 cluster judged an IPv6 path %+v", got[0])
 	}
 	// The first acceptable path of a prefix is installed, the next stands by; a refused best
 	// path does not hide an acceptable one behind it.
@@ -53,7 +84,7 @@ func TestJudgePaths(t *testing.T) {
 		{Prefix: pfx("10.244.2.0/24"), NextHop: ip("10.250.2.1"), Peer: ip("10.250.2.1")},
 		{Prefix: pfx("10.244.2.0/24"), NextHop: router, Peer: ip("10.250.1.253"), ASPath: []uint32{64500, 64512}},
 	}
-	got := judgePaths(paths, nodes, self, cluster, asn)
+	got := judgePaths(paths, nodes, self, []netip.Prefix{cluster}, asn)
 	if got[0].Verdict != pathRefused || got[1].Verdict != pathInstalled || got[2].Verdict != pathStandby {
 		t.Fatalf("verdicts %s, %s, %s; want refused, installed, standby", got[0].Verdict, got[1].Verdict, got[2].Verdict)
 	}

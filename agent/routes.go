@@ -175,9 +175,10 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 // ntfExtManaged is NTF_EXT_MANAGED: the kernel keeps such a neighbour entry resolved.
 const ntfExtManaged = 1
 
-// reconcileNeighbours keeps a managed neighbour entry on the underlay for the next hop of every
-// remote IPv6 pod CIDR in native mode: the datapath sends IPv6 pod traffic to that IPv4 next
-// hop's MAC, and drops it while the kernel has not resolved one. Entries of next hops no
+// reconcileNeighbours keeps a managed neighbour entry on the underlay for the way to the owner
+// of every remote IPv6 pod CIDR in native mode (the owner's IPv4 address, or the gateway to
+// it): the datapath sends IPv6 pod traffic to that address's MAC, and drops it while the
+// kernel has not resolved one. Entries of next hops no
 // longer used go.
 func (rr *routeReconciler) reconcileNeighbours(underlay netlink.Link, remote []remoteRoute) error {
 	want := map[netip.Addr]bool{}
@@ -185,7 +186,8 @@ func (rr *routeReconciler) reconcileNeighbours(underlay netlink.Link, remote []r
 		if !r.Prefix.Addr().Is6() {
 			continue
 		}
-		if gw, err := gateway(r.Via); err == nil {
+		// The datapath looks up the owner's IPv4 address, not the route's next hop.
+		if gw, err := gateway(r.Node.IP); err == nil {
 			want[gw] = true
 		}
 	}

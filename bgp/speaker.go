@@ -32,7 +32,10 @@ type Config struct {
 	// Restarting says this speaker comes back from a restart: it sets the restart flag of the
 	// graceful-restart capability, so neighbours keep its routes until its End-of-RIB.
 	Restarting bool
-	Logger     *slog.Logger
+	// IPv6 adds IPv6 unicast to every session, beside IPv4 unicast: a dual-stack node's IPv6
+	// pod CIDR is announced with its IPv4 next hop (sent IPv4-mapped, as 6PE does).
+	IPv6   bool
+	Logger *slog.Logger
 }
 
 // Neighbor is one BGP neighbour.
@@ -132,7 +135,8 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 	return errors.Join(errs...)
 }
 
-// peer is the GoBGP configuration of one neighbour: graceful restart both ways, IPv4 unicast,
+// peer is the GoBGP configuration of one neighbour: graceful restart both ways, IPv4 unicast
+// (and IPv6 unicast when the speaker has IPv6),
 // and, towards another AS, acceptance of paths that carry this node's own AS once: nodes of
 // one AS learn each other's routes through a router of another AS.
 func (s *Speaker) peer(n Neighbor) *api.Peer {
@@ -156,11 +160,24 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 			ConnectRetry: uint64(connectRetry / time.Second)}},
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.cfg.RestartTime / time.Second),
 			LocalRestarting: s.cfg.Restarting},
-		AfiSafis: []*api.AfiSafi{{
-			Config:            &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, Enabled: true},
-			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
-		}},
+		AfiSafis: s.afiSafis(),
 	}
+}
+
+// afiSafis are the families every session carries, each with graceful restart.
+func (s *Speaker) afiSafis() []*api.AfiSafi {
+	afis := []api.Family_Afi{api.Family_AFI_IP}
+	if s.cfg.IPv6 {
+		afis = append(afis, api.Family_AFI_IP6)
+	}
+	var out []*api.AfiSafi
+	for _, afi := range afis {
+		out = append(out, &api.AfiSafi{
+			Config:            &api.AfiSafiConfig{Family: &api.Family{Afi: afi, Safi: api.Family_SAFI_UNICAST}, Enabled: true},
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
+		})
+	}
+	return out
 }
 
 // Advertise makes the speaker originate exactly prefixes, with nextHop.
@@ -202,18 +219,27 @@ func (s *Speaker) Advertise(prefixes []netip.Prefix, nextHop netip.Addr) error {
 	return errors.Join(errs...)
 }
 
+// localPath is the path this speaker originates for p: IPv4 with a NEXT_HOP, IPv6 with the
+// next hop in MP_REACH_NLRI (an IPv4 one goes IPv4-mapped).
 func localPath(p netip.Prefix, nextHop netip.Addr) (*apiutil.Path, error) {
 	nlri, err := bgp.NewIPAddrPrefix(p)
 	if err != nil {
 		return nil, err
 	}
-	nh, err := bgp.NewPathAttributeNextHop(nextHop)
+	family := bgp.RF_IPv4_UC
+	var nh bgp.PathAttributeInterface
+	if p.Addr().Is6() {
+		family = bgp.RF_IPv6_UC
+		nh, err = bgp.NewPathAttributeMpReachNLRI(family, []bgp.PathNLRI{{NLRI: nlri}}, nextHop)
+	} else {
+		nh, err = bgp.NewPathAttributeNextHop(nextHop)
+	}
 	if err != nil {
 		return nil, err
 	}
 	attrs := []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP), nh,
 		bgp.NewPathAttributeAsPath(nil)}
-	return &apiutil.Path{Family: bgp.RF_IPv4_UC, Nlri: nlri, Attrs: attrs}, nil
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs}, nil
 }
 
 // Path is one route a neighbour announced.
@@ -234,22 +260,29 @@ type Path struct {
 	Since time.Time `json:"since"`
 }
 
-// Paths lists every IPv4 unicast path neighbours announced, by prefix, best first.
+// Paths lists every unicast path (IPv4, and IPv6 with IPv6 on) neighbours announced, by
+// prefix, best first.
 func (s *Speaker) Paths() ([]Path, error) {
 	var out []Path
-	err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: bgp.RF_IPv4_UC},
-		func(prefix bgp.NLRI, paths []*apiutil.Path) {
-			for _, p := range paths {
-				if !p.PeerAddress.IsValid() || p.PeerAddress.IsUnspecified() {
-					continue // originated here
+	families := []bgp.Family{bgp.RF_IPv4_UC}
+	if s.cfg.IPv6 {
+		families = append(families, bgp.RF_IPv6_UC)
+	}
+	for _, family := range families {
+		err := s.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: family},
+			func(prefix bgp.NLRI, paths []*apiutil.Path) {
+				for _, p := range paths {
+					if !p.PeerAddress.IsValid() || p.PeerAddress.IsUnspecified() {
+						continue // originated here
+					}
+					if path, ok := fromGoBGP(prefix, p); ok {
+						out = append(out, path)
+					}
 				}
-				if path, ok := fromGoBGP(prefix, p); ok {
-					out = append(out, path)
-				}
-			}
-		})
-	if err != nil {
-		return nil, fmt.Errorf("list bgp paths: %w", err)
+			})
+		if err != nil {
+			return nil, fmt.Errorf("list bgp paths: %w", err)
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Path) int {
 		if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
@@ -271,7 +304,7 @@ func (s *Speaker) Paths() ([]Path, error) {
 
 func fromGoBGP(prefix bgp.NLRI, p *apiutil.Path) (Path, bool) {
 	pfx, err := netip.ParsePrefix(prefix.String())
-	if err != nil || !pfx.Addr().Is4() {
+	if err != nil || pfx.Addr().Is4In6() {
 		return Path{}, false
 	}
 	out := Path{Prefix: pfx, Peer: p.PeerAddress, PeerASN: p.PeerASN, Best: p.Best, Stale: p.Stale,
@@ -281,7 +314,7 @@ func fromGoBGP(prefix bgp.NLRI, p *apiutil.Path) (Path, bool) {
 		case *bgp.PathAttributeNextHop:
 			out.NextHop = a.Value
 		case *bgp.PathAttributeMpReachNLRI:
-			out.NextHop = a.Nexthop
+			out.NextHop = a.Nexthop.Unmap() // an IPv4 next hop of an IPv6 path comes IPv4-mapped
 		case *bgp.PathAttributeAsPath:
 			for _, seg := range a.Value {
 				out.ASPath = append(out.ASPath, seg.GetAS()...)

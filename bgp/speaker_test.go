@@ -13,23 +13,28 @@ import (
 // pair starts two speakers of one AS on loopback addresses: a (127.0.0.1) dials b
 // (127.0.0.2); with password set, the session needs TCP MD5.
 func pair(t *testing.T, password string) (a, b *Speaker) {
+	return pairOf(t, password, false, 11179, 12179)
+}
+
+// pairOf is pair with IPv6 unicast on or off, on the given ports.
+func pairOf(t *testing.T, password string, ipv6 bool, portA, portB int) (a, b *Speaker) {
 	t.Helper()
 	nstest.RequireRoot(t)
 	ctx := context.Background()
 	start := func(id string, port int) *Speaker {
 		s, err := Start(ctx, Config{ASN: 64512, RouterID: netip.MustParseAddr(id), ListenPort: port,
-			HoldTime: 9 * time.Second, RestartTime: 30 * time.Second}, func() {})
+			HoldTime: 9 * time.Second, RestartTime: 30 * time.Second, IPv6: ipv6}, func() {})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(s.Stop)
 		return s
 	}
-	a, b = start("127.0.0.1", 11179), start("127.0.0.2", 12179)
-	if err := a.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("127.0.0.2"), ASN: 64512, Port: 12179, Password: password}}); err != nil {
+	a, b = start("127.0.0.1", portA), start("127.0.0.2", portB)
+	if err := a.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("127.0.0.2"), ASN: 64512, Port: portB, Password: password}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Port: 11179, Password: password, Node: "a"}}); err != nil {
+	if err := b.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Port: portA, Password: password, Node: "a"}}); err != nil {
 		t.Fatal(err)
 	}
 	return a, b
@@ -86,6 +91,36 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A dual-stack speaker announces its IPv6 pod CIDR beside the IPv4 one, both with its IPv4
+// address as next hop; the neighbour reads the IPv6 path's next hop back as that IPv4 address.
+func TestSpeakerAdvertisesIPv6WithAnIPv4NextHop(t *testing.T) {
+	a, b := pairOf(t, "", true, 13179, 14179)
+	v4, v6, nh := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParseAddr("10.250.0.1")
+	if err := a.Advertise([]netip.Prefix{v4, v6}, nh); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 30*time.Second, "b to learn both of a's prefixes", func() (bool, string) {
+		paths, err := b.Paths()
+		if err != nil {
+			return false, err.Error()
+		}
+		found := 0
+		for _, p := range paths {
+			if (p.Prefix == v4 || p.Prefix == v6) && p.NextHop == nh && p.Best {
+				found++
+			}
+		}
+		return found == 2, "paths " + formatPaths(paths)
+	})
+	if err := a.Advertise([]netip.Prefix{v4}, nh); err != nil {
+		t.Fatal(err)
+	}
+	nstest.Eventually(t, 30*time.Second, "the IPv6 withdrawal to reach b", func() (bool, string) {
+		paths, err := b.Paths()
+		return err == nil && len(paths) == 1 && paths[0].Prefix == v4, fmt.Sprintf("%s (%v)", formatPaths(paths), err)
+	})
 }
 
 func formatPaths(ps []Path) string {

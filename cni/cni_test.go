@@ -22,14 +22,7 @@ func TestResultInEachVersion(t *testing.T) {
 		MAC: "02:00:00:00:00:02", HostIf: "eb0123456789ab", HostMAC: "02:00:00:00:00:01", MTU: 1450}
 	for _, v := range Versions {
 		t.Run(v, func(t *testing.T) {
-			conv, err := result(args, res, v).GetAsVersion(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, err := json.Marshal(conv)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := resultIn(t, args, res, v)
 			var raw struct {
 				CNIVersion string `json:"cniVersion"`
 				Interfaces []map[string]any
@@ -62,6 +55,20 @@ func TestResultInEachVersion(t *testing.T) {
 	}
 }
 
+// resultIn is ADD's result for res as version v gives it, in JSON.
+func resultIn(t *testing.T, args *skel.CmdArgs, res agentapi.AttachResult, v string) []byte {
+	t.Helper()
+	conv, err := result(args, res, v).GetAsVersion(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 // A dual-stack pod's result has its two addresses, each with its family's gateway and default
 // route, in every version (0.3.x and 0.4.0 say each address's version).
 func TestDualStackResult(t *testing.T) {
@@ -71,14 +78,7 @@ func TestDualStackResult(t *testing.T) {
 		MAC: "02:00:00:00:00:02", HostIf: "eb0123456789ab", HostMAC: "02:00:00:00:00:01", MTU: 1450}
 	for _, v := range Versions {
 		t.Run(v, func(t *testing.T) {
-			conv, err := result(args, res, v).GetAsVersion(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, err := json.Marshal(conv)
-			if err != nil {
-				t.Fatal(err)
-			}
+			data := resultIn(t, args, res, v)
 			var raw struct {
 				IPs []struct {
 					Version, Address, Gateway string

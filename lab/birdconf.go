@@ -13,6 +13,11 @@ import (
 // no `protocol direct` and no `learn`, so `birdc show route` lists what the nodes announced
 // (and the router's own announcements, which stay out of its kernel: they are for the nodes).
 //
+// Dual stack: the nodes announce their IPv6 pod CIDRs with their IPv4 addresses as next hops,
+// IPv4-mapped (RFC 4798), which BIRD takes with `extended next hop`, learns and passes on. It
+// does not forward by them: BIRD 2.0 cannot install an IPv6 route via an IPv4 gateway in the
+// kernel (that needs RTA_VIA), so IPv6 pod traffic does not cross racks yet.
+//
 // Next hops. A node learns a route with a next hop in its own segment, or the router's address
 // there: a next hop in another rack would be unreachable. With eBGP (routerASN ≠ asn) BIRD does
 // just that by itself (it keeps a next hop only when both sessions share an interface). An iBGP
@@ -52,6 +57,10 @@ func (s *State) birdConfig() string {
 		fmt.Fprintf(&w, "\tlocal %s as %d;\n\tneighbor %s as %d;\n", local, b.RouterASN, n.IP, b.ASN)
 		if reflector {
 			w.WriteString("\trr client;\n")
+		}
+		if s.DualStack() {
+			// The nodes' IPv4 next hops of IPv6 routes come IPv4-mapped (RFC 4798).
+			w.WriteString("\tipv6 { import all; export all; extended next hop on; };\n")
 		}
 		if !reflector {
 			w.WriteString("\tipv4 { import all; export all; };\n}\n")

@@ -567,8 +567,6 @@ func (s *Spec) validateFamilies() error {
 	switch {
 	case s.Kubernetes && s.CNI == CNICilium:
 		return errors.New("ipFamilies: a dual-stack kubernetes lab runs ebpfnet, not yet cilium")
-	case s.BGP != nil:
-		return errors.New("ipFamilies: dual stack routes from the store only, not yet over BGP")
 	}
 	if s.ClusterCIDRv6 == "" {
 		s.ClusterCIDRv6 = DefaultClusterCIDRv6

@@ -422,3 +422,55 @@ func TestBGPRouteReflector(t *testing.T) {
 		t.Fatalf("node1 learned %s; want node2's %s reflected with originator %s", b, node2.PodCIDR, node2.IP)
 	}
 }
+
+// Acceptance (issue 20): a dual-stack lab in two racks, routes over BGP. Each node announces
+// its IPv6 pod CIDR too, with its IPv4 address as the next hop (RFC 4798): the BIRD router
+// learns every node's IPv6 pod CIDR and passes it on, every node installs the others', and
+// pods of one rack reach each other over IPv6 by them. (Across racks IPv6 would need the
+// router's kernel to route IPv6 via IPv4 next hops, which BIRD 2.0 cannot install.)
+func TestBGPDualStack(t *testing.T) {
+	t.Parallel()
+	spec := bgpLab(&lab.BGPSpec{ASN: 64512, RouterASN: 64500},
+		lab.NodeSpec{Name: "node1", Rack: "a"}, lab.NodeSpec{Name: "node2", Rack: "a"}, lab.NodeSpec{Name: "node3", Rack: "b"})
+	spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+	st := upLab(t, "bg6", spec)
+	t.Run("BIRD learns every IPv6 pod CIDR", func(t *testing.T) {
+		eventually(t, 30*time.Second, "every node's IPv6 pod CIDR in BIRD", func() (bool, string) {
+			got := birdRoutes(t, st)
+			var missing []string
+			for _, n := range st.Nodes {
+				if !n.PodCIDRv6.IsValid() || !got[n.PodCIDRv6] {
+					missing = append(missing, fmt.Sprintf("%s's %v", n.Name, n.PodCIDRv6))
+				}
+			}
+			return len(missing) == 0, fmt.Sprintf("missing %v; BIRD has %v", missing, got)
+		})
+	})
+	t.Run("nodes install each other's IPv6 pod CIDRs", func(t *testing.T) {
+		for _, n := range st.Nodes {
+			eventually(t, 30*time.Second, n.Name+"'s IPv6 routes from BGP", func() (bool, string) {
+				installed := map[netip.Prefix]string{}
+				for _, r := range bgpRoutes(t, &n) {
+					if r.Verdict == "installed" {
+						installed[r.Prefix] = r.Node
+					}
+				}
+				for _, other := range st.Nodes {
+					if other.Name != n.Name && installed[other.PodCIDRv6] != other.Name {
+						return false, fmt.Sprintf("%s's %s not installed: %v", other.Name, other.PodCIDRv6, installed)
+					}
+				}
+				return true, ""
+			})
+		}
+	})
+	t.Run("IPv6 within a rack", func(t *testing.T) {
+		for _, pair := range [][2]string{{"x/p1", "x/p2"}, {"x/p2", "x/p1"}} {
+			eventually(t, 30*time.Second, pair[0]+" -> "+pair[1]+" over IPv6", func() (bool, string) {
+				err := st.ProbeFamily(pair[0], pair[1], 80, "TCP", lab.FamilyIPv6)
+				return err == nil, fmt.Sprint(err)
+			})
+		}
+	})
+	t.Run("all pairs over IPv4", func(t *testing.T) { allPodPairs(t, st, 80, "TCP") })
+}

@@ -210,26 +210,33 @@ func TestNetworkPolicyCases(t *testing.T) {
 			modes = []string{"vxlan", "native-bgp-racks", "ipip"}
 		}
 		for _, mode := range modes {
-			t.Run(mode+"/lab-of-"+names[0], func(t *testing.T) {
-				t.Parallel()
-				nstest.RequireRoot(t)
-				labSem <- struct{}{}
-				defer func() { <-labSem }()
-				spec := cases[names[0]].Lab
-				spec.Mode = mode
-				if mode == "native-bgp-racks" {
-					spec = inTwoRacks(spec)
-				}
-				st := upLab(t, "np", &spec)
+			spec := cases[names[0]].Lab
+			spec.Mode = mode
+			if mode == "native-bgp-racks" {
+				spec = inTwoRacks(spec)
+			}
+			inSharedLab(t, mode+"/lab-of-"+names[0], "np", spec, func(t *testing.T, st *lab.State, spec *lab.Spec) {
 				for _, name := range names {
 					t.Run(name, func(t *testing.T) {
-						defer resetLab(t, st, &spec)
+						defer resetLab(t, st, spec)
 						playCase(t, cases[name], st)
 					})
 				}
 			})
 		}
 	}
+}
+
+// inSharedLab runs play as the parallel subtest title, in a lab of spec that its cases share
+// (at most labSem such labs at once).
+func inSharedLab(t *testing.T, title, prefix string, spec lab.Spec, play func(t *testing.T, st *lab.State, spec *lab.Spec)) {
+	t.Run(title, func(t *testing.T) {
+		t.Parallel()
+		nstest.RequireRoot(t)
+		labSem <- struct{}{}
+		defer func() { <-labSem }()
+		play(t, upLab(t, prefix, &spec), &spec)
+	})
 }
 
 // TestNetworkPolicyCasesDualStack plays the shared cases ("shared-*", from
@@ -255,19 +262,14 @@ func TestNetworkPolicyCasesDualStack(t *testing.T) {
 	for _, names := range groups {
 		sort.Strings(names)
 		for _, mode := range []string{"vxlan", "native"} {
-			t.Run(mode+"/lab-of-"+names[0], func(t *testing.T) {
-				t.Parallel()
-				nstest.RequireRoot(t)
-				labSem <- struct{}{}
-				defer func() { <-labSem }()
-				spec := cases[names[0]].Lab
-				spec.Mode = mode
-				spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
-				st := upLab(t, "n6", &spec)
+			spec := cases[names[0]].Lab
+			spec.Mode = mode
+			spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+			inSharedLab(t, mode+"/lab-of-"+names[0], "n6", spec, func(t *testing.T, st *lab.State, spec *lab.Spec) {
 				for _, name := range names {
 					for _, family := range st.Families() {
 						t.Run(name+"/"+family, func(t *testing.T) {
-							defer resetLab(t, st, &spec)
+							defer resetLab(t, st, spec)
 							playCaseFamily(t, cases[name], st, family)
 						})
 					}
