@@ -149,11 +149,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 }
 
 // endpointID numbers an endpoint by its address within the node's pod CIDR: unique per node.
-func endpointID(ip netip.Addr, cidr netip.Prefix) uint32 {
-	a, c := ip.As4(), cidr.Addr().As4()
-	v := func(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
-	return v(a) - v(c)
-}
+func endpointID(ip netip.Addr, cidr netip.Prefix) uint32 { return ipam.Offset(ip, cidr) }
 
 // cniDel removes a pod's attachment from the node's side; whatever is already gone is fine.
 func (a *Agent) cniDel(ctx context.Context, req agentapi.AttachRequest) error {

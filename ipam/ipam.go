@@ -42,14 +42,18 @@ func Paired(ip netip.Addr, cidr4, cidr6 netip.Prefix) netip.Addr {
 	if !cidr6.IsValid() || !cidr4.Contains(ip) {
 		return netip.Addr{}
 	}
-	a, base := ip.As4(), cidr4.Masked().Addr().As4()
-	off := (uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])) -
-		(uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]))
+	off := Offset(ip, cidr4)
 	v6 := cidr6.Masked().Addr().As16()
 	for i := 15; i >= 12; i-- {
 		v6[i] |= byte(off >> (8 * (15 - i)))
 	}
 	return netip.AddrFrom16(v6)
+}
+
+// Offset is how far the IPv4 address ip lies into cidr: the pod's number within its node.
+func Offset(ip netip.Addr, cidr netip.Prefix) uint32 {
+	v := func(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+	return v(ip.As4()) - v(cidr.Masked().Addr().As4())
 }
 
 // Allocate returns owner's address, the one it already holds if any.

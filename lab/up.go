@@ -477,8 +477,11 @@ func (b *builder) pod(ctx context.Context, p *Pod) error {
 			p.IPv6 = ip
 		}
 	}
-	if !p.IP.IsValid() || p.IPv6.IsValid() != b.st.DualStack() {
-		return fmt.Errorf("pod %s: CNI ADD gave %v, want an IPv4 address%s", p.Key(), ips, map[bool]string{true: " and an IPv6 one"}[b.st.DualStack()])
+	if want := "an IPv4 address"; !p.IP.IsValid() || p.IPv6.IsValid() != b.st.DualStack() {
+		if b.st.DualStack() {
+			want += " and an IPv6 one"
+		}
+		return fmt.Errorf("pod %s: CNI ADD gave %v, want %s", p.Key(), ips, want)
 	}
 	return nil
 }

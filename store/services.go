@@ -265,12 +265,8 @@ func clusterIPOf(o *corev1.Service, v6 bool) netip.Addr {
 	if len(ips) == 0 {
 		ips = []string{o.Spec.ClusterIP}
 	}
-	for _, s := range ips {
-		if ip, err := netip.ParseAddr(s); err == nil && !ip.Is4In6() && ip.Is6() == v6 {
-			return ip
-		}
-	}
-	return netip.Addr{}
+	ip, _ := firstOf(ips, v6)
+	return ip
 }
 
 func protocolOf(p corev1.Protocol) string {
