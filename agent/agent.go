@@ -187,7 +187,13 @@ func (a *Agent) start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("pod CIDR (IPv6): %w", err)
 	}
-	a.node = store.Node{Name: s.NodeName, IP: nodeIP, PodCIDR: podCIDR, PodCIDRv6: podCIDRv6}
+	nodeIPv6 := s.nodeIPv6
+	if podCIDRv6.IsValid() && !nodeIPv6.IsValid() {
+		if nodeIPv6, err = firstIPv6(underlay); err != nil {
+			return err
+		}
+	}
+	a.node = store.Node{Name: s.NodeName, IP: nodeIP, IPv6: nodeIPv6, PodCIDR: podCIDR, PodCIDRv6: podCIDRv6}
 	a.ipam = ipam.New(a.kv, s.NodeName, podCIDR)
 	// Adopt what is pinned: maps are reused, every pinned link switches to the new programs.
 	if a.dp, err = loader.Load(loader.Config{PinDir: s.PinDir, Sizes: s.MapSizes}); err != nil {
@@ -266,6 +272,27 @@ func firstIPv4(l netlink.Link) (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("nodeIP: %s has no IPv4 address; set nodeIP", l.Attrs().Name)
+}
+
+// firstIPv6 is the first global IPv6 address of l, or none (not an error: the node then has
+// no IPv6 NodePorts and no IPv6 masquerading).
+func firstIPv6(l netlink.Link) (netip.Addr, error) {
+	addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && usableIPv6(ip) {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, nil
+}
+
+// usableIPv6 says whether ip can be a node's IPv6 address: a global unicast one (unique
+// local included), not IPv4-mapped.
+func usableIPv6(ip netip.Addr) bool {
+	return ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast()
 }
 
 // watch turns store changes into reconcile kicks: nodes, endpoints, policies, namespaces,

@@ -140,8 +140,8 @@ func (b *boundedBody) Read(p []byte) (int, error) {
 
 func (a *Agent) status(ctx context.Context) agentapi.Status {
 	st := agentapi.Status{Ready: a.ready.Load(), Node: a.node.Name, NodeIP: a.node.IP.String(), PodCIDR: a.node.PodCIDR.String(),
-		PodCIDRv6: prefixOrEmpty(a.node.PodCIDRv6),
-		Mode:      a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
+		PodCIDRv6: prefixOrEmpty(a.node.PodCIDRv6), NodeIPv6: addrOrEmpty(a.node.IPv6),
+		Mode: a.cfg.mode.String(), PinDir: a.cfg.PinDir, PodMTU: a.PodMTU(), PrefilterMode: a.prefilter.mode()}
 	// The store answers quickly or not at all: a status must not wait on a store that went away.
 	sctx, cancel := context.WithTimeout(ctx, storeProbeTimeout)
 	defer cancel()
@@ -232,4 +232,11 @@ func prefixOrEmpty(p netip.Prefix) string {
 		return ""
 	}
 	return p.String()
+}
+
+func addrOrEmpty(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }

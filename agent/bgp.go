@@ -99,13 +99,17 @@ func (b *bgpReconciler) remoteRoutes(ctx context.Context, nodes []store.Node) ([
 	if err := b.speaker.SetNeighbors(ctx, b.neighbors(nodes)); err != nil {
 		return nil, false, err
 	}
-	// A dual-stack node's IPv6 pod CIDR goes with its IPv4 address as the next hop too: the
-	// datapath sends IPv6 pod traffic to that address's MAC.
-	own := []netip.Prefix{b.node.PodCIDR}
+	// A dual-stack node's IPv6 pod CIDR goes with its IPv6 address as next hop, for routers
+	// to install; without one, with its IPv4 address (IPv4-mapped). Either way the datapath
+	// sends IPv6 pod traffic to the MAC of the way to the owner's IPv4 address.
+	own := map[netip.Prefix]netip.Addr{b.node.PodCIDR: b.node.IP}
 	if b.node.PodCIDRv6.IsValid() {
-		own = append(own, b.node.PodCIDRv6)
+		own[b.node.PodCIDRv6] = b.node.IP
+		if b.node.IPv6.IsValid() {
+			own[b.node.PodCIDRv6] = b.node.IPv6
+		}
 	}
-	if err := b.speaker.Advertise(own, b.node.IP); err != nil {
+	if err := b.speaker.Advertise(own); err != nil {
 		return nil, false, err
 	}
 	paths, err := b.speaker.Paths()

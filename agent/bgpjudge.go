@@ -50,6 +50,9 @@ func judgePaths(paths []bgp.Path, nodes []store.Node, self store.Node, clusters 
 			}
 		}
 		byIP[n.IP] = n
+		if n.IPv6.IsValid() {
+			byIP[n.IPv6] = n
+		}
 	}
 	installed := map[netip.Prefix]bool{}
 	out := make([]judgedPath, 0, len(paths))

@@ -51,6 +51,7 @@ func TestJudgePaths(t *testing.T) {
 	nodes6 := append([]store.Node(nil), nodes...)
 	for i := range nodes6 {
 		nodes6[i].PodCIDRv6 = pfx("fd00:10:244:" + string(rune('0'+i)) + "::/64")
+		nodes6[i].IPv6 = ip("fd00:10:250::" + string(rune('1'+i)))
 	}
 	clusters := []netip.Prefix{cluster, pfx("fd00:10:244::/56")}
 	for _, c := range []struct {
@@ -64,6 +65,8 @@ func TestJudgePaths(t *testing.T) {
 		{"IPv6 of this node", bgp.Path{Prefix: pfx("fd00:10:244::/64"), NextHop: router, Peer: router, ASPath: []uint32{64500, 64512}}, pathRefused, refuseOwnCIDR, ""},
 		{"IPv6 outside the cluster", bgp.Path{Prefix: pfx("fd00:99::/64"), NextHop: router, Peer: router, ASPath: []uint32{64500, 64512}}, pathRefused, refuseOutsideCluster, ""},
 		{"IPv6 announced by the wrong node", bgp.Path{Prefix: pfx("fd00:10:244:2::/64"), NextHop: ip("10.250.1.2"), Peer: ip("10.250.1.2")}, pathRefused, refuseWrongNode, ""},
+		{"IPv6 by the owner's IPv6 next hop", bgp.Path{Prefix: pfx("fd00:10:244:1::/64"), NextHop: ip("fd00:10:250::2"), Peer: ip("10.250.1.2")}, pathInstalled, "", "n2"},
+		{"IPv6 by another node's IPv6 next hop", bgp.Path{Prefix: pfx("fd00:10:244:1::/64"), NextHop: ip("fd00:10:250::3"), Peer: router, ASPath: []uint32{64500, 64512}}, pathRefused, refuseWrongNode, ""},
 	} {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
 			got := judgePaths([]bgp.Path{c.path}, nodes6, nodes6[0], clusters, asn)

@@ -28,8 +28,12 @@ type Config struct {
 	ClusterCIDR       string `json:"clusterCIDR"`
 	// ClusterCIDRv6 makes the cluster dual stack: each node takes a /64 of it (or PodCIDRv6),
 	// and each pod an IPv6 address beside its IPv4 one.
-	ClusterCIDRv6  string      `json:"clusterCIDRv6,omitempty"`
-	PodCIDRv6      string      `json:"podCIDRv6,omitempty"`
+	ClusterCIDRv6 string `json:"clusterCIDRv6,omitempty"`
+	PodCIDRv6     string `json:"podCIDRv6,omitempty"`
+	// NodeIPv6 is the node's IPv6 underlay address in a dual-stack cluster (default: the
+	// underlay device's first global one, if it has one): IPv6 NodePorts answer on it and
+	// pods' IPv6 traffic leaving the cluster is masqueraded to it. Without one, neither.
+	NodeIPv6       string      `json:"nodeIPv6,omitempty"`
 	Mode           string      `json:"mode"`
 	VXLANPort      int         `json:"vxlanPort,omitempty"`
 	Store          StoreConfig `json:"store"`
@@ -111,6 +115,7 @@ type settled struct {
 	// podCIDRv6 and clusterV6 are zero in an IPv4-only cluster.
 	podCIDRv6 netip.Prefix
 	clusterV6 netip.Prefix
+	nodeIPv6  netip.Addr // zero: taken from the underlay device, if it has one
 	leaseTTL  time.Duration
 	// identityGCGrace is IdentityGCGrace parsed.
 	identityGCGrace time.Duration
@@ -230,7 +235,15 @@ func (s *settled) validateIPv6() error {
 		if s.PodCIDRv6 != "" {
 			return errors.New("podCIDRv6: needs clusterCIDRv6")
 		}
+		if s.NodeIPv6 != "" {
+			return errors.New("nodeIPv6: needs clusterCIDRv6")
+		}
 		return nil
+	}
+	if s.NodeIPv6 != "" {
+		if s.nodeIPv6, err = netip.ParseAddr(s.NodeIPv6); err != nil || !usableIPv6(s.nodeIPv6) {
+			return fmt.Errorf("nodeIPv6: %q is not a global IPv6 address", s.NodeIPv6)
+		}
 	}
 	if s.clusterV6, err = netip.ParsePrefix(s.ClusterCIDRv6); err != nil || !s.clusterV6.Addr().Is6() || s.clusterV6.Addr().Is4In6() ||
 		s.clusterV6.Masked() != s.clusterV6 || s.clusterV6.Bits() > PodCIDRv6Bits {
@@ -267,8 +280,8 @@ func (s *settled) validateServices() error {
 	s.masquerade = s.Masquerade == nil || *s.Masquerade
 	for _, c := range s.NoMasqueradeCIDRs {
 		p, err := netip.ParsePrefix(c)
-		if err != nil || !p.Addr().Is4() {
-			return fmt.Errorf("noMasqueradeCIDRs: %q is not an IPv4 CIDR", c)
+		if err != nil || p.Addr().Is4In6() || p.Addr().Is6() && !s.clusterV6.IsValid() {
+			return fmt.Errorf("noMasqueradeCIDRs: %q is not an IPv4 CIDR (or IPv6, in a dual-stack cluster)", c)
 		}
 		s.noMasquerade = append(s.noMasquerade, p.Masked())
 	}

@@ -26,7 +26,7 @@ const (
 
 // setupNode makes (or adopts) the node's devices and hooks and writes the config map.
 func (a *Agent) setupNode(underlay netlink.Link) error {
-	cfg := maps.NodeConfig{NodeIP: a.node.IP, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode,
+	cfg := maps.NodeConfig{NodeIP: a.node.IP, NodeIPv6: a.node.IPv6, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode,
 		Masquerade: a.cfg.masquerade, NATPorts: a.cfg.natPorts}
 	host, err := a.hostDevice(underlay.Attrs().MTU - a.cfg.mode.Overhead())
 	if err != nil {
@@ -51,6 +51,14 @@ func (a *Agent) setupNode(underlay netlink.Link) error {
 	// Nodes forward for their pods in native mode, and pods reach other nodes' addresses.
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("enable ip_forward: %w", err)
+	}
+	// In a dual-stack cluster over IPv6 too: the datapath's FIB lookups for translated IPv6
+	// leaving the node want it, and pods' untranslated IPv6 to outside the cluster (a
+	// backend's reply to another node's IPv6 node port, say) leaves through the node's stack.
+	if a.node.PodCIDRv6.IsValid() {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable IPv6 forwarding: %w", err)
+		}
 	}
 	return nil
 }
@@ -115,6 +123,9 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 	if err := netlink.LinkSetARPOff(l); err != nil {
 		return nil, fmt.Errorf("%s arp off: %w", HostDevice, err)
 	}
+	if err := hostIPv6(a.node.IPv6.IsValid()); err != nil {
+		return nil, err
+	}
 	for _, name := range []string{hostPeer, HostDevice} {
 		if err := netlink.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", name, err)
@@ -124,6 +135,22 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// hostIPv6 turns IPv6 on the host device on when the node has an IPv6 address (it routes IPv6
+// cluster IPs and pods there, and takes replies back through it), off when not. On, it has
+// no address of its own, not even a link-local one, and takes no router advertisements.
+func hostIPv6(on bool) error {
+	if !on {
+		return disableIPv6(HostDevice)
+	}
+	dir := filepath.Join("/proc/sys/net/ipv6/conf", HostDevice)
+	for _, set := range []struct{ key, value string }{{"accept_ra", "0"}, {"addr_gen_mode", "1"}, {"disable_ipv6", "0"}} {
+		if err := os.WriteFile(filepath.Join(dir, set.key), []byte(set.value), 0o644); err != nil {
+			return fmt.Errorf("IPv6 on %s: %w", HostDevice, err)
+		}
+	}
+	return nil
 }
 
 // PodMTU is the MTU pods get: the underlay's minus the mode's encapsulation.

@@ -99,7 +99,7 @@ func (a *Agent) clusterInput(ctx context.Context, nodes []store.Node, extra ...s
 	}
 	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps}
 	for _, n := range nodes {
-		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP})
+		in.Nodes = append(in.Nodes, policy.Node{Name: n.Name, IP: n.IP, IPv6: n.IPv6})
 	}
 	for _, e := range append(eps, extra...) {
 		p := policy.Pod{Namespace: e.Namespace, Name: e.Pod, Labels: e.Labels, IP: e.IP, IPv6: e.IPv6, Node: e.Node, EndpointID: e.ID}

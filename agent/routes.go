@@ -125,10 +125,20 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 		return err
 	}
 	viaHost := func(p netip.Prefix) netlink.Route {
-		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: rr.node.IP.AsSlice(),
+		src := rr.node.IP
+		if p.Addr().Is6() {
+			src = rr.node.IPv6
+		}
+		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: src.AsSlice(),
 			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
 	}
 	want := map[string]netlink.Route{rr.cfg.serviceCIDR.String(): viaHost(rr.cfg.serviceCIDR)}
+	// With an IPv6 address of its own the node reaches IPv6 cluster IPs and other nodes' IPv6
+	// pods the same way, in every mode: from_host routes IPv6 pod traffic itself.
+	if rr.node.IPv6.IsValid() && rr.cfg.clusterV6.IsValid() {
+		want[rr.cfg.serviceCIDRv6.String()] = viaHost(rr.cfg.serviceCIDRv6)
+		want[rr.cfg.clusterV6.String()] = viaHost(rr.cfg.clusterV6)
+	}
 	var errs []error
 	if rr.cfg.mode == maps.ModeNative {
 		errs = append(errs, rr.reconcileNeighbours(underlay, remote))
@@ -147,7 +157,7 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	} else {
 		want[rr.cfg.cluster.String()] = viaHost(rr.cfg.cluster)
 	}
-	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
+	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("list kernel routes: %w", err))...)
 	}

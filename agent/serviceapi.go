@@ -483,7 +483,7 @@ func (a *Agent) serviceViews(ctx context.Context) ([]agentapi.ServiceView, error
 			out = append(out, v)
 			continue
 		}
-		out = append(out, viewOf(o, s, a.node.IP))
+		out = append(out, viewOf(o, s, a.node))
 	}
 	return out, nil
 }
@@ -497,8 +497,8 @@ func portViews(ports []store.ServicePort) []agentapi.ServicePort {
 	return out
 }
 
-// viewOf is a resolved service as ServiceView shows it, node ports on nodeIP.
-func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) agentapi.ServiceView {
+// viewOf is a resolved service as ServiceView shows it, node ports on node's addresses.
+func viewOf(o *corev1.Service, s store.Service, node store.Node) agentapi.ServiceView {
 	typ := string(o.Spec.Type)
 	if typ == "" {
 		typ = string(corev1.ServiceTypeClusterIP)
@@ -520,7 +520,7 @@ func viewOf(o *corev1.Service, s store.Service, nodeIP netip.Addr) agentapi.Serv
 			v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(cip, uint16(p.Port)), p.Protocol))
 		}
 	}
-	if s.NodePort && nodeIP.IsValid() {
+	for _, nodeIP := range nodePortAddrs(node, s) {
 		for _, p := range s.Ports {
 			if p.NodePort != 0 {
 				v.Frontends = append(v.Frontends, fmt.Sprintf("%s/%s", netip.AddrPortFrom(nodeIP, uint16(p.NodePort)), p.Protocol))

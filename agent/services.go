@@ -99,6 +99,20 @@ func (r *serviceReconciler) inPodCIDR(ip netip.Addr) bool {
 	return r.node.PodCIDR.Contains(ip) || r.node.PodCIDRv6.Contains(ip)
 }
 
+// nodePortAddrs are the addresses of node on which s's node ports answer: its IPv4 one if s
+// has an IPv4 cluster IP, its IPv6 one (if it has one) if s has an IPv6 cluster IP. None
+// unless s is a NodePort Service.
+func nodePortAddrs(node store.Node, s store.Service) []netip.Addr {
+	var out []netip.Addr
+	if s.NodePort && node.IP.Is4() && s.ClusterIP.IsValid() {
+		out = append(out, node.IP)
+	}
+	if s.NodePort && node.IPv6.Is6() && s.ClusterIPv6.IsValid() {
+		out = append(out, node.IPv6)
+	}
+	return out
+}
+
 // wantFrontend is a frontend with its backends by address (ids come later).
 type wantFrontend struct {
 	maps.Frontend
@@ -134,11 +148,15 @@ func (r *serviceReconciler) desired(svcs []store.Service) (map[frontendKey]wantF
 					Affinity: s.ClientIPAffinity}
 				fronts[frontendKey{f.Addr, proto}] = wantFrontend{f, use(r.eligible(s, cip, p, s.InternalLocal))}
 			}
-			// The node's address is IPv4: its node ports lead to the IPv4 backends.
-			if s.NodePort && p.NodePort > 0 && r.node.IP.Is4() && s.ClusterIP.IsValid() {
-				n := maps.Frontend{Addr: netip.AddrPortFrom(r.node.IP, uint16(p.NodePort)), Protocol: proto, ServiceID: id,
+			// A node port on each of the node's addresses whose family the Service has,
+			// leading to the backends of that family.
+			for _, nip := range nodePortAddrs(r.node, s) {
+				if p.NodePort < 1 {
+					break
+				}
+				n := maps.Frontend{Addr: netip.AddrPortFrom(nip, uint16(p.NodePort)), Protocol: proto, ServiceID: id,
 					Affinity: s.ClientIPAffinity, NodePort: true, ExternalLocal: s.ExternalLocal}
-				fronts[frontendKey{n.Addr, proto}] = wantFrontend{n, use(r.eligible(s, r.node.IP, p, s.ExternalLocal))}
+				fronts[frontendKey{n.Addr, proto}] = wantFrontend{n, use(r.eligible(s, nip, p, s.ExternalLocal))}
 			}
 		}
 		// A terminating backend keeps its established flows: it stays in the backends map.

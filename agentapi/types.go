@@ -31,10 +31,12 @@ const (
 
 // Status is GET /v1/status.
 type Status struct {
-	Ready   bool   `json:"ready"`
-	Node    string `json:"node"`
-	NodeIP  string `json:"nodeIP"`
-	PodCIDR string `json:"podCIDR"`
+	Ready  bool   `json:"ready"`
+	Node   string `json:"node"`
+	NodeIP string `json:"nodeIP"`
+	// NodeIPv6 is the node's IPv6 underlay address in a dual-stack cluster, if it has one.
+	NodeIPv6 string `json:"nodeIPv6,omitempty"`
+	PodCIDR  string `json:"podCIDR"`
 	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack cluster, else empty.
 	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
 	Mode      string `json:"mode"`

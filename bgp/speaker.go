@@ -33,7 +33,8 @@ type Config struct {
 	// graceful-restart capability, so neighbours keep its routes until its End-of-RIB.
 	Restarting bool
 	// IPv6 adds IPv6 unicast to every session, beside IPv4 unicast: a dual-stack node's IPv6
-	// pod CIDR is announced with its IPv4 next hop (sent IPv4-mapped, as 6PE does).
+	// pod CIDR is announced with its IPv6 address as next hop, or, if it has none, its IPv4
+	// one (sent IPv4-mapped, as 6PE does).
 	IPv6   bool
 	Logger *slog.Logger
 }
@@ -180,17 +181,14 @@ func (s *Speaker) afiSafis() []*api.AfiSafi {
 	return out
 }
 
-// Advertise makes the speaker originate exactly prefixes, with nextHop.
-func (s *Speaker) Advertise(prefixes []netip.Prefix, nextHop netip.Addr) error {
+// Advertise makes the speaker originate exactly the prefixes of routes, each with its next hop.
+func (s *Speaker) Advertise(routes map[netip.Prefix]netip.Addr) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	want := map[netip.Prefix]bool{}
-	for _, p := range prefixes {
-		want[p] = true
-	}
+	want := maps.Clone(routes)
 	var errs []error
 	for p, nh := range s.advertised {
-		if want[p] && nh == nextHop {
+		if have, ok := want[p]; ok && have == nh {
 			delete(want, p)
 			continue
 		}
@@ -204,7 +202,7 @@ func (s *Speaker) Advertise(prefixes []netip.Prefix, nextHop netip.Addr) error {
 		}
 		delete(s.advertised, p)
 	}
-	for p := range want {
+	for p, nextHop := range want {
 		path, err := localPath(p, nextHop)
 		if err == nil {
 			_, err = s.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}})

@@ -45,7 +45,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 		t.Run("md5="+password, func(t *testing.T) {
 			a, b := pair(t, password)
 			pfx, nh := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParseAddr("10.250.0.1")
-			if err := a.Advertise([]netip.Prefix{pfx}, nh); err != nil {
+			if err := a.Advertise(map[netip.Prefix]netip.Addr{pfx: nh}); err != nil {
 				t.Fatal(err)
 			}
 			nstest.Eventually(t, 30*time.Second, "b to learn a's prefix", func() (bool, string) {
@@ -68,7 +68,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 				peers[0].MD5 != (password != "") || peers[0].Since.IsZero() {
 				t.Fatalf("b's peers: %+v", peers)
 			}
-			if err := a.Advertise(nil, nh); err != nil {
+			if err := a.Advertise(nil); err != nil {
 				t.Fatal(err)
 			}
 			nstest.Eventually(t, 30*time.Second, "the withdrawal to reach b", func() (bool, string) {
@@ -76,7 +76,7 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 				return err == nil && len(paths) == 0, fmt.Sprintf("%s (%v)", formatPaths(paths), err)
 			})
 			// A neighbour removed takes its routes with it.
-			if err := a.Advertise([]netip.Prefix{pfx}, nh); err != nil {
+			if err := a.Advertise(map[netip.Prefix]netip.Addr{pfx: nh}); err != nil {
 				t.Fatal(err)
 			}
 			nstest.Eventually(t, 30*time.Second, "b to learn it again", func() (bool, string) {
@@ -93,34 +93,35 @@ func TestSpeakerAdvertisesAndWithdraws(t *testing.T) {
 	}
 }
 
-// A dual-stack speaker announces its IPv6 pod CIDR beside the IPv4 one, both with its IPv4
-// address as next hop; the neighbour reads the IPv6 path's next hop back as that IPv4 address.
-func TestSpeakerAdvertisesIPv6WithAnIPv4NextHop(t *testing.T) {
+// A dual-stack speaker announces its IPv6 pod CIDR beside the IPv4 one: with its IPv6 address
+// as next hop, or, for a node without one, its IPv4 address, which the neighbour reads back
+// from its IPv4-mapped form.
+func TestSpeakerAdvertisesIPv6(t *testing.T) {
 	a, b := pairOf(t, "", true, 13179, 14179)
-	v4, v6, nh := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParseAddr("10.250.0.1")
-	if err := a.Advertise([]netip.Prefix{v4, v6}, nh); err != nil {
-		t.Fatal(err)
-	}
-	nstest.Eventually(t, 30*time.Second, "b to learn both of a's prefixes", func() (bool, string) {
-		paths, err := b.Paths()
-		if err != nil {
-			return false, err.Error()
+	v4, v6 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")
+	nh4, nh6 := netip.MustParseAddr("10.250.0.1"), netip.MustParseAddr("fd00:10:250::1")
+	learn := func(what string, want map[netip.Prefix]netip.Addr) {
+		t.Helper()
+		if err := a.Advertise(want); err != nil {
+			t.Fatal(err)
 		}
-		found := 0
-		for _, p := range paths {
-			if (p.Prefix == v4 || p.Prefix == v6) && p.NextHop == nh && p.Best {
-				found++
+		nstest.Eventually(t, 30*time.Second, what, func() (bool, string) {
+			paths, err := b.Paths()
+			if err != nil {
+				return false, err.Error()
 			}
-		}
-		return found == 2, "paths " + formatPaths(paths)
-	})
-	if err := a.Advertise([]netip.Prefix{v4}, nh); err != nil {
-		t.Fatal(err)
+			found := 0
+			for _, p := range paths {
+				if nh, ok := want[p.Prefix]; ok && p.NextHop == nh && p.Best {
+					found++
+				}
+			}
+			return found == len(want) && len(paths) == len(want), "paths " + formatPaths(paths)
+		})
 	}
-	nstest.Eventually(t, 30*time.Second, "the IPv6 withdrawal to reach b", func() (bool, string) {
-		paths, err := b.Paths()
-		return err == nil && len(paths) == 1 && paths[0].Prefix == v4, fmt.Sprintf("%s (%v)", formatPaths(paths), err)
-	})
+	learn("b to learn both prefixes, IPv6 by an IPv4 next hop", map[netip.Prefix]netip.Addr{v4: nh4, v6: nh4})
+	learn("b to learn the IPv6 prefix by an IPv6 next hop", map[netip.Prefix]netip.Addr{v4: nh4, v6: nh6})
+	learn("the IPv6 withdrawal to reach b", map[netip.Prefix]netip.Addr{v4: nh4})
 }
 
 func formatPaths(ps []Path) string {

@@ -51,7 +51,7 @@ static __always_inline int forward_from_pod(struct __sk_buff *skb, struct packet
 		reason = decrement_ttl(skb, pkt);
 		return reason == CONTINUE ? redirect_to_endpoint(skb, dst) : reason;
 	}
-	if (cfg && pkt->family == AF_INET && pkt->daddr.v4 == *(__be32 *)cfg->node_ip)
+	if (is_node(cfg, pkt->family, &pkt->daddr))
 		return x->state == XL_REPLY ? redirect_to_node(skb, cfg) : REASON_FORWARD_HOST;
 	return forward_remote(skb, pkt, src->identity, x->state != XL_NONE);
 }

@@ -210,6 +210,14 @@ type DatapathNatScratch struct {
 	Entry DatapathNatEntry
 	Tuple DatapathCtKey
 	Reply DatapathCtKey
+	Sock  struct {
+		_     structs.HostLayout
+		Saddr [4]uint32
+		Daddr [4]uint32
+		Sport uint16
+		Dport uint16
+	}
+	_ [4]byte
 }
 
 type DatapathNodeConfig struct {
@@ -226,6 +234,7 @@ type DatapathNodeConfig struct {
 	NatPortMin      uint16
 	NatPortMax      uint16
 	VxlanPort       uint16
+	NodeIpv6        [16]uint8
 }
 
 type DatapathPolicyDirection uint32

@@ -356,7 +356,8 @@ func TestService6Affinity(t *testing.T) {
 }
 
 // No backend to take the flow: none at all, or only one of the other family. Nor does IPv6
-// leaving the cluster get masqueraded: the node has no IPv6 address.
+// leaving the cluster get masqueraded: this node has no IPv6 address (loadNode6's has;
+// masquerade6_test.go).
 func TestService6NoBackendNoMasquerade(t *testing.T) {
 	t.Parallel()
 	n := loadSvc6(t)

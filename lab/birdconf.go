@@ -34,6 +34,9 @@ func (s *State) birdConfig() string {
 	fmt.Fprintf(&w, "log stderr all;\nrouter id %s;\n\nprotocol device {}\n\n", routerIP)
 	w.WriteString("# Forward by what BGP taught; the router's own announcements are for the nodes only.\n")
 	w.WriteString("protocol kernel {\n\tipv4 { import none; export where source = RTS_BGP; };\n}\n\n")
+	if s.DualStack() {
+		w.WriteString("protocol kernel {\n\tipv6 { import none; export where source = RTS_BGP; };\n}\n\n")
+	}
 	if len(r.Announced) > 0 {
 		w.WriteString("# Announced by the router itself (State.AnnounceFromRouter).\nprotocol static announced {\n\tipv4;\n")
 		for _, p := range r.Announced {
@@ -58,9 +61,11 @@ func (s *State) birdConfig() string {
 		if reflector {
 			w.WriteString("\trr client;\n")
 		}
-		if s.DualStack() {
-			// The nodes' IPv4 next hops of IPv6 routes come IPv4-mapped (RFC 4798).
-			w.WriteString("\tipv6 { import all; export all; extended next hop on; };\n")
+		if leg := s.Router.leg(bridge); s.DualStack() && leg != nil && leg.AddressV6.IsValid() {
+			// Nodes announce their IPv6 pod CIDRs with their IPv6 addresses as next hops
+			// (or IPv4 ones, IPv4-mapped as RFC 4798 has them, from a node without one);
+			// the router gives them its own IPv6 address on the segment as next hop.
+			fmt.Fprintf(&w, "\tipv6 { import all; export all; extended next hop on; next hop address %s; };\n", leg.AddressV6.Addr())
 		}
 		if !reflector {
 			w.WriteString("\tipv4 { import all; export all; };\n}\n")

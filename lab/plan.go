@@ -30,7 +30,7 @@ func plan(name string, spec *Spec) (*State, error) {
 		st.BGP = &b
 	}
 	if st.BGP.HasRouter() {
-		st.Router = planRouter(name)
+		st.Router = planRouter(name, st.DualStack())
 	}
 	for _, ns := range spec.Namespaces {
 		st.Namespaces = append(st.Namespaces, Namespace{Name: ns.Name, Labels: copyLabels(ns.Labels)})

@@ -126,11 +126,33 @@ func (s *State) ServiceIPFamily(ctx context.Context, key string, port int, proto
 // made from the underlay namespace (State.Underlay, the bridge every node plugs into): a
 // client outside the cluster, reaching the node at its underlay address (`lab nodes`).
 func (s *State) ProbeNodePort(node string, port int, protocol string) error {
+	return s.ProbeNodePortFamily(node, port, protocol, FamilyIPv4)
+}
+
+// ProbeNodePortFamily is ProbeNodePort at the node's address of family: in a dual-stack lab
+// nodes have an IPv6 underlay address too.
+func (s *State) ProbeNodePortFamily(node string, port int, protocol, family string) error {
 	n, err := s.Node(node)
 	if err != nil {
 		return err
 	}
-	return probe(s.Underlay, netip.AddrPortFrom(n.IP, uint16(port)), protocol)
+	ip, err := n.Addr(family)
+	if err != nil {
+		return err
+	}
+	return probe(s.Underlay, netip.AddrPortFrom(ip, uint16(port)), protocol)
+}
+
+// Addr is the node's underlay address of family (IPv4 or IPv6, any case).
+func (n *Node) Addr(family string) (netip.Addr, error) {
+	ip := n.IP
+	if strings.EqualFold(family, FamilyIPv6) {
+		ip = n.IPv6
+	}
+	if !ip.IsValid() {
+		return ip, fmt.Errorf("node %s has no %s underlay address", n.Name, family)
+	}
+	return ip, nil
 }
 
 // dialIn connects from the namespace at netnsPath to addr over TCP or UDP.

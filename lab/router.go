@@ -31,7 +31,9 @@ func (b *builder) router(ctx context.Context) error {
 		return err
 	}
 	err := namespace.Do(r.Netns, func() error {
-		for _, kv := range [][2]string{{"ipv4/ip_forward", "1"}, {"ipv4/conf/all/rp_filter", "0"}, {"ipv4/conf/default/rp_filter", "0"}} {
+		// IPv6 too: in a dual-stack lab it routes the nodes' IPv6 pod CIDRs between racks.
+		for _, kv := range [][2]string{{"ipv4/ip_forward", "1"}, {"ipv4/conf/all/rp_filter", "0"}, {"ipv4/conf/default/rp_filter", "0"},
+			{"ipv6/conf/all/forwarding", "1"}} {
 			if err := os.WriteFile(filepath.Join("/proc/sys/net", kv[0]), []byte(kv[1]), 0o644); err != nil {
 				return fmt.Errorf("sysctl %s: %w", kv[0], err)
 			}
@@ -85,6 +87,11 @@ func (b *builder) routerLeg(leg RouterLeg) error {
 		}
 		if err := h.AddrAdd(l, &netlink.Addr{IPNet: prefixNet(leg.Address)}); err != nil {
 			return fmt.Errorf("address %s: %w", leg.Interface, err)
+		}
+		if leg.AddressV6.IsValid() {
+			if err := addIPv6(h, l, leg.AddressV6.Addr()); err != nil {
+				return fmt.Errorf("%s: %w", leg.Interface, err)
+			}
 		}
 		return h.LinkSetUp(l)
 	})

@@ -20,7 +20,20 @@ var (
 	etcdIP       = netip.MustParseAddr("10.250.0.254")
 	// routerIP is the router's address on br0, and its BGP router id.
 	routerIP = netip.MustParseAddr("10.250.0.253")
+	// UnderlayIPv6 is the underlay namespace's address on br0 in a dual-stack lab: the client
+	// outside the cluster that IPv6 NodePort probes and masquerading tests talk to. Nodes of
+	// a dual-stack lab have underlayIPv6Prefix:<segment>::<host> too, 10.250.<segment>.<host>
+	// being their IPv4 address; segments are /64s, and only br0 is reached from outside.
+	UnderlayIPv6       = netip.MustParseAddr("fd00:10:250::254")
+	underlayIPv6Prefix = netip.MustParsePrefix("fd00:10:250::/48")
 )
+
+// nodeIPv6 is the IPv6 underlay address paired with a node's IPv4 one.
+func nodeIPv6(ip netip.Addr) netip.Addr {
+	a, b := ip.As4(), underlayIPv6Prefix.Addr().As16()
+	b[7], b[15] = a[2], a[3]
+	return netip.AddrFrom16(b)
+}
 
 // Limits of the addressing: node addresses up to .maxNodeOctet of a segment, racks 1 to maxRacks.
 const (
@@ -56,15 +69,37 @@ type RouterLeg struct {
 	Bridge    string       `json:"bridge"`
 	Interface string       `json:"interface"` // in the router's namespace
 	Address   netip.Prefix `json:"address"`
+	// AddressV6 is its IPv6 address in a dual-stack lab, paired with Address as the nodes'
+	// are: the next hop of the IPv6 routes the router gives nodes of the segment.
+	AddressV6 netip.Prefix `json:"addressV6,omitzero"`
+}
+
+// routerLegOn is the router's leg on bridge at ip, with an IPv6 address in a dual-stack lab.
+func routerLegOn(bridge string, ip netip.Addr, bits int, dualStack bool) RouterLeg {
+	leg := RouterLeg{Bridge: bridge, Interface: "to-" + bridge, Address: netip.PrefixFrom(ip, bits)}
+	if dualStack {
+		leg.AddressV6 = netip.PrefixFrom(nodeIPv6(ip), 64)
+	}
+	return leg
 }
 
 // BridgePort is the leg's peer on the segment's bridge, in the underlay namespace.
 func (l RouterLeg) BridgePort() string { return "rt-" + l.Bridge }
 
-func planRouter(lab string) *Router {
+func planRouter(lab string, dualStack bool) *Router {
 	dir := filepath.Join(Dir(lab), "router")
 	return &Router{Netns: namespace.Path(lab + "-router"), Config: filepath.Join(dir, "bird.conf"), Socket: filepath.Join(dir, "bird.ctl"),
-		Legs: []RouterLeg{{Bridge: bridgeIf, Interface: "to-" + bridgeIf, Address: netip.PrefixFrom(routerIP, underlayCIDR.Bits())}}}
+		Legs: []RouterLeg{routerLegOn(bridgeIf, routerIP, underlayCIDR.Bits(), dualStack)}}
+}
+
+// leg returns the router's leg on bridge, or nil.
+func (r *Router) leg(bridge string) *RouterLeg {
+	for i := range r.Legs {
+		if r.Legs[i].Bridge == bridge {
+			return &r.Legs[i]
+		}
+	}
+	return nil
 }
 
 // rack returns the rack called name, or nil.
@@ -89,7 +124,7 @@ func (s *State) addRack(name string) (*Rack, error) {
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(k), 0}), 24)
 	r := Rack{Name: name, Bridge: fmt.Sprintf("rk%d", k), Subnet: subnet, Router: netip.AddrFrom4([4]byte{10, 250, byte(k), 254})}
 	s.Racks = append(s.Racks, r)
-	s.Router.Legs = append(s.Router.Legs, RouterLeg{Bridge: r.Bridge, Interface: "to-" + r.Bridge, Address: netip.PrefixFrom(r.Router, 24)})
+	s.Router.Legs = append(s.Router.Legs, routerLegOn(r.Bridge, r.Router, 24, s.DualStack()))
 	return &s.Racks[len(s.Racks)-1], nil
 }
 
@@ -116,7 +151,11 @@ func (s *State) placeNode(spec NodeSpec) (Node, error) {
 	if ip.As4()[3] > maxNodeOctet {
 		return Node{}, fmt.Errorf("node %s: segment %s is full (at most %d nodes)", spec.Name, subnet, maxNodeOctet)
 	}
-	return planNode(s.Name, spec, ip), nil
+	n := planNode(s.Name, spec, ip)
+	if s.DualStack() {
+		n.IPv6 = nodeIPv6(ip)
+	}
+	return n, nil
 }
 
 // segment is the bridge node n plugs into and the router's address there (the node's gateway

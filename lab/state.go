@@ -66,8 +66,10 @@ type State struct {
 
 // Node is a node as made.
 type Node struct {
-	Name    string       `json:"name"`
-	IP      netip.Addr   `json:"ip"`
+	Name string     `json:"name"`
+	IP   netip.Addr `json:"ip"`
+	// IPv6 is the node's IPv6 underlay address in a dual-stack lab.
+	IPv6    netip.Addr   `json:"ipv6,omitzero"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack lab.
 	PodCIDRv6 netip.Prefix `json:"podCIDRv6,omitzero"`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ebpfnet/ebpfnet/agent"
@@ -203,6 +204,11 @@ func (b *builder) underlay(ctx context.Context) error {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: etcdIP.AsSlice(), Mask: net.CIDRMask(underlayCIDR.Bits(), 32)}}
 		if err := h.AddrAdd(br, addr); err != nil {
 			return err
+		}
+		if b.st.DualStack() {
+			if err := addIPv6(h, br, UnderlayIPv6); err != nil {
+				return fmt.Errorf("underlay %s: %w", bridgeIf, err)
+			}
 		}
 		if err := h.LinkSetUp(br); err != nil {
 			return err
@@ -440,6 +446,11 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 		if err := h.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("address eth0: %w", err)
 		}
+		if n.IPv6.IsValid() {
+			if err := addIPv6(h, l, n.IPv6); err != nil {
+				return fmt.Errorf("address eth0: %w", err)
+			}
+		}
 		if err := h.LinkSetUp(l); err != nil {
 			return err
 		}
@@ -451,6 +462,23 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 		}
 		return nil
 	})
+}
+
+// addIPv6 turns IPv6 back on for l (addBridge and plugIntoUnderlay turn it off) and gives it
+// ip in its /64, without duplicate address detection and without taking router
+// advertisements.
+func addIPv6(h *netlink.Handle, l netlink.Link, ip netip.Addr) error {
+	dir := filepath.Join("/proc/sys/net/ipv6/conf", l.Attrs().Name)
+	for _, set := range []struct{ key, value string }{{"accept_ra", "0"}, {"autoconf", "0"}, {"disable_ipv6", "0"}} {
+		if err := os.WriteFile(filepath.Join(dir, set.key), []byte(set.value), 0o644); err != nil {
+			return err
+		}
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
+	if err := h.AddrAdd(l, addr); err != nil {
+		return fmt.Errorf("address %s: %w", ip, err)
+	}
+	return nil
 }
 
 func disableIPv6(ifname string) error {

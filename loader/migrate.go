@@ -28,11 +28,10 @@ type migration struct {
 	copied   int
 }
 
-// startEmpty are maps whose entries are not carried across a layout change: the agent writes
-// the config again at start; the ring buffer holds events in flight; a per-CPU map's counters
-// restart.
+// startEmpty are maps whose entries are not carried across a layout change: the ring buffer
+// holds events in flight; a per-CPU map's counters (or scratch space) restart.
 func startEmpty(ms *ebpf.MapSpec) bool {
-	return ms.Name == maps.ConfigName || ms.Type == ebpf.RingBuf || ms.Type == ebpf.PerCPUArray || ms.Type == ebpf.PerCPUHash
+	return ms.Type == ebpf.RingBuf || ms.Type == ebpf.PerCPUArray || ms.Type == ebpf.PerCPUHash
 }
 
 func describe(t ebpf.MapType, key, value, max, flags uint32) string {

@@ -23,6 +23,12 @@ var Layouts = map[string][]Layout{
 	},
 }
 
+// appendOnly are maps whose value only ever grows by fields added at its end, zero meaning
+// unset: an entry of any older layout is carried by appending zeros. The config map is one
+// (struct node_config: new fields go last), so the programs an upgrade switches to read the
+// node's config from the first packet on, before the agent writes it again.
+var appendOnly = map[string]bool{ConfigName: true}
+
 // appendZeros converts a value by appending n zero bytes: for fields added at the end, whose
 // zero means unknown.
 func appendZeros(n int) func(k, v []byte) ([]byte, []byte) {
@@ -38,6 +44,9 @@ func appendZeros(n int) func(k, v []byte) ([]byte, []byte) {
 func Converter(name string, fromKey, fromValue, toKey, toValue uint32) (func(k, v []byte) ([]byte, []byte), error) {
 	if fromKey == toKey && fromValue == toValue {
 		return func(k, v []byte) ([]byte, []byte) { return k, v }, nil
+	}
+	if appendOnly[name] && fromKey == toKey && fromValue < toValue {
+		return appendZeros(int(toValue - fromValue)), nil
 	}
 	versions := Layouts[name]
 	for i, l := range versions {

@@ -132,7 +132,11 @@ func (rs *Routes) List() ([]Route, error) {
 
 // NodeConfig is what the datapath needs to know about its own node.
 type NodeConfig struct {
-	NodeIP          netip.Addr
+	NodeIP netip.Addr
+	// NodeIPv6 is the node's IPv6 underlay address; invalid: it has none, and IPv6 gets no
+	// NodePort source translation, no masquerading and no way out of the cluster but the
+	// node's stack.
+	NodeIPv6        netip.Addr
 	UnderlayIfindex uint32
 	TunnelIfindex   uint32
 	Mode            Mode
@@ -168,6 +172,12 @@ func SetConfig(m *ebpf.Map, c NodeConfig) error {
 	copy(v.HostMac[:], c.HostMAC)
 	if c.NodeIP.IsValid() {
 		v.NodeIp = EndpointKey(c.NodeIP).Ip
+	}
+	if c.NodeIPv6.IsValid() {
+		if !c.NodeIPv6.Is6() || c.NodeIPv6.Is4In6() || !c.NodeIPv6.IsGlobalUnicast() {
+			return fmt.Errorf("write node config: %s is not a global unicast IPv6 address", c.NodeIPv6)
+		}
+		v.NodeIpv6 = c.NodeIPv6.As16()
 	}
 	if err := m.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write node config: %w", err)

@@ -37,6 +37,7 @@ type NamedPort struct {
 type Node struct {
 	Name string
 	IP   netip.Addr
+	IPv6 netip.Addr // its IPv6 underlay address, if it has one
 }
 
 // Input is the whole cluster, from one node's point of view.
@@ -223,10 +224,14 @@ func (c *compiler) ipcache() {
 		entries[pfx] = maps.IPCacheEntry{Prefix: pfx, Identity: id, CIDRIdentity: c.longestCIDR(ip)}
 	}
 	for _, n := range c.in.Nodes {
+		id := maps.IdentityRemoteNode
 		if n.Name == c.in.Self {
-			host(n.IP, maps.IdentityHost)
-		} else {
-			host(n.IP, maps.IdentityRemoteNode)
+			id = maps.IdentityHost
+		}
+		for _, ip := range []netip.Addr{n.IP, n.IPv6} {
+			if ip.IsValid() {
+				host(ip, id)
+			}
 		}
 	}
 	for i := range c.in.Pods {

@@ -18,7 +18,8 @@ func input(t *testing.T, yamlDocs string) policy.Input {
 	}
 	ids := map[string]uint32{}
 	in := policy.Input{Self: "n1", Policies: nps, Namespaces: map[string]map[string]string{"x": {}, "y": {"team": "blue"}},
-		Nodes: []policy.Node{{Name: "n1", IP: netip.MustParseAddr("10.250.0.1")}, {Name: "n2", IP: netip.MustParseAddr("10.250.0.2")}},
+		Nodes: []policy.Node{{Name: "n1", IP: netip.MustParseAddr("10.250.0.1"), IPv6: netip.MustParseAddr("fd00:10:250::1")},
+			{Name: "n2", IP: netip.MustParseAddr("10.250.0.2"), IPv6: netip.MustParseAddr("fd00:10:250::2")}},
 		Identity: func(k string) (uint32, error) {
 			if _, ok := ids[k]; !ok {
 				ids[k] = uint32(256 + len(ids))
@@ -76,7 +77,8 @@ func TestCompileIsDeterministicAndExact(t *testing.T) {
 	for _, e := range first.IPCache {
 		ic[e.Prefix] = e.Identity
 	}
-	if ic[netip.MustParsePrefix("10.250.0.1/32")] != maps.IdentityHost || ic[netip.MustParsePrefix("10.250.0.2/32")] != maps.IdentityRemoteNode {
+	if ic[netip.MustParsePrefix("10.250.0.1/32")] != maps.IdentityHost || ic[netip.MustParsePrefix("10.250.0.2/32")] != maps.IdentityRemoteNode ||
+		ic[netip.MustParsePrefix("fd00:10:250::1/128")] != maps.IdentityHost || ic[netip.MustParsePrefix("fd00:10:250::2/128")] != maps.IdentityRemoteNode {
 		t.Fatalf("node identities in the ipcache: %v", ic)
 	}
 }

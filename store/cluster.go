@@ -12,8 +12,10 @@ import (
 
 // Node is a node as registered in the store.
 type Node struct {
-	Name    string       `json:"name"`
-	IP      netip.Addr   `json:"ip"`
+	Name string     `json:"name"`
+	IP   netip.Addr `json:"ip"`
+	// IPv6 is the node's IPv6 underlay address in a dual-stack cluster, if it has one.
+	IPv6    netip.Addr   `json:"ipv6,omitzero"`
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack cluster; zero in an IPv4 one.
 	PodCIDRv6 netip.Prefix `json:"podCIDRv6,omitzero"`

@@ -13,11 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/bgp"
 	"github.com/ebpfnet/ebpfnet/lab"
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/namespace"
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 )
 
 // bgpLab is a native lab whose agents learn their routes over BGP, one echo pod per node
@@ -127,11 +131,17 @@ func kernelRoutes(t *testing.T, n *lab.Node) string {
 
 func allPodPairs(t *testing.T, st *lab.State, port int, protos ...string) {
 	t.Helper()
+	allPodPairsFamily(t, st, lab.FamilyIPv4, port, protos...)
+}
+
+// allPodPairsFamily is allPodPairs at the pods' addresses of family.
+func allPodPairsFamily(t *testing.T, st *lab.State, family string, port int, protos ...string) {
+	t.Helper()
 	for _, proto := range protos {
 		// Sessions come up and routes get installed a moment apart on a loaded machine: wait
 		// until every pair answers, and name those that never do.
-		eventually(t, 30*time.Second, proto+" between all pods", func() (bool, string) {
-			m, err := st.Matrix(port, proto)
+		eventually(t, 30*time.Second, family+" "+proto+" between all pods", func() (bool, string) {
+			m, err := st.MatrixFamily(port, proto, family)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -424,10 +434,10 @@ func TestBGPRouteReflector(t *testing.T) {
 }
 
 // Acceptance (issue 20): a dual-stack lab in two racks, routes over BGP. Each node announces
-// its IPv6 pod CIDR too, with its IPv4 address as the next hop (RFC 4798): the BIRD router
-// learns every node's IPv6 pod CIDR and passes it on, every node installs the others', and
-// pods of one rack reach each other over IPv6 by them. (Across racks IPv6 would need the
-// router's kernel to route IPv6 via IPv4 next hops, which BIRD 2.0 cannot install.)
+// its IPv6 pod CIDR too, with its IPv6 underlay address as the next hop: the BIRD router
+// learns every node's IPv6 pod CIDR, installs it in its kernel by that next hop and passes it
+// on, every node installs the others', and all pods reach each other over IPv6, across racks
+// through the router.
 func TestBGPDualStack(t *testing.T) {
 	t.Parallel()
 	spec := bgpLab(&lab.BGPSpec{ASN: 64512, RouterASN: 64500},
@@ -464,13 +474,34 @@ func TestBGPDualStack(t *testing.T) {
 			})
 		}
 	})
-	t.Run("IPv6 within a rack", func(t *testing.T) {
-		for _, pair := range [][2]string{{"x/p1", "x/p2"}, {"x/p2", "x/p1"}} {
-			eventually(t, 30*time.Second, pair[0]+" -> "+pair[1]+" over IPv6", func() (bool, string) {
-				err := st.ProbeFamily(pair[0], pair[1], 80, "TCP", lab.FamilyIPv6)
-				return err == nil, fmt.Sprint(err)
+	t.Run("the router routes each IPv6 pod CIDR to its node", func(t *testing.T) {
+		eventually(t, 30*time.Second, "the router's kernel routes", func() (bool, string) {
+			via := map[netip.Prefix]netip.Addr{}
+			err := namespace.Do(st.Router.Netns, func() error {
+				routes, err := netlinksafe.RouteList(nil, netlink.FAMILY_V6)
+				for _, r := range routes {
+					if r.Dst != nil && r.Gw != nil {
+						p, _ := netip.AddrFromSlice(r.Dst.IP)
+						bits, _ := r.Dst.Mask.Size()
+						via[netip.PrefixFrom(p, bits)], _ = netip.AddrFromSlice(r.Gw)
+					}
+				}
+				return err
 			})
-		}
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, n := range st.Nodes {
+				if via[n.PodCIDRv6] != n.IPv6 {
+					return false, fmt.Sprintf("%s via %v, want via %s's %s; routes %v", n.PodCIDRv6, via[n.PodCIDRv6], n.Name, n.IPv6, via)
+				}
+			}
+			return true, ""
+		})
+	})
+	t.Run("all pairs over IPv6", func(t *testing.T) {
+		allPodPairsFamily(t, st, lab.FamilyIPv6, 80, "TCP")
+		allPodPairsFamily(t, st, lab.FamilyIPv6, 81, "UDP")
 	})
 	t.Run("all pairs over IPv4", func(t *testing.T) { allPodPairs(t, st, 80, "TCP") })
 }

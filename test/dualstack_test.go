@@ -77,6 +77,9 @@ func TestDualStack(t *testing.T) {
 				t.Run("IPv6 prefilter", func(t *testing.T) { checkIPv6Prefilter(t, st) })
 			}
 			t.Run("dual-stack service", func(t *testing.T) { checkDualStackService(t, st) })
+			t.Run("node ports in both families", func(t *testing.T) { checkDualStackNodePorts(t, st) })
+			t.Run("masquerade in both families", func(t *testing.T) { checkDualStackMasquerade(t, st) })
+			t.Run("the node over IPv6", func(t *testing.T) { checkNodeOverIPv6(t, st) })
 			t.Run("spoofed IPv6 source", func(t *testing.T) { checkSpoofedIPv6(t, st) })
 			t.Run("forged neighbour advertisement", func(t *testing.T) { checkForgedNA(t, st) })
 		})
@@ -300,14 +303,14 @@ func sendNA(t *testing.T, p *lab.Pod, target netip.Addr, n int) {
 	}
 }
 
-// checkDualStackService: a RequireDualStack Service of node3's pods gets a cluster IP of each
-// family, and answers on both, over TCP and UDP, from a pod on every node.
+// checkDualStackService: a RequireDualStack NodePort Service of node3's pods gets a cluster IP
+// of each family, and answers on both, over TCP and UDP, from a pod on every node.
 func checkDualStackService(t *testing.T, st *lab.State) {
 	ctx := context.Background()
-	spec := lab.ServiceSpec{Namespace: "x", Name: "web", Selector: map[string]string{"role": "web"},
+	spec := lab.ServiceSpec{Namespace: "x", Name: "web", Type: "NodePort", Selector: map[string]string{"role": "web"},
 		IPFamilyPolicy: "RequireDualStack", Ports: []lab.ServicePortSpec{
-			{Name: "tcp", Port: 8080, TargetPort: intstr.FromInt32(80), Protocol: "TCP"},
-			{Name: "udp", Port: 8080, TargetPort: intstr.FromInt32(80), Protocol: "UDP"}}}
+			{Name: "tcp", Port: 8080, TargetPort: intstr.FromInt32(80), Protocol: "TCP", NodePort: 30080},
+			{Name: "udp", Port: 8080, TargetPort: intstr.FromInt32(80), Protocol: "UDP", NodePort: 30080}}}
 	stored, err := st.ApplyServices(ctx, []lab.ServiceSpec{spec})
 	if err != nil {
 		t.Fatal(err)
@@ -329,6 +332,127 @@ func checkDualStackService(t *testing.T, st *lab.State) {
 			}
 		}
 	}
+}
+
+// checkDualStackNodePorts: every node has its IPv6 underlay address, and x/web's node port
+// answers a client outside the cluster (the underlay namespace) on each node's address of each
+// family, over TCP and UDP. node3's own backends see the client; node1's answer comes from
+// node3's backends, which see node1 (externalTrafficPolicy Cluster): the same as for IPv4.
+func checkDualStackNodePorts(t *testing.T, st *lab.State) {
+	out, code := ebpfnet(t, "lab", "nodes", "--name", st.Name, "-o", "json")
+	var nodes []struct{ Name, IP, IPv6 string }
+	if code != 0 || jsonUnmarshal(out, &nodes) != nil || len(nodes) != len(st.Nodes) {
+		t.Fatalf("lab nodes -o json (exit %d): %s", code, out)
+	}
+	for _, n := range nodes {
+		if ip, err := netip.ParseAddr(n.IPv6); err != nil || !ip.Is6() || !ip.IsGlobalUnicast() {
+			t.Errorf("lab nodes lists %s with IPv6 underlay address %q", n.Name, n.IPv6)
+		}
+	}
+	outside := map[string]netip.Addr{lab.FamilyIPv4: underlayAddr(t, st), lab.FamilyIPv6: lab.UnderlayIPv6}
+	backends := map[netip.Addr]bool{}
+	for _, p := range st.Pods {
+		if p.Node == "node3" {
+			backends[p.IP], backends[p.IPv6] = true, true
+		}
+	}
+	for _, family := range st.Families() {
+		for _, name := range []string{"node1", "node3"} {
+			n, _ := st.Node(name)
+			ip, err := n.Addr(family)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, proto := range []string{"TCP", "UDP"} {
+				w := whoAgain(t, st.Underlay, netip.AddrPortFrom(ip, 30080), proto)
+				want := outside[family]
+				if name == "node1" {
+					want = ip
+				}
+				if !backends[w.Server] || w.Client.Addr() != want {
+					t.Errorf("%s node port %s/%s: %s answered seeing %s, want a backend of node3 seeing %s", family, netip.AddrPortFrom(ip, 30080), proto, w.Server, w.Client, want)
+				}
+			}
+		}
+	}
+}
+
+// checkDualStackMasquerade: a pod reaching outside the cluster takes its node's address of the
+// family it speaks, with a port of the masquerading range, over TCP, UDP and ICMP.
+func checkDualStackMasquerade(t *testing.T, st *lab.State) {
+	src, _ := st.Pod("x/p11")
+	node, _ := st.Node("node1")
+	outside := map[string]netip.Addr{lab.FamilyIPv4: underlayAddr(t, st), lab.FamilyIPv6: lab.UnderlayIPv6}
+	for _, family := range st.Families() {
+		serveOutsideFamily(t, st, family, 7001)
+		want, _ := node.Addr(family)
+		for _, proto := range []string{"TCP", "UDP"} {
+			w := whoAgain(t, src.Netns, netip.AddrPortFrom(outside[family], 7001), proto)
+			if w.Client.Addr() != want || w.Client.Port() < 20000 || w.Client.Port() > 29999 {
+				t.Errorf("%s %s: outside saw %s, want %s with a port in 20000-29999", family, proto, w.Client, want)
+			}
+		}
+		if err := pingFrom(src.Netns, outside[family]); err != nil {
+			t.Errorf("%s: ping outside: %v", family, err)
+		}
+	}
+}
+
+// checkNodeOverIPv6: node1 itself, from its IPv6 underlay address, reaches x/web's IPv6
+// cluster IP (whose backends are all on node3, and see node1's address), its own pod and
+// another node's pod at their IPv6 addresses. Under a policy denying x/p11 and x/p21 all
+// ingress, node1 still reaches its own pod (that address is the host's, as its IPv4 one),
+// and no longer the other node's.
+func checkNodeOverIPv6(t *testing.T, st *lab.State) {
+	node, _ := st.Node("node1")
+	ip, err := st.ServiceIPFamily(context.Background(), "x/web", 8080, "TCP", lab.FamilyIPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []string{"TCP", "UDP"} {
+		if w := whoAgain(t, node.Netns, netip.AddrPortFrom(ip, 8080), proto); w.Client.Addr() != node.IPv6 {
+			t.Errorf("node1 -> x/web at %s 8080/%s: %s saw %s, want node1's %s", ip, proto, w.Server, w.Client, node.IPv6)
+		}
+	}
+	for _, key := range []string{"x/p11", "x/p21"} {
+		p, _ := st.Pod(key)
+		for _, proto := range []string{"TCP", "UDP"} {
+			if err := probeAgain(node.Netns, netip.AddrPortFrom(p.IPv6, 80), proto); err != nil {
+				t.Errorf("node1 -> %s at %s 80/%s: %v", key, p.IPv6, proto, err)
+			}
+		}
+	}
+	ctx := context.Background()
+	deny := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-in, namespace: x}\n" +
+		"spec:\n  podSelector: {matchExpressions: [{key: pod, operator: In, values: [p11, p21]}]}\n  policyTypes: [Ingress]\n"
+	if _, err := st.Client().ApplyPolicies(ctx, []byte(deny)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := st.Client().DeletePolicy(ctx, "x", "deny-in"); err != nil {
+			t.Errorf("delete policy x/deny-in: %v", err)
+		}
+	})
+	p11, _ := st.Pod("x/p11")
+	p21, _ := st.Pod("x/p21")
+	eventually(t, 10*time.Second, "node1 to reach x/p11, and not x/p21, over IPv6", func() (bool, string) {
+		own := lab.ProbeFrom(node.Netns, netip.AddrPortFrom(p11.IPv6, 80), "TCP")
+		other := lab.ProbeFrom(node.Netns, netip.AddrPortFrom(p21.IPv6, 80), "TCP")
+		return own == nil && other != nil, fmt.Sprintf("x/p11: %v; x/p21: %v", own, other)
+	})
+}
+
+// whoAgain is who, asked again for up to 10 s while the answer does not come: the agents
+// program a new Service's node ports a moment after it is stored.
+func whoAgain(t *testing.T, netns string, addr netip.AddrPort, proto string) lab.Who {
+	t.Helper()
+	var w lab.Who
+	eventually(t, 10*time.Second, fmt.Sprintf("%s/%s answers", addr, proto), func() (bool, string) {
+		var err error
+		w, err = lab.AskWho(netns, addr, proto)
+		return err == nil, fmt.Sprint(err)
+	})
+	return w
 }
 
 // checkManagedNeighbours: in native mode node1 keeps a managed neighbour entry for each other

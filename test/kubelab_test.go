@@ -38,12 +38,20 @@ func standardLab(t *testing.T, mode string) *lab.Spec {
 }
 
 // TestKubernetesLab brings up a real Kubernetes per mode (API server, controller manager,
-// scheduler; containerd and kubelet per node; ebpfnet's DaemonSet from deploy/), checks
-// that kubelet made every pod and ebpfnet's agents and all pairs reach each other, takes the
-// agents through a rollout, a kill and an upgrade under traffic and finally removes them (vxlan), that pods resolve Services by name
-// through the cluster DNS and reach the API server, plays every NetworkPolicy case
-// through kubectl on it, runs a few of Kubernetes' own e2e tests (native), and checks that `lab down`
-// leaves nothing.
+// scheduler; containerd and kubelet per node; ebpfnet's DaemonSet from deploy/), checks that
+// kubelet made every pod and ebpfnet's agents, that all pairs reach each other, that pods
+// resolve Services by name through the cluster DNS and reach the API server, plays every
+// NetworkPolicy case through kubectl on it, and checks that `lab down` leaves nothing. The
+// vxlan lab's agents go through an upgrade, a rollout and a kill under traffic and are finally
+// removed. The native lab is dual stack (the API server's Service range and the controller
+// manager's cluster CIDR of both families, the DaemonSet with clusterCIDRv6), which the IPv4
+// checks run on unchanged; on it (checks in kubedualstack_test.go and beside them) each Node's
+// spec.podCIDRs has a pod CIDR of each family, kubelet reports both of every pod's addresses,
+// every pair connects over both families, Services work without kube-proxy, a
+// RequireDualStack Service answers on both cluster IPs from every pod, a NetworkPolicy applied
+// with kubectl holds in both families, an agent stopped while policies change and the API
+// server stopped leave the datapath enforcing, an agent SIGKILLed comes back (kubelet starts
+// it) with both of its Node's pod CIDRs, and a few of Kubernetes' own e2e tests pass.
 func TestKubernetesLab(t *testing.T) {
 	for _, mode := range []string{"vxlan", "native"} {
 		t.Run(mode, func(t *testing.T) {
@@ -56,12 +64,17 @@ func TestKubernetesLab(t *testing.T) {
 					downLab(t, name)
 				}
 			})
+			spec := standardLab(t, mode)
+			if mode == "native" {
+				// The dual-stack checks run on this cluster: one of their own cost make test
+				// a minute of both cores.
+				spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+			}
 			if mode == "vxlan" {
 				// The vxlan lab's agents start on main's build: the DaemonSet's checks upgrade
 				// them to this one first, across a map layout change, and the checks after run
 				// on this build.
 				exe := buildAt(t, deployUpgradeFrom)
-				spec := standardLab(t, mode)
 				if err := spec.Validate(); err != nil {
 					t.Fatal(err)
 				}
@@ -69,7 +82,7 @@ func TestKubernetesLab(t *testing.T) {
 					AgentExe: exe, AgentCNI: filepath.Join(filepath.Dir(exe), "ebpfnet-cni")}); err != nil {
 					t.Fatalf("lab up with the agent of %s: %v", deployUpgradeFrom[:7], err)
 				}
-			} else if out, code := ebpfnet(t, "lab", "up", "--name", name, "-f", writeSpec(t, standardLab(t, mode))); code != 0 {
+			} else if out, code := ebpfnet(t, "lab", "up", "--name", name, "-f", writeSpec(t, spec)); code != 0 {
 				t.Fatalf("lab up: exit %d: %s", code, out)
 			}
 			st, err := lab.Load(name)
@@ -79,6 +92,11 @@ func TestKubernetesLab(t *testing.T) {
 			t.Run("pods are kubelet's", func(t *testing.T) { checkKubeletPods(t, st) })
 			t.Run("agents are the DaemonSet's", func(t *testing.T) { checkAgentsAreTheDaemonSet(t, st) })
 			t.Run("all pairs reachable", func(t *testing.T) { checkAllPairs(t, st) })
+			if mode == "native" {
+				t.Run("nodes have a pod CIDR of each family", func(t *testing.T) { checkKubeDualStackNodes(t, st) })
+				t.Run("pods have both addresses", func(t *testing.T) { checkKubeDualStackPods(t, st) })
+				t.Run("all pairs in both families", func(t *testing.T) { checkAllPairsBothFamilies(t, st) })
+			}
 			if t.Failed() {
 				return
 			}
@@ -92,10 +110,13 @@ func TestKubernetesLab(t *testing.T) {
 				t.Run("containerd drives ebpfnet-cni at each cniVersion", func(t *testing.T) { checkContainerdCNIVersions(t, st) })
 			}
 			if mode == "native" {
+				// Each check cleans up after itself (its policies and Services deleted, labels
+				// put back, every agent running), so the next one starts from the lab as made.
 				t.Run("services without kube-proxy", func(t *testing.T) { checkKubeServices(t, st) })
+				t.Run("dual-stack service", func(t *testing.T) { checkKubeDualStackService(t, st) })
+				t.Run("networkpolicy in both families", func(t *testing.T) { checkKubeDualStackPolicy(t, st) })
 				t.Run("agent restart and API server outage", func(t *testing.T) { checkAgentRestartAndAPIOutage(t, st) })
-			}
-			if mode == "native" {
+				t.Run("a killed agent comes back with both pod CIDRs", func(t *testing.T) { checkKubeDualStackAgentKill(t, st) })
 				// One mode's lab runs them: the vxlan lab's time goes to the DaemonSet's checks.
 				t.Run("upstream e2e subset", func(t *testing.T) { checkUpstreamSubset(t, st) })
 			}

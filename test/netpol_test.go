@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -183,6 +184,9 @@ func blocked(patterns []string, from, to string) bool {
 // TestNetworkPolicyCases plays every case in every mode and checks the matrix. Cases written
 // against the same lab play one after another on one lab per mode, each starting from the
 // lab as its file made it (no policy, the file's labels): a lab costs far more than a case.
+// The vxlan labs are dual stack: in them the shared cases and the ipBlock ones (inIPv6) play a
+// second time with the pods' IPv6 addresses, in their policies' ipBlocks and in their probes
+// (subtest <case>/IPv6), after the play with the IPv4 ones that every mode has.
 func TestNetworkPolicyCases(t *testing.T) {
 	cases := readCases(t)
 	groups := map[string][]string{}
@@ -205,15 +209,15 @@ func TestNetworkPolicyCases(t *testing.T) {
 	sort.Slice(keys, func(i, j int) bool { return groups[keys[i]][0] < groups[keys[j]][0] })
 	for _, key := range keys {
 		names := groups[key]
-		modes := cases[names[0]].Modes
-		if len(modes) == 0 {
-			modes = []string{"vxlan", "native-bgp-racks", "ipip"}
-		}
+		modes := casesModes(cases[names[0]])
 		for _, mode := range modes {
 			spec := cases[names[0]].Lab
 			spec.Mode = mode
 			if mode == "native-bgp-racks" {
 				spec = inTwoRacks(spec)
+			}
+			if mode == "vxlan" {
+				spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
 			}
 			inSharedLab(t, mode+"/lab-of-"+names[0], "np", spec, func(t *testing.T, st *lab.State, spec *lab.Spec) {
 				for _, name := range names {
@@ -221,10 +225,30 @@ func TestNetworkPolicyCases(t *testing.T) {
 						defer resetLab(t, st, spec)
 						playCase(t, cases[name], st)
 					})
+					if st.DualStack() && inIPv6(name) {
+						t.Run(name+"/"+lab.FamilyIPv6, func(t *testing.T) {
+							defer resetLab(t, st, spec)
+							playCaseFamily(t, cases[name], st, lab.FamilyIPv6)
+						})
+					}
 				}
 			})
 		}
 	}
+}
+
+// casesModes are the modes a case plays in: its own list, or every mode.
+func casesModes(c *netpolCase) []string {
+	if len(c.Modes) == 0 {
+		return []string{"vxlan", "native-bgp-racks", "ipip"}
+	}
+	return c.Modes
+}
+
+// inIPv6 says whether a case plays in IPv6 too: the shared cases ("shared-*", from
+// $EBPFNET_NETPOL_CASES) and the ipBlock ones, whose policies name pods' addresses.
+func inIPv6(name string) bool {
+	return strings.HasPrefix(name, "shared-") || strings.Contains(name, "ipblock")
 }
 
 // inSharedLab runs play as the parallel subtest title, in a lab of spec that its cases share
@@ -239,43 +263,49 @@ func inSharedLab(t *testing.T, title, prefix string, spec lab.Spec, play func(t 
 	})
 }
 
-// TestNetworkPolicyCasesDualStack plays the shared cases ("shared-*", from
-// $EBPFNET_NETPOL_CASES) and the ipBlock ones in dual-stack labs, vxlan and native: each case
-// once with the pods' IPv4 addresses and once with their IPv6 ones, in its policies' ipBlocks
-// and in its probes. Both must give the case's matrix.
+// TestNetworkPolicyCasesDualStack plays the cases of inIPv6 in dual-stack native labs (flat:
+// native-bgp-racks carries no IPv6 between racks), each case once with the pods' IPv4
+// addresses and once with their IPv6 ones, in its policies' ipBlocks and in its probes. Both
+// must give the case's matrix. TestNetworkPolicyCases plays them so in its dual-stack vxlan
+// labs; a case whose modes leave out vxlan plays in a vxlan lab here instead.
 func TestNetworkPolicyCasesDualStack(t *testing.T) {
 	cases := readCases(t)
-	groups := map[string][]string{}
+	type labOf struct{ mode, lab string }
+	groups := map[labOf][]string{}
 	for name, c := range cases {
-		if !strings.HasPrefix(name, "shared-") && !strings.Contains(name, "ipblock") {
+		if !inIPv6(name) {
 			continue
 		}
 		key, err := json.Marshal(c.Lab)
 		if err != nil {
 			t.Fatal(err)
 		}
-		groups[string(key)] = append(groups[string(key)], name)
+		modes := []string{"native"}
+		if !slices.Contains(casesModes(c), "vxlan") {
+			modes = append(modes, "vxlan")
+		}
+		for _, mode := range modes {
+			groups[labOf{mode, string(key)}] = append(groups[labOf{mode, string(key)}], name)
+		}
 	}
 	if len(groups) == 0 {
 		t.Fatal("no shared or ipBlock case to play")
 	}
-	for _, names := range groups {
+	for key, names := range groups {
 		sort.Strings(names)
-		for _, mode := range []string{"vxlan", "native"} {
-			spec := cases[names[0]].Lab
-			spec.Mode = mode
-			spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
-			inSharedLab(t, mode+"/lab-of-"+names[0], "n6", spec, func(t *testing.T, st *lab.State, spec *lab.Spec) {
-				for _, name := range names {
-					for _, family := range st.Families() {
-						t.Run(name+"/"+family, func(t *testing.T) {
-							defer resetLab(t, st, spec)
-							playCaseFamily(t, cases[name], st, family)
-						})
-					}
+		spec := cases[names[0]].Lab
+		spec.Mode = key.mode
+		spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
+		inSharedLab(t, key.mode+"/lab-of-"+names[0], "n6", spec, func(t *testing.T, st *lab.State, spec *lab.Spec) {
+			for _, name := range names {
+				for _, family := range st.Families() {
+					t.Run(name+"/"+family, func(t *testing.T) {
+						defer resetLab(t, st, spec)
+						playCaseFamily(t, cases[name], st, family)
+					})
 				}
-			})
-		}
+			}
+		})
 	}
 }
 

@@ -126,16 +126,23 @@ func underlayAddr(t *testing.T, st *lab.State) netip.Addr {
 // TCP and UDP, until the test ends.
 func serveOutside(t *testing.T, st *lab.State, ports ...int) {
 	t.Helper()
+	serveOutsideFamily(t, st, lab.FamilyIPv4, ports...)
+}
+
+// serveOutsideFamily is serveOutside on the underlay namespace's address of family.
+func serveOutsideFamily(t *testing.T, st *lab.State, family string, ports ...int) {
+	t.Helper()
+	v := map[string]string{lab.FamilyIPv4: "4", lab.FamilyIPv6: "6"}[family]
 	for _, port := range ports {
 		var (
 			ln net.Listener
 			pc net.PacketConn
 		)
 		err := namespace.Do(st.Underlay, func() (err error) {
-			if ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); err != nil {
+			if ln, err = net.Listen("tcp"+v, fmt.Sprintf(":%d", port)); err != nil {
 				return err
 			}
-			pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+			pc, err = net.ListenPacket("udp"+v, fmt.Sprintf(":%d", port))
 			return err
 		})
 		if err != nil {
@@ -470,16 +477,25 @@ func largestMTU() (int, error) {
 	return mtu, err
 }
 
+// pingFrom sends an ICMP (or, to an IPv6 address, ICMPv6) echo request from netns and waits
+// for the reply, asking three times.
 func pingFrom(netns string, to netip.Addr) error {
+	network, request, reply, header := "ip4:icmp", byte(8), byte(0), 20
+	if to.Is6() {
+		// Raw ICMPv6 sockets hand back no IP header; the kernel fills in the checksum.
+		network, request, reply, header = "ip6:ipv6-icmp", 128, 129, 0
+	}
 	return namespace.Do(netns, func() error {
-		c, err := net.Dial("ip4:icmp", to.String())
+		c, err := net.Dial(network, to.String())
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		req := []byte{8, 0, 0, 0, 0x12, 0x34, 0, 1}
-		sum := icmpChecksum(req)
-		req[2], req[3] = byte(sum>>8), byte(sum)
+		req := []byte{request, 0, 0, 0, 0x12, 0x34, 0, 1}
+		if !to.Is6() {
+			sum := icmpChecksum(req)
+			req[2], req[3] = byte(sum>>8), byte(sum)
+		}
 		buf := make([]byte, 1500)
 		for try := 0; try < 3; try++ {
 			c.SetDeadline(time.Now().Add(time.Second))
@@ -492,7 +508,7 @@ func pingFrom(netns string, to netip.Addr) error {
 					break
 				}
 				// Raw IPv4 sockets hand back the IP header.
-				if n >= 28 && buf[20] == 0 {
+				if n >= header+8 && buf[header] == reply {
 					return nil
 				}
 			}

@@ -58,21 +58,13 @@ static __always_inline struct route_scratch *route_scratch_get(void)
 	return bpf_map_lookup_elem(&fib_scratch, &zero);
 }
 
-/* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay with the kernel's
- * FIB and neighbour table, without the node's forwarding path. Its parameters and the MACs it
- * writes live in a per-CPU map, not on the stack: the tunnel paths' callers leave little room. */
-static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct node_config *cfg,
-						 __be32 saddr, __be32 daddr)
+/* fib_redirect routes a packet out of the underlay with the kernel's FIB and neighbour table,
+ * without the node's forwarding path: the lookup r->fib holds its family and addresses. */
+static __always_inline int fib_redirect(struct __sk_buff *skb, struct node_config *cfg,
+					struct route_scratch *r)
 {
-	struct route_scratch *r = route_scratch_get();
 	long ret;
 
-	if (!r)
-		return REASON_DROP_NO_ROUTE;
-	__builtin_memset(r, 0, sizeof(*r));
-	r->fib.family = AF_INET;
-	r->fib.ipv4_src = saddr;
-	r->fib.ipv4_dst = daddr;
 	r->fib.ifindex = cfg->underlay_ifindex;
 	/* OUTPUT: look up as the node sending. The kernel still wants forwarding on in the
 	 * underlay device, which the agent turns on. */
@@ -85,16 +77,56 @@ static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct n
 			return REASON_DROP_REDIRECT_FAILED;
 		return CONTINUE;
 	}
+	if (ret != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return REASON_DROP_NO_ROUTE;
 	/* bpf_redirect_neigh resolves the next hop in the skb's own family: an IPv6 packet
-	 * cannot take an IPv4 one (the kernel would read it as an IPv6 address). */
-	if (ret == BPF_FIB_LKUP_RET_NO_NEIGH && skb->protocol == bpf_htons(ETH_P_IP)) {
+	 * cannot take an IPv4 one (the kernel would read it as an IPv6 address). An IPv6 lookup
+	 * is only ever made for an IPv6 packet. */
+	if (r->fib.family == AF_INET6) {
+		r->nh.nh_family = AF_INET6;
+		__builtin_memcpy(r->nh.ipv6_nh, r->fib.ipv6_dst, 16);
+	} else if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		r->nh.nh_family = AF_INET;
 		r->nh.ipv4_nh = r->fib.ipv4_dst;
-		if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
-			return REASON_DROP_REDIRECT_FAILED;
-		return CONTINUE;
+	} else {
+		return REASON_DROP_NO_ROUTE;
 	}
-	return REASON_DROP_NO_ROUTE;
+	if (bpf_redirect_neigh(r->fib.ifindex, &r->nh, sizeof(r->nh), 0) != TC_ACT_REDIRECT)
+		return REASON_DROP_REDIRECT_FAILED;
+	return CONTINUE;
+}
+
+/* redirect_via_underlay routes an (outer) IPv4 packet out of the underlay. The lookup's
+ * parameters and the MACs it writes live in a per-CPU map, not on the stack: the tunnel paths'
+ * callers leave little room. */
+static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct node_config *cfg,
+						 __be32 saddr, __be32 daddr)
+{
+	struct route_scratch *r = route_scratch_get();
+
+	if (!r)
+		return REASON_DROP_NO_ROUTE;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->fib.family = AF_INET;
+	r->fib.ipv4_src = saddr;
+	r->fib.ipv4_dst = daddr;
+	return fib_redirect(skb, cfg, r);
+}
+
+/* redirect_via_underlay6 routes an IPv6 packet out of the underlay by its own addresses: the
+ * way out of the cluster of a node with an IPv6 address. */
+static __always_inline int redirect_via_underlay6(struct __sk_buff *skb, struct node_config *cfg,
+						  struct packet *pkt)
+{
+	struct route_scratch *r = route_scratch_get();
+
+	if (!r)
+		return REASON_DROP_NO_ROUTE;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->fib.family = AF_INET6;
+	__builtin_memcpy(r->fib.ipv6_src, pkt->saddr.v6, 16);
+	__builtin_memcpy(r->fib.ipv6_dst, pkt->daddr.v6, 16);
+	return fib_redirect(skb, cfg, r);
 }
 
 /* send_vxlan_device hands the packet to the kernel's VXLAN device with a tunnel key: the way
@@ -197,7 +229,8 @@ static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config 
 }
 
 /* send_native routes a packet out of the underlay as it is, towards the IPv4 address daddr:
- * its own destination, or (IPv6, which the underlay does not route) its node's address. */
+ * its own destination, or (an IPv6 pod's, whose CIDR the underlay does not route) its node's
+ * address. */
 static __always_inline int send_native(struct __sk_buff *skb, struct node_config *cfg, __be32 saddr,
 				       __be32 daddr)
 {
@@ -247,7 +280,7 @@ static __always_inline int send_ipip(struct __sk_buff *skb, struct node_config *
 
 /* send_outside routes a translated packet leaving the cluster straight out of the underlay:
  * its source is now the node's (or a Service's), which the node's forwarding path would
- * refuse as a martian. */
+ * refuse as a martian (IPv6: as its own address). */
 static __always_inline int send_outside(struct __sk_buff *skb, struct packet *pkt,
 					struct node_config *cfg)
 {
@@ -255,12 +288,16 @@ static __always_inline int send_outside(struct __sk_buff *skb, struct packet *pk
 
 	if (reason != CONTINUE)
 		return reason;
-	return send_native(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
+	if (pkt->family == AF_INET)
+		return send_native(skb, cfg, pkt->saddr.v4, pkt->daddr.v4);
+	reason = redirect_via_underlay6(skb, cfg, pkt);
+	return reason == CONTINUE ? REASON_FORWARD_UNDERLAY : reason;
 }
 
 /* forward_remote sends a packet for a pod on another node the cluster's way; identity is the
  * sender's, for the VNI. A packet for outside the cluster goes to the node's stack, or, once
- * translated, straight out of the underlay. */
+ * translated, straight out of the underlay: IPv6 only when the node has an IPv6 address (the
+ * underlay routes IPv6 then). */
 static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *pkt, __u32 identity,
 					  int translated)
 {
@@ -269,7 +306,7 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 	int reason;
 
 	if (!rt) {
-		if (translated && cfg && pkt->family == AF_INET)
+		if (translated && node_addr(cfg, pkt->family))
 			return send_outside(skb, pkt, cfg);
 		return REASON_FORWARD_HOST; /* outside the cluster: the node's business */
 	}
@@ -305,9 +342,9 @@ static __always_inline int redirect_to_node(struct __sk_buff *skb, struct node_c
 }
 
 /* receive_remote handles what arrives from other nodes or outside: replies of translated
- * flows, NodePort clients, pod traffic for local pods (after their ingress policy), and the
- * node's own traffic. tunneled says the packet came decapsulated from another node; hint is
- * the sender's identity if it carried one. */
+ * flows (and ICMPv6 errors about masqueraded ones), NodePort clients, pod traffic for local
+ * pods (after their ingress policy), and the node's own traffic. tunneled says the packet came
+ * decapsulated from another node; hint is the sender's identity if it carried one. */
 static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *pkt, __u32 hint,
 					  __u8 direction, int tunneled)
 {
@@ -316,7 +353,9 @@ static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *
 	struct xlate x = {};
 	int reason;
 
-	reason = nat_begin(skb, pkt, cfg, &x);
+	reason = nat_icmp6_error(skb, pkt);
+	if (reason == CONTINUE)
+		reason = nat_begin(skb, pkt, cfg, &x);
 	if (reason != CONTINUE)
 		return reason;
 	dst = lookup_endpoint(pkt->family, &pkt->daddr);
@@ -334,7 +373,7 @@ static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *
 		bpf_skb_change_type(skb, PACKET_HOST);
 		return redirect_to_endpoint(skb, dst);
 	}
-	if (cfg && pkt->family == AF_INET && pkt->daddr.v4 == *(__be32 *)cfg->node_ip)
+	if (is_node(cfg, pkt->family, &pkt->daddr))
 		return tunneled || x.state == XL_REPLY ? redirect_to_node(skb, cfg)
 						       : REASON_FORWARD_HOST;
 	if (x.state == XL_NONE)
@@ -391,8 +430,9 @@ static __always_inline int is_ipip(struct packet *pkt)
 }
 
 /* decap_underlay strips the tunnel headers of VXLAN and IP-in-IP for this node and parses
- * what was inside; tunneled says it did. A fragment cannot be decapsulated on its own: the
- * node's stack reassembles it (and hands VXLAN to the VXLAN device). */
+ * what was inside; tunneled says it did. Tunnels run between nodes' IPv4 addresses, also on
+ * nodes with an IPv6 one. A fragment cannot be decapsulated on its own: the node's stack
+ * reassembles it (and hands VXLAN to the VXLAN device). */
 static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *pkt, __u32 *hint,
 					  __u8 *direction, int *tunneled)
 {

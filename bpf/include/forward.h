@@ -224,6 +224,40 @@ static __always_inline struct node_config *node_config(void)
 	return bpf_map_lookup_elem(&config, &zero);
 }
 
+/* addr6_equal compares two IPv6 addresses a word at a time. */
+static __always_inline int addr6_equal(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]));
+}
+
+/* node_addr is this node's underlay address of the family, or NULL when it has none: a node
+ * without an IPv6 address has node_ipv6 all zero, and then no IPv6 is the node's own. */
+static __always_inline const union addr *node_addr(struct node_config *cfg, __u8 family)
+{
+	const __u32 *w;
+
+	if (!cfg)
+		return NULL;
+	if (family == AF_INET)
+		return (const union addr *)cfg->node_ip;
+	w = (const __u32 *)cfg->node_ipv6;
+	if (family != AF_INET6 || !(w[0] | w[1] | w[2] | w[3]))
+		return NULL;
+	return (const union addr *)cfg->node_ipv6;
+}
+
+/* is_node says whether a, of the family, is this node's underlay address. */
+static __always_inline int is_node(struct node_config *cfg, __u8 family, const union addr *a)
+{
+	const union addr *node = node_addr(cfg, family);
+
+	if (!node)
+		return 0;
+	return family == AF_INET ? a->v4 == node->v4 : addr6_equal(a->v6, node->v6);
+}
+
 /* emit_event sends a drop or a policy verdict to the monitor; when the ring buffer is full
  * the event is counted as lost and the packet goes on as decided. */
 static __always_inline void emit_event(struct __sk_buff *skb, struct packet *pkt, int reason,

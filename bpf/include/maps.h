@@ -152,12 +152,22 @@ struct {
 	__uint(max_entries, 8192);
 } fragments SEC(".maps");
 
+/* The addresses and ports of an IPv6 struct bpf_sock_tuple (an IPv4 one is its first 12 bytes:
+ * saddr, daddr, sport, dport), spelled out: bpf2go cannot mirror the kernel's anonymous union. */
+struct sock_tuple {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+};
+
 /* Per-CPU room for the NAT stage's larger temporaries, which do not fit on the 512-byte BPF
  * stack beside policy's and forwarding's. */
 struct nat_scratch {
 	struct nat_entry entry;
 	struct ct_key tuple;
 	struct ct_key reply;
+	struct sock_tuple sock; /* the port search's socket lookup */
 };
 
 /* nat_scratch: one struct nat_scratch per CPU; a program runs to its end on one CPU. */

@@ -76,12 +76,12 @@ service_select(struct packet *pkt, struct service_key *key, struct service_value
 
 /* needs_source_nat says whether a Service flow now in pkt must take the node's address so its
  * replies come back here: a NodePort whose backend is elsewhere (externalTrafficPolicy
- * Cluster), or a backend outside the cluster under masquerading. Never IPv6: nodes have no
- * IPv6 address. */
+ * Cluster), or a backend outside the cluster under masquerading. Never when the node has no
+ * address of the packet's family (IPv6: all zero), nor for the node's own traffic. */
 static __always_inline int needs_source_nat(struct packet *pkt, struct node_config *cfg,
 					    struct service_value *svc, struct backend_info *be)
 {
-	if (pkt->family != AF_INET || pkt->saddr.v4 == *(__be32 *)cfg->node_ip)
+	if (!node_addr(cfg, pkt->family) || is_node(cfg, pkt->family, &pkt->saddr))
 		return 0;
 	if ((svc->flags & SVC_F_NODEPORT) && !(svc->flags & SVC_F_EXTERNAL_LOCAL) &&
 	    !(be->flags & BACKEND_F_LOCAL))

@@ -63,7 +63,8 @@ struct route_info {
 	__u32 node_id;
 };
 
-/* The one entry of the config map: what this node is. */
+/* The one entry of the config map: what this node is. New fields go at the end, zero meaning
+ * unset: an upgrade carries an older entry by appending zeros (maps/layouts.go). */
 struct node_config {
 	__u8 node_ip[ADDR_LEN]; /* this node's underlay address, source of IP-in-IP */
 	__u32 underlay_ifindex; /* the underlay device (native and IP-in-IP egress) */
@@ -77,6 +78,7 @@ struct node_config {
 	__u16 nat_port_min; /* source ports the node's address lends to translated flows */
 	__u16 nat_port_max;
 	__be16 vxlan_port; /* VXLAN's UDP port, encapsulated here in BPF; 0: by the VXLAN device */
+	__u8 node_ipv6[ADDR_LEN]; /* this node's IPv6 underlay address; all zero: it has none */
 };
 
 /* Value of the ipcache: who an address is, for policy. */

@@ -171,7 +171,9 @@ type labNode struct {
 	Name string `json:"name"`
 	// IP is the node's underlay address: NodePort services answer on it (probed from the
 	// underlay namespace, `lab probe underlay node/NAME`).
-	IP      string `json:"ip"`
+	IP string `json:"ip"`
+	// IPv6 is its IPv6 underlay address in a dual-stack lab, where IPv6 node ports answer.
+	IPv6    string `json:"ipv6,omitempty"`
 	PodCIDR string `json:"podCIDR"`
 	// PodCIDRv6 is the node's IPv6 pod CIDR in a dual-stack lab.
 	PodCIDRv6 string `json:"podCIDRv6,omitempty"`
@@ -196,18 +198,22 @@ func printNodes(w interface{ Write([]byte) (int, error) }, g *globals, st *lab.S
 	out := []labNode{}
 	var rows [][]string
 	for _, n := range st.Nodes {
-		cidrs := []string{n.PodCIDR.String()}
-		v6 := ""
+		cidrs, ips := []string{n.PodCIDR.String()}, []string{n.IP.String()}
+		v6, ip6 := "", ""
 		if n.PodCIDRv6.IsValid() {
 			v6 = n.PodCIDRv6.String()
 			cidrs = append(cidrs, v6)
 		}
-		out = append(out, labNode{n.Name, n.IP.String(), n.PodCIDR.String(), v6, n.Rack, n.Netns, n.PinDir})
+		if n.IPv6.IsValid() {
+			ip6 = n.IPv6.String()
+			ips = append(ips, ip6)
+		}
+		out = append(out, labNode{n.Name, n.IP.String(), ip6, n.PodCIDR.String(), v6, n.Rack, n.Netns, n.PinDir})
 		rack := n.Rack
 		if rack == "" {
 			rack = "-"
 		}
-		rows = append(rows, []string{n.Name, n.IP.String(), strings.Join(cidrs, ","), rack, n.Netns})
+		rows = append(rows, []string{n.Name, strings.Join(ips, ","), strings.Join(cidrs, ","), rack, n.Netns})
 	}
 	return printOut(w, g, out, []string{"NODE", "UNDERLAY IP", "POD CIDR", "RACK", "NETNS"}, rows)
 }
@@ -310,7 +316,7 @@ func newLabProbeCmd(name *string) *cobra.Command {
 				return err
 			}
 			if node, ok := strings.CutPrefix(args[1], "node/"); ok && args[0] == "underlay" {
-				err = st.ProbeNodePort(node, pf.port, pf.protocol)
+				err = st.ProbeNodePortFamily(node, pf.port, pf.protocol, families[0])
 			} else {
 				err = st.ProbeFamily(args[0], args[1], pf.port, pf.protocol, families[0])
 			}

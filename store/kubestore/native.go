@@ -25,6 +25,9 @@ const (
 	// UnderlayIPAnnotation is the address other nodes tunnel or route to (the node's InternalIP
 	// when absent).
 	UnderlayIPAnnotation = "ebpfnet.io/underlay-ip"
+	// UnderlayIPv6Annotation is the node's IPv6 underlay address in a dual-stack cluster, if
+	// it has one.
+	UnderlayIPv6Annotation = "ebpfnet.io/underlay-ipv6"
 	// PodCIDRAnnotation is the pod CIDR ebpfnet claimed for the node when spec.podCIDR was unset.
 	PodCIDRAnnotation = "ebpfnet.io/pod-cidr"
 	// PodCIDRv6Annotation is the node's IPv6 pod CIDR in a dual-stack cluster: what
@@ -114,6 +117,9 @@ func nodeOf(n *corev1.Node) (store.Node, bool) {
 			v6 = p
 		}
 	}
+	if ip6, err := netip.ParseAddr(n.Annotations[UnderlayIPv6Annotation]); err == nil && ip6.Is6() {
+		out.IPv6 = ip6
+	}
 	var err error
 	out.IP, err = netip.ParseAddr(ip)
 	out.PodCIDR, out.PodCIDRv6 = v4, v6
@@ -171,6 +177,11 @@ func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 		annotations[PodCIDRv6Annotation] = want.PodCIDRv6.String()
 	} else if _, ok := n.Annotations[PodCIDRv6Annotation]; ok {
 		annotations[PodCIDRv6Annotation] = nil // the cluster is IPv4 only now
+	}
+	if want.IPv6.IsValid() {
+		annotations[UnderlayIPv6Annotation] = want.IPv6.String()
+	} else if _, ok := n.Annotations[UnderlayIPv6Annotation]; ok {
+		annotations[UnderlayIPv6Annotation] = nil
 	}
 	patch := map[string]any{"metadata": map[string]any{"annotations": annotations}}
 	have4, have6 := specPodCIDRs(n)

@@ -46,3 +46,20 @@ func TestNodeOf(t *testing.T) {
 		})
 	}
 }
+
+// The IPv6 underlay address comes from the agent's annotation; anything but an IPv6 address
+// there is no address.
+func TestNodeOfIPv6Address(t *testing.T) {
+	for _, tc := range []struct{ annotation, want string }{
+		{"fd00:10:250::1", "fd00:10:250::1"},
+		{"10.250.0.1", "invalid IP"},
+		{"", "invalid IP"},
+	} {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Annotations: map[string]string{
+			UnderlayIPAnnotation: "10.250.0.1", PodCIDRAnnotation: "10.244.1.0/24", UnderlayIPv6Annotation: tc.annotation}}}
+		got, ok := nodeOf(n)
+		if !ok || got.IPv6.String() != tc.want {
+			t.Errorf("annotation %q: IPv6 %s (usable %t), want %s", tc.annotation, got.IPv6, ok, tc.want)
+		}
+	}
+}

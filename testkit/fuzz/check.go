@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ type Checker struct {
 	m        *model.Model
 	creators map[model.CTKey]Packet // the packet that began each flow, for printed cases
 	last     maps.Reason            // the model's reason for the last packet run
+	out      []byte                 // the packet as the datapath left it, while the model runs
 	Stats
 }
 
@@ -46,6 +48,21 @@ type Stats struct {
 	// Services counts, by reason, the IPv6 packets the NAT stage translated: to a backend
 	// or back from one.
 	Services map[maps.Reason]int
+	// SNAT counts, by reason, the packets that met the node's address in the NAT stage, by
+	// how: a NodePort flow or a pod's masqueraded flow taking it, a reply translated back, an
+	// ICMPv6 error handed to a masquerading pod.
+	SNAT map[model.SNAT]map[maps.Reason]int
+}
+
+// snatNames name the ways of model.SNAT for the coverage report.
+var snatNames = map[model.SNAT]string{model.SNATNodePort: "nodeport", model.SNATMasquerade: "masquerade",
+	model.SNATReply: "reply", model.SNATError: "icmpv6 error"}
+
+func (s *Stats) countSNAT(how model.SNAT, r maps.Reason, n int) {
+	if s.SNAT == nil {
+		s.SNAT = map[model.SNAT]map[maps.Reason]int{}
+	}
+	s.SNAT[how] = countReason(s.SNAT[how], r, n)
 }
 
 func (s *Stats) add(o Stats) {
@@ -76,6 +93,11 @@ func (s *Stats) add(o Stats) {
 	}
 	for r, n := range o.Services {
 		s.Services = countReason(s.Services, r, n)
+	}
+	for how, per := range o.SNAT {
+		for r, n := range per {
+			s.countSNAT(how, r, n)
+		}
 	}
 }
 
@@ -147,6 +169,9 @@ func (s Stats) Coverage() string {
 		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments),
 		"ipv6: "+reasonList(s.IPv6), "ipv6 out of a tunnel: "+reasonList(s.IPv6In),
 		"neighbor advertisements: "+reasonList(s.NA), "ipv6 services translated: "+reasonList(s.Services))
+	for how := model.SNATNodePort; how <= model.SNATError; how++ {
+		lines = append(lines, fmt.Sprintf("ipv6 node address, %s: %s", snatNames[how], reasonList(s.SNAT[how])))
+	}
 	return strings.Join(lines, "\n")
 }
 
@@ -155,7 +180,21 @@ func (h *Harness) Checker(w World) (*Checker, error) {
 	if err := h.Install(w); err != nil {
 		return nil, err
 	}
-	return &Checker{h: h, w: w, m: model.New(w.World), creators: map[model.CTKey]Packet{}}, nil
+	c := &Checker{h: h, w: w, m: model.New(w.World), creators: map[model.CTKey]Packet{}}
+	c.m.ChoosePort = c.datapathPort
+	return c, nil
+}
+
+// datapathPort answers the model's ChoosePort with the port the datapath's random search
+// took: the packet it left carries it fromEnd bytes before its end. A port the model does not
+// hold free is not taken: the model's first is, and the comparison shows the difference.
+func (c *Checker) datapathPort(free []uint16, fromEnd int) uint16 {
+	if fromEnd >= 2 && fromEnd <= len(c.out) {
+		if p := binary.BigEndian.Uint16(c.out[len(c.out)-fromEnd:]); slices.Contains(free, p) {
+			return p
+		}
+	}
+	return free[0]
 }
 
 // Reset empties conntrack on both sides.
@@ -187,7 +226,9 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 		return nil, err
 	}
 	c.Packets++
+	c.out = res.Out
 	o := c.m.Run(p.Hook, p.Frame)
+	c.out = nil
 	c.last = o.Reason
 	c.count(p.Hook, o.Reason, 1)
 	c.countFlow(o.Conntrack, 1)
@@ -211,6 +252,9 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	}
 	if o.Translated && o.IPv6 {
 		c.Services = countReason(c.Services, o.Reason, 1)
+	}
+	if o.SNAT != model.SNATNone {
+		c.countSNAT(o.SNAT, o.Reason, 1)
 	}
 	var what []string
 	if want := model.Verdict(o.Reason); res.Verdict != want {

@@ -86,10 +86,19 @@ func TestDatapathMatchesModel(t *testing.T) {
 		// and to another node.
 		{"ipv6 service packet translated into a pod", st.Services, maps.ReasonForwardLocal},
 		{"ipv6 service packet translated to another node", st.Services, maps.ReasonForwardUnder},
+		// The node's IPv6 address was lent both ways: pods' flows leaving the cluster took
+		// it, and replies and ICMPv6 errors (Packet Too Big) came back to the pods.
+		{"ipv6 flow of a pod masqueraded out of the underlay", st.SNAT[model.SNATMasquerade], maps.ReasonForwardUnder},
+		{"reply to the node's ipv6 address translated back into a pod", st.SNAT[model.SNATReply], maps.ReasonForwardLocal},
+		{"icmpv6 error about a masqueraded flow handed to its pod", st.SNAT[model.SNATError], maps.ReasonForwardLocal},
 	} {
 		if want.counts[want.reason] == 0 {
 			t.Errorf("no %s", want.what)
 		}
+	}
+	// IPv6 NodePort flows took the node's IPv6 address and left, natively or in a tunnel.
+	if np := st.SNAT[model.SNATNodePort]; np[maps.ReasonForwardUnder]+np[maps.ReasonForwardTunnel] == 0 {
+		t.Errorf("no ipv6 nodeport flow left from the node's ipv6 address (%v)", np)
 	}
 }
 

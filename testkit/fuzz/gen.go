@@ -37,6 +37,7 @@ type Gen struct {
 	w      World
 	recent []sent
 	flows  []serviceFlow // recent flows to a Service, whose backends answer them
+	masq   []masqFlow    // recent flows of pods to outside the cluster, answered from there
 }
 
 type sent struct {
@@ -50,7 +51,8 @@ func NewGen(seed uint64, w World) *Gen {
 }
 
 // Next is a fresh packet, a repeat or reply of a recent one, an ICMP error about one, a later
-// fragment of one, or random bytes; about half are then mutated.
+// fragment of one, traffic to and from outside the cluster through a node IPv6 address, or
+// random bytes; about half are then mutated.
 func (g *Gen) Next() Packet {
 	var s sent
 	switch r := g.rng.IntN(100); {
@@ -74,6 +76,8 @@ func (g *Gen) Next() Packet {
 			binary.BigEndian.PutUint16(b[12:], []uint16{packet.EtherIPv4, packet.EtherIPv6, packet.EtherARP}[g.rng.IntN(3)])
 		}
 		return Packet{Hook: g.hook(), Frame: b}
+	case g.w.Node.NodeIPv6.IsValid() && g.rng.IntN(3) == 0:
+		s = g.outside6()
 	default:
 		s = g.fresh(g.hook())
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -56,9 +57,9 @@ func (h *Harness) Close() error {
 	return errors.Join(h.dp.Close(), h.ns.Close())
 }
 
-// makeNamespace makes the namespace: an underlay veth with the node's address, forwarding on
-// (bpf_fib_lookup wants it), the kernel routes of kernelRoutes and the neighbours the world
-// knows.
+// makeNamespace makes the namespace: an underlay veth with the node's IPv4 and IPv6
+// addresses, forwarding on (bpf_fib_lookup wants it), the kernel routes of kernelRoutes and
+// kernelRoutes6 and the neighbours the worlds know.
 func (h *Harness) makeNamespace() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -102,13 +103,11 @@ func setupUnderlay() error {
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add the underlay veth: %w", err)
 	}
-	for _, name := range []string{"underlay", "gateway"} {
-		if err := writeSysctl("ipv6/conf/"+name+"/disable_ipv6", "1"); err != nil {
+	for _, kv := range [][2]string{{"ipv6/conf/gateway/disable_ipv6", "1"}, {"ipv6/conf/underlay/disable_ipv6", "0"},
+		{"ipv6/conf/underlay/accept_ra", "0"}, {"ipv4/conf/underlay/forwarding", "1"}, {"ipv6/conf/underlay/forwarding", "1"}} {
+		if err := writeSysctl(kv[0], kv[1]); err != nil {
 			return err
 		}
-	}
-	if err := writeSysctl("ipv4/conf/underlay/forwarding", "1"); err != nil {
-		return err
 	}
 	ul, err := netlink.LinkByName("underlay")
 	if err != nil {
@@ -123,21 +122,26 @@ func setupUnderlay() error {
 			return fmt.Errorf("bring up %s: %w", l.Attrs().Name, err)
 		}
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: underlayPrefix.Addr().AsSlice(), Mask: net.CIDRMask(underlayPrefix.Bits(), 32)}}
-	if err := netlink.AddrAdd(ul, addr); err != nil {
-		return fmt.Errorf("address the underlay: %w", err)
-	}
-	for _, n := range []struct {
-		ip  []byte
-		mac net.HardwareAddr
-	}{{gatewayIP.AsSlice(), gatewayMAC}, {peerIP.AsSlice(), peerMAC}} {
-		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: netlink.FAMILY_V4,
-			State: netlink.NUD_PERMANENT, IP: n.ip, HardwareAddr: n.mac}); err != nil {
-			return fmt.Errorf("add neighbour %s: %w", net.IP(n.ip), err)
+	for _, p := range []netip.Prefix{underlayPrefix, underlayPrefix6} {
+		// No duplicate address detection: the IPv6 address is usable at once.
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+			Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(ul, addr); err != nil {
+			return fmt.Errorf("address the underlay: %w", err)
 		}
 	}
-	for _, r := range kernelRoutes {
-		rt := &netlink.Route{Dst: &net.IPNet{IP: r.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(r.Prefix.Bits(), 32)}}
+	for ip, mac := range neighbours() {
+		family := netlink.FAMILY_V4
+		if ip.Is6() {
+			family = netlink.FAMILY_V6
+		}
+		if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: ul.Attrs().Index, Family: family,
+			State: netlink.NUD_PERMANENT, IP: ip.AsSlice(), HardwareAddr: mac}); err != nil {
+			return fmt.Errorf("add neighbour %s: %w", ip, err)
+		}
+	}
+	for _, r := range append(append([]model.FIBRoute(nil), kernelRoutes...), kernelRoutes6...) {
+		rt := &netlink.Route{Dst: prefixNet(r.Prefix)}
 		if r.Type == model.FIBUnreachable {
 			rt.Type = unix.RTN_UNREACHABLE
 		} else {
@@ -148,6 +152,11 @@ func setupUnderlay() error {
 		}
 	}
 	return nil
+}
+
+// prefixNet is p as a net.IPNet.
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // writeSysctl writes a net sysctl of the calling thread's namespace.
@@ -201,6 +210,11 @@ func (h *Harness) Install(w World) error {
 			return err
 		}
 	}
+	for _, p := range w.NoMasquerade {
+		if err := h.dp.NoMasquerade().Add(p); err != nil {
+			return err
+		}
+	}
 	h.world = &w
 	return h.ClearConntrack()
 }
@@ -233,6 +247,11 @@ func (h *Harness) uninstall(w World) error {
 	}
 	for _, b := range w.Backends {
 		if err := h.dp.Services().DeleteBackend(b.ID); err != nil {
+			return err
+		}
+	}
+	for _, p := range w.NoMasquerade {
+		if err := h.dp.NoMasquerade().Delete(p); err != nil {
 			return err
 		}
 	}

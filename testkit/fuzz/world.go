@@ -35,7 +35,29 @@ var (
 	clusterCIDR  = netip.MustParsePrefix("10.244.0.0/16")
 	podCIDR6     = netip.MustParsePrefix("fd00:244::/64")
 	clusterCIDR6 = netip.MustParsePrefix("fd00:244::/48")
+
+	// The underlay's IPv6 side, which the namespace always has and the worlds that give the
+	// node an IPv6 address use: the node, a default gateway and a peer with neighbour
+	// entries, a stranger without, and a network behind an unreachable route.
+	underlayPrefix6 = netip.MustParsePrefix("fd00:250::1/64")
+	nodeIP6         = underlayPrefix6.Addr()
+	gatewayIP6      = netip.MustParseAddr("fd00:250::fe")
+	peerIP6         = netip.MustParseAddr("fd00:250::2")
+	strangerIP6     = netip.MustParseAddr("fd00:250::3")
+	lostNet6        = netip.MustParsePrefix("2001:db8:dead::/48")
+
+	// outsiders6 are IPv6 addresses outside the cluster: NodePort clients, and what pods
+	// reach masqueraded (one in each way the underlay routes).
+	outsiders6 = []netip.Addr{netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8:feed::9"),
+		peerIP6, strangerIP6, netip.MustParseAddr("2001:db8:dead::1"), netip.MustParseAddr("fe80::1")}
+	// router6 is a router on the way out that sends ICMPv6 errors.
+	router6 = netip.MustParseAddr("2001:db8:1::fe")
 )
+
+// natPortMin is where the NAT port range of the worlds with a node IPv6 address begins: one to
+// four ports, so that flows run out of them and the datapath's search from a random start
+// tries them all.
+const natPortMin = 40000
 
 // testRunIfindex is the device a test run gives the skb: the namespace's loopback.
 const testRunIfindex = 1
@@ -100,12 +122,27 @@ const underlayMTU = 1500
 // vxlanPort is the VXLAN port of the worlds that encapsulate in BPF.
 const vxlanPort = 8472
 
-// fib is the namespace's routing table as bpf_fib_lookup sees it.
+// kernelRoutes6 are the IPv6 routes the harness adds to the namespace.
+var kernelRoutes6 = []model.FIBRoute{
+	{Prefix: netip.MustParsePrefix("::/0"), Type: model.FIBUnicast, Via: gatewayIP6},
+	{Prefix: lostNet6, Type: model.FIBUnreachable},
+}
+
+// fib is the namespace's routing table as bpf_fib_lookup sees it: with what the kernel
+// derives from the underlay's addresses (IPv6 forwarding adds the subnet-router anycast).
 func fib() []model.FIBRoute {
-	return append(append([]model.FIBRoute(nil), kernelRoutes...),
+	return append(append(append([]model.FIBRoute(nil), kernelRoutes...), kernelRoutes6...),
 		model.FIBRoute{Prefix: underlayPrefix.Masked(), Type: model.FIBUnicast},
 		model.FIBRoute{Prefix: netip.PrefixFrom(nodeIP, 32), Type: model.FIBLocal},
-		model.FIBRoute{Prefix: netip.PrefixFrom(bcastIP, 32), Type: model.FIBLocal})
+		model.FIBRoute{Prefix: netip.PrefixFrom(bcastIP, 32), Type: model.FIBLocal},
+		model.FIBRoute{Prefix: underlayPrefix6.Masked(), Type: model.FIBUnicast},
+		model.FIBRoute{Prefix: netip.PrefixFrom(nodeIP6, 128), Type: model.FIBLocal},
+		model.FIBRoute{Prefix: netip.PrefixFrom(underlayPrefix6.Masked().Addr(), 128), Type: model.FIBLocal})
+}
+
+// neighbours are the namespace's permanent neighbour entries on the underlay.
+func neighbours() map[netip.Addr]net.HardwareAddr {
+	return map[netip.Addr]net.HardwareAddr{gatewayIP: gatewayMAC, peerIP: peerMAC, gatewayIP6: gatewayMAC, peerIP6: peerMAC}
 }
 
 // pod is a local pod slot: its addresses and MAC.
@@ -141,7 +178,7 @@ func NewWorld(seed uint64) World {
 	w := model.World{
 		Node: maps.NodeConfig{NodeIP: nodeIP, TunnelIfindex: 5, Mode: maps.ModeVXLAN, HostMAC: hostMAC},
 		FIB:  fib(), UnderlayMAC: underlayMAC, UnderlayMTU: underlayMTU, Ifindex: testRunIfindex,
-		Neighbours: map[netip.Addr]net.HardwareAddr{gatewayIP: gatewayMAC, peerIP: peerMAC},
+		Neighbours: neighbours(),
 	}
 	if rng.IntN(3) > 0 {
 		w.Node.HostIfindex = 9
@@ -197,8 +234,56 @@ func NewWorld(seed uint64) World {
 		}
 	}
 	w.Backends, w.Frontends = services(rand.New(rand.NewPCG(seed, 0x5e7)))
+	nodeIPv6(rand.New(rand.NewPCG(seed, 0x6e0de)), &w)
 	return World{Seed: seed, World: w}
 }
+
+// nodeIPv6 gives half the worlds a node IPv6 address, masquerading mostly on, and a NAT range
+// of a few ports (now and then none); some of the others masquerading without one. Every world
+// gets IPv6 NodePort frontends on the node's IPv6 address, which translate without one too. The
+// model knows no IPv4 masquerading: no_masquerade then holds all of IPv4.
+func nodeIPv6(rng *rand.Rand, w *model.World) {
+	switch {
+	case rng.IntN(2) == 0:
+		w.Node.NodeIPv6 = nodeIP6
+		w.Node.Masquerade = rng.IntN(4) > 0
+		w.Node.NATPorts = maps.PortRange{Min: natPortMin, Max: natPortMin + []uint16{0, 0, 1, 3}[rng.IntN(4)]}
+		if rng.IntN(16) == 0 {
+			w.Node.NATPorts.Max = natPortMin - 1
+		}
+		if rng.IntN(4) > 0 {
+			w.IPCache = append(w.IPCache, maps.IPCacheEntry{Prefix: netip.PrefixFrom(nodeIP6, 128), Identity: maps.IdentityHost})
+		}
+	case rng.IntN(3) == 0:
+		w.Node.Masquerade = true
+	}
+	if w.Node.Masquerade {
+		w.NoMasquerade = append(w.NoMasquerade, netip.MustParsePrefix("0.0.0.0/0"))
+		if rng.IntN(3) == 0 {
+			w.NoMasquerade = append(w.NoMasquerade, netip.MustParsePrefix("2001:db8::/64"))
+		}
+	}
+	for _, port := range nodePorts {
+		for _, proto := range []uint8{packet.ProtoTCP, packet.ProtoUDP} {
+			if rng.IntN(3) == 0 {
+				continue
+			}
+			f := maps.Frontend{Addr: netip.AddrPortFrom(nodeIP6, port), Protocol: proto, ServiceID: uint32(len(w.Frontends) + 1),
+				NodePort: true, ExternalLocal: rng.IntN(3) == 0}
+			id := uint32(danglingBackend)
+			if len(w.Backends) > 0 && rng.IntN(8) > 0 {
+				id = w.Backends[rng.IntN(len(w.Backends))].ID
+			}
+			for range 1 + rng.IntN(2) {
+				f.Backends = append(f.Backends, id)
+			}
+			w.Frontends = append(w.Frontends, f)
+		}
+	}
+}
+
+// nodePorts are the ports of the worlds' IPv6 NodePort frontends.
+var nodePorts = []uint16{30053, 30080}
 
 // clusterIPs6 are the IPv6 ClusterIPs the worlds' Services take, and servicePorts their ports.
 var (

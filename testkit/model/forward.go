@@ -166,11 +166,16 @@ func (r *run) toEndpoint(ep *maps.Endpoint) maps.Reason {
 }
 
 // forwardRemote sends a packet for another node the cluster's way (crossnode.h): the
-// routes map names the node and the mode; outside the cluster is the node's business. IPv6
-// crosses the IPv4 underlay inside VXLAN, in 6in4, or natively to the node's IPv4 address.
-func (r *run) forwardRemote(p *packet, identity uint32) maps.Reason {
+// routes map names the node and the mode; outside the cluster is the node's business, but for
+// a translated packet of a family the node has an address of, which goes straight out of the
+// underlay. IPv6 crosses the IPv4 underlay inside VXLAN, in 6in4, or natively to the node's
+// IPv4 address.
+func (r *run) forwardRemote(p *packet, identity uint32, translated bool) maps.Reason {
 	rt := r.m.route(p.family, p.daddr)
 	if rt == nil {
+		if translated && r.m.nodeAddr(p.family).IsValid() {
+			return r.sendOutside(p)
+		}
 		return maps.ReasonForwardHost
 	}
 	if rt.Flags&(maps.RouteLocal|maps.RouteUnreachable) != 0 {
@@ -281,10 +286,33 @@ func checksum(b []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// viaUnderlay is redirect_via_underlay: bpf_fib_lookup towards the IPv4 address dst from the
-// underlay device. A known neighbour rewrites the MACs; an unknown one leaves them to
-// bpf_redirect_neigh, which an IPv6 packet (v6) cannot take: it resolves in the packet's
-// family. No unicast route, or a frame the device's MTU cannot carry, is no route.
+// sendOutside is send_outside: a translated packet leaving the cluster, its TTL or hop limit
+// lowered, is routed out of the underlay by its own destination.
+func (r *run) sendOutside(p *packet) maps.Reason {
+	if reason := r.decrementTTL(p); reason != next {
+		return reason
+	}
+	if p.family == afInet6 && (strict6(p.saddr) || strict6(p.daddr)) {
+		return maps.ReasonNoRoute // bpf_fib_lookup does not forward these
+	}
+	if reason := r.viaUnderlay(p.daddr, p.family == afInet6); reason != next {
+		return reason
+	}
+	return maps.ReasonForwardUnder
+}
+
+// strict6 says whether an IPv6 address is one the kernel never forwards (rt6_need_strict):
+// multicast, link-local or loopback, by its bytes (an IPv4-mapped address is none of them).
+func strict6(a netip.Addr) bool {
+	b := a.As16()
+	return b[0] == 0xff || b[0] == 0xfe && b[1]&0xc0 == 0x80 || a == netip.IPv6Loopback()
+}
+
+// viaUnderlay is redirect_via_underlay (and its IPv6 twin): bpf_fib_lookup towards dst, an
+// IPv4 or IPv6 address, from the underlay device. A known neighbour rewrites the MACs; an
+// unknown one leaves them to bpf_redirect_neigh, which an IPv6 packet (v6) cannot take towards
+// an IPv4 next hop: it resolves in the packet's family. No unicast route, or a frame the
+// device's MTU cannot carry, is no route.
 func (r *run) viaUnderlay(dst netip.Addr, v6 bool) maps.Reason {
 	var best *FIBRoute
 	for i := range r.m.w.FIB {
@@ -302,7 +330,7 @@ func (r *run) viaUnderlay(dst netip.Addr, v6 bool) maps.Reason {
 	}
 	mac, ok := r.m.w.Neighbours[hop]
 	if !ok {
-		if v6 {
+		if v6 && hop.Is4() {
 			return maps.ReasonNoRoute
 		}
 		return next
@@ -315,30 +343,31 @@ func (r *run) viaUnderlay(dst netip.Addr, v6 bool) maps.Reason {
 	return next
 }
 
-// receiveRemote handles what arrives from other nodes or outside (crossnode.h): local pods
-// get it after their ingress policy; the node gets what is addressed to it; tunnelled
-// traffic for anyone else is dropped.
+// receiveRemote handles what arrives from other nodes or outside (crossnode.h): an ICMPv6
+// error about a masqueraded flow becomes its pod's; local pods get it after their ingress
+// policy; the node gets what is addressed to it; tunnelled traffic for anyone else is dropped.
 func (r *run) receiveRemote(p *packet, hint uint32, tunneled bool) maps.Reason {
 	m := r.m
 	var x xlate
+	r.icmp6Error(p)
 	if reason := r.natBegin(p, &x); reason != next {
 		return reason
 	}
 	if dst := m.endpoint(p.family, p.daddr); dst != nil && dst.Local {
 		if x.state != xlReply {
 			if reason := r.admit(p, nil, dst, hint); reason != next {
+				m.natAbort(p, &x)
 				return reason
 			}
-			m.natCommit(p, &x)
+			r.natCommit(p, &x)
 		}
 		return r.toEndpoint(dst)
 	}
-	if p.family == afInet && p.daddr == m.w.Node.NodeIP {
-		if !(tunneled || x.state == xlReply) || m.w.Node.HostIfindex == 0 {
-			return maps.ReasonForwardHost
+	if m.isNode(p.family, p.daddr) {
+		if tunneled || x.state == xlReply {
+			return r.toNode()
 		}
-		r.setMACs(m.w.Node.HostMAC, m.w.Node.HostMAC)
-		return maps.ReasonForwardNode
+		return maps.ReasonForwardHost
 	}
 	if x.state == xlNone {
 		if tunneled {
@@ -348,6 +377,17 @@ func (r *run) receiveRemote(p *packet, hint uint32, tunneled bool) maps.Reason {
 	}
 	// Translated towards elsewhere: a Service's backend on another node, or a reply to a
 	// client outside the node.
-	m.natCommit(p, &x)
-	return r.forwardRemote(p, maps.IdentityRemoteNode)
+	r.natCommit(p, &x)
+	return r.forwardRemote(p, maps.IdentityRemoteNode, true)
+}
+
+// toNode is redirect_to_node: the packet goes to the node's stack through the host device,
+// when there is one.
+func (r *run) toNode() maps.Reason {
+	n := r.m.w.Node
+	if n.HostIfindex == 0 {
+		return maps.ReasonForwardHost
+	}
+	r.setMACs(n.HostMAC, n.HostMAC)
+	return maps.ReasonForwardNode
 }

@@ -5,12 +5,18 @@
 //
 // IPv6 is modelled as for IPv4 (the underlay stays IPv4: IPv6 crosses it in VXLAN, in 6in4,
 // or natively to the owning node's IPv4 address), with neighbour discovery's anti-spoofing.
+// A node with an IPv6 underlay address (NodeConfig.NodeIPv6) also routes translated IPv6
+// leaving the cluster out of the underlay itself, by the IPv6 routes of FIB.
 //
-// Services are modelled for IPv6 ClusterIP frontends whose slots name one backend (nat.go);
-// not modelled: IPv4 Services, NodePorts and masquerading (the worlds have none and
-// masquerading is off), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
-// metadata), conntrack expiry (the fuzzer clears conntrack long before an entry could expire),
-// monitor events and from_host.
+// Services and source translation are modelled for IPv6 (nat.go): ClusterIP and NodePort
+// frontends whose slots name one backend, NodePort flows that take the node's IPv6 address,
+// masquerading of pods' IPv6 flows (TCP, UDP, ICMPv6 echo) and ICMPv6 errors about them. Not
+// modelled: IPv4 Services and IPv4 masquerading (the worlds have no IPv4 frontend, and
+// no_masquerade holds 0.0.0.0/0 whenever masquerading is on), the random pick of a source port
+// (ChoosePort takes the datapath's), the node's own sockets (the port search skips their ports;
+// the fuzzer's namespace has none), the VNI identity hint (BPF_PROG_TEST_RUN carries no tunnel
+// metadata), conntrack and nat expiry (the fuzzer clears both long before an entry could
+// expire), monitor events and from_host.
 package model
 
 import (
@@ -117,19 +123,21 @@ type World struct {
 	Routes    []maps.Route
 	IPCache   []maps.IPCacheEntry
 	Policy    []maps.PolicyEntry
-	// FIB and Neighbours are the node's IPv4 routes and neighbour entries; UnderlayMAC is
-	// the underlay device's address (the source bpf_fib_lookup hands back) and UnderlayMTU
-	// its MTU.
+	// FIB and Neighbours are the node's routes and neighbour entries (IPv4, and IPv6 for a
+	// node with an IPv6 address); UnderlayMAC is the underlay device's address (the source
+	// bpf_fib_lookup hands back) and UnderlayMTU its MTU.
 	FIB         []FIBRoute
 	Neighbours  map[netip.Addr]net.HardwareAddr
 	UnderlayMAC net.HardwareAddr
 	UnderlayMTU int
 	// Ifindex is the device packets arrive on (skb->ifindex).
 	Ifindex uint32
-	// Frontends and Backends are the services and backends maps: IPv6 ClusterIPs, every
-	// slot of a frontend naming the same backend.
+	// Frontends and Backends are the services and backends maps: IPv6 ClusterIPs and
+	// NodePorts, every slot of a frontend naming the same backend.
 	Frontends []maps.Frontend
 	Backends  []maps.Backend
+	// NoMasquerade is the no_masquerade map: destinations pods reach with their own address.
+	NoMasquerade []netip.Prefix
 }
 
 // CTKey is a conntrack key: a flow in the direction of its first packet (struct ct_key).
@@ -177,7 +185,21 @@ type Outcome struct {
 	// it was a Neighbor Advertisement anti-spoofing looked into.
 	IPv6 bool
 	NA   bool
+	// SNAT is what the packet had to do with the node's own address.
+	SNAT SNAT
 }
+
+// SNAT is what a packet had to do with a translation to the node's address.
+type SNAT uint8
+
+// The ways a packet meets the node's address in the NAT stage.
+const (
+	SNATNone       SNAT = iota
+	SNATNodePort        // a new NodePort flow took the node's address and a port
+	SNATMasquerade      // a new flow leaving the cluster took them (or a known one, again)
+	SNATReply           // a reply to either was translated back
+	SNATError           // an ICMPv6 error about a masqueraded flow was handed to its pod
+)
 
 // Model holds a world and the conntrack and fragment tables the packets run so far have
 // built.
@@ -189,6 +211,11 @@ type Model struct {
 	backends  map[uint32]*maps.Backend
 	nat       map[CTKey]*natEntry
 	affinity  map[affinityKey]uint32
+	// ChoosePort picks the source port a translation to the node's address takes among the
+	// free ones of the node's range (in order), as the datapath's search from a random start
+	// does; fromEnd is where the port (an echo's identifier) sits, counted from the end of the
+	// packet as it leaves, for a caller that reads the datapath's pick there. nil: the first.
+	ChoosePort func(free []uint16, fromEnd int) uint16
 }
 
 type epKey struct {
@@ -256,7 +283,7 @@ func (m *Model) Run(h Hook, frame []byte) Outcome {
 	}
 	return Outcome{Reason: r.reason, Out: r.out, Key: r.key, Created: r.created, Quoted: r.quoted,
 		Conntrack: r.ct, Direction: r.dir, Unknown: r.unknown, LaterFragment: r.laterFragment, Translated: r.translated,
-		IPv6: r.family == afInet6, NA: r.na}
+		IPv6: r.family == afInet6, NA: r.na, SNAT: r.snat}
 }
 
 // run is one packet's way through one program.
@@ -275,6 +302,7 @@ type run struct {
 	family        uint8 // of the last packet parsed
 	na            bool  // checkNA looked at it
 	translated    bool  // the NAT stage rewrote it
+	snat          SNAT  // what it had to do with the node's address
 }
 
 // next is the model's CONTINUE: a helper that has no verdict yet.
@@ -297,9 +325,13 @@ func (r *run) fromPod() maps.Reason {
 	dst := r.m.endpoint(p.family, p.daddr)
 	if x.state != xlReply {
 		if reason := r.admit(&p, src, dst, 0); reason != next {
+			r.m.natAbort(&p, &x)
 			return reason
 		}
-		r.m.natCommit(&p, &x)
+		r.natCommit(&p, &x)
+		if reason := r.natMasquerade(&p, &x); reason != next {
+			return reason
+		}
 	}
 	if dst != nil && dst.Local {
 		if reason := r.decrementTTL(&p); reason != next {
@@ -307,10 +339,13 @@ func (r *run) fromPod() maps.Reason {
 		}
 		return r.toEndpoint(dst)
 	}
-	if p.family == afInet && p.daddr == r.m.w.Node.NodeIP {
+	if r.m.isNode(p.family, p.daddr) {
+		if x.state == xlReply {
+			return r.toNode()
+		}
 		return maps.ReasonForwardHost
 	}
-	return r.forwardRemote(&p, src.Identity)
+	return r.forwardRemote(&p, src.Identity, x.state != xlNone)
 }
 
 // to_pod: tc egress of a pod's host-side veth; only policy is judged, never form, and not
