@@ -1,13 +1,10 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,16 +17,28 @@ import (
 // CrossNode are the cross-node setups, the limit first.
 func CrossNode() []Builder {
 	return []Builder{
-		{"node-to-node", buildNodeToNode},
-		{"kernel-vxlan", buildKernelVXLAN},
-		{"ebpfnet-vxlan", func(p string) (*Topology, error) { return buildLab(p, "vxlan") }},
-		{"ebpfnet-native", func(p string) (*Topology, error) { return buildLab(p, "native") }},
-		{"ebpfnet-ipip", func(p string) (*Topology, error) { return buildLab(p, "ipip") }},
+		{"node-to-node", func(p string) (*Topology, error) { return buildNodeToNode(p, IPv4) }},
+		{"kernel-vxlan", func(p string) (*Topology, error) { return buildKernelVXLAN(p, IPv4) }},
+		{"ebpfnet-vxlan", func(p string) (*Topology, error) { return buildLab(p, "vxlan", IPv4) }},
+		{"ebpfnet-native", func(p string) (*Topology, error) { return buildLab(p, "native", IPv4) }},
+		{"ebpfnet-ipip", func(p string) (*Topology, error) { return buildLab(p, "ipip", IPv4) }},
 	}
 }
 
-// underlay makes two node namespaces whose eth0s meet on a bridge, with no BPF anywhere.
-func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, err error) {
+// CrossNodeIPv6 are the VXLAN setups in dual stack, measured over IPv6: the pods' IPv6
+// packets inside VXLAN over the nodes' IPv4 underlay; node to node over IPv6 on the same
+// underlay.
+func CrossNodeIPv6() []Builder {
+	return []Builder{
+		{"node-to-node", func(p string) (*Topology, error) { return buildNodeToNode(p, IPv6) }},
+		{"kernel-vxlan", func(p string) (*Topology, error) { return buildKernelVXLAN(p, IPv6) }},
+		{"ebpfnet-vxlan", func(p string) (*Topology, error) { return buildLab(p, "vxlan", IPv6) }},
+	}
+}
+
+// underlay makes two node namespaces whose eth0s meet on a bridge, with no BPF anywhere; in
+// an IPv6 topology the nodes have IPv6 addresses too. ips are their IPv4 addresses.
+func (t *Topology) underlay(prefix string, f Family) (nodes [2]string, ips [2]netip.Addr, err error) {
 	sw := prefix + "-u"
 	if _, err := t.netns(sw); err != nil {
 		return nodes, ips, err
@@ -52,6 +61,7 @@ func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, 
 		if _, err := t.netns(nodes[i]); err != nil {
 			return nodes, ips, err
 		}
+		t.Nodes = append(t.Nodes, nodes[i])
 		port := fmt.Sprintf("p%d", i)
 		_, eth0, err := vethPair(sw, port, nodes[i], "eth0", 1500)
 		if err != nil {
@@ -60,7 +70,7 @@ func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, 
 		if l, err := h.LinkByName(port); err != nil || h.LinkSetMaster(l, br) != nil {
 			return nodes, ips, fmt.Errorf("plug %s into the underlay: %w", port, err)
 		}
-		if err := addAddr(nodes[i], eth0, ips[i].String()+"/24"); err != nil {
+		if err := addAddrs(nodes[i], eth0, ips[i], f); err != nil {
 			return nodes, ips, err
 		}
 	}
@@ -68,23 +78,25 @@ func (t *Topology) underlay(prefix string) (nodes [2]string, ips [2]netip.Addr, 
 }
 
 // buildNodeToNode measures the underlay itself: node namespace to node namespace.
-func buildNodeToNode(prefix string) (t *Topology, err error) {
+func buildNodeToNode(prefix string, f Family) (t *Topology, err error) {
 	t = &Topology{Name: "node-to-node"}
 	defer closeOnError(t, &err)
-	nodes, ips, err := t.underlay(prefix)
+	nodes, ips, err := t.underlay(prefix, f)
 	if err != nil {
 		return nil, err
 	}
-	t.Client, t.Server, t.ServerIP = nodes[0], nodes[1], ips[1]
+	t.Client, t.Server, t.ServerIP = nodes[0], nodes[1], f.of(ips[1])
 	return t, nil
 }
 
 // buildKernelVXLAN is flannel's vxlan backend: a kernel VXLAN device per node with static
-// FDB and neighbour entries, routes to the other node's pod CIDR, the node forwarding.
-func buildKernelVXLAN(prefix string) (t *Topology, err error) {
+// FDB and neighbour entries, routes to the other node's pod CIDR, the node forwarding. In an
+// IPv6 topology the device carries the pods' IPv6 too (flannel's dual stack), over the same
+// IPv4 underlay.
+func buildKernelVXLAN(prefix string, f Family) (t *Topology, err error) {
 	t = &Topology{Name: "kernel-vxlan"}
 	defer closeOnError(t, &err)
-	nodes, ips, err := t.underlay(prefix)
+	nodes, ips, err := t.underlay(prefix, IPv4)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +104,7 @@ func buildKernelVXLAN(prefix string) (t *Topology, err error) {
 	var macs [2]net.HardwareAddr
 	var idx [2]int
 	for i, n := range nodes {
-		if err := sysctl(namespace.Path(n), "ipv4/ip_forward", "1"); err != nil {
+		if err := forward(namespace.Path(n), f); err != nil {
 			return nil, err
 		}
 		err := inNS(n, func(h *netlink.Handle) error {
@@ -114,6 +126,13 @@ func buildKernelVXLAN(prefix string) (t *Topology, err error) {
 			if err := h.AddrAdd(l, addr); err != nil {
 				return err
 			}
+			if f == IPv6 {
+				own := sixOf(cidrs[i].Addr()).AsSlice()
+				addr := &netlink.Addr{IPNet: &net.IPNet{IP: own, Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}
+				if err := h.AddrAdd(l, addr); err != nil {
+					return err
+				}
+			}
 			return h.LinkSetUp(l)
 		})
 		if err != nil {
@@ -123,15 +142,15 @@ func buildKernelVXLAN(prefix string) (t *Topology, err error) {
 	for i, n := range nodes {
 		o := 1 - i
 		err := inNS(n, func(h *netlink.Handle) error {
-			gw := cidrs[o].Addr().AsSlice()
-			if err := h.NeighSet(&netlink.Neigh{LinkIndex: idx[i], State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: macs[o]}); err != nil {
-				return fmt.Errorf("neighbour: %w", err)
-			}
 			if err := h.NeighAppend(&netlink.Neigh{LinkIndex: idx[i], Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
 				State: netlink.NUD_PERMANENT, IP: ips[o].AsSlice(), HardwareAddr: macs[o]}); err != nil {
 				return fmt.Errorf("fdb: %w", err)
 			}
-			return h.RouteAdd(&netlink.Route{LinkIndex: idx[i], Dst: prefixNet(cidrs[o]), Gw: gw, Flags: int(netlink.FLAG_ONLINK)})
+			if err := vxlanRoute(h, idx[i], cidrs[o], macs[o]); err != nil || f == IPv4 {
+				return err
+			}
+			// The IPv6 pod CIDR of a.b.c.0/24 is fd00:a:b:c::/64, its gateway the address at ::.
+			return vxlanRoute(h, idx[i], netip.PrefixFrom(sixOf(cidrs[o].Addr()), 64), macs[o])
 		})
 		if err != nil {
 			return nil, err
@@ -143,13 +162,13 @@ func buildKernelVXLAN(prefix string) (t *Topology, err error) {
 		if err != nil {
 			return nil, err
 		}
-		pod := podnet.Pod{NodeNetns: namespace.Path(nodes[i]), Netns: path, ContainerID: p,
-			IP: cidrs[i].Addr().Next().Next(), MTU: 1450}
+		ip := cidrs[i].Addr().Next().Next()
+		pod := podnet.Pod{NodeNetns: namespace.Path(nodes[i]), Netns: path, ContainerID: p, IP: ip, IPv6: f.only6(ip), MTU: 1450}
 		if _, err := podnet.Plumb(pod, nil); err != nil {
 			return nil, err
 		}
 	}
-	t.Client, t.Server, t.ServerIP = pods[0], pods[1], cidrs[1].Addr().Next().Next()
+	t.Client, t.Server, t.ServerIP = pods[0], pods[1], f.of(cidrs[1].Addr().Next().Next())
 	return t, nil
 }
 
@@ -162,34 +181,48 @@ func inNS(ns string, fn func(h *netlink.Handle) error) error {
 	return namespace.Do(namespace.Path(ns), func() error { return fn(h) })
 }
 
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
+// vxlanRoute routes the other node's pod CIDR through its VXLAN device (MAC mac), the CIDR's
+// first address the gateway.
+func vxlanRoute(h *netlink.Handle, dev int, cidr netip.Prefix, mac net.HardwareAddr) error {
+	gw := cidr.Addr().AsSlice()
+	family := unix.AF_INET
+	if cidr.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: dev, Family: family, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: mac}); err != nil {
+		return fmt.Errorf("neighbour %s: %w", cidr.Addr(), err)
+	}
+	return h.RouteAdd(&netlink.Route{LinkIndex: dev, Dst: prefixNet(cidr), Gw: gw, Flags: int(netlink.FLAG_ONLINK)})
 }
 
-// buildLab is ebpfnet itself: a two-node lab in the given mode, one pod per node.
-func buildLab(prefix, mode string) (t *Topology, err error) {
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// buildLab is ebpfnet itself: a two-node lab in the given mode, one pod per node; in an IPv6
+// topology the lab is dual stack.
+func buildLab(prefix, mode string, f Family) (t *Topology, err error) {
 	t = &Topology{Name: "ebpfnet-" + mode}
 	defer closeOnError(t, &err)
 	spec := &lab.Spec{Mode: mode, Nodes: []lab.NodeSpec{{Name: "n1"}, {Name: "n2"}},
 		Namespaces: []lab.Namespace{{Name: "b"}},
 		Pods:       []lab.PodSpec{{Namespace: "b", Name: "c", Node: "n1"}, {Namespace: "b", Name: "s", Node: "n2"}}}
-	if err := spec.Validate(); err != nil {
-		return nil, err
+	if f == IPv6 {
+		spec.IPFamilies = []string{lab.FamilyIPv4, lab.FamilyIPv6}
 	}
-	name := prefix
-	t.undo = append(t.undo, func() error { return lab.Down(name) })
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	// The lab runs its agents from the ebpfnet binary built beside this one.
-	st, err := lab.Up(context.Background(), name, spec, lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")})
+	st, err := upBenchLab(t, prefix, spec)
 	if err != nil {
 		return nil, err
 	}
 	c, _ := st.Pod("b/c")
 	s, _ := st.Pod("b/s")
 	t.Client, t.Server, t.ServerIP = nsName(c.Netns), nsName(s.Netns), s.IP
+	for _, n := range st.Nodes {
+		t.Nodes = append(t.Nodes, nsName(n.Netns))
+	}
+	if f == IPv6 {
+		t.ServerIP = s.IPv6
+	}
 	return t, nil
 }
 

@@ -180,7 +180,7 @@ func KubeProxySuite(ctx context.Context, cfg Config, backend IPTablesBackend, se
 func buildHostGW(prefix, name string) (t *Topology, ips [2]netip.Addr, err error) {
 	t = &Topology{Name: name}
 	defer closeOnError(t, &err)
-	nodes, ips, err := t.underlay(prefix)
+	nodes, ips, err := t.underlay(prefix, IPv4)
 	if err != nil {
 		return nil, ips, err
 	}
@@ -468,7 +468,7 @@ func createServicePorts(ctx context.Context, api kubernetes.Interface, i int) ([
 	}
 	ports := []port{{"", 80, 8080}}
 	if i == 0 {
-		ports = []port{{"iperf", iperfPort, iperfPort}, {"sockperf", sockperfPort, sockperfPort}}
+		ports = []port{{"iperf", iperfPort, iperfPort}, {"sockperf", latencyPort, latencyPort}}
 	}
 	name := serviceName(i)
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kpNamespace}}

@@ -16,20 +16,32 @@ import (
 )
 
 const (
-	iperfPort    = 5201
-	sockperfPort = 11111
+	iperfPort = 5201
+	// latencyPort is sockperf's server's, or over IPv6 (which Debian's sockperf 3.7 lacks) the
+	// echo server's that the Go TCP_RR and TCP_CRR clients talk to.
+	latencyPort = 11111
 )
 
-// startServers runs iperf3 and sockperf in the server namespace and waits until both listen.
+// startServers runs iperf3 and sockperf (over IPv6, the lab pods' echo server, `ebpfnet lab
+// serve`) in the server namespace and waits until both listen.
 func (t *Topology) startServers() error {
 	ip := t.ServerIP.String()
 	if err := t.start(t.Server, "iperf3", "-s", "-B", ip, "-p", fmt.Sprint(iperfPort)); err != nil {
 		return err
 	}
-	if err := t.start(t.Server, "sockperf", "sr", "--tcp", "-i", ip, "-p", fmt.Sprint(sockperfPort)); err != nil {
+	if t.ServerIP.Is6() {
+		exe, err := ebpfnetExe()
+		if err != nil {
+			return err
+		}
+		// It listens on both families; waitListening below is what is waited on, not its ready file.
+		if err := t.start(t.Server, exe, "lab", "serve", "--ports", fmt.Sprintf("%d/TCP", latencyPort), "--ready", os.DevNull); err != nil {
+			return err
+		}
+	} else if err := t.start(t.Server, "sockperf", "sr", "--tcp", "-i", ip, "-p", fmt.Sprint(latencyPort)); err != nil {
 		return err
 	}
-	for _, port := range []uint16{iperfPort, sockperfPort} {
+	for _, port := range []uint16{iperfPort, latencyPort} {
 		if err := waitListening(t.serverPath(), netip.AddrPortFrom(t.ServerIP, port)); err != nil {
 			return fmt.Errorf("%s: %w", t.Name, err)
 		}
@@ -37,14 +49,19 @@ func (t *Topology) startServers() error {
 	return nil
 }
 
-// waitListening polls the namespace's TCP table until a socket listens on addr's port.
+// waitListening polls the namespace's TCP table (of addr's family) until a socket listens on
+// addr's port.
 func waitListening(nsPath string, addr netip.AddrPort) error {
 	want := fmt.Sprintf(":%04X ", addr.Port())
+	table := "/proc/thread-self/net/tcp"
+	if addr.Addr().Is6() {
+		table += "6"
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var listening bool
 		err := namespace.Do(nsPath, func() error {
-			f, err := os.Open("/proc/thread-self/net/tcp")
+			f, err := os.Open(table)
 			if err != nil {
 				return err
 			}
@@ -108,10 +125,15 @@ func iperf3(over string, cmd *exec.Cmd) (float64, error) {
 
 var percentile = regexp.MustCompile(`percentile (50|99)\.000 =\s+([0-9.]+)`)
 
-// latency runs sockperf TCP ping-pong for d and returns the p50 and p99 one-way latency in µs.
+// latency runs sockperf TCP ping-pong for d and returns the p50 and p99 one-way latency in µs;
+// over IPv6, TCP_RR's p50 and p99 round trip.
 func (t *Topology) latency(d time.Duration) (p50, p99 float64, err error) {
+	if t.target().Is6() {
+		rr, err := TCPRR(namespace.Path(t.Client), netip.AddrPortFrom(t.target(), latencyPort), d)
+		return rr.PercentileMicros(50), rr.PercentileMicros(99), err
+	}
 	out, err := exec.Command("ip", "netns", "exec", t.Client, "sockperf", "pp", "--tcp", "-i", t.target().String(),
-		"-p", fmt.Sprint(sockperfPort), "-t", fmt.Sprint(int(d.Seconds()))).CombinedOutput()
+		"-p", fmt.Sprint(latencyPort), "-t", fmt.Sprint(int(d.Seconds()))).CombinedOutput()
 	if err != nil {
 		return 0, 0, fmt.Errorf("sockperf over %s: %w: %s", t.Name, err, out)
 	}

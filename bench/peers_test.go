@@ -46,6 +46,9 @@ func TestTransactionsAgainstEchoServer(t *testing.T) {
 			t.Errorf("%s: mean %.2f µs, want %.2f", name, got, want)
 		}
 	}
+	if len(rr.Times) != rr.Count || rr.PercentileMicros(50) <= 0 || rr.PercentileMicros(99) < rr.PercentileMicros(50) {
+		t.Errorf("TCP_RR: %d times of %d transactions, p50 %.1f µs, p99 %.1f µs", len(rr.Times), rr.Count, rr.PercentileMicros(50), rr.PercentileMicros(99))
+	}
 	// A connection per transaction costs more than a transaction on an open one.
 	if crr.MeanMicros() <= rr.MeanMicros() {
 		t.Errorf("TCP_CRR %.1f µs per transaction, TCP_RR %.1f: a new connection each should cost more", crr.MeanMicros(), rr.MeanMicros())
@@ -61,6 +64,24 @@ func TestTransactionsAgainstEchoServer(t *testing.T) {
 		if _, err := run(self, netip.MustParseAddrPort(closed), 100*time.Millisecond); err == nil || !strings.Contains(err.Error(), closed) {
 			t.Errorf("against a closed port: %v, want an error naming %s", err, closed)
 		}
+	}
+}
+
+func TestPercentileMicros(t *testing.T) {
+	var tr Transactions
+	if got := tr.PercentileMicros(50); got != 0 {
+		t.Errorf("p50 of nothing = %v", got)
+	}
+	for i := 100; i >= 1; i-- {
+		tr.Times = append(tr.Times, time.Duration(i)*time.Microsecond)
+	}
+	for q, want := range map[float64]float64{50: 50, 99: 99, 100: 100, 0: 1, 0.5: 1} {
+		if got := tr.PercentileMicros(q); got != want {
+			t.Errorf("p%v of 1..100 µs = %v, want %v", q, got, want)
+		}
+	}
+	if tr.Times[0] != 100*time.Microsecond {
+		t.Error("PercentileMicros sorted the times in place")
 	}
 }
 

@@ -240,14 +240,14 @@ func iptablesRules(ns string, n int) error {
 func PolicyThroughput() []Builder {
 	return []Builder{
 		{"kernel-route+10k-iptables", func(p string) (*Topology, error) {
-			t, err := buildRouted(p, "kernel-route+10k-iptables", false)
+			t, err := buildRouted(p, "kernel-route+10k-iptables", false, IPv4)
 			if err != nil {
 				return nil, err
 			}
 			return t, iptablesRules(p+"-n", 10000)
 		}},
 		{"ebpfnet+10k-rules", func(p string) (*Topology, error) {
-			t, err := buildRouted(p, "ebpfnet+10k-rules", true)
+			t, err := buildRouted(p, "ebpfnet+10k-rules", true, IPv4)
 			if err != nil {
 				return nil, err
 			}
@@ -275,7 +275,7 @@ func loadRules(prefix string, t *Topology, n int) error {
 	if err != nil || !ok {
 		return fmt.Errorf("server endpoint: %w", err)
 	}
-	for _, port := range []uint16{iperfPort, sockperfPort} {
+	for _, port := range []uint16{iperfPort, latencyPort} {
 		if err := m.pol.Put(maps.PolicyEntry{Endpoint: srv.ID, Peer: maps.IdentityAny, Direction: maps.Ingress, Protocol: 6, Port: port, PortBits: 16}); err != nil {
 			return err
 		}

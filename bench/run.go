@@ -3,15 +3,18 @@ package bench
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
 // Config is how long and how often to measure.
 type Config struct {
 	Rounds      int
 	Throughput  time.Duration // one iperf3 run
-	Latency     time.Duration // one sockperf run
+	Latency     time.Duration // one sockperf run (over IPv6, one TCP_RR and one TCP_CRR run)
 	ProgRepeat  int           // BPF_PROG_TEST_RUN repetitions per sample
 	ProgSamples int
 }
@@ -25,15 +28,20 @@ type Setup struct {
 	MedianGbps     float64   `json:"medianGbps"`
 	MedianP50us    float64   `json:"medianP50us"`
 	MedianP99us    float64   `json:"medianP99us"`
+	// Over IPv6, TCP_CRR's mean µs per connection.
+	CRRus       []float64 `json:"crrUs,omitempty"`
+	MedianCRRus float64   `json:"medianCRRus,omitempty"`
 }
 
 // Suite is a set of setups measured side by side, with the one ratios are taken against
 // (Baseline) and the physical limit (Limit).
 type Suite struct {
-	Name     string  `json:"name"`
-	Baseline string  `json:"baseline"`
-	Limit    string  `json:"limit"`
-	Setups   []Setup `json:"setups"`
+	Name     string `json:"name"`
+	Baseline string `json:"baseline"`
+	Limit    string `json:"limit"`
+	// Family is IPv6 where the clients reached their servers over IPv6, empty over IPv4.
+	Family Family  `json:"family,omitempty"`
+	Setups []Setup `json:"setups"`
 }
 
 // Get returns the setup called name.
@@ -49,48 +57,85 @@ func (s Suite) Get(name string) Setup {
 // RunSuite builds every topology, then measures them round by round, interleaved, so that
 // machine noise hits all of them alike.
 func RunSuite(name, baseline, limit string, builders []Builder, cfg Config) (Suite, error) {
+	suite := newSuite(name, baseline, limit, builders)
+	topos, err := buildAll(builders)
+	defer closeAll(topos)
+	if err == nil {
+		err = measure(&suite, topos, cfg)
+	}
+	return suite, err
+}
+
+// newSuite is a suite with a setup, yet unmeasured, for each builder.
+func newSuite(name, baseline, limit string, builders []Builder) Suite {
 	suite := Suite{Name: name, Baseline: baseline, Limit: limit}
+	for _, b := range builders {
+		suite.Setups = append(suite.Setups, Setup{Name: b.Name})
+	}
+	return suite
+}
+
+// buildAll builds every topology and starts its servers; on an error, it returns those built
+// so far too, for closeAll.
+func buildAll(builders []Builder) ([]*Topology, error) {
 	var topos []*Topology
-	defer func() {
-		for _, t := range topos {
-			if err := t.Close(); err != nil {
-				slog.Warn("tear down topology", "name", t.Name, "err", err)
-			}
-		}
-	}()
 	for i, b := range builders {
 		t, err := b.Build(fmt.Sprintf("eb%d%d", time.Now().UnixNano()%1000, i))
 		if err != nil {
-			return suite, fmt.Errorf("build %s: %w", b.Name, err)
+			return topos, fmt.Errorf("build %s: %w", b.Name, err)
 		}
 		topos = append(topos, t)
 		if err := t.startServers(); err != nil {
-			return suite, err
+			return topos, err
 		}
-		suite.Setups = append(suite.Setups, Setup{Name: b.Name})
 	}
+	return topos, nil
+}
+
+func closeAll(topos []*Topology) {
+	for _, t := range topos {
+		if err := t.Close(); err != nil {
+			slog.Warn("tear down topology", "name", t.Name, "err", err)
+		}
+	}
+}
+
+// measure measures suite's setups, built as topos (one each, in order), cfg.Rounds rounds,
+// and takes their medians.
+func measure(suite *Suite, topos []*Topology, cfg Config) error {
 	for r := 0; r < cfg.Rounds; r++ {
 		for i, t := range topos {
 			gbps, err := t.throughput(cfg.Throughput)
 			if err != nil {
-				return suite, err
+				return err
 			}
 			p50, p99, err := t.latency(cfg.Latency)
 			if err != nil {
-				return suite, err
+				return err
 			}
 			st := &suite.Setups[i]
 			st.ThroughputGbps = append(st.ThroughputGbps, gbps)
 			st.LatencyP50us = append(st.LatencyP50us, p50)
 			st.LatencyP99us = append(st.LatencyP99us, p99)
-			slog.Info("measured", "suite", name, "round", r+1, "setup", t.Name, "gbps", round2(gbps), "p50us", p50, "p99us", p99)
+			logged := []any{"suite", suite.Name, "round", r + 1, "setup", t.Name, "gbps", round2(gbps), "p50us", p50, "p99us", p99}
+			if t.target().Is6() {
+				suite.Family = IPv6
+				crr, err := TCPCRR(namespace.Path(t.Client), netip.AddrPortFrom(t.target(), latencyPort), cfg.Latency)
+				if err != nil {
+					return err
+				}
+				st.CRRus = append(st.CRRus, round2(crr.MeanMicros()))
+				logged = append(logged, "crrUs", round2(crr.MeanMicros()))
+			}
+			slog.Info("measured", logged...)
 		}
 	}
 	for i := range suite.Setups {
 		st := &suite.Setups[i]
 		st.MedianGbps, st.MedianP50us, st.MedianP99us = median(st.ThroughputGbps), median(st.LatencyP50us), median(st.LatencyP99us)
+		st.MedianCRRus = median(st.CRRus)
 	}
-	return suite, nil
+	return nil
 }
 
 func median(xs []float64) float64 {
@@ -115,9 +160,11 @@ type SuiteDef struct {
 
 // Suites are the suites `ebpfnet-bench -suites` knows.
 var Suites = map[string]SuiteDef{
-	"same-node":  {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
-	"cross-node": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
-	"policy":     {Baseline: "kernel-route+10k-iptables", Limit: "kernel-route+10k-iptables", Builders: PolicyThroughput},
-	"services":   {Baseline: "ebpfnet-native-direct", Limit: PodToPodKernel, Builders: func() []Builder { return ServiceSetups(nil) }},
-	"bgp":        {Baseline: NodeToNodeViaRouter, Limit: NodeToNodeViaRouter, Builders: BGPSetups},
+	"same-node":       {Baseline: "kernel-route", Limit: "direct", Builders: SameNode},
+	"same-node-ipv6":  {Baseline: "kernel-route", Limit: "direct", Builders: SameNodeIPv6},
+	"cross-node":      {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNode},
+	"cross-node-ipv6": {Baseline: "kernel-vxlan", Limit: "node-to-node", Builders: CrossNodeIPv6},
+	"policy":          {Baseline: "kernel-route+10k-iptables", Limit: "kernel-route+10k-iptables", Builders: PolicyThroughput},
+	"services":        {Baseline: "ebpfnet-native-direct", Limit: PodToPodKernel, Builders: func() []Builder { return ServiceSetups(nil) }},
+	"bgp":             {Baseline: NodeToNodeViaRouter, Limit: NodeToNodeViaRouter, Builders: BGPSetups},
 }

@@ -18,12 +18,17 @@ type Builder struct {
 }
 
 // SameNode are the same-node setups, the limit first.
-func SameNode() []Builder {
+func SameNode() []Builder { return sameNode(IPv4) }
+
+// SameNodeIPv6 are the same setups in dual stack, measured over IPv6.
+func SameNodeIPv6() []Builder { return sameNode(IPv6) }
+
+func sameNode(f Family) []Builder {
 	return []Builder{
-		{"direct", buildDirect},
-		{"kernel-route", func(p string) (*Topology, error) { return buildRouted(p, "kernel-route", false) }},
-		{"bridge", buildBridge},
-		{"ebpfnet", func(p string) (*Topology, error) { return buildRouted(p, "ebpfnet", true) }},
+		{"direct", func(p string) (*Topology, error) { return buildDirect(p, f) }},
+		{"kernel-route", func(p string) (*Topology, error) { return buildRouted(p, "kernel-route", false, f) }},
+		{"bridge", func(p string) (*Topology, error) { return buildBridge(p, f) }},
+		{"ebpfnet", func(p string) (*Topology, error) { return buildRouted(p, "ebpfnet", true, f) }},
 	}
 }
 
@@ -32,7 +37,7 @@ func newTopology(name, prefix string) *Topology {
 }
 
 // buildDirect: one veth pair straight between the two pods.
-func buildDirect(prefix string) (t *Topology, err error) {
+func buildDirect(prefix string, f Family) (t *Topology, err error) {
 	t = newTopology("direct", prefix)
 	defer closeOnError(t, &err)
 	for _, ns := range []string{t.Client, t.Server} {
@@ -44,19 +49,19 @@ func buildDirect(prefix string) (t *Topology, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := addAddr(t.Client, lc, "10.100.0.1/24"); err != nil {
+	if err := addAddrs(t.Client, lc, netip.MustParseAddr("10.100.0.1"), f); err != nil {
 		return nil, err
 	}
-	if err := addAddr(t.Server, ls, "10.100.0.2/24"); err != nil {
+	if err := addAddrs(t.Server, ls, netip.MustParseAddr("10.100.0.2"), f); err != nil {
 		return nil, err
 	}
-	t.ServerIP = netip.MustParseAddr("10.100.0.2")
+	t.ServerIP = f.of(netip.MustParseAddr("10.100.0.2"))
 	return t, nil
 }
 
 // buildRouted: both pods plumbed by podnet into a node; through the node's routing table
 // (kernel-route) or redirected by ebpfnet's BPF.
-func buildRouted(prefix, name string, withBPF bool) (t *Topology, err error) {
+func buildRouted(prefix, name string, withBPF bool, f Family) (t *Topology, err error) {
 	t = newTopology(name, prefix)
 	defer closeOnError(t, &err)
 	nodeNS := prefix + "-n"
@@ -64,6 +69,7 @@ func buildRouted(prefix, name string, withBPF bool) (t *Topology, err error) {
 	if err != nil {
 		return nil, err
 	}
+	t.Nodes = []string{nodeNS}
 	var dp *loader.Datapath
 	if withBPF {
 		pinDir := "/sys/fs/bpf/ebpfnet-bench-" + prefix
@@ -72,7 +78,7 @@ func buildRouted(prefix, name string, withBPF bool) (t *Topology, err error) {
 			return nil, err
 		}
 		t.undo = append(t.undo, dp.Close)
-	} else if err := sysctl(nodePath, "ipv4/ip_forward", "1"); err != nil {
+	} else if err := forward(nodePath, f); err != nil {
 		return nil, err
 	}
 	ips := map[string]netip.Addr{t.Client: netip.MustParseAddr("10.100.1.1"), t.Server: netip.MustParseAddr("10.100.1.2")}
@@ -81,19 +87,20 @@ func buildRouted(prefix, name string, withBPF bool) (t *Topology, err error) {
 		if err != nil {
 			return nil, err
 		}
-		pod := podnet.Pod{NodeNetns: nodePath, Netns: path, ContainerID: ns, IP: ips[ns], EndpointID: uint32(len(t.undo))}
+		pod := podnet.Pod{NodeNetns: nodePath, Netns: path, ContainerID: ns, IP: ips[ns], IPv6: f.only6(ips[ns]),
+			EndpointID: uint32(len(t.undo))}
 		if _, err := podnet.Plumb(pod, dp); err != nil {
 			return nil, fmt.Errorf("plumb %s: %w", ns, err)
 		}
 		t.undo = append(t.undo, func() error { return podnet.Unplumb(pod, dp) })
 	}
-	t.ServerIP = ips[t.Server]
+	t.ServerIP = f.of(ips[t.Server])
 	return t, nil
 }
 
 // buildBridge: a Linux bridge with br_netfilter and a few iptables FORWARD rules, the way
-// docker0 and flannel's cni0 carry same-node traffic.
-func buildBridge(prefix string) (t *Topology, err error) {
+// docker0 and flannel's cni0 carry same-node traffic (in dual stack, ip6tables too).
+func buildBridge(prefix string, f Family) (t *Topology, err error) {
 	t = newTopology("bridge", prefix)
 	defer closeOnError(t, &err)
 	nodeNS := prefix + "-n"
@@ -101,6 +108,7 @@ func buildBridge(prefix string) (t *Topology, err error) {
 	if err != nil {
 		return nil, err
 	}
+	t.Nodes = []string{nodeNS}
 	h, err := handle(nodeNS)
 	if err != nil {
 		return nil, err
@@ -129,25 +137,35 @@ func buildBridge(prefix string) (t *Topology, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("enslave %s: %w", hostIf, err)
 		}
-		if err := addAddr(ns, podIf, fmt.Sprintf("10.100.2.%d/24", i+1)); err != nil {
+		if err := addAddrs(ns, podIf, netip.AddrFrom4([4]byte{10, 100, 2, byte(i + 1)}), f); err != nil {
 			return nil, err
 		}
 	}
-	if err := sysctl(nodePath, "bridge/bridge-nf-call-iptables", "1"); err != nil {
-		return nil, fmt.Errorf("enable br_netfilter: %w", err)
+	// The same rules in each family, the documentation prefixes dropped.
+	tables := []struct{ cmd, sysctl, drop1, drop2 string }{
+		{"iptables", "bridge-nf-call-iptables", "192.0.2.0/24", "198.51.100.0/24"},
+		{"ip6tables", "bridge-nf-call-ip6tables", "2001:db8:1::/64", "2001:db8:2::/64"},
 	}
-	for _, rule := range [][]string{
-		{"-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP"},
-		{"-A", "FORWARD", "-d", "198.51.100.0/24", "-j", "DROP"},
-		{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
-		{"-A", "FORWARD", "-i", "br0", "-o", "br0", "-j", "ACCEPT"},
-		{"-P", "FORWARD", "DROP"},
-	} {
-		if err := execIn(nodeNS, "iptables", append([]string{"-w"}, rule...)...); err != nil {
-			return nil, err
+	if f == IPv4 {
+		tables = tables[:1]
+	}
+	for _, tb := range tables {
+		if err := sysctl(nodePath, "bridge/"+tb.sysctl, "1"); err != nil {
+			return nil, fmt.Errorf("enable br_netfilter: %w", err)
+		}
+		for _, rule := range [][]string{
+			{"-A", "FORWARD", "-s", tb.drop1, "-j", "DROP"},
+			{"-A", "FORWARD", "-d", tb.drop2, "-j", "DROP"},
+			{"-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"},
+			{"-A", "FORWARD", "-i", "br0", "-o", "br0", "-j", "ACCEPT"},
+			{"-P", "FORWARD", "DROP"},
+		} {
+			if err := execIn(nodeNS, tb.cmd, append([]string{"-w"}, rule...)...); err != nil {
+				return nil, err
+			}
 		}
 	}
-	t.ServerIP = netip.MustParseAddr("10.100.2.2")
+	t.ServerIP = f.of(netip.MustParseAddr("10.100.2.2"))
 	return t, nil
 }
 

@@ -37,7 +37,7 @@ func benchService() lab.ServiceSpec {
 		return lab.ServicePortSpec{Name: name, Port: p, TargetPort: intstr.FromInt32(int32(p)), Protocol: "TCP"}
 	}
 	return lab.ServiceSpec{Namespace: "b", Name: "server", Selector: map[string]string{"role": "server"},
-		Ports: []lab.ServicePortSpec{port("iperf", iperfPort), port("sockperf", sockperfPort)}}
+		Ports: []lab.ServicePortSpec{port("iperf", iperfPort), port("sockperf", latencyPort)}}
 }
 
 // buildServiceLab is a two-node native lab, client on n1 and server on n2; through a Service
@@ -102,11 +102,17 @@ func upBenchLab(t *Topology, name string, spec *lab.Spec) (*lab.State, error) {
 
 // benchLabOptions run a lab's agents from the ebpfnet binary built beside this one.
 func benchLabOptions() (lab.Options, error) {
+	exe, err := ebpfnetExe()
+	return lab.Options{Exe: exe}, err
+}
+
+// ebpfnetExe is the ebpfnet binary built beside this one (make build).
+func ebpfnetExe() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return lab.Options{}, err
+		return "", err
 	}
-	return lab.Options{Exe: filepath.Join(filepath.Dir(exe), "ebpfnet")}, nil
+	return filepath.Join(filepath.Dir(exe), "ebpfnet"), nil
 }
 
 // ServiceUpdate is how long a change of a Service's backends takes to reach the datapath.

@@ -1,5 +1,6 @@
 // Package bench measures ebpfnet against kernel baselines on the same machine in one run:
-// topologies made of network namespaces, iperf3 and sockperf between a client and a server.
+// topologies made of network namespaces, iperf3 and sockperf (over IPv6, the Go TCP_RR
+// client) between a client and a server.
 package bench
 
 import (
@@ -23,8 +24,10 @@ type Topology struct {
 	ServerIP netip.Addr
 	// Target is what the client dials when it is not ServerIP itself (a Service's ClusterIP).
 	Target netip.Addr
-	undo   []func() error
-	procs  []*exec.Cmd
+	// Nodes are the namespaces of the nodes between client and server, where a builder says.
+	Nodes []string
+	undo  []func() error
+	procs []*exec.Cmd
 }
 
 // Close stops the topology's processes and removes what it made, newest first.
@@ -157,3 +160,72 @@ func addAddr(ns string, l netlink.Link, prefix string) error {
 }
 
 func nsName(path string) string { return filepath.Base(path) }
+
+// Family is the address family a topology's client reaches its server in. An IPv6 topology is
+// its IPv4 one in dual stack: beside each IPv4 address, its counterpart (sixOf).
+type Family string
+
+const (
+	IPv4 Family = "IPv4"
+	IPv6 Family = "IPv6"
+)
+
+// of is a topology's IPv4 address ip in family f.
+func (f Family) of(ip netip.Addr) netip.Addr {
+	if f == IPv6 {
+		return sixOf(ip)
+	}
+	return ip
+}
+
+// only6 is ip's IPv6 counterpart in an IPv6 topology, and no address in an IPv4 one.
+func (f Family) only6(ip netip.Addr) netip.Addr {
+	if f == IPv6 {
+		return sixOf(ip)
+	}
+	return netip.Addr{}
+}
+
+// sixOf is the IPv6 counterpart of a topology's IPv4 address a.b.c.d: fd00:a:b:c::d, its
+// decimal digits kept (10.100.0.2 is fd00:10:100:0::2), so that a.b.c.0/24 is fd00:a:b:c::/64.
+func sixOf(ip netip.Addr) netip.Addr {
+	b := ip.As4()
+	return netip.MustParseAddr(fmt.Sprintf("fd00:%d:%d:%d::%d", b[0], b[1], b[2], b[3]))
+}
+
+// addAddrs gives l ip/24 and, in an IPv6 topology, its counterpart/64 with IPv6 turned on.
+func addAddrs(ns string, l netlink.Link, ip netip.Addr, f Family) error {
+	if err := addAddr(ns, l, ip.String()+"/24"); err != nil {
+		return err
+	}
+	if f == IPv4 {
+		return nil
+	}
+	if err := enableIPv6(ns, l.Attrs().Name); err != nil {
+		return err
+	}
+	return addAddr(ns, l, sixOf(ip).String()+"/64")
+}
+
+// enableIPv6 turns IPv6 back on for an interface vethPair made, for static addresses only: no
+// duplicate address detection, no router advertisements taken.
+func enableIPv6(ns, name string) error {
+	for _, kv := range [][2]string{{"accept_ra", "0"}, {"accept_dad", "0"}, {"disable_ipv6", "0"}} {
+		if err := sysctl(namespace.Path(ns), "ipv6/conf/"+name+"/"+kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// forward makes the node at nodePath route between its pods: IPv4, and IPv6 too in an IPv6
+// topology.
+func forward(nodePath string, f Family) error {
+	if err := sysctl(nodePath, "ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	if f == IPv4 {
+		return nil
+	}
+	return sysctl(nodePath, "ipv6/conf/all/forwarding", "1")
+}

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/namespace"
@@ -20,6 +22,8 @@ import (
 type Transactions struct {
 	Count    int
 	Duration time.Duration
+	// Times are TCP_RR's transactions one by one, for percentiles.
+	Times []time.Duration
 }
 
 // PerSecond is the transaction rate.
@@ -31,6 +35,18 @@ func (t Transactions) MeanMicros() float64 {
 		return 0
 	}
 	return float64(t.Duration.Microseconds()) / float64(t.Count)
+}
+
+// PercentileMicros is the time, in µs, that q percent of the transactions took at most (the
+// nearest rank); 0 without Times.
+func (t Transactions) PercentileMicros(q float64) float64 {
+	if len(t.Times) == 0 {
+		return 0
+	}
+	s := slices.Clone(t.Times)
+	slices.Sort(s)
+	i := int(math.Ceil(q/100*float64(len(s)))) - 1
+	return float64(s[max(i, 0)].Nanoseconds()) / 1e3
 }
 
 // TCPRR sends one-byte requests over one connection from the namespace at nsPath to dst for d.
@@ -45,11 +61,14 @@ func TCPRR(nsPath string, dst netip.AddrPort, d time.Duration) (Transactions, er
 		buf, got := []byte{'r'}, []byte{0}
 		start := time.Now()
 		end := start.Add(d)
-		for time.Now().Before(end) {
+		for t0 := start; t0.Before(end); {
 			if err := exchange(c, buf, got); err != nil {
 				return err
 			}
+			t1 := time.Now()
+			res.Times = append(res.Times, t1.Sub(t0))
 			res.Count++
+			t0 = t1
 		}
 		res.Duration = time.Since(start)
 		return nil

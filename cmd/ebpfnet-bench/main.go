@@ -31,9 +31,10 @@ func run(ctx context.Context) error {
 	out := flag.String("out", "bin/bench", "directory for results.json, results.md and ratios.svg")
 	rounds := flag.Int("rounds", 5, "measurement rounds, interleaved across setups")
 	tput := flag.Duration("throughput", 5*time.Second, "length of one iperf3 run")
-	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run")
+	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run (over IPv6, of one TCP_RR and one TCP_CRR run)")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
-	suites := flag.String("suites", "same-node,cross-node,policy,services,bgp", "comma-separated suites to run: same-node, cross-node, policy, services, bgp")
+	suites := flag.String("suites", "same-node,same-node-ipv6,cross-node,cross-node-ipv6,policy,services,bgp",
+		"comma-separated suites to run: same-node, same-node-ipv6, cross-node, cross-node-ipv6 (VXLAN), policy, services, bgp")
 	serviceUpdates := flag.Int("service-updates", 10, "Service backend changes to time (0 skips them)")
 	kubeProxy := flag.String("kube-proxy-services", "1000,10000", "services suite: Service counts for kube-proxy (iptables mode) and ebpfnet among as many Services (empty skips)")
 	kubeProxyIPT := flag.String("kube-proxy-iptables", "nft", "services suite: kube-proxy's iptables backend, nft or legacy")
