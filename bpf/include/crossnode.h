@@ -353,7 +353,10 @@ static __always_inline int receive_remote(struct __sk_buff *skb, struct packet *
 	struct xlate x = {};
 	int reason;
 
-	reason = nat_icmp6_error(skb, pkt);
+	reason = CONTINUE;
+	/* Only ICMPv6 pays for the call. */
+	if (pkt->family == AF_INET6 && pkt->l4_proto == IPPROTO_ICMPV6)
+		reason = nat_icmp6_error(skb, pkt);
 	if (reason == CONTINUE)
 		reason = nat_begin(skb, pkt, cfg, &x);
 	if (reason != CONTINUE)
