@@ -11,6 +11,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/maps"
+	"github.com/ebpfnet/ebpfnet/podnet"
 )
 
 // VXLANDevice is the node's one collect-metadata VXLAN device (vxlan mode).
@@ -123,7 +124,9 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 	if err := netlink.LinkSetARPOff(l); err != nil {
 		return nil, fmt.Errorf("%s arp off: %w", HostDevice, err)
 	}
-	if err := hostIPv6(a.node.IPv6.IsValid()); err != nil {
+	// IPv6 on when the node has an IPv6 address: it routes IPv6 cluster IPs and pods here,
+	// and takes replies back through the device.
+	if err := podnet.SetIPv6(HostDevice, a.node.IPv6.IsValid()); err != nil {
 		return nil, err
 	}
 	for _, name := range []string{hostPeer, HostDevice} {
@@ -135,22 +138,6 @@ func (a *Agent) hostDevice(mtu int) (netlink.Link, error) {
 		return nil, err
 	}
 	return l, nil
-}
-
-// hostIPv6 turns IPv6 on the host device on when the node has an IPv6 address (it routes IPv6
-// cluster IPs and pods there, and takes replies back through it), off when not. On, it has
-// no address of its own, not even a link-local one, and takes no router advertisements.
-func hostIPv6(on bool) error {
-	if !on {
-		return disableIPv6(HostDevice)
-	}
-	dir := filepath.Join("/proc/sys/net/ipv6/conf", HostDevice)
-	for _, set := range []struct{ key, value string }{{"accept_ra", "0"}, {"addr_gen_mode", "1"}, {"disable_ipv6", "0"}} {
-		if err := os.WriteFile(filepath.Join(dir, set.key), []byte(set.value), 0o644); err != nil {
-			return fmt.Errorf("IPv6 on %s: %w", HostDevice, err)
-		}
-	}
-	return nil
 }
 
 // PodMTU is the MTU pods get: the underlay's minus the mode's encapsulation.

@@ -20,6 +20,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/lab/kube"
 	"github.com/ebpfnet/ebpfnet/namespace"
 	"github.com/ebpfnet/ebpfnet/netlinksafe"
+	"github.com/ebpfnet/ebpfnet/podnet"
 )
 
 // MetricsPort is where each lab agent serves Prometheus metrics, on its underlay address.
@@ -468,11 +469,8 @@ func (b *builder) plugIntoUnderlay(n *Node) error {
 // ip in its /64, without duplicate address detection and without taking router
 // advertisements.
 func addIPv6(h *netlink.Handle, l netlink.Link, ip netip.Addr) error {
-	dir := filepath.Join("/proc/sys/net/ipv6/conf", l.Attrs().Name)
-	for _, set := range []struct{ key, value string }{{"accept_ra", "0"}, {"autoconf", "0"}, {"disable_ipv6", "0"}} {
-		if err := os.WriteFile(filepath.Join(dir, set.key), []byte(set.value), 0o644); err != nil {
-			return err
-		}
+	if err := podnet.SetIPv6(l.Attrs().Name, true); err != nil {
+		return err
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD}
 	if err := h.AddrAdd(l, addr); err != nil {

@@ -249,7 +249,7 @@ func (p Pod) addrs() []netip.Addr {
 }
 
 func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := namespace.DoHandle(h.podNs, func() error { return setIPv6(p.IfName, p.IPv6.IsValid()) }); err != nil {
+	if err := namespace.DoHandle(h.podNs, func() error { return SetIPv6(p.IfName, p.IPv6.IsValid()) }); err != nil {
 		return err
 	}
 	nl := h.pod
@@ -299,7 +299,7 @@ var (
 )
 
 func configureNode(nl *netlink.Handle, p Pod, host netlink.Link, podMAC net.HardwareAddr) error {
-	if err := namespace.Do(p.NodeNetns, func() error { return setIPv6(host.Attrs().Name, p.IPv6.IsValid()) }); err != nil {
+	if err := namespace.Do(p.NodeNetns, func() error { return SetIPv6(host.Attrs().Name, p.IPv6.IsValid()) }); err != nil {
 		return err
 	}
 	if err := nl.LinkSetUp(host); err != nil {
@@ -325,9 +325,10 @@ func hostRoute(ip netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}
 }
 
-// setIPv6 turns IPv6 off on an IPv4-only interface (no router solicitations, no DAD), or on
-// for a dual-stack one, where the routes are static: no router advertisements are taken.
-func setIPv6(ifname string, on bool) error {
+// SetIPv6 turns IPv6 off on an IPv4-only interface (no router solicitations, no DAD), or on
+// for a dual-stack one, where addresses and routes are static: no duplicate address detection,
+// no router advertisements taken. It writes the sysctls of the calling thread's namespace.
+func SetIPv6(ifname string, on bool) error {
 	dir := filepath.Join("/proc/sys/net/ipv6/conf", ifname)
 	settings := [][2]string{{"disable_ipv6", "1"}}
 	if on {
