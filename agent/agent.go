@@ -35,7 +35,9 @@ type Agent struct {
 	node    store.Node
 	ready   atomic.Bool
 	cniMu   sync.Mutex // CNI operations one at a time: each is short, and ordering is simple
-	kick    chan struct{}
+	// roomBase is the compiled state a CNI ADD's capacity check counts from (podRoom).
+	roomBase atomic.Pointer[demandBase]
+	kick     chan struct{}
 	// programmed is the newest store generation this node has programmed.
 	programmed atomic.Int64
 	// lastStatus is what this node last reported to the store.
@@ -188,10 +190,13 @@ func (a *Agent) start(ctx context.Context) (err error) {
 		return fmt.Errorf("pod CIDR (IPv6): %w", err)
 	}
 	nodeIPv6 := s.nodeIPv6
-	if podCIDRv6.IsValid() && !nodeIPv6.IsValid() {
+	if (s.hasIPv6() || s.underlayV6) && !nodeIPv6.IsValid() {
 		if nodeIPv6, err = firstIPv6(underlay); err != nil {
 			return err
 		}
+	}
+	if s.underlayV6 && !nodeIPv6.IsValid() {
+		return fmt.Errorf("underlayFamily: IPv6, but %s has no global IPv6 address; set nodeIPv6", s.UnderlayInterface)
 	}
 	a.node = store.Node{Name: s.NodeName, IP: nodeIP, IPv6: nodeIPv6, PodCIDR: podCIDR, PodCIDRv6: podCIDRv6}
 	a.ipam = ipam.New(a.kv, s.NodeName, podCIDR)

@@ -64,7 +64,7 @@ func newBGPReconciler(ctx context.Context, cfg *settled, node store.Node, restar
 	}
 	var err error
 	b.speaker, err = bgp.Start(ctx, bgp.Config{ASN: cfg.bgp.ASN, RouterID: routerID, ListenPort: cfg.bgp.ListenPort,
-		HoldTime: cfg.bgp.holdTime, RestartTime: cfg.bgp.restartTime, Restarting: restarting, IPv6: cfg.clusterV6.IsValid()}, kick)
+		HoldTime: cfg.bgp.holdTime, RestartTime: cfg.bgp.restartTime, Restarting: restarting, IPv6: cfg.hasIPv6()}, kick)
 	if err != nil {
 		return nil, err
 	}
@@ -99,14 +99,18 @@ func (b *bgpReconciler) remoteRoutes(ctx context.Context, nodes []store.Node) ([
 	if err := b.speaker.SetNeighbors(ctx, b.neighbors(nodes)); err != nil {
 		return nil, false, err
 	}
-	// A dual-stack node's IPv6 pod CIDR goes with its IPv6 address as next hop, for routers
-	// to install; without one, with its IPv4 address (IPv4-mapped). Either way the datapath
-	// sends IPv6 pod traffic to the MAC of the way to the owner's IPv4 address.
-	own := map[netip.Prefix]netip.Addr{b.node.PodCIDR: b.node.IP}
-	if b.node.PodCIDRv6.IsValid() {
-		own[b.node.PodCIDRv6] = b.node.IP
-		if b.node.IPv6.IsValid() {
-			own[b.node.PodCIDRv6] = b.node.IPv6
+	// A node's IPv6 pod CIDR (dual stack, or the only one in an IPv6-only cluster) goes with
+	// its IPv6 address as next hop, for routers to install; without one, with its IPv4
+	// address (IPv4-mapped). Either way the datapath sends IPv6 pod traffic to the MAC of the
+	// way to the owner's IPv4 address.
+	own := map[netip.Prefix]netip.Addr{}
+	for _, p := range []netip.Prefix{b.node.PodCIDR, b.node.PodCIDRv6} {
+		switch {
+		case !p.IsValid():
+		case p.Addr().Is6() && b.node.IPv6.IsValid():
+			own[p] = b.node.IPv6
+		default:
+			own[p] = b.node.IP
 		}
 	}
 	if err := b.speaker.Advertise(own); err != nil {

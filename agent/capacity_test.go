@@ -260,3 +260,95 @@ func TestApplyPolicyNearlyFull(t *testing.T) {
 		}
 	}
 }
+
+// The incremental capacity check of a CNI ADD (podRoom) refuses exactly where compiling the
+// whole cluster with the pod does, map by map, as pods come and go: from the counted demand
+// of a compiled state when the pod's label set is known, by compiling when it is new.
+func TestIncrementalRoomRefusesLikeTheFullCheck(t *testing.T) {
+	ctx := context.Background()
+	a, c := capacityAgent(t)
+	if err := c.PutPolicy(ctx, widePolicy(t, "b").Policies[0]); err != nil { // 48 entries per pod app=b of n1
+		t.Fatal(err)
+	}
+	a.roomBase.Store(nil)
+	// Each step checks a pod for n1 with the labels app=APP, then stores it on NODE (labelled
+	// app=STORED if given) as an ADD there would.
+	steps := []struct {
+		app, node   string
+		incremental bool // whether the check may do without compiling the cluster
+		del, stored string
+		namedPort   bool // a policy naming a port is stored first
+	}{
+		{app: "b", node: "n1", incremental: true}, // x/b's label set: 48 more entries
+		{app: "b", node: "n1", incremental: true},
+		{app: "a", node: "n1", incremental: true},  // selected by nothing: the ipcache only
+		{app: "c", node: "n2", incremental: false}, // x/c's label set is on no pod of n1 yet
+		{app: "b", node: "n1", incremental: true},  // a pod of n2 came: the ipcache only
+		{app: "b", node: "n2", incremental: true, stored: "remote"},
+		{app: "b", node: "n1", incremental: true}, // n2's pod is a new peer of x/b's rule
+		{app: "b", node: "n1", incremental: true, del: "p1"},
+		{app: "new", node: "n1", incremental: false}, // a label set no pod has: compiled
+		{app: "new", node: "n1", incremental: true},
+		{app: "b", node: "n1", incremental: true},
+		{app: "b", node: "n1", incremental: false, namedPort: true}, // resolved per pod: compiled
+	}
+	for i, s := range steps {
+		if s.namedPort {
+			nps, err := policy.Parse([]byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: named, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{ports: [{port: http}]}]
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.PutPolicy(ctx, nps[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s.del != "" {
+			if err := c.DeleteEndpoint(ctx, "n1", s.del+"/eth0"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pod := store.Endpoint{Namespace: "x", Pod: fmt.Sprintf("p%d", i), Labels: map[string]string{"app": s.app}, Node: "n1", IP: a.node.PodCIDR.Addr()}
+		// Where the full check puts the limits: exactly the demand of the cluster with the pod.
+		in, err := a.changedInput(ctx, nil, pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := policy.Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ic, pol := demand(out)
+		for _, caps := range []capacity{{64, ic, pol}, {64, ic - 1, pol}, {64, ic, pol - 1}, {64, ic - 1, pol - 1}, {64, ic + 1, pol + 1}} {
+			full := a.checkChange(ctx, caps, false, nil, pod)
+			incremental, got := a.podRoom(ctx, caps, pod)
+			if fmt.Sprint(got) != fmt.Sprint(full) {
+				t.Errorf("step %d (%s on %s), ipcache %d, policy %d: incremental %v, full %v", i, s.app, s.node, caps.ipcache, caps.policy, got, full)
+			}
+			if incremental != s.incremental {
+				t.Errorf("step %d (%s on %s): incremental %v, want %v", i, s.app, s.node, incremental, s.incremental)
+			}
+		}
+		t.Logf("step %d (%s on %s): ipcache %d, policy %d", i, s.app, s.node, ic, pol)
+		// The ADD goes through: the pod is in the store with its address.
+		e := store.Endpoint{ContainerID: pod.Pod, IfName: "eth0", Node: s.node, Namespace: "x", Pod: pod.Pod,
+			IP: netip.AddrFrom4([4]byte{10, 244, 1, byte(10 + i)}), Labels: pod.Labels, ID: uint32(10 + i)}
+		if s.stored != "" {
+			e.Labels = map[string]string{"app": s.stored}
+		}
+		if s.node == "n2" {
+			e.IP = netip.AddrFrom4([4]byte{10, 244, 2, byte(10 + i)})
+		}
+		if err := c.PutEndpoint(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Identity(ctx, policy.LabelKey("x", e.Labels, map[string]string{"kubernetes.io/metadata.name": "x"})); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

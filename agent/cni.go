@@ -17,6 +17,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/fdpass"
 	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/loader"
 	"github.com/ebpfnet/ebpfnet/netlinksafe"
 	"github.com/ebpfnet/ebpfnet/netnsfile"
 	"github.com/ebpfnet/ebpfnet/podnet"
@@ -144,8 +145,12 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.AttachRequest) (res age
 		return res, fmt.Errorf("record endpoint: %w", err)
 	}
 	timer.mark("record")
-	return agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, IPv6: pod.IPv6, GatewayV6: podnet.GatewayIPv6, MAC: ep.MAC, HostIf: plumbed.HostIf,
-		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}, nil
+	res = agentapi.AttachResult{IP: ip, Gateway: podnet.GatewayIP, IPv6: pod.IPv6, GatewayV6: podnet.GatewayIPv6, MAC: ep.MAC, HostIf: plumbed.HostIf,
+		HostMAC: plumbed.HostMAC.String(), MTU: pod.MTU}
+	if ip.Is6() { // an IPv6-only cluster: the one address is IPv6
+		res.Gateway, res.IPv6, res.GatewayV6 = podnet.GatewayIPv6, netip.Addr{}, netip.Addr{}
+	}
+	return res, nil
 }
 
 // endpointID numbers an endpoint by its address within the node's pod CIDR: unique per node.
@@ -210,6 +215,11 @@ func (a *Agent) cniCheck(ctx context.Context, req agentapi.AttachRequest) error 
 	}
 	if m.Ifindex != uint32(host.Attrs().Index) || m.MAC.String() != ep.MAC {
 		return fmt.Errorf("datapath entry for %s points at ifindex %d MAC %s, want %d %s", ep.IP, m.Ifindex, m.MAC, host.Attrs().Index, ep.MAC)
+	}
+	for _, h := range loader.PodHooks {
+		if err := a.dp.CheckAttached(ep.HostIf, h); err != nil {
+			return err
+		}
 	}
 	return checkPod(ns, req.IfName, ep)
 }

@@ -25,7 +25,9 @@ type Config struct {
 	NodeIP            string `json:"nodeIP,omitempty"`
 	PodCIDR           string `json:"podCIDR,omitempty"`
 	PodCIDRBits       int    `json:"podCIDRBits,omitempty"`
-	ClusterCIDR       string `json:"clusterCIDR"`
+	// ClusterCIDR is where nodes' pod CIDRs come from. An IPv6 one (/64 or larger) makes the
+	// cluster IPv6-only: every node takes a /64, pods and cluster IPs are IPv6 alone.
+	ClusterCIDR string `json:"clusterCIDR"`
 	// ClusterCIDRv6 makes the cluster dual stack: each node takes a /64 of it (or PodCIDRv6),
 	// and each pod an IPv6 address beside its IPv4 one.
 	ClusterCIDRv6 string `json:"clusterCIDRv6,omitempty"`
@@ -33,7 +35,10 @@ type Config struct {
 	// NodeIPv6 is the node's IPv6 underlay address in a dual-stack cluster (default: the
 	// underlay device's first global one, if it has one): IPv6 NodePorts answer on it and
 	// pods' IPv6 traffic leaving the cluster is masqueraded to it. Without one, neither.
-	NodeIPv6       string      `json:"nodeIPv6,omitempty"`
+	NodeIPv6 string `json:"nodeIPv6,omitempty"`
+	// UnderlayFamily is the family of the addresses VXLAN runs between: IPv4 (the default),
+	// or IPv6, the nodes' IPv6 underlay addresses (nodeIPv6), in vxlan mode.
+	UnderlayFamily string      `json:"underlayFamily,omitempty"`
 	Mode           string      `json:"mode"`
 	VXLANPort      int         `json:"vxlanPort,omitempty"`
 	Store          StoreConfig `json:"store"`
@@ -47,8 +52,9 @@ type Config struct {
 	// IdentityGCGrace is how long an identity must go unused by every pod and node before it is
 	// deleted (default 5m).
 	IdentityGCGrace string `json:"identityGCGrace,omitempty"`
-	// ServiceCIDR is where ClusterIPs come from (default 10.96.0.0/12): the node routes it to
-	// the datapath, and Services applied without a clusterIP get one from it.
+	// ServiceCIDR is where ClusterIPs come from (default 10.96.0.0/12, fd00:10:96::/112 in an
+	// IPv6-only cluster): the node routes it to the datapath, and Services applied without a
+	// clusterIP get one from it.
 	ServiceCIDR string `json:"serviceCIDR,omitempty"`
 	// ServiceCIDRv6 is where IPv6 ClusterIPs come from in a dual-stack cluster (default
 	// fd00:10:96::/112 when clusterCIDRv6 is set).
@@ -116,7 +122,9 @@ type settled struct {
 	podCIDRv6 netip.Prefix
 	clusterV6 netip.Prefix
 	nodeIPv6  netip.Addr // zero: taken from the underlay device, if it has one
-	leaseTTL  time.Duration
+	// underlayV6: tunnels run between nodes' IPv6 addresses (underlayFamily IPv6).
+	underlayV6 bool
+	leaseTTL   time.Duration
 	// identityGCGrace is IdentityGCGrace parsed.
 	identityGCGrace time.Duration
 	serviceCIDR     netip.Prefix
@@ -142,27 +150,26 @@ func (c Config) validate() (*settled, error) {
 	if s.mode, err = maps.ParseMode(c.Mode); err != nil {
 		return nil, fmt.Errorf("mode: %w", err)
 	}
-	if s.cluster, err = netip.ParsePrefix(c.ClusterCIDR); err != nil || !s.cluster.Addr().Is4() {
-		return nil, fmt.Errorf("clusterCIDR: %q is not an IPv4 CIDR", c.ClusterCIDR)
+	if err := s.validateClusterCIDR(); err != nil {
+		return nil, err
 	}
 	if c.NodeIP != "" {
 		if s.nodeIP, err = netip.ParseAddr(c.NodeIP); err != nil || !s.nodeIP.Is4() {
 			return nil, fmt.Errorf("nodeIP: %q is not an IPv4 address", c.NodeIP)
 		}
 	}
-	if s.PodCIDRBits == 0 {
-		s.PodCIDRBits = DefaultPodCIDRLen
+	if err := s.validatePodCIDR(); err != nil {
+		return nil, err
 	}
-	if s.PodCIDRBits < s.cluster.Bits() || s.PodCIDRBits > 28 {
-		return nil, fmt.Errorf("podCIDRBits: %d must be between the cluster CIDR's /%d and /28", s.PodCIDRBits, s.cluster.Bits())
-	}
-	if c.PodCIDR != "" {
-		if s.podCIDR, err = netip.ParsePrefix(c.PodCIDR); err != nil || s.podCIDR.Masked() != s.podCIDR || !s.podCIDR.Addr().Is4() {
-			return nil, fmt.Errorf("podCIDR: %q is not an IPv4 network", c.PodCIDR)
+	switch c.UnderlayFamily {
+	case "", "IPv4":
+	case "IPv6":
+		if s.mode != maps.ModeVXLAN {
+			return nil, fmt.Errorf("underlayFamily: IPv6 carries VXLAN; mode is %s (want vxlan)", s.mode)
 		}
-		if !s.cluster.Contains(s.podCIDR.Addr()) || s.podCIDR.Bits() < s.cluster.Bits() {
-			return nil, fmt.Errorf("podCIDR: %s is not inside clusterCIDR %s", s.podCIDR, s.cluster)
-		}
+		s.underlayV6 = true
+	default:
+		return nil, fmt.Errorf("underlayFamily: %q must be IPv4 or IPv6", c.UnderlayFamily)
 	}
 	if err := s.validateIPv6(); err != nil {
 		return nil, err
@@ -228,22 +235,98 @@ func (c Config) validate() (*settled, error) {
 // (--node-cidr-mask-size-ipv6).
 const PodCIDRv6Bits = 64
 
+// validateClusterCIDR settles clusterCIDR: an IPv4 network, or an IPv6 one of /64 or larger,
+// which makes the cluster IPv6-only.
+func (s *settled) validateClusterCIDR() error {
+	var err error
+	s.cluster, err = netip.ParsePrefix(s.ClusterCIDR)
+	switch {
+	case err == nil && s.cluster.Addr().Is4():
+		return nil
+	case err == nil && s.cluster.Addr().Is6() && !s.cluster.Addr().Is4In6() && s.cluster.Masked() == s.cluster && s.cluster.Bits() <= PodCIDRv6Bits:
+		return nil
+	}
+	return fmt.Errorf("clusterCIDR: %q is not an IPv4 network, or an IPv6 one of /%d or larger", s.ClusterCIDR, PodCIDRv6Bits)
+}
+
+// validatePodCIDR settles podCIDRBits and podCIDR, of clusterCIDR's family: an IPv6 cluster's
+// nodes take /64s.
+func (s *settled) validatePodCIDR() error {
+	if s.ipv6Only() {
+		if s.PodCIDRBits == 0 {
+			s.PodCIDRBits = PodCIDRv6Bits
+		}
+		if s.PodCIDRBits != PodCIDRv6Bits {
+			return fmt.Errorf("podCIDRBits: %d, but an IPv6 clusterCIDR gives each node a /%d", s.PodCIDRBits, PodCIDRv6Bits)
+		}
+	} else {
+		if s.PodCIDRBits == 0 {
+			s.PodCIDRBits = DefaultPodCIDRLen
+		}
+		if s.PodCIDRBits < s.cluster.Bits() || s.PodCIDRBits > 28 {
+			return fmt.Errorf("podCIDRBits: %d must be between the cluster CIDR's /%d and /28", s.PodCIDRBits, s.cluster.Bits())
+		}
+	}
+	if s.PodCIDR == "" {
+		return nil
+	}
+	var err error
+	if s.podCIDR, err = netip.ParsePrefix(s.PodCIDR); err != nil || s.podCIDR.Masked() != s.podCIDR || s.podCIDR.Addr().Is6() != s.ipv6Only() ||
+		s.ipv6Only() && s.podCIDR.Bits() != PodCIDRv6Bits {
+		if s.ipv6Only() {
+			return fmt.Errorf("podCIDR: %q is not an IPv6 /%d network (clusterCIDR is IPv6)", s.PodCIDR, PodCIDRv6Bits)
+		}
+		return fmt.Errorf("podCIDR: %q is not an IPv4 network", s.PodCIDR)
+	}
+	if !s.cluster.Contains(s.podCIDR.Addr()) || s.podCIDR.Bits() < s.cluster.Bits() {
+		return fmt.Errorf("podCIDR: %s is not inside clusterCIDR %s", s.podCIDR, s.cluster)
+	}
+	return nil
+}
+
+// ipv6Only says the cluster is IPv6 only (clusterCIDR is IPv6): pods, pod CIDRs and cluster
+// IPs have IPv6 addresses alone, in the fields that hold IPv4 ones in other clusters.
+func (s *settled) ipv6Only() bool { return s.cluster.Addr().Is6() }
+
+// hasIPv6 says pods have IPv6 addresses: the cluster is dual stack or IPv6 only.
+func (s *settled) hasIPv6() bool { return s.ipv6Only() || s.clusterV6.IsValid() }
+
+// serviceFamilies are the families of the cluster's Services, the default one first.
+func (s *settled) serviceFamilies() []corev1.IPFamily {
+	switch {
+	case s.ipv6Only():
+		return []corev1.IPFamily{corev1.IPv6Protocol}
+	case s.serviceCIDRv6.IsValid():
+		return []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	}
+	return []corev1.IPFamily{corev1.IPv4Protocol}
+}
+
 // validateIPv6 settles the dual-stack fields.
 func (s *settled) validateIPv6() error {
 	var err error
+	if s.ipv6Only() {
+		for _, f := range []struct{ name, v string }{{"clusterCIDRv6", s.ClusterCIDRv6}, {"podCIDRv6", s.PodCIDRv6}} {
+			if f.v != "" {
+				return fmt.Errorf("%s: only beside an IPv4 clusterCIDR (dual stack); clusterCIDR %s makes the cluster IPv6-only", f.name, s.cluster)
+			}
+		}
+		return s.validateNodeIPv6()
+	}
 	if s.ClusterCIDRv6 == "" {
 		if s.PodCIDRv6 != "" {
 			return errors.New("podCIDRv6: needs clusterCIDRv6")
 		}
+		if s.underlayV6 {
+			return s.validateNodeIPv6()
+		}
 		if s.NodeIPv6 != "" {
-			return errors.New("nodeIPv6: needs clusterCIDRv6")
+			return errors.New("nodeIPv6: needs clusterCIDRv6 (or underlayFamily: IPv6)")
 		}
 		return nil
 	}
-	if s.NodeIPv6 != "" {
-		if s.nodeIPv6, err = netip.ParseAddr(s.NodeIPv6); err != nil || !usableIPv6(s.nodeIPv6) {
-			return fmt.Errorf("nodeIPv6: %q is not a global IPv6 address", s.NodeIPv6)
-		}
+	if err := s.validateNodeIPv6(); err != nil {
+		return err
 	}
 	if s.clusterV6, err = netip.ParsePrefix(s.ClusterCIDRv6); err != nil || !s.clusterV6.Addr().Is6() || s.clusterV6.Addr().Is4In6() ||
 		s.clusterV6.Masked() != s.clusterV6 || s.clusterV6.Bits() > PodCIDRv6Bits {
@@ -261,14 +344,31 @@ func (s *settled) validateIPv6() error {
 	return nil
 }
 
+func (s *settled) validateNodeIPv6() error {
+	var err error
+	if s.NodeIPv6 != "" {
+		if s.nodeIPv6, err = netip.ParseAddr(s.NodeIPv6); err != nil || !usableIPv6(s.nodeIPv6) {
+			return fmt.Errorf("nodeIPv6: %q is not a global IPv6 address", s.NodeIPv6)
+		}
+	}
+	return nil
+}
+
 // validateServices settles the Service and masquerading fields.
 func (s *settled) validateServices() error {
 	var err error
 	cidr := s.ServiceCIDR
-	if cidr == "" {
+	switch {
+	case cidr == "" && s.ipv6Only():
+		cidr = DefaultServiceCIDRv6
+	case cidr == "":
 		cidr = DefaultServiceCIDR
 	}
-	if s.serviceCIDR, err = netip.ParsePrefix(cidr); err != nil || !s.serviceCIDR.Addr().Is4() || s.serviceCIDR.Masked() != s.serviceCIDR {
+	if s.ipv6Only() {
+		if s.serviceCIDR, err = parseServiceCIDRv6(cidr); err != nil {
+			return fmt.Errorf("serviceCIDR: %w (clusterCIDR is IPv6)", err)
+		}
+	} else if s.serviceCIDR, err = netip.ParsePrefix(cidr); err != nil || !s.serviceCIDR.Addr().Is4() || s.serviceCIDR.Masked() != s.serviceCIDR {
 		return fmt.Errorf("serviceCIDR: %q is not an IPv4 network", cidr)
 	}
 	if s.serviceCIDR.Overlaps(s.cluster) {
@@ -280,7 +380,10 @@ func (s *settled) validateServices() error {
 	s.masquerade = s.Masquerade == nil || *s.Masquerade
 	for _, c := range s.NoMasqueradeCIDRs {
 		p, err := netip.ParsePrefix(c)
-		if err != nil || p.Addr().Is4In6() || p.Addr().Is6() && !s.clusterV6.IsValid() {
+		switch {
+		case s.ipv6Only() && (err != nil || !p.Addr().Is6() || p.Addr().Is4In6()):
+			return fmt.Errorf("noMasqueradeCIDRs: %q is not an IPv6 CIDR (the cluster is IPv6-only)", c)
+		case err != nil || p.Addr().Is4In6() || p.Addr().Is6() && !s.clusterV6.IsValid() && !s.ipv6Only():
 			return fmt.Errorf("noMasqueradeCIDRs: %q is not an IPv4 CIDR (or IPv6, in a dual-stack cluster)", c)
 		}
 		s.noMasquerade = append(s.noMasquerade, p.Masked())
@@ -314,9 +417,8 @@ func (s *settled) validateServiceCIDRv6() error {
 		cidr = DefaultServiceCIDRv6
 	}
 	var err error
-	if s.serviceCIDRv6, err = netip.ParsePrefix(cidr); err != nil || !s.serviceCIDRv6.Addr().Is6() || s.serviceCIDRv6.Addr().Is4In6() ||
-		s.serviceCIDRv6.Masked() != s.serviceCIDRv6 || s.serviceCIDRv6.Bits() < store.MinServiceCIDRv6Bits || s.serviceCIDRv6.Bits() > 120 {
-		return fmt.Errorf("serviceCIDRv6: %q is not an IPv6 network of /%d to /120", cidr, store.MinServiceCIDRv6Bits)
+	if s.serviceCIDRv6, err = parseServiceCIDRv6(cidr); err != nil {
+		return fmt.Errorf("serviceCIDRv6: %w", err)
 	}
 	if s.serviceCIDRv6.Overlaps(s.clusterV6) {
 		return fmt.Errorf("serviceCIDRv6: %s overlaps clusterCIDRv6 %s", s.serviceCIDRv6, s.clusterV6)
@@ -324,9 +426,24 @@ func (s *settled) validateServiceCIDRv6() error {
 	return nil
 }
 
-// serviceCIDRFor is where cluster IPs of family come from; invalid for IPv6 in an IPv4 cluster.
+// parseServiceCIDRv6 parses an IPv6 service CIDR, one the service IP allocator takes.
+func parseServiceCIDRv6(cidr string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() || p.Masked() != p || p.Bits() < store.MinServiceCIDRv6Bits || p.Bits() > 120 {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv6 network of /%d to /120", cidr, store.MinServiceCIDRv6Bits)
+	}
+	return p, nil
+}
+
+// serviceCIDRFor is where cluster IPs of family come from; invalid for a family the cluster
+// has no Services of.
 func (s *settled) serviceCIDRFor(family corev1.IPFamily) netip.Prefix {
-	if family == corev1.IPv6Protocol {
+	switch {
+	case s.ipv6Only() && family == corev1.IPv6Protocol:
+		return s.serviceCIDR
+	case s.ipv6Only():
+		return netip.Prefix{}
+	case family == corev1.IPv6Protocol:
 		return s.serviceCIDRv6
 	}
 	return s.serviceCIDR

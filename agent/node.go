@@ -29,7 +29,7 @@ const (
 func (a *Agent) setupNode(underlay netlink.Link) error {
 	cfg := maps.NodeConfig{NodeIP: a.node.IP, NodeIPv6: a.node.IPv6, UnderlayIfindex: uint32(underlay.Attrs().Index), Mode: a.cfg.mode,
 		Masquerade: a.cfg.masquerade, NATPorts: a.cfg.natPorts}
-	host, err := a.hostDevice(underlay.Attrs().MTU - a.cfg.mode.Overhead())
+	host, err := a.hostDevice(underlay.Attrs().MTU - a.overhead())
 	if err != nil {
 		return err
 	}
@@ -53,10 +53,11 @@ func (a *Agent) setupNode(underlay netlink.Link) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("enable ip_forward: %w", err)
 	}
-	// In a dual-stack cluster over IPv6 too: the datapath's FIB lookups for translated IPv6
-	// leaving the node want it, and pods' untranslated IPv6 to outside the cluster (a
-	// backend's reply to another node's IPv6 node port, say) leaves through the node's stack.
-	if a.node.PodCIDRv6.IsValid() {
+	// In a dual-stack or IPv6-only cluster, and over an IPv6 underlay, over IPv6 too: the
+	// datapath's FIB lookups for translated IPv6 and for VXLAN over IPv6 leaving the node want
+	// it, and pods' untranslated IPv6 to outside the cluster (a backend's reply to another
+	// node's IPv6 node port, say) leaves through the node's stack.
+	if a.cfg.hasIPv6() || a.cfg.underlayV6 {
 		if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644); err != nil {
 			return fmt.Errorf("enable IPv6 forwarding: %w", err)
 		}
@@ -147,7 +148,15 @@ func (a *Agent) PodMTU() int {
 	if err == nil {
 		mtu = l.Attrs().MTU
 	}
-	return mtu - a.cfg.mode.Overhead()
+	return mtu - a.overhead()
+}
+
+// overhead is what the node's encapsulation adds to a pod's packet: more for VXLAN over IPv6.
+func (a *Agent) overhead() int {
+	if a.cfg.underlayV6 {
+		return maps.VXLANOverheadIPv6
+	}
+	return a.cfg.mode.Overhead()
 }
 
 // disableIPv6 turns IPv6 off on a device the agent made, so that the kernel sends no IPv6 of

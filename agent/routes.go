@@ -67,6 +67,16 @@ func (rr *routeReconciler) reconcile(ctx context.Context, p *pass) error {
 	return errors.Join(rr.reconcileMap(nodes, remote, complete), rr.reconcileKernel(remote, complete))
 }
 
+// tunnelAddr is the address n's pod CIDRs are tunnelled to: its IPv6 one with underlayFamily
+// IPv6, unless it has none (a node not yet upgraded to an IPv6 underlay stays reachable over
+// IPv4), else its IPv4 one.
+func (rr *routeReconciler) tunnelAddr(n store.Node) netip.Addr {
+	if rr.cfg.underlayV6 && n.IPv6.IsValid() {
+		return n.IPv6
+	}
+	return n.IP
+}
+
 func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute, complete bool) error {
 	want := map[netip.Prefix]maps.Route{rr.cfg.cluster: {Prefix: rr.cfg.cluster, Flags: maps.RouteUnreachable}}
 	// NodeID is the owner's position in the node list: informational, it may shift.
@@ -74,14 +84,14 @@ func (rr *routeReconciler) reconcileMap(nodes []store.Node, remote []remoteRoute
 	for i, n := range nodes {
 		ids[n.Name] = uint32(i + 1)
 	}
-	want[rr.node.PodCIDR] = maps.Route{Prefix: rr.node.PodCIDR, NodeIP: rr.node.IP, NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
+	want[rr.node.PodCIDR] = maps.Route{Prefix: rr.node.PodCIDR, NodeIP: rr.tunnelAddr(rr.node), NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
 	if c := rr.cfg.clusterV6; c.IsValid() {
-		// IPv6 pod CIDRs are reached over the IPv4 underlay: their owners' IPv4 addresses.
+		// IPv6 pod CIDRs are reached as the IPv4 ones are: by their owners' tunnelAddr.
 		want[c] = maps.Route{Prefix: c, Flags: maps.RouteUnreachable}
-		want[rr.node.PodCIDRv6] = maps.Route{Prefix: rr.node.PodCIDRv6, NodeIP: rr.node.IP, NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
+		want[rr.node.PodCIDRv6] = maps.Route{Prefix: rr.node.PodCIDRv6, NodeIP: rr.tunnelAddr(rr.node), NodeID: ids[rr.node.Name], Mode: rr.cfg.mode, Flags: maps.RouteLocal}
 	}
 	for _, r := range remote {
-		want[r.Prefix] = maps.Route{Prefix: r.Prefix, NodeIP: r.Node.IP, NodeID: ids[r.Node.Name], Mode: rr.cfg.mode}
+		want[r.Prefix] = maps.Route{Prefix: r.Prefix, NodeIP: rr.tunnelAddr(r.Node), NodeID: ids[r.Node.Name], Mode: rr.cfg.mode}
 	}
 	have, err := rr.routes.List()
 	if err != nil {
@@ -139,6 +149,10 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 		want[rr.cfg.serviceCIDRv6.String()] = viaHost(rr.cfg.serviceCIDRv6)
 		want[rr.cfg.clusterV6.String()] = viaHost(rr.cfg.clusterV6)
 	}
+	if rr.cfg.ipv6Only() && !rr.node.IPv6.IsValid() {
+		// Without an IPv6 address the node has no source for its own IPv6 cluster traffic.
+		delete(want, rr.cfg.serviceCIDR.String())
+	}
 	var errs []error
 	if rr.cfg.mode == maps.ModeNative {
 		errs = append(errs, rr.reconcileNeighbours(underlay, remote))
@@ -154,7 +168,7 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 			want[r.Prefix.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(r.Prefix),
 				Gw: gw.AsSlice(), Protocol: routeProtocol}
 		}
-	} else {
+	} else if !rr.cfg.ipv6Only() || rr.node.IPv6.IsValid() {
 		want[rr.cfg.cluster.String()] = viaHost(rr.cfg.cluster)
 	}
 	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)

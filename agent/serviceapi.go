@@ -87,7 +87,7 @@ func (a *Agent) applyServices(ctx context.Context, req ServiceObjects) (ServiceO
 		}
 		seen[key] = true
 		if !a.apiServerAllocates() {
-			if err := settleFamilies(s, a.cfg.serviceCIDRv6.IsValid()); err != nil {
+			if err := settleFamilies(s, a.cfg.serviceFamilies()); err != nil {
 				return ServiceObjects{}, invalid(fmt.Sprintf("service %s: %v", key, err))
 			}
 		}
@@ -323,9 +323,10 @@ func allocateServices(ctx context.Context, claims *store.ServiceClaimSet, cfg *s
 }
 
 // settleFamilies decides a service's families as the API server does, where no API server
-// does: the ones it names (or its cluster IPs' families; IPv4 when it names none), one more
-// for PreferDualStack in a dual-stack cluster, both for RequireDualStack, which needs one.
-func settleFamilies(s *corev1.Service, dual bool) error {
+// does: the ones it names (or its cluster IPs' families; the cluster's first family when it
+// names none), one more for PreferDualStack in a dual-stack cluster, both for
+// RequireDualStack, which needs one. cluster lists the cluster's families, its default first.
+func settleFamilies(s *corev1.Service, cluster []corev1.IPFamily) error {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -343,8 +344,9 @@ func settleFamilies(s *corev1.Service, dual bool) error {
 		}
 	}
 	if len(fams) == 0 {
-		fams = []corev1.IPFamily{corev1.IPv4Protocol}
+		fams = cluster[:1]
 	}
+	dual := len(cluster) == 2
 	if len(fams) == 1 && (policy == corev1.IPFamilyPolicyRequireDualStack || policy == corev1.IPFamilyPolicyPreferDualStack && dual) {
 		other := corev1.IPv6Protocol
 		if fams[0] == corev1.IPv6Protocol {
@@ -353,16 +355,24 @@ func settleFamilies(s *corev1.Service, dual bool) error {
 		fams = append(fams, other)
 	}
 	for i, f := range fams {
-		if f == corev1.IPv6Protocol && !dual {
-			what := fmt.Sprintf("spec.ipFamilies[%d]: IPv6", i)
+		if !slices.Contains(cluster, f) {
+			what := fmt.Sprintf("spec.ipFamilies[%d]: %s", i, f)
 			if policy == corev1.IPFamilyPolicyRequireDualStack {
 				what = "spec.ipFamilyPolicy: RequireDualStack"
 			}
-			return fmt.Errorf("%s, but the cluster has IPv4 services only (no clusterCIDRv6)", what)
+			return fmt.Errorf("%s, but %s", what, singleFamily(cluster[0]))
 		}
 	}
 	s.Spec.IPFamilies, s.Spec.IPFamilyPolicy = fams, &policy
 	return nil
+}
+
+// singleFamily says which family a single-stack cluster's Services have.
+func singleFamily(f corev1.IPFamily) string {
+	if f == corev1.IPv6Protocol {
+		return "the cluster is IPv6-only (clusterCIDR is IPv6)"
+	}
+	return "the cluster has IPv4 services only (no clusterCIDRv6)"
 }
 
 // needsClusterIP: every service but ExternalName and headless ones has a cluster IP.
@@ -441,7 +451,7 @@ func checkClusterIPs(s *corev1.Service, cfg *settled) error {
 		}
 		cidr := cfg.serviceCIDRFor(familyOf(ip))
 		if !cidr.IsValid() {
-			return fmt.Errorf("service %s/%s: %s: %s is IPv6, but the cluster has IPv4 services only (no clusterCIDRv6)", s.Namespace, s.Name, f, ip)
+			return fmt.Errorf("service %s/%s: %s: %s is %s, but %s", s.Namespace, s.Name, f, ip, familyOf(ip), singleFamily(cfg.serviceFamilies()[0]))
 		}
 		if !cidr.Contains(ip) {
 			return fmt.Errorf("service %s/%s: %s: %s is not in the service CIDR %s", s.Namespace, s.Name, f, ip, cidr)

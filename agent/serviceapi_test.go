@@ -614,3 +614,40 @@ func TestApplyManyServices(t *testing.T) {
 		t.Fatalf("re-applying %d services made %v, want %v", n, calls, want)
 	}
 }
+
+// settleFamilies decides as the API server does for the cluster's families: an IPv6-only
+// cluster's Services are IPv6 whatever their policy asks, and one that needs IPv4 is refused,
+// saying the cluster is IPv6-only.
+func TestSettleFamilies(t *testing.T) {
+	v4, v6 := corev1.IPv4Protocol, corev1.IPv6Protocol
+	single, prefer, require := corev1.IPFamilyPolicySingleStack, corev1.IPFamilyPolicyPreferDualStack, corev1.IPFamilyPolicyRequireDualStack
+	cases := []struct {
+		name    string
+		cluster []corev1.IPFamily
+		policy  *corev1.IPFamilyPolicy
+		fams    []corev1.IPFamily
+		want    []corev1.IPFamily
+		err     string
+	}{
+		{"IPv4 cluster, nothing named", []corev1.IPFamily{v4}, nil, nil, []corev1.IPFamily{v4}, ""},
+		{"dual stack, prefer", []corev1.IPFamily{v4, v6}, &prefer, nil, []corev1.IPFamily{v4, v6}, ""},
+		{"IPv6 only, nothing named", []corev1.IPFamily{v6}, nil, nil, []corev1.IPFamily{v6}, ""},
+		{"IPv6 only, single", []corev1.IPFamily{v6}, &single, nil, []corev1.IPFamily{v6}, ""},
+		{"IPv6 only, prefer", []corev1.IPFamily{v6}, &prefer, nil, []corev1.IPFamily{v6}, ""},
+		{"IPv6 only, require", []corev1.IPFamily{v6}, &require, nil, nil, "spec.ipFamilyPolicy: RequireDualStack, but the cluster is IPv6-only"},
+		{"IPv6 only, IPv4 named", []corev1.IPFamily{v6}, nil, []corev1.IPFamily{v4}, nil, "spec.ipFamilies[0]: IPv4, but the cluster is IPv6-only"},
+		{"IPv4 cluster, IPv6 named", []corev1.IPFamily{v4}, nil, []corev1.IPFamily{v6}, nil, "spec.ipFamilies[0]: IPv6, but the cluster has IPv4 services only"},
+	}
+	for _, c := range cases {
+		s := &corev1.Service{Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, IPFamilyPolicy: c.policy, IPFamilies: c.fams}}
+		err := settleFamilies(s, c.cluster)
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.err)
+		case c.err == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.err == "" && !reflect.DeepEqual(s.Spec.IPFamilies, c.want):
+			t.Errorf("%s: families %v, want %v", c.name, s.Spec.IPFamilies, c.want)
+		}
+	}
+}

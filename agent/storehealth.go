@@ -62,12 +62,32 @@ func (h *storeHealth) watch(ctx context.Context, kv store.KV, back func()) {
 		if ctx.Err() != nil {
 			return
 		}
-		h.observe(err, back)
+		if h.observe(err) {
+			rewatch(ctx, kv)
+			back()
+		}
 	}
 }
 
-// observe records one probe's result and logs the transitions.
-func (h *storeHealth) observe(err error, back func()) {
+// rewatch restarts the store's watches, if it has any that back off, once it answers again.
+func rewatch(ctx context.Context, kv store.KV) {
+	rw, ok := kv.(store.Rewatcher)
+	if !ok {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := rw.Rewatch(rctx); err != nil {
+		slog.Warn("store reachable again, but its watches did not restart: they retry by themselves", "err", err)
+		return
+	}
+	slog.Info("store watches restarted", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// observe records one probe's result and logs the transitions; it says whether the store has
+// just come back.
+func (h *storeHealth) observe(err error) bool {
 	was := h.down.Load()
 	switch {
 	case err != nil && !was:
@@ -81,6 +101,7 @@ func (h *storeHealth) observe(err error, back func()) {
 		h.since.Store(time.Now().UnixNano())
 		h.gauge.Set(1)
 		slog.Info("store reachable again: reconciling what changed meanwhile", "down", down.Round(time.Millisecond))
-		back()
+		return true
 	}
+	return false
 }

@@ -13,8 +13,9 @@ import (
 // RemoveFromNode removes, from the node's network namespace, what agents and the CNI plugin
 // made there that no pin holds: the kernel routes the agent keeps (protocol 0xeb), its devices
 // (the VXLAN device, the host device pair) and the node side of every pod's veth, which takes
-// the pod's routes with it. It returns what it removed, and goes on past what it cannot
-// remove. The datapath's programs, links and maps are loader.Uninstall's.
+// the pod's routes and the datapath's tc filters on it with it. It returns what it removed, and
+// goes on past what it cannot remove. The datapath's programs, links and maps (and the filters
+// of veths that stay) are loader.Uninstall's.
 func RemoveFromNode() ([]string, error) {
 	var removed []string
 	var errs []error

@@ -292,6 +292,7 @@ type DatapathRouteFlags uint32
 const (
 	DatapathRouteFlagsROUTE_F_LOCAL       DatapathRouteFlags = 1
 	DatapathRouteFlagsROUTE_F_UNREACHABLE DatapathRouteFlags = 2
+	DatapathRouteFlagsROUTE_F_NODE_IPV6   DatapathRouteFlags = 4
 )
 
 type DatapathRouteInfo struct {

@@ -145,11 +145,16 @@ func result(args *skel.CmdArgs, res agentapi.AttachResult, ver string) *types100
 	if newer, _ := version.GreaterThanOrEqualTo(ver, "1.1.0"); newer {
 		pod.Mtu = res.MTU // mtu is a 1.1.0 field; the converters would carry it into 1.0.0
 	}
+	// The first address is IPv4, or IPv6 in an IPv6-only cluster.
+	bits, anyAddr := 32, net.IPv4zero.To4()
+	if res.IP.Is6() {
+		bits, anyAddr = 128, net.IPv6zero
+	}
 	out := &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
 		Interfaces: []*types100.Interface{{Name: res.HostIf, Mac: res.HostMAC}, pod},
-		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gateway: gw}},
-		Routes:     []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw}},
+		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: net.IPNet{IP: res.IP.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Gateway: gw}},
+		Routes:     []*types.Route{{Dst: net.IPNet{IP: anyAddr, Mask: net.CIDRMask(0, bits)}, GW: gw}},
 	}
 	if res.IPv6.IsValid() {
 		gw6 := net.IP(res.GatewayV6.AsSlice())

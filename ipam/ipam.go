@@ -4,6 +4,7 @@ package ipam
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -50,10 +51,11 @@ func Paired(ip netip.Addr, cidr4, cidr6 netip.Prefix) netip.Addr {
 	return netip.AddrFrom16(v6)
 }
 
-// Offset is how far the IPv4 address ip lies into cidr: the pod's number within its node.
+// Offset is how far ip lies into cidr: the pod's number within its node. In an IPv6 /64 it is
+// the low 32 bits' distance, which Allocate keeps small by taking the first free address.
 func Offset(ip netip.Addr, cidr netip.Prefix) uint32 {
-	v := func(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
-	return v(ip.As4()) - v(cidr.Masked().Addr().As4())
+	low := func(a netip.Addr) uint32 { b := a.As16(); return binary.BigEndian.Uint32(b[12:]) }
+	return low(ip) - low(cidr.Masked().Addr())
 }
 
 // Allocate returns owner's address, the one it already holds if any.

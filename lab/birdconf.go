@@ -34,7 +34,7 @@ func (s *State) birdConfig() string {
 	fmt.Fprintf(&w, "log stderr all;\nrouter id %s;\n\nprotocol device {}\n\n", routerIP)
 	w.WriteString("# Forward by what BGP taught; the router's own announcements are for the nodes only.\n")
 	w.WriteString("protocol kernel {\n\tipv4 { import none; export where source = RTS_BGP; };\n}\n\n")
-	if s.DualStack() {
+	if s.UnderlayIPv6() {
 		w.WriteString("protocol kernel {\n\tipv6 { import none; export where source = RTS_BGP; };\n}\n\n")
 	}
 	if len(r.Announced) > 0 {
@@ -61,7 +61,7 @@ func (s *State) birdConfig() string {
 		if reflector {
 			w.WriteString("\trr client;\n")
 		}
-		if leg := s.Router.leg(bridge); s.DualStack() && leg != nil && leg.AddressV6.IsValid() {
+		if leg := s.Router.leg(bridge); s.UnderlayIPv6() && leg != nil && leg.AddressV6.IsValid() {
 			// Nodes announce their IPv6 pod CIDRs with their IPv6 addresses as next hops
 			// (or IPv4 ones, IPv4-mapped as RFC 4798 has them, from a node without one);
 			// the router gives them its own IPv6 address on the segment as next hop.

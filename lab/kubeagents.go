@@ -41,7 +41,7 @@ func (s *State) kubeAgentConfig() agent.Config {
 	cfg := agent.Config{UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR, Mode: s.Mode,
 		VXLANPort: s.VXLANPort, MetricsAddress: "0.0.0.0:" + strconv.Itoa(MetricsPort),
 		Store:           agent.StoreConfig{Type: "kubernetes"},
-		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
+		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: s.serviceCIDR(),
 		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs, MapSizes: s.MapSizes}
 	if s.DualStack() {
 		cfg.ClusterCIDRv6, cfg.ServiceCIDRv6 = s.ClusterCIDRv6, ServiceCIDRv6
@@ -162,11 +162,15 @@ func (b *builder) podCIDRsOnUnderlay() error {
 		// The control plane reaches pods as a node of a real cluster does, for the API server's
 		// proxy to pods and Services (kubectl proxy, the e2e suites' reads of a pod's files): the
 		// node's pod CIDR through the node, which takes plain packets for its pods in every mode.
+		gw := n.IP
+		if n.PodCIDR.Addr().Is6() { // an IPv6-only lab: through the node's IPv6 address
+			gw = n.IPv6
+		}
 		err := inNetns(b.st.Underlay, func(h *netlink.Handle) error {
-			return h.RouteReplace(&netlink.Route{Dst: prefixNet(n.PodCIDR), Gw: n.IP.AsSlice()})
+			return h.RouteReplace(&netlink.Route{Dst: prefixNet(n.PodCIDR), Gw: gw.AsSlice()})
 		})
 		if err != nil {
-			return fmt.Errorf("route %s via %s on the underlay: %w", n.PodCIDR, n.IP, err)
+			return fmt.Errorf("route %s via %s on the underlay: %w", n.PodCIDR, gw, err)
 		}
 	}
 	return b.st.save()

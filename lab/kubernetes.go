@@ -30,7 +30,28 @@ const ServiceCIDR = "10.96.0.0/16"
 const ServiceCIDRv6 = agent.DefaultServiceCIDRv6
 
 // ClusterDNSIP is the kube-dns Service's cluster IP in a kubernetes lab: every pod's nameserver.
-var ClusterDNSIP = netip.MustParseAddr("10.96.0.10")
+// ClusterDNSIPv6 is an IPv6-only lab's.
+var (
+	ClusterDNSIP   = netip.MustParseAddr("10.96.0.10")
+	ClusterDNSIPv6 = netip.MustParseAddr("fd00:10:96::a")
+)
+
+// ClusterDNS is the lab's kube-dns cluster IP, of its Services' family.
+func (s *State) ClusterDNS() netip.Addr {
+	if s.IPv6Only() {
+		return ClusterDNSIPv6
+	}
+	return ClusterDNSIP
+}
+
+// apiServerIP is where the API server listens and what the kubernetes Service leads to, of
+// the lab's Services' family: the underlay namespace's bridge address.
+func (s *State) apiServerIP() netip.Addr {
+	if s.IPv6Only() {
+		return UnderlayIPv6
+	}
+	return etcdIP
+}
 
 // KubeDir is where a kubernetes lab keeps its control plane and nodes.
 func KubeDir(lab string) string { return filepath.Join(Dir(lab), "kube") }
@@ -76,7 +97,7 @@ func (s *State) ImportImages(ctx context.Context, archives []string) error {
 // storing in the lab's etcd, and builds the images every node imports: the agent's among them.
 func (b *builder) kubeControlPlane(ctx context.Context) error {
 	cfg := kube.ControlPlaneConfig{Dir: b.st.controlPlaneDir(), Netns: b.st.Underlay,
-		EtcdURL: b.st.EtcdURL, AdvertiseIP: etcdIP, ServiceCIDR: ServiceCIDR, ClusterCIDR: b.st.ClusterCIDR}
+		EtcdURL: b.st.EtcdURL, AdvertiseIP: b.st.apiServerIP(), ServiceCIDR: b.st.serviceCIDR(), ClusterCIDR: b.st.ClusterCIDR}
 	if b.st.DualStack() {
 		cfg.ServiceCIDRv6, cfg.ClusterCIDRv6 = ServiceCIDRv6, b.st.ClusterCIDRv6
 	}
@@ -113,7 +134,7 @@ func (b *builder) kubeNode(ctx context.Context, n *Node) error {
 		plugins = append(plugins, peers.CiliumCNI())
 	}
 	_, err := kube.StartNode(ctx, b.cp, kube.NodeConfig{Name: n.Name, Dir: b.st.kubeNodeDir(n.Name), Netns: n.Netns,
-		IP: n.IP, ClusterDNS: ClusterDNSIP, CNIPlugins: plugins, Images: b.images})
+		IP: n.IP, ClusterDNS: b.st.ClusterDNS(), CNIPlugins: plugins, Images: b.images})
 	if err != nil {
 		return fmt.Errorf("kubelet and containerd: %w", err)
 	}
@@ -148,7 +169,7 @@ func labPod(p Pod) map[string]any {
 // until kubelet has started every pod through containerd and ebpfnet's CNI plugin, each one
 // serves its ports, and every CoreDNS replica is ready.
 func (b *builder) kubePods(ctx context.Context) error {
-	if err := b.cp.DeployDNS(ctx, ClusterDNSIP); err != nil {
+	if err := b.cp.DeployDNS(ctx, b.st.ClusterDNS()); err != nil {
 		return err
 	}
 	var docs []string

@@ -179,7 +179,7 @@ func (s *State) ApplyServices(ctx context.Context, specs []ServiceSpec) ([]corev
 	for _, ns := range s.Namespaces {
 		namespaces[ns.Name] = true
 	}
-	if err := validateServices(specs, namespaces, s.DualStack()); err != nil {
+	if err := validateServices(specs, namespaces, s.Families()); err != nil {
 		return nil, err
 	}
 	var stored []corev1.Service

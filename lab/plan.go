@@ -20,7 +20,7 @@ func plan(name string, spec *Spec) (*State, error) {
 		return nil, errors.New("bgp: not in a kubernetes lab yet")
 	}
 	st := &State{Name: name, Mode: spec.Mode, ClusterCIDR: spec.ClusterCIDR,
-		ClusterCIDRv6: spec.ClusterCIDRv6, VXLANPort: spec.VXLANPort,
+		ClusterCIDRv6: spec.ClusterCIDRv6, VXLANPort: spec.VXLANPort, UnderlayFamily: spec.UnderlayFamily,
 		Underlay: namespace.Path(name + "-underlay"),
 		EtcdURL:  "http://" + etcdIP.String() + ":2379", Kubernetes: spec.Kubernetes, CNI: spec.CNI,
 		Masquerade: spec.Masquerade, NoMasqueradeCIDRs: append([]string(nil), spec.NoMasqueradeCIDRs...),
@@ -30,7 +30,7 @@ func plan(name string, spec *Spec) (*State, error) {
 		st.BGP = &b
 	}
 	if st.BGP.HasRouter() {
-		st.Router = planRouter(name, st.DualStack())
+		st.Router = planRouter(name, st.UnderlayIPv6())
 	}
 	for _, ns := range spec.Namespaces {
 		st.Namespaces = append(st.Namespaces, Namespace{Name: ns.Name, Labels: copyLabels(ns.Labels)})

@@ -27,13 +27,17 @@ var ErrUnreachable = errors.New("unreachable")
 // UDP sends a datagram and waits for its echo. To is a pod, "ns/name", or a Service,
 // "svc/ns/name", probed at its cluster IP.
 func (s *State) Probe(from, to string, port int, protocol string) error {
-	return s.ProbeFamily(from, to, port, protocol, FamilyIPv4)
+	return s.ProbeFamily(from, to, port, protocol, s.Families()[0])
 }
 
-// Families are the address families the lab's pods have: IPv4, and IPv6 in a dual-stack lab.
+// Families are the address families the lab's pods have: IPv4, and IPv6 in a dual-stack lab;
+// IPv6 alone in an IPv6-only one.
 func (s *State) Families() []string {
-	if s.DualStack() {
+	switch {
+	case s.DualStack():
 		return []string{FamilyIPv4, FamilyIPv6}
+	case s.IPv6Only():
+		return []string{FamilyIPv6}
 	}
 	return []string{FamilyIPv4}
 }
@@ -50,14 +54,12 @@ func (s *State) CheckFamily(family string) error {
 
 // Addr is the pod's address of family (IPv4 or IPv6, any case).
 func (p Pod) Addr(family string) (netip.Addr, error) {
-	ip := p.IP
-	if strings.EqualFold(family, FamilyIPv6) {
-		ip = p.IPv6
+	for _, ip := range []netip.Addr{p.IP, p.IPv6} {
+		if ip.IsValid() && strings.EqualFold(familyOf(ip), family) {
+			return ip, nil
+		}
 	}
-	if !ip.IsValid() {
-		return ip, fmt.Errorf("pod %s has no %s address", p.Key(), family)
-	}
-	return ip, nil
+	return netip.Addr{}, fmt.Errorf("pod %s has no %s address", p.Key(), family)
 }
 
 // ProbeFamily is Probe to a pod's address of family (IPv4 or IPv6).
@@ -86,10 +88,10 @@ func (s *State) ProbeFamily(from, to string, port int, protocol, family string) 
 	return probe(src.Netns, netip.AddrPortFrom(ip, uint16(port)), protocol)
 }
 
-// ServiceIP is the (IPv4) cluster IP of Service key ("ns/name"), as the store holds it
+// ServiceIP is the cluster IP (of the lab's first family) of Service key ("ns/name"), as the store holds it
 // (through the agents: the same for every kind of lab), checking that it serves port/protocol.
 func (s *State) ServiceIP(ctx context.Context, key string, port int, protocol string) (netip.Addr, error) {
-	return s.ServiceIPFamily(ctx, key, port, protocol, FamilyIPv4)
+	return s.ServiceIPFamily(ctx, key, port, protocol, s.Families()[0])
 }
 
 // ServiceIPFamily is ServiceIP of family (IPv4 or IPv6).
@@ -126,7 +128,7 @@ func (s *State) ServiceIPFamily(ctx context.Context, key string, port int, proto
 // made from the underlay namespace (State.Underlay, the bridge every node plugs into): a
 // client outside the cluster, reaching the node at its underlay address (`lab nodes`).
 func (s *State) ProbeNodePort(node string, port int, protocol string) error {
-	return s.ProbeNodePortFamily(node, port, protocol, FamilyIPv4)
+	return s.ProbeNodePortFamily(node, port, protocol, s.Families()[0])
 }
 
 // ProbeNodePortFamily is ProbeNodePort at the node's address of family: in a dual-stack lab
@@ -214,9 +216,10 @@ func probe(netnsPath string, addr netip.AddrPort, protocol string) error {
 // Matrix is who reaches whom: Matrix[from][to].
 type Matrix map[string]map[string]bool
 
-// Matrix probes every pod from every other pod, in parallel, at their IPv4 addresses.
+// Matrix probes every pod from every other pod, in parallel, at their addresses of the lab's
+// first family.
 func (s *State) Matrix(port int, protocol string) (Matrix, error) {
-	return s.MatrixFamily(port, protocol, FamilyIPv4)
+	return s.MatrixFamily(port, protocol, s.Families()[0])
 }
 
 // MatrixFamily is Matrix at the pods' addresses of family (IPv4 or IPv6).

@@ -124,7 +124,7 @@ func (s *State) addRack(name string) (*Rack, error) {
 	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 250, byte(k), 0}), 24)
 	r := Rack{Name: name, Bridge: fmt.Sprintf("rk%d", k), Subnet: subnet, Router: netip.AddrFrom4([4]byte{10, 250, byte(k), 254})}
 	s.Racks = append(s.Racks, r)
-	s.Router.Legs = append(s.Router.Legs, routerLegOn(r.Bridge, r.Router, 24, s.DualStack()))
+	s.Router.Legs = append(s.Router.Legs, routerLegOn(r.Bridge, r.Router, 24, s.UnderlayIPv6()))
 	return &s.Racks[len(s.Racks)-1], nil
 }
 
@@ -152,7 +152,7 @@ func (s *State) placeNode(spec NodeSpec) (Node, error) {
 		return Node{}, fmt.Errorf("node %s: segment %s is full (at most %d nodes)", spec.Name, subnet, maxNodeOctet)
 	}
 	n := planNode(s.Name, spec, ip)
-	if s.DualStack() {
+	if s.UnderlayIPv6() {
 		n.IPv6 = nodeIPv6(ip)
 	}
 	return n, nil

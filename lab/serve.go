@@ -144,15 +144,24 @@ func EchoUDP(pc net.PacketConn) {
 	}
 }
 
-// firstAddress is the namespace's first global IPv4 address: a pod's own.
+// firstAddress is the namespace's first global IPv4 address, or without one (an IPv6-only
+// pod) its first global IPv6 address: a pod's own.
 func firstAddress() netip.Addr {
 	addrs, _ := net.InterfaceAddrs()
+	var v6 netip.Addr
 	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && ip.IsGlobalUnicast() {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().IsGlobalUnicast() {
+			if ip = ip.Unmap(); ip.Is4() {
 				return ip
+			}
+			if !v6.IsValid() {
+				v6 = ip
 			}
 		}
 	}
-	return netip.Addr{}
+	return v6
 }

@@ -27,11 +27,15 @@ import (
 type Spec struct {
 	Mode        string `json:"mode"`
 	ClusterCIDR string `json:"clusterCIDR,omitempty"`
-	// IPFamilies are the pods' address families: [IPv4] (the default) or [IPv4, IPv6], dual
-	// stack, where every pod has an address of each, the IPv6 one from ClusterCIDRv6.
+	// IPFamilies are the pods' address families: [IPv4] (the default); [IPv4, IPv6], dual
+	// stack, where every pod has an address of each, the IPv6 one from ClusterCIDRv6; or
+	// [IPv6], IPv6 only, where ClusterCIDR is IPv6 (default fd00:10:244::/56).
 	IPFamilies    []string `json:"ipFamilies,omitempty"`
 	ClusterCIDRv6 string   `json:"clusterCIDRv6,omitempty"`
 	VXLANPort     int      `json:"vxlanPort,omitempty"`
+	// UnderlayFamily is what VXLAN runs over: IPv4 (the default) or IPv6, the nodes' IPv6
+	// underlay addresses (the underlay is dual stack in every lab that has IPv6 in it).
+	UnderlayFamily string `json:"underlayFamily,omitempty"`
 	// Kubernetes makes a real Kubernetes of the lab: pods become Pod objects run by kubelet.
 	Kubernetes bool `json:"kubernetes,omitempty"`
 	// CNI is what networks a kubernetes lab's pods: ebpfnet (the default), or cilium, the peer
@@ -219,17 +223,11 @@ func (s *Spec) Validate() error {
 	if _, err := maps.ParseMode(s.Mode); err != nil {
 		return fmt.Errorf("mode: %w", err)
 	}
-	if s.ClusterCIDR == "" {
-		s.ClusterCIDR = DefaultClusterCIDR
-	}
-	cluster, err := netip.ParsePrefix(s.ClusterCIDR)
-	if err != nil || !cluster.Addr().Is4() || cluster.Bits() > 24 {
-		return fmt.Errorf("clusterCIDR: %q is not an IPv4 CIDR of /24 or larger", s.ClusterCIDR)
-	}
-	if svc := netip.MustParsePrefix(ServiceCIDR); cluster.Overlaps(svc) {
-		return fmt.Errorf("clusterCIDR: %s overlaps the lab's service CIDR %s", cluster, svc)
-	}
 	if err := s.validateFamilies(); err != nil {
+		return err
+	}
+	cluster, err := s.validateClusterCIDR()
+	if err != nil {
 		return err
 	}
 	switch s.CNI {
@@ -254,12 +252,22 @@ func (s *Spec) Validate() error {
 	if s.VXLANPort < 1 || s.VXLANPort > 65535 {
 		return fmt.Errorf("vxlanPort: %d is not a port", s.VXLANPort)
 	}
+	switch {
+	case s.UnderlayFamily == "" || s.UnderlayFamily == FamilyIPv4:
+	case s.UnderlayFamily != FamilyIPv6:
+		return fmt.Errorf("underlayFamily: %q must be IPv4 or IPv6", s.UnderlayFamily)
+	case s.Mode != "vxlan":
+		return fmt.Errorf("underlayFamily: IPv6 carries VXLAN; mode is %s (want vxlan)", s.Mode)
+	case s.Kubernetes:
+		return errors.New("underlayFamily: IPv6 runs without kubernetes, not yet with it")
+	}
 	if err := agent.ValidateMapSizes(s.MapSizes); err != nil {
 		return err
 	}
 	for i, c := range s.NoMasqueradeCIDRs {
-		if p, err := netip.ParsePrefix(c); err != nil || !p.Addr().Is4() {
-			return fmt.Errorf("noMasqueradeCIDRs[%d]: %q is not an IPv4 CIDR", i, c)
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p.Addr().Is4In6() || !slices.Contains(s.IPFamilies, familyOf(p.Addr())) {
+			return fmt.Errorf("noMasqueradeCIDRs[%d]: %q is not an %s CIDR", i, c, strings.Join(s.IPFamilies, " or "))
 		}
 	}
 	if len(s.Nodes) == 0 {
@@ -286,7 +294,10 @@ func (s *Spec) Validate() error {
 			continue
 		}
 		p, err := netip.ParsePrefix(n.PodCIDR)
-		if err != nil || !p.Addr().Is4() || p.Masked() != p || p.Bits() > 28 {
+		switch {
+		case cluster.Addr().Is6() && (err != nil || !p.Addr().Is6() || p.Masked() != p || p.Bits() != agent.PodCIDRv6Bits):
+			return fmt.Errorf("%s.podCIDR: %q is not an IPv6 /%d network (the lab is IPv6-only)", f, n.PodCIDR, agent.PodCIDRv6Bits)
+		case cluster.Addr().Is4() && (err != nil || !p.Addr().Is4() || p.Masked() != p || p.Bits() > 28):
 			return fmt.Errorf("%s.podCIDR: %q is not an IPv4 network of /28 or larger", f, n.PodCIDR)
 		}
 		if !cluster.Contains(p.Addr()) || p.Bits() < cluster.Bits() {
@@ -372,7 +383,7 @@ func (s *Spec) Validate() error {
 			served[key] = true
 		}
 	}
-	return validateServices(s.Services, namespaces, len(s.IPFamilies) > 1)
+	return validateServices(s.Services, namespaces, s.IPFamilies)
 }
 
 var dns1035Label = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
@@ -380,8 +391,11 @@ var dns1035Label = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
 // validateServices checks the services as the API server would, filling defaults (type
 // ClusterIP, protocol TCP). A targetPort name no selected pod declares is fine: as in
 // Kubernetes, those pods do not serve that port.
-func validateServices(svcs []ServiceSpec, namespaces map[string]bool, dual bool) error {
-	cidr := netip.MustParsePrefix(ServiceCIDR)
+func validateServices(svcs []ServiceSpec, namespaces map[string]bool, families []string) error {
+	cidr, dual := netip.MustParsePrefix(ServiceCIDR), len(families) > 1
+	if families[0] == FamilyIPv6 {
+		cidr = netip.MustParsePrefix(ServiceCIDRv6)
+	}
 	seen := map[string]bool{}
 	ips := map[string]string{}         // cluster IP -> service
 	nodePortsOpen := map[string]bool{} // "PORT/PROTOCOL" of every service
@@ -428,7 +442,7 @@ func validateServices(svcs []ServiceSpec, namespaces map[string]bool, dual bool)
 		case "", string(corev1.IPFamilyPolicySingleStack), string(corev1.IPFamilyPolicyPreferDualStack):
 		case string(corev1.IPFamilyPolicyRequireDualStack):
 			if !dual {
-				return fmt.Errorf("%s.ipFamilyPolicy: RequireDualStack, but the lab is IPv4 only (ipFamilies: [IPv4, IPv6])", f)
+				return fmt.Errorf("%s.ipFamilyPolicy: RequireDualStack, but the lab is %s only (ipFamilies: [IPv4, IPv6])", f, families[0])
 			}
 		default:
 			return fmt.Errorf("%s.ipFamilyPolicy: %q must be SingleStack, PreferDualStack or RequireDualStack", f, s.IPFamilyPolicy)
@@ -560,9 +574,15 @@ func (s *Spec) validateFamilies() error {
 		return nil
 	case slices.Equal(s.IPFamilies, []string{FamilyIPv4, FamilyIPv6}):
 	case slices.Equal(s.IPFamilies, []string{FamilyIPv6}):
-		return errors.New("ipFamilies: IPv6-only labs are not supported yet (use [IPv4, IPv6])")
+		switch {
+		case s.ClusterCIDRv6 != "":
+			return errors.New("clusterCIDRv6: set, but the lab is IPv6-only (ipFamilies: [IPv6]): give its IPv6 CIDR as clusterCIDR")
+		case s.Kubernetes && s.CNI == CNICilium:
+			return errors.New("ipFamilies: an IPv6-only kubernetes lab runs ebpfnet, not yet cilium")
+		}
+		return nil
 	default:
-		return fmt.Errorf("ipFamilies: %q must be [IPv4] or [IPv4, IPv6]", s.IPFamilies)
+		return fmt.Errorf("ipFamilies: %q must be [IPv4], [IPv4, IPv6] or [IPv6]", s.IPFamilies)
 	}
 	switch {
 	case s.Kubernetes && s.CNI == CNICilium:
@@ -578,5 +598,65 @@ func (s *Spec) validateFamilies() error {
 	return nil
 }
 
+// validateClusterCIDR settles clusterCIDR, of the lab's first family: an IPv4 network of /24
+// or larger, or, in an IPv6-only lab, an IPv6 one of /64 or larger.
+func (s *Spec) validateClusterCIDR() (netip.Prefix, error) {
+	v6 := s.IPFamilies[0] == FamilyIPv6
+	switch {
+	case s.ClusterCIDR == "" && v6:
+		s.ClusterCIDR = DefaultClusterCIDRv6
+	case s.ClusterCIDR == "":
+		s.ClusterCIDR = DefaultClusterCIDR
+	}
+	cluster, err := netip.ParsePrefix(s.ClusterCIDR)
+	switch {
+	case v6 && (err != nil || !cluster.Addr().Is6() || cluster.Addr().Is4In6() || cluster.Masked() != cluster || cluster.Bits() > agent.PodCIDRv6Bits):
+		return cluster, fmt.Errorf("clusterCIDR: %q is not an IPv6 network of /%d or larger (ipFamilies: [IPv6])", s.ClusterCIDR, agent.PodCIDRv6Bits)
+	case !v6 && (err != nil || !cluster.Addr().Is4() || cluster.Bits() > 24):
+		return cluster, fmt.Errorf("clusterCIDR: %q is not an IPv4 CIDR of /24 or larger", s.ClusterCIDR)
+	}
+	if svc := netip.MustParsePrefix(serviceCIDROf(cluster)); cluster.Overlaps(svc) {
+		return cluster, fmt.Errorf("clusterCIDR: %s overlaps the lab's service CIDR %s", cluster, svc)
+	}
+	return cluster, nil
+}
+
+// serviceCIDROf is the lab's service CIDR of the family of clusterCIDR: IPv6 in an IPv6-only lab.
+func serviceCIDROf(cluster netip.Prefix) string {
+	if cluster.Addr().Is6() {
+		return ServiceCIDRv6
+	}
+	return ServiceCIDR
+}
+
+// familyOf names ip's family as lab files do.
+func familyOf(ip netip.Addr) string {
+	if ip.Is4() {
+		return FamilyIPv4
+	}
+	return FamilyIPv6
+}
+
 // DualStack says whether the lab's pods have IPv6 addresses too.
 func (s *State) DualStack() bool { return s.ClusterCIDRv6 != "" }
+
+// IPv6Only says whether the lab's pods have IPv6 addresses alone (ipFamilies: [IPv6]).
+func (s *State) IPv6Only() bool {
+	p, err := netip.ParsePrefix(s.ClusterCIDR)
+	return err == nil && p.Addr().Is6()
+}
+
+// UnderlayIPv6 says whether the lab's underlay carries IPv6 beside IPv4: the nodes, the
+// underlay namespace and the router have IPv6 addresses, in every lab whose pods or tunnels
+// have IPv6 in them.
+func (s *State) UnderlayIPv6() bool {
+	return s.DualStack() || s.IPv6Only() || s.UnderlayFamily == FamilyIPv6
+}
+
+// serviceCIDR is the lab's service CIDR: IPv6 in an IPv6-only lab.
+func (s *State) serviceCIDR() string {
+	if s.IPv6Only() {
+		return ServiceCIDRv6
+	}
+	return ServiceCIDR
+}

@@ -38,9 +38,11 @@ type State struct {
 	// ClusterCIDRv6 is set in a dual-stack lab.
 	ClusterCIDRv6 string `json:"clusterCIDRv6,omitempty"`
 	VXLANPort     int    `json:"vxlanPort"`
-	Underlay      string `json:"underlayNetns"`
-	EtcdURL       string `json:"etcdURL"`
-	EtcdPID       int    `json:"etcdPID,omitempty"`
+	// UnderlayFamily IPv6 makes VXLAN run between the nodes' IPv6 addresses.
+	UnderlayFamily string `json:"underlayFamily,omitempty"`
+	Underlay       string `json:"underlayNetns"`
+	EtcdURL        string `json:"etcdURL"`
+	EtcdPID        int    `json:"etcdPID,omitempty"`
 	// Kubernetes says the lab runs a real Kubernetes: API server, kubelets, containerd.
 	Kubernetes bool `json:"kubernetes,omitempty"`
 	// CNI networks the pods: CNIEbpfnet, or CNICilium (a peer, for comparison).

@@ -206,7 +206,7 @@ func (b *builder) underlay(ctx context.Context) error {
 		if err := h.AddrAdd(br, addr); err != nil {
 			return err
 		}
-		if b.st.DualStack() {
+		if b.st.UnderlayIPv6() {
 			if err := addIPv6(h, br, UnderlayIPv6); err != nil {
 				return fmt.Errorf("underlay %s: %w", bridgeIf, err)
 			}
@@ -259,9 +259,9 @@ func (b *builder) startNodeAgent(ctx context.Context, n *Node, st agent.StoreCon
 // agentConfig is node n's agent config, with its store: every lab agent's is made here.
 func (s *State) agentConfig(n *Node, st agent.StoreConfig) agent.Config {
 	cfg := agent.Config{NodeName: n.Name, UnderlayInterface: UnderlayIf, ClusterCIDR: s.ClusterCIDR, ClusterCIDRv6: s.ClusterCIDRv6,
-		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, PinDir: n.PinDir, Socket: n.Socket,
+		PodCIDR: n.WantCIDR, Mode: s.Mode, VXLANPort: s.VXLANPort, UnderlayFamily: s.UnderlayFamily, PinDir: n.PinDir, Socket: n.Socket,
 		MetricsAddress: netip.AddrPortFrom(n.IP, MetricsPort).String(), Store: st,
-		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: ServiceCIDR,
+		IdentityGCGrace: IdentityGCGrace.String(), ServiceCIDR: s.serviceCIDR(),
 		Masquerade: s.Masquerade, NoMasqueradeCIDRs: s.NoMasqueradeCIDRs, MapSizes: s.MapSizes}
 	if s.BGP != nil {
 		cfg.Routing, cfg.BGP = agent.RoutingBGP, s.bgpConfig(n)
@@ -353,7 +353,7 @@ func (b *builder) converged(ctx context.Context) error {
 	return waitFor(ctx, 30*time.Second, "pod routes in the router's kernel", func() (bool, string) {
 		var missing []string
 		err := inNetns(b.st.Router.Netns, func(h *netlink.Handle) error {
-			routes, err := netlinksafe.NewHandle(h).RouteList(nil, netlink.FAMILY_V4)
+			routes, err := netlinksafe.NewHandle(h).RouteList(nil, netlink.FAMILY_ALL)
 			if err != nil {
 				return err
 			}
@@ -496,14 +496,16 @@ func (b *builder) pod(ctx context.Context, p *Pod) error {
 	if err != nil {
 		return err
 	}
+	// The first address is of the lab's first family; a dual-stack pod's IPv6 one follows.
 	for _, ip := range ips {
-		if ip.Is4() {
+		if !p.IP.IsValid() && familyOf(ip) == b.st.Families()[0] {
 			p.IP = ip
-		} else {
+		} else if ip.Is6() {
 			p.IPv6 = ip
 		}
 	}
-	if want := "an IPv4 address"; !p.IP.IsValid() || p.IPv6.IsValid() != b.st.DualStack() {
+	want := "an " + b.st.Families()[0] + " address"
+	if !p.IP.IsValid() || p.IPv6.IsValid() != b.st.DualStack() || len(ips) != len(b.st.Families()) {
 		if b.st.DualStack() {
 			want += " and an IPv6 one"
 		}

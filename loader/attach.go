@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/netlinksafe"
 )
 
 // Hook names a place where a datapath program runs.
@@ -20,8 +22,8 @@ type Hook string
 
 // The hooks ebpfnet attaches to.
 const (
-	HookFromPod   Hook = "from-pod"  // tc ingress of a pod's host-side veth
-	HookToPod     Hook = "to-pod"    // tc egress of a pod's host-side veth
+	HookFromPod   Hook = "from-pod"  // tc ingress of a pod's host-side veth (a tc filter, see tc.go)
+	HookToPod     Hook = "to-pod"    // tc egress of a pod's host-side veth (a tc filter)
 	HookPrefilter Hook = "prefilter" // XDP on the underlay device
 	// HookFromOverlay is tc ingress of the VXLAN device.
 	HookFromOverlay Hook = "from-overlay"
@@ -63,8 +65,9 @@ func LinkPinPath(pinDir, ifname string, h Hook) string {
 }
 
 // Attach attaches hook's program to ifname in the calling thread's network namespace and pins
-// the link. When a pinned link exists it is updated in place, so no packet passes unprocessed.
-// For XDP it reports the mode it got ("native" or "generic").
+// the link; a pod hook becomes a tc filter (AttachPod). When a pinned link exists, or the
+// filter, it is updated in place, so no packet passes unprocessed. For XDP it reports the mode
+// it got ("native" or "generic").
 func (d *Datapath) Attach(ifname string, h Hook) (string, error) {
 	if d.PinDir == "" {
 		return "", errors.New("attach needs a pinned datapath")
@@ -76,6 +79,9 @@ func (d *Datapath) Attach(ifname string, h Hook) (string, error) {
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return "", fmt.Errorf("interface %q: %w", ifname, err)
+	}
+	if podHook(h) {
+		return "", d.attachPod(nlHandle(nil), ifname, iface.Index, []Hook{h})
 	}
 	path := LinkPinPath(d.PinDir, ifname, h)
 	if mode, done, err := d.updatePinned(path, prog, iface.Index); done || err != nil {
@@ -173,9 +179,11 @@ func attachXDP(prog *ebpf.Program, ifindex int) (link.Link, string, error) {
 	return l, "generic", nil
 }
 
-// CheckAttached fails, naming what is wrong, unless hook's link on ifname (in the calling
-// thread's network namespace) is pinned, targets the interface now called ifname and runs this
-// datapath's program: someone may have removed the pin, or deleted and made the device again.
+// CheckAttached fails, naming what is wrong, unless hook runs this datapath's program on ifname
+// (in the calling thread's network namespace): through a link that is pinned and targets the
+// interface now called ifname (someone may have removed the pin, or deleted and made the device
+// again), or for a pod hook, through the datapath's tc filter or a pinned link of an older
+// version.
 func (d *Datapath) CheckAttached(ifname string, h Hook) error {
 	prog, _, err := d.program(h)
 	if err != nil {
@@ -183,6 +191,9 @@ func (d *Datapath) CheckAttached(ifname string, h Hook) error {
 	}
 	path := LinkPinPath(d.PinDir, ifname, h)
 	l, err := link.LoadPinnedLink(path, nil)
+	if podHook(h) && errors.Is(err, os.ErrNotExist) {
+		return d.checkFilter(ifname, h, prog)
+	}
 	if err != nil {
 		return fmt.Errorf("%s on %s is detached: %w", h, ifname, err)
 	}
@@ -196,6 +207,9 @@ func (d *Datapath) CheckAttached(ifname string, h Hook) error {
 		return fmt.Errorf("%s on %s: %w", h, ifname, err)
 	}
 	if got := linkIfindex(info); got != iface.Index {
+		if podHook(h) { // a stale pin of an older version's: the device may have a filter now
+			return d.checkFilter(ifname, h, prog)
+		}
 		return fmt.Errorf("%s on %s is detached: its link targets ifindex %d, the device is %d", h, ifname, got, iface.Index)
 	}
 	pinfo, err := prog.Info()
@@ -208,9 +222,28 @@ func (d *Datapath) CheckAttached(ifname string, h Hook) error {
 	return nil
 }
 
-// Detach removes the link of hook on ifname; a missing link is not an error.
+// checkFilter is CheckAttached of a pod hook that has no pinned link: its tc filter.
+func (d *Datapath) checkFilter(ifname string, h Hook, prog *ebpf.Program) error {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("%s on %s is detached: %w", h, ifname, err)
+	}
+	return checkFilter(nlHandle(nil), d.PinDir, ifname, iface.Index, h, prog)
+}
+
+// Detach removes the link of hook on ifname, and for a pod hook its tc filter (in the calling
+// thread's network namespace); a missing link or filter is not an error.
 func Detach(pinDir, ifname string, h Hook) error {
-	return removeLink(LinkPinPath(pinDir, ifname, h))
+	err := removeLink(LinkPinPath(pinDir, ifname, h))
+	if !podHook(h) {
+		return err
+	}
+	nl := nlHandle(nil)
+	l, lerr := nl.LinkByName(ifname)
+	if lerr != nil {
+		return err // the device is gone and its filters with it
+	}
+	return errors.Join(err, delFilter(nl, pinDir, l.Attrs().Index, h))
 }
 
 func removeLink(path string) error {
@@ -228,19 +261,41 @@ func removeLink(path string) error {
 	return nil
 }
 
-// Upgrade points every pinned link at this datapath's programs: the in-place replacement
-// that an agent upgrade does. Then the maps Load migrated take their pins (after a last pass
-// for entries the old programs added meanwhile). If a link cannot be switched, those already
-// switched get their old programs back and the migrations are dropped: nothing changed.
+// Upgrade points every pinned link, and every tc filter of the datapath's in the calling
+// thread's network namespace, at this datapath's programs: the in-place replacement that an
+// agent upgrade does. Then the maps Load migrated take their pins (after a last pass for
+// entries the old programs added meanwhile). If a link or filter cannot be switched, those
+// already switched get their old programs back and the migrations are dropped: nothing changed.
 func (d *Datapath) Upgrade() (n int, err error) {
-	// Links switched so far, with the programs they ran: put back if a later one fails, so that
-	// no program is left on a map whose migration is dropped.
+	// Links and filters switched so far, with the programs they ran: put back if a later one
+	// fails, so that no program is left on a map whose migration is dropped.
 	type switched struct {
 		l   link.Link
 		old *ebpf.Program
 	}
-	var done []switched
+	type switchedFilter struct {
+		f   *netlink.BpfFilter // as it was
+		old *ebpf.Program
+	}
+	var (
+		done    []switched
+		filters []switchedFilter
+		nl      = nlHandle(nil)
+	)
 	defer func() {
+		for _, s := range filters {
+			if err != nil && s.old != nil {
+				back := *s.f
+				back.Fd = s.old.FD()
+				if rerr := nl.FilterReplace(&back); rerr != nil && !errors.Is(rerr, unix.ENODEV) {
+					err = errors.Join(err, fmt.Errorf("put the old program back on tc filter %s of ifindex %d: %w",
+						s.f.Name, s.f.LinkIndex, rerr))
+				}
+			}
+			if s.old != nil {
+				s.old.Close()
+			}
+		}
 		for _, s := range done {
 			if err != nil && s.old != nil {
 				if rerr := s.l.Update(s.old); rerr != nil {
@@ -259,12 +314,39 @@ func (d *Datapath) Upgrade() (n int, err error) {
 		}
 		d.migrations = nil
 	}()
+	atts, err := tcAttachments(nl, d.PinDir)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range atts {
+		prog, _, err := d.program(a.hook)
+		if err != nil {
+			return n, err
+		}
+		// Held open: once switched, the filter no longer keeps the old program alive.
+		old, _ := ebpf.NewProgramFromID(ebpf.ProgramID(a.filter.Id))
+		err = nl.FilterReplace(d.filter(a.hook, a.ifindex, prog))
+		if errors.Is(err, unix.ENODEV) {
+			if old != nil {
+				old.Close()
+			}
+			continue // the device went meanwhile, and the filter with it
+		}
+		if err != nil {
+			if old != nil {
+				old.Close()
+			}
+			return n, fmt.Errorf("replace program in tc filter %s of ifindex %d: %w", a.filter.Name, a.ifindex, err)
+		}
+		filters = append(filters, switchedFilter{a.filter, old})
+		n++
+	}
 	entries, err := os.ReadDir(LinksDir(d.PinDir))
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return n, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("list pinned links: %w", err)
+		return n, fmt.Errorf("list pinned links: %w", err)
 	}
 	for _, e := range entries {
 		hook, _, ok := strings.Cut(e.Name(), "@")
@@ -310,23 +392,26 @@ func (d *Datapath) Upgrade() (n int, err error) {
 	return n, nil
 }
 
-// Attachment is one pinned link as `ebpfnet datapath status` shows it.
+// Attachment is one pinned link or tc filter as `ebpfnet datapath status` shows it.
 type Attachment struct {
 	Hook      Hook   `json:"hook"`
 	Interface string `json:"interface"`
 	Ifindex   int    `json:"ifindex"`
+	// Type is how the program is attached: "tcx" or "xdp" (a pinned link), or "tc" (a filter).
+	Type      string `json:"type"`
 	ProgramID uint32 `json:"programID"`
-	LinkID    uint32 `json:"linkID"`
-	Pin       string `json:"pin"`
+	// LinkID and Pin are a link's; a tc filter has neither.
+	LinkID uint32 `json:"linkID,omitempty"`
+	Pin    string `json:"pin,omitempty"`
+	// Filter is a tc filter's name.
+	Filter string `json:"filter,omitempty"`
 }
 
-// Attachments lists the pinned links under pinDir.
+// Attachments lists the pinned links under pinDir, then the datapath's tc filters in the
+// calling thread's network namespace.
 func Attachments(pinDir string) ([]Attachment, error) {
 	entries, err := os.ReadDir(LinksDir(pinDir))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list pinned links: %w", err)
 	}
 	var out []Attachment
@@ -345,8 +430,29 @@ func Attachments(pinDir string) ([]Attachment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read pinned link %s: %w", path, err)
 		}
-		out = append(out, Attachment{Hook: Hook(hook), Interface: ifname, Ifindex: linkIfindex(info),
+		typ := "tcx"
+		if info.XDP() != nil {
+			typ = "xdp"
+		}
+		out = append(out, Attachment{Hook: Hook(hook), Interface: ifname, Ifindex: linkIfindex(info), Type: typ,
 			ProgramID: uint32(info.Program), LinkID: uint32(info.ID), Pin: path})
+	}
+	nl := nlHandle(nil)
+	atts, err := tcAttachments(nl, pinDir)
+	if err != nil || len(atts) == 0 {
+		return out, err
+	}
+	links, err := netlinksafe.NewHandle(nl).LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	for _, a := range atts {
+		out = append(out, Attachment{Hook: a.hook, Interface: names[a.ifindex], Ifindex: a.ifindex, Type: "tc",
+			ProgramID: uint32(a.filter.Id), Filter: a.filter.Name})
 	}
 	return out, nil
 }

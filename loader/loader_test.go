@@ -154,8 +154,8 @@ func loadAndAttach(t *testing.T, pinDir string, ns *nstest.NS, ifname string) *l
 	return dp
 }
 
-// Acceptance: a tcx program on a veth counts exactly the packets sent into a pinned per-CPU map.
-func TestTCXCountsEveryPacket(t *testing.T) {
+// Acceptance: to_pod on a veth counts exactly the packets sent into a pinned per-CPU map.
+func TestToPodCountsEveryPacket(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
 	pinDir := nstest.PinDir(t)
@@ -170,8 +170,8 @@ func TestTCXCountsEveryPacket(t *testing.T) {
 	}
 }
 
-// Acceptance: the links outlive the process that made them; uninstall removes all of it.
-func TestLinksOutliveLoaderAndUninstallRemovesThem(t *testing.T) {
+// Acceptance: the hooks outlive the process that made them; uninstall removes all of it.
+func TestHooksOutliveLoaderAndUninstallRemovesThem(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
 	pinDir := nstest.PinDir(t)
@@ -189,17 +189,13 @@ func TestLinksOutliveLoaderAndUninstallRemovesThem(t *testing.T) {
 		t.Fatalf("after the loader exited: counted %d packets, sent %d", got, n)
 	}
 	ifindex := p.aLink.Attrs().Index
-	if progs := attachedPrograms(t, p.a, ifindex, ebpf.AttachTCXEgress); len(progs) != 1 {
-		t.Fatalf("%d programs on v0 egress, want 1", len(progs))
-	}
+	oneFilter(t, p.a, ifindex, true, pinDir) // to-pod, a tc filter
 
 	for i := 0; i < 2; i++ { // twice: uninstall is idempotent
-		if err := loader.Uninstall(pinDir); err != nil {
-			t.Fatalf("uninstall #%d: %v", i+1, err)
-		}
+		p.a.Do(t, func() error { return loader.Uninstall(pinDir) })
 	}
-	if progs := attachedPrograms(t, p.a, ifindex, ebpf.AttachTCXEgress); len(progs) != 0 {
-		t.Fatalf("%d programs still on v0 egress after uninstall", len(progs))
+	if fs := tcFilters(t, p.a, ifindex, true); len(fs) != 0 || hasClsact(t, p.a, ifindex) {
+		t.Fatalf("after uninstall v0 has filters %+v, clsact %v", fs, hasClsact(t, p.a, ifindex))
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("pin dir %s still there after uninstall (err %v)", pinDir, err)
@@ -244,9 +240,8 @@ func TestReplaceUnderLoadLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := uint64(sent.Load())
-	progs := attachedPrograms(t, p.a, p.aLink.Attrs().Index, ebpf.AttachTCXEgress)
-	if len(progs) != 1 || progs[0].ID == firstID {
-		t.Fatalf("after %d replacements v0 runs %v, want one program other than %d", replacements, progs, firstID)
+	if f := oneFilter(t, p.a, p.aLink.Attrs().Index, true, pinDir); ebpf.ProgramID(f.Id) == firstID {
+		t.Fatalf("after %d replacements v0 runs %d, want a program other than %d", replacements, f.Id, firstID)
 	}
 	if got := delivered(t, pinDir); got != n {
 		t.Fatalf("counted %d of %d packets across %d replacements", got, n, replacements)
@@ -366,9 +361,10 @@ func TestConntrackOfAnOlderLayoutIsMigrated(t *testing.T) {
 	}
 }
 
-// An upgrade whose second link cannot take the new program puts the first link's old program
-// back and drops the migrations: the old datapath keeps forwarding on its own maps, the old
-// pins untouched, and the error names the link that failed.
+// An upgrade whose last link cannot take the new program puts the old programs back on what
+// it switched before (a pod's tc filter, a pod's pinned tcx link of an older version) and drops
+// the migrations: the old datapath keeps forwarding on its own maps, the old pins untouched,
+// and the error names the link that failed.
 func TestUpgradeRollsBackWhenALinkSwitchFails(t *testing.T) {
 	t.Parallel()
 	p := newPair(t)
@@ -383,8 +379,22 @@ func TestUpgradeRollsBackWhenALinkSwitchFails(t *testing.T) {
 		_, err := old.Attach("v0", loader.HookToPod)
 		return err
 	})
+	// A pod of an older version: from-pod as a pinned tcx link on v0.
+	var tcx link.Link
+	p.a.Do(t, func() (err error) {
+		tcx, err = link.AttachTCX(link.TCXOptions{Interface: p.aLink.Attrs().Index, Program: old.FromPod, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if err := os.MkdirAll(loader.LinksDir(pinDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tcx.Pin(loader.LinkPinPath(pinDir, "v0", loader.HookFromPod)); err != nil {
+		t.Fatal(err)
+	}
+	tcx.Close()
 	// A link the new to-pod program cannot go into: the old prefilter's XDP link, pinned under
-	// a to-pod name that sorts after v0's, so v0 is switched first.
+	// a to-pod name that sorts after from-pod@v0, so v0's link is switched first (and filters
+	// go before links).
 	p.b.Do(t, func() error {
 		_, err := old.Attach("v1", loader.HookPrefilter)
 		return err
@@ -393,14 +403,17 @@ func TestUpgradeRollsBackWhenALinkSwitchFails(t *testing.T) {
 	if err := os.Rename(loader.LinkPinPath(pinDir, "v1", loader.HookPrefilter), bad); err != nil {
 		t.Fatal(err)
 	}
-	running := func() ebpf.ProgramID {
-		progs := attachedPrograms(t, p.a, p.aLink.Attrs().Index, ebpf.AttachTCXEgress)
+	running := func() ebpf.ProgramID { // v0's to-pod filter's
+		return ebpf.ProgramID(oneFilter(t, p.a, p.aLink.Attrs().Index, true, pinDir).Id)
+	}
+	runningTCX := func() ebpf.ProgramID {
+		progs := attachedPrograms(t, p.a, p.aLink.Attrs().Index, ebpf.AttachTCXIngress)
 		if len(progs) != 1 {
-			t.Fatalf("%d programs on v0 egress, want 1", len(progs))
+			t.Fatalf("%d programs on v0 ingress, want 1", len(progs))
 		}
 		return progs[0].ID
 	}
-	before := running()
+	before, beforeTCX := running(), runningTCX()
 	routes, _ := loadPinnedInfo(t, maps.PinPath(pinDir, maps.RoutesName))
 	routesID, _ := routes.ID()
 
@@ -414,14 +427,21 @@ func TestUpgradeRollsBackWhenALinkSwitchFails(t *testing.T) {
 	}
 	nextInfo, _ := next.ToPod.Info()
 	nextID, _ := nextInfo.ID()
-	n, err := next.Upgrade()
+	var n int
+	p.a.Do(t, func() error {
+		n, err = next.Upgrade()
+		return nil
+	})
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("upgrade switched %d links, error %v: want it to fail naming %s", n, err, bad)
 	}
 	t.Logf("upgrade refused: %v", err)
 	// The check can tell the programs apart: the new one is another program.
 	if after := running(); after != before || after == nextID {
-		t.Errorf("v0 runs program %d after the failed upgrade, want the old %d back (the new one is %d)", after, before, nextID)
+		t.Errorf("v0's filter runs program %d after the failed upgrade, want the old %d back (the new one is %d)", after, before, nextID)
+	}
+	if after := runningTCX(); after != beforeTCX || after == progID(t, next.FromPod) {
+		t.Errorf("v0's pinned tcx link runs program %d after the failed upgrade, want the old %d back", after, beforeTCX)
 	}
 	info, _ := loadPinnedInfo(t, maps.PinPath(pinDir, maps.RoutesName))
 	if id, _ := info.ID(); id != routesID || info.MaxEntries != 64 {

@@ -10,9 +10,11 @@ import (
 )
 
 // Uninstall detaches every pinned link and removes every pin the datapath made under pinDir,
-// then pinDir itself if nothing else is left in it. It is idempotent.
+// then pinDir itself if nothing else is left in it; in the calling thread's network namespace
+// it deletes the datapath's tc filters from pods' veths, and each veth's clsact qdisc when
+// nothing else is left on it. It is idempotent.
 func Uninstall(pinDir string) error {
-	var errs []error
+	errs := []error{removeFilters(pinDir)}
 	entries, err := os.ReadDir(LinksDir(pinDir))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("list pinned links: %w", err))

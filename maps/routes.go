@@ -55,7 +55,12 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("unknown mode %q (want vxlan, native or ipip)", s)
 }
 
-// Overhead is the bytes a mode's encapsulation adds, which pod MTUs leave room for.
+// VXLANOverheadIPv6 is what VXLAN adds over an IPv6 underlay (outer IPv6 40, UDP 8, VXLAN 8,
+// inner Ethernet 14), where Overhead's 50 is over IPv4.
+const VXLANOverheadIPv6 = 70
+
+// Overhead is the bytes a mode's encapsulation adds over an IPv4 underlay, which pod MTUs leave
+// room for (VXLAN over IPv6: VXLANOverheadIPv6).
 func (m Mode) Overhead() int {
 	switch m {
 	case ModeVXLAN:
@@ -70,9 +75,13 @@ func (m Mode) Overhead() int {
 const (
 	RouteLocal       = uint8(bpf.DatapathRouteFlagsROUTE_F_LOCAL)
 	RouteUnreachable = uint8(bpf.DatapathRouteFlagsROUTE_F_UNREACHABLE)
+	// routeNodeIPv6 says the node address is IPv6 (VXLAN over an IPv6 underlay). Upsert sets
+	// it from Route.NodeIP's family and List reads it back there: no Route carries it.
+	routeNodeIPv6 = uint8(bpf.DatapathRouteFlagsROUTE_F_NODE_IPV6)
 )
 
-// Route says which node owns a pod CIDR.
+// Route says which node owns a pod CIDR. NodeIP is the node's underlay address; an IPv6 one
+// takes VXLAN over the IPv6 underlay (the datapath sends other modes only to IPv4 ones).
 type Route struct {
 	Prefix netip.Prefix `json:"prefix"`
 	NodeIP netip.Addr   `json:"nodeIP"`
@@ -92,7 +101,11 @@ func (rs *Routes) Upsert(r Route) error {
 	k := LPMKey(r.Prefix)
 	v := bpf.DatapathRouteInfo{Mode: uint8(r.Mode), Flags: r.Flags, NodeId: r.NodeID}
 	if r.NodeIP.IsValid() {
-		v.NodeIp = EndpointKey(r.NodeIP).Ip
+		nk := EndpointKey(r.NodeIP)
+		v.NodeIp = nk.Ip
+		if nk.Family == afInet6 {
+			v.Flags |= routeNodeIPv6
+		}
 	}
 	if err := rs.m.Put(&k, &v); err != nil {
 		return fmt.Errorf("write route %s: %w", r.Prefix, err)
@@ -118,9 +131,12 @@ func (rs *Routes) List() ([]Route, error) {
 	)
 	it := rs.m.Iterate()
 	for it.Next(&k, &v) {
-		r := Route{Prefix: lpmPrefix(k), Mode: Mode(v.Mode), Flags: v.Flags, NodeID: v.NodeId}
+		r := Route{Prefix: lpmPrefix(k), Mode: Mode(v.Mode), Flags: v.Flags &^ routeNodeIPv6, NodeID: v.NodeId}
 		if r.Flags&(RouteLocal|RouteUnreachable) == 0 {
 			r.NodeIP = netip.AddrFrom4([4]byte(v.NodeIp[:4]))
+			if v.Flags&routeNodeIPv6 != 0 {
+				r.NodeIP = netip.AddrFrom16(v.NodeIp)
+			}
 		}
 		out = append(out, r)
 	}

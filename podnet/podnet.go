@@ -74,9 +74,9 @@ func (p *Pod) validate() error {
 		return errors.New("pod netns is empty")
 	case p.ContainerID == "":
 		return errors.New("container id is empty")
-	case !p.IP.Is4():
-		return fmt.Errorf("pod ip %q is not an IPv4 address", p.IP)
-	case p.IPv6.IsValid() && (!p.IPv6.Is6() || p.IPv6.Is4In6()):
+	case !p.IP.IsValid() || p.IP.Is4In6():
+		return fmt.Errorf("pod ip %q is not an IPv4 or IPv6 address", p.IP)
+	case p.IPv6.IsValid() && (!p.IP.Is4() || !p.IPv6.Is6() || p.IPv6.Is4In6()):
 		return fmt.Errorf("pod ipv6 %q is not an IPv6 address", p.IPv6)
 	}
 	if p.IfName == "" {
@@ -197,15 +197,8 @@ func PlumbNetns(p Pod, ns netns.NsHandle, dp *loader.Datapath) (res Result, err 
 			return Result{}, err
 		}
 	}
-	err = namespace.Do(p.NodeNetns, func() error {
-		for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
-			if _, err := dp.Attach(hostIf, hook); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	// tc filters through the node's handle: no namespace switch, no lookup by name.
+	if err := dp.AttachPod(h.node, hostIf, res.HostIfindex); err != nil {
 		return Result{}, err
 	}
 	return res, nil
@@ -240,7 +233,11 @@ func ensureVeth(h *handles, hostIf string, p Pod) (netlink.Link, netlink.Link, b
 	return host, podLink, made, nil
 }
 
-// addrs are the pod's addresses: its IPv4 one, and its IPv6 one in a dual-stack cluster.
+// hasIPv6 says the pod has an IPv6 address: it is dual stack, or its one address is IPv6.
+func (p Pod) hasIPv6() bool { return p.IP.Is6() || p.IPv6.IsValid() }
+
+// addrs are the pod's addresses: its IPv4 one, and its IPv6 one in a dual-stack cluster; its
+// IPv6 one alone in an IPv6-only cluster.
 func (p Pod) addrs() []netip.Addr {
 	if p.IPv6.IsValid() {
 		return []netip.Addr{p.IP, p.IPv6}
@@ -249,10 +246,16 @@ func (p Pod) addrs() []netip.Addr {
 }
 
 func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
-	if err := namespace.DoHandle(h.podNs, func() error { return SetIPv6(p.IfName, p.IPv6.IsValid()) }); err != nil {
+	if err := namespace.DoHandle(h.podNs, func() error { return SetIPv6(p.IfName, p.hasIPv6()) }); err != nil {
 		return err
 	}
 	nl := h.pod
+	if p.IP.Is6() {
+		if err := nl.LinkSetUp(l); err != nil {
+			return fmt.Errorf("bring up %s in pod: %w", p.IfName, err)
+		}
+		return configurePodIPv6(nl, p.IP, l, hostMAC)
+	}
 	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IP)}); err != nil {
 		return fmt.Errorf("add %s to pod: %w", p.IP, err)
 	}
@@ -271,17 +274,17 @@ func configurePod(h *handles, p Pod, l netlink.Link, hostMAC net.HardwareAddr) e
 		return fmt.Errorf("add default route in pod: %w", err)
 	}
 	if p.IPv6.IsValid() {
-		return configurePodIPv6(nl, p, l, hostMAC)
+		return configurePodIPv6(nl, p.IPv6, l, hostMAC)
 	}
 	return nil
 }
 
 // configurePodIPv6 gives the pod its IPv6 address (no duplicate detection: the address is the
 // pod's alone) and a default route via GatewayIPv6, the node's veth MAC in a permanent entry.
-func configurePodIPv6(nl *netlink.Handle, p Pod, l netlink.Link, hostMAC net.HardwareAddr) error {
+func configurePodIPv6(nl *netlink.Handle, ip netip.Addr, l netlink.Link, hostMAC net.HardwareAddr) error {
 	idx := l.Attrs().Index
-	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(p.IPv6), Flags: unix.IFA_F_NODAD}); err != nil {
-		return fmt.Errorf("add %s to pod: %w", p.IPv6, err)
+	if err := nl.AddrReplace(l, &netlink.Addr{IPNet: hostRoute(ip), Flags: unix.IFA_F_NODAD}); err != nil {
+		return fmt.Errorf("add %s to pod: %w", ip, err)
 	}
 	gw := GatewayIPv6.AsSlice()
 	if err := nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: hostMAC}); err != nil {
@@ -299,7 +302,7 @@ var (
 )
 
 func configureNode(nl *netlink.Handle, p Pod, host netlink.Link, podMAC net.HardwareAddr) error {
-	if err := namespace.Do(p.NodeNetns, func() error { return SetIPv6(host.Attrs().Name, p.IPv6.IsValid()) }); err != nil {
+	if err := namespace.Do(p.NodeNetns, func() error { return SetIPv6(host.Attrs().Name, p.hasIPv6()) }); err != nil {
 		return err
 	}
 	if err := nl.LinkSetUp(host); err != nil {
@@ -380,15 +383,15 @@ func unplumb(p Pod, h *handles, hostIf string, dp *loader.Datapath) error {
 			errs = append(errs, dp.Endpoints().Delete(ip))
 		}
 	}
-	for _, hook := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
-		if dp != nil {
-			errs = append(errs, loader.Detach(dp.PinDir, hostIf, hook))
-		}
-	}
+	// The veth goes first, its tc filters with it: removing the hooks before would let the
+	// pod's packets reach the node unchecked meanwhile.
 	if l, err := h.node.LinkByName(hostIf); err == nil {
 		if err := h.node.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 			errs = append(errs, fmt.Errorf("delete %s: %w", hostIf, err))
 		}
+	}
+	if dp != nil { // pinned links of an older version, and filters of a veth that would not go
+		errs = append(errs, loader.DetachPod(h.node, dp.PinDir, hostIf))
 	}
 	return errors.Join(errs...)
 }

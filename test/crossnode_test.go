@@ -309,11 +309,21 @@ func captureTo(t *testing.T, netns, pcap, filter string, traffic func()) {
 // comes back.
 func transfer(t *testing.T, st *lab.State, from, to string, size int) {
 	t.Helper()
+	transferFamily(t, st, from, to, st.Families()[0], size)
+}
+
+// transferFamily is transfer to the pod's address of family.
+func transferFamily(t *testing.T, st *lab.State, from, to, family string, size int) {
+	t.Helper()
 	src, _ := st.Pod(from)
 	dst, _ := st.Pod(to)
+	ip, err := dst.Addr(family)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var c net.Conn
-	err := namespace.Do(src.Netns, func() (err error) {
-		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(dst.IP, 80).String(), 2*time.Second)
+	err = namespace.Do(src.Netns, func() (err error) {
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(ip, 80).String(), 2*time.Second)
 		return err
 	})
 	if err != nil {

@@ -48,8 +48,8 @@ func checkClusterDNS(t *testing.T, st *lab.State) {
 		return ip
 	}
 	dnsIP, apiIP := svcIP("kube-system", "kube-dns"), svcIP("default", "kubernetes")
-	if dnsIP != lab.ClusterDNSIP {
-		t.Fatalf("kube-dns has cluster IP %s; kubelet hands pods %s", dnsIP, lab.ClusterDNSIP)
+	if dnsIP != st.ClusterDNS() {
+		t.Fatalf("kube-dns has cluster IP %s; kubelet hands pods %s", dnsIP, st.ClusterDNS())
 	}
 	from := st.Pods[0]
 	for _, proto := range []string{"udp", "tcp"} {
@@ -91,7 +91,7 @@ func checkClusterDNS(t *testing.T, st *lab.State) {
 }
 
 // resolveIn asks the DNS server at server, from the network namespace netnsPath over proto,
-// for name's IPv4 addresses.
+// for name's addresses of server's family (IPv6 ones in an IPv6-only cluster).
 func resolveIn(netnsPath string, server netip.AddrPort, proto, name string) ([]netip.Addr, error) {
 	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (c net.Conn, err error) {
 		err = namespace.Do(netnsPath, func() error {
@@ -103,7 +103,11 @@ func resolveIn(netnsPath string, server netip.AddrPort, proto, name string) ([]n
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	addrs, err := r.LookupNetIP(ctx, "ip4", name)
+	network := "ip4"
+	if server.Addr().Is6() {
+		network = "ip6"
+	}
+	addrs, err := r.LookupNetIP(ctx, network, name)
 	for i := range addrs {
 		addrs[i] = addrs[i].Unmap()
 	}

@@ -374,6 +374,12 @@ func TestKubernetesStore(t *testing.T) {
 	t.Run("dual-stack nodes get both pod CIDRs recorded on the Node", func(t *testing.T) {
 		checkDualStackNodes(t, ctx, api, c1, c2)
 	})
+	t.Run("an IPv6-only node's one pod CIDR is recorded on the Node", func(t *testing.T) {
+		checkIPv6OnlyNode(t, ctx, api, c1, c2)
+	})
+	t.Run("Rewatch lists and watches afresh, missing nothing", func(t *testing.T) {
+		checkRewatch(t, ctx, api, kv1, ns)
+	})
 
 	t.Run("two agents racing for identities agree", func(t *testing.T) {
 		keys := []string{"ns=" + ns + ";pod:app=x", "ns=" + ns + ";pod:app=y", "ns=" + ns + ";pod:app=z"}
@@ -573,4 +579,86 @@ func checkDualStackNodes(t *testing.T, ctx context.Context, api kubernetes.Inter
 			t.Errorf("node %s as the other agent sees it: %+v %v %v; want pod CIDRs %s and %s", name, n, ok, err, v4, v6)
 		}
 	}
+}
+
+// checkIPv6OnlyNode: an IPv6-only agent's PutNode sets spec.podCIDRs to its one, IPv6, pod
+// CIDR, and another agent reads it back as the node's PodCIDR, with no second one.
+func checkIPv6OnlyNode(t *testing.T, ctx context.Context, api kubernetes.Interface, c1, c2 *store.Cluster) {
+	ip, cluster6 := netip.MustParseAddr("10.78.9.11"), netip.MustParsePrefix("fd00:78::/56")
+	name := "kvs-v6only-" + nstest.Suffix(4)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}}}}
+	if _, err := api.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := api.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	})
+	v6, err := c1.AllocatePodCIDR(ctx, name, cluster6, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.PutNode(ctx, store.Node{Name: name, IP: ip, PodCIDR: v6}, 0); err != nil {
+		t.Fatal(err)
+	}
+	got, err := api.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Spec.PodCIDR != v6.String() || fmt.Sprint(got.Spec.PodCIDRs) != fmt.Sprint([]string{v6.String()}) {
+		t.Errorf("node %s: spec.podCIDR %q, podCIDRs %v; want %s alone", name, got.Spec.PodCIDR, got.Spec.PodCIDRs, v6)
+	}
+	// A second PutNode (an agent's restart) finds spec.podCIDRs set to its own.
+	if err := c1.PutNode(ctx, store.Node{Name: name, IP: ip, PodCIDR: v6}, 0); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+	if err := c2.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n, ok, err := c2.Node(ctx, name)
+	if err != nil || !ok || n.PodCIDR != v6 || n.PodCIDRv6.IsValid() || n.IP != ip {
+		t.Errorf("node %s as the other agent sees it: %+v %v %v; want pod CIDR %s alone", name, n, ok, err, v6)
+	}
+}
+
+// checkRewatch: after Rewatch (what an agent does when the API server answers again) the
+// store's watch goes on: a policy created and one deleted through the API each come as an
+// event, and the store reads the created one.
+func checkRewatch(t *testing.T, ctx context.Context, api kubernetes.Interface, kv *kubestore.KV, ns string) {
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	events := kv.Watch(wctx, store.Prefix)
+	if err := kv.Rewatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	await := func(name string, deleted bool) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			select {
+			case ev := <-events:
+				if strings.HasSuffix(ev.Key, "/"+ns+"/"+name) && ev.Deleted == deleted {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no event for policy %s/%s (deleted %t) after Rewatch", ns, name, deleted)
+			}
+		}
+	}
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "after-rewatch", Namespace: ns},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
+	if _, err := api.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	await(np.Name, false)
+	nps, err := (&store.Cluster{KV: kv}).Policies(ctx)
+	if err != nil || !hasPolicy(nps, ns, np.Name) {
+		t.Fatalf("after Rewatch the store reads %d policies without %s/%s (%v)", len(nps), ns, np.Name, err)
+	}
+	if err := api.NetworkingV1().NetworkPolicies(ns).Delete(ctx, np.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	await(np.Name, true)
 }

@@ -246,6 +246,21 @@ func TestPlumbIsIdempotentAndUnplumbRemovesAll(t *testing.T) {
 	if again.HostIfindex != p.res.HostIfindex || again.PodMAC.String() != p.res.PodMAC.String() {
 		t.Fatalf("second plumb made a different interface: %+v vs %+v", again, p.res)
 	}
+	// The pod's hooks are one tc filter each way, this datapath's, however often it is plumbed.
+	n.ns.Do(t, func() error {
+		for _, h := range loader.PodHooks {
+			if err := n.dp.CheckAttached(p.res.HostIf, h); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		fs, err := n.ns.NL.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: p.res.HostIfindex}}, parent)
+		if err != nil || len(fs) != 1 || fs[0].Type() != "bpf" {
+			t.Fatalf("filters on %s (parent %x): %v, %v; want one bpf filter", p.res.HostIf, parent, fs, err)
+		}
+	}
 	if err := traffic.Ping(n.ns, p.spec.IP, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +284,7 @@ func TestPlumbIsIdempotentAndUnplumbRemovesAll(t *testing.T) {
 			t.Errorf("route to the pod still via the removed veth: %v", r)
 		}
 	}
-	for _, h := range []loader.Hook{loader.HookFromPod, loader.HookToPod} {
+	for _, h := range loader.PodHooks { // pods have no pins now; those of an older version's go too
 		if _, err := os.Stat(loader.LinkPinPath(n.pinDir, p.res.HostIf, h)); err == nil {
 			t.Errorf("link pin for %s still there", h)
 		}

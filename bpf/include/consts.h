@@ -52,6 +52,7 @@ enum tunnel_mode {
 enum route_flags {
 	ROUTE_F_LOCAL = 1 << 0, /* this node's own pod CIDR: only endpoints live there */
 	ROUTE_F_UNREACHABLE = 1 << 1, /* the cluster CIDR itself: no node owns what lands here */
+	ROUTE_F_NODE_IPV6 = 1 << 2, /* node_ip is an IPv6 address (VXLAN over an IPv6 underlay) */
 };
 
 /* Endpoint flags. */

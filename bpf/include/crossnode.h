@@ -6,6 +6,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -33,9 +34,25 @@
 	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH |                                                             \
 	 (((__u64)ETH_HLEN & BPF_ADJ_ROOM_ENCAP_L2_MASK) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT))
 
+/* VXLAN over an IPv6 underlay: an outer IPv6 header instead of the IPv4 one, 70 bytes in all. */
+#define IPV6_HLEN 40
+#define VXLAN6_ENCAP_LEN (IPV6_HLEN + sizeof(struct udphdr) + VXLAN_HLEN + ETH_HLEN)
+#define VXLAN6_ADJ_ROOM_FLAGS                                                                      \
+	(BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |                              \
+	 BPF_F_ADJ_ROOM_ENCAP_L2_ETH |                                                             \
+	 (((__u64)ETH_HLEN & BPF_ADJ_ROOM_ENCAP_L2_MASK) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT))
+
 /* vxlan_headers is what VXLAN adds in front of the inner Ethernet header. */
 struct vxlan_headers {
 	struct iphdr ip;
+	struct udphdr udp;
+	__be32 flags;
+	__be32 vni; /* the VNI in the upper 24 bits */
+};
+
+/* vxlan6_headers is what VXLAN over IPv6 adds in front of the inner Ethernet header. */
+struct vxlan6_headers {
+	struct ipv6hdr ip;
 	struct udphdr udp;
 	__be32 flags;
 	__be32 vni; /* the VNI in the upper 24 bits */
@@ -48,6 +65,13 @@ static __always_inline void tunnel_mac(__u8 mac[ETH_ALEN], const __u8 *ip)
 	mac[0] = 0x0e;
 	mac[1] = 0;
 	__builtin_memcpy(&mac[2], ip, 4);
+}
+
+/* tunnel_mac6 is tunnel_mac for a node known by its IPv6 address: 0e:00 and its last four
+ * bytes. */
+static __always_inline void tunnel_mac6(__u8 mac[ETH_ALEN], const __u8 *ip6)
+{
+	tunnel_mac(mac, ip6 + 12);
 }
 
 /* route_scratch_get is this CPU's route_scratch. */
@@ -113,10 +137,11 @@ static __always_inline int redirect_via_underlay(struct __sk_buff *skb, struct n
 	return fib_redirect(skb, cfg, r);
 }
 
-/* redirect_via_underlay6 routes an IPv6 packet out of the underlay by its own addresses: the
- * way out of the cluster of a node with an IPv6 address. */
-static __always_inline int redirect_via_underlay6(struct __sk_buff *skb, struct node_config *cfg,
-						  struct packet *pkt)
+/* redirect_via_underlay6_addrs routes an (outer) IPv6 packet from saddr to daddr out of the
+ * underlay. */
+static __always_inline int redirect_via_underlay6_addrs(struct __sk_buff *skb,
+							struct node_config *cfg, const __u8 *saddr,
+							const __u8 *daddr)
 {
 	struct route_scratch *r = route_scratch_get();
 
@@ -124,9 +149,17 @@ static __always_inline int redirect_via_underlay6(struct __sk_buff *skb, struct 
 		return REASON_DROP_NO_ROUTE;
 	__builtin_memset(r, 0, sizeof(*r));
 	r->fib.family = AF_INET6;
-	__builtin_memcpy(r->fib.ipv6_src, pkt->saddr.v6, 16);
-	__builtin_memcpy(r->fib.ipv6_dst, pkt->daddr.v6, 16);
+	__builtin_memcpy(r->fib.ipv6_src, saddr, 16);
+	__builtin_memcpy(r->fib.ipv6_dst, daddr, 16);
 	return fib_redirect(skb, cfg, r);
+}
+
+/* redirect_via_underlay6 routes an IPv6 packet out of the underlay by its own addresses: the
+ * way out of the cluster of a node with an IPv6 address. */
+static __always_inline int redirect_via_underlay6(struct __sk_buff *skb, struct node_config *cfg,
+						  struct packet *pkt)
+{
+	return redirect_via_underlay6_addrs(skb, cfg, pkt->saddr.v6, pkt->daddr.v6);
 }
 
 /* send_vxlan_device hands the packet to the kernel's VXLAN device with a tunnel key: the way
@@ -135,12 +168,30 @@ static __always_inline int send_vxlan_device(struct __sk_buff *skb, struct node_
 					     struct route_info *rt, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
+	__u64 flags = BPF_F_ZERO_CSUM_TX;
 
 	/* The VNI carries the source identity (24 bits) to the receiving node. */
 	key.tunnel_id = identity & 0xffffff;
-	key.remote_ipv4 = bpf_ntohl(*(__be32 *)rt->node_ip);
 	key.tunnel_ttl = TUNNEL_TTL;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+	if (rt->flags & ROUTE_F_NODE_IPV6) {
+		__u8 dst[ETH_ALEN], src[ETH_ALEN];
+
+		/* Over IPv6 with a UDP checksum, which IPv6 receivers insist on (a kernel VXLAN
+		 * device takes none without udp6zerocsumrx). From the node's IPv6 address, which
+		 * the receiver knows it by; all zero lets the kernel choose. The inner frame
+		 * gets the tunnel MACs vxlan_encap6 gives it, which a kernel VXLAN endpoint
+		 * takes as its own. */
+		__builtin_memcpy(key.remote_ipv6, rt->node_ip, 16);
+		__builtin_memcpy(key.local_ipv6, cfg->node_ipv6, 16);
+		flags = BPF_F_TUNINFO_IPV6;
+		tunnel_mac6(dst, rt->node_ip);
+		tunnel_mac6(src, cfg->node_ipv6);
+		if (set_macs(skb, dst, src))
+			return REASON_DROP_MALFORMED;
+	} else {
+		key.remote_ipv4 = bpf_ntohl(*(__be32 *)rt->node_ip);
+	}
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), flags))
 		return REASON_DROP_ENCAP_FAILED;
 	if (bpf_redirect(cfg->tunnel_ifindex, 0) != TC_ACT_REDIRECT)
 		return REASON_DROP_REDIRECT_FAILED;
@@ -213,6 +264,143 @@ __attribute__((noinline)) int vxlan_encap(struct __sk_buff *skb, __u32 remote, _
 	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
 }
 
+/* csum_add adds two 32-bit partial Internet checksums, the carry wrapped around. */
+static __always_inline __u32 csum_add(__u32 a, __u32 b)
+{
+	a += b;
+	return a + (a < b);
+}
+
+/* inner_csum sets *sum to what the inner packet adds to the outer UDP checksum of VXLAN over
+ * IPv6, summed without reading its payload: a valid L4 checksum makes the L4 segment sum to
+ * the complement of its pseudo-header's sum (an ICMPv4 message, whose checksum has no
+ * pseudo-header, to nothing), and a valid IPv4 header sums to nothing. That holds too for a
+ * checksum that offload has yet to fill in (CHECKSUM_PARTIAL, as a pod's TCP and UDP come
+ * through its veth): the kernel's own tunnels sum such packets so (lco_csum). It says whether
+ * it could: not for a fragment, another protocol, UDP without a checksum, IPv6 extension
+ * headers or bytes past the datagram, which are the VXLAN device's to send. The packet is read
+ * where it lies before encapsulation. An inner checksum that is wrong makes the outer one
+ * wrong: the receiver drops what it would have dropped anyway. */
+static __always_inline int inner_csum(struct __sk_buff *skb, __u32 *sum)
+{
+	__u32 len = skb->len - ETH_HLEN, l4len, pseudo;
+	__u16 l3len, l4csum = 1;
+	__u8 proto, hlen;
+	union {
+		struct iphdr v4;
+		struct ipv6hdr v6;
+	} ip;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip.v4)))
+		return 0;
+	if (ip.v4.version == 4) {
+		hlen = ip.v4.ihl * 4;
+		l3len = bpf_ntohs(ip.v4.tot_len);
+		proto = ip.v4.protocol;
+		if (l3len != len || hlen < sizeof(ip.v4) || l3len <= hlen ||
+		    ip.v4.frag_off & bpf_htons(IP_MF | IP_OFFSET))
+			return 0;
+		l4len = l3len - hlen;
+		pseudo = bpf_csum_diff(0, 0, &ip.v4.saddr, 8, 0);
+		*sum = 0;
+	} else {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip.v6)))
+			return 0;
+		hlen = IPV6_HLEN;
+		l4len = bpf_ntohs(ip.v6.payload_len);
+		proto = ip.v6.nexthdr;
+		if (ip.v6.version != 6 || !l4len || l4len + IPV6_HLEN != len)
+			return 0;
+		pseudo = bpf_csum_diff(0, 0, (__be32 *)&ip.v6.saddr, 32, 0);
+		*sum = bpf_csum_diff(0, 0, (__be32 *)&ip.v6, IPV6_HLEN, 0);
+	}
+	if (proto == IPPROTO_ICMP && ip.v4.version == 4)
+		return 1;
+	if (proto == IPPROTO_UDP &&
+	    bpf_skb_load_bytes(skb, ETH_HLEN + hlen + offsetof(struct udphdr, check), &l4csum, 2))
+		return 0;
+	if ((proto != IPPROTO_TCP && proto != IPPROTO_UDP &&
+	     (proto != IPPROTO_ICMPV6 || ip.v4.version != 6)) ||
+	    !l4csum)
+		return 0;
+	/* The pseudo-header's protocol and length as one 32-bit word: both sum alike. */
+	pseudo = csum_add(pseudo, bpf_htonl(((__u32)proto << 16) | l4len));
+	*sum = csum_add(*sum, csum_fold(pseudo));
+	return 1;
+}
+
+/* vxlan_encap6 is vxlan_encap over an IPv6 underlay, to the IPv6 address of the route rt from
+ * the node's: an outer IPv6 header (hop limit 64, a flow label from the inner flow's hash)
+ * and a UDP checksum, which IPv6 needs (RFC 6935's exception for tunnels is the receiver's to
+ * allow, and a kernel VXLAN device does not by default). It answers CONTINUE for the device
+ * to send: GSO packets, which the device sums segment by segment (bpf_skb_adjust_room marks
+ * them UDP_TUNNEL, not UDP_TUNNEL_CSUM, so GSO would copy one checksum into every segment),
+ * and what inner_csum cannot sum. A global function, as vxlan_encap is. */
+__attribute__((noinline)) int vxlan_encap6(struct __sk_buff *skb, const struct route_info *rt,
+					   __u32 identity)
+{
+	struct node_config *cfg = node_config();
+	__u32 inner = skb->len - ETH_HLEN, hash, sum;
+	struct ethhdr *outer, *eth;
+	struct vxlan6_headers *h;
+	void *data, *end;
+	__u16 check;
+	int reason;
+
+	if (!cfg || !rt || !node_addr(cfg, AF_INET6))
+		return REASON_DROP_NO_ROUTE;
+	if (skb->gso_size)
+		return CONTINUE;
+	if (!inner_csum(skb, &sum))
+		return CONTINUE;
+	/* The inner flow's hash, while the inner packet is all there is to dissect. */
+	hash = bpf_get_hash_recalc(skb);
+	if (bpf_skb_adjust_room(skb, VXLAN6_ENCAP_LEN, BPF_ADJ_ROOM_MAC, VXLAN6_ADJ_ROOM_FLAGS))
+		return CONTINUE;
+	if (bpf_skb_pull_data(skb, ETH_HLEN + VXLAN6_ENCAP_LEN))
+		return REASON_DROP_ENCAP_FAILED;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + VXLAN6_ENCAP_LEN > end)
+		return REASON_DROP_ENCAP_FAILED;
+	outer = data;
+	h = data + ETH_HLEN;
+	eth = data + ETH_HLEN + sizeof(*h);
+	h->ip.version = 6;
+	h->ip.priority = 0;
+	h->ip.flow_lbl[0] = (hash >> 16) & 0x0f;
+	h->ip.flow_lbl[1] = hash >> 8;
+	h->ip.flow_lbl[2] = hash;
+	h->ip.payload_len = bpf_htons(inner + VXLAN6_ENCAP_LEN - IPV6_HLEN);
+	h->ip.nexthdr = IPPROTO_UDP;
+	h->ip.hop_limit = TUNNEL_TTL;
+	__builtin_memcpy(&h->ip.saddr, cfg->node_ipv6, 16);
+	__builtin_memcpy(&h->ip.daddr, rt->node_ip, 16);
+	h->udp.source = bpf_htons(0xc000 | (hash & 0x3fff));
+	h->udp.dest = cfg->vxlan_port;
+	h->udp.len = h->ip.payload_len;
+	h->udp.check = 0;
+	h->flags = bpf_htonl(VXLAN_F_VNI);
+	h->vni = bpf_htonl((identity & 0xffffff) << 8);
+	tunnel_mac6(eth->h_dest, rt->node_ip);
+	tunnel_mac6(eth->h_source, cfg->node_ipv6);
+	eth->h_proto = outer->h_proto;
+	outer->h_proto = bpf_htons(ETH_P_IPV6);
+	/* The UDP checksum: the outer addresses, UDP, VXLAN and the inner Ethernet header, summed
+	 * from the next header field on (a multiple of four bytes, as bpf_csum_diff wants), with
+	 * the pseudo-header's length and protocol for the next header and hop limit; then the
+	 * inner packet. */
+	sum = csum_add(sum, bpf_csum_diff(0, 0, (__be32 *)&h->ip.nexthdr,
+					  VXLAN6_ENCAP_LEN - offsetof(struct ipv6hdr, nexthdr), 0));
+	sum = csum_add(sum, ~(__u32)bpf_htons((IPPROTO_UDP << 8) | TUNNEL_TTL));
+	sum = csum_add(sum, bpf_htonl(IPPROTO_UDP));
+	sum = csum_add(sum, h->udp.len);
+	check = csum_fold(sum);
+	h->udp.check = check ? check : 0xffff;
+	reason = redirect_via_underlay6_addrs(skb, cfg, cfg->node_ipv6, rt->node_ip);
+	return reason == CONTINUE ? REASON_FORWARD_TUNNEL : reason;
+}
+
 /* send_vxlan sends to another node in VXLAN: encapsulated here when the node config names
  * VXLAN's port, by the device otherwise. */
 static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config *cfg,
@@ -221,7 +409,10 @@ static __always_inline int send_vxlan(struct __sk_buff *skb, struct node_config 
 	int reason;
 
 	if (cfg->vxlan_port) {
-		reason = vxlan_encap(skb, *(__u32 *)rt->node_ip, identity);
+		if (rt->flags & ROUTE_F_NODE_IPV6)
+			reason = vxlan_encap6(skb, rt, identity);
+		else
+			reason = vxlan_encap(skb, *(__u32 *)rt->node_ip, identity);
 		if (reason != CONTINUE)
 			return reason;
 	}
@@ -313,6 +504,9 @@ static __always_inline int forward_remote(struct __sk_buff *skb, struct packet *
 	if (rt->flags & (ROUTE_F_LOCAL | ROUTE_F_UNREACHABLE))
 		return REASON_DROP_UNKNOWN_DEST;
 	if (!cfg)
+		return REASON_DROP_NO_ROUTE;
+	/* Only VXLAN runs over an IPv6 underlay. */
+	if ((rt->flags & ROUTE_F_NODE_IPV6) && rt->mode != MODE_VXLAN)
 		return REASON_DROP_NO_ROUTE;
 	reason = decrement_ttl(skb, pkt);
 	if (reason != CONTINUE)
@@ -432,23 +626,38 @@ static __always_inline int is_ipip(struct packet *pkt)
 	return pkt->l4_proto == IPPROTO_IPIP || pkt->l4_proto == IPPROTO_IPV6;
 }
 
+/* from_node says whether the IPv6 source of a tunnelled packet is another node of the cluster,
+ * which the ipcache holds with the remote-node identity: only nodes may claim an identity in
+ * the VNI. */
+static __always_inline int from_node(struct packet *pkt)
+{
+	struct peer peer;
+
+	resolve_peer(AF_INET6, &pkt->saddr, &peer);
+	return peer.identity == IDENTITY_REMOTE_NODE;
+}
+
 /* decap_underlay strips the tunnel headers of VXLAN and IP-in-IP for this node and parses
- * what was inside; tunneled says it did. Tunnels run between nodes' IPv4 addresses, also on
- * nodes with an IPv6 one. A fragment cannot be decapsulated on its own: the node's stack
- * reassembles it (and hands VXLAN to the VXLAN device). */
+ * what was inside; tunneled says it did. VXLAN comes to either of the node's addresses (IPv6
+ * from a known node only), IP-in-IP to its IPv4 one. A fragment cannot be decapsulated on its
+ * own: the node's stack reassembles it (and hands VXLAN to the VXLAN device). */
 static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *pkt, __u32 *hint,
 					  __u8 *direction, int *tunneled)
 {
 	struct node_config *cfg = node_config();
+	int ipip = pkt->family == AF_INET && is_ipip(pkt);
 	int reason;
 
-	if (!cfg || pkt->daddr.v4 != *(__be32 *)cfg->node_ip || pkt->fragment)
-		return is_ipip(pkt) ? REASON_FORWARD_HOST : CONTINUE;
+	if (!cfg || !is_node(cfg, pkt->family, &pkt->daddr) || pkt->fragment)
+		return ipip ? REASON_FORWARD_HOST : CONTINUE;
 	if (pkt->l4_proto == IPPROTO_UDP && cfg->vxlan_port && pkt->dport == cfg->vxlan_port) {
+		/* Not left to the stack: the VXLAN device would take it, VNI and all. */
+		if (pkt->family == AF_INET6 && !from_node(pkt))
+			return REASON_DROP_SPOOFED_SOURCE;
 		reason = decap_vxlan(skb, pkt, hint);
 		if (reason == CONTINUE)
 			*direction = DIR_FROM_OVERLAY;
-	} else if (is_ipip(pkt)) {
+	} else if (ipip) {
 		/* The whole outer header goes, options too. */
 		reason = strip_outer(
 			skb, pkt->l4_off - pkt->l3_off,
@@ -465,23 +674,21 @@ static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *
 	return CONTINUE;
 }
 
-/* receive_underlay handles what arrives on the underlay: VXLAN and IP-in-IP (6in4 too) for
- * this node are decapsulated and handled as tunnelled; native pod traffic (IPv6 too, which
- * other nodes send to this node's underlay MAC), NodePort clients and replies of translated
- * flows are handled by receive_remote. direction becomes DIR_FROM_OVERLAY for what came in
- * VXLAN, as if through the VXLAN device. */
+/* receive_underlay handles what arrives on the underlay: VXLAN (over IPv4 or IPv6) and
+ * IP-in-IP (6in4 too) for this node are decapsulated and handled as tunnelled; native pod
+ * traffic (IPv6 too, which other nodes send to this node's underlay MAC), NodePort clients and
+ * replies of translated flows are handled by receive_remote. direction becomes
+ * DIR_FROM_OVERLAY for what came in VXLAN, as if through the VXLAN device. */
 static __always_inline int receive_underlay(struct __sk_buff *skb, struct packet *pkt,
 					    __u8 *direction)
 {
 	int tunneled = 0, reason;
 	__u32 hint = 0;
 
-	if (pkt->family == AF_INET) {
-		reason = decap_underlay(skb, pkt, &hint, direction, &tunneled);
-		if (reason != CONTINUE)
-			return reason;
-	} else if (pkt->family != AF_INET6) {
+	if (pkt->family != AF_INET && pkt->family != AF_INET6)
 		return REASON_FORWARD_HOST;
-	}
+	reason = decap_underlay(skb, pkt, &hint, direction, &tunneled);
+	if (reason != CONTINUE)
+		return reason;
 	return receive_remote(skb, pkt, hint, *direction, tunneled);
 }

@@ -13,7 +13,7 @@ func newDatapathCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "datapath", Short: "install, upgrade or remove the BPF datapath"}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "install",
-		Short: "load the datapath, pin its maps, and switch every pinned link to the new programs in place",
+		Short: "load the datapath, pin its maps, and switch every pinned link and pod tc filter to the new programs in place",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dp, err := loader.Load(loader.Config{PinDir: g.pinDir})
@@ -30,7 +30,7 @@ func newDatapathCmd(g *globals) *cobra.Command {
 		},
 	}, &cobra.Command{
 		Use:   "status",
-		Short: "list the programs attached through pinned links",
+		Short: "list the datapath's attachments: its pinned links, and the tc filters on pods' veths in this network namespace",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			atts, err := loader.Attachments(g.pinDir)
@@ -42,13 +42,17 @@ func newDatapathCmd(g *globals) *cobra.Command {
 			}
 			var rows [][]string
 			for _, a := range atts {
-				rows = append(rows, []string{a.Interface, string(a.Hook), fmt.Sprint(a.Ifindex), fmt.Sprint(a.ProgramID), fmt.Sprint(a.LinkID)})
+				linkID := "-"
+				if a.LinkID != 0 {
+					linkID = fmt.Sprint(a.LinkID)
+				}
+				rows = append(rows, []string{a.Interface, string(a.Hook), fmt.Sprint(a.Ifindex), a.Type, fmt.Sprint(a.ProgramID), linkID})
 			}
-			return printOut(cmd.OutOrStdout(), g, atts, []string{"INTERFACE", "HOOK", "IFINDEX", "PROGRAM", "LINK"}, rows)
+			return printOut(cmd.OutOrStdout(), g, atts, []string{"INTERFACE", "HOOK", "IFINDEX", "TYPE", "PROGRAM", "LINK"}, rows)
 		},
 	}, &cobra.Command{
 		Use:   "uninstall",
-		Short: "detach every link and remove every pin the datapath made",
+		Short: "detach every link and tc filter and remove every pin the datapath made",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := loader.Uninstall(g.pinDir); err != nil {

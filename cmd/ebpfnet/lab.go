@@ -362,7 +362,7 @@ func newLabMatrixCmd(g *globals, name *string) *cobra.Command {
 			}
 			for _, f := range families {
 				over := ""
-				if st.DualStack() {
+				if st.DualStack() || st.IPv6Only() {
 					over = " over " + f
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%d%s (. reachable, X blocked)\n%s", pf.protocol, pf.port, over, ms[f])

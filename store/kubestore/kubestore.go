@@ -211,6 +211,19 @@ func (k *KV) Close() error {
 var errNoKey = errors.New("malformed key")
 
 // Ping asks the API server whether it is ready to serve.
+// Rewatch replaces every informer with one that lists and watches afresh: after the API
+// server was away the informers' own retries wait up to 30 s, and a change made meanwhile (a
+// policy deleted) would wait with them.
+func (k *KV) Rewatch(ctx context.Context) error {
+	var errs []error
+	for _, c := range k.classes {
+		if err := c.start(k.runCtx, ctx, k.handler(c)); err != nil {
+			errs = append(errs, fmt.Errorf("rewatch %s: %w", c.name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (k *KV) Ping(ctx context.Context) error {
 	if err := k.core.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
 		return fmt.Errorf("kubernetes API server does not answer: %w", err)

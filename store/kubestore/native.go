@@ -95,6 +95,7 @@ func (k *KV) nodeClass() *class {
 
 // nodeOf is a Node as ebpfnet sees it: usable once it has an underlay address and a pod CIDR.
 // Its pod CIDRs are spec.podCIDRs (one of each family), else the annotations the agent wrote.
+// A Node with an IPv6 pod CIDR alone is of an IPv6-only cluster: that is its PodCIDR.
 func nodeOf(n *corev1.Node) (store.Node, bool) {
 	out := store.Node{Name: n.Name}
 	ip := n.Annotations[UnderlayIPAnnotation]
@@ -110,7 +111,9 @@ func nodeOf(n *corev1.Node) (store.Node, bool) {
 	}
 	v4, v6 := specPodCIDRs(n)
 	if !v4.IsValid() {
-		v4, _ = netip.ParsePrefix(n.Annotations[PodCIDRAnnotation])
+		if p, err := netip.ParsePrefix(n.Annotations[PodCIDRAnnotation]); err == nil && p.Addr().Is4() {
+			v4 = p
+		}
 	}
 	if !v6.IsValid() {
 		if p, err := netip.ParsePrefix(n.Annotations[PodCIDRv6Annotation]); err == nil && p.Addr().Is6() {
@@ -123,7 +126,10 @@ func nodeOf(n *corev1.Node) (store.Node, bool) {
 	var err error
 	out.IP, err = netip.ParseAddr(ip)
 	out.PodCIDR, out.PodCIDRv6 = v4, v6
-	return out, err == nil && v4.IsValid() && v4.Addr().Is4()
+	if !v4.IsValid() {
+		out.PodCIDR, out.PodCIDRv6 = v6, netip.Prefix{}
+	}
+	return out, err == nil && out.PodCIDR.IsValid()
 }
 
 // specPodCIDRs is the Node's spec.podCIDRs by family (spec.podCIDR is its first), each
@@ -185,6 +191,10 @@ func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 	}
 	patch := map[string]any{"metadata": map[string]any{"annotations": annotations}}
 	have4, have6 := specPodCIDRs(n)
+	havePrimary := have4
+	if want.PodCIDR.Addr().Is6() { // an IPv6-only cluster
+		havePrimary = have6
+	}
 	switch {
 	case !have4.IsValid() && !have6.IsValid():
 		cidrs := []string{want.PodCIDR.String()}
@@ -192,7 +202,7 @@ func (k *KV) putNode(ctx context.Context, key string, val []byte) error {
 			cidrs = append(cidrs, want.PodCIDRv6.String())
 		}
 		patch["spec"] = map[string]any{"podCIDR": cidrs[0], "podCIDRs": cidrs}
-	case have4 != want.PodCIDR:
+	case havePrimary != want.PodCIDR:
 		return fmt.Errorf("node %s has spec.podCIDRs %v, not %s", name, n.Spec.PodCIDRs, want.PodCIDR)
 	case have6.IsValid() && want.PodCIDRv6.IsValid() && have6 != want.PodCIDRv6:
 		return fmt.Errorf("node %s has spec.podCIDRs %v, not %s", name, n.Spec.PodCIDRs, want.PodCIDRv6)

@@ -9,7 +9,8 @@ import (
 )
 
 // nodeOf reads a Node's pod CIDRs from spec.podCIDRs by family, else from the annotations the
-// agent writes, and takes a Node as usable once it has an address and an IPv4 pod CIDR.
+// agent writes, and takes a Node as usable once it has an address and a pod CIDR: an IPv4
+// one, or an IPv6 one alone (an IPv6-only cluster's, which is then its PodCIDR).
 func TestNodeOf(t *testing.T) {
 	v4, v6 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")
 	node := func(podCIDRs []string, annotations map[string]string) *corev1.Node {
@@ -35,7 +36,8 @@ func TestNodeOf(t *testing.T) {
 		{"spec wins over annotations", node([]string{v4.String(), v6.String()},
 			map[string]string{PodCIDRAnnotation: "10.244.7.0/24", PodCIDRv6Annotation: "fd00:10:244:7::/64"}), true, v4, v6},
 		{"no pod CIDR", node(nil, nil), false, netip.Prefix{}, netip.Prefix{}},
-		{"IPv6 only", node([]string{v6.String()}, nil), false, netip.Prefix{}, v6},
+		{"IPv6 only", node([]string{v6.String()}, nil), true, v6, netip.Prefix{}},
+		{"IPv6 only, annotated", node([]string{v6.String()}, map[string]string{PodCIDRAnnotation: v6.String()}), true, v6, netip.Prefix{}},
 		{"IPv4 in the IPv6 annotation", node([]string{v4.String()}, map[string]string{PodCIDRv6Annotation: "10.1.0.0/24"}), true, v4, netip.Prefix{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

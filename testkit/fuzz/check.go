@@ -39,6 +39,10 @@ type Stats struct {
 	// was encapsulated in VXLAN by BPF.
 	VXLANIn  map[maps.Reason]int
 	VXLANOut int
+	// VXLAN6In and VXLAN6Out count the same over an IPv6 underlay; VXLAN6In also what
+	// from_underlay refused of it (a sender no node).
+	VXLAN6In  map[maps.Reason]int
+	VXLAN6Out int
 	// LaterFragments counts later fragments that took their first fragment's ports.
 	LaterFragments int
 	// IPv6 counts, by reason, the verdicts about IPv6 packets; IPv6In those that came out
@@ -81,6 +85,10 @@ func (s *Stats) add(o Stats) {
 		s.countVXLAN(r, n)
 	}
 	s.VXLANOut += o.VXLANOut
+	for r, n := range o.VXLAN6In {
+		s.VXLAN6In = countReason(s.VXLAN6In, r, n)
+	}
+	s.VXLAN6Out += o.VXLAN6Out
 	s.LaterFragments += o.LaterFragments
 	for r, n := range o.IPv6 {
 		s.IPv6 = countReason(s.IPv6, r, n)
@@ -166,6 +174,7 @@ func (s Stats) Coverage() string {
 	}
 	sort.Strings(vxlan)
 	lines = append(lines, fmt.Sprintf("vxlan in BPF: out %d; in: %s", s.VXLANOut, strings.Join(vxlan, ", ")),
+		fmt.Sprintf("vxlan over ipv6 in BPF: out %d; in: %s", s.VXLAN6Out, reasonList(s.VXLAN6In)),
 		fmt.Sprintf("later fragments given their first's ports: %d", s.LaterFragments),
 		"ipv6: "+reasonList(s.IPv6), "ipv6 out of a tunnel: "+reasonList(s.IPv6In),
 		"neighbor advertisements: "+reasonList(s.NA), "ipv6 services translated: "+reasonList(s.Services))
@@ -237,6 +246,13 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	}
 	if len(o.Unknown) > 0 {
 		c.VXLANOut++
+		if binary.BigEndian.Uint16(o.Out[12:]) == packet.EtherIPv6 {
+			c.VXLAN6Out++
+		}
+	}
+	if p.Hook == model.FromUnderlay && len(p.Frame) >= 14 && binary.BigEndian.Uint16(p.Frame[12:]) == packet.EtherIPv6 &&
+		(o.Direction == maps.DirFromOverlay || o.Reason == maps.ReasonSpoofedSource) {
+		c.VXLAN6In = countReason(c.VXLAN6In, o.Reason, 1)
 	}
 	if o.LaterFragment {
 		c.LaterFragments++

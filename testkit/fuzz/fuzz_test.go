@@ -66,6 +66,11 @@ func TestDatapathMatchesModel(t *testing.T) {
 	if st.VXLANOut == 0 || st.VXLANIn[maps.ReasonForwardLocal] == 0 {
 		t.Errorf("no packet was encapsulated in VXLAN (%d) or decapsulated to a pod (%d)", st.VXLANOut, st.VXLANIn[maps.ReasonForwardLocal])
 	}
+	// And over an IPv6 underlay, where a sender no node was refused too.
+	if st.VXLAN6Out == 0 || st.VXLAN6In[maps.ReasonForwardLocal] == 0 || st.VXLAN6In[maps.ReasonSpoofedSource] == 0 {
+		t.Errorf("over IPv6: %d packets encapsulated in VXLAN, %d decapsulated to a pod, %d refused (want some of each)",
+			st.VXLAN6Out, st.VXLAN6In[maps.ReasonForwardLocal], st.VXLAN6In[maps.ReasonSpoofedSource])
+	}
 	// Fragment tracking was exercised: the comparison above covered it.
 	if st.LaterFragments == 0 {
 		t.Error("no later fragment was given its first fragment's ports")

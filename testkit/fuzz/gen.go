@@ -115,8 +115,11 @@ func (g *Gen) addr(v6 bool) netip.Addr {
 		case 0, 1, 2:
 			return pods[g.rng.IntN(len(pods))].ip6
 		case 3:
-			if g.rng.IntN(2) == 0 {
+			switch g.rng.IntN(4) {
+			case 0, 1:
 				return remotes6[g.rng.IntN(len(remotes6))].pod
+			case 2:
+				return g.pick(netip.MustParseAddr("fd00:244:0:7::7"), netip.MustParseAddr("fd00:244:0:8::8"))
 			}
 			return g.pick(netip.MustParseAddr("fd00:244:0:1::5"), netip.MustParseAddr("fd00:244::99"),
 				netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::1"),
@@ -134,6 +137,9 @@ func (g *Gen) addr(v6 bool) netip.Addr {
 	case 0, 1, 2:
 		return pods[g.rng.IntN(len(pods))].ip4
 	case 3:
+		if g.rng.IntN(2) == 0 {
+			return g.pick(netip.MustParseAddr("10.244.7.7"), netip.MustParseAddr("10.244.8.8"), netip.MustParseAddr("10.244.9.9"))
+		}
 		return remotes[g.rng.IntN(len(remotes)-1)].pod
 	case 4:
 		return g.pick(nodeIP, peerIP, strangerIP, netip.MustParseAddr("10.244.0.99"), netip.MustParseAddr("10.244.77.1"))
@@ -431,6 +437,9 @@ func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 		innerType = g.pick16(packet.EtherIPv4, packet.EtherIPv6, packet.EtherARP)
 	}
 	binary.BigEndian.PutUint16(hdr[28:], innerType)
+	if g.rng.IntN(3) == 0 {
+		return g.vxlanOverIPv6(hdr, frame, inner)
+	}
 	outer := g.ipv4Header(src, dst, packet.ProtoUDP, len(hdr)+len(frame)-14)
 	if g.rng.IntN(3) > 0 {
 		// Mostly well-formed: no fragment bits, TTL to spare.
@@ -447,6 +456,33 @@ func (g *Gen) vxlan(frame []byte, inner layout) ([]byte, layout) {
 		in.l4 += shift
 	}
 	return b, layout{l3: 14, l4: 14 + len(outer), family: 4, proto: packet.ProtoUDP, inner: &in}
+}
+
+// vxlanOverIPv6 puts VXLAN's UDP header and what follows (hdr, then frame's payload) behind an
+// outer IPv6 header: mostly from the peer node to this one's IPv6 address, at times from the
+// stranger or outside, or to another address; now and then behind extension headers.
+func (g *Gen) vxlanOverIPv6(hdr, frame []byte, inner layout) ([]byte, layout) {
+	src := g.pick(peerIP6, peerIP6, strangerIP6, netip.MustParseAddr("2001:db8::1"))
+	dst := nodeIP6
+	if g.rng.IntN(8) == 0 {
+		dst = g.pick(peerIP6, netip.MustParseAddr("fd00:250::9"))
+	}
+	ip, exts := g.ipv6Header(src, dst, packet.ProtoUDP, len(hdr)+len(frame)-14)
+	if g.rng.IntN(3) > 0 {
+		exts = nil // mostly none, and hop limit to spare
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(hdr)+len(frame)-14))
+		ip[6], ip[7] = packet.ProtoUDP, 64
+	}
+	outer := append(ip, exts...)
+	b := append(append(append(append([]byte(nil), frame[:14]...), outer...), hdr...), frame[14:]...)
+	binary.BigEndian.PutUint16(b[12:], packet.EtherIPv6)
+	in := inner
+	shift := len(outer) + len(hdr)
+	in.l3 += shift
+	if in.l4 != 0 {
+		in.l4 += shift
+	}
+	return b, layout{l3: 14, l4: 14 + len(outer), family: 6, proto: packet.ProtoUDP, inner: &in}
 }
 
 func (g *Gen) pick16(v ...uint16) uint16 { return v[g.rng.IntN(len(v))] }

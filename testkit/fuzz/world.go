@@ -104,6 +104,17 @@ var remotes6 = []remote{
 	{netip.MustParsePrefix("fd00:244:0:6::/64"), bcastIP, netip.MustParseAddr("fd00:244:0:6::6")},
 }
 
+// remotesOverIPv6 are pod CIDRs (of both families) of nodes known by their IPv6 underlay
+// address, whom VXLAN reaches over IPv6: the peer (neighbour known), the stranger (none), one
+// behind an unreachable route and one behind the gateway.
+var remotesOverIPv6 = []remote{
+	{netip.MustParsePrefix("10.244.7.0/24"), peerIP6, netip.MustParseAddr("10.244.7.7")},
+	{netip.MustParsePrefix("fd00:244:0:7::/64"), peerIP6, netip.MustParseAddr("fd00:244:0:7::7")},
+	{netip.MustParsePrefix("10.244.8.0/24"), strangerIP6, netip.MustParseAddr("10.244.8.8")},
+	{netip.MustParsePrefix("fd00:244:0:8::/64"), netip.MustParseAddr("2001:db8:dead::8"), netip.MustParseAddr("fd00:244:0:8::8")},
+	{netip.MustParsePrefix("10.244.9.0/24"), netip.MustParseAddr("2001:db8:feed::9"), netip.MustParseAddr("10.244.9.9")},
+}
+
 // kernelRoutes are the routes the harness adds to the namespace; fib() adds what the
 // kernel derives from the underlay's address.
 var kernelRoutes = []model.FIBRoute{
@@ -235,7 +246,29 @@ func NewWorld(seed uint64) World {
 	}
 	w.Backends, w.Frontends = services(rand.New(rand.NewPCG(seed, 0x5e7)))
 	nodeIPv6(rand.New(rand.NewPCG(seed, 0x6e0de)), &w)
+	overIPv6(rand.New(rand.NewPCG(seed, 0x6bde)), &w)
 	return World{Seed: seed, World: w}
+}
+
+// overIPv6 gives most worlds routes to nodes known by their IPv6 address (VXLAN over IPv6;
+// now and then another mode, which the datapath refuses), and the ipcache mostly knows the
+// peer's and now and then the stranger's address as a node's: only a node may send VXLAN.
+func overIPv6(rng *rand.Rand, w *model.World) {
+	for _, r := range remotesOverIPv6 {
+		if rng.IntN(4) == 0 {
+			continue
+		}
+		mode := maps.ModeVXLAN
+		if rng.IntN(8) == 0 {
+			mode = []maps.Mode{maps.ModeNative, maps.ModeIPIP}[rng.IntN(2)]
+		}
+		w.Routes = append(w.Routes, maps.Route{Prefix: r.cidr, NodeIP: r.node, Mode: mode})
+	}
+	for _, ip := range []netip.Addr{peerIP6, strangerIP6} {
+		if rng.IntN(4) > 0 == (ip == peerIP6) {
+			w.IPCache = append(w.IPCache, maps.IPCacheEntry{Prefix: netip.PrefixFrom(ip, 128), Identity: maps.IdentityRemoteNode})
+		}
+	}
 }
 
 // nodeIPv6 gives half the worlds a node IPv6 address, masquerading mostly on, and a NAT range

@@ -3,10 +3,12 @@
 // from_underlay, the packet as it leaves, and the conntrack entry it creates or touches. It is
 // the reference the fuzzer (package fuzz) holds the C programs in bpf/ to.
 //
-// IPv6 is modelled as for IPv4 (the underlay stays IPv4: IPv6 crosses it in VXLAN, in 6in4,
-// or natively to the owning node's IPv4 address), with neighbour discovery's anti-spoofing.
-// A node with an IPv6 underlay address (NodeConfig.NodeIPv6) also routes translated IPv6
-// leaving the cluster out of the underlay itself, by the IPv6 routes of FIB.
+// IPv6 is modelled as for IPv4 (IPv6 crosses the IPv4 underlay in VXLAN, in 6in4, or natively
+// to the owning node's IPv4 address), with neighbour discovery's anti-spoofing. A node with an
+// IPv6 underlay address (NodeConfig.NodeIPv6) also routes translated IPv6 leaving the cluster
+// out of the underlay itself, by the IPv6 routes of FIB, and speaks VXLAN over IPv6 with the
+// nodes routes know by their IPv6 address (the outer UDP checksum, like the source port and
+// the flow label, comes from the kernel's flow hash and is left unknown).
 //
 // Services and source translation are modelled for IPv6 (nat.go): ClusterIP and NodePort
 // frontends whose slots name one backend, NodePort flows that take the node's IPv6 address,
@@ -391,16 +393,25 @@ func (r *run) fromOverlay() maps.Reason {
 }
 
 // from_underlay: tc ingress of the underlay device: native pod traffic (IPv4 and IPv6), VXLAN
-// (when the node config names its port) and IP-in-IP (IPv4 or IPv6 inside).
+// over IPv4 or IPv6 (when the node config names its port) and IP-in-IP (IPv4 or IPv6 inside).
 func (r *run) fromUnderlay() maps.Reason {
 	p, reason := r.parse(r.out)
 	if reason != next || p.family == 0 {
 		return maps.ReasonForwardHost
 	}
+	node := r.m.w.Node
 	if p.family == afInet6 {
+		// VXLAN over IPv6 for the node, from a node the ipcache knows: only a node may claim
+		// an identity in the VNI, so from anyone else it is dropped, not left to the device.
+		if node.NodeIPv6.IsValid() && p.daddr == node.NodeIPv6 && !p.fragment && p.l4Proto == wire.ProtoUDP &&
+			node.VXLANPort != 0 && p.dport == node.VXLANPort {
+			if r.m.resolvePeer(afInet6, p.saddr).identity != maps.IdentityRemoteNode {
+				return maps.ReasonSpoofedSource
+			}
+			return r.decapVXLAN(&p)
+		}
 		return r.receiveRemote(&p, 0, false)
 	}
-	node := r.m.w.Node
 	// A fragment of a tunnelled packet cannot be decapsulated on its own: the node's stack
 	// reassembles it (or not).
 	forUs := p.daddr == node.NodeIP && !p.fragment
@@ -443,7 +454,7 @@ func (r *run) stripOuter(l3, n int, etherType uint16) maps.Reason {
 	return next
 }
 
-// decapVXLAN is decap_vxlan: the outer IPv4, UDP and VXLAN headers and the inner Ethernet
+// decapVXLAN is decap_vxlan: the outer IP (IPv4 or IPv6), UDP and VXLAN headers and the inner Ethernet
 // header go, the VNI becomes the sender's identity, and the inner packet counts as arriving
 // from the overlay. Not flagged by RFC 7348's I bit, or neither IPv4 nor IPv6 inside, it is
 // the device's.
