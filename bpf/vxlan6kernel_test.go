@@ -117,19 +117,7 @@ func TestVXLAN6WithTheKernel(t *testing.T) {
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprint(c, n)
-			}()
-		}
-	}()
+	go countBytes(ln)
 	// And the pod serves the same to the kernel's side.
 	var podLn net.Listener
 	pod.Do(t, func() (err error) {
@@ -137,55 +125,28 @@ func TestVXLAN6WithTheKernel(t *testing.T) {
 		return err
 	})
 	t.Cleanup(func() { podLn.Close() })
-	go func() {
-		for {
-			c, err := podLn.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprint(c, n)
-			}()
-		}
-	}()
-	bulkIn := func(tb *testing.T) {
+	go countBytes(podLn)
+	// bulkTo sends bulkSize bytes from ns to to's byte counter (who names it) and checks its count.
+	bulkTo := func(tb *testing.T, ns *nstest.NS, to netip.AddrPort, who string) {
 		tb.Helper()
 		var c net.Conn
-		kern.Do(tb, func() (err error) {
-			c, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp4", netip.AddrPortFrom(ipLocal, 5002).String())
+		ns.Do(tb, func() (err error) {
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp4", to.String())
 			return err
 		})
 		defer c.Close()
 		must(tb, c.SetDeadline(time.Now().Add(30*time.Second)))
 		if _, err := io.Copy(c, bytes.NewReader(make([]byte, bulkSize))); err != nil {
-			tb.Fatalf("send %d bytes to the pod: %v", bulkSize, err)
+			tb.Fatalf("send %d bytes to %s: %v", bulkSize, who, err)
 		}
 		must(tb, c.(*net.TCPConn).CloseWrite())
 		got, err := io.ReadAll(c)
 		if err != nil || string(got) != strconv.Itoa(bulkSize) {
-			tb.Fatalf("the pod counted %q (%v), want %d bytes", got, err, bulkSize)
+			tb.Fatalf("%s counted %q (%v), want %d bytes", who, got, err, bulkSize)
 		}
 	}
-	bulk := func(tb *testing.T) {
-		tb.Helper()
-		var c net.Conn
-		pod.Do(tb, func() (err error) {
-			c, err = (&net.Dialer{Timeout: 5 * time.Second}).Dial("tcp4", netip.AddrPortFrom(kernelHost, 5001).String())
-			return err
-		})
-		defer c.Close()
-		must(tb, c.SetDeadline(time.Now().Add(30*time.Second)))
-		if _, err := io.Copy(c, bytes.NewReader(make([]byte, bulkSize))); err != nil {
-			tb.Fatalf("send %d bytes to the kernel's side: %v", bulkSize, err)
-		}
-		must(tb, c.(*net.TCPConn).CloseWrite())
-		got, err := io.ReadAll(c)
-		if err != nil || string(got) != strconv.Itoa(bulkSize) {
-			tb.Fatalf("the kernel's side counted %q (%v), want %d bytes", got, err, bulkSize)
-		}
-	}
+	bulk := func(tb *testing.T) { bulkTo(tb, pod, netip.AddrPortFrom(kernelHost, 5001), "the kernel's side") }
+	bulkIn := func(tb *testing.T) { bulkTo(tb, kern, netip.AddrPortFrom(ipLocal, 5002), "the pod") }
 	ping := func(tb *testing.T) {
 		tb.Helper()
 		nstest.Eventually(tb, 10*time.Second, "a ping from the pod to the kernel's VXLAN address", func() (bool, string) {
@@ -286,4 +247,20 @@ func snmp6(tb testing.TB, ns *nstest.NS, name string) uint64 {
 	}
 	tb.Fatalf("no %s in /proc/net/snmp6", name)
 	return 0
+}
+
+// countBytes answers every connection on ln, until ln closes, with the number of bytes it
+// sent before closing its side.
+func countBytes(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			n, _ := io.Copy(io.Discard, c)
+			fmt.Fprint(c, n)
+		}()
+	}
 }

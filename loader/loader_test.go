@@ -202,19 +202,10 @@ func TestHooksOutliveLoaderAndUninstallRemovesThem(t *testing.T) {
 	}
 }
 
-// Acceptance: replacing the program under a steady stream loses and skips no packet.
-func TestReplaceUnderLoadLosesNothing(t *testing.T) {
-	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	first := loadAndAttach(t, pinDir, p.a, "v0")
-	firstInfo, _ := first.ToPod.Info()
-	firstID, _ := firstInfo.ID()
-	tx := p.udpFlow(t)
-
-	// The stream runs until the program was replaced a few times, however long a load takes.
-	const minPackets, minReplacements = 20000, 3
+// streamDuring sends 64-byte datagrams on tx from before do starts until do has returned and
+// at least minPackets went, and says how many went.
+func streamDuring(t *testing.T, tx *net.UDPConn, minPackets int, do func()) uint64 {
+	t.Helper()
 	var (
 		stop atomic.Bool
 		sent atomic.Int64
@@ -231,15 +222,35 @@ func TestReplaceUnderLoadLosesNothing(t *testing.T) {
 		}
 		errc <- nil
 	}()
-	replacements := 0
-	for ; replacements < minReplacements; replacements++ {
-		loadAndAttach(t, pinDir, p.a, "v0")
-	}
-	stop.Store(true)
+	func() {
+		defer stop.Store(true) // a do that fails the test stops the stream too
+		do()
+	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	n := uint64(sent.Load())
+	return uint64(sent.Load())
+}
+
+// Acceptance: replacing the program under a steady stream loses and skips no packet.
+func TestReplaceUnderLoadLosesNothing(t *testing.T) {
+	t.Parallel()
+	p := newPair(t)
+	pinDir := nstest.PinDir(t)
+	uninstallAtCleanup(t, pinDir)
+	first := loadAndAttach(t, pinDir, p.a, "v0")
+	firstInfo, _ := first.ToPod.Info()
+	firstID, _ := firstInfo.ID()
+	tx := p.udpFlow(t)
+
+	// The stream runs until the program was replaced a few times, however long a load takes.
+	const minReplacements = 3
+	replacements := 0
+	n := streamDuring(t, tx, 20000, func() {
+		for ; replacements < minReplacements; replacements++ {
+			loadAndAttach(t, pinDir, p.a, "v0")
+		}
+	})
 	if f := oneFilter(t, p.a, p.aLink.Attrs().Index, true, pinDir); ebpf.ProgramID(f.Id) == firstID {
 		t.Fatalf("after %d replacements v0 runs %d, want a program other than %d", replacements, f.Id, firstID)
 	}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -189,40 +188,26 @@ func TestUpgradeSwapsTCFilterUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	tx := p.udpFlow(t)
-	const minPackets, upgrades = 20000, 3
-	var (
-		stop atomic.Bool
-		sent atomic.Int64
-	)
-	errc := make(chan error, 1)
-	go func() {
-		payload := make([]byte, 64)
-		for i := 0; !stop.Load() || i < minPackets; i++ {
-			if _, err := tx.Write(payload); err != nil {
-				errc <- fmt.Errorf("send packet %d: %w", i, err)
+	const upgrades = 3
+	var last *loader.Datapath
+	sent := streamDuring(t, tx, 20000, func() {
+		for range upgrades {
+			next, err := loader.Load(loader.Config{PinDir: pinDir})
+			if err != nil {
+				t.Error(err)
 				return
 			}
-			sent.Add(1)
+			t.Cleanup(func() { next.Close() })
+			var n int
+			p.a.Do(t, func() (err error) { n, err = next.Upgrade(); return err })
+			if n != 2 {
+				t.Errorf("upgrade switched %d attachments, want v0's 2 filters", n)
+			}
+			last = next
 		}
-		errc <- nil
-	}()
-	var last *loader.Datapath
-	for range upgrades {
-		next, err := loader.Load(loader.Config{PinDir: pinDir})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer next.Close()
-		var n int
-		p.a.Do(t, func() (err error) { n, err = next.Upgrade(); return err })
-		if n != 2 {
-			t.Errorf("upgrade switched %d attachments, want v0's 2 filters", n)
-		}
-		last = next
-	}
-	stop.Store(true)
-	if err := <-errc; err != nil {
-		t.Fatal(err)
+	})
+	if last == nil {
+		t.FailNow()
 	}
 	for _, c := range []struct {
 		egress bool
@@ -232,8 +217,8 @@ func TestUpgradeSwapsTCFilterUnderLoad(t *testing.T) {
 			t.Errorf("after %d upgrades the filter (egress %v) runs %d, want %d", upgrades, c.egress, f.Id, progID(t, c.prog))
 		}
 	}
-	if n := uint64(sent.Load()); delivered(t, pinDir) != n {
-		t.Fatalf("counted %d of %d packets across %d upgrades", delivered(t, pinDir), n, upgrades)
+	if got := delivered(t, pinDir); got != sent {
+		t.Fatalf("counted %d of %d packets across %d upgrades", got, sent, upgrades)
 	}
 }
 

@@ -48,22 +48,7 @@ func TestIPv6Only(t *testing.T) {
 				if err := st.CheckFamily(lab.FamilyIPv4); err == nil {
 					t.Fatal("an IPv6-only lab takes --family ipv4")
 				}
-				for _, proto := range []string{"TCP", "UDP"} {
-					m, err := st.Matrix(80, proto)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if len(m) != 6 {
-						t.Fatalf("%s matrix has %d rows, want 6", proto, len(m))
-					}
-					for from, row := range m {
-						for to, ok := range row {
-							if !ok {
-								t.Errorf("%s: %s does not reach %s", proto, from, to)
-							}
-						}
-					}
-				}
+				checkMatrixEveryFamily(t, st)
 			})
 			if mode == "vxlan" {
 				t.Run("over an IPv6 underlay", func(t *testing.T) { checkVXLANOverIPv6(t, st) })
