@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
+
+	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/ebpfnet/ebpfnet/bpf"
 	"github.com/ebpfnet/ebpfnet/maps"
@@ -81,20 +84,26 @@ func (a *Agent) compilePolicy(ctx context.Context, nodes []store.Node) (*policy.
 // clusterInput reads the cluster from the store as the policy compiler takes it, from this
 // node's point of view, with the endpoints of extra added; Identity is left to the caller.
 func (a *Agent) clusterInput(ctx context.Context, nodes []store.Node, extra ...store.Endpoint) (policy.Input, error) {
-	eps, err := a.cluster.Endpoints(ctx, "")
-	if err != nil {
-		return policy.Input{}, err
+	// Four reads at once: against etcd each is a round trip, and a CNI ADD waits for them.
+	var (
+		eps   []store.Endpoint
+		metas map[string]store.PodMeta
+		nss   map[string]map[string]string
+		nps   []*networkingv1.NetworkPolicy
+		errs  [4]error
+		wg    sync.WaitGroup
+	)
+	for i, read := range []func() error{
+		func() (err error) { eps, err = a.cluster.Endpoints(ctx, ""); return err },
+		func() (err error) { metas, err = a.cluster.Pods(ctx); return err },
+		func() (err error) { nss, err = a.cluster.Namespaces(ctx); return err },
+		func() (err error) { nps, err = a.cluster.Policies(ctx); return err },
+	} {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = read() }()
 	}
-	metas, err := a.cluster.Pods(ctx)
-	if err != nil {
-		return policy.Input{}, err
-	}
-	nss, err := a.cluster.Namespaces(ctx)
-	if err != nil {
-		return policy.Input{}, err
-	}
-	nps, err := a.cluster.Policies(ctx)
-	if err != nil {
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
 		return policy.Input{}, err
 	}
 	in := policy.Input{Self: a.node.Name, Namespaces: nss, Policies: nps}
