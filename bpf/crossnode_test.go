@@ -29,6 +29,10 @@ func loadCrossNode(t *testing.T, mode maps.Mode) *loader.Datapath {
 	if err := dp.SetNodeConfig(maps.NodeConfig{NodeIP: nodeIP, UnderlayIfindex: testRunIfindex, TunnelIfindex: testRunIfindex, Mode: mode}); err != nil {
 		t.Fatal(err)
 	}
+	// The peer node is a node, as the agent's ipcache says: only nodes' VXLAN is decapsulated.
+	if err := dp.IPCache().Upsert(maps.IPCacheEntry{Prefix: netip.PrefixFrom(peerIP, 32), Identity: maps.IdentityRemoteNode}); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range []maps.Route{
 		{Prefix: netip.MustParsePrefix("10.244.0.0/16"), Flags: maps.RouteUnreachable},
 		{Prefix: netip.MustParsePrefix("10.244.0.0/24"), NodeIP: nodeIP, Mode: mode, Flags: maps.RouteLocal},

@@ -21,11 +21,16 @@ const testVXLANPort = 8472
 // vxlanFrame is what the peer sends over the underlay: outer Ethernet, IPv4 and UDP to
 // dport, VXLAN with flags and vni, and the inner Ethernet frame carrying inner.
 func vxlanFrame(dst netip.Addr, dport uint16, flags byte, vni uint32, innerType uint16, inner []byte) []byte {
+	return vxlanFrameFrom(peerIP, dst, dport, flags, vni, innerType, inner)
+}
+
+// vxlanFrameFrom is vxlanFrame sent from src.
+func vxlanFrameFrom(src, dst netip.Addr, dport uint16, flags byte, vni uint32, innerType uint16, inner []byte) []byte {
 	hdr := make([]byte, 8)
 	hdr[0] = flags
 	binary.BigEndian.PutUint32(hdr[4:], vni<<8)
 	payload := append(hdr, packet.Eth(packet.MAC("0e:00:0a:fa:00:01"), packet.MAC("0e:00:0a:fa:00:02"), innerType, inner)...)
-	outer := packet.IPv4{Src: peerIP, Dst: dst, Proto: packet.ProtoUDP}.Marshal(packet.UDP(51234, dport, payload))
+	outer := packet.IPv4{Src: src, Dst: dst, Proto: packet.ProtoUDP}.Marshal(packet.UDP(51234, dport, payload))
 	return packet.Eth(underlayMAC, gatewayMAC, packet.EtherIPv4, outer)
 }
 
@@ -168,6 +173,12 @@ func TestVXLANDecapsulatedInBPF(t *testing.T) {
 			maps.DirFromUnderlay, tcOK, maps.ReasonForwardHost, nil},
 		{"udp to the node on another port is the node's", vxlanFrame(nodeIP, 4789, 0x08, 9, packet.EtherIPv4, inner(ipLocal)),
 			maps.DirFromUnderlay, tcOK, maps.ReasonForwardHost, nil},
+		// Only nodes may claim an identity in the VNI: from anyone else VXLAN is spoofed, and
+		// not left to the device either, which would trust its VNI.
+		{"vxlan from an address that is no node is dropped", vxlanFrameFrom(netip.MustParseAddr("10.250.0.77"), nodeIP, testVXLANPort, 0x08, 300,
+			packet.EtherIPv4, inner(guarded)), maps.DirFromUnderlay, tcShot, maps.ReasonSpoofedSource, nil},
+		{"vxlan from a pod's address is dropped", vxlanFrameFrom(ipLocal, nodeIP, testVXLANPort, 0x08, 300,
+			packet.EtherIPv4, inner(guarded)), maps.DirFromUnderlay, tcShot, maps.ReasonSpoofedSource, nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ret, out, counted := n.runIn(t, n.FromUnderlay, c.dir, c.in)

@@ -626,20 +626,20 @@ static __always_inline int is_ipip(struct packet *pkt)
 	return pkt->l4_proto == IPPROTO_IPIP || pkt->l4_proto == IPPROTO_IPV6;
 }
 
-/* from_node says whether the IPv6 source of a tunnelled packet is another node of the cluster,
+/* from_node says whether the source of a tunnelled packet is another node of the cluster,
  * which the ipcache holds with the remote-node identity: only nodes may claim an identity in
  * the VNI. */
 static __always_inline int from_node(struct packet *pkt)
 {
 	struct peer peer;
 
-	resolve_peer(AF_INET6, &pkt->saddr, &peer);
+	resolve_peer(pkt->family, &pkt->saddr, &peer);
 	return peer.identity == IDENTITY_REMOTE_NODE;
 }
 
 /* decap_underlay strips the tunnel headers of VXLAN and IP-in-IP for this node and parses
- * what was inside; tunneled says it did. VXLAN comes to either of the node's addresses (IPv6
- * from a known node only), IP-in-IP to its IPv4 one. A fragment cannot be decapsulated on its
+ * what was inside; tunneled says it did. VXLAN comes to either of the node's addresses, from a
+ * known node only, IP-in-IP to its IPv4 one. A fragment cannot be decapsulated on its
  * own: the node's stack reassembles it (and hands VXLAN to the VXLAN device). */
 static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *pkt, __u32 *hint,
 					  __u8 *direction, int *tunneled)
@@ -652,7 +652,7 @@ static __always_inline int decap_underlay(struct __sk_buff *skb, struct packet *
 		return ipip ? REASON_FORWARD_HOST : CONTINUE;
 	if (pkt->l4_proto == IPPROTO_UDP && cfg->vxlan_port && pkt->dport == cfg->vxlan_port) {
 		/* Not left to the stack: the VXLAN device would take it, VNI and all. */
-		if (pkt->family == AF_INET6 && !from_node(pkt))
+		if (!from_node(pkt))
 			return REASON_DROP_SPOOFED_SOURCE;
 		reason = decap_vxlan(skb, pkt, hint);
 		if (reason == CONTINUE)

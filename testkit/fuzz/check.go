@@ -241,7 +241,7 @@ func (c *Checker) Check(p Packet) (*Disagreement, error) {
 	c.last = o.Reason
 	c.count(p.Hook, o.Reason, 1)
 	c.countFlow(o.Conntrack, 1)
-	if p.Hook == model.FromUnderlay && o.Direction == maps.DirFromOverlay {
+	if p.Hook == model.FromUnderlay && (o.Direction == maps.DirFromOverlay || o.Reason == maps.ReasonSpoofedSource && isVXLANv4(p.Frame)) {
 		c.countVXLAN(o.Reason, 1)
 	}
 	if len(o.Unknown) > 0 {
@@ -397,4 +397,13 @@ func (h *Harness) RunSeeded(seed uint64, packets int, report func(Disagreement))
 		return nil
 	})
 	return st, time.Since(start), err
+}
+
+// isVXLANv4 says whether frame is UDP over IPv4 to the worlds' VXLAN port.
+func isVXLANv4(frame []byte) bool {
+	if len(frame) < 14+20+8 || binary.BigEndian.Uint16(frame[12:]) != packet.EtherIPv4 || frame[14+9] != packet.ProtoUDP {
+		return false
+	}
+	l4 := 14 + int(frame[14]&0x0f)*4
+	return len(frame) >= l4+4 && binary.BigEndian.Uint16(frame[l4+2:]) == vxlanPort
 }

@@ -63,8 +63,9 @@ func TestDatapathMatchesModel(t *testing.T) {
 		t.Fatalf("%d disagreements", st.Disagreements)
 	}
 	// VXLAN in BPF was exercised both ways: the comparison above covered it.
-	if st.VXLANOut == 0 || st.VXLANIn[maps.ReasonForwardLocal] == 0 {
-		t.Errorf("no packet was encapsulated in VXLAN (%d) or decapsulated to a pod (%d)", st.VXLANOut, st.VXLANIn[maps.ReasonForwardLocal])
+	if st.VXLANOut == 0 || st.VXLANIn[maps.ReasonForwardLocal] == 0 || st.VXLANIn[maps.ReasonSpoofedSource] == 0 {
+		t.Errorf("no packet was encapsulated in VXLAN (%d), decapsulated to a pod (%d) or refused from a sender no node (%d)",
+			st.VXLANOut, st.VXLANIn[maps.ReasonForwardLocal], st.VXLANIn[maps.ReasonSpoofedSource])
 	}
 	// And over an IPv6 underlay, where a sender no node was refused too.
 	if st.VXLAN6Out == 0 || st.VXLAN6In[maps.ReasonForwardLocal] == 0 || st.VXLAN6In[maps.ReasonSpoofedSource] == 0 {

@@ -416,6 +416,10 @@ func (r *run) fromUnderlay() maps.Reason {
 	// reassembles it (or not).
 	forUs := p.daddr == node.NodeIP && !p.fragment
 	if forUs && p.l4Proto == wire.ProtoUDP && node.VXLANPort != 0 && p.dport == node.VXLANPort {
+		// From a node the ipcache knows only, as over IPv6.
+		if r.m.resolvePeer(afInet, p.saddr).identity != maps.IdentityRemoteNode {
+			return maps.ReasonSpoofedSource
+		}
 		return r.decapVXLAN(&p)
 	}
 	if p.l4Proto != wire.ProtoIPIP && p.l4Proto != wire.ProtoIPv6 {
