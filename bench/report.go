@@ -44,6 +44,8 @@ type Report struct {
 	BGP *BGPConvergence `json:"bgpConvergence,omitempty"`
 	// Peers is ebpfnet beside Cilium, each the CNI of the same kubernetes lab.
 	Peers *PeersCost `json:"peers,omitempty"`
+	// Scale is a large lab beside a small one of the same shape (the scale suite).
+	Scale *ScaleCost `json:"scale,omitempty"`
 }
 
 // NewReport stamps the machine it runs on.
@@ -142,6 +144,9 @@ func (r *Report) Markdown() string {
 	}
 	for _, s := range r.Suites {
 		s.markdown(&b)
+	}
+	if c := r.Scale; c != nil {
+		c.markdown(&b)
 	}
 	if c := r.ProgCost; c != nil {
 		fmt.Fprintf(&b, "## per-packet cost (BPF_PROG_TEST_RUN, repeat %d)\n\n| program | ns/packet |\n|---|---:|\n", c.Repeat)

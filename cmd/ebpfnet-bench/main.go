@@ -34,7 +34,7 @@ func run(ctx context.Context) error {
 	lat := flag.Duration("latency", 3*time.Second, "length of one sockperf run (over IPv6, of one TCP_RR and one TCP_CRR run)")
 	repeat := flag.Int("prog-repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per sample")
 	suites := flag.String("suites", "same-node,same-node-ipv6,cross-node,cross-node-ipv6,policy,services,bgp",
-		"comma-separated suites to run: same-node, same-node-ipv6, cross-node, cross-node-ipv6 (VXLAN), policy, services, bgp")
+		"comma-separated suites to run: same-node, same-node-ipv6, cross-node, cross-node-ipv6 (VXLAN), policy, services, bgp; scale (not by default: about 10 minutes)")
 	serviceUpdates := flag.Int("service-updates", 10, "Service backend changes to time (0 skips them)")
 	kubeProxy := flag.String("kube-proxy-services", "1000,10000", "services suite: Service counts for kube-proxy (iptables mode) and ebpfnet among as many Services (empty skips)")
 	kubeProxyIPT := flag.String("kube-proxy-iptables", "nft", "services suite: kube-proxy's iptables backend, nft or legacy")
@@ -47,6 +47,9 @@ func run(ctx context.Context) error {
 	peerRules := flag.Int("peer-rules", 1000, "peers suite: NetworkPolicy rules in force for the rules figures (0 skips them)")
 	peerPods := flag.Int("peer-pods", 100, "peers suite: pods added to one node for the CNI ADD and memory figures (0 skips them)")
 	bgpJoins := flag.Int("bgp-joins", 5, "bgp suite: nodes to join to a two-rack lab and remove again, timing route convergence (0 skips them)")
+	scalePods := flag.Int("scale-pods", bench.DefaultScale.Pods, "scale suite: pods of the large lab (a multiple of -scale-nodes), beside a small lab of two a node")
+	scaleNodes := flag.Int("scale-nodes", bench.DefaultScale.Nodes, "scale suite: nodes of both labs")
+	scaleApplies := flag.Int("scale-applies", bench.DefaultScale.Applies, "scale suite: policy apply-and-delete rounds in the large lab")
 	flag.Parse()
 	if *rounds < 1 || *tput < 2*time.Second || *lat < time.Second {
 		return fmt.Errorf("-rounds must be >= 1, -throughput >= 2s, -latency >= 1s")
@@ -106,6 +109,20 @@ func run(ctx context.Context) error {
 	for _, name := range splitList(*suites) {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if name == bench.ScaleSuite {
+			sc := bench.DefaultScale
+			sc.Pods, sc.Nodes, sc.SmallPods, sc.Applies = *scalePods, *scaleNodes, 2*(*scaleNodes), *scaleApplies
+			cost, suites, err := bench.MeasureScale(ctx, sc, cfg)
+			report.Scale = cost
+			report.Suites = append(report.Suites, suites...)
+			if err != nil {
+				if werr := report.Write(*out, os.Stdout); werr != nil {
+					slog.Warn("write the partial report", "err", werr)
+				}
+				return fmt.Errorf("scale suite: %w", err)
+			}
+			continue
 		}
 		def, ok := bench.Suites[name]
 		if !ok {
