@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -196,21 +197,13 @@ func MeasureCNI(n, parallel int) (CNICost, error) {
 
 // addPhases scrapes a lab node's agent for the mean time of each phase of its CNI ADDs.
 func addPhases(n lab.Node) (map[string]float64, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = namespace.Do(n.Netns, func() error {
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}}
-	resp, err := client.Get("http://" + netip.AddrPortFrom(n.IP, lab.MetricsPort).String() + "/metrics")
+	body, err := metricsOf(n)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
+		return nil, err
 	}
-	defer resp.Body.Close()
+	defer body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := parser.TextToMetricFamilies(body)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
 	}
@@ -228,4 +221,21 @@ func addPhases(n lab.Node) (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// metricsOf reads a lab node's agent's metrics page, from inside the node's namespace.
+func metricsOf(n lab.Node) (io.ReadCloser, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = namespace.Do(n.Netns, func() error {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}}
+	resp, err := client.Get("http://" + netip.AddrPortFrom(n.IP, lab.MetricsPort).String() + "/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
+	}
+	return resp.Body, nil
 }

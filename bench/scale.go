@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,7 +21,6 @@ import (
 	"github.com/ebpfnet/ebpfnet/agent"
 	"github.com/ebpfnet/ebpfnet/agentapi"
 	"github.com/ebpfnet/ebpfnet/lab"
-	"github.com/ebpfnet/ebpfnet/namespace"
 )
 
 // ScaleSuite is the name of the suite that brings up a large lab beside a small one of the
@@ -526,21 +523,13 @@ func procUsage(name string, pid int) (AgentUsage, error) {
 // scrapeHistograms reads a lab node's agent's histograms, from inside the node's namespace,
 // by name, or name{label=value} for one labelled by a single label.
 func scrapeHistograms(n lab.Node) (map[string]histSum, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = namespace.Do(n.Netns, func() error {
-				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}}
-	resp, err := client.Get("http://" + netip.AddrPortFrom(n.IP, lab.MetricsPort).String() + "/metrics")
+	body, err := metricsOf(n)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
+		return nil, err
 	}
-	defer resp.Body.Close()
+	defer body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := parser.TextToMetricFamilies(body)
 	if err != nil {
 		return nil, fmt.Errorf("scrape %s: %w", n.Name, err)
 	}
