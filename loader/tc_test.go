@@ -93,14 +93,7 @@ func tcxCount(t *testing.T, ns *nstest.NS, ifindex int) int {
 // a filter running another program, and a missing one, apart.
 func TestPodHooksAreTCFilters(t *testing.T) {
 	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	dp, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	p, pinDir, dp := loadBesidePair(t)
 	ifindex := p.aLink.Attrs().Index
 	for range 2 { // a repeated ADD attaches nothing twice
 		if err := dp.AttachPod(p.a.NL, "v0", ifindex); err != nil {
@@ -144,11 +137,7 @@ func TestPodHooksAreTCFilters(t *testing.T) {
 	}
 
 	// Another program in our filter's place (another datapath's, with the same name).
-	other, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	other := loadAt(t, pinDir)
 	f := oneFilter(t, p.a, ifindex, true, pinDir)
 	f.Fd = other.ToPod.FD()
 	if err := p.a.NL.FilterReplace(f); err != nil {
@@ -175,14 +164,7 @@ func TestPodHooksAreTCFilters(t *testing.T) {
 // is lost or skipped, and the filter stays the only one.
 func TestUpgradeSwapsTCFilterUnderLoad(t *testing.T) {
 	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	first, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer first.Close()
+	p, pinDir, first := loadBesidePair(t)
 	ifindex := p.aLink.Attrs().Index
 	if err := first.AttachPod(p.a.NL, "v0", ifindex); err != nil {
 		t.Fatal(err)
@@ -227,14 +209,7 @@ func TestUpgradeSwapsTCFilterUnderLoad(t *testing.T) {
 // them, and DetachPod and Uninstall remove them.
 func TestOlderPodsPinnedTCXLinksAreKept(t *testing.T) {
 	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	old, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
+	p, pinDir, old := loadBesidePair(t)
 	ifindex := p.aLink.Attrs().Index
 	if err := os.MkdirAll(loader.LinksDir(pinDir), 0o700); err != nil {
 		t.Fatal(err)
@@ -276,11 +251,7 @@ func TestOlderPodsPinnedTCXLinksAreKept(t *testing.T) {
 		return errs
 	}
 
-	next, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer next.Close()
+	next := loadAt(t, pinDir)
 	if err := next.AttachPod(p.a.NL, "v0", ifindex); err != nil {
 		t.Fatal(err)
 	}
@@ -306,11 +277,7 @@ func TestOlderPodsPinnedTCXLinksAreKept(t *testing.T) {
 		t.Errorf("attachments %+v, want v0's two pinned tcx links", atts)
 	}
 
-	third, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer third.Close()
+	third := loadAt(t, pinDir)
 	var n int
 	p.a.Do(t, func() (err error) { n, err = third.Upgrade(); return err })
 	if got, want := running(), []ebpf.ProgramID{progID(t, third.FromPod), progID(t, third.ToPod)}; n != 2 || got[0] != want[0] || got[1] != want[1] {
@@ -333,14 +300,7 @@ func TestOlderPodsPinnedTCXLinksAreKept(t *testing.T) {
 // holds nothing else, and leaves alone a filter that is not the datapath's (and its qdisc).
 func TestUninstallRemovesTCFilters(t *testing.T) {
 	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	dp, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	p, pinDir, dp := loadBesidePair(t)
 	a, b := p.aLink.Attrs().Index, p.bLink.Attrs().Index
 	if err := dp.AttachPod(p.a.NL, "v0", a); err != nil {
 		t.Fatal(err)
@@ -371,14 +331,7 @@ func TestUninstallRemovesTCFilters(t *testing.T) {
 // A pod veth without any filter (no clsact qdisc either) is reported detached.
 func TestCheckAttachedWithoutQdisc(t *testing.T) {
 	t.Parallel()
-	p := newPair(t)
-	pinDir := nstest.PinDir(t)
-	uninstallAtCleanup(t, pinDir)
-	dp, err := loader.Load(loader.Config{PinDir: pinDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	p, pinDir, dp := loadBesidePair(t)
 	var checkErr error
 	p.a.Do(t, func() error { checkErr = dp.CheckAttached("v0", loader.HookFromPod); return nil })
 	if checkErr == nil || !strings.Contains(checkErr.Error(), "from-pod on v0 is detached") {
@@ -387,4 +340,25 @@ func TestCheckAttachedWithoutQdisc(t *testing.T) {
 	if err := loader.DetachPod(p.a.NL, pinDir, "v0"); err != nil {
 		t.Fatalf("detach from a bare veth: %v", err)
 	}
+}
+
+// loadBesidePair makes a veth pair, whose v0 stands for a pod's host side, and loads a
+// datapath at a pin dir of its own, which uninstall removes when the test ends.
+func loadBesidePair(t *testing.T) (*pair, string, *loader.Datapath) {
+	t.Helper()
+	p := newPair(t)
+	pinDir := nstest.PinDir(t)
+	uninstallAtCleanup(t, pinDir)
+	return p, pinDir, loadAt(t, pinDir)
+}
+
+// loadAt loads a datapath pinned at pinDir, closed when the test ends.
+func loadAt(t *testing.T, pinDir string) *loader.Datapath {
+	t.Helper()
+	dp, err := loader.Load(loader.Config{PinDir: pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return dp
 }
