@@ -134,24 +134,25 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 	if err != nil {
 		return err
 	}
-	viaHost := func(p netip.Prefix) netlink.Route {
+	want := map[string]netlink.Route{}
+	// viaHost routes p through the host device from the node's address of p's family; a node
+	// without one (no IPv6 address) has no source for that traffic, and no route.
+	viaHost := func(p netip.Prefix) {
 		src := rr.node.IP
 		if p.Addr().Is6() {
 			src = rr.node.IPv6
 		}
-		return netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: src.AsSlice(),
-			Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+		if src.IsValid() {
+			want[p.String()] = netlink.Route{LinkIndex: host.Attrs().Index, Dst: prefixNet(p), Src: src.AsSlice(),
+				Scope: netlink.SCOPE_LINK, Protocol: routeProtocol}
+		}
 	}
-	want := map[string]netlink.Route{rr.cfg.serviceCIDR.String(): viaHost(rr.cfg.serviceCIDR)}
-	// With an IPv6 address of its own the node reaches IPv6 cluster IPs and other nodes' IPv6
-	// pods the same way, in every mode: from_host routes IPv6 pod traffic itself.
-	if rr.node.IPv6.IsValid() && rr.cfg.clusterV6.IsValid() {
-		want[rr.cfg.serviceCIDRv6.String()] = viaHost(rr.cfg.serviceCIDRv6)
-		want[rr.cfg.clusterV6.String()] = viaHost(rr.cfg.clusterV6)
-	}
-	if rr.cfg.ipv6Only() && !rr.node.IPv6.IsValid() {
-		// Without an IPv6 address the node has no source for its own IPv6 cluster traffic.
-		delete(want, rr.cfg.serviceCIDR.String())
+	viaHost(rr.cfg.serviceCIDR)
+	// The node reaches IPv6 cluster IPs and other nodes' IPv6 pods the same way, in every
+	// mode: from_host routes IPv6 pod traffic itself.
+	if rr.cfg.clusterV6.IsValid() {
+		viaHost(rr.cfg.serviceCIDRv6)
+		viaHost(rr.cfg.clusterV6)
 	}
 	var errs []error
 	if rr.cfg.mode == maps.ModeNative {
@@ -168,8 +169,8 @@ func (rr *routeReconciler) reconcileKernel(remote []remoteRoute, complete bool) 
 			want[r.Prefix.String()] = netlink.Route{LinkIndex: underlay.Attrs().Index, Dst: prefixNet(r.Prefix),
 				Gw: gw.AsSlice(), Protocol: routeProtocol}
 		}
-	} else if !rr.cfg.ipv6Only() || rr.node.IPv6.IsValid() {
-		want[rr.cfg.cluster.String()] = viaHost(rr.cfg.cluster)
+	} else {
+		viaHost(rr.cfg.cluster)
 	}
 	have, err := netlinksafe.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {

@@ -641,9 +641,11 @@ func familyOf(ip netip.Addr) string {
 func (s *State) DualStack() bool { return s.ClusterCIDRv6 != "" }
 
 // IPv6Only says whether the lab's pods have IPv6 addresses alone (ipFamilies: [IPv6]).
-func (s *State) IPv6Only() bool {
-	p, err := netip.ParsePrefix(s.ClusterCIDR)
-	return err == nil && p.Addr().Is6()
+func (s *State) IPv6Only() bool { return s.clusterCIDR().Addr().Is6() }
+
+func (s *State) clusterCIDR() netip.Prefix {
+	p, _ := netip.ParsePrefix(s.ClusterCIDR)
+	return p
 }
 
 // UnderlayIPv6 says whether the lab's underlay carries IPv6 beside IPv4: the nodes, the
@@ -654,9 +656,4 @@ func (s *State) UnderlayIPv6() bool {
 }
 
 // serviceCIDR is the lab's service CIDR: IPv6 in an IPv6-only lab.
-func (s *State) serviceCIDR() string {
-	if s.IPv6Only() {
-		return ServiceCIDRv6
-	}
-	return ServiceCIDR
-}
+func (s *State) serviceCIDR() string { return serviceCIDROf(s.clusterCIDR()) }

@@ -48,7 +48,7 @@ func TestIPv6Only(t *testing.T) {
 				if err := st.CheckFamily(lab.FamilyIPv4); err == nil {
 					t.Fatal("an IPv6-only lab takes --family ipv4")
 				}
-				checkMatrixEveryFamily(t, st)
+				checkAllPairsEveryFamily(t, st)
 			})
 			if mode == "vxlan" {
 				t.Run("over an IPv6 underlay", func(t *testing.T) { checkVXLANOverIPv6(t, st) })

@@ -99,9 +99,10 @@ func checkKubeDualStackPods(t *testing.T, st *lab.State) {
 	}
 }
 
-// checkAllPairsBothFamilies: every pod reaches every other at both of its addresses, over
-// TCP and UDP. A pair that did not connect is asked again, as checkAllPairs does.
-func checkAllPairsBothFamilies(t *testing.T, st *lab.State) {
+// checkAllPairsEveryFamily: every pod reaches every other at its address of each of the
+// lab's families, over TCP and UDP. A pair that did not connect is asked again, as
+// checkAllPairs does.
+func checkAllPairsEveryFamily(t *testing.T, st *lab.State) {
 	for _, family := range st.Families() {
 		for _, proto := range []string{"TCP", "UDP"} {
 			m, err := st.MatrixFamily(80, proto, family)
@@ -240,5 +241,5 @@ func checkKubeDualStackAgentKill(t *testing.T, st *lab.State) {
 	if status.PodCIDR != n.PodCIDR.String() || status.PodCIDRv6 != n.PodCIDRv6.String() {
 		t.Errorf("node2's new agent has pod CIDRs %s and %s, its Node %s and %s", status.PodCIDR, status.PodCIDRv6, n.PodCIDR, n.PodCIDRv6)
 	}
-	checkAllPairsBothFamilies(t, st)
+	checkAllPairsEveryFamily(t, st)
 }

@@ -95,7 +95,7 @@ func TestKubernetesLab(t *testing.T) {
 			if mode == "native" {
 				t.Run("nodes have a pod CIDR of each family", func(t *testing.T) { checkKubeDualStackNodes(t, st) })
 				t.Run("pods have both addresses", func(t *testing.T) { checkKubeDualStackPods(t, st) })
-				t.Run("all pairs in both families", func(t *testing.T) { checkAllPairsBothFamilies(t, st) })
+				t.Run("all pairs in both families", func(t *testing.T) { checkAllPairsEveryFamily(t, st) })
 			}
 			if t.Failed() {
 				return

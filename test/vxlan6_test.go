@@ -30,7 +30,7 @@ func TestVXLANOverIPv6(t *testing.T) {
 // families).
 func checkVXLANOverIPv6(t *testing.T, st *lab.State) {
 	t.Run("routes lead to IPv6 addresses", func(t *testing.T) { checkRoutesViaIPv6(t, st) })
-	t.Run("all pairs", func(t *testing.T) { checkMatrixEveryFamily(t, st) })
+	t.Run("all pairs", func(t *testing.T) { checkAllPairsEveryFamily(t, st) })
 	t.Run("VXLAN over IPv6 on the underlay", func(t *testing.T) {
 		node1, _ := st.Node("node1")
 		node2, _ := st.Node("node2")
